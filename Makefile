@@ -1,0 +1,29 @@
+# Two entry points (see README): `make demo` runs the main job on the bundled sample data, `make test` the tests.
+# Both create .venv on first use: CPU torch first (`torch==2.13.0`), then the project with its pinned dependencies.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.medlvr-installed
+
+.PHONY: install demo test bench clean-demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/medlvr demo --out demo_out
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_ingest.py
+
+clean-demo:
+	rm -rf demo_out

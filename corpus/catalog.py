@@ -1,0 +1,138 @@
+"""The dataset catalog: one YAML file per dataset under corpus/catalog/, validated on load.
+
+The catalog is data. Adding a 32nd dataset means adding one YAML file that names one of the format adapters
+and its options; no loader code is copied. `load_catalog()` fails loudly on a malformed entry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODALITIES = ("CT", "MRI", "X-ray", "ultrasound", "dermoscopy", "fundus", "OCT", "microscopy")
+CATALOG_DIR = Path(__file__).with_name("catalog")
+_ID_RE = re.compile(r"^[a-z0-9_]+$")
+
+
+class CatalogError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    id: str
+    name: str
+    modality: str
+    body_region: str
+    adapter: str
+    options: dict[str, Any]
+    labels: dict[str, str]  # raw label (as the adapter reports it) -> knowledge-graph concept id
+    layout: tuple[str, ...]  # globs relative to the dataset root; each must match at least one file
+    patient_key: dict[str, Any]  # {"source": "record" | "path_regex" | "image", "pattern": ...}
+    official_split: dict[str, Any] | None  # None, {"source": "record"} or {"source": "path_regex", ...}
+    normalise: dict[str, Any]  # window / window_by_label / percentiles overrides
+    attributes: tuple[str, ...]  # sidecar/metadata keys allowed into the output (everything else dropped)
+    licence: str
+    citation: str
+    homepage: str
+    sample: dict[str, Any] = field(default_factory=dict)  # options for the sample-data writer
+
+    def concept(self, raw_label: str) -> str | None:
+        return self.labels.get(raw_label)
+
+
+_REQUIRED = ("id", "name", "modality", "body_region", "adapter", "labels", "layout", "patient_key",
+             "licence", "citation", "homepage")
+
+
+def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise CatalogError(f"{source}: missing keys {missing}")
+    if not _ID_RE.match(str(raw["id"])):
+        raise CatalogError(f"{source}: id {raw['id']!r} must be lowercase letters, digits and '_'")
+    if raw["modality"] not in MODALITIES:
+        raise CatalogError(f"{source}: modality {raw['modality']!r} is not one of {MODALITIES}")
+    labels = raw["labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise CatalogError(f"{source}: labels must be a non-empty mapping raw label -> concept id")
+    for k, v in labels.items():
+        if not isinstance(v, str) or not v.startswith("kg:"):
+            raise CatalogError(f"{source}: label {k!r} maps to {v!r}; concept ids look like 'kg:name'")
+    pk = raw["patient_key"]
+    if not isinstance(pk, dict) or pk.get("source") not in ("record", "path_regex", "image"):
+        raise CatalogError(f"{source}: patient_key.source must be record, path_regex or image")
+    if pk["source"] == "path_regex":
+        re.compile(pk["pattern"])
+    split = raw.get("official_split")
+    if split is not None and split.get("source") not in ("record", "path_regex"):
+        raise CatalogError(f"{source}: official_split.source must be record or path_regex")
+    return DatasetSpec(
+        id=raw["id"], name=raw["name"], modality=raw["modality"], body_region=raw["body_region"],
+        adapter=raw["adapter"], options=dict(raw.get("options") or {}),
+        labels={str(k): v for k, v in labels.items()}, layout=tuple(raw["layout"]),
+        patient_key=dict(pk), official_split=dict(split) if split else None,
+        normalise=dict(raw.get("normalise") or {}), attributes=tuple(raw.get("attributes") or ()),
+        licence=raw["licence"], citation=raw["citation"], homepage=raw["homepage"],
+        sample=dict(raw.get("sample") or {}),
+    )
+
+
+@lru_cache(maxsize=4)
+def load_catalog(directory: str | None = None) -> dict[str, DatasetSpec]:
+    """All dataset specs keyed by id, in file-name order. Validates adapters exist."""
+    from corpus.adapters import ADAPTERS  # local import: adapters import this module
+
+    d = Path(directory) if directory else CATALOG_DIR
+    specs: dict[str, DatasetSpec] = {}
+    for path in sorted(d.glob("*.yaml")):
+        spec = parse_spec(yaml.safe_load(path.read_text()), source=path.name)
+        if spec.id in specs:
+            raise CatalogError(f"{path.name}: duplicate dataset id {spec.id!r}")
+        if spec.adapter not in ADAPTERS:
+            raise CatalogError(f"{path.name}: unknown adapter {spec.adapter!r}; known: {sorted(ADAPTERS)}")
+        specs[spec.id] = spec
+    return specs
+
+
+def select(ids: list[str] | None, catalog: dict[str, DatasetSpec] | None = None) -> list[DatasetSpec]:
+    cat = catalog or load_catalog()
+    if not ids:
+        return list(cat.values())
+    unknown = [i for i in ids if i not in cat]
+    if unknown:
+        raise CatalogError(f"unknown dataset ids {unknown}; see `medlvr catalog`")
+    return [cat[i] for i in ids]
+
+
+def patient_of(spec: DatasetSpec, source_path: str, record_patient: str | None, record_key: str) -> str:
+    """The raw patient identifier of a record according to the catalog's rule (hashed later)."""
+    rule = spec.patient_key
+    if rule["source"] == "record":
+        if record_patient is None:
+            raise ValueError(f"{spec.id}: adapter gave no patient for {record_key}")
+        return record_patient
+    if rule["source"] == "path_regex":
+        m = re.search(rule["pattern"], source_path)
+        if not m:
+            raise ValueError(f"{spec.id}: patient pattern {rule['pattern']!r} does not match {source_path!r}")
+        return m.group(1)
+    return record_key  # "image": each record is its own group (dedup clusters regroup them later)
+
+
+def official_split_of(spec: DatasetSpec, source_path: str, record_split: str | None) -> str | None:
+    rule = spec.official_split
+    if rule is None:
+        return None
+    if rule["source"] == "record":
+        return record_split
+    m = re.search(rule["pattern"], source_path)
+    if not m:
+        return None
+    value = m.group(1)
+    return rule.get("map", {}).get(value, value)

@@ -1,0 +1,145 @@
+"""The `medlvr` command line. Subcommands stay thin: they parse arguments and call the libraries.
+
+    medlvr catalog [--json]
+    medlvr sample-data OUT_DIR [--datasets ID ...]
+    medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE]
+    medlvr demo [--out DIR]            the main job on the embedded default (bundled sample data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from corpus.catalog import CatalogError, load_catalog, select
+
+
+def _cmd_catalog(args) -> int:
+    from corpus.adapters import ADAPTERS
+
+    cat = load_catalog()
+    if args.json:
+        rows = [{"id": s.id, "name": s.name, "modality": s.modality, "body_region": s.body_region,
+                 "adapter": s.adapter, "labels": s.labels, "layout": list(s.layout), "licence": s.licence,
+                 "citation": s.citation, "homepage": s.homepage,
+                 "official_split": s.official_split, "patient_key": s.patient_key} for s in cat.values()]
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'id':<16} {'modality':<11} {'adapter':<24} {'labels':>6}  name")
+    for s in cat.values():
+        print(f"{s.id:<16} {s.modality:<11} {s.adapter:<24} {len(s.labels):>6}  {s.name}")
+    mods = sorted({s.modality for s in cat.values()})
+    print(f"\n{len(cat)} datasets, {len(mods)} modalities, {len({s.adapter for s in cat.values()})} of "
+          f"{len(ADAPTERS)} adapters in use")
+    return 0
+
+
+def _cmd_sample_data(args) -> int:
+    from corpus.sample_data import write_samples
+
+    t0 = time.perf_counter()
+    counts = write_samples(Path(args.out_dir), args.datasets, seed=args.seed)
+    print(f"wrote {len(counts)} sample datasets ({sum(counts.values())} truth records) to {args.out_dir} "
+          f"in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def print_summary(summaries, file=sys.stdout) -> None:
+    head = f"{'dataset':<16} {'modality':<11} {'records':>7} {'rejected':>8} {'images':>7} {'ROIs':>7} {'ROI rej':>7} {'s':>6}"
+    print(head, file=file)
+    print("-" * len(head), file=file)
+    tot = [0] * 5
+    for s in summaries:
+        vals = (s.records_in, s.records_rejected, s.images_out, s.rois_out, s.rois_rejected)
+        tot = [a + b for a, b in zip(tot, vals)]
+        print(f"{s.dataset:<16} {s.modality:<11} {vals[0]:>7} {vals[1]:>8} {vals[2]:>7} {vals[3]:>7} {vals[4]:>7} "
+              f"{s.seconds:>6.1f}", file=file)
+        if s.layout_missing:
+            print(f"  ! layout: nothing matches {s.layout_missing}", file=file)
+    print("-" * len(head), file=file)
+    print(f"{'total':<28} {tot[0]:>7} {tot[1]:>8} {tot[2]:>7} {tot[3]:>7} {tot[4]:>7}", file=file)
+
+
+def run_ingest(data_root: Path, out: Path, datasets, cfg, progress: bool = True):
+    from corpus.ingest import DatasetMissing, dataset_root, ingest_dataset
+
+    summaries, missing = [], []
+    specs = select(datasets)
+    for spec in specs:
+        root = dataset_root(data_root, spec)
+        try:
+            summaries.append(ingest_dataset(spec, root, out, cfg, progress=progress))
+        except DatasetMissing as e:
+            missing.append(str(e))
+    return summaries, missing
+
+
+def _cmd_ingest(args) -> int:
+    from corpus.ingest import IngestConfig
+
+    cfg = IngestConfig.from_yaml(args.config) if args.config else IngestConfig()
+    if args.workers is not None:
+        cfg = IngestConfig(**{**cfg.__dict__, "workers": args.workers})
+    summaries, missing = run_ingest(Path(args.data_root), Path(args.out), args.datasets, cfg, progress=not args.quiet)
+    print_summary(summaries)
+    for m in missing:
+        print(f"skipped: {m}", file=sys.stderr)
+    # Asking for a dataset by name that is not there is an error; a partial data root is not.
+    return 1 if (missing and args.datasets) or not summaries else 0
+
+
+def _cmd_demo(args) -> int:
+    from corpus.ingest import IngestConfig
+    from corpus.sample_data import write_samples
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    print(f"[1/2] writing sample data for every catalog dataset to {out / 'data'}")
+    write_samples(out / "data", None, seed=0)
+    print(f"[2/2] ingesting into {out / 'corpus'}")
+    summaries, missing = run_ingest(out / "data", out / "corpus", None, IngestConfig(workers=args.workers))
+    print_summary(summaries)
+    print(f"\ndone in {time.perf_counter() - t0:.1f}s; outputs under {out.resolve()}")
+    return 1 if missing else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medlvr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("catalog", help="list the dataset catalog")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=_cmd_catalog)
+    s = sub.add_parser("sample-data", help="write miniature sample datasets in their native formats")
+    s.add_argument("out_dir")
+    s.add_argument("--datasets", nargs="+")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_sample_data)
+    i = sub.add_parser("ingest", help="normalise images and ROI boxes into Parquet tables")
+    i.add_argument("--data-root", required=True, help="folder with one sub-folder per dataset id")
+    i.add_argument("--out", required=True)
+    i.add_argument("--datasets", nargs="+")
+    i.add_argument("--workers", type=int)
+    i.add_argument("--config", help="YAML with IngestConfig fields (normalise, slices, workers, ...)")
+    i.add_argument("--quiet", action="store_true", help="no progress bars")
+    i.set_defaults(fn=_cmd_ingest)
+    d = sub.add_parser("demo", help="the main job on the bundled sample data")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--workers", type=int, default=2)
+    d.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (CatalogError, KeyError, FileNotFoundError) as e:
+        print(f"medlvr: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

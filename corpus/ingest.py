@@ -1,0 +1,354 @@
+"""Ingestion runner: discover -> load (worker processes) -> normalise -> Parquet, with a rejects table.
+
+Counting rules (checked at the end of every dataset; a mismatch is a bug and raises):
+    records_in  == records_out + records_rejected     (a record is out when at least one image was written)
+    rois_in     == rois_out + rois_rejected           (ROIs of written images, plus ROIs dropped while loading)
+Images rejected inside an accepted record (bad slice, duplicate pixels) are rows of level "image".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import secrets
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import yaml
+
+from corpus.adapters import ADAPTERS
+from corpus.adapters.sidecar import whitelist
+from corpus.catalog import DatasetSpec, official_split_of, patient_of
+from corpus.normalize import NormaliseConfig, check_box, encode_png, plan_geometry, resize, to_uint8
+from corpus.records import RecordError, RecordRef, Reject, SourceImage
+from corpus.tables import DatasetWriter
+from corpus.volumes import SliceConfig
+
+# Attributes that code (not sidecars) produces and that carry no identifying information.
+SAFE_IMAGE_KEYS = ("slice_role", "sequence", "photometric", "bits_stored", "inverted", "dicom_modality", "phase", "view")
+SAFE_ROI_KEYS = ("z_range", "z_extent_mm", "n_readers", "fused", "approximate", "given_box", "polygon_box")
+
+
+class DatasetMissing(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    normalise: NormaliseConfig = NormaliseConfig()
+    slices: SliceConfig = SliceConfig()
+    workers: int = 1
+    patient_salt: str | None = None  # None: $MEDLVR_PATIENT_SALT, else a random salt kept in <out>/.patient_salt
+    max_in_flight_per_worker: int = 4
+    flush_rows: int = 128
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> "IngestConfig":
+        d = dict(d or {})
+        return cls(normalise=NormaliseConfig.from_dict(d.pop("normalise", None)),
+                   slices=SliceConfig.from_dict(d.pop("slices", None)),
+                   **{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "IngestConfig":
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+@dataclass
+class DatasetSummary:
+    dataset: str
+    modality: str
+    records_in: int = 0
+    records_out: int = 0
+    records_rejected: int = 0
+    images_out: int = 0
+    images_rejected: int = 0
+    rois_out: int = 0
+    rois_rejected: int = 0
+    seconds: float = 0.0
+    layout_missing: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    out_dir: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_salt(out_dir: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("MEDLVR_PATIENT_SALT"):
+        return os.environ["MEDLVR_PATIENT_SALT"]
+    path = Path(out_dir) / ".patient_salt"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    salt = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(salt)
+    return salt
+
+
+def patient_hash(salt: str, dataset: str, raw: str) -> str:
+    return hashlib.sha256(f"{salt}\0{dataset}\0{raw}".encode()).hexdigest()[:20]
+
+
+def image_hash(img: np.ndarray) -> str:
+    h = hashlib.sha1(str(img.shape).encode())
+    h.update(np.ascontiguousarray(img).tobytes())
+    return h.hexdigest()
+
+
+def with_slice_options(spec: DatasetSpec, cfg: IngestConfig) -> DatasetSpec:
+    """Volume adapters read SliceConfig.from_dict(spec.options['slices']): the run's caps, dataset overrides win."""
+    slices = {**dataclasses.asdict(cfg.slices), **(spec.options.get("slices") or {})}
+    return dataclasses.replace(spec, options={**spec.options, "slices": slices})
+
+
+@dataclass
+class RecordResult:
+    key: str
+    source_path: str
+    images: list[dict] = field(default_factory=list)
+    rois: list[list[dict]] = field(default_factory=list)  # per image
+    rejects: list[tuple[str, str, str, str]] = field(default_factory=list)  # (level, stage, reason, path)
+    record_reject: tuple[str, str] | None = None  # (stage, reason)
+    rois_in: int = 0
+
+
+def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: IngestConfig, salt: str,
+                     result: RecordResult) -> None:
+    img8, info = to_uint8(src, spec.normalise, cfg.normalise)
+    h, w = img8.shape[:2]
+    geo = plan_geometry(w, h, cfg.normalise)
+    out = resize(img8, geo)
+    image_id = image_hash(out)
+    raw_patient = src.patient if src.patient is not None else ref.patient
+    patient = patient_of(spec, src.source_path, raw_patient, ref.key)
+    attrs = whitelist({**ref.attributes, **src.attributes}, SAFE_IMAGE_KEYS + spec.attributes)
+    spacing = list(src.spacing_mm) if src.spacing_mm else None
+    in_plane = spacing[-2:] if spacing and len(spacing) >= 2 else None
+    rois, rejects = [], []
+    result.rois_in += len(src.rois) + len(src.roi_rejects)
+    for label, reason in src.roi_rejects:
+        rejects.append(("roi", "load", f"{label}: {reason}", src.source_path))
+    for roi in src.rois:
+        concept = spec.concept(roi.label)
+        if concept is None:
+            rejects.append(("roi", "roi", f"label {roi.label!r} is not in the catalog label map", src.source_path))
+            continue
+        box, reason, clipped = check_box(roi.box, w, h)
+        if reason:
+            rejects.append(("roi", "roi", f"{roi.label}: {reason}", src.source_path))
+            continue
+        area_orig = roi.area_px if roi.area_px is not None else (box[2] - box[0]) * (box[3] - box[1])
+        rois.append({
+            "image_id": image_id, "dataset": spec.id, "roi_index": len(rois), "label": roi.label,
+            "concept_id": concept, "box": list(geo.to_normalised(box)), "box_orig": list(box), "clipped": clipped,
+            "origin": roi.origin, "instance": int(roi.instance), "area_px": float(area_orig * geo.scale_x * geo.scale_y),
+            "area_mm2": float(area_orig * in_plane[0] * in_plane[1]) if in_plane else None,
+            "parent_label": roi.parent,
+            "attributes": json.dumps(whitelist(roi.attributes, SAFE_ROI_KEYS + spec.attributes), sort_keys=True),
+        })
+    window = info.get("window")
+    result.images.append({
+        "image_id": image_id, "dataset": spec.id, "modality": spec.modality, "body_region": spec.body_region,
+        "source_path": src.source_path, "suffix": src.suffix, "record_key": ref.key,
+        "patient_key": patient_hash(salt, spec.id, str(patient)),
+        "official_split": official_split_of(spec, src.source_path, ref.split),
+        "width": geo.out_w, "height": geo.out_h, "channels": 1 if out.ndim == 2 else out.shape[2],
+        "orig_width": w, "orig_height": h, "scale_x": geo.scale_x, "scale_y": geo.scale_y, "pad": list(geo.pad),
+        "spacing_mm": spacing, "slice_axis": src.slice_axis, "slice_index": src.slice_index,
+        "intensity": info["intensity"], "window_low": window[0] if window else None,
+        "window_high": window[1] if window else None, "window_name": info.get("window_name"),
+        "attributes": json.dumps(attrs, sort_keys=True), "png": encode_png(out, cfg.normalise.png_compress_level),
+    })
+    result.rois.append(rois)
+    result.rejects.extend(rejects)
+
+
+def process_record(spec: DatasetSpec, root: Path, ref: RecordRef, cfg: IngestConfig, salt: str) -> RecordResult:
+    """Load and normalise one record. Never raises for bad input: problems become rejects."""
+    first_path = next(iter(ref.paths.values()), ref.key)
+    result = RecordResult(ref.key, first_path)
+    try:
+        images = ADAPTERS[spec.adapter].load(spec, root, ref)
+    except RecordError as e:
+        result.record_reject = (e.stage, e.reason)
+        return result
+    except MemoryError:
+        raise
+    except Exception as e:  # an adapter bug or an input we did not foresee: keep going, keep the reason
+        result.record_reject = ("load", f"unexpected {type(e).__name__}: {e}")
+        return result
+    if not images:
+        result.record_reject = ("load", "record produced no images")
+        return result
+    for src in images:
+        try:
+            _normalise_image(spec, ref, src, cfg, salt, result)
+        except RecordError as e:
+            result.rejects.append(("image", e.stage if e.stage != "load" else "normalise",
+                                   f"{src.suffix or 'image'}: {e.reason}", src.source_path))
+        except MemoryError:
+            raise
+        except Exception as e:
+            result.rejects.append(("image", "normalise", f"{src.suffix or 'image'}: unexpected "
+                                   f"{type(e).__name__}: {e}", src.source_path))
+    if not result.images:
+        reasons = "; ".join(r[2] for r in result.rejects if r[0] == "image")[:500]
+        result.record_reject = ("normalise", f"all {len(images)} images rejected: {reasons}")
+    return result
+
+
+# Worker-process state, set once per dataset by the pool initializer (avoids pickling it per record).
+_W: dict[str, Any] = {}
+
+
+def _init_worker(spec, root, cfg, salt):
+    _W.update(spec=spec, root=root, cfg=cfg, salt=salt)
+
+
+def _work(ref: RecordRef) -> RecordResult:
+    return process_record(_W["spec"], _W["root"], ref, _W["cfg"], _W["salt"])
+
+
+def _results(spec, root, refs: list[RecordRef], cfg: IngestConfig, salt: str) -> Iterable[RecordResult]:
+    """Results in discovery order; with workers > 1 a bounded window of records is in flight."""
+    if cfg.workers <= 1 or len(refs) < 2:
+        for ref in refs:
+            yield process_record(spec, root, ref, cfg, salt)
+        return
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    window = max(2, cfg.workers * cfg.max_in_flight_per_worker)
+    with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(spec, root, cfg, salt)) as pool:
+        pending: deque = deque()
+        it = iter(refs)
+        for ref in it:
+            pending.append(pool.submit(_work, ref))
+            if len(pending) >= window:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_work, nxt))
+
+
+def check_layout(spec: DatasetSpec, root: Path) -> list[str]:
+    return [g for g in spec.layout if next(iter(root.glob(g)), None) is None]
+
+
+def discover(spec: DatasetSpec, root: Path) -> tuple[list[RecordRef], list[Reject]]:
+    refs, rejects, seen = [], [], set()
+    for item in ADAPTERS[spec.adapter].discover(spec, root):
+        if isinstance(item, Reject):
+            rejects.append(item)
+        elif item.key in seen:
+            rejects.append(Reject(spec.id, next(iter(item.paths.values()), item.key), "discover",
+                                  f"duplicate record id {item.key!r}", item.key))
+        else:
+            seen.add(item.key)
+            refs.append(item)
+    return refs, rejects
+
+
+def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConfig = IngestConfig(),
+                   progress: bool = False) -> DatasetSummary:
+    """Ingest one dataset from `root` into `out_dir/<id>/` atomically; returns the reconciled counts."""
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise DatasetMissing(f"{spec.id}: dataset root {root} does not exist")
+    t0 = time.perf_counter()
+    spec = with_slice_options(spec, cfg)
+    salt = resolve_salt(out_dir, cfg.patient_salt)
+    summary = DatasetSummary(spec.id, spec.modality, layout_missing=check_layout(spec, root))
+    reasons: Counter = Counter()
+    try:
+        refs, discover_rejects = discover(spec, root)
+    except RecordError as e:
+        refs, discover_rejects = [], [Reject(spec.id, ".", e.stage, e.reason, "<dataset>")]
+    writer = DatasetWriter(out_dir, spec.id, cfg.flush_rows)
+    try:
+        summary.records_in = len(refs) + len(discover_rejects)
+        for r in discover_rejects:
+            writer.rejects.add({"dataset": spec.id, "source_path": r.source_path, "record_key": r.record_key,
+                                "level": "record", "stage": r.stage, "reason": r.reason})
+            reasons[f"{r.stage}: {r.reason.split(':')[0]}"] += 1
+        summary.records_rejected = len(discover_rejects)
+        seen_ids: dict[str, str] = {}
+        rois_in = 0
+        bar = _progress(len(refs), spec.id) if progress else None
+        for res in _results(spec, root, refs, cfg, salt):
+            wrote = 0
+            for img, rois in zip(res.images, res.rois):
+                if img["image_id"] in seen_ids:
+                    res.rejects.append(("image", "dedup", f"{img['suffix'] or 'image'}: duplicate image id "
+                                        f"(same pixels as {seen_ids[img['image_id']]})", img["source_path"]))
+                    res.rois_in -= len(rois)
+                    continue
+                seen_ids[img["image_id"]] = f"{img['source_path']}#{img['suffix']}"
+                writer.images.add(img)
+                for roi in rois:
+                    writer.rois.add(roi)
+                summary.rois_out += len(rois)
+                wrote += 1
+            summary.images_out += wrote
+            for level, stage, reason, path in res.rejects:
+                writer.rejects.add({"dataset": spec.id, "source_path": path, "record_key": res.key,
+                                    "level": level, "stage": stage, "reason": reason})
+                summary.images_rejected += level == "image"
+                summary.rois_rejected += level == "roi"
+                reasons[f"{stage}: {reason.split(':')[0]}"] += 1
+            rois_in += res.rois_in
+            if res.record_reject is not None or wrote == 0:
+                dups = [r[2] for r in res.rejects if r[1] == "dedup"]
+                stage, reason = res.record_reject or ("dedup", f"every image duplicated an earlier one: {dups[0]}")
+                writer.rejects.add({"dataset": spec.id, "source_path": res.source_path, "record_key": res.key,
+                                    "level": "record", "stage": stage, "reason": reason})
+                summary.records_rejected += 1
+                reasons[f"{stage}: {reason.split(':')[0]}"] += 1
+            else:
+                summary.records_out += 1
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        if summary.records_in != summary.records_out + summary.records_rejected:
+            raise AssertionError(f"{spec.id}: records do not reconcile: {summary}")
+        if rois_in != summary.rois_out + summary.rois_rejected:
+            raise AssertionError(f"{spec.id}: ROIs do not reconcile: in={rois_in} {summary}")
+        summary.reasons = dict(reasons.most_common(20))
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        summary.out_dir = str(out_dir / spec.id)
+        writer.commit(summary.as_dict())
+    except BaseException:
+        writer.abort()
+        raise
+    return summary
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"{desc:>15}", unit="rec", leave=False, dynamic_ncols=True)
+
+
+def dataset_root(data_root: Path, spec: DatasetSpec, overrides: Mapping[str, str] | None = None) -> Path:
+    """Where a dataset lives: explicit override, $MEDLVR_ROOT_<ID>, else <data_root>/<id>."""
+    if overrides and spec.id in overrides:
+        return Path(overrides[spec.id]).expanduser()
+    env = os.environ.get(f"MEDLVR_ROOT_{spec.id.upper()}")
+    if env:
+        return Path(env).expanduser()
+    return Path(data_root) / spec.id

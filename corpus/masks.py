@@ -1,0 +1,147 @@
+"""Masks, polygons and label maps -> per-instance boxes (datasets.md §6.1).
+
+Boxes are pixel-edge xyxy: a component covering columns x0..x1 (inclusive) has box x0 .. x1+1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from corpus.records import SourceROI
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+_TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How one output label is made from a label map.
+
+    values: label-map values whose union forms this structure (hierarchy: kidney = {1,2,3}).
+    instances: split into connected components (lesions, nuclei) or emit one union box (organs, diffuse).
+    parent: the raw label of the enclosing structure, kept for relational questions.
+    """
+
+    label: str
+    values: tuple[int, ...]
+    instances: bool = True
+    parent: str | None = None
+
+
+def rules_from_options(opt: Mapping) -> list[LabelRule]:
+    """Build rules from catalog options: {"label_rules": [{"label":..,"values":[..],"instances":..,"parent":..}]}."""
+    return [LabelRule(r["label"], tuple(int(v) for v in r["values"]), bool(r.get("instances", True)),
+                      r.get("parent")) for r in opt["label_rules"]]
+
+
+def min_speck_px(shape: Sequence[int], min_px: int = 16, min_frac: float = 0.0002) -> int:
+    """Components smaller than this are specks: max(min_px, min_frac of the image area)."""
+    return int(max(min_px, min_frac * float(shape[0]) * float(shape[1])))
+
+
+def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    ys = np.flatnonzero(mask.any(axis=1))
+    if ys.size == 0:
+        return None
+    xs = np.flatnonzero(mask.any(axis=0))
+    return float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)
+
+
+def components(mask: np.ndarray, min_area: int) -> list[tuple[tuple[float, float, float, float], int]]:
+    """8-connected components of a 2-D binary mask as (box, pixel count), specks removed, in scan order."""
+    lab, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return []
+    out = []
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None or sizes[i] < min_area:
+            continue
+        ys, xs = sl
+        out.append(((float(xs.start), float(ys.start), float(xs.stop), float(ys.stop)), int(sizes[i])))
+    return out
+
+
+def mask_rois(mask: np.ndarray, label: str, *, instances: bool = True, min_area: int | None = None,
+              parent: str | None = None) -> list[SourceROI]:
+    """ROIs of one binary mask: one per component, or one union box (instances=False)."""
+    mask = np.asarray(mask).astype(bool, copy=False)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    min_area = min_speck_px(mask.shape) if min_area is None else min_area
+    comps = components(mask, min_area)
+    if not comps:
+        return []
+    if not instances:
+        keep = np.zeros_like(mask)
+        lab, _ = ndimage.label(mask, structure=_EIGHT)
+        sizes = np.bincount(lab.ravel())
+        big = np.flatnonzero(sizes >= min_area)
+        keep = np.isin(lab, big[big > 0])
+        box = box_of(keep)
+        return [SourceROI(label, box, "mask", 0, float(keep.sum()), parent)]
+    return [SourceROI(label, box, "mask", i, float(area), parent) for i, (box, area) in enumerate(comps)]
+
+
+def labelmap_rois(labelmap: np.ndarray, rules: Iterable[LabelRule], min_area: int | None = None,
+                  origin: str = "mask") -> list[SourceROI]:
+    """Apply the hierarchy rules to a 2-D label map; each rule sees the union of its values."""
+    out: list[SourceROI] = []
+    for rule in rules:
+        m = np.isin(labelmap, rule.values)
+        for roi in mask_rois(m, rule.label, instances=rule.instances, min_area=min_area, parent=rule.parent):
+            roi.origin = origin
+            out.append(roi)
+    return out
+
+
+def instances_3d(mask3d: np.ndarray, min_voxels: int = 1) -> tuple[np.ndarray, int]:
+    """26-connected 3-D components: a label volume with stable instance ids 1..n (specks below min_voxels = 0)."""
+    lab, n = ndimage.label(mask3d, structure=_TWENTY_SIX)
+    if n and min_voxels > 1:
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        small = np.flatnonzero(sizes < min_voxels)
+        small = small[small > 0]
+        if small.size:
+            lab[np.isin(lab, small)] = 0
+            lab, n = ndimage.label(lab > 0, structure=_TWENTY_SIX)
+    return lab, int(n)
+
+
+def polygon_mask(shape: tuple[int, int], polygon_xy: np.ndarray) -> np.ndarray:
+    """Rasterise a polygon given as (N,2) x,y pixel coordinates, boundary pixels included.
+
+    A pixel (r, c) is inside when its centre (c+0.5, r+0.5) is inside the polygon, or when the polygon's
+    outline passes through it; the outline is drawn so that thin and degenerate polygons still cover the
+    pixels their vertices name (as LIDC and ChestX-Det expect).
+    """
+    from matplotlib.path import Path as MplPath
+
+    h, w = shape
+    poly = np.asarray(polygon_xy, dtype=float).reshape(-1, 2)
+    mask = np.zeros((h, w), dtype=bool)
+    if len(poly) == 0:
+        return mask
+    x0, y0 = np.floor(poly.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(poly.max(axis=0)).astype(int)
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, w - 1), min(y1, h - 1)
+    if x1 >= x0 and y1 >= y0 and len(poly) >= 3:
+        yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1]
+        pts = np.column_stack([xx.ravel() + 0.5, yy.ravel() + 0.5])
+        inside = MplPath(poly).contains_points(pts).reshape(yy.shape)
+        mask[y0:y1 + 1, x0:x1 + 1] |= inside
+    # the outline: every pixel the polygon's edges pass through
+    closed = np.vstack([poly, poly[:1]])
+    for (ax, ay), (bx, by) in zip(closed[:-1], closed[1:]):
+        n = int(max(abs(bx - ax), abs(by - ay)) * 2) + 1
+        t = np.linspace(0.0, 1.0, n)
+        xs = np.floor(ax + (bx - ax) * t).astype(int)
+        ys = np.floor(ay + (by - ay) * t).astype(int)
+        ok = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        mask[ys[ok], xs[ok]] = True
+    return mask

@@ -1,0 +1,140 @@
+"""Parquet schemas of the ingestion outputs and a streaming, atomic writer for one dataset.
+
+Layout of an ingest output directory (one folder per dataset, replaced atomically on rebuild):
+    <out>/<dataset_id>/images.parquet    one row per normalised 2-D image (PNG bytes inline)
+    <out>/<dataset_id>/rois.parquet      one row per ROI, boxes in the normalised image
+    <out>/<dataset_id>/rejects.parquet   one row per rejected record / image / ROI, with stage and reason
+    <out>/<dataset_id>/summary.json      counts that reconcile: records_in == records_out + records_rejected
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+IMAGES_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),  # sha1 of the normalised pixels (shape + bytes)
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("modality", pa.string(), nullable=False),
+    pa.field("body_region", pa.string()),
+    pa.field("source_path", pa.string(), nullable=False),  # relative to the dataset root
+    pa.field("suffix", pa.string()),  # slice / frame / sequence within the source ("" for plain 2-D files)
+    pa.field("record_key", pa.string(), nullable=False),
+    pa.field("patient_key", pa.string(), nullable=False),  # salted hash, never the raw identifier
+    pa.field("official_split", pa.string()),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("channels", pa.int8(), nullable=False),
+    pa.field("orig_width", pa.int32(), nullable=False),
+    pa.field("orig_height", pa.int32(), nullable=False),
+    pa.field("scale_x", pa.float64(), nullable=False),  # normalised = original * scale + pad
+    pa.field("scale_y", pa.float64(), nullable=False),
+    pa.field("pad", pa.list_(pa.int32(), 4), nullable=False),  # left, top, right, bottom
+    pa.field("spacing_mm", pa.list_(pa.float64())),  # original pixel spacing (row, col) or (z, y, x)
+    pa.field("slice_axis", pa.int16()),
+    pa.field("slice_index", pa.int32()),
+    pa.field("intensity", pa.string(), nullable=False),
+    pa.field("window_low", pa.float64()),
+    pa.field("window_high", pa.float64()),
+    pa.field("window_name", pa.string()),
+    pa.field("attributes", pa.string()),  # JSON of whitelisted facts
+    pa.field("png", pa.binary(), nullable=False),
+], metadata={"medlvr_schema_version": str(SCHEMA_VERSION), "table": "images"})
+
+ROIS_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("roi_index", pa.int32(), nullable=False),
+    pa.field("label", pa.string(), nullable=False),  # raw label as the dataset names it
+    pa.field("concept_id", pa.string(), nullable=False),  # knowledge-graph concept
+    pa.field("box", pa.list_(pa.float64(), 4), nullable=False),  # xyxy in the normalised image
+    pa.field("box_orig", pa.list_(pa.float64(), 4), nullable=False),  # xyxy in original pixels (after clipping)
+    pa.field("clipped", pa.bool_(), nullable=False),
+    pa.field("origin", pa.string(), nullable=False),  # box | mask | polygon
+    pa.field("instance", pa.int32(), nullable=False),
+    pa.field("area_px", pa.float64(), nullable=False),  # in the normalised image
+    pa.field("area_mm2", pa.float64()),
+    pa.field("parent_label", pa.string()),
+    pa.field("attributes", pa.string()),
+], metadata={"medlvr_schema_version": str(SCHEMA_VERSION), "table": "rois"})
+
+REJECTS_SCHEMA = pa.schema([
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("source_path", pa.string(), nullable=False),
+    pa.field("record_key", pa.string(), nullable=False),
+    pa.field("level", pa.string(), nullable=False),  # record | image | roi
+    pa.field("stage", pa.string(), nullable=False),  # discover | load | normalise | roi | dedup
+    pa.field("reason", pa.string(), nullable=False),
+], metadata={"medlvr_schema_version": str(SCHEMA_VERSION), "table": "rejects"})
+
+
+class _Table:
+    """Buffers rows and writes a row group every `flush_rows`, so memory stays flat."""
+
+    def __init__(self, path: Path, schema: pa.Schema, flush_rows: int):
+        self.path, self.schema, self.flush_rows = path, schema, flush_rows
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+class DatasetWriter:
+    """Writes one dataset's tables into a hidden temporary folder and publishes it with renames.
+
+    A reader of `<out>/<id>` sees either the previous complete version or the new complete one, never a
+    half-written table. On error the temporary folder is removed and the previous version stays.
+    """
+
+    def __init__(self, out_dir: Path, dataset_id: str, flush_rows: int = 128):
+        self.out_dir = Path(out_dir)
+        self.final = self.out_dir / dataset_id
+        self.tmp = self.out_dir / f".{dataset_id}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir(parents=True)
+        self.images = _Table(self.tmp / "images.parquet", IMAGES_SCHEMA, flush_rows)
+        self.rois = _Table(self.tmp / "rois.parquet", ROIS_SCHEMA, flush_rows * 8)
+        self.rejects = _Table(self.tmp / "rejects.parquet", REJECTS_SCHEMA, flush_rows * 8)
+
+    def commit(self, summary: dict[str, Any]) -> Path:
+        for t in (self.images, self.rois, self.rejects):
+            t.close()
+        (self.tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        old = None
+        if self.final.exists():
+            old = self.out_dir / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        for t in (self.images, self.rois, self.rejects):
+            try:
+                t.writer.close()
+            except Exception:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)

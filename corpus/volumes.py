@@ -1,0 +1,173 @@
+"""3-D volumes -> a capped set of 2-D slices with per-instance boxes (datasets.md §6.1 step 5, §6.3).
+
+Volumes arrive as (Z, Y, X) arrays with Z the axial (reading) axis; adapters reorder before calling.
+Instances are found in 3-D first so their ids are stable across slices; each kept slice gets the 2-D
+components of every 3-D instance present on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from corpus.masks import LabelRule, components, instances_3d, min_speck_px
+from corpus.records import RecordError, SourceImage, SourceROI
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    max_slices_per_volume: int = 12
+    extra_slices_per_instance: int = 2  # beyond the largest-area slice
+    min_area_ratio: float = 0.4  # extra slices need this share of the instance's largest slice area
+    min_z_gap: int = 3  # kept slices of one instance are at least this far apart
+    negatives_per_volume: int = 2
+    negative_gap: int = 10  # negative slices lie this far from any foreground slice
+    min_voxels: int = 8  # 3-D specks below this are dropped before slicing
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> "SliceConfig":
+        return cls(**{k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
+
+
+def _spread(candidates: Sequence[int], k: int) -> list[int]:
+    if k <= 0 or not candidates:
+        return []
+    if len(candidates) <= k:
+        return list(candidates)
+    idx = np.linspace(0, len(candidates) - 1, k + 2)[1:-1].round().astype(int)
+    return sorted({candidates[i] for i in idx})
+
+
+def select_slices(instance_areas: list[np.ndarray], foreground: np.ndarray, cfg: SliceConfig) -> list[tuple[int, str]]:
+    """Choose slices: (z, why) with why in {"key", "extra", "negative"}.
+
+    instance_areas: per 3-D instance, its pixel area on each slice (Z,).
+    foreground: (Z,) bool, any structure on the slice.
+    Key slices (largest area per instance) come first, by descending area, then extras, capped; then negatives.
+    """
+    keys: list[tuple[float, int]] = []
+    extras: list[tuple[float, int]] = []
+    for areas in instance_areas:
+        if areas.max() <= 0:
+            continue
+        zk = int(areas.argmax())
+        keys.append((float(areas[zk]), zk))
+        cand = [int(z) for z in np.flatnonzero(areas >= cfg.min_area_ratio * areas[zk]) if abs(z - zk) >= cfg.min_z_gap]
+        chosen: list[int] = []
+        for z in _spread(cand, cfg.extra_slices_per_instance * 3):
+            if len(chosen) >= cfg.extra_slices_per_instance:
+                break
+            if all(abs(z - c) >= cfg.min_z_gap for c in chosen):
+                chosen.append(z)
+        extras.extend((float(areas[z]), z) for z in chosen)
+    picked: dict[int, str] = {}
+    for why, items in (("key", keys), ("extra", extras)):
+        for _, z in sorted(items, key=lambda t: (-t[0], t[1])):
+            if len(picked) >= cfg.max_slices_per_volume:
+                break
+            picked.setdefault(z, why)
+    out = sorted(picked.items())
+    fg = np.flatnonzero(foreground)
+    if cfg.negatives_per_volume > 0:
+        z_all = np.arange(foreground.shape[0])
+        if fg.size:
+            dist = np.min(np.abs(z_all[:, None] - fg[None, :]), axis=1)
+            neg = [int(z) for z in z_all[dist >= cfg.negative_gap]]
+        else:
+            neg = [int(z) for z in z_all]
+        out += [(z, "negative") for z in _spread(neg, cfg.negatives_per_volume)]
+    return out
+
+
+def volume_images(
+    channels: Mapping[str, np.ndarray],
+    labels: np.ndarray | None,
+    rules: Sequence[LabelRule],
+    *,
+    source_path: str,
+    intensity: str,
+    spacing_zyx: Sequence[float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    cfg: SliceConfig = SliceConfig(),
+    min_area: int | None = None,
+    attributes: Mapping | None = None,
+) -> list[SourceImage]:
+    """Slices of one volume as SourceImages sharing the same selection and ROIs across channels.
+
+    channels: name -> (Z, Y, X) array (one entry for single-sequence volumes; "" for no suffix).
+    labels: (Z, Y, X) integer label map or None (no annotation: negatives only).
+    intensity: "ct_hu" keeps HU for the normaliser's window; "percentile" clips each channel at its own
+      percentiles over non-zero voxels of the whole volume (never shared between sequences).
+    """
+    shapes = {k: v.shape for k, v in channels.items()}
+    for name, arr in channels.items():
+        if arr.ndim != 3:
+            raise RecordError(f"volume {name or 'image'} must be 3-D after reordering, got shape {arr.shape}")
+    if labels is not None and any(s != labels.shape for s in shapes.values()):
+        raise RecordError(f"image shape {shapes} and label shape {labels.shape} differ")
+    for name, arr in channels.items():
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise RecordError(f"volume {name or 'image'} contains NaN or infinite values")
+    z = next(iter(channels.values())).shape[0]
+    per_rule: list[tuple[LabelRule, np.ndarray, int]] = []
+    instance_areas: list[np.ndarray] = []
+    foreground = np.zeros(z, dtype=bool)
+    if labels is not None:
+        for rule in rules:
+            m = np.isin(labels, rule.values)
+            if not m.any():
+                continue
+            if rule.instances:
+                lab3d, n = instances_3d(m, cfg.min_voxels)
+            else:
+                lab3d, n = m.astype(np.int32), 1
+            per_rule.append((rule, lab3d, n))
+            for i in range(1, n + 1):
+                areas = (lab3d == i).sum(axis=(1, 2))
+                instance_areas.append(areas)
+            foreground |= m.any(axis=(1, 2))
+    chosen = select_slices(instance_areas, foreground, cfg)
+    windows: dict[str, tuple[float, float] | None] = {}
+    for name, arr in channels.items():
+        if intensity == "percentile":
+            nz = arr[arr != 0]
+            if nz.size == 0:
+                raise RecordError(f"volume {name or 'image'} is all zeros")
+            lo, hi = np.percentile(nz, percentiles)
+            windows[name] = (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
+        else:
+            windows[name] = None
+    out: list[SourceImage] = []
+    for zi, why in chosen:
+        rois: list[SourceROI] = []
+        for rule, lab3d, n in per_rule:
+            sl = lab3d[zi]
+            for i in range(1, n + 1):
+                m2 = sl == i
+                if not m2.any():
+                    continue
+                zs = np.flatnonzero((lab3d == i).any(axis=(1, 2)))
+                extent = {"z_range": [int(zs[0]), int(zs[-1])]}
+                if spacing_zyx is not None:
+                    extent["z_extent_mm"] = float((zs[-1] - zs[0] + 1) * spacing_zyx[0])
+                area_min = min_speck_px(m2.shape) if min_area is None else min_area
+                for box, area in components(m2, area_min):
+                    rois.append(SourceROI(rule.label, box, "mask", i if rule.instances else 0, float(area),
+                                          rule.parent, dict(extent)))
+        for name, arr in channels.items():
+            suffix = f"{name}_z{zi:04d}" if name else f"z{zi:04d}"
+            attrs = dict(attributes or {})
+            attrs["slice_role"] = why
+            if name:
+                attrs["sequence"] = name
+            out.append(SourceImage(
+                source_path=source_path, pixels=np.ascontiguousarray(arr[zi]), intensity=(
+                    "window" if intensity == "percentile" else intensity),
+                rois=[SourceROI(r.label, r.box, r.origin, r.instance, r.area_px, r.parent, dict(r.attributes))
+                      for r in rois],
+                suffix=suffix, window=windows[name], spacing_mm=tuple(spacing_zyx) if spacing_zyx else None,
+                slice_index=zi, slice_axis=0, attributes=attrs,
+            ))
+    return out

@@ -1,0 +1,161 @@
+"""The ingest runner on a fake adapter: rejects with reasons, reconciliation, atomic publish, workers."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from corpus.adapters import ADAPTERS, Adapter
+from corpus.catalog import parse_spec
+from corpus.ingest import IngestConfig, ingest_dataset
+from corpus.normalize import NormaliseConfig
+from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+
+SPEC = parse_spec({
+    "id": "fake", "name": "Fake", "modality": "CT", "body_region": "abdomen", "adapter": "fake_adapter",
+    "labels": {"lesion": "kg:lesion"}, "layout": ["*.txt"], "patient_key": {"source": "record"},
+    "licence": "none", "citation": "none", "homepage": "none", "attributes": ["allowed_fact"],
+})
+
+
+def _img(seed, h=40, w=60):
+    return np.random.default_rng(seed).integers(0, 255, (h, w), dtype=np.uint8)
+
+
+def _discover(spec, root):
+    for key in ["good", "load_err", "boom", "nan", "dup", "boxes", "empty", "good"]:
+        yield RecordRef(key, {"image": f"{key}.png"}, patient=f"P-{key}",
+                        attributes={"allowed_fact": 1, "PatientName": "DOE^JOHN"})
+    yield Reject(spec.id, "../escape.png", "discover", "path escapes the dataset root: '../escape.png'", "escape")
+
+
+def _load(spec, root, ref):
+    k = ref.key
+    if k == "load_err":
+        raise RecordError("corrupt or truncated image x.png: broken")
+    if k == "boom":
+        raise ValueError("something nobody foresaw")
+    if k == "nan":
+        a = np.ones((10, 10), np.float32)
+        a[3, 3] = np.nan
+        return [SourceImage("nan.png", a, "percentile")]
+    if k == "empty":
+        return []
+    if k == "interrupt":
+        raise KeyboardInterrupt
+    rois = [SourceROI("lesion", (10, 5, 30, 25), "box")]
+    if k == "boxes":
+        rois += [SourceROI("lesion", (float("nan"), 1, 2, 3), "box"), SourceROI("lesion", (5, 5, 5, 9), "box"),
+                 SourceROI("lesion", (100, 100, 120, 130), "box"), SourceROI("lesion", (-5, 30, 20, 50), "box"),
+                 SourceROI("tumour?", (1, 1, 9, 9), "box")]
+        return [SourceImage("boxes.png", _img(2), "uint8", rois, roi_rejects=[("lesion", "mask file unreadable")])]
+    return [SourceImage(f"{k}.png", _img(1), "uint8", rois, attributes={"slice_role": "key"})]
+
+
+@pytest.fixture
+def fake_adapter(monkeypatch):
+    monkeypatch.setitem(ADAPTERS, "fake_adapter", Adapter("fake_adapter", _discover, _load, "test"))
+
+
+def _rejects(out):
+    return pq.read_table(out / "fake" / "rejects.parquet").to_pylist()
+
+
+def test_every_record_is_out_or_rejected_with_reason(tmp_path, fake_adapter):
+    (tmp_path / "ds").mkdir()
+    s = ingest_dataset(SPEC, tmp_path / "ds", tmp_path / "out", IngestConfig(patient_salt="s"))
+    assert s.records_in == 9 and s.records_out == 2 and s.records_rejected == 7
+    assert s.layout_missing == ["*.txt"]
+    rej = _rejects(tmp_path / "out")
+    rec = {r["record_key"]: r for r in rej if r["level"] == "record"}
+    assert "escapes" in rec["escape"]["reason"]
+    assert "corrupt or truncated" in rec["load_err"]["reason"]
+    assert "unexpected ValueError: something nobody foresaw" in rec["boom"]["reason"]
+    assert "NaN" in rec["nan"]["reason"]
+    assert "duplicate image id" in rec["dup"]["reason"]
+    assert "no images" in rec["empty"]["reason"]
+    assert "duplicate record id 'good'" in rec["good"]["reason"]
+    roi_reasons = sorted(r["reason"] for r in rej if r["level"] == "roi")
+    assert len(roi_reasons) == 5 and s.rois_rejected == 5
+    for frag in ["NaN", "degenerate", "outside", "not in the catalog label map", "mask file unreadable"]:
+        assert any(frag in r for r in roi_reasons), frag
+    rois = pq.read_table(tmp_path / "out" / "fake" / "rois.parquet").to_pylist()
+    assert s.rois_out == len(rois) == 3
+    clipped = [r for r in rois if r["clipped"]]
+    assert len(clipped) == 1 and clipped[0]["box_orig"] == [0.0, 30.0, 20.0, 40.0]
+
+
+def test_outputs_carry_no_identifier_and_only_whitelisted_attributes(tmp_path, fake_adapter):
+    (tmp_path / "ds").mkdir()
+    ingest_dataset(SPEC, tmp_path / "ds", tmp_path / "out", IngestConfig(patient_salt="s"))
+    imgs = pq.read_table(tmp_path / "out" / "fake" / "images.parquet").to_pylist()
+    attrs = {im["record_key"]: json.loads(im["attributes"]) for im in imgs}
+    assert attrs == {"good": {"allowed_fact": 1, "slice_role": "key"}, "boxes": {"allowed_fact": 1}}
+    for im in imgs:
+        assert "P-good" not in im["patient_key"] and len(im["patient_key"]) == 20
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert b"DOE^JOHN" not in blob and b"P-good" not in blob and b"P-boxes" not in blob
+
+
+def test_salt_changes_patient_keys_and_is_stable(tmp_path, fake_adapter):
+    (tmp_path / "ds").mkdir()
+    keys = []
+    for salt, out in [("a", "o1"), ("a", "o2"), ("b", "o3")]:
+        ingest_dataset(SPEC, tmp_path / "ds", tmp_path / out, IngestConfig(patient_salt=salt))
+        keys.append(pq.read_table(tmp_path / out / "fake" / "images.parquet").column("patient_key").to_pylist())
+    assert keys[0] == keys[1] and keys[0] != keys[2]
+
+
+def test_generated_salt_is_kept_private_and_reused(tmp_path, fake_adapter, monkeypatch):
+    monkeypatch.delenv("MEDLVR_PATIENT_SALT", raising=False)
+    (tmp_path / "ds").mkdir()
+    ingest_dataset(SPEC, tmp_path / "ds", tmp_path / "out", IngestConfig())
+    salt_file = tmp_path / "out" / ".patient_salt"
+    assert (salt_file.stat().st_mode & 0o777) == 0o600
+    k1 = pq.read_table(tmp_path / "out" / "fake" / "images.parquet").column("patient_key").to_pylist()
+    ingest_dataset(SPEC, tmp_path / "ds", tmp_path / "out", IngestConfig())
+    assert pq.read_table(tmp_path / "out" / "fake" / "images.parquet").column("patient_key").to_pylist() == k1
+
+
+def test_failed_rebuild_keeps_previous_version(tmp_path, fake_adapter, monkeypatch):
+    (tmp_path / "ds").mkdir()
+    ingest_dataset(SPEC, tmp_path / "ds", tmp_path / "out", IngestConfig(patient_salt="s"))
+    before = (tmp_path / "out" / "fake" / "summary.json").read_text()
+
+    def discover_then_interrupt(spec, root):
+        yield from _discover(spec, root)
+        yield RecordRef("interrupt", {"image": "i.png"}, patient="x")
+
+    monkeypatch.setitem(ADAPTERS, "fake_adapter", Adapter("fake_adapter", discover_then_interrupt, _load, "t"))
+    with pytest.raises(KeyboardInterrupt):
+        ingest_dataset(SPEC, tmp_path / "ds", tmp_path / "out", IngestConfig(patient_salt="s"))
+    assert (tmp_path / "out" / "fake" / "summary.json").read_text() == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != ".patient_salt") == ["fake"]
+
+
+def test_workers_give_identical_tables(tmp_path, fake_adapter):
+    (tmp_path / "ds").mkdir()
+    outs = []
+    for w in (1, 2):
+        ingest_dataset(SPEC, tmp_path / "ds", tmp_path / f"w{w}", IngestConfig(patient_salt="s", workers=w))
+        outs.append([pq.read_table(tmp_path / f"w{w}" / "fake" / f"{t}.parquet").to_pylist()
+                     for t in ("images", "rois", "rejects")])
+    assert outs[0] == outs[1]
+
+
+def test_resize_budget_applies_and_boxes_scale(tmp_path, fake_adapter):
+    (tmp_path / "ds").mkdir()
+    cfg = IngestConfig(patient_salt="s", normalise=NormaliseConfig(max_side=30, pad_to_square=True))
+    ingest_dataset(SPEC, tmp_path / "ds", tmp_path / "out", cfg)
+    im = pq.read_table(tmp_path / "out" / "fake" / "images.parquet").to_pylist()[0]
+    assert (im["width"], im["height"], im["pad"]) == (30, 30, [0, 5, 0, 5])
+    roi = pq.read_table(tmp_path / "out" / "fake" / "rois.parquet").to_pylist()[0]
+    assert roi["box"] == [5.0, 7.5, 15.0, 17.5]
+
+
+def test_missing_dataset_root_is_a_clear_error(tmp_path, fake_adapter):
+    from corpus.ingest import DatasetMissing
+
+    with pytest.raises(DatasetMissing, match="does not exist"):
+        ingest_dataset(SPEC, tmp_path / "nope", tmp_path / "out")
