@@ -47,7 +47,8 @@ def _cmd_sample_data(args) -> int:
     return 0
 
 
-def print_summary(summaries, file=sys.stdout) -> None:
+def print_summary(summaries, file=None) -> None:
+    file = file or sys.stdout
     head = f"{'dataset':<16} {'modality':<11} {'records':>7} {'rejected':>8} {'images':>7} {'ROIs':>7} {'ROI rej':>7} {'s':>6}"
     print(head, file=file)
     print("-" * len(head), file=file)
