@@ -1,0 +1,347 @@
+"""A1 `nifti_volume`: NIfTI image + label-map volumes (KiTS, LiTS, MSD, BraTS, ACDC, CAMUS 2023).
+
+One record = one anchor image file found by `anchor_glob` (or listed in an MSD `dataset.json`). Every other
+file of the record is named by a template filled from the anchor: `{anchor}` (its path), `{dir}`, `{name}`,
+`{stem}` and the named groups of `anchor_regex`. Catalog options (all per dataset, or per entry of `variants`
+when a dataset ships in several releases whose file names differ; the first variant whose anchor matches wins):
+
+  anchor_glob / anchor_regex   the record's anchor file and named groups taken from its path
+  channels: {name: template}   one file per sequence (BraTS); else the anchor itself is the image
+  channel_names: [..]          names of the channels of a 4-D image (last axis "C" in axis_order)
+  label: template              the label map; missing file -> reject (null: unlabelled dataset)
+  sidecar: template            key-value cfg (ACDC Info.cfg, CAMUS Info_2CH.cfg), A14 attributes
+  phase_from_sidecar: {group, keys}   the anchor's frame number must equal one of the sidecar keys (ED/ES)
+  group_attributes: [..]       regex groups copied into the image attributes (view, phase, vendor)
+  dataset_json: glob           MSD: records from each task's `training` list, label names from `labels`
+  tasks: [..]                  only these task folders (MSD CT tasks as one dataset)
+  json_labels: {qualify, organs, parents}   how dataset.json labels become rules (see _json_rules)
+  channels_from_json: bool     4-D channel names from dataset.json `modality` (MSD Prostate: T2, ADC)
+  strict_labels: bool          (default true) a label value no rule names rejects the record (wrong release)
+  label_rules: [..]            hierarchy rules (corpus.masks.rules_from_options) for glob datasets
+  axis_order: "XYZ" | "ZYX" | "XYZC" | "XY" ...  the on-disk array axes; never guessed from the shape
+  canonical: bool              reorient to RAS with nib.as_closest_canonical first (then axis_order XYZ)
+  intensity: ct_hu | percentile | uint8 | auto (uint8 arrays -> uint8, else percentile)
+  reader: nifti | metaimage    the file format of the images and labels
+  slices: SliceConfig fields   slice-selection overrides
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+
+from corpus.adapters import register
+from corpus.adapters.paths import rel_path, require_file, safe_path, walk
+from corpus.adapters.sidecar import read_json, read_kv, whitelist
+from corpus.masks import LabelRule
+from corpus.records import RecordError, RecordRef, Reject, SourceImage
+from corpus.volumes import SliceConfig, volume_images
+
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.mhd|\.mha)$", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------------------------- readers
+def read_nifti(root: Path, rel: str, canonical: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Array in on-disk axis order and the header zooms in the same order."""
+    import nibabel as nib
+
+    path = safe_path(root, rel)
+    try:
+        img = nib.load(str(path))
+        if canonical:
+            img = nib.as_closest_canonical(img)
+        arr = np.asanyarray(img.dataobj)  # keeps int16/uint8 when there is no scaling
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+    except Exception as e:  # truncated gzip, bad header, short data: nibabel raises many types
+        raise RecordError(f"cannot read NIfTI {rel}: {type(e).__name__}: {e}")
+    return arr, zooms
+
+
+def read_any(root: Path, rel: str, reader: str, canonical: bool) -> tuple[np.ndarray, tuple[float, ...]]:
+    if reader == "nifti":
+        return read_nifti(root, rel, canonical)
+    if reader == "metaimage":
+        from corpus.adapters.metaimage import read_mhd  # local: metaimage imports this module
+
+        return read_mhd(root, rel)
+    raise RecordError(f"unknown volume reader {reader!r}")
+
+
+def to_zyx(arr: np.ndarray, zooms: tuple[float, ...], order: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reorder an array whose axes are named by `order` (letters X, Y, Z and optionally C) to (Z, Y, X[, C]).
+
+    Trailing singleton axes beyond `order` are dropped (NIfTI pads dims with 1); a 2-D order gets Z = 1.
+    """
+    order = order.upper()
+    if sorted(order) not in (sorted("XYZ"), sorted("XYZC"), sorted("XY"), sorted("XYC")):
+        raise RecordError(f"bad axis_order {order!r}")
+    zooms = tuple(zooms) + (1.0,) * max(0, arr.ndim - len(zooms))
+    while arr.ndim > len(order) and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != len(order):
+        raise RecordError(f"expected a {len(order)}-D array with axes {order}, got shape {arr.shape}")
+    zooms = zooms[:len(order)]
+    if "Z" not in order:
+        arr, zooms, order = arr[np.newaxis], (1.0,) + zooms, "Z" + order
+    target = "ZYX" + ("C" if "C" in order else "")
+    perm = [order.index(c) for c in target]
+    z = [zooms[i] for i in perm]
+    return np.transpose(arr, perm), (float(z[0]), float(z[1]), float(z[2]))
+
+
+# ----------------------------------------------------------------------------------------------- options
+def variants(spec) -> list[dict[str, Any]]:
+    base = {k: v for k, v in spec.options.items() if k != "variants"}
+    if "variants" not in spec.options:
+        return [dict(base, name=base.get("name", "default"))]
+    return [dict(base, **v) for v in spec.options["variants"]]
+
+
+def _variant_by_name(spec, name: str) -> dict[str, Any]:
+    for v in variants(spec):
+        if v["name"] == name:
+            return v
+    raise RecordError(f"unknown release variant {name!r}")
+
+
+def _pick_variant(spec, root: Path) -> dict[str, Any]:
+    tried = []
+    for v in variants(spec):
+        glob = v.get("dataset_json") or v["anchor_glob"]
+        tried.append(glob)
+        if next(walk(root, glob), None) is not None:
+            return v
+    raise RecordError(f"no file matches any of {tried} under the dataset root", stage="discover")
+
+
+def _reader(spec, var: dict) -> str:
+    return var.get("reader") or ("metaimage" if spec.adapter == "metaimage" else "nifti")
+
+
+def _stem(name: str) -> str:
+    return _EXT.sub("", name)
+
+
+def _json_rules(labels: dict, var: dict, prefix: str) -> list[dict]:
+    """MSD dataset.json `labels` -> rule dicts. Raw label = name (or "<Task folder>/<name>" when qualify).
+
+    `organs` get one union region per slice (instances: false); `parents` {child: parent} make the parent's
+    region include the child's values (pancreas ⊇ tumour), as the hierarchy rules of §6.1 require.
+    """
+    jl = var.get("json_labels") or {}
+    organs, parents = set(jl.get("organs") or ()), dict(jl.get("parents") or {})
+    rules: dict[str, dict] = {}
+    for code, name in sorted(labels.items(), key=lambda kv: int(kv[0])):
+        if int(code) == 0:
+            continue
+        raw = f"{prefix}/{name}" if jl.get("qualify") else str(name)
+        rules[raw] = {"label": raw, "values": [int(code)], "instances": raw not in organs, "parent": parents.get(raw)}
+    for _ in range(len(rules)):  # propagate child values up the hierarchy (a few levels at most)
+        for raw, r in rules.items():
+            p = r["parent"]
+            if p in rules:
+                rules[p]["values"] = sorted(set(rules[p]["values"]) | set(r["values"]))
+    return list(rules.values())
+
+
+def _plain_rules(var: dict) -> list[dict]:
+    return [{"label": r["label"], "values": [int(v) for v in r["values"]], "instances": bool(r.get("instances", True)),
+             "parent": r.get("parent")} for r in var.get("label_rules") or ()]
+
+
+# ----------------------------------------------------------------------------------------------- discover
+def _make_ref(spec, root: Path, var: dict, anchor: str, rules: list[dict], extra: dict | None = None,
+              paths: dict | None = None) -> RecordRef:
+    pattern = var.get("anchor_regex")
+    groups: dict[str, str] = {}
+    if pattern:
+        m = re.search(pattern, anchor)
+        if not m:
+            raise RecordError(f"file name does not match the expected pattern {pattern!r}")
+        groups = {k: v for k, v in m.groupdict().items() if v is not None}
+    pp = PurePosixPath(anchor)
+    tv = {"anchor": anchor, "dir": pp.parent.as_posix(), "name": pp.name, "stem": _stem(pp.name), **groups}
+    try:
+        if paths is None:
+            paths = {}
+            if var.get("channels"):
+                for ch, tpl in var["channels"].items():
+                    paths[f"image:{ch}"] = tpl.format(**tv)
+            else:
+                paths["image"] = var.get("image", "{anchor}").format(**tv)
+            if var.get("label"):
+                paths["label"] = var["label"].format(**tv)
+            if var.get("sidecar"):
+                paths["sidecar"] = var["sidecar"].format(**tv)
+    except KeyError as e:
+        raise RecordError(f"catalog template names an unknown field {e}")
+    for rel in paths.values():
+        require_file(root, rel)
+        if _reader(spec, var) == "metaimage" and rel.lower().endswith((".mhd", ".mha")):
+            from corpus.adapters.metaimage import check_mhd
+
+            check_mhd(root, rel)  # header + data-file checks are cheap: reject here, not in a worker
+    attrs: dict[str, Any] = {k: groups[k] for k in var.get("group_attributes") or () if k in groups}
+    if "sidecar" in paths:
+        kv = read_kv(safe_path(root, paths["sidecar"]))
+        ph = var.get("phase_from_sidecar")
+        if ph:
+            frame = int(groups[ph["group"]])
+            hit = [k for k in ph["keys"] if isinstance(kv.get(k), (int, float)) and int(kv[k]) == frame]
+            if not hit:
+                raise RecordError(f"frame {frame} is none of {ph['keys']} in {paths['sidecar']} "
+                                  f"({ {k: kv.get(k) for k in ph['keys']} })")
+            attrs["phase"] = hit[0]
+        attrs.update(kv)
+    attrs.update(extra or {})
+    attrs = whitelist(attrs, tuple(spec.attributes) + ("phase", "view", "vendor", "release"))
+    patient = groups.get(var["patient_group"]) if var.get("patient_group") else None
+    return RecordRef(key=anchor, paths=paths, patient=patient, attributes=attrs,
+                     annotations={"variant": var["name"], "rules": rules, "channels": None})
+
+
+def _discover_glob(spec, root: Path, var: dict) -> Iterator[RecordRef | Reject]:
+    rules = _plain_rules(var)
+    for p in walk(root, var["anchor_glob"]):
+        anchor = rel_path(root, p)
+        try:
+            yield _make_ref(spec, root, var, anchor, rules)
+        except RecordError as e:
+            yield Reject(spec.id, anchor, "discover", e.reason, anchor)
+
+
+def _clean_ref(s: Any) -> str:
+    s = str(s).replace("\\", "/")
+    return s[2:] if s.startswith("./") else s
+
+
+def _discover_json(spec, root: Path, var: dict) -> Iterator[RecordRef | Reject]:
+    seen: set[str] = set()
+    for jp in walk(root, var["dataset_json"]):
+        jrel = rel_path(root, jp)
+        task_dir = PurePosixPath(jrel).parent
+        if var.get("tasks") and task_dir.name not in var["tasks"]:
+            continue  # a task the catalog leaves out (MSD Liver duplicates LiTS): not a record of this dataset
+        try:
+            js = read_json(jp)
+            labels, training = js["labels"], js["training"]
+            if not isinstance(labels, dict) or not isinstance(training, list):
+                raise TypeError("labels must be a mapping and training a list")
+            rules = _json_rules(labels, var, task_dir.name)
+            channels = None
+            if var.get("channels_from_json"):
+                mod = js["modality"]
+                channels = [str(mod[k]) for k in sorted(mod, key=int)]
+        except (RecordError, KeyError, TypeError, ValueError) as e:
+            yield Reject(spec.id, jrel, "discover", f"unusable dataset.json: {type(e).__name__}: {e}", jrel)
+            continue
+        for entry in training:
+            try:
+                img_rel, lab_rel = _clean_ref(entry["image"]), _clean_ref(entry["label"])
+            except (KeyError, TypeError):
+                yield Reject(spec.id, jrel, "discover", f"training entry without image/label: {entry!r}", jrel)
+                continue
+            if PurePosixPath(img_rel).name.startswith("."):
+                continue  # an AppleDouble `._` twin listed by mistake is not a record
+            key = (task_dir / img_rel).as_posix()
+            if key in seen:
+                yield Reject(spec.id, key, "discover", f"duplicate record id {key} in {jrel}", key)
+                continue
+            seen.add(key)
+            for rel in (img_rel, lab_rel):
+                if ".." in PurePosixPath(rel).parts or rel.startswith("/"):
+                    yield Reject(spec.id, key, "discover", f"path escapes the task folder: {rel!r}", key)
+                    break
+            else:
+                paths = {"image": key, "label": (task_dir / lab_rel).as_posix()}
+                try:
+                    ref = _make_ref(spec, root, var, key, rules, paths=paths)
+                except RecordError as e:
+                    yield Reject(spec.id, key, "discover", e.reason, key)
+                    continue
+                ref.annotations["channels"] = channels
+                yield ref
+
+
+def discover_volumes(spec, root: Path) -> Iterator[RecordRef | Reject]:
+    var = _pick_variant(spec, root)
+    if var.get("dataset_json"):
+        yield from _discover_json(spec, root, var)
+    else:
+        yield from _discover_glob(spec, root, var)
+
+
+# ----------------------------------------------------------------------------------------------- load
+def _labels_int(arr: np.ndarray, rel: str, known: set[int], strict: bool) -> np.ndarray:
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise RecordError(f"label map {rel} contains NaN or infinite values")
+        r = np.rint(arr)
+        if np.abs(arr - r).max(initial=0) > 1e-3:
+            raise RecordError(f"label map {rel} has non-integer values")
+        arr = r
+    lab = arr.astype(np.int32)
+    if strict:
+        extra = sorted(set(np.unique(lab).tolist()) - known - {0})
+        if extra:
+            raise RecordError(f"label map {rel} has values {extra} that no label rule names (wrong release?)")
+    return lab
+
+
+def _intensity(var: dict, arr: np.ndarray) -> str:
+    kind = var.get("intensity", "auto")
+    if kind == "auto":
+        return "uint8" if arr.dtype == np.uint8 else "percentile"
+    return kind
+
+
+def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
+    var = _variant_by_name(spec, ref.annotations["variant"])
+    reader, canon = _reader(spec, var), bool(var.get("canonical", False))
+    order = var.get("axis_order", "XYZ" if reader == "nifti" else "ZYX")
+    rules = [LabelRule(r["label"], tuple(r["values"]), r["instances"], r.get("parent")) for r in ref.annotations["rules"]]
+    channels: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+    spacing = None
+    for role, rel in ref.paths.items():
+        if not role.startswith("image"):
+            continue
+        arr, zooms = read_any(root, rel, reader, canon)
+        arr, sp = to_zyx(arr, zooms, order)
+        spacing = spacing or sp
+        if role.startswith("image:"):
+            channels[role[6:]] = arr
+            sources[role[6:]] = rel
+        elif arr.ndim == 4:
+            names = ref.annotations.get("channels") or var.get("channel_names")
+            if not names or len(names) != arr.shape[3]:
+                raise RecordError(f"{rel}: {arr.shape[3]} channels but channel names {names}")
+            for i, n in enumerate(names):
+                channels[str(n)] = arr[..., i]  # each sequence is normalised on its own in volume_images
+                sources[str(n)] = rel
+        else:
+            channels[""] = arr
+            sources[""] = rel
+    if not channels:
+        raise RecordError("record has no image file")
+    labels = None
+    if "label" in ref.paths:
+        lab, lab_zooms = read_any(root, ref.paths["label"], reader, canon)
+        lab, _ = to_zyx(lab, lab_zooms, order.replace("C", ""))  # a label map has no channel axis
+        known = {v for r in rules for v in r.values}
+        labels = _labels_int(lab, ref.paths["label"], known, bool(var.get("strict_labels", True)))
+    first = next(iter(channels.values()))
+    imgs = volume_images(
+        channels, labels, rules, source_path=next(iter(sources.values())), intensity=_intensity(var, first),
+        spacing_zyx=spacing, percentiles=tuple(spec.normalise.get("percentiles", (0.5, 99.5))),
+        cfg=SliceConfig.from_dict(var.get("slices")), attributes=ref.attributes)
+    for im in imgs:  # BraTS: each sequence image names its own file
+        im.source_path = sources.get(im.attributes.get("sequence", ""), im.source_path)
+    return imgs
+
+
+register("nifti_volume", discover_volumes, load_volume,
+         "NIfTI image + label-map volumes (3-D/4-D, axis order per dataset, dataset.json labels, ED/ES frames)")

@@ -1,0 +1,296 @@
+"""A1 nifti_volume: KiTS23, LiTS, MSD CT, BraTS, ACDC, MSD Prostate, CAMUS 2023 (datasets.md §2.1, §2.2, §2.4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from corpus.adapters import ADAPTERS
+from corpus.catalog import load_catalog
+from corpus.ingest import IngestConfig, ingest_dataset
+from corpus.records import RecordError, RecordRef, Reject
+from corpus.sample_data import volumes as sv
+from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
+
+NIFTI_IDS = ["kits23", "lits", "msd_ct", "brats2021", "acdc", "msd_prostate", "camus"]
+
+
+def run(spec, root: Path):
+    """discover + load directly: (images, rejects)."""
+    a = ADAPTERS[spec.adapter]
+    images, rejects = [], []
+    for item in a.discover(spec, root):
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        try:
+            images += a.load(spec, root, item)
+        except RecordError as e:
+            rejects.append(Reject(spec.id, item.key, "load", e.reason, item.key))
+    return images, rejects
+
+
+def assert_direct_truth(images, truth) -> int:
+    got = {(im.source_path, im.suffix): [(r.label, list(r.box)) for r in im.rois] for im in images}
+    n = 0
+    for t in truth:
+        key = (t["source_path"], t["suffix"])
+        assert key in got, f"no image {key}; have {sorted(got)}"
+        for label, box in t["boxes"]:
+            assert (label, box) in got[key], f"{key}: {label} {box} not in {got[key]}"
+            n += 1
+    assert n > 0
+    return n
+
+
+def spec_with(ds: str, **options):
+    spec = load_catalog()[ds]
+    return dataclasses.replace(spec, options={**spec.options, **options})
+
+
+def ingest(spec, root: Path, tmp_path: Path):
+    s = ingest_dataset(spec, root, tmp_path / "out", IngestConfig(patient_salt="t"))
+    assert_reconciles(s)
+    import pyarrow.parquet as pq
+
+    rej = pq.read_table(tmp_path / "out" / spec.id / "rejects.parquet").to_pylist()
+    return s, rej
+
+
+@pytest.mark.parametrize("ds", NIFTI_IDS)
+def test_sample_boxes_recovered_through_ingest(tmp_path, ds):
+    ing = ingest_sample(tmp_path, ds)
+    assert_reconciles(ing.summary)
+    assert ing.summary.records_rejected == 0, ing.summary.reasons
+    assert assert_truth_recovered(ing) > 0
+    assert not ing.summary.layout_missing
+
+
+def test_kits_axis_order_spacing_and_hierarchy(tmp_path):
+    truth = sv.write_kits23(tmp_path, np.random.default_rng(0))
+    images, rejects = run(load_catalog()["kits23"], tmp_path)
+    assert not rejects
+    assert_direct_truth(images, truth)
+    im = next(i for i in images if i.source_path.endswith("case_00000/imaging.nii.gz") and i.suffix == "z0005")
+    assert im.pixels.shape == (48, 48) and im.slice_axis == 0
+    assert im.spacing_mm == pytest.approx((3.0, 0.78, 0.78))
+    by = {}
+    for r in im.rois:
+        by.setdefault(r.label, []).append(r)
+    assert len(by["kidney tumor"]) == 2  # two separate class-2 components inside the kidney
+    assert {r.parent for r in by["kidney tumor"]} == {"kidney mass"}
+    assert {r.parent for r in by["kidney mass"]} == {"kidney"}
+    assert all("z_range" in r.attributes and "z_extent_mm" in r.attributes for r in im.rois)
+    # reading KiTS as if it were nibabel's (X,Y,Z) slices the wrong axis: different shapes and boxes
+    wrong, _ = run(spec_with("kits23", axis_order="XYZ"), tmp_path)
+    assert {i.pixels.shape for i in wrong} == {(48, 10)}
+
+
+def test_kits_ras_reorientation_flips_consistently(tmp_path):
+    truth = sv.write_kits23(tmp_path, np.random.default_rng(0))
+    images, rejects = run(spec_with("kits23", canonical=True, axis_order="XYZ"), tmp_path)
+    assert not rejects
+    # the sample affine has negative diagonal terms: RAS reorientation reverses z, y and x
+    flipped = []
+    for t in truth:
+        z = int(t["suffix"][1:])
+        flipped.append({"source_path": t["source_path"], "suffix": f"z{9 - z:04d}",
+                        "boxes": [[lab, [48 - b[2], 48 - b[3], 48 - b[0], 48 - b[1]]] for lab, b in t["boxes"]]})
+    assert_direct_truth(images, flipped)
+
+
+def test_brats_2023_release_detected_from_file_names(tmp_path):
+    truth = sv.write_brats2021(tmp_path, np.random.default_rng(1), release="2023")
+    spec = load_catalog()["brats2021"]
+    refs = list(ADAPTERS[spec.adapter].discover(spec, tmp_path))
+    assert [r.annotations["variant"] for r in refs] == ["2023-GLI"]
+    images, rejects = run(spec, tmp_path)
+    assert not rejects
+    assert_direct_truth(images, truth)
+    assert any(r.label == "enhancing tumor" for im in images for r in im.rois)  # ET = 3 in 2023
+    seqs = {im.attributes["sequence"]: im for im in images if im.suffix.endswith("z0004")}
+    assert set(seqs) == {"flair", "t1", "t1ce", "t2"}
+    assert seqs["t1ce"].source_path.endswith("-t1c.nii.gz")
+    assert len({im.window for im in seqs.values()}) == 4  # percentiles per sequence, never shared
+
+
+def test_brats_2021_label_3_rejected_as_wrong_coding(tmp_path):
+    sv.write_brats2021(tmp_path, np.random.default_rng(1))
+    seg = tmp_path / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz"
+    img = nib.load(str(seg))
+    a = np.asanyarray(img.dataobj).copy()
+    a[a == 4] = 3
+    nib.save(nib.Nifti1Image(a, img.affine), str(seg))
+    images, rejects = run(load_catalog()["brats2021"], tmp_path)
+    assert not images and len(rejects) == 1 and "[3]" in rejects[0].reason
+
+
+def test_acdc_ed_es_phase_patient_split(tmp_path):
+    truth = sv.write_acdc(tmp_path, np.random.default_rng(2))
+    spec = load_catalog()["acdc"]
+    refs = [r for r in ADAPTERS[spec.adapter].discover(spec, tmp_path)]
+    assert all(isinstance(r, RecordRef) for r in refs) and len(refs) == 4
+    assert {(r.patient, r.attributes["phase"]) for r in refs} == {
+        ("patient001", "ED"), ("patient001", "ES"), ("patient101", "ED"), ("patient101", "ES")}
+    assert all("Weight" not in r.attributes and "Height" not in r.attributes for r in refs)
+    images, _ = run(spec, tmp_path)
+    assert_direct_truth(images, truth)
+    # a frame that is neither ED nor ES in Info.cfg is not an annotated frame: rejected with the reason
+    d = tmp_path / "database" / "training" / "patient001"
+    for suffix in ("", "_gt"):
+        (d / f"patient001_frame05{suffix}.nii.gz").write_bytes((d / f"patient001_frame01{suffix}.nii.gz").read_bytes())
+    _, rejects = run(spec, tmp_path)
+    assert len(rejects) == 1 and "frame 5 is none of" in rejects[0].reason
+    ing = ingest_sample(tmp_path / "ing", "acdc")
+    rows = ing.table("images").to_pylist()
+    assert {r["official_split"] for r in rows} == {"train", "test"}
+    assert {json.loads(r["attributes"])["phase"] for r in rows} == {"ED", "ES"}
+
+
+def test_msd_ct_labels_from_dataset_json_and_apple_double(tmp_path):
+    truth = sv.write_msd_ct(tmp_path, np.random.default_rng(3))
+    assert (tmp_path / "Task06_Lung" / "imagesTr" / "._lung_001.nii.gz").exists()
+    # a task the catalog leaves out (MSD Liver duplicates LiTS) is ignored
+    (tmp_path / "Task03_Liver").mkdir()
+    (tmp_path / "Task03_Liver" / "dataset.json").write_text("{}")
+    spec = load_catalog()["msd_ct"]
+    images, rejects = run(spec, tmp_path)
+    assert not rejects and len({im.source_path for im in images}) == 5
+    assert_direct_truth(images, truth)
+    assert not any("._" in im.source_path for im in images)
+    pan = [r for im in images for r in im.rois if r.label == "Task07_Pancreas/cancer"]
+    assert len(pan) == 2 and {r.parent for r in pan} == {"Task07_Pancreas/pancreas"}
+    # renaming a label in dataset.json renames the reported label: names are never hard-coded
+    js = json.loads((tmp_path / "Task09_Spleen" / "dataset.json").read_text())
+    js["labels"]["1"] = "lien"
+    (tmp_path / "Task09_Spleen" / "dataset.json").write_text(json.dumps(js))
+    images, _ = run(spec, tmp_path)
+    assert "Task09_Spleen/lien" in {r.label for im in images for r in im.rois}
+
+
+def test_msd_json_bad_references(tmp_path):
+    sv.write_msd_ct(tmp_path, np.random.default_rng(3))
+    jp = tmp_path / "Task06_Lung" / "dataset.json"
+    js = json.loads(jp.read_text())
+    good = js["training"][0]
+    js["training"] = [good, dict(good),  # duplicate id
+                      {"image": "./imagesTr/lung_002.nii.gz", "label": "./labelsTr/lung_002.nii.gz"},  # missing
+                      {"image": "../Task09_Spleen/imagesTr/spleen_001.nii.gz", "label": "./labelsTr/x.nii.gz"},
+                      {"image": "./imagesTr/._lung_001.nii.gz", "label": "./labelsTr/lung_001.nii.gz"},  # twin
+                      {"image": "./imagesTr/lung_001.nii.gz"}]
+    jp.write_text(json.dumps(js))
+    (tmp_path / "Task10_Colon" / "dataset.json").write_text("{not json")
+    s, rej = ingest(load_catalog()["msd_ct"], tmp_path, tmp_path)
+    reasons = " | ".join(r["reason"] for r in rej)
+    for needle in ("duplicate record id", "file referenced but missing", "escapes", "without image/label",
+                   "unusable dataset.json"):
+        assert needle in reasons, reasons
+    assert s.records_out == 4 and s.records_rejected == 5
+
+
+def test_msd_prostate_4d_channels_normalised_separately(tmp_path):
+    truth = sv.write_msd_prostate(tmp_path, np.random.default_rng(4))
+    assert (tmp_path / "Task05_Prostate" / "imagesTr" / "._prostate_00.nii.gz").exists()
+    images, rejects = run(load_catalog()["msd_prostate"], tmp_path)
+    assert not rejects
+    assert_direct_truth(images, truth)
+    t2 = next(i for i in images if i.attributes["sequence"] == "T2")
+    adc = next(i for i in images if i.attributes["sequence"] == "ADC" and i.slice_index == t2.slice_index)
+    assert t2.window[1] < 500 < adc.window[1]  # per-channel percentiles
+    assert [(r.label, r.box) for r in t2.rois] == [(r.label, r.box) for r in adc.rois]
+    # a dataset.json naming fewer channels than the 4-D image holds is rejected
+    jp = tmp_path / "Task05_Prostate" / "dataset.json"
+    js = json.loads(jp.read_text())
+    js["modality"] = {"0": "T2"}
+    jp.write_text(json.dumps(js))
+    images, rejects = run(load_catalog()["msd_prostate"], tmp_path)
+    assert not images and "2 channels" in rejects[0].reason
+
+
+def test_camus_2d_views_and_phases(tmp_path):
+    truth = sv.write_camus(tmp_path, np.random.default_rng(5))
+    images, rejects = run(load_catalog()["camus"], tmp_path)
+    assert not rejects and len(images) == 4
+    assert_direct_truth(images, truth)
+    assert {(i.attributes["view"], i.attributes["phase"]) for i in images} == {
+        ("2CH", "ED"), ("2CH", "ES"), ("4CH", "ED"), ("4CH", "ES")}
+    assert all(i.pixels.shape == (64, 48) and i.intensity == "uint8" for i in images)
+    assert all("Sex" not in i.attributes and "Age" not in i.attributes for i in images)
+
+
+def _save_like(path: Path, arr, zooms=(1.0, 1.0, 1.0)):
+    nib.save(nib.Nifti1Image(arr, np.diag([*zooms, 1.0])), str(path))
+
+
+def test_bad_nifti_inputs_become_rejects(tmp_path):
+    root = tmp_path / "kits"
+    sv.write_kits23(root, np.random.default_rng(0))
+    ds = root / "dataset"
+    good = ds / "case_00000"
+    vol = np.asanyarray(nib.load(str(good / "imaging.nii.gz")).dataobj)
+    seg = np.asanyarray(nib.load(str(good / "segmentation.nii.gz")).dataobj)
+
+    def case(name, image=None, label=None, image_bytes=None):
+        d = ds / name
+        d.mkdir()
+        if image_bytes is not None:
+            (d / "imaging.nii.gz").write_bytes(image_bytes)
+        elif image is not None:
+            _save_like(d / "imaging.nii.gz", image)
+        if label is not None:
+            _save_like(d / "segmentation.nii.gz", label)
+
+    whole = (good / "imaging.nii.gz").read_bytes()
+    case("case_00010", image_bytes=whole[: len(whole) // 2], label=seg)  # truncated gzip
+    nan = vol.astype(np.float32)
+    nan[3, 10, 10] = np.nan
+    case("case_00011", image=nan, label=seg)  # NaN
+    case("case_00012", image=vol, label=seg[:, :40, :])  # image/label shape mismatch
+    case("case_00013", image=vol)  # label file missing
+    case("case_00014", image_bytes=b"this is not a NIfTI file at all", label=seg)  # corrupt
+    case("case_00015", image=vol[0], label=seg[0])  # 2-D where 3-D (Z,Y,X) is required
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "imaging.nii.gz").write_bytes(whole)
+    (ds / "case_00016").mkdir()
+    os.symlink(outside / "imaging.nii.gz", ds / "case_00016" / "imaging.nii.gz")  # symlink out of the root
+    (ds / "case_00016" / "segmentation.nii.gz").write_bytes((good / "segmentation.nii.gz").read_bytes())
+    case("case_00017", image=vol, label=np.zeros_like(seg))  # empty mask: negatives only, still a record
+    s, rej = ingest(load_catalog()["kits23"], root, tmp_path)
+    by_key = {r["record_key"].split("/")[1]: r["reason"] for r in rej if r["level"] == "record"}
+    assert "cannot read NIfTI" in by_key["case_00010"]
+    assert "NaN" in by_key["case_00011"]
+    assert "label shape" in by_key["case_00012"]
+    assert "missing" in by_key["case_00013"]
+    assert "cannot read NIfTI" in by_key["case_00014"]
+    assert "3-D array" in by_key["case_00015"]
+    assert "outside the dataset root" in by_key["case_00016"]
+    assert "case_00017" not in by_key
+    assert s.records_in == 10 and s.records_out == 3 and s.records_rejected == 7
+
+
+def test_label_map_with_nan_or_fractions_rejected(tmp_path):
+    sv.write_lits(tmp_path, np.random.default_rng(0))
+    p = tmp_path / "Training Batch 1" / "segmentation-0.nii"
+    a = np.asanyarray(nib.load(str(p)).dataobj).astype(np.float32)
+    a[0, 0, 0] = np.nan
+    _save_like(p, a)
+    p2 = tmp_path / "Training Batch 2" / "segmentation-28.nii"
+    b = np.asanyarray(nib.load(str(p2)).dataobj).astype(np.float32) * 0.5
+    _save_like(p2, b)
+    images, rejects = run(load_catalog()["lits"], tmp_path)
+    reasons = sorted(r.reason for r in rejects)
+    assert len(reasons) == 2 and "NaN" in reasons[0] and "non-integer" in reasons[1]
+
+
+def test_no_matching_files_is_a_dataset_error(tmp_path):
+    spec = load_catalog()["kits23"]
+    with pytest.raises(RecordError, match="no file matches"):
+        list(ADAPTERS[spec.adapter].discover(spec, tmp_path))
+
