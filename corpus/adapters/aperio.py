@@ -1,0 +1,122 @@
+"""A13 `aperio_xml`: Aperio ImageScope XML polygons (MoNuSeg).
+
+`Annotations/Annotation/Regions/Region/Vertices/Vertex[@X, @Y]` with float attributes. Each Region is one
+nucleus: it is rasterised on its own (corpus.masks.polygon_mask, boundary pixels included) and becomes one
+ROI, so counting questions see every instance. No speck filter: every Region is a deliberate annotation.
+A Region with fewer than 3 vertices, non-numeric or non-finite vertices, or lying outside the image is
+reported in roi_rejects; an unparseable XML rejects the record.
+
+Options:
+  image_glob:      glob or list of globs of the images ("MoNuSeg 2018 Training Data/Tissue Images/*.tif")
+  annotation_dirs: folders, relative to each image's folder, searched for `<stem>.xml` in order
+                   (training data: "../Annotations"; test data: "." next to the image)
+  label:           raw label of every Region (default "nucleus")
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from corpus.adapters import register
+from corpus.adapters.csv_boxes import image_size, source_image
+from corpus.adapters.images import read_2d
+from corpus.adapters.paths import rel_path, require_file, walk
+from corpus.masks import box_of, polygon_mask
+from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+
+
+def parse_regions(path: Path) -> list[tuple[str, np.ndarray | str]]:
+    """[(region id, (N, 2) x,y vertices) or (region id, reason it is unusable)] in file order."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise RecordError(f"cannot parse Aperio XML {path.name}: {e}")
+    out: list[tuple[str, np.ndarray | str]] = []
+    for n, region in enumerate(root.iter("Region")):
+        rid = region.get("Id") or str(n)
+        try:
+            pts = np.array([[float(v.get("X")), float(v.get("Y"))] for v in region.iter("Vertex")], dtype=float)
+        except (TypeError, ValueError):
+            out.append((rid, "vertex without numeric X/Y"))
+            continue
+        if len(pts) < 3:
+            out.append((rid, f"{len(pts)} vertices, a polygon needs 3"))
+        elif not np.isfinite(pts).all():
+            out.append((rid, "NaN or infinite vertex"))
+        else:
+            out.append((rid, pts))
+    return out
+
+
+def region_mask(shape: tuple[int, int], pts: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """Rasterise in a crop around the polygon (a 1000x1000 full-image mask per nucleus would be wasteful):
+    returns (crop mask, x offset, y offset), or None when the polygon misses the image. Integer offsets keep
+    the result identical to rasterising on the full grid."""
+    h, w = shape
+    x0 = max(int(math.floor(pts[:, 0].min())), 0)
+    y0 = max(int(math.floor(pts[:, 1].min())), 0)
+    x1 = min(int(math.ceil(pts[:, 0].max())) + 1, w)
+    y1 = min(int(math.ceil(pts[:, 1].max())) + 1, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return polygon_mask((y1 - y0, x1 - x0), pts - [x0, y0]), x0, y0
+
+
+def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
+    o = spec.options
+    globs = o["image_glob"] if isinstance(o["image_glob"], list) else [o["image_glob"]]
+    dirs = o.get("annotation_dirs", [".", "../Annotations"])
+    seen: set[str] = set()
+    for g in globs:
+        for img in walk(root, g):
+            rel = rel_path(root, img)
+            if img.stem in seen:
+                yield Reject(spec.id, rel, "discover", f"duplicate image id {img.stem!r}", img.stem)
+                continue
+            seen.add(img.stem)
+            xml_rel, reason = None, "no annotation XML found"
+            for d in dirs:
+                cand = posixpath.normpath(posixpath.join(posixpath.dirname(rel), d, img.stem + ".xml"))
+                try:
+                    require_file(root, cand)
+                    xml_rel = cand
+                    break
+                except RecordError as e:
+                    reason = e.reason if "missing" not in e.reason else f"annotation XML missing: {cand}"
+            if xml_rel is None:
+                yield Reject(spec.id, rel, "discover", reason, img.stem)
+                continue
+            yield RecordRef(key=img.stem, paths={"image": rel, "annotation": xml_rel})
+
+
+def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
+    label = spec.options.get("label", "nucleus")
+    rel = ref.paths["image"]
+    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"))
+    shape = image_size(px)
+    rois: list[SourceROI] = []
+    rejects: list[tuple[str, str]] = []
+    for rid, pts in parse_regions(require_file(root, ref.paths["annotation"])):
+        if isinstance(pts, str):
+            rejects.append((label, f"Region {rid}: {pts}"))
+            continue
+        got = region_mask(shape, pts)
+        b = box_of(got[0]) if got else None
+        if b is None:
+            rejects.append((label, f"Region {rid}: polygon lies outside the {shape[1]}x{shape[0]} image"))
+            continue
+        m, ox, oy = got
+        rois.append(SourceROI(label, (b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy), "polygon", len(rois),
+                              float(m.sum()), attributes={"region_id": rid}))
+    if not rois and not rejects:
+        raise RecordError(f"{Path(ref.paths['annotation']).name} has no Region")
+    return [source_image(rel, px, rois, rejects)]
+
+
+register("aperio_xml", discover, load, "Aperio ImageScope XML: one polygon instance per Region")

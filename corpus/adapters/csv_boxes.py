@@ -1,0 +1,300 @@
+"""A7 `csv_boxes`: box tables (VinDr-CXR, RSNA Pneumonia, NIH ChestX-ray14 bbox, OCT5k boxes).
+
+One record per image. Options (catalog `options`):
+  annotations:  glob of the annotation file(s) relative to the root ("train.csv", "labels/*.txt")
+  format:       csv | yolo | auto (default: sniff the first annotation file; OCT5k's format is unverified)
+  columns:      replaces the header row (NIH's header is `Image Index,Finding Label,Bbox [x,y,w,h],,,`)
+  image_col, label_col, box_cols [4 names], convention xyxy | xywh
+  label:        fixed label when the table has no label column (RSNA: every box is a lung opacity)
+  negative_labels: labels whose rows mark a negative image ("No finding"); rows with all four box fields
+                empty are negative too (RSNA Target=0, VinDr class 14)
+  reader_col, min_readers (2), fusion mean | union, fusion_iou (0.4): multi-reader fusion (VinDr)
+  image_path:   template or list of templates, `{id}` = image column value (YOLO: `{stem}`), first existing wins
+  image_mode:   PIL conversion ("L" for NIH, whose few RGBA/2-channel PNGs must become grey)
+  split_lists:  {split: list file of image names} (NIH train_val_list.txt / test_list.txt)
+  yolo_classes: class names by index (YOLO mode); YOLO rows are `cls cx cy w h`, normalised to [0, 1]
+
+Multi-reader fusion (chosen: keep a finding marked by >= min_readers distinct readers, fused box = the MEAN
+of the readers' boxes). Boxes of one label are clustered greedily: a box joins the cluster whose current mean
+box it overlaps most (IoU >= fusion_iou) unless that cluster already has a box from the same reader. The mean
+is the least biased estimate of where the readers agree; `fusion: union` (the enclosing box) is available for
+a more inclusive target. Findings dropped for too few readers are reported in SourceImage.roi_rejects.
+
+Coordinates are reported as the file gives them (converted to pixel-edge xyxy); the ingest runner validates
+and clips them. Unparseable coordinates are reported as NaN so the runner rejects them with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Iterator
+
+from corpus.adapters import register
+from corpus.adapters.images import Pixels, read_2d
+from corpus.adapters.paths import rel_path, require_file, walk
+from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+
+NAN = float("nan")
+
+
+# ---------------------------------------------------------------- helpers shared by the box/polygon adapters
+def source_image(rel: str, px: Pixels, rois: list[SourceROI], roi_rejects=None, attributes=None) -> SourceImage:
+    """A SourceImage carrying everything read_2d learned about the pixels."""
+    attrs = dict(px.attributes)
+    attrs.update(attributes or {})
+    return SourceImage(source_path=rel, pixels=px.array, intensity=px.intensity, rois=rois,
+                       window=px.window, window_name=px.window_name, spacing_mm=px.spacing_mm,
+                       attributes=attrs, patient=px.patient, roi_rejects=list(roi_rejects or []))
+
+
+def image_size(px: Pixels) -> tuple[int, int]:
+    """(height, width) of a 2-D grey or HxWx3 image."""
+    return int(px.array.shape[0]), int(px.array.shape[1])
+
+
+def split_lists(root: Path, lists: dict[str, str] | None) -> dict[str, str]:
+    """{image name or stem: split} from official list files (one name per line). A missing list file makes the
+    whole split unknown, which is a dataset-level error: raise."""
+    out: dict[str, str] = {}
+    for split, rel in (lists or {}).items():
+        p = require_file(root, rel)
+        for line in p.read_text(errors="replace").splitlines():
+            name = line.strip()
+            if name:
+                out[name] = split
+                out.setdefault(Path(name).stem, split)
+    return out
+
+
+def resolve_image(root: Path, templates: str | list[str], **fields: str) -> str:
+    """The first template that names an existing file inside the root; RecordError(discover) otherwise."""
+    errors: list[RecordError] = []
+    for t in [templates] if isinstance(templates, str) else list(templates):
+        try:
+            rel = t.format(**fields)
+            require_file(root, rel)
+            return rel
+        except RecordError as e:
+            errors.append(e)
+    # an escaping path is worse news than a missing file: report that reason when any template gave it
+    worst = [e for e in errors if "missing" not in e.reason]
+    raise (worst or errors)[0]
+
+
+def to_float(v: Any) -> float:
+    try:
+        return float(str(v).strip())
+    except (TypeError, ValueError):
+        return NAN
+
+
+def xyxy(vals: list[float], convention: str) -> list[float]:
+    if convention == "xywh":
+        x, y, w, h = vals
+        return [x, y, x + w, y + h]
+    if convention != "xyxy":
+        raise RecordError(f"unknown box convention {convention!r}", stage="discover")
+    return list(vals)
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if not (iw > 0 and ih > 0):  # also false for NaN
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def fuse_readers(marks: list[tuple[str, list[float]]], min_readers: int, how: str = "mean",
+                 iou_thr: float = 0.4) -> tuple[list[tuple[list[float], int]], list[int]]:
+    """Cluster one label's (reader, box) marks; returns ([(fused box, n readers)] kept, [n readers] dropped)."""
+    clusters: list[list[tuple[str, list[float]]]] = []
+    for reader, box in marks:
+        best, best_iou = None, iou_thr
+        for c in clusters:
+            if any(r == reader for r, _ in c):
+                continue
+            v = iou(_combine([b for _, b in c], "mean"), box)
+            if v >= best_iou:
+                best, best_iou = c, v
+        if best is None:
+            clusters.append([(reader, box)])
+        else:
+            best.append((reader, box))
+    kept, dropped = [], []
+    for c in clusters:
+        n = len({r for r, _ in c})
+        if n >= min_readers:
+            kept.append((_combine([b for _, b in c], how), n))
+        else:
+            dropped.append(n)
+    return kept, dropped
+
+
+def _combine(boxes: list[list[float]], how: str) -> list[float]:
+    if how == "union":
+        return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                max(b[3] for b in boxes)]
+    return [sum(b[i] for b in boxes) / len(boxes) for i in range(4)]
+
+
+# ---------------------------------------------------------------- table reading
+def sniff_format(path: Path) -> str:
+    """'yolo' when the first non-empty line is `int float float float float` (whitespace separated), else 'csv'."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            toks = line.split()
+            if not toks:
+                continue
+            if len(toks) == 5 and "," not in line:
+                try:
+                    int(toks[0])
+                    [float(t) for t in toks[1:]]
+                    return "yolo"
+                except ValueError:
+                    pass
+            return "csv"
+    return "csv"
+
+
+def read_csv_rows(path: Path, columns: list[str] | None) -> list[dict[str, str]]:
+    """Rows as dicts keyed by stripped header names (or by `columns`, which then replaces the header)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise RecordError(f"cannot read annotation table {path.name}: {e}", stage="discover")
+    if not rows:
+        raise RecordError(f"annotation table {path.name} is empty", stage="discover")
+    header = [h.strip() for h in rows[0]]
+    if columns:
+        header = list(columns)
+    elif any(h == "" for h in header):
+        raise RecordError(f"{path.name}: header {rows[0]!r} has unnamed columns; set options.columns",
+                          stage="discover")
+    return [{h: v.strip() for h, v in zip(header, r)} for r in rows[1:] if any(v.strip() for v in r)]
+
+
+def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
+    """{image id: [[label, reader, box or None], ...]} in file order; None = a negative row."""
+    o = spec.options
+    image_col, label_col = o.get("image_col", "image"), o.get("label_col")
+    box_cols = o.get("box_cols")
+    reader_col, conv = o.get("reader_col"), o.get("convention", "xyxy")
+    negatives = set(o.get("negative_labels", []))
+    groups: dict[str, list] = {}
+    for path in files:
+        rows = read_csv_rows(path, o.get("columns"))
+        need = [image_col] + ([label_col] if label_col else []) + list(box_cols or []) + (
+            [reader_col] if reader_col else [])
+        if rows and (missing := [c for c in need if c not in rows[0]]):
+            raise RecordError(f"{path.name}: missing columns {missing}; found {sorted(rows[0])}",
+                              stage="discover")
+        for r in rows:
+            label = r.get(label_col, "") if label_col else o.get("label", "finding")
+            raw = [r.get(c, "") for c in box_cols]
+            if label in negatives or all(v == "" for v in raw):
+                box = None
+            else:
+                box = xyxy([to_float(v) for v in raw], conv)
+            groups.setdefault(r[image_col], []).append([label, r.get(reader_col) if reader_col else None, box])
+    return groups
+
+
+def _yolo_groups(root: Path, files: list[Path]) -> Iterator[tuple[str, list] | Reject]:
+    """{stem: [[class index, cx, cy, w, h], ...]} per label file; an unparseable line rejects its file."""
+    for path in files:
+        rows, bad = [], None
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            toks = line.split()
+            if not toks:
+                continue
+            try:
+                if len(toks) != 5:
+                    raise ValueError(f"{len(toks)} fields")
+                rows.append([int(toks[0])] + [float(t) for t in toks[1:]])
+            except ValueError as e:
+                bad = f"YOLO line {n} is not `class cx cy w h`: {e}"
+                break
+        yield (path.stem, rows) if bad is None else Reject("", rel_path(root, path), "discover", bad, path.stem)
+
+
+def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
+    o = spec.options
+    files = list(walk(root, o["annotations"]))
+    if not files:
+        raise RecordError(f"no annotation file matches {o['annotations']!r}", stage="discover")
+    fmt = o.get("format", "auto")
+    if fmt == "auto":
+        fmt = sniff_format(files[0])
+    splits = split_lists(root, o.get("split_lists"))
+    templates = o.get("image_path", "{id}")
+    if fmt == "yolo":
+        items: Iterator = _yolo_groups(root, files)
+    elif fmt == "csv":
+        items = iter(_csv_groups(spec, root, files).items())
+    else:
+        raise RecordError(f"unknown annotation format {fmt!r}", stage="discover")
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, Reject):
+            item.dataset = spec.id
+            yield item
+            continue
+        image_id, rows = item
+        if image_id in seen:  # two YOLO files with one stem, or two tables naming the same image
+            yield Reject(spec.id, image_id, "discover", f"duplicate image id {image_id!r}", image_id)
+            continue
+        seen.add(image_id)
+        try:
+            rel = resolve_image(root, templates, id=image_id, stem=image_id)
+        except RecordError as e:
+            yield Reject(spec.id, image_id, "discover", e.reason, image_id)
+            continue
+        name = Path(rel).name
+        yield RecordRef(key=image_id, paths={"image": rel}, annotations={"format": fmt, "rows": rows},
+                        split=splits.get(name, splits.get(Path(rel).stem)))
+
+
+def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
+    o = spec.options
+    rel = ref.paths["image"]
+    px = read_2d(require_file(root, rel), mode=o.get("image_mode"))
+    rois: list[SourceROI] = []
+    rejects: list[tuple[str, str]] = []
+    if ref.annotations["format"] == "yolo":
+        h, w = image_size(px)
+        classes = list(o.get("yolo_classes", []))
+        for i, (cls, cx, cy, bw, bh) in enumerate(ref.annotations["rows"]):
+            if not 0 <= cls < len(classes):
+                rejects.append((f"class {cls}", f"YOLO class index {cls} not in options.yolo_classes"))
+                continue
+            box = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+            rois.append(SourceROI(classes[cls], box, "box", len(rois)))
+        return [source_image(rel, px, rois, rejects)]
+    rows = ref.annotations["rows"]
+    findings = [r for r in rows if r[2] is not None]
+    attrs = {"negative": True} if not findings else {}
+    if o.get("reader_col"):
+        attrs["readers"] = len({r[1] for r in rows})
+        by_label: dict[str, list] = {}
+        for label, reader, box in findings:
+            by_label.setdefault(label, []).append((reader, box))
+        for label, marks in by_label.items():
+            kept, dropped = fuse_readers(marks, int(o.get("min_readers", 2)), o.get("fusion", "mean"),
+                                         float(o.get("fusion_iou", 0.4)))
+            for box, n in kept:
+                rois.append(SourceROI(label, tuple(box), "box", len(rois), attributes={"readers": n}))
+            for n in dropped:
+                rejects.append((label, f"marked by {n} reader(s), fewer than {o.get('min_readers', 2)}"))
+    else:
+        for label, _, box in findings:
+            rois.append(SourceROI(label, tuple(box), "box", len(rois)))
+    return [source_image(rel, px, rois, rejects, attrs)]
+
+
+register("csv_boxes", discover, load,
+         "box tables (CSV with column map, xyxy/xywh, reader fusion, negative rows) or YOLO txt, sniffed")

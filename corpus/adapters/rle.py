@@ -1,0 +1,166 @@
+"""A10 `rle_csv`: run-length-encoded masks in a CSV (SIIM-ACR pneumothorax, 2018 Data Science Bowl).
+
+Two encodings, both column-major (pixels numbered top-to-bottom, then left-to-right):
+  relative (SIIM stage 1): pairs (offset, length); each offset counts from the END of the previous run
+           (the first from pixel 0). Decoded into a flat buffer, reshaped to (width, height), TRANSPOSED
+           (as torchxrayvision's rle2mask does).
+  standard (Kaggle/DSB):   pairs (start, length); start is absolute and 1-indexed.
+Both decoders check every run: a negative offset, a non-positive length or a run past the image end raises
+RecordError, so the record is rejected with that reason instead of producing a wrapped or truncated mask.
+
+Options:
+  table:        the CSV (SIIM `train-rle.csv`, header `ImageId, EncodedPixels` with a leading space, so header
+                names are stripped; DSB `stage1_train_labels.csv`)
+  encoding:     relative | standard
+  image_col / rle_col: column names (default ImageId / EncodedPixels)
+  image_path:   template(s) with `{id}` (DSB `stage1_train/{id}/images/{id}.png`), or
+  image_glob:   glob indexed by file stem (SIIM `dicom-images-train/*/*/*.dcm`: study/series are not in the CSV)
+  label:        raw label of the masks
+  per_row_instances: true = each row is one instance (DSB: one row per nucleus, one ROI per row);
+                false = rows of an image are OR'ed into one mask, split into connected components (SIIM)
+  negative:     the RLE value meaning "no finding" (default "-1")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from corpus.adapters import register
+from corpus.adapters.csv_boxes import image_size, read_csv_rows, resolve_image, source_image
+from corpus.adapters.images import read_2d
+from corpus.adapters.paths import rel_path, require_file, walk
+from corpus.masks import box_of, mask_rois
+from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+
+
+def _pairs(rle: str) -> np.ndarray:
+    toks = rle.split()
+    if len(toks) % 2:
+        raise RecordError(f"RLE has an odd number of values ({len(toks)})")
+    try:
+        vals = np.array([int(t) for t in toks], dtype=np.int64)
+    except ValueError:
+        raise RecordError("RLE contains a non-integer value")
+    return vals.reshape(-1, 2)
+
+
+def decode_relative(rle: str, height: int, width: int) -> np.ndarray:
+    """SIIM stage-1 RLE -> (height, width) bool mask."""
+    n = height * width
+    flat = np.zeros(n, dtype=bool)
+    pos = 0
+    for i, (offset, length) in enumerate(_pairs(rle)):
+        if offset < 0 or length <= 0:
+            raise RecordError(f"RLE run {i}: offset {offset}, length {length} (need offset >= 0, length > 0)")
+        pos += offset
+        if pos + length > n:
+            raise RecordError(f"RLE run {i} ends at pixel {pos + length}, past the image end ({n} = "
+                              f"{width}x{height})")
+        flat[pos:pos + length] = True
+        pos += length
+    return flat.reshape(width, height).T
+
+
+def decode_standard(rle: str, height: int, width: int) -> np.ndarray:
+    """Kaggle RLE (absolute, 1-indexed starts, column-major) -> (height, width) bool mask."""
+    n = height * width
+    flat = np.zeros(n, dtype=bool)
+    for i, (start, length) in enumerate(_pairs(rle)):
+        if start < 1 or length <= 0:
+            raise RecordError(f"RLE run {i}: start {start}, length {length} (need start >= 1, length > 0)")
+        if start - 1 + length > n:
+            raise RecordError(f"RLE run {i} ends at pixel {start - 1 + length}, past the image end ({n} = "
+                              f"{width}x{height})")
+        flat[start - 1:start - 1 + length] = True
+    return flat.reshape(width, height).T
+
+
+def encode_standard(mask: np.ndarray) -> str:
+    """Inverse of decode_standard (used by the sample writers and tests)."""
+    flat = np.concatenate([[0], np.asarray(mask, dtype=np.uint8).T.ravel(), [0]])
+    edges = np.flatnonzero(np.diff(flat))
+    starts, ends = edges[0::2], edges[1::2]
+    return " ".join(f"{s + 1} {e - s}" for s, e in zip(starts, ends))
+
+
+def encode_relative(mask: np.ndarray) -> str:
+    """Inverse of decode_relative."""
+    flat = np.concatenate([[0], np.asarray(mask, dtype=np.uint8).T.ravel(), [0]])
+    edges = np.flatnonzero(np.diff(flat))
+    out, prev_end = [], 0
+    for s, e in zip(edges[0::2], edges[1::2]):
+        out += [str(s - prev_end), str(e - s)]
+        prev_end = e
+    return " ".join(out)
+
+
+DECODERS = {"relative": decode_relative, "standard": decode_standard}
+
+
+def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
+    o = spec.options
+    if o.get("encoding") not in DECODERS:
+        raise RecordError(f"options.encoding must be one of {sorted(DECODERS)}", stage="discover")
+    table = require_file(root, o["table"])
+    image_col, rle_col = o.get("image_col", "ImageId"), o.get("rle_col", "EncodedPixels")
+    rows = read_csv_rows(table, o.get("columns"))
+    if rows and (missing := [c for c in (image_col, rle_col) if c not in rows[0]]):
+        raise RecordError(f"{table.name}: missing columns {missing}; found {sorted(rows[0])}", stage="discover")
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r[image_col], []).append(r[rle_col])
+    index: dict[str, str] | None = None
+    dup_stems: set[str] = set()
+    if o.get("image_glob"):
+        index = {}
+        for p in walk(root, o["image_glob"]):
+            if p.stem in index:
+                dup_stems.add(p.stem)
+            index[p.stem] = rel_path(root, p)
+    for image_id, rles in groups.items():
+        if index is not None:
+            if image_id in dup_stems:
+                yield Reject(spec.id, index[image_id], "discover", f"duplicate image id {image_id!r}", image_id)
+                continue
+            if image_id not in index:
+                yield Reject(spec.id, image_id, "discover", f"file referenced but missing: {image_id}", image_id)
+                continue
+            rel = index[image_id]
+        else:
+            try:
+                rel = resolve_image(root, o["image_path"], id=image_id)
+            except RecordError as e:
+                yield Reject(spec.id, image_id, "discover", e.reason, image_id)
+                continue
+        yield RecordRef(key=image_id, paths={"image": rel}, annotations=rles)
+
+
+def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
+    o = spec.options
+    rel = ref.paths["image"]
+    px = read_2d(require_file(root, rel), mode=o.get("image_mode"))
+    h, w = image_size(px)
+    decode = DECODERS[o["encoding"]]
+    label, negative = o.get("label", "finding"), str(o.get("negative", "-1"))
+    runs = [r for r in ref.annotations if r.strip() not in (negative, "")]
+    masks = [decode(r, h, w) for r in runs]  # raises on any out-of-bounds run: the record is rejected
+    rois: list[SourceROI] = []
+    rejects: list[tuple[str, str]] = []
+    if o.get("per_row_instances"):
+        # one instance per row, kept even when small: nuclei below the speck size are real annotations
+        for m in masks:
+            b = box_of(m)
+            rois.append(SourceROI(label, b, "mask", len(rois), float(m.sum())))
+    elif masks:
+        union = np.logical_or.reduce(masks)
+        rois = mask_rois(union, label, instances=True)
+        if not rois:
+            rejects.append((label, "mask has only specks below the minimum size"))
+    attrs = {"negative": True} if not runs else {}
+    return [source_image(rel, px, rois, rejects, attrs)]
+
+
+register("rle_csv", discover, load, "RLE masks in a CSV: SIIM relative (transposed) or Kaggle standard RLE")

@@ -1,0 +1,96 @@
+"""A12 `voc_xml`: Pascal VOC XML, one file per image (BCCD; any VOC export).
+
+`annotation/{filename, size/{width,height}, object*/{name, bndbox/{xmin,ymin,xmax,ymax}}}`. VOC coordinates
+are 1-based pixel indices with inclusive maxima, so the pixel-edge box is [xmin-1, ymin-1, xmax, ymax]
+(`one_based: false` for exports that use 0-based edges). Boxes are reported as the file gives them: the
+ingest runner rejects degenerate ones and clips those reaching outside the image (BCCD has both).
+
+Options:
+  annotations: glob of the XML files ("BCCD/Annotations/*.xml")
+  image_dir:   folder the <filename> values live in ("BCCD/JPEGImages")
+  image_ext:   extension added when <filename> has none (some VOC exports omit it)
+  split_lists: {split: list file of image stems} (BCCD/ImageSets/Main/{train,val,test}.txt)
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterator
+
+from corpus.adapters import register
+from corpus.adapters.csv_boxes import image_size, source_image, split_lists, to_float
+from corpus.adapters.images import read_2d
+from corpus.adapters.paths import rel_path, require_file, walk
+from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+
+
+def parse_voc(path: Path, one_based: bool = True) -> dict:
+    """{filename, size: (w, h) or None, objects: [[name, [x0, y0, x1, y1]]]}; RecordError if unreadable."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise RecordError(f"cannot parse VOC XML {path.name}: {e}", stage="discover")
+    if root.tag != "annotation":
+        raise RecordError(f"{path.name}: root element is <{root.tag}>, expected <annotation>", stage="discover")
+    off = 1.0 if one_based else 0.0
+    objects = []
+    for obj in root.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        vals = [to_float(bb.findtext(k) if bb is not None else None) for k in ("xmin", "ymin", "xmax", "ymax")]
+        objects.append([name, [vals[0] - off, vals[1] - off, vals[2], vals[3]]])
+    size = None
+    w, h = to_float(root.findtext("size/width")), to_float(root.findtext("size/height"))
+    if w > 0 and h > 0:
+        size = (int(w), int(h))
+    return {"filename": (root.findtext("filename") or "").strip(), "size": size, "objects": objects}
+
+
+def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
+    o = spec.options
+    files = list(walk(root, o["annotations"]))
+    if not files:
+        raise RecordError(f"no VOC XML matches {o['annotations']!r}", stage="discover")
+    splits = split_lists(root, o.get("split_lists"))
+    seen: dict[str, str] = {}
+    for xml in files:
+        xrel = rel_path(root, xml)
+        try:
+            ann = parse_voc(xml, bool(o.get("one_based", True)))
+        except RecordError as e:
+            yield Reject(spec.id, xrel, "discover", e.reason, xml.stem)
+            continue
+        name = ann["filename"] or xml.stem
+        if not Path(name).suffix:
+            name += o.get("image_ext", ".jpg")
+        rel = f"{o['image_dir']}/{name}"
+        if rel in seen:
+            yield Reject(spec.id, xrel, "discover", f"image {name} already annotated by {seen[rel]}", xml.stem)
+            continue
+        try:
+            require_file(root, rel)
+        except RecordError as e:
+            yield Reject(spec.id, xrel, "discover", f"{e.reason} (named in {xml.name})", xml.stem)
+            continue
+        seen[rel] = xrel
+        yield RecordRef(key=xml.stem, paths={"image": rel, "annotation": xrel}, annotations=ann,
+                        split=splits.get(Path(name).stem))
+
+
+def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
+    rel = ref.paths["image"]
+    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"))
+    h, w = image_size(px)
+    ann = ref.annotations
+    attrs = {}
+    if ann["size"] and tuple(ann["size"]) != (w, h):
+        # the boxes refer to the XML's size; a different image means they may not fit it
+        raise RecordError(f"XML size {ann['size'][0]}x{ann['size'][1]} differs from the image's {w}x{h}")
+    rois = [SourceROI(name, tuple(box), "box", i) for i, (name, box) in enumerate(ann["objects"])]
+    if not rois:
+        attrs["negative"] = True
+    return [source_image(rel, px, rois, [], attrs)]
+
+
+register("voc_xml", discover, load, "Pascal VOC XML boxes (1-based inclusive coordinates)")
