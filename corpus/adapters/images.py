@@ -70,10 +70,14 @@ def read_dicom(path: Path, *, ct: bool = False) -> Pixels:
         ds = pydicom.dcmread(path)
     except FileNotFoundError:
         raise RecordError(f"file referenced but missing: {path.name}")
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
+    except InvalidDicomError as e:
         raise RecordError(f"not a valid DICOM file {path.name}: {e}")
+    except Exception as e:  # a truncated header makes pydicom raise struct/EOF/value errors of several kinds
+        raise RecordError(f"not a valid DICOM file {path.name} (corrupt or truncated header): "
+                          f"{type(e).__name__}: {e}")
     if "PixelData" not in ds:
-        raise RecordError(f"DICOM without pixel data: {path.name}")
+        # pydicom stops quietly at a file cut inside the header: say that it may be truncated
+        raise RecordError(f"DICOM without pixel data (not an image, or truncated): {path.name}")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         with warnings.catch_warnings():
@@ -81,9 +85,18 @@ def read_dicom(path: Path, *, ct: bool = False) -> Pixels:
             raw = ds.pixel_array
     except Exception as e:  # pydicom raises several types for unsupported or broken pixel data
         name = getattr(ts, "name", str(ts))
-        raise RecordError(f"cannot decode DICOM pixel data of {path.name} (transfer syntax {name}): {e}")
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecordError(f"cannot decode DICOM pixel data of {path.name} (transfer syntax {name}): {first_line}")
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 or raw.ndim not in (2, 3):
         raise RecordError(f"multi-frame DICOM not supported as a 2-D image: {path.name} shape {raw.shape}")
+    bits = int(getattr(ds, "BitsStored", 0) or 0)
+    if raw.dtype.kind == "u" and 0 < bits < raw.dtype.itemsize * 8 and raw.max(initial=0) >> bits:
+        # bits above BitsStored (overlays, garbage) are not part of the value; pydicom 3 already masks them,
+        # this keeps the rule explicit whatever the decoder did
+        raw = raw & np.asarray((1 << bits) - 1, dtype=raw.dtype)
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if raw.shape[:2] != (rows, cols) or min(rows, cols) < 1:
+        raise RecordError(f"DICOM pixel array {raw.shape} does not match Rows x Columns {rows}x{cols}: {path.name}")
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     attrs = {"photometric": photometric, "bits_stored": int(getattr(ds, "BitsStored", 0) or 0),
              "dicom_modality": str(getattr(ds, "Modality", ""))}
@@ -109,9 +122,12 @@ def read_dicom(path: Path, *, ct: bool = False) -> Pixels:
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         c = ds.WindowCenter
         w = ds.WindowWidth
-        c = float(c[0] if isinstance(c, pydicom.multival.MultiValue) else c)
-        w = float(w[0] if isinstance(w, pydicom.multival.MultiValue) else w)
-        if w > 1:
+        try:  # several windows: the first is the primary one
+            c = float(c[0] if isinstance(c, pydicom.multival.MultiValue) else c)
+            w = float(w[0] if isinstance(w, pydicom.multival.MultiValue) else w)
+        except (TypeError, ValueError, IndexError):
+            c, w = 0.0, 0.0  # unusable header window: fall back to percentiles
+        if w > 1 and np.isfinite(c) and np.isfinite(w):
             window, name = (c - w / 2.0, c + w / 2.0), "dicom_voi"
     if photometric == "MONOCHROME1":
         # invert so that dense structures are bright; keep the window where it was: v -> lo+hi-v

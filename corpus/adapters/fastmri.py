@@ -1,0 +1,169 @@
+"""A6 `hdf5_csv_boxes`: fastMRI HDF5 volumes with the fastMRI+ box tables (datasets.md §2.2 no. 9).
+
+One record per reviewed volume (a file named in a `*_file_list.csv` or in an annotation table).
+  * Pixels: `reconstruction_rss` (multi-coil) or `reconstruction_esc` (single-coil knee), (slices, H, W),
+    flipped up-down (`[:, ::-1, :]`) because the boxes were drawn on the flipped view (official notebook).
+  * Table header `file,slice,study_level,x,y,width,height,label`; boxes are xywh pixels on that flipped view;
+    `slice` is 0-based. Labels are stripped of whitespace (`Joint Effusion ` has a trailing space).
+  * `study_level=Yes` rows carry no box: their labels become the study attribute `study_labels`.
+  * A reviewed file without box rows is a negative volume: `negatives_per_volume` spaced middle slices.
+  * Intensity: every slice of a volume shares one window, (0, the volume's 99.5th percentile).
+Options: tables [{csv, file_list}], h5_glob ("**/*.h5"), datasets ([reconstruction_rss, reconstruction_esc]),
+  percentile (99.5), negatives_per_volume (2).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from corpus.adapters import register
+from corpus.adapters.paths import rel_path, require_file, walk
+from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+
+HEADER = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
+DATASETS = ("reconstruction_rss", "reconstruction_esc")
+
+
+def _stem(name: str) -> str:
+    name = name.strip()
+    return name[:-3] if name.endswith(".h5") else name
+
+
+def read_box_table(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RecordError(f"cannot read {path.name}: {e}", stage="discover")
+    if rows and (missing := [c for c in HEADER if c not in rows[0]]):
+        raise RecordError(f"{path.name}: missing columns {missing}", stage="discover")
+    return rows
+
+
+def read_file_list(path: Path) -> list[str]:
+    """File stems of a `*_file_list.csv` (first column; a `file` header line is skipped)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and r[0].strip()]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RecordError(f"cannot read {path.name}: {e}", stage="discover")
+    return [_stem(r[0]) for r in rows if r[0].strip().lower() != "file"]
+
+
+def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
+    o = spec.options
+    index: dict[str, str] = {}
+    dups: set[str] = set()
+    for p in walk(root, o.get("h5_glob", "**/*.h5")):
+        if p.stem in index:
+            dups.add(p.stem)
+        index[p.stem] = rel_path(root, p)
+    reviewed: dict[str, dict[str, Any]] = {}  # stem -> {"rows": [...], "study": [...]}
+    for t in o.get("tables") or []:
+        for r in read_box_table(require_file(root, t["csv"])):
+            entry = reviewed.setdefault(_stem(r["file"] or ""), {"rows": [], "study": []})
+            label = (r["label"] or "").strip()
+            if (r["study_level"] or "").strip().lower() == "yes":
+                if label and label not in entry["study"]:
+                    entry["study"].append(label)
+            else:
+                entry["rows"].append({k: (r[k] or "").strip() for k in HEADER})
+        if t.get("file_list"):
+            for stem in read_file_list(require_file(root, t["file_list"])):
+                reviewed.setdefault(stem, {"rows": [], "study": []})
+    for stem, entry in reviewed.items():
+        if not stem:
+            yield Reject(spec.id, "", "discover", "annotation row without a file name", "")
+            continue
+        if stem in dups:
+            yield Reject(spec.id, index[stem], "discover", f"duplicate volume id {stem!r} (several .h5 files)", stem)
+            continue
+        if stem not in index:
+            yield Reject(spec.id, f"{stem}.h5", "discover", f"file referenced but missing: {stem}.h5", stem)
+            continue
+        yield RecordRef(key=stem, paths={"image": index[stem]}, annotations=entry)
+
+
+def read_volume(path: Path, names=DATASETS) -> tuple[np.ndarray, str]:
+    """The reconstruction as (slices, H, W) float32, flipped up-down to the annotated orientation."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            name = next((n for n in names if n in f), None)
+            if name is None:
+                raise RecordError(f"{path.name}: no reconstruction dataset (looked for {list(names)}; "
+                                  f"found {sorted(f.keys())})")
+            arr = np.asarray(f[name][()], dtype=np.float32)
+    except RecordError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise RecordError(f"cannot read HDF5 {path.name}: {e}")
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise RecordError(f"{path.name}: {name} must be (slices, H, W), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise RecordError(f"{path.name}: {name} contains NaN or infinite values")
+    return np.ascontiguousarray(arr[:, ::-1, :]), name
+
+
+def _num(v: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan  # reported as NaN: the runner rejects the box with its reason
+
+
+def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
+    o = spec.options
+    vol, dsname = read_volume(require_file(root, ref.paths["image"]), tuple(o.get("datasets") or DATASETS))
+    hi = float(np.percentile(vol, float(o.get("percentile", 99.5))))
+    if not hi > 0:
+        raise RecordError(f"volume {ref.key} has no positive intensities (99.5th percentile {hi:g})")
+    nz = vol.shape[0]
+    by_slice: dict[int, list[SourceROI]] = {}
+    rejects: list[tuple[str, str]] = []
+    seen: set[tuple] = set()
+    for r in ref.annotations["rows"]:
+        label = r["label"]
+        try:
+            z = int(r["slice"])
+        except ValueError:
+            rejects.append((label, f"slice {r['slice']!r} is not an integer"))
+            continue
+        if not 0 <= z < nz:
+            rejects.append((label, f"slice {z} outside the volume's {nz} slices"))
+            continue
+        x, y, w, h = (_num(r[k]) for k in ("x", "y", "width", "height"))
+        key = (z, label, x, y, w, h)
+        if key in seen:
+            rejects.append((label, f"duplicate box row on slice {z}"))
+            continue
+        seen.add(key)
+        by_slice.setdefault(z, []).append(SourceROI(label, (x, y, x + w, y + h), "box", len(by_slice.get(z, []))))
+    attrs = {"reconstruction": dsname}
+    if ref.annotations["study"]:
+        attrs["study_labels"] = list(ref.annotations["study"])
+    chosen = {z: "annotated" for z in by_slice}
+    if not ref.annotations["rows"]:  # reviewed, nothing boxed: a negative volume
+        k = int(o.get("negatives_per_volume", 2))
+        mid = np.linspace(0, nz - 1, k + 2)[1:-1].round().astype(int) if nz > 2 else np.arange(nz)[:k]
+        chosen = {int(z): "negative" for z in mid}
+    elif not by_slice:
+        raise RecordError(f"no usable box row for {ref.key}: {rejects[0][1] if rejects else 'none'}")
+    out = []
+    for z, why in sorted(chosen.items()):
+        out.append(SourceImage(source_path=ref.paths["image"], pixels=vol[z], intensity="window",
+                               rois=by_slice.get(z, []), suffix=f"z{z:04d}", window=(0.0, hi),
+                               window_name="p99.5_volume", slice_index=z, slice_axis=0,
+                               attributes=dict(attrs, slice_role=why)))
+    if out:
+        out[0].roi_rejects.extend(rejects)
+    return out
+
+
+register("hdf5_csv_boxes", discover, load, "fastMRI+: HDF5 reconstructions (flipped up-down) + xywh box CSV")
