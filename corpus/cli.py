@@ -3,12 +3,14 @@
     medlvr catalog [--json]
     medlvr sample-data OUT_DIR [--datasets ID ...]
     medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE]
+    medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
     medlvr demo [--out DIR]            the main job on the embedded default (bundled sample data)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -83,13 +85,40 @@ def _cmd_ingest(args) -> int:
 
     cfg = IngestConfig.from_yaml(args.config) if args.config else IngestConfig()
     if args.workers is not None:
-        cfg = IngestConfig(**{**cfg.__dict__, "workers": args.workers})
+        cfg = dataclasses.replace(cfg, workers=args.workers)
     summaries, missing = run_ingest(Path(args.data_root), Path(args.out), args.datasets, cfg, progress=not args.quiet)
     print_summary(summaries)
     for m in missing:
         print(f"skipped: {m}", file=sys.stderr)
     # Asking for a dataset by name that is not there is an error; a partial data root is not.
     return 1 if (missing and args.datasets) or not summaries else 0
+
+
+def _cmd_build_corpus(args) -> int:
+    from corpus.build import BuildConfig, build_corpus
+
+    cfg = BuildConfig.from_yaml(args.config) if args.config else BuildConfig()
+    if args.workers is not None:
+        cfg = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, workers=args.workers))
+    if args.qa_backend:
+        cfg = dataclasses.replace(cfg, generator={**cfg.generator, "backend": args.qa_backend})
+    report = build_corpus(Path(args.data_root), Path(args.out), cfg, args.datasets, progress=not args.quiet)
+    print_build_report(report)
+    return 0
+
+
+def print_build_report(report: dict, file=None) -> None:
+    file = file or sys.stdout
+    qa = report.get("qa", {})
+    dd, dc, sp = report["dedup"], report["decontamination"], report["splits"]
+    print(f"QA pairs: {qa.get('pairs', 0)} from {dd['images']} images of {len(report['ingest'])} datasets", file=file)
+    print(f"duplicates: {dd['images_in_duplicate_groups']} images in {dd['groups_with_duplicates']} groups; "
+          f"decontamination removed {dc['removed_images']} images", file=file)
+    print(f"splits: {json.dumps(sp.get('images_per_split', sp.get('counts', {})))}", file=file)
+    gen = report.get("generation", {})
+    if gen:
+        print("generated text: " + ", ".join(f"{k}={v}" for k, v in gen.items() if ":" not in k), file=file)
+    print(f"shards: {report['shards']}  card: {report['card']}  ({report['seconds']}s)", file=file)
 
 
 def _cmd_demo(args) -> int:
@@ -126,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", help="YAML with IngestConfig fields (normalise, slices, workers, ...)")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
     i.set_defaults(fn=_cmd_ingest)
+    b = sub.add_parser("build-corpus", help="ingest, generate QA-box pairs, dedup, split, decontaminate, shard")
+    b.add_argument("--data-root", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--datasets", nargs="+")
+    b.add_argument("--qa-backend", choices=["template", "transformers", "openai"])
+    b.add_argument("--workers", type=int)
+    b.add_argument("--config", help="YAML with BuildConfig fields (ingest, qa, generator, benchmark_roots, ...)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(fn=_cmd_build_corpus)
     d = sub.add_parser("demo", help="the main job on the bundled sample data")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--workers", type=int, default=2)

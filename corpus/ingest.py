@@ -13,6 +13,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import secrets
 import time
 from collections import Counter, deque
@@ -35,6 +36,15 @@ from corpus.volumes import SliceConfig
 # Attributes that code (not sidecars) produces and that carry no identifying information.
 SAFE_IMAGE_KEYS = ("slice_role", "sequence", "photometric", "bits_stored", "inverted", "dicom_modality", "phase", "view")
 SAFE_ROI_KEYS = ("z_range", "z_extent_mm", "n_readers", "fused", "approximate", "given_box", "polygon_box")
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def reason_key(stage: str, reason: str) -> str:
+    """Group reasons for the summary: quoted names and numbers replaced, so 'x.png' and 'y.png' count together."""
+    return f"{stage}: " + _NUMBER.sub("N", _QUOTED.sub("'…'", reason))[:90]
 
 
 class DatasetMissing(FileNotFoundError):
@@ -284,7 +294,7 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
         for r in discover_rejects:
             writer.rejects.add({"dataset": spec.id, "source_path": r.source_path, "record_key": r.record_key,
                                 "level": "record", "stage": r.stage, "reason": r.reason})
-            reasons[f"{r.stage}: {r.reason.split(':')[0]}"] += 1
+            reasons[reason_key(r.stage, r.reason)] += 1
         summary.records_rejected = len(discover_rejects)
         seen_ids: dict[str, str] = {}
         rois_in = 0
@@ -309,7 +319,7 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
                                     "level": level, "stage": stage, "reason": reason})
                 summary.images_rejected += level == "image"
                 summary.rois_rejected += level == "roi"
-                reasons[f"{stage}: {reason.split(':')[0]}"] += 1
+                reasons[reason_key(stage, reason)] += 1
             rois_in += res.rois_in
             if res.record_reject is not None or wrote == 0:
                 dups = [r[2] for r in res.rejects if r[1] == "dedup"]
@@ -317,7 +327,7 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
                 writer.rejects.add({"dataset": spec.id, "source_path": res.source_path, "record_key": res.key,
                                     "level": "record", "stage": stage, "reason": reason})
                 summary.records_rejected += 1
-                reasons[f"{stage}: {reason.split(':')[0]}"] += 1
+                reasons[reason_key(stage, reason)] += 1
             else:
                 summary.records_out += 1
             if bar:
@@ -341,7 +351,7 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"{desc:>15}", unit="rec", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=f"{desc:>15}", unit="rec", leave=False, dynamic_ncols=True, disable=None)
 
 
 def dataset_root(data_root: Path, spec: DatasetSpec, overrides: Mapping[str, str] | None = None) -> Path:
