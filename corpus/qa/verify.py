@@ -1,0 +1,159 @@
+"""Verifier for generated text (a MedVLSynther-style check, datasets.md §6.5).
+
+A generated caption/paraphrase is accepted only if
+1. it is not empty,
+2. every locked string (label, answer slot) appears verbatim up to letter case (a model may capitalise a label
+   that starts a sentence; it may not reword it),
+3. every box-like coordinate group in it equals one of the allowed boxes (within `box_tol`); with no allowed
+   box, any coordinate group is an invented box and is rejected,
+4. every medical entity it mentions maps to a concept in `allowed` (the record's label, its ancestors and its
+   graph neighbours, chosen by the caller).
+
+Entity mentions are found with `entity_terms` (surface term -> concept id, e.g. `KnowledgeGraph.entity_terms()`),
+case-insensitively, on whole words, longest term first: in "small pleural effusion" the mention is
+"pleural effusion", not "effusion". Spaces in a term also match hyphens or runs of whitespace, and a plural
+"s"/"es" is accepted. Plain dicts and sets only: this module does not import the graph.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+_NUM = r"-?\d+(?:\.\d+)?"
+_SEP = r"\s*,\s*"
+# A box-like group: four numbers inside one bracket/paren pair ("[12, 34, 56, 78]", "[[12,34,56,78]]",
+# "<box>12,34,56,78</box>" after tag stripping) or two coordinate pairs "(12,34),(56,78)" / "(12,34) to (56,78)".
+_BOX_FOUR = re.compile(rf"[\[\(]\s*({_NUM}){_SEP}({_NUM}){_SEP}({_NUM}){_SEP}({_NUM})\s*[\]\)]")
+_BOX_PAIRS = re.compile(
+    rf"\(\s*({_NUM}){_SEP}({_NUM})\s*\)\s*(?:,|to|-|and)?\s*\(\s*({_NUM}){_SEP}({_NUM})\s*\)", re.IGNORECASE
+)
+_BOX_TAG = re.compile(r"</?(?:box|ref|quad)>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str  # "ok" | "empty" | "missing_locked" | "box_mismatch" | "foreign_entity"
+    offending: tuple[str, ...] = ()  # the missing strings, the foreign boxes, or the foreign terms as written
+    mentions: tuple[tuple[str, str], ...] = ()  # every (term as written, concept id) found in the text
+
+
+class EntityMatcher:
+    """Compiled matcher for one `entity_terms` mapping; build once and reuse for many texts."""
+
+    def __init__(self, entity_terms: Mapping[str, str]):
+        self.concept_of: dict[str, str] = {}
+        for term, concept in entity_terms.items():
+            norm = _norm_term(term)
+            if norm:
+                self.concept_of.setdefault(norm, concept)  # first wins on case/spacing duplicates
+        # longest first: the regex alternation takes the first alternative that matches at a position
+        terms = sorted(self.concept_of, key=lambda t: (-len(t), t))
+        if terms:
+            alt = "|".join(r"[\s\-]+".join(re.escape(w) for w in t.split(" ")) for t in terms)
+            # (?<!\w) / (?!\w): whole words, also next to punctuation; (?:e?s)? accepts a plural
+            self._re: re.Pattern | None = re.compile(rf"(?<![\w])(?:{alt})(?:e?s)?(?![\w])", re.IGNORECASE)
+        else:
+            self._re = None
+
+    def mentions(self, text: str) -> list[tuple[str, str]]:
+        """(term as written, concept id) for every mention, left to right, non-overlapping."""
+        if self._re is None:
+            return []
+        found = []
+        for m in self._re.finditer(text):
+            surface = m.group(0)
+            concept = self._lookup(surface)
+            if concept is not None:
+                found.append((surface, concept))
+        return found
+
+    def _lookup(self, surface: str) -> str | None:
+        norm = _norm_term(surface)
+        if norm in self.concept_of:
+            return self.concept_of[norm]
+        # the match carried a plural suffix: strip "es" or "s"
+        for suffix in ("es", "s"):
+            if norm.endswith(suffix) and norm[: -len(suffix)] in self.concept_of:
+                return self.concept_of[norm[: -len(suffix)]]
+        return None
+
+
+def _norm_term(term: str) -> str:
+    return " ".join(re.split(r"[\s\-]+", term.strip().lower())).strip()
+
+
+# Small LRU of compiled matchers, keyed by the mapping's content, so `verify(..., dict)` in a loop compiles the
+# (possibly thousands of terms) regex once.
+_MATCHERS: "OrderedDict[tuple, EntityMatcher]" = OrderedDict()
+_MATCHERS_MAX = 8
+
+
+def _matcher(entity_terms: Mapping[str, str] | EntityMatcher) -> EntityMatcher:
+    if isinstance(entity_terms, EntityMatcher):
+        return entity_terms
+    key = tuple(sorted(entity_terms.items()))
+    m = _MATCHERS.get(key)
+    if m is None:
+        m = EntityMatcher(entity_terms)
+        _MATCHERS[key] = m
+        while len(_MATCHERS) > _MATCHERS_MAX:
+            _MATCHERS.popitem(last=False)
+    else:
+        _MATCHERS.move_to_end(key)
+    return m
+
+
+def find_boxes(text: str) -> list[tuple[float, float, float, float]]:
+    """Every box-like coordinate group in `text`, as floats in the order written."""
+    t = _BOX_TAG.sub(lambda m: "(" if not m.group(0).startswith("</") else ")", text)
+    spans: list[tuple[int, int]] = []
+    boxes: list[tuple[int, tuple[float, ...]]] = []
+    for rx in (_BOX_PAIRS, _BOX_FOUR):
+        for m in rx.finditer(t):
+            if any(m.start() < e and s < m.end() for s, e in spans):
+                continue  # already counted by the other pattern
+            spans.append((m.start(), m.end()))
+            boxes.append((m.start(), tuple(float(g) for g in m.groups())))
+    return [b for _, b in sorted(boxes)]  # type: ignore[misc]
+
+
+def _same_box(a: Sequence[float], b: Sequence[float], tol: float) -> bool:
+    return all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))
+
+
+def verify(
+    text: str | None,
+    allowed: set[str] | frozenset[str],
+    entity_terms: Mapping[str, str] | EntityMatcher,
+    locked: Iterable[str] = (),
+    boxes: Iterable[Sequence[float]] = (),
+    box_tol: float = 1.0,
+) -> Verdict:
+    """Accept or reject one generated text (see the module docstring for the rules).
+
+    `boxes`: the coordinates the text may quote, in the system the prompt used (e.g. the Qwen2.5-VL rendering
+    of the record's box, and/or the normalised box). `box_tol` absorbs rounding (pixels).
+    """
+    if text is None or not text.strip():
+        return Verdict(False, "empty")
+    low = text.lower()
+    missing = tuple(s for s in locked if s and s.lower() not in low)
+    if missing:
+        return Verdict(False, "missing_locked", missing)
+    allowed_boxes = [tuple(b) for b in boxes]
+    foreign_boxes = tuple(
+        "[" + ", ".join(f"{v:g}" for v in b) + "]"
+        for b in find_boxes(text)
+        if not any(_same_box(b, a, box_tol) for a in allowed_boxes)
+    )
+    if foreign_boxes:
+        return Verdict(False, "box_mismatch", foreign_boxes)
+    mentions = tuple(_matcher(entity_terms).mentions(text))
+    foreign = tuple(dict.fromkeys(surface for surface, concept in mentions if concept not in allowed))
+    if foreign:
+        return Verdict(False, "foreign_entity", foreign, mentions)
+    return Verdict(True, "ok", (), mentions)
