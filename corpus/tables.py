@@ -77,6 +77,26 @@ REJECTS_SCHEMA = pa.schema([
 ], metadata={"medlvr_schema_version": str(SCHEMA_VERSION), "table": "rejects"})
 
 
+def parquet_options(schema: pa.Schema) -> dict:
+    """zstd for every column except encoded images: PNG bytes do not compress further, and neither dictionary
+    encoding nor zstd should spend time on them."""
+    binary = [f.name for f in schema if pa.types.is_binary(f.type)]
+    return {"compression": {f.name: ("none" if f.name in binary else "zstd") for f in schema},
+            "use_dictionary": [f.name for f in schema if f.name not in binary]}
+
+
+def publish_dir(tmp: Path, final: Path) -> Path:
+    """Replace `final` by the complete folder `tmp` with two renames; the old version is removed afterwards."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 class _Table:
     """Buffers rows and writes a row group every `flush_rows`, so memory stays flat."""
 
@@ -84,7 +104,7 @@ class _Table:
         self.path, self.schema, self.flush_rows = path, schema, flush_rows
         self.rows: list[dict[str, Any]] = []
         self.count = 0
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, schema, **parquet_options(schema))
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -122,14 +142,7 @@ class DatasetWriter:
         for t in (self.images, self.rois, self.rejects):
             t.close()
         (self.tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-        old = None
-        if self.final.exists():
-            old = self.out_dir / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.final
+        return publish_dir(self.tmp, self.final)
 
     def abort(self) -> None:
         for t in (self.images, self.rois, self.rejects):

@@ -1,0 +1,226 @@
+"""Ingestion throughput and memory, against a plain single-process baseline measured in the same run.
+
+Writes scaled-up data in three native formats (PIL: BUSI PNG pairs; DICOM: RSNA 1024x1024 + CSV; NIfTI: LiTS
+uncompressed volumes), then, each in a fresh subprocess so peak RSS is its own:
+  baseline      plain load (PIL / pydicom / nibabel) -> numpy normalise -> PIL resize -> PNG encode, one process
+  medlvr w=1    `ingest_dataset` single process (adds discovery, ROIs, hashing, validation, Parquet)
+  medlvr w=2    the same with 2 worker processes
+  medlvr 1x     a tenth of the data, to compare peak RSS (memory must stay flat as input grows)
+Prints images/s per family and the ratios. Usage:
+  python benchmarks/bench_ingest.py [--scale 1.0] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = {"pil": "busi", "dicom": "rsna_pneumonia", "nifti": "lits"}
+
+
+# ----------------------------------------------------------------------------------------------- data writers
+def write_busi(root: Path, n: int, rng) -> None:
+    from PIL import Image
+
+    for i in range(1, n + 1):
+        cls = ("benign", "malignant")[i % 2]
+        d = root / "Dataset_BUSI_with_GT" / cls
+        d.mkdir(parents=True, exist_ok=True)
+        img = np.clip(60 + 25 * rng.standard_normal((500, 560)), 0, 255).astype(np.uint8)
+        mask = np.zeros((500, 560), np.uint8)
+        y, x = rng.integers(50, 350), rng.integers(50, 400)
+        mask[y:y + 80, x:x + 100] = 255
+        img[mask > 0] = 30
+        Image.fromarray(img).convert("RGB").save(d / f"{cls} ({i}).png")
+        Image.fromarray(mask).save(d / f"{cls} ({i})_mask.png")
+
+
+def write_rsna(root: Path, n: int, rng) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    d = root / "stage_2_train_images"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        pid = f"{i:08x}-0000-4000-8000-{i:012x}"
+        arr = np.clip(90 + 40 * rng.standard_normal((1024, 1024)), 0, 255).astype(np.uint8)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.PatientID, ds.Modality = pid, "CR"
+        ds.Rows, ds.Columns = arr.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = arr.tobytes()
+        ds.save_as(d / f"{pid}.dcm", enforce_file_format=True)
+        x, y = int(rng.integers(100, 700)), int(rng.integers(100, 700))
+        rows.append([pid, x, y, 150, 200, 1])
+    with open(root / "stage_2_train_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patientId", "x", "y", "width", "height", "Target"])
+        w.writerows(rows)
+
+
+def write_lits(root: Path, n_volumes: int, rng) -> None:
+    import nibabel as nib
+
+    d = root / "Training Batch 1"
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n_volumes):
+        z = 48
+        vol = (rng.normal(40, 20, (256, 256, z))).astype(np.int16)
+        seg = np.zeros((256, 256, z), np.uint8)
+        seg[60:200, 60:190, 8:40] = 1
+        for k, (cx, cy) in enumerate([(90, 100), (150, 160)]):
+            seg[cx - 15:cx + 15, cy - 12:cy + 12, 12 + 10 * k:22 + 10 * k] = 2
+        aff = np.diag([0.8, 0.8, 2.5, 1.0])
+        nib.save(nib.Nifti1Image(vol, aff), d / f"volume-{i}.nii")
+        nib.save(nib.Nifti1Image(seg, aff), d / f"segmentation-{i}.nii")
+
+
+def write_family(family: str, root: Path, n_images: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    if family == "pil":
+        write_busi(root, n_images, rng)
+    elif family == "dicom":
+        write_rsna(root, n_images, rng)
+    else:
+        write_lits(root, max(1, n_images // 8), rng)
+
+
+# ---------------------------------------------------------------------------------------------- the baseline
+def _resize_encode(a8: np.ndarray, max_side: int = 512) -> bytes:
+    from PIL import Image
+
+    im = Image.fromarray(a8)
+    s = max_side / max(im.size)
+    if s < 1:
+        im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _minmax8(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return ((a - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+
+
+def baseline(family: str, root: Path) -> int:
+    """Plain loop over the image files; returns the number of PNGs encoded."""
+    count = 0
+    if family == "pil":
+        from PIL import Image
+
+        for p in sorted(root.rglob("*).png")):
+            _resize_encode(np.asarray(Image.open(p).convert("L")))
+            count += 1
+    elif family == "dicom":
+        import pydicom
+
+        for p in sorted(root.rglob("*.dcm")):
+            _resize_encode(_minmax8(pydicom.dcmread(p).pixel_array))
+            count += 1
+    else:
+        import nibabel as nib
+
+        for p in sorted(root.rglob("volume-*.nii")):
+            vol = np.asarray(nib.load(p).dataobj)
+            seg = np.asarray(nib.load(p.with_name(p.name.replace("volume", "segmentation"))).dataobj)
+            zs = np.flatnonzero(seg.any(axis=(0, 1)))
+            for z in zs[:: max(1, len(zs) // 8)][:8]:  # about as many slices as the pipeline keeps
+                win = np.clip(vol[:, :, z].astype(np.float32), -150, 250)
+                _resize_encode(((win + 150) * (255 / 400)).astype(np.uint8))
+                count += 1
+    return count
+
+
+# ------------------------------------------------------------------------------------------------ the child
+def child(args) -> None:
+    # imports before the clock starts, for both sides: we compare per-image work, not interpreter start-up
+    import nibabel  # noqa: F401
+    import pydicom  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+    from corpus.catalog import load_catalog
+    from corpus.ingest import IngestConfig, ingest_dataset
+
+    t0 = time.perf_counter()
+    if args.mode == "baseline":
+        n = baseline(args.family, Path(args.root))
+    else:
+        spec = load_catalog()[FAMILIES[args.family]]
+        s = ingest_dataset(spec, Path(args.root), Path(args.out), IngestConfig(workers=args.workers, patient_salt="b"))
+        n = s.images_out
+        assert s.records_rejected == 0, s
+    dt = time.perf_counter() - t0
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"images": n, "seconds": dt, "rss_self_mb": self_kb / 1024, "rss_child_mb": kids_kb / 1024}))
+
+
+def run_child(**kw) -> dict:
+    cmd = [sys.executable, __file__, "--child"] + [f"--{k}={v}" for k, v in kw.items()]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--mode", default="medlvr")
+    ap.add_argument("--family")
+    ap.add_argument("--root")
+    ap.add_argument("--out")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiplies the image counts (1.0: 2,400 images)")
+    ap.add_argument("--work", help="folder for the generated data (default: a temporary folder)")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    counts = {"pil": int(1000 * args.scale), "dicom": int(800 * args.scale), "nifti": int(600 * args.scale)}
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_ingest_"))
+    print(f"data under {work}")
+    results = {}
+    for fam, n in counts.items():
+        big, small = work / f"{fam}_10x", work / f"{fam}_1x"
+        if not big.exists():
+            write_family(fam, big, n, seed=1)
+            write_family(fam, small, max(1, n // 10), seed=2)
+        base = run_child(mode="baseline", family=fam, root=big)
+        w1 = run_child(mode="medlvr", family=fam, root=big, out=work / "out_w1", workers=1)
+        w2 = run_child(mode="medlvr", family=fam, root=big, out=work / "out_w2", workers=2)
+        s1 = run_child(mode="medlvr", family=fam, root=small, out=work / "out_1x", workers=1)
+        results[fam] = dict(base=base, w1=w1, w2=w2, small=s1)
+    print(f"\n{'family':<7} {'images':>6} {'baseline/s':>10} {'w1/s':>7} {'w2/s':>7} {'w1/base':>8} {'w2/w1':>6} "
+          f"{'RSS 1x MB':>9} {'RSS 10x MB':>10} {'10x/1x':>6}")
+    for fam, r in results.items():
+        rate = {k: r[k]["images"] / r[k]["seconds"] for k in ("base", "w1", "w2")}
+        rss_ratio = r["w1"]["rss_self_mb"] / r["small"]["rss_self_mb"]
+        print(f"{fam:<7} {r['w1']['images']:>6} {rate['base']:>10.1f} {rate['w1']:>7.1f} {rate['w2']:>7.1f} "
+              f"{rate['w1'] / rate['base']:>8.2f} {rate['w2'] / rate['w1']:>6.2f} {r['small']['rss_self_mb']:>9.0f} "
+              f"{r['w1']['rss_self_mb']:>10.0f} {rss_ratio:>6.2f}")
+    tot_imgs = sum(r["w1"]["images"] for r in results.values())
+    print(f"\ntotal images at 10x: {tot_imgs}; w2 workers' peak RSS (largest child) "
+          + ", ".join(f"{f}: {r['w2']['rss_child_mb']:.0f} MB" for f, r in results.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Question building on a hand-made concept table, so expected answers can be checked by hand."""
+
+import pytest
+
+from corpus.qa.questions import QUESTION_TYPES, ImageFacts, QAConfig, RoiFact, build_pairs, distractor_boxes, iou, position_word
+
+import numpy as np
+
+
+class FakeKG:
+    names = {"kg:liver_tumor": "liver tumor", "kg:liver": "liver", "kg:liver_cyst": "liver cyst",
+             "kg:hemangioma": "hemangioma", "kg:kidney_tumor": "kidney tumor", "kg:kidney": "kidney",
+             "kg:spleen": "spleen", "kg:digestive_system": "digestive system", "kg:urinary_system": "urinary system",
+             "kg:immune_system": "immune system", "kg:lung": "lung", "kg:respiratory_system": "respiratory system",
+             "kg:abscess": "liver abscess", "kg:nucleus": "nucleus"}
+    kinds = {"kg:liver_tumor": "finding", "kg:liver_cyst": "finding", "kg:hemangioma": "finding",
+             "kg:kidney_tumor": "finding", "kg:abscess": "finding", "kg:nucleus": "cell"}
+
+    def name(self, c): return self.names[c]
+    def kind(self, c): return self.kinds.get(c, "organ" if not c.endswith("system") else "organ_system")
+    def distractors(self, c):
+        return {"kg:liver_tumor": ["kg:liver_cyst", "kg:kidney_tumor", "kg:hemangioma", "kg:abscess"],
+                "kg:liver": ["kg:kidney", "kg:spleen", "kg:lung"]}.get(c, [])
+    def system_of(self, c):
+        return {"kg:liver": "kg:digestive_system", "kg:kidney": "kg:urinary_system"}.get(c)
+    def organ_of(self, c): return {"kg:liver_tumor": "kg:liver", "kg:kidney_tumor": "kg:kidney"}.get(c)
+    def systems(self): return ["kg:digestive_system", "kg:urinary_system", "kg:immune_system", "kg:respiratory_system"]
+    def organs(self): return ["kg:liver", "kg:kidney", "kg:spleen", "kg:lung"]
+    def related(self, c): return {"kg:liver_tumor": {"kg:liver"}, "kg:liver": {"kg:liver_tumor"}}.get(c, set())
+
+
+def _img(rois, modality="CT", mm=(0.8, 0.8), concepts=()):
+    return ImageFacts("img1", "lits", modality, 200, 100, tuple(rois), mm, tuple(concepts))
+
+
+TUMOR = RoiFact("tumor", "kg:liver_tumor", (20.0, 10.0, 40.0, 30.0), 1)
+LIVER = RoiFact("liver", "kg:liver", (10.0, 5.0, 90.0, 80.0), 0)
+
+
+def test_answers_match_the_record_and_graph():
+    pairs = build_pairs(_img([TUMOR, LIVER]), FakeKG(), QAConfig(max_pairs_per_image=50, modality_question_rate=1))
+    by = {}
+    for p in pairs:
+        by.setdefault((p.question_type, p.concept_ids[0] if p.concept_ids else None), []).append(p)
+    g = by[("grounding", "kg:liver_tumor")][0]
+    assert g.answer_is_box and g.boxes == [[20.0, 10.0, 40.0, 30.0]]
+    assert by[("position", "kg:liver_tumor")][0].answer == "upper left"
+    assert by[("laterality", "kg:liver_tumor")][0].answer == "right"  # image left = patient right
+    size = by[("size", "kg:liver_tumor")][0]
+    assert size.answer == "about 16 mm" and size.options[size.answer_index] == "about 16 mm"
+    org = by[("organ_location", "kg:liver_tumor")][0]
+    assert org.answer == "liver" and org.knowledge_only
+    assert by[("organ_system", "kg:liver")][0].answer == "digestive system"
+    assert by[("modality", None)][0].answer == "CT"
+    ri = by[("region_identification", "kg:liver_tumor")][0]
+    assert ri.options[ri.answer_index] == "liver tumor" and len(set(ri.options)) == 4
+    # a distractor is never something present in the image, nor related to it
+    assert "liver" not in ri.options
+    negs = [p for p in pairs if p.question_type == "presence" and p.answer == "no"]
+    assert negs and all(p.concept_ids[0] not in ("kg:liver", "kg:liver_tumor") for p in negs)
+
+
+def test_grounding_choice_wrong_boxes_overlap_little():
+    pairs = build_pairs(_img([TUMOR, LIVER]), FakeKG(), QAConfig(max_pairs_per_image=50))
+    gc = [p for p in pairs if p.question_type == "grounding_choice" and p.concept_ids == ["kg:liver_tumor"]][0]
+    true = gc.boxes[gc.answer_index]
+    assert true == list(TUMOR.box)
+    assert all(iou(b, true) < 0.3 for i, b in enumerate(gc.boxes) if i != gc.answer_index)
+    assert gc.answer == f"{{box{gc.answer_index}}}"
+
+
+def test_deterministic_and_capped():
+    kg, img = FakeKG(), _img([TUMOR, LIVER])
+    a = [p.qa_id for p in build_pairs(img, kg, QAConfig(max_pairs_per_image=6))]
+    b = [p.qa_id for p in build_pairs(img, kg, QAConfig(max_pairs_per_image=6))]
+    assert a == b and len(a) == 6
+    c = [p.qa_id for p in build_pairs(img, kg, QAConfig(max_pairs_per_image=6, seed=1))]
+    assert c != a
+    assert all(p.question_type in QUESTION_TYPES for p in build_pairs(img, kg, QAConfig(max_pairs_per_image=50)))
+
+
+def test_counting_uses_ranges_for_many_nuclei():
+    nuclei = [RoiFact("nucleus", "kg:nucleus", (x, 5.0, x + 4.0, 9.0), i) for i, x in enumerate(range(0, 180, 6))]
+    pairs = build_pairs(_img(nuclei, modality="microscopy", mm=None), FakeKG(), QAConfig(max_pairs_per_image=50))
+    cnt = [p for p in pairs if p.question_type == "counting"][0]
+    assert cnt.answer == "21 to 50" and cnt.boxes == []
+    assert not [p for p in pairs if p.question_type in ("grounding", "laterality", "size")]
+
+
+def test_negative_image_asks_about_dataset_findings():
+    pairs = build_pairs(_img([], concepts=("kg:liver_tumor", "kg:liver")), FakeKG(), QAConfig(modality_question_rate=0))
+    assert [(p.question_type, p.answer, p.concept_ids) for p in pairs] == [("presence", "no", ["kg:liver_tumor"])]
+
+
+def test_position_and_distractor_boxes_helpers():
+    assert position_word((0, 0, 10, 10), 300, 300) == "upper left"
+    assert position_word((140, 140, 160, 160), 300, 300) == "center"
+    rng = np.random.default_rng(0)
+    boxes = distractor_boxes(rng, (10, 10, 30, 30), [(12, 12, 30, 30), (100, 100, 120, 120)], 200, 200)
+    assert boxes[0] == [100.0, 100.0, 120.0, 120.0] and len(boxes) == 3
+    assert all(iou(b, (10, 10, 30, 30)) < 0.3 for b in boxes)
+    assert distractor_boxes(rng, (0, 0, 200, 200), [], 200, 200) is None
