@@ -111,10 +111,11 @@ def print_build_report(report: dict, file=None) -> None:
     file = file or sys.stdout
     qa = report.get("qa", {})
     dd, dc, sp = report["dedup"], report["decontamination"], report["splits"]
-    print(f"QA pairs: {qa.get('pairs', 0)} from {dd['images']} images of {len(report['ingest'])} datasets", file=file)
+    print(f"QA pairs: {sum(qa.values())} from {dd['images']} images of {len(report['ingest'])} datasets", file=file)
     print(f"duplicates: {dd['images_in_duplicate_groups']} images in {dd['groups_with_duplicates']} groups; "
           f"decontamination removed {dc['removed_images']} images", file=file)
-    print(f"splits: {json.dumps(sp.get('images_per_split', sp.get('counts', {})))}", file=file)
+    print(f"images per split: {json.dumps(sp['per_split'])}; {sp['moved']} images moved to keep groups together",
+          file=file)
     gen = report.get("generation", {})
     if gen:
         print("generated text: " + ", ".join(f"{k}={v}" for k, v in gen.items() if ":" not in k), file=file)

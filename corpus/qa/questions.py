@@ -244,7 +244,18 @@ def build_pairs(img: ImageFacts, kg: Concepts, cfg: QAConfig = QAConfig()) -> li
         if m:
             pos.append(QAPair(img.image_id, "modality", "Which imaging modality was used to acquire this image?",
                               mod, options=m[0], answer_index=m[1]))
-    return _cap(rng, pos, neg, cfg)
+    return _cap(rng, _unique(pos), _unique([p for p in neg if p.qa_id not in {q.qa_id for q in pos}]), cfg)
+
+
+def _unique(pairs: list[QAPair]) -> list[QAPair]:
+    """The same question can arise twice (two present concepts sharing a distractor): keep the first."""
+    seen: set[str] = set()
+    out = []
+    for p in pairs:
+        if p.qa_id not in seen:
+            seen.add(p.qa_id)
+            out.append(p)
+    return out
 
 
 def _cap(rng, pos: list[QAPair], neg: list[QAPair], cfg: QAConfig) -> list[QAPair]:

@@ -76,7 +76,9 @@ def test_deterministic_and_capped():
     assert a == b and len(a) == 6
     c = [p.qa_id for p in build_pairs(img, kg, QAConfig(max_pairs_per_image=6, seed=1))]
     assert c != a
-    assert all(p.question_type in QUESTION_TYPES for p in build_pairs(img, kg, QAConfig(max_pairs_per_image=50)))
+    allp = build_pairs(img, kg, QAConfig(max_pairs_per_image=50))
+    assert all(p.question_type in QUESTION_TYPES for p in allp)
+    assert len({p.qa_id for p in allp}) == len(allp)
 
 
 def test_counting_uses_ranges_for_many_nuclei():

@@ -1,0 +1,127 @@
+"""build-corpus end to end on a few sample datasets: shards, manifest, splits, determinism, atomic publish."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from corpus import build as build_mod
+from corpus.build import BuildConfig, build_corpus
+from corpus.qa.questions import QUESTION_TYPES
+from corpus.sample_data import write_samples
+from corpus.shards import verify_manifest
+
+IDS = ["kits23", "busi", "vindr_cxr", "refuge", "monuseg", "deeplesion"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("b")
+    write_samples(root / "data", IDS)
+    report = build_corpus(root / "data", root / "out", BuildConfig(), IDS, progress=False, log=lambda *_: None)
+    return root, report
+
+
+def _rows(out: Path) -> list[dict]:
+    return pads.dataset(out / "shards", format="parquet").to_table(
+        columns=["qa_id", "image_id", "dataset", "split", "question_type", "boxes", "width", "height", "patient_key",
+                 "dup_group", "answer", "options", "answer_index", "concept_ids", "question"]).to_pylist()
+
+
+def test_shards_match_manifest_and_content_is_valid(built):
+    root, report = built
+    out = root / "out"
+    assert verify_manifest(out / "shards") == []
+    manifest = json.loads((out / "shards" / "_manifest.json").read_text())
+    rows = _rows(out)
+    assert manifest["rows"] == len(rows) == sum(report["qa"].values()) > 100
+    assert set(manifest["counts"]["dataset"]) == set(IDS)
+    assert sum(manifest["counts"]["split"].values()) == len(rows)
+    for r in rows:
+        assert r["question_type"] in QUESTION_TYPES
+        for b in r["boxes"] or []:
+            assert 0 <= b[0] < b[2] <= r["width"] and 0 <= b[1] < b[3] <= r["height"], r
+        if r["options"]:
+            assert len(r["options"]) == 4 and r["options"][r["answer_index"]] == r["answer"]
+        assert r["question"].count("{box") <= len(r["boxes"] or [])
+    assert len({r["qa_id"] for r in rows}) == len(rows)
+
+
+def test_no_patient_or_duplicate_group_in_two_splits(built):
+    root, _ = built
+    seen_p, seen_g = {}, {}
+    for r in _rows(root / "out"):
+        assert seen_p.setdefault((r["dataset"], r["patient_key"]), r["split"]) == r["split"]
+        assert seen_g.setdefault(r["dup_group"], r["split"]) == r["split"]
+
+
+def test_loads_with_huggingface_datasets(built):
+    from datasets import load_dataset
+
+    root, _ = built
+    files = sorted(str(p) for p in (root / "out" / "shards").rglob("*.parquet"))
+    ds = load_dataset("parquet", data_files=files, split="train")
+    assert len(ds) == json.loads((root / "out" / "shards" / "_manifest.json").read_text())["rows"]
+    assert {"question", "answer", "boxes", "image_png"} <= set(ds.column_names)
+
+
+def test_rebuild_is_byte_identical_and_reuses_generation_cache(built, tmp_path):
+    root, _ = built
+    out2 = tmp_path / "out2"
+    shutil.copytree(root / "out", out2)  # a rebuild in place: same output folder, so the same patient-key salt
+    build_corpus(root / "data", out2, BuildConfig(), IDS, progress=False, log=lambda *_: None)
+    m1 = json.loads((root / "out" / "shards" / "_manifest.json").read_text())
+    m2 = json.loads((out2 / "shards" / "_manifest.json").read_text())
+    assert [f["sha256"] for f in m1["shards"]] == [f["sha256"] for f in m2["shards"]]
+    assert m1 == m2
+
+
+def test_card_written_with_plots(built):
+    root, report = built
+    card = Path(report["card"])
+    text = card.read_text()
+    assert "question–answer pairs" in text and "![samples](samples.png)" in text
+    for png in ("counts.png", "box_sizes.png", "samples.png"):
+        assert (card.parent / png).stat().st_size > 1000
+
+
+def test_decontamination_removes_benchmark_images(built, tmp_path):
+    root, _ = built
+    img = pq.read_table(root / "out" / "ingest" / "busi" / "images.parquet", columns=["image_id", "png"]).to_pylist()[0]
+    bench = tmp_path / "slake" / "imgs" / "xmlab1"
+    bench.mkdir(parents=True)
+    (bench / "source.png").write_bytes(img["png"])
+    out = tmp_path / "out3"
+    shutil.copytree(root / "out", out)
+    cfg = BuildConfig(benchmark_roots={"SLAKE": str(tmp_path / "slake")})
+    rep = build_mod.decontaminate(out, cfg)
+    assert rep["removed_images"] >= 1 and rep["matched"]["SLAKE"] >= 1
+    build_mod.write_shards(out, cfg, IDS)
+    assert img["image_id"] not in {r["image_id"] for r in _rows(out)}
+
+
+def test_failed_publish_keeps_previous_shards(built, tmp_path, monkeypatch):
+    root, _ = built
+    out = tmp_path / "out4"
+    shutil.copytree(root / "out", out)
+    before = (out / "shards" / "_manifest.json").read_text()
+
+    def boom(self, row):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("corpus.shards.ShardWriter.add", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_mod.write_shards(out, BuildConfig(), IDS)
+    assert (out / "shards" / "_manifest.json").read_text() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".shards.tmp")]
+
+
+def test_config_round_trip_and_unknown_keys(tmp_path):
+    (tmp_path / "b.yaml").write_text("caption_rate: 0.5\nqa: {max_pairs_per_image: 4}\ningest: {workers: 2}\n")
+    cfg = BuildConfig.from_yaml(tmp_path / "b.yaml")
+    assert cfg.caption_rate == 0.5 and cfg.qa.max_pairs_per_image == 4 and cfg.ingest.workers == 2
+    with pytest.raises(ValueError, match="unknown build config keys"):
+        BuildConfig.from_dict({"captoin_rate": 1})
