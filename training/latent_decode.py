@@ -1,0 +1,285 @@
+"""Batched, KV-cached latent decoding for evaluation and RL rollouts (method.md §2).
+
+One function, `latent_generate`. Per prompt batch:
+
+1. Prefill ONCE per prompt: the images are encoded once, the left-padded prompts run through the decoder with
+   explicit 3-D M-RoPE positions from `get_rope_index`. For G samples per prompt the KV cache (and the last
+   hidden state, mask and rope deltas) is then repeated G times; row `r = b * G + g`.
+2. Every later step is ONE incremental decoder forward over all unfinished rows, whatever their mode:
+   `x = where(latent_row, z, embed(token))`, with positions `#non-pad before + rope_delta` (never the model's
+   stored `rope_deltas`).
+3. Per-row state machine: SAMPLE (text) -> `<Medlvr_Start>` (sampled, or forced as the first token) -> K LATENT
+   steps -> FORCE_END (`<Medlvr_End>`) -> SAMPLE until EOS or `max_new_tokens`. Only the first
+   `<Medlvr_Start>` opens a latent segment. `k_latent == 0` disables the segment: plain decoding.
+4. Latent input at position p is `z = mu + noise` with `mu = H[p-1]`, the final-norm last-layer hidden state of
+   the previous position (method.md indexing rule); noise is none, absolute (`scale * eps`) or relative to the
+   hidden norm (`scale * ||mu|| * eps / ||eps||`), and recorded.
+5. A row that emits EOS drops out of the batch and of the KV cache (`batch_select_indices`), so finished rows
+   cost no further compute; the last token of a row never needs a forward.
+
+The lm_head runs only on rows that sample a token this step (not on latent or forced rows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from training.model import LatentTokenIds
+from training.sampling import sample_tokens, token_logprobs
+from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
+
+# per-row mode of the NEXT input
+SAMPLE, LATENT, FORCE_END, FORCE_START = 0, 1, 2, 3
+NOISE_KINDS = ("none", "absolute", "relative")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    k_latent: int = 8  # fixed latent budget K; 0 = plain decoding (no control tokens)
+    max_new_tokens: int = 64  # counts every generated position: text, control tokens and latent slots
+    force_start: bool = True  # True: <Medlvr_Start> is the first generated token; False: the model emits it
+    temperature: float = 0.0  # 0 = greedy; log-probs are then recorded at T = 1
+    top_p: float = 1.0  # truncates sampling only; log-probs stay those of softmax(logits / T)
+    num_samples: int = 1  # G rollouts per prompt sharing one prefill
+    noise: str = "none"  # latent exploration noise: none | absolute | relative
+    noise_scale: float = 0.0  # sigma (absolute) or alpha (relative to ||mu||)
+    eos_token_ids: tuple[int, ...] | None = None  # None: from model.generation_config; () never stops early
+    time_steps: bool = False  # record per-step wall time (synchronises the device every step)
+
+    def __post_init__(self):
+        if self.k_latent < 0 or self.max_new_tokens < 1 or self.num_samples < 1:
+            raise ValueError(f"need k_latent >= 0, max_new_tokens >= 1, num_samples >= 1: {self}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1: {self}")
+        if self.noise not in NOISE_KINDS or self.noise_scale < 0:
+            raise ValueError(f"noise must be one of {NOISE_KINDS} with noise_scale >= 0: {self}")
+
+    @property
+    def logprob_temperature(self) -> float:
+        return self.temperature if self.temperature > 0 else 1.0
+
+
+@dataclass
+class LatentDecodeOutput:
+    """N = B * G rows (prompt-major: row b*G + g), T generated positions, K latent slots, D hidden size.
+
+    sequences:    (N, T) long   generated ids; `<Medlvr_Latent>` at latent slots, pad after a row ended
+    gen_mask:     (N, T) bool   position exists (the row had not ended)
+    logprobs:     (N, T) float  log p(token) under softmax(logits / logprob_temperature); 0 where not sampled
+    sampled_mask: (N, T) bool   token was sampled by the policy (forced tokens, latent slots, pads: False)
+    latent_mask:  (N, T) bool   latent slot
+    z:            (N, K, D)     latent inputs fed at the latent slots (mu + noise); zero rows where unused
+    mu:           (N, K, D)     hidden state at the position before each latent slot, H[p-1]
+    noise:        (N, K, D)     z - mu
+    n_latent:     (N,) long     latent inputs fed per row (K, or fewer if max_new_tokens cut the segment)
+    prompt_index: (N,) long     prompt row of each sample
+    """
+
+    sequences: torch.Tensor
+    gen_mask: torch.Tensor
+    logprobs: torch.Tensor
+    sampled_mask: torch.Tensor
+    latent_mask: torch.Tensor
+    z: torch.Tensor
+    mu: torch.Tensor
+    noise: torch.Tensor
+    n_latent: torch.Tensor
+    prompt_index: torch.Tensor
+    logprob_temperature: float
+    n_steps: int  # generated positions T
+    n_prefill_forwards: int  # decoder forwards over the prompts (1)
+    n_decode_forwards: int  # incremental decoder forwards (T - 1: the last token needs none)
+    timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, total_s
+    step_times: list[float] = field(default_factory=list)  # per step (time_steps=True), seconds
+    step_rows: list[int] = field(default_factory=list)  # active rows per step
+    step_latent_rows: list[int] = field(default_factory=list)  # rows fed a latent input per step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _latent_noise(mu: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """(n, D) noise for latent means mu (n, D)."""
+    if cfg.noise == "none" or cfg.noise_scale == 0:
+        return torch.zeros_like(mu)
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
+    if cfg.noise == "absolute":
+        return (cfg.noise_scale * eps).to(mu.dtype)
+    # relative: ||noise|| = alpha * ||mu|| exactly, direction uniform on the sphere
+    scale = cfg.noise_scale * mu.float().norm(dim=-1, keepdim=True) / eps.norm(dim=-1, keepdim=True)
+    return (scale * eps).to(mu.dtype)
+
+
+def _eos_ids(model, cfg: DecodeConfig) -> list[int]:
+    if cfg.eos_token_ids is not None:
+        return list(cfg.eos_token_ids)
+    eos = model.generation_config.eos_token_id
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+@torch.no_grad()
+def latent_generate(
+    model,
+    prompts: Mapping[str, torch.Tensor],
+    ids: LatentTokenIds,
+    cfg: DecodeConfig = DecodeConfig(),
+    *,
+    force_start: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LatentDecodeOutput:
+    """Generate for a left-padded prompt batch (processor output: input_ids (B, L), attention_mask (B, L),
+    mm_token_type_ids (B, L), optional pixel_values (P, C*2*14*14) and image_grid_thw (n_images, 3)).
+
+    force_start: optional (B,) bool per prompt, overriding `cfg.force_start` (rows of one batch may differ).
+    generator: RNG for sampling and latent noise (None = torch's global RNG).
+    """
+    dev = model.device
+    lm = model.model.language_model
+    input_ids = prompts["input_ids"].to(dev)
+    attn = prompts["attention_mask"].to(dev).long()
+    mm_types = prompts.get("mm_token_type_ids")
+    if mm_types is None:
+        mm_types = (input_ids == model.config.image_token_id).long()
+    pixel_values, grid = prompts.get("pixel_values"), prompts.get("image_grid_thw")
+    B, G, K = input_ids.shape[0], cfg.num_samples, cfg.k_latent
+    N, T_max = B * G, cfg.max_new_tokens
+    pad_id = model.generation_config.pad_token_id
+    pad_id = model.config.text_config.pad_token_id if pad_id is None else pad_id
+    eos = torch.tensor(_eos_ids(model, cfg), device=dev, dtype=torch.long)
+    banned = (ids.latent,)
+    lp_temp = cfg.logprob_temperature
+
+    # ---- prefill: once per prompt ----
+    _sync(dev)
+    t_start = time.perf_counter()
+    img = None
+    if pixel_values is not None:
+        img = image_embeddings(model, pixel_values.to(dev), grid.to(dev))
+        grid = grid.to(dev)
+    pos, deltas = rope_positions(model, input_ids, mm_types.to(dev), attn, grid)
+    x = embed_with_images(model, input_ids, img)
+    out = lm(inputs_embeds=x, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache, h = out.cache, out.last_hidden_state[:, -1]  # h: (B, D), post final norm
+    if G > 1:  # G samples share the prefill: repeat cache and per-row state, row b*G + g
+        cache.batch_repeat_interleave(G)
+        h, attn, deltas = (t.repeat_interleave(G, dim=0) for t in (h, attn, deltas))
+    _sync(dev)
+    t_prefill = time.perf_counter()
+
+    # ---- per-row state (aligned with the active rows `act`) ----
+    fs = torch.full((B,), cfg.force_start, device=dev) if force_start is None else force_start.to(dev).bool()
+    fs = fs.repeat_interleave(G)
+    act = torch.arange(N, device=dev)
+    kind = torch.where(fs & (K > 0), FORCE_START, SAMPLE)
+    can_open = torch.full((N,), K > 0, device=dev)  # the first <Medlvr_Start> opens the latent segment
+    k_done = torch.zeros(N, dtype=torch.long, device=dev)
+
+    D = h.shape[-1]
+    seq = torch.full((N, T_max), pad_id, dtype=torch.long, device=dev)
+    gen_mask = torch.zeros(N, T_max, dtype=torch.bool, device=dev)
+    logp = torch.zeros(N, T_max, dtype=torch.float32, device=dev)
+    sampled = torch.zeros_like(gen_mask)
+    latent_mask = torch.zeros_like(gen_mask)
+    z_all, mu_all, noise_all = (torch.zeros(N, K, D, dtype=h.dtype, device=dev) for _ in range(3))
+    embed = model.get_input_embeddings()
+    step_times, step_rows, step_latent_rows = [], [], []
+    n_forwards, t = 0, 0
+
+    for t in range(T_max):
+        t_step = time.perf_counter()
+        need, lat = kind == SAMPLE, kind == LATENT
+        tok = torch.full_like(act, pad_id)
+        tok = torch.where(kind == FORCE_START, ids.start, tok)
+        tok = torch.where(kind == FORCE_END, ids.end, tok)
+        tok = torch.where(lat, ids.latent, tok)
+        if need.any():
+            logits = model.lm_head(h[need])  # (n_need, V)
+            new = sample_tokens(logits, cfg.temperature, cfg.top_p, banned, generator)
+            tok[need] = new
+            logp[act[need], t] = token_logprobs(logits, new, lp_temp, banned)
+            sampled[act[need], t] = True
+        if lat.any():
+            mu = h[lat]  # hidden state of the previous position: z_k at p comes from H[p-1]
+            eps = _latent_noise(mu, cfg, generator)
+            z = mu + eps
+            rows, slot = act[lat], k_done[lat]
+            mu_all[rows, slot], z_all[rows, slot], noise_all[rows, slot] = mu, z, eps
+            latent_mask[rows, t] = True
+        seq[act, t] = tok
+        gen_mask[act, t] = True
+
+        # transitions to the next input's mode
+        opens = (kind == FORCE_START) | (need & can_open & (tok == ids.start))
+        k_done = k_done + lat.long()
+        next_kind = torch.full_like(kind, SAMPLE)
+        next_kind = torch.where(opens | (lat & (k_done < K)), LATENT, next_kind)
+        next_kind = torch.where(lat & (k_done == K), FORCE_END, next_kind)
+        can_open = can_open & ~opens
+        finished = need & torch.isin(tok, eos)
+        if cfg.time_steps:
+            step_rows.append(int(act.numel()))
+            step_latent_rows.append(int(lat.sum()))
+        if t == T_max - 1 or bool(finished.all()):
+            if cfg.time_steps:
+                _sync(dev)
+                step_times.append(time.perf_counter() - t_step)
+            break
+
+        # one incremental forward over the unfinished rows, text and latent rows together
+        x = embed(tok)
+        if lat.any():
+            x[lat] = z.to(x.dtype)
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+        kind = next_kind
+        if bool(finished.any()):  # drop finished rows from the batch and the KV cache
+            keep = (~finished).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            act, x, attn, deltas, kind, k_done, can_open = (
+                v[keep] for v in (act, x, attn, deltas, kind, k_done, can_open)
+            )
+        out = lm(
+            inputs_embeds=x[:, None],
+            attention_mask=attn,
+            position_ids=step_positions(attn, deltas),
+            cache=cache,
+            use_cache=True,
+        )
+        h = out.last_hidden_state[:, -1]
+        n_forwards += 1
+        if cfg.time_steps:
+            _sync(dev)
+            step_times.append(time.perf_counter() - t_step)
+
+    _sync(dev)
+    t_end = time.perf_counter()
+    T = t + 1
+    return LatentDecodeOutput(
+        sequences=seq[:, :T],
+        gen_mask=gen_mask[:, :T],
+        logprobs=logp[:, :T],
+        sampled_mask=sampled[:, :T],
+        latent_mask=latent_mask[:, :T],
+        z=z_all,
+        mu=mu_all,
+        noise=noise_all,
+        n_latent=latent_mask[:, :T].sum(-1),
+        prompt_index=torch.arange(B, device=dev).repeat_interleave(G),
+        logprob_temperature=lp_temp,
+        n_steps=T,
+        n_prefill_forwards=1,
+        n_decode_forwards=n_forwards,
+        timings={
+            "prefill_s": t_prefill - t_start,
+            "decode_s": t_end - t_prefill,
+            "total_s": t_end - t_start,
+        },
+        step_times=step_times,
+        step_rows=step_rows,
+        step_latent_rows=step_latent_rows,
+    )

@@ -1,0 +1,123 @@
+"""Qwen2.5-VL backbone with the three MedLVR control tokens (method.md §1).
+
+* `load_model` / `load_checkpoint`: `Qwen2_5_VLForConditionalGeneration` from a LOCAL directory only (a
+  downloaded Qwen2.5-VL checkpoint or one written by `save_checkpoint`); never touches a model hub.
+* `add_latent_tokens`: adds `<Medlvr_Start>`, `<Medlvr_Latent>`, `<Medlvr_End>` as special tokens and initialises
+  their input-embedding and lm_head rows (Qwen2.5-VL-7B does not tie them; 3B does, which is handled).
+* `save_checkpoint`: model (safetensors) + processor + tokenizer into one directory.
+
+Attention defaults to `sdpa` (works on CPU); `flash_attention_2` is opt-in and only when `flash_attn` imports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from training.processor import load_processor
+
+START_TOKEN = "<Medlvr_Start>"
+LATENT_TOKEN = "<Medlvr_Latent>"
+END_TOKEN = "<Medlvr_End>"
+LATENT_TOKENS = (START_TOKEN, LATENT_TOKEN, END_TOKEN)
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class LatentTokenIds:
+    """Token ids of the control tokens; format checks work on these ids, never on decoded text."""
+
+    start: int
+    latent: int
+    end: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "LatentTokenIds":
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in LATENT_TOKENS]
+        # an unknown token maps to unk (or None without unk): both would silently corrupt decoding
+        if any(i is None or i == tokenizer.unk_token_id for i in ids) or len(set(ids)) != 3:
+            raise ValueError(f"tokenizer lacks the MedLVR tokens {LATENT_TOKENS}: got ids {ids}")
+        return cls(*ids)
+
+
+def resolve_attn_implementation(requested: str = "sdpa") -> str:
+    """`sdpa` unless asked otherwise; `flash_attention_2` fails loudly when flash_attn is not installed."""
+    if requested not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {requested!r}")
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ImportError("attn_implementation='flash_attention_2' needs the optional `flash-attn` package (GPU only)")
+    return requested
+
+
+@torch.no_grad()
+def add_latent_tokens(model: Qwen2_5_VLForConditionalGeneration, tokenizer) -> LatentTokenIds:
+    """Add the MedLVR tokens to `tokenizer` and initialise their rows in `model`; idempotent.
+
+    New rows of the input embedding (V, D) and lm_head (V, D) are set to the mean of the rows of the tokens the
+    tokenizer had before (not of all V rows: real checkpoints pad V with untrained rows beyond len(tokenizer)).
+    The embedding matrix is resized only if the tokenizer outgrows it (Qwen2.5-VL pads V, so usually it does not).
+    """
+    n_before = len(tokenizer)
+    # replace_extra_special_tokens=False: the default would drop the vision tokens from the saved extras list
+    tokenizer.add_special_tokens({"extra_special_tokens": list(LATENT_TOKENS)}, replace_extra_special_tokens=False)
+    ids = LatentTokenIds.from_tokenizer(tokenizer)
+    new_ids = [i for i in (ids.start, ids.latent, ids.end) if i >= n_before]
+    if not new_ids:  # already present (a MedLVR checkpoint): keep the trained rows
+        return ids
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    emb[new_ids] = emb[:n_before].mean(0).to(emb.dtype)
+    if head.data_ptr() != emb.data_ptr():  # untied (7B); a tied head (3B) was set by the line above
+        head[new_ids] = head[:n_before].mean(0).to(head.dtype)
+    return ids
+
+
+def load_model(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: str | torch.device = "cpu",
+) -> Qwen2_5_VLForConditionalGeneration:
+    """Load `Qwen2_5_VLForConditionalGeneration` from a local directory, in eval mode."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path} (only local checkpoint directories are supported)")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(path),
+        dtype=dtype,
+        attn_implementation=resolve_attn_implementation(attn_implementation),
+        local_files_only=True,
+    )
+    return model.to(device).eval()
+
+
+def load_checkpoint(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: str | torch.device = "cpu",
+):
+    """Model + processor from one local directory, with the MedLVR tokens added if the checkpoint lacks them.
+
+    Returns (model, processor, LatentTokenIds).
+    """
+    processor = load_processor(path)
+    model = load_model(path, dtype=dtype, attn_implementation=attn_implementation, device=device)
+    ids = add_latent_tokens(model, processor.tokenizer)
+    return model, processor, ids
+
+
+def save_checkpoint(model: Qwen2_5_VLForConditionalGeneration, processor, path: str | Path) -> Path:
+    """Write model weights (safetensors), config, processor, tokenizer and chat template into `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    processor.save_pretrained(str(path))
+    return path

@@ -1,0 +1,54 @@
+"""Next-token distribution shared by latent decoding (rollouts) and replay.
+
+The policy distribution is `softmax(logits / T)` with banned ids (the `<Medlvr_Latent>` placeholder, which must
+never be emitted as text: replay finds latent slots by that id) set to -inf. Rollout log-probs and replay
+log-probs both come from `token_logprobs`, so they agree by construction. Top-p only truncates *sampling*; the
+recorded log-prob is that of the untruncated temperature distribution, as trainers (TRL, verl) recompute it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def policy_log_softmax(logits: torch.Tensor, temperature: float, banned_ids: Sequence[int] = ()) -> torch.Tensor:
+    """(..., V) logits -> (..., V) float32 log-probs of softmax(logits / temperature) with banned ids at -inf."""
+    if temperature <= 0:
+        raise ValueError("temperature for log-probs must be > 0 (greedy decoding records them at T=1)")
+    scaled = logits.float() / temperature  # fp32: log_softmax in bf16 loses the small log-probs
+    if len(banned_ids):
+        scaled = scaled.index_fill(-1, torch.as_tensor(list(banned_ids), device=logits.device), float("-inf"))
+    return torch.log_softmax(scaled, dim=-1)
+
+
+def token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, banned_ids: Sequence[int] = ()
+) -> torch.Tensor:
+    """log p(tokens) under the policy. logits (..., V), tokens (...) -> (...) float32."""
+    logp = policy_log_softmax(logits, temperature, banned_ids)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    banned_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(N, V) logits -> (N,) token ids. temperature == 0 means greedy (argmax over non-banned ids)."""
+    if temperature == 0:
+        scaled = logits.float()
+        if len(banned_ids):
+            scaled = scaled.index_fill(-1, torch.as_tensor(list(banned_ids), device=logits.device), float("-inf"))
+        return scaled.argmax(-1)
+    probs = policy_log_softmax(logits, temperature, banned_ids).exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # drop a token when the mass strictly before it already reaches top_p (the top token is always kept)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
