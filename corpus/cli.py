@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import dataclasses
 import json
 import sys
@@ -165,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="YAML with BuildConfig fields (ingest, qa, generator, benchmark_roots, ...)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=_cmd_build_corpus)
+    for module in ("training.cli", "evaluation.cli"):  # each package registers its own subcommands
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.register(sub)
     d = sub.add_parser("demo", help="the main job on the bundled sample data")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--workers", type=int, default=2)
