@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -99,14 +99,23 @@ def _write_json(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _roi_facts(rois_path: Path) -> dict[str, list[RoiFact]]:
-    out: dict[str, list[RoiFact]] = {}
-    cols = ["image_id", "label", "concept_id", "box", "instance", "area_mm2"]
-    for batch in pq.ParquetFile(rois_path).iter_batches(columns=cols, batch_size=8192):
-        for r in batch.to_pylist():
-            out.setdefault(r["image_id"], []).append(
-                RoiFact(r["label"], r["concept_id"], tuple(r["box"]), r["instance"], r["area_mm2"]))
-    return out
+def iter_grouped(parent: Path, child: Path, parent_cols: list[str], child_cols: list[str], key: str = "image_id",
+                 batch_size: int = 256) -> Iterator[tuple[dict, list[dict]]]:
+    """Stream (parent row, its child rows) from two Parquet files written in the same parent order (the ingest
+    runner writes an image's ROIs right after it; QA pairs are written per image in image order). Memory holds
+    one batch of each, whatever the file sizes. Raises if the child file is not in parent order."""
+    children = (r for b in pq.ParquetFile(child).iter_batches(columns=child_cols, batch_size=batch_size * 8)
+                for r in b.to_pylist())
+    pending = next(children, None)
+    for batch in pq.ParquetFile(parent).iter_batches(columns=parent_cols, batch_size=batch_size):
+        for row in batch.to_pylist():
+            group = []
+            while pending is not None and pending[key] == row[key]:
+                group.append(pending)
+                pending = next(children, None)
+            yield row, group
+    if pending is not None:
+        raise ValueError(f"{child} has rows for {pending[key]!r} that are not in {parent}'s order")
 
 
 def _mm_per_px(row: dict) -> tuple[float, float] | None:
@@ -117,39 +126,61 @@ def _mm_per_px(row: dict) -> tuple[float, float] | None:
 
 
 def build_qa_dataset(dataset: str, out: Path, cfg: BuildConfig, kg, text: TextStage | None = None) -> dict[str, Any]:
-    """QA pairs of one ingested dataset -> <out>/qa/<dataset>/pairs.parquet (atomic). Returns its stats."""
+    """QA pairs of one ingested dataset -> <out>/qa/<dataset>/pairs.parquet (streamed, atomic). Returns stats."""
     from corpus.catalog import load_catalog
 
     spec = load_catalog()[dataset]
     text = text or TextStage(cfg, kg, out)
     before = Counter(text.stats)
-    rois = _roi_facts(out / "ingest" / dataset / "rois.parquet")
-    cols = ["image_id", "modality", "width", "height", "spacing_mm", "scale_x", "scale_y", "png"]
-    rows, counts = [], Counter()
     concepts = tuple(sorted(set(spec.labels.values())))
-    pf = pq.ParquetFile(out / "ingest" / dataset / "images.parquet")
-    for batch in pf.iter_batches(columns=cols, batch_size=cfg.gen_batch_images):
-        items = []
-        for row in batch.to_pylist():
+    counts: Counter = Counter()
+    ing = out / "ingest" / dataset
+    path = out / "qa" / dataset / "pairs.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = pq.ParquetWriter(tmp, PAIRS_SCHEMA, **parquet_options(PAIRS_SCHEMA))
+    try:
+        items: list = []
+        groups = iter_grouped(ing / "images.parquet", ing / "rois.parquet",
+                              ["image_id", "modality", "width", "height", "spacing_mm", "scale_x", "scale_y", "png"],
+                              ["image_id", "label", "concept_id", "box", "instance", "area_mm2"])
+        for row, rois in groups:
             facts = ImageFacts(row["image_id"], dataset, row["modality"], row["width"], row["height"],
-                               tuple(rois.get(row["image_id"], ())), _mm_per_px(row), concepts)
+                               tuple(RoiFact(r["label"], r["concept_id"], tuple(r["box"]), r["instance"], r["area_mm2"])
+                                     for r in rois), _mm_per_px(row), concepts)
             items.append((row, facts, build_pairs(facts, kg, cfg.qa)))
-        text.run(items)
-        for row, facts, pairs in items:
-            for p in pairs:
-                counts[p.question_type] += 1
-                rows.append({
-                    "qa_id": p.qa_id, "image_id": p.image_id, "dataset": dataset, "modality": row["modality"],
-                    "question_type": p.question_type, "question": p.paraphrased or p.question, "answer": p.answer,
-                    "options": p.options or None, "answer_index": p.answer_index, "boxes": p.boxes or None,
-                    "answer_is_box": p.answer_is_box, "concept_ids": p.concept_ids, "knowledge_only": p.knowledge_only,
-                    "caption": p.caption,
-                    "text_source": text.model_id if (p.caption or p.paraphrased) else "template"})
-    _write_table(rows, PAIRS_SCHEMA, out / "qa" / dataset / "pairs.parquet")
-    stats = {"pairs": len(rows), "question_types": dict(sorted(counts.items())),
+            if len(items) >= cfg.gen_batch_images:
+                _flush_pairs(items, dataset, text, writer, counts)
+                items = []
+        _flush_pairs(items, dataset, text, writer, counts)
+        writer.close()
+        tmp.replace(path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    stats = {"pairs": sum(counts.values()), "question_types": dict(sorted(counts.items())),
              "generation": {k: v - before.get(k, 0) for k, v in sorted(text.stats.items()) if v - before.get(k, 0)}}
     _write_json(stats, out / "qa" / dataset / "stats.json")
     return stats
+
+
+def _flush_pairs(items, dataset: str, text: TextStage, writer, counts: Counter) -> None:
+    if not items:
+        return
+    text.run(items)  # verified captions and paraphrases for this batch of images
+    rows = []
+    for row, _, pairs in items:
+        for p in pairs:
+            counts[p.question_type] += 1
+            rows.append({
+                "qa_id": p.qa_id, "image_id": p.image_id, "dataset": dataset, "modality": row["modality"],
+                "question_type": p.question_type, "question": p.paraphrased or p.question, "answer": p.answer,
+                "options": p.options or None, "answer_index": p.answer_index, "boxes": p.boxes or None,
+                "answer_is_box": p.answer_is_box, "concept_ids": p.concept_ids, "knowledge_only": p.knowledge_only,
+                "caption": p.caption, "text_source": text.model_id if (p.caption or p.paraphrased) else "template"})
+    if rows:
+        writer.write_table(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA))
 
 
 def compute_hashes(out: Path, datasets: list[str]) -> Path:
@@ -231,18 +262,15 @@ def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
             stats = json.loads((out / "qa" / ds / "stats.json").read_text())
             for k, v in stats["generation"].items():
                 extra["generation"][k] = extra["generation"].get(k, 0) + v
-            pairs: dict[str, list[dict]] = {}
-            for r in pq.read_table(out / "qa" / ds / "pairs.parquet").to_pylist():
-                pairs.setdefault(r["image_id"], []).append(r)
             cols = ["image_id", "width", "height", "patient_key", "png"]
-            for batch in pq.ParquetFile(out / "ingest" / ds / "images.parquet").iter_batches(columns=cols, batch_size=64):
-                for img in batch.to_pylist():
-                    if img["image_id"] in bad:
-                        continue
-                    for r in pairs.get(img["image_id"], ()):
-                        writer.add({**r, "split": splits[img["image_id"]], "patient_key": img["patient_key"],
-                                    "dup_group": groups.get(img["image_id"], img["image_id"]),
-                                    "width": img["width"], "height": img["height"], "image_png": img["png"]})
+            for img, pairs in iter_grouped(out / "ingest" / ds / "images.parquet", out / "qa" / ds / "pairs.parquet",
+                                           cols, PAIRS_SCHEMA.names, batch_size=64):
+                if img["image_id"] in bad:
+                    continue
+                for r in pairs:
+                    writer.add({**r, "split": splits[img["image_id"]], "patient_key": img["patient_key"],
+                                "dup_group": groups.get(img["image_id"], img["image_id"]),
+                                "width": img["width"], "height": img["height"], "image_png": img["png"]})
         return writer.commit(extra)
     except BaseException:
         writer.abort()
