@@ -124,18 +124,26 @@ def print_build_report(report: dict, file=None) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from corpus.ingest import IngestConfig
+    from corpus.build import BuildConfig, build_corpus
+    from corpus.ingest import DatasetSummary
     from corpus.sample_data import write_samples
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    print(f"[1/2] writing sample data for every catalog dataset to {out / 'data'}")
+    print(f"[sample data] every catalog dataset in its native format -> {out / 'data'}")
     write_samples(out / "data", None, seed=0)
-    print(f"[2/2] ingesting into {out / 'corpus'}")
-    summaries, missing = run_ingest(out / "data", out / "corpus", None, IngestConfig(workers=args.workers))
+    cfg = BuildConfig()
+    cfg = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, workers=args.workers))
+    report = build_corpus(out / "data", out / "corpus", cfg, None, progress=False,
+                          log=lambda m: print(f"[build-corpus] {m}"))
+    summaries = [DatasetSummary(**json.loads((out / "corpus" / "ingest" / ds / "summary.json").read_text()))
+                 for ds in sorted(report["ingest"])]
+    print()
     print_summary(summaries)
+    print()
+    print_build_report(report)
     print(f"\ndone in {time.perf_counter() - t0:.1f}s; outputs under {out.resolve()}")
-    return 1 if missing else 0
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -125,3 +125,18 @@ def test_config_round_trip_and_unknown_keys(tmp_path):
     assert cfg.caption_rate == 0.5 and cfg.qa.max_pairs_per_image == 4 and cfg.ingest.workers == 2
     with pytest.raises(ValueError, match="unknown build config keys"):
         BuildConfig.from_dict({"captoin_rate": 1})
+
+
+def test_iter_grouped_streams_in_order_and_rejects_disorder(tmp_path):
+    import pyarrow as pa
+
+    from corpus.build import iter_grouped
+
+    pq.write_table(pa.table({"image_id": ["a", "b", "c"], "w": [1, 2, 3]}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({"image_id": ["a", "a", "c"], "v": [1, 2, 3]}), tmp_path / "c.parquet")
+    got = [(r["image_id"], [c["v"] for c in g]) for r, g in
+           iter_grouped(tmp_path / "p.parquet", tmp_path / "c.parquet", ["image_id", "w"], ["image_id", "v"], batch_size=1)]
+    assert got == [("a", [1, 2]), ("b", []), ("c", [3])]
+    pq.write_table(pa.table({"image_id": ["c", "a"], "v": [1, 2]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="not in"):
+        list(iter_grouped(tmp_path / "p.parquet", tmp_path / "bad.parquet", ["image_id"], ["image_id", "v"]))
