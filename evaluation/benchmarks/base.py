@@ -1,0 +1,105 @@
+"""The evaluation sample, image references, and the loader registry.
+
+Images are referenced by URI so samples stay small and picklable (data-parallel ranks, JSONL resume):
+    file:///abs/path.png                       an image file
+    zip:///abs/archive.zip#member/path.jpg     a member of a zip archive (MedXpertQA images.zip)
+    parquet:///abs/file.parquet#row=12&col=image_1
+                                               an image cell (HF Image struct {bytes, path} or raw bytes)
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs, unquote, urlparse
+
+KINDS = ("mc", "yesno", "open")
+
+
+class BenchmarkError(ValueError):
+    """A benchmark directory is missing or malformed; the message says what was expected where."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    benchmark: str  # "omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm"
+    sample_id: str  # stable within the benchmark
+    question: str  # the question text as distributed (options NOT appended unless the benchmark embeds them)
+    kind: str  # one of KINDS
+    answer: str  # gold: option letter for "mc", "yes"/"no" for "yesno", free text for "open"
+    options: tuple[tuple[str, str], ...] = ()  # (letter, text) in order, for "mc"
+    images: tuple[str, ...] = ()  # image URIs (see module docstring), in the order the question refers to them
+    tags: dict[str, Any] = field(default_factory=dict)  # modality, subset, question_type, source, split, ...
+
+    @property
+    def answer_text(self) -> str:
+        """The gold option text for multiple choice, else the answer itself."""
+        return dict(self.options).get(self.answer, self.answer) if self.kind == "mc" else self.answer
+
+
+def file_uri(path: Path) -> str:
+    return Path(path).resolve().as_uri()
+
+
+def zip_uri(archive: Path, member: str) -> str:
+    return f"zip://{Path(archive).resolve().as_posix()}#{member}"
+
+
+def parquet_uri(path: Path, row: int, col: str) -> str:
+    return f"parquet://{Path(path).resolve().as_posix()}#row={row}&col={col}"
+
+
+@lru_cache(maxsize=8)
+def _zip(path: str) -> zipfile.ZipFile:
+    return zipfile.ZipFile(path)
+
+
+@lru_cache(maxsize=4)
+def _parquet_table(path: str):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
+def image_bytes(uri: str) -> bytes:
+    u = urlparse(uri)
+    if u.scheme == "file":
+        return Path(unquote(u.path)).read_bytes()
+    if u.scheme == "zip":
+        return _zip(unquote(u.path)).read(unquote(u.fragment))
+    if u.scheme == "parquet":
+        q = parse_qs(u.fragment)
+        cell = _parquet_table(unquote(u.path)).column(q["col"][0])[int(q["row"][0])].as_py()
+        data = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not data:
+            raise BenchmarkError(f"no image bytes in {uri}")
+        return data
+    raise BenchmarkError(f"unsupported image URI {uri!r}")
+
+
+def open_image(uri: str):
+    """A PIL RGB image for a URI."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image_bytes(uri))) as im:
+        return im.convert("RGB")
+
+
+LOADERS: dict[str, Callable[..., Iterator[Sample]]] = {}
+
+
+def register(name: str, fn: Callable[..., Iterator[Sample]]) -> None:
+    if name in LOADERS:
+        raise ValueError(f"loader {name!r} registered twice")
+    LOADERS[name] = fn
+
+
+def require_dir(root: Path, what: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchmarkError(f"{what}: directory {root} does not exist")
+    return root

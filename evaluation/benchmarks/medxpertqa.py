@@ -1,0 +1,91 @@
+"""MedXpertQA multimodal (HF `TsinghuaC3I/MedXpertQA`, config MM; benchmarks.md §1.6).
+
+Layout: `MM/test.jsonl` (or `MM/dev.jsonl`) and `images.zip` at the root (or that zip extracted as `images/`).
+Each JSON line: id ("MM-..."), question (ALREADY contains "Answer Choices: (A) ... (E) ..."), options (dict
+letter -> text), label (gold letter), images (file names inside images.zip), medical_task, body_system,
+question_type. Images are read straight from the zip through a basename index (the lmms-eval way).
+
+Samples: kind "mc", question as distributed, tags["options_in_question"] = True so that prompt builders do
+not append the options a second time (the MedEvalKit duplication); tags medical_task, body_system,
+question_type, split. Sample id = the dataset id.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, register, require_dir, zip_uri
+
+NAME = "medxpertqa_mm"
+REQUIRED = ("id", "question", "options", "label", "images")
+TAG_KEYS = ("medical_task", "body_system", "question_type")
+
+
+def _image_resolver(root: Path):
+    if (root / "images").is_dir():
+        base = root / "images"
+        index = {p.name: p for p in base.rglob("*") if p.is_file()}
+        return lambda name: file_uri(index[Path(name).name]) if Path(name).name in index else None
+    archive = root / "images.zip"
+    if not archive.is_file():
+        raise BenchmarkError(f"MedXpertQA: expected {archive} (or it extracted as {root / 'images'}/)")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            index = {m.rsplit("/", 1)[-1]: m for m in zf.namelist() if not m.endswith("/")}
+    except zipfile.BadZipFile as e:
+        raise BenchmarkError(f"MedXpertQA: {archive} is not a valid zip ({e})") from e
+    return lambda name: zip_uri(archive, index[Path(name).name]) if Path(name).name in index else None
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise BenchmarkError(f"MedXpertQA: expected {path} (JSON lines)")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchmarkError(f"MedXpertQA: line {n} of {path} is not valid JSON ({e})") from e
+        missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise BenchmarkError(f"MedXpertQA: line {n} of {path} lacks keys {missing} (expected {list(REQUIRED)})")
+        if not isinstance(rec["options"], dict) or not isinstance(rec["images"], list):
+            raise BenchmarkError(f"MedXpertQA: line {n} of {path}: options must be a dict and images a list")
+        out.append(rec)
+    return out
+
+
+def load_medxpertqa(root: Path, split: str = "test") -> Iterator[Sample]:
+    root = require_dir(root, "MedXpertQA")
+    if split not in ("test", "dev"):
+        raise BenchmarkError(f"MedXpertQA: unknown split {split!r} (expected 'test' or 'dev')")
+    path = root / "MM" / f"{split}.jsonl"
+    recs = _records(path)
+    image = _image_resolver(root)
+    out, seen = [], set()
+    for rec in recs:
+        sid = str(rec["id"])
+        if sid in seen:
+            raise BenchmarkError(f"MedXpertQA: duplicate id {sid} in {path}")
+        seen.add(sid)
+        options = tuple((str(k).upper(), str(v)) for k, v in rec["options"].items())
+        gold = str(rec["label"]).strip().upper()
+        if gold not in dict(options):
+            raise BenchmarkError(f"MedXpertQA: {sid}: label {rec['label']!r} is not an option letter")
+        uris = []
+        for name in rec["images"]:
+            uri = image(name)
+            if uri is None:
+                raise BenchmarkError(f"MedXpertQA: image {name!r} of {sid} not found in the images of {root}")
+            uris.append(uri)
+        tags = {"split": split, "options_in_question": True, **{k: rec[k] for k in TAG_KEYS if k in rec}}
+        out.append(Sample(NAME, sid, rec["question"], "mc", gold, options, tuple(uris), tags))
+    return iter(out)
+
+
+register(NAME, load_medxpertqa)

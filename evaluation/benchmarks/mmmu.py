@@ -1,0 +1,118 @@
+"""MMMU Health & Medicine (HF `MMMU/MMMU`, one config per subject; benchmarks.md §1.5).
+
+Layout: `<root>/<Subject>/<split>-00000-of-00001.parquet` for the five subjects below. Columns: id, question,
+options (a string holding a Python list, parsed with ast.literal_eval), answer (letter for multiple choice),
+question_type (multiple-choice | open), image_1..image_7 (HF Image struct or null), subfield, img_type,
+topic_difficulty. Every `<image k>` placeholder of the question and the options is resolved, distinct k in
+ascending order (the lmms-eval rule), so multi-image questions keep all images (MedEvalKit drops all but
+image_1). A question without placeholders gets its non-null image columns in order.
+
+Samples: kind "mc" (options lettered A, B, ...) or "open"; id = the dataset id
+("validation_Clinical_Medicine_1"); tags: subject, split, question_type, subfield, img_type,
+topic_difficulty. The test split has no gold answers ("?") and is refused.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from evaluation.benchmarks.base import BenchmarkError, Sample, parquet_uri, register, require_dir
+
+NAME = "mmmu_hm"
+SUBJECTS = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine", "Pharmacy",
+            "Public_Health")
+IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
+TEXT_COLUMNS = ("id", "question", "options", "answer", "question_type")
+EXTRA_TAGS = ("subfield", "img_type", "topic_difficulty")
+_PLACEHOLDER = re.compile(r"<image (\d+)>")
+
+
+def parse_options(raw, where: str) -> list[str]:
+    if isinstance(raw, list):
+        return [str(o) for o in raw]
+    try:
+        value = ast.literal_eval(raw) if raw not in (None, "") else []
+    except (ValueError, SyntaxError) as e:
+        raise BenchmarkError(f"MMMU: {where}: options {raw!r} is not a Python list literal") from e
+    if not isinstance(value, list):
+        raise BenchmarkError(f"MMMU: {where}: options must be a list, found {type(value).__name__}")
+    return [str(o) for o in value]
+
+
+def image_columns(question: str, options: list[str], present: list[str], where: str) -> list[str]:
+    ks = sorted({int(k) for k in _PLACEHOLDER.findall(" ".join([question, *options]))})
+    if not ks:
+        return present
+    cols = [f"image_{k}" for k in ks]
+    absent = [c for c in cols if c not in present]
+    if absent:
+        raise BenchmarkError(f"MMMU: {where} refers to {absent} but those image cells are empty or missing")
+    return cols
+
+
+def _subject_file(root: Path, subject: str, split: str) -> Path:
+    found = sorted((root / subject).glob(f"{split}-*.parquet"))
+    if not found:
+        raise BenchmarkError(f"MMMU: expected {root / subject}/{split}-00000-of-00001.parquet")
+    return found[0]
+
+
+def _load_subject(root: Path, subject: str, split: str) -> list[Sample]:
+    path = _subject_file(root, subject, split)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise BenchmarkError(f"MMMU: {path} is not a readable parquet file ({e})") from e
+    missing = [c for c in TEXT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise BenchmarkError(f"MMMU: {path} lacks columns {missing} (expected {list(TEXT_COLUMNS)})")
+    img_cols = [c for c in IMAGE_COLUMNS if c in table.column_names]
+    nonnull = {c: table.column(c).is_valid().to_pylist() for c in img_cols}
+    texts = {c: table.column(c).to_pylist() for c in (*TEXT_COLUMNS, *EXTRA_TAGS) if c in table.column_names}
+    out = []
+    for i in range(table.num_rows):
+        row = {c: v[i] for c, v in texts.items()}
+        where = f"{path} row {i} ({row['id']})"
+        options = parse_options(row["options"], where)
+        present = [c for c in img_cols if nonnull[c][i]]
+        cols = image_columns(row["question"], options, present, where)
+        qtype = str(row["question_type"])
+        answer = str(row["answer"]).strip()
+        if answer == "?":
+            raise BenchmarkError(f"MMMU: {where} has no gold answer ('?'); the {split} split cannot be scored")
+        tags = {"subject": subject, "split": split, "question_type": qtype}
+        tags.update({k: row[k] for k in EXTRA_TAGS if k in row and row[k] is not None})
+        uris = tuple(parquet_uri(path, i, c) for c in cols)
+        if qtype == "multiple-choice":
+            letters = [chr(ord("A") + j) for j in range(len(options))]
+            if answer.upper() not in letters:
+                raise BenchmarkError(f"MMMU: {where}: answer {answer!r} is not one of the option letters {letters}")
+            out.append(Sample(NAME, row["id"], row["question"], "mc", answer.upper(),
+                              tuple(zip(letters, options)), uris, tags))
+        else:
+            out.append(Sample(NAME, row["id"], row["question"], "open", answer, (), uris, tags))
+    return out
+
+
+def load_mmmu(root: Path, split: str = "validation", subjects: tuple[str, ...] = SUBJECTS) -> Iterator[Sample]:
+    root = require_dir(root, "MMMU Health & Medicine")
+    unknown = [s for s in subjects if s not in SUBJECTS]
+    if unknown:
+        raise BenchmarkError(f"MMMU: {unknown} are not Health & Medicine subjects (expected some of {SUBJECTS})")
+    absent = [s for s in subjects if not (root / s).is_dir()]
+    if absent:
+        raise BenchmarkError(f"MMMU: expected one directory per subject under {root}; missing {absent}")
+    out: list[Sample] = []
+    for s in subjects:
+        out.extend(_load_subject(root, s, split))
+    if len({s.sample_id for s in out}) != len(out):
+        raise BenchmarkError(f"MMMU: duplicate ids under {root}")
+    return iter(out)
+
+
+register(NAME, load_mmmu)

@@ -1,0 +1,101 @@
+"""SLAKE (HF `BoKelvin/SLAKE`, plain files): `test.json` / `validation.json` / `train.json` (lists of records)
+and `imgs.zip` (members `imgs/xmlabNNN/source.jpg`) or that zip extracted as `imgs/`.
+
+Only English rows are kept (`q_lang == "en"`). Yes/no answers become kind "yesno" (gold lowercased), all
+other answers kind "open" (including CLOSED questions such as "Which is bigger, left or right lung?").
+tags["closed"] marks the closed yes/no subset (English, gold yes/no; benchmarks.md §1.2); tags also carry
+answer_type (closed/open), modality, location, content_type, base_type, qid, split.
+Sample id: "<split>-<qid>".
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, register, require_dir, zip_uri
+
+NAME = "slake"
+SPLITS = {"test": "test.json", "validation": "validation.json", "train": "train.json"}
+REQUIRED = ("img_name", "question", "answer", "q_lang", "answer_type", "qid")
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise BenchmarkError(f"SLAKE: expected {path.name} (a JSON list of QA records) in {path.parent}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BenchmarkError(f"SLAKE: {path} is not valid JSON ({e})") from e
+    if not isinstance(data, list):
+        raise BenchmarkError(f"SLAKE: {path} must hold a JSON list of records, found {type(data).__name__}")
+    for i, rec in enumerate(data):
+        missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise BenchmarkError(f"SLAKE: record {i} of {path} lacks keys {missing} (expected {list(REQUIRED)})")
+    return data
+
+
+def _image_resolver(root: Path):
+    if (root / "imgs").is_dir():
+        return lambda name: file_uri(root / "imgs" / name) if (root / "imgs" / name).is_file() else None
+    archive = root / "imgs.zip"
+    if archive.is_file():
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                members = set(zf.namelist())
+        except zipfile.BadZipFile as e:
+            raise BenchmarkError(f"SLAKE: {archive} is not a valid zip ({e})") from e
+
+        def resolve(name: str) -> str | None:  # members are imgs/xmlabN/...; accept a zip without that prefix
+            for member in (f"imgs/{name}", name):
+                if member in members:
+                    return zip_uri(archive, member)
+            return None
+
+        return resolve
+    raise BenchmarkError(f"SLAKE: expected images as {root / 'imgs.zip'} or an extracted {root / 'imgs'}/")
+
+
+def load_slake(root: Path, split: str = "test", lang: str = "en") -> Iterator[Sample]:
+    root = require_dir(root, "SLAKE")
+    if split not in SPLITS:
+        raise BenchmarkError(f"SLAKE: unknown split {split!r} (expected one of {sorted(SPLITS)})")
+    path = root / SPLITS[split]
+    if split == "validation" and not path.is_file() and (root / "validate.json").is_file():
+        path = root / "validate.json"  # the name before HF renamed it
+    data = _records(path)
+    image = _image_resolver(root)
+    out, seen = [], set()
+    for rec in data:
+        if rec["q_lang"] != lang:
+            continue
+        sid = f"{split}-{rec['qid']}"
+        if sid in seen:
+            raise BenchmarkError(f"SLAKE: duplicate qid {rec['qid']} in {path}")
+        seen.add(sid)
+        uri = image(rec["img_name"])
+        if uri is None:
+            raise BenchmarkError(f"SLAKE: image imgs/{rec['img_name']} of qid {rec['qid']} not found under {root}")
+        answer = str(rec["answer"]).strip()
+        yesno = answer.lower() in ("yes", "no")
+        tags = {
+            "split": split,
+            "qid": rec["qid"],
+            "answer_type": str(rec["answer_type"]).strip().lower(),
+            "closed": yesno,
+            "subset": "closed" if yesno else "other",
+        }
+        for k in ("modality", "location", "content_type", "base_type"):
+            if k in rec:
+                tags[k] = rec[k]
+        out.append(
+            Sample(NAME, sid, rec["question"], "yesno" if yesno else "open", answer.lower() if yesno else answer,
+                   images=(uri,), tags=tags)
+        )
+    return iter(out)
+
+
+register(NAME, load_slake)
