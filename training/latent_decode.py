@@ -23,7 +23,7 @@ The lm_head runs only on rows that sample a token this step (not on latent or fo
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +49,7 @@ class DecodeConfig:
     noise_scale: float = 0.0  # sigma (absolute) or alpha (relative to ||mu||)
     eos_token_ids: tuple[int, ...] | None = None  # None: from model.generation_config; () never stops early
     time_steps: bool = False  # record per-step wall time (synchronises the device every step)
+    banned_ids: tuple[int, ...] = ()  # excluded from sampling besides <Medlvr_Latent> (RL: the vision tokens)
 
     def __post_init__(self):
         if self.k_latent < 0 or self.max_new_tokens < 1 or self.num_samples < 1:
@@ -132,12 +133,17 @@ def latent_generate(
     *,
     force_start: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    latent_transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> LatentDecodeOutput:
     """Generate for a left-padded prompt batch (processor output: input_ids (B, L), attention_mask (B, L),
     mm_token_type_ids (B, L), optional pixel_values (P, C*2*14*14) and image_grid_thw (n_images, 3)).
 
     force_start: optional (B,) bool per prompt, overriding `cfg.force_start` (rows of one batch may differ).
     generator: RNG for sampling and latent noise (None = torch's global RNG).
+    latent_transform: optional `f(z, rows, slots) -> z'` applied to every latent input before it is fed
+        (evaluation ablations: zero / shuffle across samples / noise). z (n, D) = mu + noise of the n rows fed a
+        latent this step, rows (n,) their row ids in [0, N), slots (n,) their latent index k. The recorded `z` is
+        the transformed input; `mu` and `noise` stay as computed. None (default) leaves decoding unchanged.
     """
     dev = model.device
     lm = model.model.language_model
@@ -152,7 +158,7 @@ def latent_generate(
     pad_id = model.generation_config.pad_token_id
     pad_id = model.config.text_config.pad_token_id if pad_id is None else pad_id
     eos = torch.tensor(_eos_ids(model, cfg), device=dev, dtype=torch.long)
-    banned = (ids.latent,)
+    banned = (ids.latent, *cfg.banned_ids)
     lp_temp = cfg.logprob_temperature
 
     # ---- prefill: once per prompt ----
@@ -209,6 +215,8 @@ def latent_generate(
             eps = _latent_noise(mu, cfg, generator)
             z = mu + eps
             rows, slot = act[lat], k_done[lat]
+            if latent_transform is not None:
+                z = latent_transform(z, rows, slot).to(mu.dtype)
             mu_all[rows, slot], z_all[rows, slot], noise_all[rows, slot] = mu, z, eps
             latent_mask[rows, t] = True
         seq[act, t] = tok

@@ -1,0 +1,303 @@
+"""Batched, greedy latent inference over benchmark Samples, written as resumable prediction JSONL.
+
+* Prompts: one template per answer kind and prompt style (benchmarks.md §3.2). Multiple-choice options are
+  appended as "A. text" lines unless the question already embeds them (`options_embedded`).
+* Decoding: `training.latent_decode.latent_generate`, temperature 0, K latent steps (K = 0: plain decoding),
+  fixed pixel budget (`min_pixels` / `max_pixels` on the image processor).
+* Records: one JSON line per sample, appended and flushed as each batch finishes:
+  {"benchmark", "sample_id", "output", "n_tokens", "latency_s", "model", "k_latent", "variant", "rank",
+   "world_size", "n_text_tokens", "n_latent", "finish_reason", "batch_size", "batch_latency_s", "prompt_hash",
+   "ablation" (None, or zero / shuffle / noise)}
+  `n_tokens` counts every generated position (text, control tokens, latent slots, the EOS token);
+  `latency_s` is the sample's share of its batch's wall time (batch time / rows), so sums give total time.
+* Resume: ids already in the output file (or in the merged file of a sharded run) are skipped.
+* Data parallel: rank r of W takes `ids[r::W]` of the sorted ids and writes `<stem>.rank{r}-of-{W}.jsonl`;
+  `merge_predictions` joins the rank files by sample id (`torchrun` sets RANK / WORLD_SIZE / LOCAL_RANK).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evaluation.benchmarks.base import Sample, open_image
+from evaluation.config import DecodeSettings, ModelSpec
+from training.latent_decode import DecodeConfig, latent_generate
+from training.model import END_TOKEN, LATENT_TOKEN, START_TOKEN, LatentTokenIds
+
+DIRECT_MC = "Answer with the option's letter from the given choices directly."
+DIRECT_YESNO = "Answer the question with yes or no."
+DIRECT_OPEN = "Answer the question using a single word or phrase."
+TAGS_SUFFIX = "First reason about the image, then put the final answer inside <answer></answer> tags."
+TAGS_WHAT = {"mc": "the option's letter", "yesno": "yes or no", "open": "a single word or phrase"}
+
+
+# ---------------------------------------------------------------------------------------------------- prompts
+
+
+def options_embedded(sample: Sample) -> bool:
+    """True when the question text already lists every option letter ("A.", "(B)", "C:" ...)."""
+    if "options_in_question" in sample.tags:
+        return bool(sample.tags["options_in_question"])
+    if not sample.options:
+        return True
+    return all(re.search(rf"(?:^|[\s(\[]){re.escape(letter)}\s*[.):\]]", sample.question)
+               for letter, _ in sample.options)
+
+
+def prompt_text(sample: Sample, style: str = "tags") -> str:
+    """The user text of the prompt (images go before it in the chat message)."""
+    parts = [sample.question.strip()]
+    if sample.kind == "mc" and not options_embedded(sample):
+        parts.append("\n".join(f"{letter}. {text}" for letter, text in sample.options))
+    if style == "direct":
+        parts.append({"mc": DIRECT_MC, "yesno": DIRECT_YESNO}.get(sample.kind, DIRECT_OPEN))
+    elif style == "tags":
+        parts.append(f"{TAGS_SUFFIX} The answer is {TAGS_WHAT.get(sample.kind, TAGS_WHAT['open'])}.")
+    else:
+        raise ValueError(f"unknown prompt style {style!r}")
+    return "\n".join(parts)
+
+
+def chat_text(processor, sample: Sample, style: str) -> str:
+    content = [{"type": "image"} for _ in sample.images] + [{"type": "text", "text": prompt_text(sample, style)}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def encode_batch(processor, samples: Sequence[Sample], style: str):
+    """Left-padded processor batch for `samples` (images opened lazily, one batch at a time)."""
+    texts = [chat_text(processor, s, style) for s in samples]
+    images = [open_image(u) for s in samples for u in s.images]
+    kw = {"images": images} if images else {}
+    return processor(text=texts, padding=True, return_tensors="pt", **kw), texts
+
+
+# ------------------------------------------------------------------------------------------------ model loading
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: object
+    processor: object
+    ids: LatentTokenIds
+    load_s: float = 0.0
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    if setting != "auto":
+        return torch.device(setting)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
+    processor.image_processor.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+
+
+def load_for_eval(spec: ModelSpec, settings: DecodeSettings = DecodeSettings(),
+                  attn_implementation: str | None = None) -> LoadedModel:
+    """A checkpoint directory (ours or the base Qwen2.5-VL) or `tiny[:SEED]`; eval mode, pixel budget set."""
+    t0 = time.perf_counter()
+    attn = attn_implementation or settings.attn_implementation
+    dtype, device = _DTYPES[settings.dtype], resolve_device(settings.device)
+    if spec.path == "tiny" or spec.path.startswith("tiny:"):
+        from training.tiny import build_tiny
+
+        seed = int(spec.path.split(":", 1)[1]) if ":" in spec.path else 0
+        b = build_tiny(seed=seed, attn_implementation=attn, dtype=dtype, device=device)
+        model, processor, ids = b.model, b.processor, b.ids
+    else:
+        from training.model import load_checkpoint
+
+        model, processor, ids = load_checkpoint(spec.path, dtype=dtype, attn_implementation=attn, device=device)
+        processor.tokenizer.padding_side = "left"
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    set_pixel_budget(processor, settings.min_pixels, settings.max_pixels)
+    return LoadedModel(spec, model, processor, ids, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------------- JSONL files
+
+
+def read_records(path: Path) -> list[dict]:
+    """All complete records of a prediction file; a torn last line (killed run) is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a partial last line (a run killed mid-write) so that appended records start on a fresh line."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def finished_ids(paths: Iterable[Path]) -> set[str]:
+    return {str(r["sample_id"]) for p in paths for r in read_records(p)}
+
+
+def rank_path(path: Path, rank: int, world_size: int) -> Path:
+    """`x/slake.jsonl` -> `x/slake.rank0-of-2.jsonl` (world_size 1: the path itself)."""
+    path = Path(path)
+    return path if world_size <= 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world_size}{path.suffix}")
+
+
+def shard(ids: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """The ids rank `rank` evaluates: `sorted(ids)[rank::world_size]` (disjoint, covering, deterministic)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+    return sorted(ids)[rank::world_size]
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) from the torchrun / accelerate environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def merge_predictions(path: Path, world_size: int, remove_parts: bool = False) -> list[dict]:
+    """Join `path` (earlier merged records) and its rank files into `path`, one record per sample id, sorted."""
+    path = Path(path)
+    by_id: dict[str, dict] = {}
+    parts = [rank_path(path, r, world_size) for r in range(world_size)] if world_size > 1 else []
+    for p in [path, *parts]:
+        for rec in read_records(p):
+            by_id.setdefault(str(rec["sample_id"]), rec)
+    recs = [by_id[k] for k in sorted(by_id)]
+    if not recs and not path.exists():
+        return recs
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tmp.replace(path)
+    if remove_parts:
+        for p in parts:
+            p.unlink(missing_ok=True)
+    return recs
+
+
+# --------------------------------------------------------------------------------------------------- inference
+
+
+def decode_text(tokenizer, seq: torch.Tensor, mask: torch.Tensor, drop: set[int]) -> str:
+    """Generated ids -> text; control tokens kept (scoring strips the latent segment), EOS / pad dropped."""
+    toks = [int(t) for t, m in zip(seq.tolist(), mask.tolist()) if m and int(t) not in drop]
+    return tokenizer.decode(toks, skip_special_tokens=False)
+
+
+def _eos_set(model) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
+
+
+@dataclass
+class RunStats:
+    n_done: int = 0
+    n_skipped: int = 0
+    gen_s: float = 0.0  # wall time of the generate calls (model load excluded)
+    n_tokens: int = 0
+
+
+TransformFactory = Callable[[list[Sample]], Callable | None]
+
+
+def run_predictions(
+    lm: LoadedModel,
+    samples: Sequence[Sample],
+    out_path: Path,
+    *,
+    k_latent: int | None = None,
+    variant: str = "main",
+    settings: DecodeSettings = DecodeSettings(),
+    rank: int = 0,
+    world_size: int = 1,
+    transform_factory: TransformFactory | None = None,
+    ablation: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RunStats:
+    """Generate for this rank's shard of `samples` not yet in `out_path` (or its rank file); append records.
+
+    transform_factory(batch_samples) -> optional `latent_transform` for that batch (latent ablations).
+    """
+    k = lm.spec.k_latent if k_latent is None else k_latent
+    out_path = Path(out_path)
+    my_path = rank_path(out_path, rank, world_size)
+    my_path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(my_path)
+    done = finished_ids({out_path, my_path})
+    by_id = {s.sample_id: s for s in samples}
+    mine = shard(list(by_id), rank, world_size)
+    todo = [by_id[i] for i in mine if i not in done]
+    stats = RunStats(n_skipped=len(mine) - len(todo))
+    if not todo:
+        return stats
+    tok = lm.processor.tokenizer
+    eos = _eos_set(lm.model)
+    drop = eos | {tok.pad_token_id}
+    cfg = DecodeConfig(k_latent=k, max_new_tokens=settings.max_new_tokens, force_start=k > 0, temperature=0.0)
+    gen = torch.Generator(device=lm.model.device).manual_seed(settings.seed)
+    bs = max(1, settings.batch_size)
+    with my_path.open("a") as f:
+        for i in range(0, len(todo), bs):
+            batch = todo[i:i + bs]
+            enc, texts = encode_batch(lm.processor, batch, lm.spec.prompt_style)
+            transform = transform_factory(batch) if transform_factory else None
+            t0 = time.perf_counter()
+            out = latent_generate(lm.model, enc, lm.ids, cfg, generator=gen, latent_transform=transform)
+            dt = time.perf_counter() - t0
+            stats.gen_s += dt
+            for r, s in enumerate(batch):
+                n_tok = int(out.gen_mask[r].sum())
+                last = int(out.sequences[r, n_tok - 1]) if n_tok else -1
+                rec = {
+                    "benchmark": s.benchmark, "sample_id": s.sample_id,
+                    "output": decode_text(tok, out.sequences[r], out.gen_mask[r], drop),
+                    "n_tokens": n_tok, "latency_s": dt / len(batch),
+                    "model": lm.spec.name, "k_latent": k, "variant": variant,
+                    "rank": rank, "world_size": world_size,
+                    "n_text_tokens": int(out.sampled_mask[r].sum()), "n_latent": int(out.n_latent[r]),
+                    "finish_reason": "stop" if last in eos else "length",
+                    "batch_size": len(batch), "batch_latency_s": dt,
+                    "prompt_hash": hashlib.sha1(texts[r].encode()).hexdigest()[:12],
+                    "ablation": ablation,
+                }
+                f.write(json.dumps(rec) + "\n")
+                stats.n_tokens += n_tok
+            f.flush()
+            stats.n_done += len(batch)
+            if progress:
+                progress(f"{lm.spec.name} {variant} k={k} {batch[0].benchmark}: {stats.n_done}/{len(todo)}")
+    return stats
+
+
+def strip_control(text: str) -> str:
+    """Output without the latent segment (for display; scoring does its own stripping)."""
+    text = re.sub(re.escape(START_TOKEN) + r".*?" + re.escape(END_TOKEN), "", text, flags=re.S)
+    return text.replace(LATENT_TOKEN, "").replace(START_TOKEN, "").replace(END_TOKEN, "").strip()

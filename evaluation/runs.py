@@ -1,0 +1,182 @@
+"""One evaluation from an `EvalConfig`: plan the prediction jobs, run this rank's share, merge, score, report.
+
+Prediction files: `<out>/predictions/<model>/k<K>/<variant>/<benchmark>.jsonl` (rank files next to them while a
+data-parallel run is in flight). Variants: "main" (Tables 1/2/4, Fig. 5), "efficiency" (Table 3, the subset in
+`<out>/manifests/efficiency_subset.json`), "ablate_<kind>" (latent ablations). Figures go to `<out>/figures/`,
+the report to `<out>/report.md` and `<out>/report.html`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evaluation.benchmarks.base import LOADERS, BenchmarkError, Sample
+from evaluation.config import ABLATIONS, DATA_DIRS, EvalConfig
+from evaluation.inference import dist_info, load_for_eval, merge_predictions, read_records, run_predictions
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    benchmark: str
+    k_latent: int
+    variant: str
+    ids: tuple[str, ...] | None = None  # None: every sample of the benchmark
+    ablation: str = ""
+
+
+def pred_path(out_dir: Path, job: Job) -> Path:
+    return Path(out_dir) / "predictions" / job.model / f"k{job.k_latent}" / job.variant / f"{job.benchmark}.jsonl"
+
+
+def load_benchmark(cfg: EvalConfig, name: str) -> list[Sample]:
+    """The configured benchmark's samples sorted by id (at most `cfg.limit`), through the loader registry."""
+    if name not in LOADERS:  # loaders register on import
+        import evaluation.benchmarks as pkg
+
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"evaluation.benchmarks.{mod.name}")
+    if name not in LOADERS:
+        raise BenchmarkError(f"no loader registered for benchmark {name!r} (known: {sorted(LOADERS)})")
+    kw = dict(cfg.benchmarks[name])
+    root = Path(kw.pop("path"))
+    samples = sorted(LOADERS[name](root, **kw), key=lambda s: s.sample_id)
+    return samples[: cfg.limit] if cfg.limit else samples
+
+
+def load_all(cfg: EvalConfig) -> dict[str, list[Sample]]:
+    if cfg.sample_data and cfg.data_root is not None:
+        missing = [b for b in cfg.benchmarks if not Path(cfg.benchmarks[b]["path"]).is_dir()]
+        if missing:
+            from evaluation.sample_data import write_benchmark_samples
+
+            write_benchmark_samples(cfg.data_root, [DATA_DIRS.get(b, b) for b in missing])
+    return {b: load_benchmark(cfg, b) for b in cfg.benchmarks}
+
+
+def efficiency_manifest(cfg: EvalConfig, samples: dict[str, list[Sample]],
+                        write: bool = True) -> dict[str, list[str]] | None:
+    from evaluation.tables import efficiency_subset, write_manifest
+
+    if not cfg.efficiency:
+        return None
+    seed = int(cfg.efficiency.get("seed", 0))
+    manifest = efficiency_subset(samples, seed, cfg.efficiency.get("quotas"))
+    if write:
+        write_manifest(cfg.out_dir / "manifests" / "efficiency_subset.json", manifest, seed)
+    return manifest
+
+
+def plan_jobs(cfg: EvalConfig, manifest: dict[str, list[str]] | None = None) -> list[Job]:
+    jobs: list[Job] = []
+    add = lambda j: jobs.append(j) if j not in jobs else None  # noqa: E731
+    for m in cfg.models:
+        for b in cfg.main_benchmarks:
+            add(Job(m.name, b, m.k_latent, "main"))
+    if cfg.efficiency and manifest:
+        for name in cfg.efficiency.get("models", [m.name for m in cfg.models]):
+            for b, ids in manifest.items():
+                add(Job(name, b, cfg.model(name).k_latent, "efficiency", tuple(ids)))
+    if cfg.fig5:
+        bench = cfg.fig5.get("benchmark", "omnimedvqa")
+        for k in cfg.fig5.get("k_values", [2, 4, 8, 14, 16]):
+            add(Job(cfg.fig5["model"], bench, int(k), "main"))
+    if cfg.ablation:
+        spec = cfg.model(cfg.ablation["model"])
+        for kind in cfg.ablation.get("kinds", ABLATIONS):
+            for b in cfg.ablation.get("benchmarks", cfg.main_benchmarks):
+                add(Job(spec.name, b, spec.k_latent, f"ablate_{kind}", None, kind))
+    return jobs
+
+
+def run_jobs(cfg: EvalConfig, jobs: list[Job], samples: dict[str, list[Sample]], rank: int = 0,
+             world_size: int = 1, progress: Callable[[str], None] | None = None) -> dict:
+    """This rank's share of every job, one model load per model. Returns timing info per job."""
+    from evaluation.ablations import make_transform_factory
+
+    if cfg.decode.threads:
+        torch.set_num_threads(cfg.decode.threads)
+    info = {}
+    for model_name in dict.fromkeys(j.model for j in jobs):
+        lm = load_for_eval(cfg.model(model_name), cfg.decode)
+        info[f"load:{model_name}"] = lm.load_s
+        for j in (j for j in jobs if j.model == model_name):
+            subset = samples[j.benchmark]
+            if j.ids is not None:
+                keep = set(j.ids)
+                subset = [s for s in subset if s.sample_id in keep]
+            factory = None
+            if j.ablation:
+                factory = make_transform_factory(j.ablation, float(cfg.ablation.get("noise_scale", 1.0)),
+                                                 int(cfg.ablation.get("seed", 0)))
+            st = run_predictions(lm, subset, pred_path(cfg.out_dir, j), k_latent=j.k_latent, variant=j.variant,
+                                 settings=cfg.decode, rank=rank, world_size=world_size,
+                                 transform_factory=factory, ablation=j.ablation or None,
+                                 progress=progress)
+            info[f"{j.model}/k{j.k_latent}/{j.variant}/{j.benchmark}"] = {"done": st.n_done, "skipped": st.n_skipped,
+                                                                          "gen_s": st.gen_s}
+        del lm
+    return info
+
+
+def merge_all(cfg: EvalConfig, jobs: list[Job], world_size: int) -> None:
+    for j in jobs:
+        merge_predictions(pred_path(cfg.out_dir, j), world_size, remove_parts=True)
+
+
+def _barrier(world_size: int) -> None:
+    """All ranks finished inference (torchrun: a gloo process group, created if needed)."""
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+
+
+def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = None,
+             progress: Callable[[str], None] | None = print) -> dict:
+    """The whole evaluation. Under torchrun every rank generates its shard; rank 0 merges and writes the report.
+
+    Returns {"jobs", "timings", "report_md", "report_html"} (report paths only on rank 0).
+    """
+    r0, w0 = dist_info()
+    rank, world_size = (r0 if rank is None else rank), (w0 if world_size is None else world_size)
+    t0 = time.perf_counter()
+    if world_size > 1 and rank != 0:
+        _barrier(world_size)  # rank 0 first writes the sample benchmarks (sample_data: true) and the manifest
+    samples = load_all(cfg)
+    manifest = efficiency_manifest(cfg, samples, write=rank == 0)
+    if world_size > 1 and rank == 0:
+        _barrier(world_size)
+    jobs = plan_jobs(cfg, manifest)
+    timings = run_jobs(cfg, jobs, samples, rank, world_size, progress)
+    _barrier(world_size)
+    result = {"jobs": jobs, "timings": timings}
+    if rank != 0:
+        return result
+    merge_all(cfg, jobs, world_size)
+    from evaluation.report import build_sections, write_report
+
+    sections = build_sections(cfg, samples, jobs, manifest)
+    md, page = write_report(cfg.out_dir, cfg.title, sections)
+    meta = {"config": {k: str(v) for k, v in vars(cfg).items()}, "world_size": world_size,
+            "host": platform.node(), "torch": torch.__version__, "wall_s": time.perf_counter() - t0,
+            "timings": timings}
+    (cfg.out_dir / "run_meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    result.update(report_md=md, report_html=page)
+    return result
+
+
+def job_records(cfg: EvalConfig, job: Job) -> list[dict]:
+    return read_records(pred_path(cfg.out_dir, job))

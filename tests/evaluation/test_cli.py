@@ -1,0 +1,103 @@
+"""`medlvr evaluate --config FILE` end to end on the sample benchmarks with tiny models, its config format, and
+the Dagster evaluation assets."""
+
+import json
+import os
+import re
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from evaluation.config import ConfigError, EvalConfig  # noqa: E402
+
+CONFIG = {
+    "title": "tiny evaluation",
+    "out_dir": "out",
+    "data_root": "bench",
+    "sample_data": True,
+    "limit": 2,
+    "benchmarks": {"omnimedvqa": {}, "slake": {}, "mmmu_hm": {}},
+    "models": [{"name": "base", "path": "tiny:0", "k_latent": 0, "prompt_style": "direct"},
+               {"name": "medlvr", "path": "tiny:1", "k_latent": 2, "variant": "ROI-SFT + VLPO"}],
+    "decode": {"batch_size": 2, "max_new_tokens": 6, "max_pixels": 12544, "threads": 1},
+    "efficiency": {"seed": 0, "models": ["base", "medlvr"]},
+    "table4": {"models": ["base", "medlvr"]},
+    "fig5": {"model": "medlvr", "k_values": [1, 2]},
+    "fig3": {"models": ["base", "medlvr"], "benchmark": "slake", "n_samples": 1, "max_new_tokens": 4},
+    "ablation": {"model": "medlvr", "kinds": ["zero", "shuffle", "noise"], "benchmarks": ["slake"]},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write(tmp_path, cfg=CONFIG):
+    p = tmp_path / "eval.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p
+
+
+def test_config_format_and_errors(tmp_path):
+    cfg = EvalConfig.from_yaml(_write(tmp_path))
+    assert cfg.out_dir == (tmp_path / "out").resolve()
+    assert cfg.benchmarks["mmmu_hm"]["path"] == str((tmp_path / "bench" / "mmmu").resolve())
+    assert cfg.model("medlvr").label == "ROI-SFT + VLPO" and cfg.main_benchmarks == ("omnimedvqa", "slake", "mmmu_hm")
+    for bad, msg in [({"bogus": 1}, "unknown config keys"), ({"models": []}, "non-empty"),
+                     ({"fig5": {"model": "nope"}}, "unknown model"),
+                     ({"ablation": {"model": "medlvr", "kinds": ["flip"]}}, "unknown"),
+                     ({"main_benchmarks": ["vqa_rad"]}, "not configured")]:
+        with pytest.raises(ConfigError, match=msg):
+            EvalConfig.from_dict({**CONFIG, **bad}, base_dir=tmp_path)
+
+
+def test_evaluate_cli_end_to_end_and_resume(tmp_path, capsys):
+    from corpus.cli import main
+    from evaluation.runs import evaluate
+
+    assert main(["evaluate", "--config", str(_write(tmp_path)), "--quiet"]) == 0
+    out = tmp_path / "out"
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Fig. 5", "Fig. 3", "Latent ablation"):
+        assert heading in md and heading in html
+    assert len(re.findall(r"src='data:image/png;base64,", html)) == 3  # Fig. 5, Fig. 3 share, Fig. 3 heatmaps
+    manifest = json.loads((out / "manifests" / "efficiency_subset.json").read_text())
+    assert set(manifest["ids"]) == {"slake", "mmmu_hm"} and manifest["seed"] == 0
+    recs = [json.loads(line) for line in (out / "predictions/medlvr/k2/ablate_zero/slake.jsonl").open()]
+    assert len(recs) == 2 and {r["ablation"] for r in recs} == {"zero"}
+    assert (out / "predictions/medlvr/k1/main/omnimedvqa.jsonl").is_file()  # the K sweep of Fig. 5
+    # a rerun generates nothing: every id is already in its prediction file
+    res = evaluate(EvalConfig.from_yaml(_write(tmp_path)), progress=None)
+    done = [v["done"] for v in res["timings"].values() if isinstance(v, dict)]
+    assert done and sum(done) == 0
+
+
+def test_dagster_assets(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from pipelines.evaluation import evaluation_defs
+    from pipelines.evaluation.assets import EvaluationSettings, evaluation_predictions, evaluation_report
+
+    cfg = {**CONFIG, "benchmarks": {"slake": {}}, "fig5": None, "fig3": None, "efficiency": None}
+    res = {"evaluation": EvaluationSettings(config_path=str(_write(tmp_path, cfg)), out_dir=str(tmp_path / "dg"))}
+    graph = evaluation_defs.resolve_asset_graph()
+    report_key = dg.AssetKey("evaluation_report")
+    assert graph.get(report_key).group_name == "evaluation"
+    assert {dg.AssetKey("roi_sft_checkpoint"), dg.AssetKey("vlpo_checkpoint"),
+            dg.AssetKey("evaluation_predictions")} <= set(graph.get(report_key).parent_keys)
+    r = dg.materialize([evaluation_predictions], partition_key="slake", resources=res)
+    assert r.success
+    meta = r.asset_materializations_for_node("evaluation_predictions")[0].metadata
+    assert meta["records"].value == 2 * 2 + 3 * 2  # 2 models on slake + 3 ablations
+    assert dg.materialize([evaluation_predictions], partition_key="pmc_vqa", resources=res).success  # not configured
+    assert dg.materialize([evaluation_report], resources=res).success
+    assert "Latent ablation" in (tmp_path / "dg" / "report.md").read_text()
