@@ -125,14 +125,19 @@ def batch_roi_targets(
     image_sizes: Sequence[tuple[int, int]],
     boxes: Sequence[Sequence[Box] | None],
     k: int,
+    image_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Targets (n_images, K, D) for a processor batch; `boxes[i] is None` -> full-image targets for image i.
+
+    image_embeds: the batch's merger output (sum_i t*h*w/4, D) if the caller already has it (no re-encoding).
 
     image_sizes: original (height, width) per image. The grid is taken from `image_grid_thw` and cross-checked
     against the processor's resize of the original size (a mismatch means the boxes refer to another size).
     """
     merge = image_processor.merge_size
-    feats = image_embeddings(model, pixel_values.to(model.device), image_grid_thw.to(model.device))
+    if image_embeds is None:
+        image_embeds = image_embeddings(model, pixel_values.to(model.device), image_grid_thw.to(model.device))
+    feats = image_embeds.detach()
     per_image = torch.split(feats, (image_grid_thw.prod(-1) // merge**2).tolist())
     out = []
     for v, thw, (h, w), bx in zip(per_image, image_grid_thw, image_sizes, boxes, strict=True):

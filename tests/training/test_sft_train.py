@@ -1,0 +1,136 @@
+"""ROI-SFT recipe on the tiny model and the sample shards: learning, freeze rules, exact resume, accumulation
+invariance, every latent mode / variant, the CLI and the checkpoint contents."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from training.sft.recipe import build_model, train  # noqa: E402
+from training.sft.testing import build_sample_corpus, tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_sample_corpus(tmp_path_factory.getbasetemp() / "sft_corpus")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _losses(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_frozen_vision_unchanged(corpus, tmp_path):
+    init = {n: p.detach().clone() for n, p in build_model(tiny_config(corpus, tmp_path).model)[0].named_parameters()}
+    seen = {}
+
+    def grab(step, m):
+        seen["step"] = step
+
+    res = train(tiny_config(corpus, tmp_path, "run.max_steps=24", "run.save_every=0"), on_step=grab)
+    log = [m["loss"] for m in _losses(tmp_path)]
+    assert len(log) == 24 and seen["step"] == 24
+    first, last = sum(log[:5]) / 5, sum(log[-5:]) / 5
+    assert last < first - 1.0, log
+    final = build_model(tiny_config(corpus, tmp_path, f"model.init={res['checkpoint']}/model").model)[0]
+    for n, p in final.named_parameters():
+        changed = not torch.equal(p.detach(), init[n])
+        assert changed == ("visual" not in n), n  # vision tower + merger frozen (default), everything else trained
+
+
+def test_every_trainable_parameter_changes_frozen_ones_do_not(corpus, tmp_path):
+    cfg = tiny_config(corpus, tmp_path, "run.max_steps=3", "run.save_every=0", "engine.freeze_merger=false",
+                      "engine.weight_decay=0.0")
+    model0 = build_model(cfg.model)[0]
+    init = {n: p.detach().clone() for n, p in model0.named_parameters()}
+    res = train(cfg)
+    final = build_model(tiny_config(corpus, tmp_path, f"model.init={res['checkpoint']}/model").model)[0]
+    trainable_seen = 0
+    for n, p in final.named_parameters():
+        frozen = "visual" in n and "merger" not in n
+        assert torch.equal(p.detach(), init[n]) == frozen, n
+        trainable_seen += not frozen
+    assert trainable_seen > 20
+
+
+def test_killed_after_checkpoint_resumes_exactly(corpus, tmp_path):
+    a = tmp_path / "a"
+    train(tiny_config(corpus, a, "run.max_steps=4", "run.save_every=2", "run.micro_batch_size=2"))
+    ref = [m["loss"] for m in _losses(a)]
+
+    b = tmp_path / "b"
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, m):
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(tiny_config(corpus, b, "run.max_steps=4", "run.save_every=2", "run.micro_batch_size=2"), on_step=kill)
+    assert (b / "checkpoints" / "step-0000002" / "trainer_state.json").is_file()
+    res = train(tiny_config(corpus, b, "run.max_steps=4", "run.save_every=2", "run.micro_batch_size=2",
+                            "run.resume=auto"))
+    resumed = [m["loss"] for m in _losses(b)]
+    assert len(resumed) == 4 and res["steps"] == 4
+    assert resumed[2:] == pytest.approx(ref[2:], rel=1e-6, abs=1e-7)  # the same next-step loss (and the one after)
+
+
+def test_micro_batch_times_accumulation_invariance(corpus, tmp_path):
+    runs = {}
+    for name, mbs, ga in (("mbs4", 4, 1), ("mbs1", 1, 4)):
+        out = tmp_path / name
+        train(tiny_config(corpus, out, "run.max_steps=2", "run.save_every=0", f"run.micro_batch_size={mbs}",
+                          f"engine.grad_accum={ga}", "data.shuffle=false"))
+        runs[name] = _losses(out)
+    for key in ("loss", "ce", "roi", "grad_norm"):
+        got = [m[key] for m in runs["mbs1"]]
+        want = [m[key] for m in runs["mbs4"]]
+        assert got == pytest.approx(want, rel=2e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("overrides", [
+    ("latent.mode=teacher_forced",),
+    ("latent.grad=detach", "engine.gradient_checkpointing=true"),
+    ("latent.k=0",),  # vanilla SFT variant
+    ("latent.roi_target=full_image", "latent.roi_loss=cosine"),  # w/o ROI-SFT variant
+])
+def test_latent_modes_and_variants_train(corpus, tmp_path, overrides):
+    res = train(tiny_config(corpus, tmp_path, "run.max_steps=2", "run.save_every=0", *overrides))
+    m = res["metrics"]
+    assert res["steps"] == 2 and m["grad_norm"] > 0 and torch.isfinite(torch.tensor(m["loss"]))
+    if "latent.k=0" in overrides:
+        assert m["roi_rows"] == 0 and m["roi"] == 0
+    if "latent.roi_target=full_image" in overrides:
+        assert m["roi_rows"] == 4  # every row gets the full-image target
+
+
+def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
+    from corpus.cli import main
+    from training.model import load_checkpoint
+
+    out = tmp_path / "run"
+    rc = main(["train-sft", "--config", "configs/sft_tiny.yaml", "--set", f"data.corpus={corpus}",
+               "--set", f"run.out_dir={out}", "--set", "run.max_steps=2", "--set", "run.progress=false"])
+    assert rc == 0
+    ck = out / "checkpoints" / "step-0000002"
+    for f in ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "model/processor_config.json",
+              "optim/optimizer.pt", "optim/scheduler.pt", "rng/rank-0.pt", "trainer_state.json", "config.json"):
+        assert (ck / f).is_file(), f
+    state = json.loads((ck / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["extra_state"]["data_position"]["index"] == 8
+    assert (out / "metrics.jsonl").is_file() and any((out / "tb").iterdir())
+    model, proc, ids = load_checkpoint(ck / "model")
+    assert ids.start == proc.tokenizer.convert_tokens_to_ids("<Medlvr_Start>")
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(ck)

@@ -1,0 +1,96 @@
+"""Rank-0 training logs (progress bar, JSONL, TensorBoard) and the FLOP / MFU arithmetic, shared by the recipes.
+
+`MetricsLogger(out_dir, enabled=eng.is_main, total_steps=S)`; `log(step, {...})` writes one JSON line to
+`out_dir/metrics.jsonl` and scalars to TensorBoard (`out_dir/tb`), and updates the progress bar; ranks other
+than 0 pass `enabled=False` and log nothing. `close()` flushes.
+
+MFU (model FLOPs utilisation, nanoGPT / llm-foundry convention): training FLOPs per token
+`6 * N + 12 * L * H * S` (N: trainable decoder parameters without the input embedding, L layers, H hidden size,
+S sequence length), plus `2 * N_vision` per patch token for the vision forward, over the device's peak bf16
+FLOP/s. Only meaningful on a GPU; on CPU it is not reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+                   "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops(device: torch.device, override: float = 0.0) -> float | None:
+    """Peak dense bf16 FLOP/s of a CUDA device from its name (None on CPU or an unknown GPU)."""
+    if override > 0:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def decoder_params(model) -> tuple[int, int]:
+    """(trainable decoder parameters without the input embedding incl. lm_head, frozen-or-not vision params)."""
+    emb = model.get_input_embeddings().weight
+    n_dec = sum(p.numel() for n, p in model.named_parameters()
+                if p.requires_grad and "visual" not in n and p is not emb)
+    n_vis = sum(p.numel() for n, p in model.named_parameters() if "visual" in n)
+    return n_dec, n_vis
+
+
+def train_flops(n_dec: int, n_vis: int, layers: int, hidden: int, tokens: int, seq_len: int,
+                patch_tokens: int, extra_forward_tokens: int = 0) -> float:
+    """FLOPs of one training step: 6N per token + attention 12*L*H*S per token + 2*N_vis per patch token
+    (frozen vision forward) + 2N per token of extra no-grad forwards (e.g. the detached self-fed latent pass)."""
+    return ((6 * n_dec + 12 * layers * hidden * seq_len) * tokens + 2 * n_vis * patch_tokens
+            + 2 * n_dec * extra_forward_tokens)
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: str | Path, enabled: bool = True, total_steps: int = 0, tensorboard: bool = True,
+                 progress: bool = True, start_step: int = 0):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self._tb = self._bar = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", file=sys.stderr,
+                             dynamic_ncols=True, mininterval=1.0)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": step, **clean}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(f"train/{k}", v, step)
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "ce", "roi", "lr") if k in metrics},
+                                  refresh=False)
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()

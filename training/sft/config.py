@@ -1,0 +1,145 @@
+"""ROI-SFT run configuration: frozen dataclasses, filled from YAML plus `key.sub=value` overrides (one merge point).
+
+Sections: `model`, `data`, `latent`, `engine` (`training.engine.EngineConfig`), `run`. Unknown keys are errors.
+The paper's Table-4 variants are config only (method.md §5):
+
+    vanilla SFT            latent.k: 0                         (no control tokens, no ROI loss)
+    w/o ROI-SFT            latent.roi_target: full_image       (every target: mean of all visual tokens)
+    MedLVR (ROI-SFT)       latent.roi_target: box              (default)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.engine import EngineConfig
+
+LATENT_MODES = ("self_fed", "teacher_forced")
+LATENT_GRADS = ("bptt", "detach")
+ROI_TARGETS = ("box", "full_image", "off")
+NO_BOX = ("none", "full_image")
+ROI_LOSSES = ("mse", "cosine")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    init: str = "tiny"  # "tiny" (offline random model, training.tiny) or a LOCAL checkpoint directory
+    tiny_seed: int = 0
+    dtype: str = "float32"  # float32 | bfloat16 (weights as loaded)
+    attn_implementation: str = "sdpa"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = ""  # corpus folder (with shards/) or the shards folder itself
+    split: str = "train"
+    min_pixels: int = 56 * 56  # processor budget; also used to render boxes in the text (render_qwen)
+    max_pixels: int = 28 * 28 * 1280
+    shuffle: bool = True
+    seed: int = 0
+    question_types: tuple[str, ...] = ()  # empty: all
+    max_answer_tokens: int = 256  # the answer is truncated, the prompt never is
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    k: int = 8  # latent slots; 0 = vanilla SFT (no control tokens)
+    mode: str = "self_fed"  # self_fed (K+2 passes / no-grad latents + one pass) | teacher_forced (targets as inputs)
+    grad: str = "bptt"  # self_fed only: bptt (gradient through the latent chain) | detach
+    roi_target: str = "box"  # box | full_image (the "w/o ROI-SFT" ablation) | off (no ROI loss)
+    no_box: str = "none"  # rows without boxes: none (no ROI loss on them) | full_image
+    roi_loss: str = "mse"  # mse (per dimension) | cosine (1 - cos)
+    roi_weight: float = 0.1  # lambda in L = L_ans + lambda * L_roi
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = "runs/sft"
+    micro_batch_size: int = 1  # per rank
+    max_steps: int = 0  # optimizer steps; 0: from epochs
+    epochs: float = 1.0
+    save_every: int = 0  # optimizer steps; 0: only at the end
+    keep_last: int = 2  # checkpoints kept (the final one is always kept)
+    log_every: int = 1
+    resume: str = ""  # "" | auto (latest in out_dir/checkpoints) | a checkpoint directory
+    tensorboard: bool = True
+    progress: bool = True
+    peak_flops: float = 0.0  # override the device's peak bf16 FLOP/s for MFU
+    threads: int = 0  # torch intra-op threads on CPU; 0: leave as is
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        lt = self.latent
+        if lt.k < 0 or lt.mode not in LATENT_MODES or lt.grad not in LATENT_GRADS or lt.roi_target not in ROI_TARGETS \
+                or lt.no_box not in NO_BOX or lt.roi_loss not in ROI_LOSSES or lt.roi_weight < 0:
+            raise ValueError(f"invalid latent config: {lt}")
+        if lt.k > 0 and lt.mode == "self_fed" and lt.grad == "bptt" and self.engine.gradient_checkpointing:
+            # HF drops the KV cache inside checkpointed layers (modeling_layers.py), which breaks the K+2 passes
+            raise ValueError("latent.grad=bptt needs the KV cache with gradients: use engine.gradient_checkpointing="
+                             "false, or latent.grad=detach (identical forward, GC-compatible)")
+        if not self.data.corpus:
+            raise ValueError("data.corpus is required (a folder written by `medlvr build-corpus`)")
+        if self.run.micro_batch_size < 1:
+            raise ValueError("run.micro_batch_size must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(names)})")
+    kw = {}
+    for k, v in data.items():
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            kw[k] = _build(t, v or {}, f"{where}.{k}")
+        elif typing.get_origin(t) is tuple:
+            kw[k] = tuple(v)
+        elif t is float and isinstance(v, (int, str)) and not isinstance(v, bool):
+            kw[k] = float(v)  # YAML 1.1 reads "1e-5" (no dot) as a string
+        elif t in (int, bool, str) and not (type(v) is t):
+            raise ValueError(f"{where}.{k}: expected {t.__name__}, got {v!r}")
+        else:
+            kw[k] = v
+    return cls(**kw)
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[last] = value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> SFTConfig:
+    """YAML file (optional) + overrides like `engine.lr=1e-5` (values parsed as YAML) -> SFTConfig."""
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    for item in overrides:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise ValueError(f"override must be key.sub=value, got {item!r}")
+        _set(data, key.strip(), yaml.safe_load(val))
+    return _build(SFTConfig, data, "config")
+
+
+def from_dict(data: dict) -> SFTConfig:
+    return _build(SFTConfig, data, "config")

@@ -1,0 +1,233 @@
+"""ROI-SFT recipe: setup -> train -> save (torchtune-shaped, readable top to bottom).
+
+    python -m training.sft.recipe --config configs/sft_tiny.yaml --set data.corpus=DIR [--set key=value ...]
+    medlvr train-sft --config FILE [--set ...]                      (same, through the project CLI)
+    deepspeed [--hostfile H] --module training.sft.recipe --config FILE      (every rank runs this file)
+    torchrun --nproc_per_node G -m training.sft.recipe --config FILE
+
+One optimizer step = `engine.grad_accum` micro-batches of `run.micro_batch_size` rows per rank. The loss of a
+micro-batch is `nll_sum / (N_label / W) + lambda * roi_sum / (N_roi / W)` with N_label / N_roi counted over the
+whole global batch (all micro-batches, all W ranks), so rank averaging gives the exact global means (Eq. 4 with
+separate normalisers). Under Dagster Pipes (DAGSTER_PIPES_CONTEXT set) only RANK 0 opens the Pipes connection,
+streams a log line every `run.log_every` steps and reports the final metrics and the checkpoint path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from training.engine import Engine, seed_everything
+from training.metrics import MetricsLogger, decoder_params, peak_flops, train_flops
+from training.sft.collate import collate, set_pixel_budget
+from training.sft.config import ModelConfig, SFTConfig, load_config
+from training.sft.data import DataPosition, ShardStream, shard_files
+from training.sft.forward import sft_forward
+from training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_sum, sft_loss
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_model(mc: ModelConfig):
+    """(model, processor, LatentTokenIds) from the config: the offline tiny model or a LOCAL checkpoint."""
+    if mc.init == "tiny":
+        from training.tiny import build_tiny
+
+        b = build_tiny(seed=mc.tiny_seed, attn_implementation=mc.attn_implementation, dtype=DTYPES[mc.dtype])
+        return b.model, b.processor, b.ids
+    from training.model import load_checkpoint
+
+    return load_checkpoint(mc.init, dtype=DTYPES[mc.dtype], attn_implementation=mc.attn_implementation)
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoints (a `.tmp` folder is an interrupted save), oldest first."""
+    d = out_dir / "checkpoints"
+    found = [p for p in d.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+             and (p / "trainer_state.json").is_file()] if d.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resolve_resume(cfg: SFTConfig) -> Path | None:
+    if not cfg.run.resume:
+        return None
+    if cfg.run.resume == "auto":
+        found = checkpoints(Path(cfg.run.out_dir))
+        return found[-1] if found else None
+    return Path(cfg.run.resume)
+
+
+def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
+    """Run to `max_steps`; returns {"metrics": last logged metrics, "checkpoint": final checkpoint path, ...}.
+
+    on_step(step, metrics): called on every rank after each optimizer step (and its checkpoint, if any).
+    on_log(step, metrics): called on rank 0 every `log_every` steps (Pipes log lines).
+    """
+    run, lt, ec = cfg.run, cfg.latent, cfg.engine
+    if run.threads > 0:
+        torch.set_num_threads(run.threads)
+    seed_everything(ec.seed)
+    out_dir = Path(run.out_dir)
+    model, processor, ids = build_model(cfg.model)
+    processor.tokenizer.padding_side = "left"
+    set_pixel_budget(processor, cfg.data.min_pixels, cfg.data.max_pixels)
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    stream = ShardStream(shard_files(cfg.data.corpus, cfg.data.split), seed=cfg.data.seed,
+                         shuffle=cfg.data.shuffle, world=world, question_types=cfg.data.question_types)
+    rows_per_step = run.micro_batch_size * ec.grad_accum * world
+    steps = run.max_steps or max(1, math.ceil(run.epochs * stream.rows_per_epoch / rows_per_step))
+    eng = Engine(model, ec, total_steps=steps, micro_batch_size=run.micro_batch_size)
+    stream.rank, stream.world = eng.rank, eng.world_size
+    resume_dir = resolve_resume(cfg)
+    if resume_dir is not None:
+        extra = eng.resume(resume_dir)
+        stream.position = DataPosition(**extra["data_position"])
+    vision_grad = not (ec.freeze_vision_tower and ec.freeze_merger)
+    n_dec, n_vis = decoder_params(model)
+    tc = model.config.text_config
+    peak = peak_flops(eng.device, run.peak_flops)
+    logger = MetricsLogger(out_dir, enabled=eng.is_main, total_steps=steps, tensorboard=run.tensorboard,
+                           progress=run.progress, start_step=eng.global_step)
+    if eng.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    W = eng.world_size
+    metrics: dict = {}
+    last_ckpt = None
+    try:
+        while eng.global_step < steps:
+            t0 = time.perf_counter()
+            batches = [collate(stream.next_rows(run.micro_batch_size), processor, ids, lt.k,
+                               min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+                               roi_target=lt.roi_target, no_box=lt.no_box, max_answer_tokens=cfg.data.max_answer_tokens)
+                       for _ in range(ec.grad_accum)]
+            n_label = eng.all_reduce_sum(sum(b.n_label for b in batches))
+            n_roi = eng.all_reduce_sum(sum(b.n_roi for b in batches)) if lt.roi_weight > 0 else 0.0
+            sums = dict(nll=0.0, roi=0.0, cos=0.0, tokens=0, seq=0, rows=0, patches=0, extra=0)
+            for b in batches:
+                with eng.autocast():
+                    out = sft_forward(eng.model, b, ids, processor.image_processor, mode=lt.mode, grad=lt.grad,
+                                      vision_grad=vision_grad)
+                    nll = answer_nll_sum(out.token_logprobs, b.label_mask.to(eng.device))
+                    roi = roi_loss_sum(out.h, out.targets, b.roi_mask, lt.roi_loss) if lt.k > 0 else nll * 0
+                    loss = sft_loss(nll, n_label / W, roi, n_roi / W, lt.roi_weight)
+                eng.backward(loss)
+                res = eng.step()
+                sums["nll"] += float(nll.detach())
+                sums["roi"] += float(roi.detach())
+                if lt.k > 0:
+                    sums["cos"] += float(latent_cosine_sum(out.h.detach(), out.targets, b.roi_mask))
+                sums["tokens"] += b.n_tokens
+                sums["seq"] += b.prompts["input_ids"].shape[1] + b.sequences.shape[1]
+                sums["rows"] += len(b.roi_boxes)
+                sums["patches"] += out.patch_tokens
+                if lt.k > 0 and lt.mode == "self_fed" and lt.grad == "detach":
+                    sums["extra"] += int(b.prompts["attention_mask"].sum()) + lt.k * len(b.roi_boxes)
+            if eng.device.type == "cuda":
+                torch.cuda.synchronize(eng.device)
+            dt = time.perf_counter() - t0
+            g = {k: eng.all_reduce_sum(v) for k, v in sums.items()}
+            ce = g["nll"] / max(n_label, 1)
+            roi_m = g["roi"] / n_roi if n_roi else 0.0
+            metrics = {"loss": ce + (lt.roi_weight * roi_m if n_roi else 0.0), "ce": ce, "roi": roi_m,
+                       "latent_cos": g["cos"] / n_roi if n_roi else 0.0, "grad_norm": res.grad_norm, "lr": res.lr,
+                       "tokens_per_s": g["tokens"] / dt, "samples_per_s": g["rows"] / dt, "step_s": dt,
+                       "label_tokens": n_label, "roi_rows": n_roi, "epoch": stream.position.epoch}
+            if peak:
+                flops = train_flops(n_dec, n_vis, tc.num_hidden_layers, tc.hidden_size, int(g["tokens"]),
+                                    int(g["seq"] / max(1, len(batches) * W)), int(g["patches"]), int(g["extra"]))
+                metrics["mfu"] = flops / dt / (peak * W)
+            step = eng.global_step
+            if step % run.log_every == 0 or step == steps:
+                logger.log(step, metrics)
+                if eng.is_main and on_log is not None:
+                    on_log(step, metrics)
+            if (run.save_every and step % run.save_every == 0) or step == steps:
+                last_ckpt = save(eng, out_dir, step, stream, processor, cfg, metrics)
+            if on_step is not None:
+                on_step(step, metrics)
+    finally:
+        logger.close()
+    return {"metrics": metrics, "checkpoint": str(last_ckpt) if last_ckpt else None, "steps": eng.global_step,
+            "out_dir": str(out_dir)}
+
+
+def save(eng: Engine, out_dir: Path, step: int, stream: ShardStream, processor, cfg: SFTConfig, metrics) -> Path:
+    path = eng.save(out_dir / "checkpoints" / f"step-{step:07d}",
+                    {"data_position": stream.position.to_dict(), "metrics": metrics},
+                    processor=processor, config=cfg.to_dict())
+    if eng.is_main and cfg.run.keep_last > 0:
+        for old in checkpoints(out_dir)[:-cfg.run.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _pipes():
+    """The Dagster Pipes context on rank 0 when launched by Dagster; a null context otherwise."""
+    if int(os.environ.get("RANK", 0)) != 0 or "DAGSTER_PIPES_CONTEXT" not in os.environ:
+        return contextlib.nullcontext(None)
+    from dagster_pipes import open_dagster_pipes
+
+    return open_dagster_pipes()
+
+
+def main(argv=None) -> int:
+    from training.cli import add_sft_arguments
+
+    p = argparse.ArgumentParser(prog="medlvr train-sft", description="ROI-SFT (Stage 1) on corpus shards")
+    add_sft_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+def _report_error(pipes, args, exc: BaseException) -> None:
+    """Rank 0: the traceback to Dagster (a Pipes error log line) and to `<out_dir>/trainer_error.txt`."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    if pipes is not None:
+        pipes.log.error(f"trainer failed: {type(exc).__name__}: {exc}\n{text}")
+    out = next((o.partition("=")[2] for o in reversed(args.overrides) if o.startswith("run.out_dir=")), None)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "trainer_error.txt").write_text(text)
+
+
+def run_from_args(args) -> int:
+    with _pipes() as pipes:
+        try:
+            return _run(args, pipes)
+        except Exception as exc:
+            if int(os.environ.get("RANK", 0)) == 0:
+                _report_error(pipes, args, exc)
+            raise
+
+
+def _run(args, pipes) -> int:
+    cfg = load_config(args.config, args.overrides)
+    on_log = None
+    if pipes is not None:
+        def on_log(step, m):
+            pipes.log.info(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()
+                                                       if isinstance(v, (int, float))))
+    result = train(cfg, on_log=on_log)
+    if pipes is not None:
+        meta = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+        meta.update(checkpoint=result["checkpoint"], steps=result["steps"],
+                    metrics_jsonl=str(Path(result["out_dir"]) / "metrics.jsonl"))
+        pipes.report_asset_materialization(metadata=meta)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({"checkpoint": result["checkpoint"], **result["metrics"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
