@@ -1,0 +1,131 @@
+"""Prompts for VLPO: OmniMedVQA (or synthetic) multiple-choice `Sample`s -> left-padded processor batches.
+
+* `load_samples(cfg.data)`: the OmniMedVQA train split through the registered loader, or `synthetic_samples`.
+* `prompt_text(sample, instruction)`: question, one option per line (`A. text`), the instruction.
+* `PromptBatch`: processor output for B prompts plus per-prompt options and gold letters.
+* `PromptSampler`: deterministic epoch-wise shuffling; `state_dict()` / `load_state_dict()` for exact resume.
+
+`synthetic_samples` writes a small learnable multiple-choice set (each question template has a fixed correct
+letter, options in a fixed order, tiny random images): the tiny-model RL test and the demo use it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from evaluation.benchmarks.base import Sample, file_uri, open_image
+
+DEFAULT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+# (question, options in order, gold letter): the answer depends on the question only
+SYNTHETIC_TEMPLATES = [
+    ("Which organ is abnormal?", ("liver", "kidney", "spleen", "lung"), "A"),
+    ("Is there a pleural effusion?", ("yes", "no"), "B"),
+    ("What is the most likely diagnosis?", ("mass", "infarct", "hemorrhage", "normal"), "C"),
+]
+
+
+def prompt_text(sample: Sample, instruction: str = DEFAULT_INSTRUCTION) -> str:
+    opts = "\n".join(f"{letter}. {text}" for letter, text in sample.options)
+    return f"{sample.question}\n{opts}\n{instruction}" if opts else f"{sample.question}\n{instruction}"
+
+
+def synthetic_samples(n: int, image_dir: str | Path, seed: int = 0, size: int = 56,
+                      templates: Sequence[int] | None = None) -> list[Sample]:
+    """n multiple-choice Samples cycling through SYNTHETIC_TEMPLATES (or the `templates` subset), each with its
+    own random PNG."""
+    pool = [SYNTHETIC_TEMPLATES[t] for t in templates] if templates else SYNTHETIC_TEMPLATES
+    image_dir = Path(image_dir)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        q, opts, gold = pool[i % len(pool)]
+        path = image_dir / f"syn_{seed}_{i:04d}.png"
+        if not path.is_file():
+            Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)).save(path)
+        out.append(Sample(benchmark="synthetic_mc", sample_id=f"syn-{seed}-{i}", question=q, kind="mc",
+                          answer=gold, options=tuple(zip("ABCD", opts)), images=(file_uri(path),),
+                          tags={"modality": "synthetic", "split": "train"}))
+    return out
+
+
+def load_samples(data_cfg, work_dir: str | Path) -> list[Sample]:
+    """The training prompts of a run (multiple-choice only)."""
+    if data_cfg.source == "synthetic":
+        return synthetic_samples(data_cfg.synthetic_size, Path(work_dir) / "synthetic_images", seed=data_cfg.split_seed,
+                                 templates=data_cfg.synthetic_templates)
+    from evaluation.benchmarks.omnimedvqa import load_omnimedvqa
+
+    if data_cfg.root is None:
+        raise ValueError("data.root (the OmniMedVQA directory) is required for data.source=omnimedvqa")
+    samples = list(load_omnimedvqa(
+        data_cfg.root, data_cfg.split, seed=data_cfg.split_seed, test_fraction=data_cfg.test_fraction,
+        splits_dir=data_cfg.splits_dir, modalities=list(data_cfg.modalities) if data_cfg.modalities else None,
+        limit=data_cfg.limit,
+    ))
+    if not samples:
+        raise ValueError(f"no OmniMedVQA samples for split {data_cfg.split!r} under {data_cfg.root}")
+    return samples
+
+
+@dataclass
+class PromptBatch:
+    inputs: dict  # processor output: input_ids (B, L), attention_mask, mm_token_type_ids, pixel_values, image_grid_thw
+    options: list[tuple[tuple[str, str], ...]]  # per prompt
+    gold: list[str]  # per prompt, option letter
+    sample_ids: list[str]
+
+
+def build_prompt_batch(processor, samples: Sequence[Sample], instruction: str = DEFAULT_INSTRUCTION,
+                       image_loader: Callable[[str], Image.Image] = open_image) -> PromptBatch:
+    """Chat-templated prompts (image first, then the text), left-padded, one batch."""
+    texts, images = [], []
+    for s in samples:
+        content = [{"type": "image"} for _ in s.images] + [{"type": "text", "text": prompt_text(s, instruction)}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                   add_generation_prompt=True))
+        images.extend(image_loader(u) for u in s.images)
+    inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+    return PromptBatch(inputs=dict(inputs), options=[s.options for s in samples], gold=[s.answer for s in samples],
+                       sample_ids=[s.sample_id for s in samples])
+
+
+class PromptSampler:
+    """Yields batches of sample indices: each epoch a permutation drawn from `Random(seed + epoch)`."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0):
+        if n < 1:
+            raise ValueError("no samples")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.pos = 0, 0
+
+    def _perm(self) -> list[int]:
+        p = list(range(self.n))
+        random.Random(self.seed + self.epoch).shuffle(p)
+        return p
+
+    def next_indices(self) -> list[int]:
+        out = []
+        while len(out) < self.batch_size:
+            perm = self._perm()
+            take = perm[self.pos: self.pos + self.batch_size - len(out)]
+            out += take
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise ValueError(f"sampler state is for {state['n']} samples, this run has {self.n}")
+        self.epoch, self.pos, self.seed = state["epoch"], state["pos"], state["seed"]

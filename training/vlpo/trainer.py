@@ -1,0 +1,267 @@
+"""Stage-2 recipe: VLPO / GRPO on the shared training engine (`training.engine.Engine`), readable top to bottom.
+
+    result = train_vlpo(cfg)            # cfg: VLPORunConfig (training/vlpo/config.py)
+    python -m training.vlpo.trainer --config configs/vlpo_tiny.yaml [--set algo.beta=0.0 ...]
+    medlvr train-vlpo --config FILE     # same, through the project CLI
+
+One optimizer step (method.md §4):
+1. rollout  B prompts x G samples, one shared prefill per prompt, latent noise recorded (eval mode, no grad);
+2. reward   accuracy + format by token id; group-normalised advantages;
+3. ref      k3 KL needs the frozen reference's token log-probs (the ROI-SFT checkpoint; skipped when beta == 0);
+4. replay   per micro-batch ONE teacher-forced forward with the recorded latents -> token log-probs and H[p-1];
+5. update   L = L_text + lambda_lat * L_lat + beta * KL, normalised by GLOBAL counts, engine.backward / step.
+One update per rollout batch (on-policy): the behaviour log-probs and means are those recorded by the rollout.
+
+Multi-GPU: launch every rank with `torchrun ... -m training.vlpo.trainer --config C` and `engine.backend:
+deepspeed`; each rank draws its own B prompts of a common permutation, loss normalisers are all-reduced. Only
+rank 0 logs, and only rank 0 opens Dagster Pipes (when launched by Dagster).
+
+Checkpoints: `output_dir/checkpoints/step-XXXXXXXX/` (engine layout + `rollout_rng/rank-R.pt`), newest kept;
+`output_dir/final/model` is the trained policy (a `load_checkpoint`-able directory). Exact resume: weights,
+optimizer, scheduler, global RNGs (engine), the prompt sampler position and the rollout generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from training.engine import Engine, seed_everything
+from training.metrics import MetricsLogger
+from training.vlpo.config import VLPORunConfig, load_config
+from training.vlpo.core import (collect, decode_config, global_denominators, loss_config, micro_batches,
+                                microbatch_loss, rollout_metrics, timed, vision_token_ids)
+from training.vlpo.data import PromptSampler, build_prompt_batch, load_samples
+from training.vlpo.rollout import LocalLatentRollout
+
+CKPT_PREFIX = "step-"
+
+
+def _set_pixels(processor, mcfg) -> None:
+    ip = processor.image_processor
+    size = dict(getattr(ip, "size", None) or {})
+    if mcfg.min_pixels is not None:
+        size["shortest_edge"] = mcfg.min_pixels
+    if mcfg.max_pixels is not None:
+        size["longest_edge"] = mcfg.max_pixels
+    if size:
+        ip.size = size
+
+
+def load_policy(cfg: VLPORunConfig):
+    """(model fp32, processor, ids) from the ROI-SFT checkpoint, or the tiny offline model."""
+    m = cfg.model
+    if m.tiny and m.path is None:
+        from training.tiny import build_tiny
+
+        b = build_tiny(seed=m.tiny_seed, attn_implementation=m.attn_implementation)
+        model, processor, ids = b.model, b.processor, b.ids
+    else:
+        from training.model import load_checkpoint
+
+        model, processor, ids = load_checkpoint(m.path, attn_implementation=m.attn_implementation)
+    _set_pixels(processor, m)
+    return model, processor, ids
+
+
+def load_reference(cfg: VLPORunConfig, device: torch.device):
+    """The frozen reference policy: `model.ref_path`, else the starting checkpoint (never the resumed weights)."""
+    m = cfg.model
+    path = m.ref_path or m.path
+    if path is None:
+        from training.tiny import build_tiny
+
+        ref = build_tiny(seed=m.tiny_seed, attn_implementation=m.attn_implementation).model
+    else:
+        from training.model import load_checkpoint
+
+        ref = load_checkpoint(path, attn_implementation=m.attn_implementation)[0]
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref.to("cpu" if m.ref_offload else device)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ck = sorted((output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*[0-9]"))
+    ck = [c for c in ck if (c / "trainer_state.json").is_file()]
+    return ck[-1] if ck else None
+
+
+def _prune(output_dir: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    ck = sorted((output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*[0-9]"))
+    for old in ck[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save(eng: Engine, cfg: VLPORunConfig, directory: Path, sampler: PromptSampler, gen: torch.Generator,
+          processor) -> Path:
+    final = eng.save(directory, {"sampler": sampler.state_dict()}, processor=processor, config=cfg.to_dict())
+    (final / "rollout_rng").mkdir(exist_ok=True)
+    torch.save(gen.get_state(), final / "rollout_rng" / f"rank-{eng.rank}.pt")
+    eng.barrier()
+    return final
+
+
+def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
+    """Run (or resume) a VLPO/GRPO training run. Returns {"final_dir", "steps", "metrics": [per-step dicts]}."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    out_dir = Path(cfg.train.output_dir)
+    seed_everything(cfg.train.seed)
+    policy, processor, ids = load_policy(cfg)
+    B, G = cfg.train.prompts_per_step, cfg.rollout.num_generations
+    n_micro = math.ceil(B * G / cfg.train.micro_batch)
+    import dataclasses
+
+    ecfg = dataclasses.replace(cfg.engine, grad_accum=n_micro, seed=cfg.train.seed)
+    mu = cfg.algo.updates_per_rollout
+    eng = Engine(policy, ecfg, total_steps=cfg.train.steps * mu, micro_batch_size=cfg.train.micro_batch)
+    policy = eng.model
+    lcfg = loss_config(cfg)
+    ref = load_reference(cfg, eng.device) if cfg.algo.beta != 0 else None
+    samples = load_samples(cfg.data, out_dir)
+    sampler = PromptSampler(len(samples), B * eng.world_size, seed=cfg.train.seed)
+    gen = torch.Generator(device=eng.device).manual_seed(cfg.train.seed * 1000 + eng.rank)
+    engine_rollout = LocalLatentRollout(policy, ids)
+    dcfg = decode_config(cfg.rollout, cfg.k_latent, banned_ids=vision_token_ids(policy))
+
+    ck = latest_checkpoint(out_dir) if cfg.train.resume else None
+    if ck is not None:
+        extra = eng.resume(ck)
+        sampler.load_state_dict(extra["sampler"])
+        gen.set_state(torch.load(ck / "rollout_rng" / f"rank-{eng.rank}.pt", weights_only=False))
+    logger = MetricsLogger(out_dir, enabled=eng.is_main, total_steps=cfg.train.steps,
+                           tensorboard=cfg.train.tensorboard, progress=cfg.train.progress,
+                           start_step=eng.global_step // mu)
+    if eng.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+    history, done_here = [], 0
+    step = lambda: eng.global_step // mu  # noqa: E731  training steps (rollout batches) done
+    while step() < cfg.train.steps:
+        if cfg.train.stop_after is not None and done_here >= cfg.train.stop_after:
+            break
+        t_step = time.perf_counter()
+        idx = sampler.next_indices()[eng.rank * B:(eng.rank + 1) * B]
+        batch = build_prompt_batch(processor, [samples[i] for i in idx], cfg.data.instruction)
+        exp = collect(policy, ref, engine_rollout, batch, ids, dcfg, cfg.algo, processor.tokenizer,
+                      micro_batch=cfg.train.micro_batch, generator=gen, ref_offload=cfg.model.ref_offload,
+                      need_ref=cfg.algo.beta != 0)
+        local = global_denominators(exp, cfg.algo.aggregation)
+        denoms = {k: eng.all_reduce_sum(v) / eng.world_size for k, v in local.items()}
+        times = dict(exp.times)
+        policy.train()
+        for _ in range(mu):  # metrics of the last pass (with mu > 1 its ratios show how far the policy moved)
+            sums: dict[str, float] = {}
+            for mb in micro_batches(exp.out.sequences.shape[0], cfg.train.micro_batch):
+                with eng.autocast():
+                    lo = microbatch_loss(policy, exp, mb, ids, lcfg, denoms, times)
+                with timed(times, "backward", eng.device):
+                    eng.backward(lo.loss)
+                with timed(times, "optim", eng.device):
+                    res = eng.step()
+                for k in ("loss", "text_loss", "latent_loss", "kl"):
+                    sums[k] = sums.get(k, 0.0) + lo.metrics[k]
+                for k in ("text_count", "clip_text_count", "latent_count", "clip_latent_count",
+                          "latent_abs_log_ratio_sum"):
+                    sums[k] = sums.get(k, 0.0) + lo.metrics.get(k, 0.0)
+            if not res.stepped:
+                raise RuntimeError("the engine did not step at the end of the rollout batch (grad_accum mismatch)")
+        done_here += 1
+        m = rollout_metrics(exp)
+        m.update(loss=sums["loss"], text_loss=sums["text_loss"], latent_loss=sums["latent_loss"], kl=sums["kl"],
+                 clip_frac_text=sums["clip_text_count"] / max(1.0, sums["text_count"]),
+                 clip_frac_latent=sums["clip_latent_count"] / max(1.0, sums["latent_count"]),
+                 latent_abs_log_ratio=sums["latent_abs_log_ratio_sum"] / max(1.0, sums["latent_count"]),
+                 grad_norm=res.grad_norm, lr=res.lr)
+        times["update"] = times.get("backward", 0.0) + times.get("optim", 0.0)
+        times["step"] = time.perf_counter() - t_step
+        m.update({f"time_{k}": v for k, v in times.items()})
+        history.append({"step": step(), **m})
+        logger.log(step(), m)
+        if log_fn is not None and eng.is_main:
+            log_fn(step(), m)
+        if cfg.train.save_every and step() % cfg.train.save_every == 0 and step() < cfg.train.steps:
+            _save(eng, cfg, out_dir / "checkpoints" / f"{CKPT_PREFIX}{step():08d}", sampler, gen, processor)
+            if eng.is_main:
+                _prune(out_dir, cfg.train.keep_checkpoints)
+    logger.close()
+    result = {"steps": step(), "metrics": history, "final_dir": None, "checkpoint": None}
+    if step() > 0:
+        ck_dir = _save(eng, cfg, out_dir / "checkpoints" / f"{CKPT_PREFIX}{step():08d}", sampler, gen, processor)
+        result["checkpoint"] = str(ck_dir)
+        if step() >= cfg.train.steps:
+            final = out_dir / "final"
+            if eng.is_main:
+                shutil.rmtree(final, ignore_errors=True)
+                final.mkdir(parents=True)
+                shutil.copytree(ck_dir / "model", final / "model")
+            result["final_dir"] = str(final / "model")
+        if eng.is_main:
+            _prune(out_dir, cfg.train.keep_checkpoints)
+    return result
+
+
+def summary_metadata(result: dict) -> dict:
+    """Scalars for Dagster / the console: last-step metrics and mean reward over the run."""
+    hist = result["metrics"]
+    md = {"steps": result["steps"], "final_dir": result["final_dir"] or "", "checkpoint": result["checkpoint"] or ""}
+    if hist:
+        last = hist[-1]
+        for k in ("reward_mean", "accuracy", "format_rate", "kl", "zero_std_groups", "clip_frac_text",
+                  "clip_frac_latent", "latent_abs_log_ratio", "time_step"):
+            if last.get(k) is not None:
+                md[f"last_{k}"] = float(last[k])
+        md["mean_reward_run"] = float(sum(h["reward_mean"] for h in hist) / len(hist))
+    return md
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="train-vlpo", description="Stage-2 VLPO / GRPO training (method.md §4-5)")
+    add_arguments(p)
+    return run_cli(p.parse_args(argv))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML with model/data/rollout/algo/engine/train sections")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set algo.variant=grpo")
+
+
+def run_cli(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    pipes_ctx = contextlib.nullcontext()
+    if rank0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):  # launched by Dagster: only rank 0 reports
+        from dagster_pipes import open_dagster_pipes
+
+        pipes_ctx = open_dagster_pipes()
+    with pipes_ctx as pipes:
+        log_fn = None
+        if pipes is not None:
+            def log_fn(step, m):  # noqa: E306
+                if step % 10 == 0 or step == cfg.train.steps:
+                    pipes.log.info(f"step {step}: reward {m['reward_mean']:.3f} acc {m['accuracy']:.3f} "
+                                   f"kl {m['kl']:.4f}")
+        result = train_vlpo(cfg, log_fn=log_fn)
+        md = summary_metadata(result)
+        if pipes is not None:
+            pipes.report_asset_materialization(metadata=md)
+        if rank0:
+            print(json.dumps(md, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
