@@ -1,0 +1,258 @@
+#!/usr/bin/env python
+"""Check the Dagster UI as a user sees it.
+
+Starts `dagster dev` (workspace.yaml) on 127.0.0.1 with a free port, a temporary DAGSTER_HOME (holding a copy of
+pipelines/dagster_home/dagster.yaml) and a temporary MedLVR home (bundled sample data); waits for /server_info;
+materialises one dataset partition of `corpus_dataset_job` through the webserver's GraphQL API (launchRun with
+the partition tag) and polls until it succeeds; saves headless-Chromium screenshots of the asset graph and of
+the partition's `normalized_images` materialisation (thumbnails); then stops the process group it started, and
+only that.
+
+    python scripts/ui_check.py [--out docs/dagster-asset-graph.png] [--partition busi]
+Exit status 0 when everything worked.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--no-first-run"]
+LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId status } } ... on PythonError { message }
+  ... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }"""
+STATUS = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(base: str, query: str, variables: dict) -> dict:
+    req = urllib.request.Request(f"{base}/graphql", json.dumps({"query": query, "variables": variables}).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = json.loads(r.read())
+    if body.get("errors"):
+        raise RuntimeError(body["errors"])
+    return body["data"]
+
+
+def screenshot(chromium: str, url: str, out: Path, profile: Path, size: str = "1600,1000", wait_ms: int = 20000) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+           f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    if not out.exists() or out.stat().st_size < 10_000:
+        raise RuntimeError(f"screenshot of {url} missing or blank: {out}")
+
+
+def cdp_screenshot(chromium: str, url: str, out: Path, profile: Path, size=(1600, 1000), js: str = "",
+                   settle: float = 8.0, reload: bool = False) -> None:
+    """Screenshot through the DevTools protocol, after running `js` on the loaded page (to expand the collapsed
+    asset groups or open a metadata dialog). Needs the `websockets` package (installed with dagster-webserver's
+    uvicorn[standard]); without it, falls back to the plain `--screenshot` flag."""
+    try:
+        from websockets.sync.client import connect
+    except ImportError:
+        return screenshot(chromium, url, out, profile, f"{size[0]},{size[1]}")
+    import base64
+
+    port = free_port()
+    cmd = [chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+           f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1", "about:blank"]
+    browser = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as r:
+                    ws_url = next(t["webSocketDebuggerUrl"] for t in json.loads(r.read()) if t["type"] == "page")
+                break
+            except (OSError, StopIteration):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        with connect(ws_url, max_size=64 * 2**20) as ws:
+            n = 0
+
+            def call(method, **params):
+                nonlocal n
+                n += 1
+                ws.send(json.dumps({"id": n, "method": method, "params": params}))
+                while True:
+                    msg = json.loads(ws.recv(timeout=60))
+                    if msg.get("id") == n:
+                        return msg.get("result", {})
+
+            call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
+            call("Page.navigate", url=url)
+            time.sleep(settle)
+            if js:
+                call("Runtime.evaluate", expression=js, awaitPromise=True)
+                time.sleep(settle / 2)
+            if reload:  # e.g. the expanded groups are remembered in localStorage; a reload fits the graph to view
+                call("Page.reload")
+                time.sleep(settle)
+            png = base64.b64decode(call("Page.captureScreenshot", format="png")["data"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(png)
+    finally:
+        os.killpg(browser.pid, signal.SIGKILL)
+        browser.wait()
+    if out.stat().st_size < 10_000:
+        raise RuntimeError(f"screenshot of {url} looks blank: {out}")
+
+
+# Expand all asset groups of the lineage graph (the UI collapses them when there are several): its Alt+E shortcut.
+EXPAND_GROUPS = """(async () => { for (const t of [document, window]) {
+  t.dispatchEvent(new KeyboardEvent('keydown', {altKey: true, code: 'KeyE', key: 'e', bubbles: true}));
+  await new Promise(r => setTimeout(r, 800));
+  if (!document.querySelector('[class*="CollapsedGroupNode_collapsedGroupNodeBox"]')) break; } })()"""  # Alt+E
+# Open the Markdown metadata value of the thumbnails row.
+SHOW_THUMBNAILS = """(async () => { const rows = [...document.querySelectorAll('tr')];
+  const row = rows.find(r => r.textContent.trim().startsWith('thumbnails'));
+  const links = row ? [...row.querySelectorAll('*')].filter(e => e.textContent === '[Show Markdown]') : [];
+  if (links.length) links[links.length - 1].click(); await new Promise(r => setTimeout(r, 1500)); })()"""
+
+
+def start_dagster(port: int, home: Path, log) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MEDLVR_HOME": str(home / "medlvr"),
+           "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env.pop("MEDLVR_DATA_ROOT", None)
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    # Own session/process group; SIGINT reset to default (a background shell may have set it to ignore, and
+    # dagster copies that disposition onto SIGTERM), so the group stops cleanly on SIGINT.
+    wrapper = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    cmd = [sys.executable, "-c", wrapper, dagster, "dev", "-w", str(ROOT / "workspace.yaml"),
+           "-h", "127.0.0.1", "-p", str(port)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop the process group this script started (dagster dev, its webserver, daemon and code server)."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                proc.poll()
+                return
+            proc.poll()
+            time.sleep(0.5)
+
+
+def wait_server(base: str, proc: subprocess.Popen, timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/server_info", timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError("dagster webserver did not answer /server_info")
+
+
+def run_partition(base: str, partition: str, timeout: float) -> str:
+    params = {"selector": {"repositoryLocationName": "medlvr", "repositoryName": "__repository__",
+                           "jobName": "corpus_dataset_job"},
+              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}
+    deadline = time.time() + timeout
+    while True:  # the code location may still be loading right after /server_info answers
+        res = graphql(base, LAUNCH, {"p": params})["launchRun"]
+        if res["__typename"] == "LaunchRunSuccess" or time.time() > deadline:
+            break
+        time.sleep(2)
+    if res["__typename"] != "LaunchRunSuccess":
+        raise RuntimeError(f"launchRun failed: {res}")
+    run_id = res["run"]["runId"]
+    while time.time() < deadline:
+        status = graphql(base, STATUS, {"id": run_id})["runOrError"].get("status")
+        if status == "SUCCESS":
+            return run_id
+        if status in ("FAILURE", "CANCELED"):
+            raise RuntimeError(f"run {run_id} ended {status}")
+        time.sleep(2)
+    raise TimeoutError(f"run {run_id} did not finish in {timeout}s")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "dagster-asset-graph.png")
+    ap.add_argument("--asset-out", type=Path, default=None,
+                    help="also screenshot the partition's normalized_images page (metadata with thumbnails)")
+    ap.add_argument("--partition", default="busi")
+    ap.add_argument("--chromium", default=None)
+    ap.add_argument("--timeout", type=float, default=240)
+    args = ap.parse_args(argv)
+    chromium = args.chromium or find_chromium()
+    if not chromium:
+        print("chromium not found (Debian: apt-get install chromium)", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="medlvr-ui-"))
+    home = tmp / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "pipelines" / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp / "dagster-dev.log"
+    t0 = time.time()
+    with open(log_path, "wb") as log:
+        proc = start_dagster(port, home, log)
+        try:
+            info = wait_server(base, proc, args.timeout)
+            print(f"webserver {info.get('dagster_webserver_version')} on {base} after {time.time() - t0:.1f}s")
+            run_id = run_partition(base, args.partition, args.timeout)
+            print(f"run {run_id} ({args.partition}) succeeded after {time.time() - t0:.1f}s")
+            graphql(base, "mutation { setNuxSeen }", {})  # no first-visit "join the community" dialog
+            cdp_screenshot(chromium, f"{base}/asset-groups", args.out, tmp / "chrome-profile", size=(1800, 1000),
+                           js=EXPAND_GROUPS, reload=True)
+            print(f"asset graph screenshot: {args.out}")
+            if args.asset_out:
+                cdp_screenshot(chromium, f"{base}/assets/normalized_images?partition={args.partition}",
+                               args.asset_out, tmp / "chrome-profile", size=(1600, 1000), js=SHOW_THUMBNAILS)
+                print(f"asset page screenshot: {args.asset_out}")
+        except Exception as e:
+            print(f"UI check failed: {e}\n--- dagster dev log (tail) ---", file=sys.stderr)
+            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+            return 1
+        finally:
+            stop_group(proc)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"stopped dagster dev; total {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Materialise the corpus graph the way a backfill does: the knowledge graph, one run per dataset partition,
+then one publish run, all in one (ephemeral) instance."""
+
+import dagster as dg
+
+from pipelines.corpus.assets import CORPUS_ASSETS
+from pipelines.corpus.checks import CORPUS_CHECKS
+
+DATASET_ASSETS = dg.AssetSelection.assets("raw_dataset", "normalized_images", "roi_annotations", "qa_pairs")
+PUBLISH = dg.AssetSelection.groups("corpus_publish")
+
+
+def materialize_corpus(resources: dict, datasets: list[str], instance: dg.DagsterInstance) -> list:
+    everything = [*CORPUS_ASSETS, *CORPUS_CHECKS]
+    results = [dg.materialize(everything, selection=dg.AssetSelection.assets("knowledge_graph"),
+                              resources=resources, instance=instance)]
+    for ds in datasets:
+        results.append(dg.materialize(everything, selection=DATASET_ASSETS, partition_key=ds,
+                                      resources=resources, instance=instance))
+    results.append(dg.materialize(everything, selection=PUBLISH, resources=resources, instance=instance))
+    return results
+
+
+def check_evaluations(results) -> list:
+    return [e for r in results for e in r.get_asset_check_evaluations()]
