@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medlvr-installed
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test bench clean-demo dagster-dev ui-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_corpus.py
+	$(PY) benchmarks/bench_latent_decode.py
+	$(PY) benchmarks/bench_sft.py
+	$(PY) benchmarks/bench_vlpo.py
+	$(PY) benchmarks/bench_eval.py
+
+# The Dagster UI on the project's persistent instance (the one the main job writes to).
+dagster-dev: install
+	DAGSTER_HOME=$(CURDIR)/pipelines/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+ui-check: install
+	$(PY) scripts/ui_check.py
 
 clean-demo:
 	rm -rf demo_out

@@ -205,8 +205,10 @@ def compute_dup_groups(out: Path, cfg: BuildConfig) -> dict[str, Any]:
     _write_table([{"image_id": k, "dup_group": v} for k, v in sorted(groups.items())], schema,
                  out / "work" / "dup_groups.parquet")
     sizes = group_sizes(groups)
-    return {"images": len(groups), "groups_with_duplicates": len(sizes),
-            "images_in_duplicate_groups": sum(sizes.values()), "largest_group": max(sizes.values(), default=1)}
+    report = {"images": len(groups), "groups_with_duplicates": len(sizes),
+              "images_in_duplicate_groups": sum(sizes.values()), "largest_group": max(sizes.values(), default=1)}
+    _write_json(report, out / "work" / "dedup.json")
+    return report
 
 
 def _groups(out: Path) -> dict[str, str]:
@@ -252,7 +254,7 @@ def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
     groups = _groups(out)
     bad = set(pq.read_table(out / "work" / "contaminated.parquet").column("image_id").to_pylist())
     extra = {"config_fingerprint": cfg.fingerprint(),
-             "dedup": json.loads((out / "work" / "dedup.json").read_text()) if (out / "work" / "dedup.json").exists() else {},
+             "dedup": json.loads((out / "work" / "dedup.json").read_text()),
              "splits": json.loads((out / "work" / "splits.json").read_text()),
              "decontamination": json.loads((out / "work" / "decontamination.json").read_text()),
              "generation": {}}
@@ -301,7 +303,6 @@ def build_corpus(data_root: Path, out: Path, cfg: BuildConfig = BuildConfig(), d
     log("[3/7] perceptual hashes and duplicate groups")
     compute_hashes(out, ids)
     report["dedup"] = compute_dup_groups(out, cfg)
-    _write_json(report["dedup"], out / "work" / "dedup.json")
     log("[4/7] decontamination against local benchmarks")
     report["decontamination"] = decontaminate(out, cfg)
     log("[5/7] patient- and duplicate-disjoint splits")

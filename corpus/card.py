@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from corpus.shards import MANIFEST_NAME
+
 
 def _plt():
     import matplotlib
@@ -94,7 +96,7 @@ def collect_from_shards(shard_dir: Path, max_samples: int = 12) -> tuple[np.ndar
 def write_card(shard_dir: Path, out_dir: Path, report: dict | None = None) -> Path:
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((shard_dir / "_manifest.json").read_text())
+    manifest = json.loads((shard_dir / MANIFEST_NAME).read_text())
     areas, samples = collect_from_shards(shard_dir)
     plot_counts(manifest, out_dir / "counts.png")
     plot_box_sizes(areas, out_dir / "box_sizes.png")

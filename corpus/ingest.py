@@ -98,13 +98,23 @@ def resolve_salt(out_dir: Path, explicit: str | None) -> str:
     if os.environ.get("MEDLVR_PATIENT_SALT"):
         return os.environ["MEDLVR_PATIENT_SALT"]
     path = Path(out_dir) / ".patient_salt"
-    if path.exists():
-        return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    salt = secrets.token_hex(16)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(salt)
+    if not path.exists():
+        # write a complete private temp file, then hard-link it into place: the link either creates the salt
+        # file whole or fails because another process got there first (then its salt is the one to use)
+        tmp = path.with_name(f".patient_salt.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    salt = path.read_text().strip()
+    if not salt:
+        raise RuntimeError(f"{path} is empty: delete it (no output made with it can be matched) and rerun")
     return salt
 
 

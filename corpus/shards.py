@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from corpus.tables import publish_dir
 
 SHARD_SCHEMA_VERSION = 1
+MANIFEST_NAME = "_manifest.json"  # leading "_": pyarrow.dataset and HF datasets skip it when reading the folder
 QA_SCHEMA = pa.schema([
     pa.field("qa_id", pa.string(), nullable=False),
     pa.field("image_id", pa.string(), nullable=False),
@@ -128,7 +129,7 @@ class ShardWriter:
             "counts": {k: dict(sorted(v.items())) for k, v in self.counts.items()},
             "shards": sorted(self.files, key=lambda f: f["path"]), **extra,
         }
-        (self.tmp / "_manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (self.tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         return publish_dir(self.tmp, self.final)
 
     def abort(self) -> None:
@@ -145,7 +146,7 @@ class ShardWriter:
 def verify_manifest(shard_dir: Path) -> list[str]:
     """Problems found comparing every shard's checksum and row count with the manifest (empty list = good)."""
     shard_dir = Path(shard_dir)
-    manifest = json.loads((shard_dir / "_manifest.json").read_text())
+    manifest = json.loads((shard_dir / MANIFEST_NAME).read_text())
     problems = []
     listed = set()
     for f in manifest["shards"]:
@@ -156,7 +157,12 @@ def verify_manifest(shard_dir: Path) -> list[str]:
             continue
         if sha256_file(p) != f["sha256"]:
             problems.append(f"checksum mismatch {f['path']}")
-        if pq.ParquetFile(p).metadata.num_rows != f["rows"]:
+        try:
+            rows = pq.ParquetFile(p).metadata.num_rows
+        except Exception as e:  # a truncated or corrupt file is a finding, not a crash
+            problems.append(f"unreadable shard {f['path']}: {type(e).__name__}: {e}")
+            continue
+        if rows != f["rows"]:
             problems.append(f"row count mismatch {f['path']}")
     for p in shard_dir.rglob("*.parquet"):
         if p.relative_to(shard_dir).as_posix() not in listed:

@@ -17,6 +17,23 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)
     from pipelines.corpus.definitions import corpus_defs
 
+from pipelines.evaluation import evaluation_defs  # noqa: E402
+from pipelines.training.assets import TRAINING_ASSETS  # noqa: E402
+from pipelines.training.vlpo_assets import VLPO_ASSETS  # noqa: E402
+
 GPU_POOL = "gpu"
 
-defs = dg.Definitions.merge(corpus_defs)
+# Jobs the main job (pipelines/main_job.py) launches; in the UI the same assets can be materialised from the graph.
+training_job = dg.define_asset_job("training_job", selection=dg.AssetSelection.assets(
+    "roi_sft_checkpoint", "vlpo_checkpoint"), description="ROI-SFT, then VLPO from its checkpoint.")
+evaluation_predictions_job = dg.define_asset_job(
+    "evaluation_predictions_job", selection=dg.AssetSelection.assets("evaluation_predictions"),
+    description="Predictions of every configured model on one benchmark (partition).")
+evaluation_report_job = dg.define_asset_job(
+    "evaluation_report_job", selection=dg.AssetSelection.assets("evaluation_report"),
+    description="Scores every prediction file and writes report.md / report.html.")
+
+training_defs = dg.Definitions(assets=[*TRAINING_ASSETS, *VLPO_ASSETS],
+                               jobs=[training_job, evaluation_predictions_job, evaluation_report_job],
+                               resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
+defs = dg.Definitions.merge(corpus_defs, training_defs, evaluation_defs)

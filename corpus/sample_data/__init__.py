@@ -11,6 +11,7 @@ A truth dict: {"source_path": str, "suffix": str | None (None = any image of tha
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -50,8 +51,9 @@ def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 
         raise KeyError(f"no sample writer for {missing}")
     (out_dir / "_truth").mkdir(parents=True, exist_ok=True)
     counts = {}
-    for i, ds_id in enumerate(ids):
-        rng = np.random.default_rng([seed, i])
+    for ds_id in ids:
+        # seeded by the dataset id, so a dataset's sample is the same whether written alone or with the others
+        rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(ds_id.encode()).digest()[:8], "big")])
         root = out_dir / ds_id
         root.mkdir(parents=True, exist_ok=True)
         truth = ws[ds_id](root, rng)

@@ -158,7 +158,6 @@ def dedup_groups(storage: CorpusStorage, dataset_roots: DatasetRoots,
         _write_json({"datasets": ids, "not_built": sorted(set(sel) - set(ids))}, out / "work" / "datasets.json")
         compute_hashes(out, ids)
         rep = compute_dup_groups(out, corpus_settings.build_config())
-        _write_json(rep, out / "work" / "dedup.json")
     return dg.MaterializeResult(metadata={
         "datasets": len(ids), "not_built": dg.MetadataValue.json(sorted(set(sel) - set(ids))),
         "dagster/row_count": rep["images"], **{k: v for k, v in rep.items() if k != "images"},

@@ -107,11 +107,12 @@ def qa_thumbnails(qa_path: Path, images_path: Path, n: int = 8) -> dg.MetadataVa
 
 
 def manifest_path(shard_dir: Path) -> Path:
-    """The shard manifest (`_manifest.json`; `manifest.json` in older shard sets)."""
-    for name in ("_manifest.json", "manifest.json"):
-        if (Path(shard_dir) / name).exists():
-            return Path(shard_dir) / name
-    raise FileNotFoundError(f"no shard manifest in {shard_dir}")
+    from corpus.shards import MANIFEST_NAME
+
+    path = Path(shard_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no shard manifest in {shard_dir}")
+    return path
 
 
 def read_manifest(shard_dir: Path) -> dict[str, Any]:

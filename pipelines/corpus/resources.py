@@ -164,25 +164,15 @@ class QAGenerator(dg.ConfigurableResource):
 
 
 class KnowledgeGraphResource(dg.ConfigurableResource):
-    """The knowledge-graph view used for QA: `corpus.qa.kg_view.KGConcepts` when present, else the validated
-    graph of `corpus.kg.graph.load_graph()` (both cached per process)."""
+    """The validated knowledge graph used for QA (`corpus.kg.graph.load_graph()`, cached per process)."""
 
     def load(self):
-        try:
-            from corpus.qa.kg_view import KGConcepts
-        except ImportError:
-            from corpus.kg.graph import load_graph
-
-            return load_graph()
-        return KGConcepts.load()
-
-    def stats(self) -> dict[str, Any]:
-        kg = self.load()
-        if hasattr(kg, "stats"):
-            return kg.stats()
         from corpus.kg.graph import load_graph
 
-        return load_graph().stats()
+        return load_graph()
+
+    def stats(self) -> dict[str, Any]:
+        return self.load().stats()
 
 
 class CorpusSettings(dg.ConfigurableResource):

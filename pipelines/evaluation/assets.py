@@ -44,6 +44,7 @@ class EvaluationSettings(dg.ConfigurableResource):
     out_dir: str = Field(default="", description="override out_dir; empty: the config's, or "
                                                  "<MedLVR home>/evaluation for the sample evaluation")
     model_paths: dict[str, str] = Field(default_factory=dict, description="model name -> checkpoint dir")
+    data_root: str = Field(default="", description="override the config's data_root (benchmark folders)")
     limit: int = Field(default=0, description="at most N samples per benchmark (0: all)")
 
     def load(self):
@@ -52,7 +53,8 @@ class EvaluationSettings(dg.ConfigurableResource):
 
         out = self.out_dir or None
         if self.config_path:
-            cfg = EvalConfig.from_yaml(self.config_path, out_dir=out, limit=self.limit or None)
+            cfg = EvalConfig.from_yaml(self.config_path, out_dir=out, limit=self.limit or None,
+                                       data_root=self.data_root or None)
         else:
             home = medlvr_home() / "evaluation"
             cfg = EvalConfig.from_dict({**SAMPLE_CONFIG, "out_dir": out or str(home / "out"),

@@ -45,3 +45,11 @@ def test_samples_are_deterministic(tmp_path):
     write_samples(tmp_path / "a", ids, seed=0)
     write_samples(tmp_path / "b", ids, seed=0)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_sample_of_a_dataset_does_not_depend_on_what_else_is_written(tmp_path):
+    write_samples(tmp_path / "alone", ["busi"], seed=0)
+    write_samples(tmp_path / "together", ["kits23", "vindr_cxr", "busi"], seed=0)
+    a = sorted((p.relative_to(tmp_path / "alone" / "busi"), p.read_bytes()) for p in (tmp_path / "alone" / "busi").rglob("*") if p.is_file())
+    b = sorted((p.relative_to(tmp_path / "together" / "busi"), p.read_bytes()) for p in (tmp_path / "together" / "busi").rglob("*") if p.is_file())
+    assert a == b

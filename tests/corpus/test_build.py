@@ -140,3 +140,14 @@ def test_iter_grouped_streams_in_order_and_rejects_disorder(tmp_path):
     pq.write_table(pa.table({"image_id": ["c", "a"], "v": [1, 2]}), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="not in"):
         list(iter_grouped(tmp_path / "p.parquet", tmp_path / "bad.parquet", ["image_id"], ["image_id", "v"]))
+
+
+def test_corrupt_shard_is_reported_not_raised(built, tmp_path):
+    root, _ = built
+    out = tmp_path / "out5"
+    shutil.copytree(root / "out" / "shards", out)
+    victim = sorted(out.rglob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    problems = verify_manifest(out)
+    rel = victim.relative_to(out).as_posix()
+    assert f"checksum mismatch {rel}" in problems and any(p.startswith(f"unreadable shard {rel}") for p in problems)

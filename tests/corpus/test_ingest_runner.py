@@ -159,3 +159,15 @@ def test_missing_dataset_root_is_a_clear_error(tmp_path, fake_adapter):
 
     with pytest.raises(DatasetMissing, match="does not exist"):
         ingest_dataset(SPEC, tmp_path / "nope", tmp_path / "out")
+
+
+def test_first_salt_is_shared_by_concurrent_processes(tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    from corpus.ingest import resolve_salt
+
+    monkeypatch.delenv("MEDLVR_PATIENT_SALT", raising=False)
+    with mp.get_context("fork").Pool(4) as pool:
+        salts = pool.starmap(resolve_salt, [(tmp_path, None)] * 8)
+    assert len(set(salts)) == 1 and len(salts[0]) == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".patient_salt"]  # no temporary files left

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 GROUPS = {"corpus_ingest": {"raw_dataset", "normalized_images", "roi_annotations"},
           "corpus_qa": {"knowledge_graph", "qa_pairs"},
-          "corpus_publish": {"dedup_groups", "decontamination", "splits", "corpus_shards", "corpus_card"}}
+          "corpus_publish": {"dedup_groups", "decontamination", "splits", "corpus_shards", "corpus_card"},
+          "training": {"roi_sft_checkpoint", "vlpo_checkpoint"},
+          "evaluation": {"evaluation_predictions", "evaluation_report"}}
 
 
 def test_definitions_load():
@@ -27,7 +29,9 @@ def test_definitions_load():
     parts = graph.get(dg.AssetKey("qa_pairs")).partitions_def
     assert parts.get_partition_keys() == list(load_catalog()) and len(parts.get_partition_keys()) == 31
     assert graph.get(dg.AssetKey("corpus_shards")).partitions_def is None
-    assert defs.resolve_job_def("corpus_dataset_job") and defs.resolve_job_def("corpus_publish_job")
+    for job in ("corpus_dataset_job", "corpus_publish_job", "training_job", "evaluation_predictions_job",
+                "evaluation_report_job"):
+        assert defs.resolve_job_def(job)
     assert defs.resolve_schedule_def("weekly_corpus_rebuild").default_status == dg.DefaultScheduleStatus.STOPPED
     for name in ("raw_dataset_sensor", "corpus_publish_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.STOPPED

@@ -1,0 +1,166 @@
+"""Synthetic grounding task for the mechanism experiment (docs/mechanism.md): the answer lives in one small region.
+
+NOT a catalog dataset (the corpus catalog stays at its 31 datasets): `write_grounding_task(out_dir, ...)` writes
+the task directly in the formats the trainers read.
+
+Image (`size` x `size`, default 112 = a 4 x 4 grid of 28-pixel cells = exactly the 4 x 4 merged visual tokens the
+tiny model sees at the 12544-pixel budget): a noisy grey background and `n_structures` square structures in
+distinct random cells, each filled with a DIFFERENT pattern of `PATTERNS` (bright, dark, striped, checkered) inside
+a frame. Exactly one structure, the lesion, has a RED frame; the others have grey frames. Question: which pattern
+does the red-marked lesion show? With 4 structures every pattern is present in every image, so global image
+statistics say nothing about the answer: it depends only on the lesion's cell (its box is known).
+
+Written (deterministic in `seed`; train and held-out splits come from independent streams):
+
+    <out>/shards/{train,test}/part-*.parquet     corpus-shard rows (corpus.shards.QA_SCHEMA) with the lesion box:
+                                                  what ROI-SFT reads (training.sft.data). The question text embeds
+                                                  the options and the instruction, the answer is the letter, so
+                                                  SFT, RL and evaluation see exactly the same prompt.
+    <out>/omnimedvqa_{train,test}/                OmniMedVQA layout (QA_information/Open-access/*.json + Images/):
+                                                  what VLPO reads (data.source=omnimedvqa, data.split=all)
+    <out>/heldout.jsonl                           the held-out split with boxes (evaluation)
+    <out>/task.json                               parameters + counts
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PATTERNS = ("bright", "dark", "striped", "checkered")
+LETTERS = "ABCD"
+QUESTION = "Which pattern does the lesion with the red frame show?"
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+DATASET = "synthetic_grounding"
+SOURCE = "SyntheticGrounding"
+
+
+def prompt_text(question: str, options: list[str], instruction: str = INSTRUCTION) -> str:
+    """Same text as `training.vlpo.data.prompt_text` (question, 'A. text' lines, instruction)."""
+    opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return f"{question}\n{opts}\n{instruction}"
+
+
+def _fill(pattern: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n]
+    if pattern == "bright":
+        a = np.full((n, n), 225.0)
+    elif pattern == "dark":
+        a = np.full((n, n), 25.0)
+    elif pattern == "striped":
+        a = np.where((yy // 3) % 2 == 0, 225.0, 25.0)
+    elif pattern == "checkered":
+        a = np.where(((yy // 3) + (xx // 3)) % 2 == 0, 225.0, 25.0)
+    else:
+        raise ValueError(pattern)
+    return a + rng.normal(0, 8, a.shape)
+
+
+def render(rng: np.random.Generator, size: int = 112, cell: int = 28, n_structures: int = 4, frame: int = 3):
+    """(RGB uint8 image, lesion box xyxy, lesion pattern index, distractor boxes)."""
+    g = size // cell
+    img = np.clip(rng.normal(110, 12, (size, size)), 0, 255)
+    rgb = np.stack([img, img, img], -1)
+    cells = rng.choice(g * g, size=n_structures, replace=False)
+    pats = rng.permutation(len(PATTERNS))[:n_structures]
+    inner = cell - 2 * frame
+    box = None
+    for j, (c, p) in enumerate(zip(cells, pats)):
+        y0, x0 = (c // g) * cell, (c % g) * cell
+        color = (230, 30, 30) if j == 0 else (150, 150, 150)
+        rgb[y0:y0 + cell, x0:x0 + cell] = color
+        f = _fill(PATTERNS[p], inner, rng)
+        rgb[y0 + frame:y0 + frame + inner, x0 + frame:x0 + frame + inner] = f[..., None]
+        if j == 0:
+            box = [float(x0), float(y0), float(x0 + cell), float(y0 + cell)]
+    others = [[float((c % g) * cell), float((c // g) * cell), float((c % g) * cell + cell), float((c // g) * cell + cell)]
+              for c in cells[1:]]
+    return np.clip(rgb, 0, 255).astype(np.uint8), box, int(pats[0]), others
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_items(n: int, seed: int, split: str, **render_kw) -> list[dict]:
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    items = []
+    for i in range(n):
+        img, box, p, others = render(rng, **render_kw)
+        items.append(dict(id=f"sg-{seed}-{split}-{i:05d}", split=split, image=img, box=box, answer_index=p,
+                          answer=LETTERS[p], options=list(PATTERNS), question=QUESTION, distractor_boxes=others))
+    return items
+
+
+def shard_row(it: dict) -> dict:
+    h, w = it["image"].shape[:2]
+    return dict(qa_id=it["id"], image_id=it["id"], dataset=DATASET, modality="synthetic", split=it["split"],
+                question_type="grounding_pattern", question=prompt_text(it["question"], it["options"]),
+                answer=it["answer"], options=None, answer_index=None, boxes=[it["box"]], answer_is_box=False,
+                concept_ids=[], knowledge_only=False, caption=None, text_source="template", patient_key=it["id"],
+                dup_group=it["id"], width=w, height=h, image_png=_png(it["image"]))
+
+
+def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
+                         size: int = 112, n_structures: int = 4) -> dict:
+    """Write every format (module docstring); returns the task summary (also `<out>/task.json`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpus.shards import QA_SCHEMA
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        items = make_items(n, seed, split, size=size, n_structures=n_structures)
+        d = out / "shards" / split
+        d.mkdir(parents=True, exist_ok=True)
+        rows = [shard_row(it) for it in items]
+        # several row groups: the SFT stream shuffles blocks and rows inside them
+        pq.write_table(pa.Table.from_pylist(rows, schema=QA_SCHEMA), d / "part-00000.parquet", row_group_size=256)
+        root = out / f"omnimedvqa_{split}"
+        img_dir = root / "Images" / SOURCE
+        img_dir.mkdir(parents=True, exist_ok=True)
+        (root / "QA_information" / "Open-access").mkdir(parents=True, exist_ok=True)
+        recs = []
+        for it, row in zip(items, rows):
+            rel = f"Images/{SOURCE}/{it['id']}.png"
+            (root / rel).write_bytes(row["image_png"])
+            recs.append(dict(dataset=SOURCE, question_id=it["id"], question_type="grounding_pattern",
+                             question=it["question"], gt_answer=it["options"][it["answer_index"]], image_path=rel,
+                             modality_type="synthetic", **{f"option_{LETTERS[j]}": o for j, o in
+                                                           enumerate(it["options"])}))
+        (root / "QA_information" / "Open-access" / f"{SOURCE}.json").write_text(json.dumps(recs, indent=0))
+        if split == "test":
+            with open(out / "heldout.jsonl", "w") as f:
+                for it, rec in zip(items, recs):
+                    f.write(json.dumps(dict(id=it["id"], image=str((root / rec["image_path"]).resolve()),
+                                            question=it["question"], options=it["options"], answer=it["answer"],
+                                            box=it["box"], distractor_boxes=it["distractor_boxes"],
+                                            width=size, height=size)) + "\n")
+        counts[split] = n
+        counts[f"{split}_answer_hist"] = np.bincount([it["answer_index"] for it in items],
+                                                     minlength=len(PATTERNS)).tolist()
+    summary = dict(seed=seed, size=size, n_structures=n_structures, patterns=list(PATTERNS), question=QUESTION,
+                   instruction=INSTRUCTION, counts=counts)
+    (out / "task.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="write the synthetic grounding task")
+    ap.add_argument("out")
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-test", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(json.dumps(write_grounding_task(a.out, a.n_train, a.n_test, a.seed), indent=1))
