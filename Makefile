@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/medlvr demo --out demo_out
+	DAGSTER_HOME=$(CURDIR)/pipelines/dagster_home $(VENV)/bin/medlvr demo
 
 test: install
 	$(PY) -m pytest -q

@@ -4,7 +4,7 @@
     medlvr sample-data OUT_DIR [--datasets ID ...]
     medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE]
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
-    medlvr demo [--out DIR]            the main job on the embedded default (bundled sample data)
+    medlvr demo [--dagster-home DIR] [--force]   the main job: the whole asset graph through Dagster
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import importlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -124,26 +125,29 @@ def print_build_report(report: dict, file=None) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from corpus.build import BuildConfig, build_corpus
+    """The main job: the whole asset graph materialised through Dagster (pipelines/main_job.py)."""
     from corpus.ingest import DatasetSummary
-    from corpus.sample_data import write_samples
+    from pipelines.main_job import run_main
 
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    print(f"[sample data] every catalog dataset in its native format -> {out / 'data'}")
-    write_samples(out / "data", None, seed=0)
-    cfg = BuildConfig()
-    cfg = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, workers=args.workers))
-    report = build_corpus(out / "data", out / "corpus", cfg, None, progress=False,
-                          log=lambda m: print(f"[build-corpus] {m}"))
-    summaries = [DatasetSummary(**json.loads((out / "corpus" / "ingest" / ds / "summary.json").read_text()))
-                 for ds in sorted(report["ingest"])]
+    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
+    print(f"Dagster instance: {home.resolve()} (browse it afterwards with `make dagster-dev`)")
+    res = run_main(home, args.datasets, force=args.force)
+    corpus = Path(res["home"]) / "corpus"
+    summaries = [DatasetSummary(**json.loads(p.read_text())) for p in sorted(corpus.glob("ingest/*/summary.json"))
+                 if not p.parent.name.startswith(".")]
     print()
     print_summary(summaries)
-    print()
-    print_build_report(report)
-    print(f"\ndone in {time.perf_counter() - t0:.1f}s; outputs under {out.resolve()}")
-    return 0
+    from corpus.shards import MANIFEST_NAME
+
+    manifest = json.loads((corpus / "shards" / MANIFEST_NAME).read_text())
+    print(f"\nQA pairs: {manifest['rows']} in {len(manifest['shards'])} shards; per split "
+          f"{json.dumps(manifest['counts']['split'])}; decontamination removed "
+          f"{manifest['decontamination'].get('removed_images', 0)} images")
+    print(f"steps run: {len(res['ran'])}, reused (up to date): {len(res['reused'])}, failed: {len(res['failed'])}")
+    print(f"corpus card: {corpus / 'card' / 'README.md'}")
+    print(f"evaluation report: {res['report']}")
+    print(f"done in {res['seconds']}s")
+    return 1 if res["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.register(sub)
-    d = sub.add_parser("demo", help="the main job on the bundled sample data")
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--workers", type=int, default=2)
+    d = sub.add_parser("demo", help="the main job: the whole asset graph through Dagster, on the bundled sample data")
+    d.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME, else ./pipelines/dagster_home)")
+    d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: all 31)")
+    d.add_argument("--force", action="store_true", help="rerun every step even if it is up to date")
     d.set_defaults(fn=_cmd_demo)
     return p
 

@@ -78,8 +78,10 @@ class MainJob:
             self.summary["reused"].append(label)
             return True
         t0 = time.perf_counter()
-        job = self.defs.get_job_def(job_name)
-        result = job.execute_in_process(instance=self.instance, partition_key=partition, run_config=run_config or {},
+        job = self.defs.resolve_job_def(job_name)
+        # the full event log is in the instance (dagster dev); the console gets warnings and errors only
+        cfg = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        result = job.execute_in_process(instance=self.instance, partition_key=partition, run_config=cfg,
                                         tags={FINGERPRINT_TAG: fingerprint}, raise_on_error=False)
         ok = result.success
         self.summary["ran" if ok else "failed"].append(label)
