@@ -59,6 +59,9 @@ class MainJob:
         from pipelines.corpus.resources import medlvr_home
         from pipelines.definitions import defs
 
+        import warnings
+
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # Pipes internals; noise on the console
         self.dg, self.defs, self.log, self.force = dg, defs, log, force
         self.instance = dg.DagsterInstance.get()
         self.home = medlvr_home()
