@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from typing import Any
 from itertools import combinations
 from pathlib import Path
 
@@ -268,20 +269,22 @@ class HashIndex:
 
 # --------------------------------------------------------------------------------------- duplicate groups
 
-class _UnionFind:
-    """Union-find over dense integer ids with path halving; the root of a set is its smallest id."""
+class UnionFind:
+    """Union-find over hashable, mutually comparable keys, with path halving. The root of a set is its smallest
+    key (duplicate groups are named by their smallest image id). Used here and by corpus.splits."""
 
-    def __init__(self, n: int):
-        self.parent = list(range(n))
+    def __init__(self) -> None:
+        self.parent: dict[Any, Any] = {}
 
-    def find(self, x: int) -> int:
+    def find(self, x: Any) -> Any:
         p = self.parent
+        p.setdefault(x, x)
         while p[x] != x:
             p[x] = p[p[x]]
             x = p[x]
         return x
 
-    def union(self, a: int, b: int) -> None:
+    def union(self, a: Any, b: Any) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             lo, hi = (ra, rb) if ra < rb else (rb, ra)
@@ -318,7 +321,7 @@ def duplicate_groups(rows: Iterable[tuple[str, str, int]], radius: int = DEFAULT
     # positions sorted by image_id, so union-find roots (smallest position) are the smallest image_ids
     order = sorted(range(len(ids)), key=ids.__getitem__)
     rank = {p: k for k, p in enumerate(order)}
-    uf = _UnionFind(len(ids))
+    uf = UnionFind()
 
     strict = HashIndex(radius)
     strict.add_many(hashes)

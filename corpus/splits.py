@@ -23,6 +23,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from corpus.dedup import UnionFind
+
 SPLITS = ("train", "val", "test")
 STRICTNESS = {"train": 0, "val": 1, "test": 2}  # on conflict the highest wins
 
@@ -97,24 +99,6 @@ class SplitReport:
         return d
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[Any, Any] = {}
-
-    def find(self, x: Any) -> Any:
-        p = self.parent
-        p.setdefault(x, x)
-        while p[x] != x:
-            p[x] = p[p[x]]
-            x = p[x]
-        return x
-
-    def union(self, a: Any, b: Any) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-
-
 def _get(row: Any, key: str) -> Any:
     return row[key] if isinstance(row, Mapping) else getattr(row, key)
 
@@ -128,7 +112,7 @@ def assign_splits(rows: Iterable[Any], fractions: tuple[float, float, float] = (
     in two splits; the result depends only on the rows (not their order), the fractions and the seed."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
-    uf = _UnionFind()
+    uf = UnionFind()
     own_split: dict[str, str | None] = {}
     image_datasets: dict[str, set[str]] = {}
     for row in rows:
