@@ -4,7 +4,8 @@ and `imgs.zip` (members `imgs/xmlabNNN/source.jpg`) or that zip extracted as `im
 Only English rows are kept (`q_lang == "en"`). Yes/no answers become kind "yesno" (gold lowercased), all
 other answers kind "open" (including CLOSED questions such as "Which is bigger, left or right lung?").
 tags["closed"] marks the closed yes/no subset (English, gold yes/no; benchmarks.md §1.2); tags also carry
-answer_type (closed/open), modality, location, content_type, base_type, qid, split.
+answer_type (closed/open), modality, location, content_type, base_type, qid, split, and the image's
+detection boxes (`rois`, xyxy pixels, with `roi_labels`) when `detection.json` is present.
 Sample id: "<split>-<qid>".
 """
 
@@ -59,6 +60,32 @@ def _image_resolver(root: Path):
     raise BenchmarkError(f"SLAKE: expected images as {root / 'imgs.zip'} or an extracted {root / 'imgs'}/")
 
 
+def _detection_reader(root: Path):
+    """`imgs/xmlabN/detection.json` beside each image, if present: [{"Liver": [x, y, w, h]}, ...] (xywh pixels of
+    the source image; format from the SLAKE release [M]). Returns name -> (boxes xyxy, labels)."""
+    from evaluation.benchmarks.base import image_bytes
+
+    image = _image_resolver(root)
+
+    def read(img_name: str) -> tuple[list[list[float]], list[str]]:
+        uri = image(str(Path(img_name).parent / "detection.json"))
+        if uri is None:
+            return [], []
+        try:
+            items = json.loads(image_bytes(uri))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BenchmarkError(f"SLAKE: {uri} is not valid JSON ({e})") from e
+        boxes, labels = [], []
+        for item in items if isinstance(items, list) else []:
+            for name, b in (item.items() if isinstance(item, dict) else ()):
+                if isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) and b[2] > 0 and b[3] > 0:
+                    boxes.append([float(b[0]), float(b[1]), float(b[0] + b[2]), float(b[1] + b[3])])
+                    labels.append(str(name))
+        return boxes, labels
+
+    return read
+
+
 def load_slake(root: Path, split: str = "test", lang: str = "en") -> Iterator[Sample]:
     root = require_dir(root, "SLAKE")
     if split not in SPLITS:
@@ -68,6 +95,7 @@ def load_slake(root: Path, split: str = "test", lang: str = "en") -> Iterator[Sa
         path = root / "validate.json"  # the name before HF renamed it
     data = _records(path)
     image = _image_resolver(root)
+    detections = _detection_reader(root)
     out, seen = [], set()
     for rec in data:
         if rec["q_lang"] != lang:
@@ -91,6 +119,9 @@ def load_slake(root: Path, split: str = "test", lang: str = "en") -> Iterator[Sa
         for k in ("modality", "location", "content_type", "base_type"):
             if k in rec:
                 tags[k] = rec[k]
+        rois, roi_labels = detections(rec["img_name"])
+        if rois:  # organ / lesion boxes of the image: drawn on the Fig. 3 attention heatmaps
+            tags["rois"], tags["roi_labels"] = rois, roi_labels
         out.append(
             Sample(NAME, sid, rec["question"], "yesno" if yesno else "open", answer.lower() if yesno else answer,
                    images=(uri,), tags=tags)

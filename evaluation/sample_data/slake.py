@@ -34,6 +34,10 @@ def write_slake(root: Path) -> int:
     for img in sorted({r[0] for r in ROWS}):
         members[f"imgs/xmlab{img}/source.jpg"] = image_bytes(img, "JPEG")
         members[f"imgs/xmlab{img}/mask.png"] = image_bytes(100 + img, "PNG")
+        # detection.json: [{name: [x, y, w, h]}] — the bright square image_bytes draws (PIL includes both ends)
+        x, y = (img * 7) % 16, (img * 11) % 16
+        loc = next(r[6] for r in ROWS if r[0] == img)
+        members[f"imgs/xmlab{img}/detection.json"] = json.dumps([{loc: [x, y, 11, 11]}]).encode()
     write_zip(root / "imgs.zip", members)
     return sum(r[3] == "en" for r in ROWS)
 

@@ -242,3 +242,21 @@ def test_medxpertqa(data, copy):
     (broken / "MM" / "test.jsonl").unlink()
     with pytest.raises(BenchmarkError, match="test.jsonl"):
         load_medxpertqa(broken)
+
+
+def test_slake_detection_boxes_become_rois(tmp_path):
+    from evaluation.benchmarks.base import LOADERS, open_image
+    from evaluation.sample_data import write_benchmark_samples
+
+    import numpy as np
+
+    write_benchmark_samples(tmp_path, ["slake"])
+    samples = list(LOADERS["slake"](tmp_path / "slake"))
+    assert samples and all(s.tags.get("rois") for s in samples)
+    for s in samples:
+        (x0, y0, x1, y1), = s.tags["rois"]
+        img = np.asarray(open_image(s.images[0]).convert("L"))
+        bright = np.argwhere(img > 150)  # the square the sample writer drew (JPEG: allow a pixel of ringing)
+        assert abs(bright[:, 1].min() - x0) <= 1 and abs(bright[:, 1].max() + 1 - x1) <= 1
+        assert abs(bright[:, 0].min() - y0) <= 1 and abs(bright[:, 0].max() + 1 - y1) <= 1
+        assert len(s.tags["roi_labels"]) == 1 and s.tags["roi_labels"][0] in ("Lung", "Chest", "Abdomen", "Brain")
