@@ -2,6 +2,7 @@
 
     medlvr train-sft --config FILE [--set key=value ...]     Stage 1, ROI-SFT (training.sft.recipe)
     medlvr train-vlpo --config FILE [--set sec.key=value ...] Stage 2, VLPO / GRPO (training.vlpo.trainer)
+    medlvr experiment mechanism --config FILE [--quick]       Table 4 in miniature (training.experiments.mechanism)
 
 Multi-GPU / multi-node runs use a launcher on the recipe module instead (every rank runs it):
     deepspeed [--hostfile H] --module training.sft.recipe --config FILE
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     add_sft_arguments(p)
     p.set_defaults(fn=_cmd_train_sft)
     register_vlpo(subparsers)
+    register_experiment(subparsers)
 
 
 def _cmd_train_vlpo(args) -> int:
@@ -45,3 +47,19 @@ def register_vlpo(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set algo.variant=grpo (repeatable; values parsed as YAML)")
     p.set_defaults(fn=_cmd_train_vlpo)
+
+
+def _cmd_experiment(args) -> int:
+    from training.experiments.mechanism import main
+
+    return main(args)
+
+
+def register_experiment(subparsers) -> None:
+    p = subparsers.add_parser("experiment", help="experiments on the training stack (mechanism: docs/mechanism.md)")
+    p.add_argument("name", choices=["mechanism"], help="mechanism: the four Table-4 variants on a synthetic grounding task")
+    p.add_argument("--config", default=None, help="YAML (configs/mechanism.yaml); defaults when omitted")
+    p.add_argument("--quick", action="store_true", help="the config's reduced `quick:` settings (CI, a few minutes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set sft.steps=100 (repeatable; values parsed as YAML)")
+    p.set_defaults(fn=_cmd_experiment)

@@ -91,6 +91,6 @@ def test_quick_experiment(tmp_path):
         assert sorted(a["k_sweep"], key=int) == ["2", "4"]
     assert "roi_k2" in res["extra"] and res["k_train_sweep"]
     assert "| roi_vlpo |" in res["table_md"]
-    assert len(res["plots"]) == 4
+    assert len(res["plots"]) == 5
     for p in res["plots"]:
         assert Path(p).is_file() and Path(p).stat().st_size > 1000

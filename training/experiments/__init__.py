@@ -1,0 +1,1 @@
+"""Experiments built on the training stack (`medlvr experiment ...`): see training/experiments/mechanism.py."""

@@ -1,0 +1,110 @@
+"""Where does the ANSWER read from? Attention of the position that predicts the answer letter (docs/mechanism.md).
+
+For a trained mechanism checkpoint and held-out samples (batch of one, greedy latent decoding with the model's K,
+then one teacher-forced eager-attention forward with the recorded latents patched in, as evaluation.attention
+does): the attention mass of the query that predicts the first answer token (the `<Medlvr_End>` position; the
+last prompt position when K = 0) on (a) all image tokens, (b) the lesion cell's token, (c) the K latent slots,
+per layer, averaged over heads and samples.
+
+    python -m training.experiments.mechanism_attention --results experiments/mechanism/results.json \
+        [--variants roi_grpo noroi_grpo vanilla_grpo] [--n 50]
+writes `attention` into the results JSON (and prints a table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+@torch.no_grad()
+def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) -> dict:
+    from corpus.sample_data.synthetic_grounding import INSTRUCTION
+    from evaluation.attention import _eager
+    from training.experiments.mechanism import _samples
+    from training.latent_decode import DecodeConfig, latent_generate
+    from training.model import load_checkpoint
+    from training.sft.collate import set_pixel_budget
+    from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions
+    from training.vlpo.data import build_prompt_batch
+
+    model, processor, ids = load_checkpoint(model_dir)
+    model.eval()
+    set_pixel_budget(processor, pixels["min"], pixels["max"])
+    acc = {"image": 0.0, "lesion": 0.0, "latent": 0.0}
+    per_layer = None
+    n = 0
+    with _eager(model):
+        for s, it in zip(_samples(items), items):
+            enc = build_prompt_batch(processor, [s], INSTRUCTION).inputs
+            out = latent_generate(model, enc, ids, DecodeConfig(k_latent=k, max_new_tokens=(k + 2 if k else 0) + 1,
+                                                                force_start=True))
+            n_gen = int(out.gen_mask[0].sum())
+            gen = out.sequences[0, :n_gen]
+            p_ids = enc["input_ids"]
+            L = p_ids.shape[1]
+            seq = torch.cat([p_ids, gen[None]], dim=1)
+            mm = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(gen)[None]], dim=1)
+            attn = torch.ones_like(seq)
+            grid = enc["image_grid_thw"]
+            img = image_embeddings(model, enc["pixel_values"], grid)
+            x = embed_with_images(model, seq, img).clone()
+            lat = out.latent_mask[0, :n_gen].nonzero().squeeze(1)
+            if lat.numel():
+                x[0, L + lat] = out.z[0, :lat.numel()].to(x.dtype)
+            pos, _ = rope_positions(model, seq, mm, attn, grid)
+            res = model.model.language_model(inputs_embeds=x, attention_mask=attn, position_ids=pos,
+                                              output_attentions=True)
+            q = L + k + 1 if k else L - 1  # predicts the first answer token
+            img_pos = (seq[0] == model.config.image_token_id).nonzero().squeeze(1)
+            gw = int(grid[0, 2]) // 2
+            x0, y0 = it["box"][0], it["box"][1]
+            cell = int(y0 // (it["height"] / (int(grid[0, 1]) // 2))) * gw + int(x0 // (it["width"] / gw))
+            layers = []
+            for a in res.attentions:
+                aq = a[0][:, q].float().mean(0)  # (S,) over heads
+                layers.append([float(aq[img_pos].sum()), float(aq[img_pos[cell]]),
+                               float(aq[L + 1:L + 1 + k].sum()) if k else 0.0])
+            t = torch.tensor(layers)
+            per_layer = t if per_layer is None else per_layer + t
+            n += 1
+    per_layer = per_layer / n
+    mean = per_layer.mean(0).tolist()
+    return {"n": n, "k": k, "image": mean[0], "lesion": mean[1], "latent": mean[2],
+            "per_layer": {"image": per_layer[:, 0].tolist(), "lesion": per_layer[:, 1].tolist(),
+                          "latent": per_layer[:, 2].tolist()}}
+
+
+def main(argv=None) -> int:
+    from training.experiments.mechanism import _stats, load_heldout
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default="experiments/mechanism/results.json")
+    ap.add_argument("--variants", nargs="+", default=["vanilla_grpo", "noroi_grpo", "roi_grpo", "roi_vlpo"])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    path = Path(a.results)
+    res = json.loads(path.read_text())
+    cfg = res["config"]
+    items = load_heldout(Path(cfg["work_dir"]) / "data")[:a.n]
+    out = {}
+    for v in a.variants:
+        per_seed = {}
+        for s, r in res["runs"][v].items():
+            per_seed[s] = answer_attention(r["rl"]["model_dir"], items, r["sft"]["k"], cfg["pixels"])
+        out[v] = {"per_seed": per_seed,
+                  **{key: _stats([p[key] for p in per_seed.values()]) for key in ("image", "lesion", "latent")}}
+        print(v, {key: f"{out[v][key]['mean']:.3f} ± {out[v][key]['std']:.3f}" for key in ("image", "lesion", "latent")},
+              flush=True)
+    res["attention"] = out
+    path.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
