@@ -28,7 +28,7 @@ import yaml
 from corpus.adapters import ADAPTERS
 from corpus.adapters.sidecar import whitelist
 from corpus.catalog import DatasetSpec, official_split_of, patient_of
-from corpus.normalize import NormaliseConfig, check_box, encode_png, plan_geometry, resize, to_uint8
+from corpus.normalize import NormaliseConfig, check_box, encode_png, plan_geometry, resize, shrink_scalar, to_uint8
 from corpus.records import RecordError, RecordRef, Reject, SourceImage
 from corpus.tables import DatasetWriter
 from corpus.volumes import SliceConfig
@@ -58,7 +58,7 @@ class IngestConfig:
     workers: int = 1
     patient_salt: str | None = None  # None: $MEDLVR_PATIENT_SALT, else a random salt kept in <out>/.patient_salt
     max_in_flight_per_worker: int = 4
-    flush_rows: int = 128
+    flush_rows: int = 32  # images per Parquet row group (also capped at 8 MB of PNG bytes): bounds memory
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "IngestConfig":
@@ -147,9 +147,9 @@ class RecordResult:
 
 def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: IngestConfig, salt: str,
                      result: RecordResult) -> None:
-    img8, info = to_uint8(src, spec.normalise, cfg.normalise)
-    h, w = img8.shape[:2]
+    h, w = np.asarray(src.pixels).shape[:2]
     geo = plan_geometry(w, h, cfg.normalise)
+    img8, info = to_uint8(shrink_scalar(src, geo), spec.normalise, cfg.normalise)
     out = resize(img8, geo)
     image_id = image_hash(out)
     raw_patient = src.patient if src.patient is not None else ref.patient
@@ -242,9 +242,10 @@ def _work(ref: RecordRef) -> RecordResult:
     return process_record(_W["spec"], _W["root"], ref, _W["cfg"], _W["salt"])
 
 
-def _results(spec, root, refs: list[RecordRef], cfg: IngestConfig, salt: str) -> Iterable[RecordResult]:
-    """Results in discovery order; with workers > 1 a bounded window of records is in flight."""
-    if cfg.workers <= 1 or len(refs) < 2:
+def _results(spec, root, refs: Iterable[RecordRef], cfg: IngestConfig, salt: str) -> Iterable[RecordResult]:
+    """Results in discovery order; with workers > 1 a bounded window of records is in flight. `refs` may be a
+    lazy iterator: discovery then runs while the workers process the records already found."""
+    if cfg.workers <= 1:
         for ref in refs:
             yield process_record(spec, root, ref, cfg, salt)
         return
@@ -269,17 +270,27 @@ def check_layout(spec: DatasetSpec, root: Path) -> list[str]:
     return [g for g in spec.layout if next(iter(root.glob(g)), None) is None]
 
 
+def iter_discover(spec: DatasetSpec, root: Path, rejects: list[Reject]) -> Iterable[RecordRef]:
+    """Unique records as the adapter finds them; rejects (bad references, duplicate ids, a dataset that cannot
+    be read at all) are appended to `rejects`."""
+    seen: set[str] = set()
+    try:
+        for item in ADAPTERS[spec.adapter].discover(spec, root):
+            if isinstance(item, Reject):
+                rejects.append(item)
+            elif item.key in seen:
+                rejects.append(Reject(spec.id, next(iter(item.paths.values()), item.key), "discover",
+                                      f"duplicate record id {item.key!r}", item.key))
+            else:
+                seen.add(item.key)
+                yield item
+    except RecordError as e:  # the dataset as a whole is unreadable (e.g. its annotation file is corrupt)
+        rejects.append(Reject(spec.id, ".", e.stage, e.reason, "<dataset>"))
+
+
 def discover(spec: DatasetSpec, root: Path) -> tuple[list[RecordRef], list[Reject]]:
-    refs, rejects, seen = [], [], set()
-    for item in ADAPTERS[spec.adapter].discover(spec, root):
-        if isinstance(item, Reject):
-            rejects.append(item)
-        elif item.key in seen:
-            rejects.append(Reject(spec.id, next(iter(item.paths.values()), item.key), "discover",
-                                  f"duplicate record id {item.key!r}", item.key))
-        else:
-            seen.add(item.key)
-            refs.append(item)
+    rejects: list[Reject] = []
+    refs = list(iter_discover(spec, root, rejects))
     return refs, rejects
 
 
@@ -294,22 +305,20 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
     salt = resolve_salt(out_dir, cfg.patient_salt)
     summary = DatasetSummary(spec.id, spec.modality, layout_missing=check_layout(spec, root))
     reasons: Counter = Counter()
-    try:
-        refs, discover_rejects = discover(spec, root)
-    except RecordError as e:
-        refs, discover_rejects = [], [Reject(spec.id, ".", e.stage, e.reason, "<dataset>")]
+    discover_rejects: list[Reject] = []
+    found = [0]
+
+    def counted(refs):
+        for ref in refs:
+            found[0] += 1
+            yield ref
+
     writer = DatasetWriter(out_dir, spec.id, cfg.flush_rows)
     try:
-        summary.records_in = len(refs) + len(discover_rejects)
-        for r in discover_rejects:
-            writer.rejects.add({"dataset": spec.id, "source_path": r.source_path, "record_key": r.record_key,
-                                "level": "record", "stage": r.stage, "reason": r.reason})
-            reasons[reason_key(r.stage, r.reason)] += 1
-        summary.records_rejected = len(discover_rejects)
         seen_ids: dict[str, str] = {}
         rois_in = 0
-        bar = _progress(len(refs), spec.id) if progress else None
-        for res in _results(spec, root, refs, cfg, salt):
+        bar = _progress(None, spec.id) if progress else None
+        for res in _results(spec, root, counted(iter_discover(spec, root, discover_rejects)), cfg, salt):
             wrote = 0
             for img, rois in zip(res.images, res.rois):
                 if img["image_id"] in seen_ids:
@@ -344,6 +353,12 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
                 bar.update(1)
         if bar:
             bar.close()
+        for r in discover_rejects:
+            writer.rejects.add({"dataset": spec.id, "source_path": r.source_path, "record_key": r.record_key,
+                                "level": "record", "stage": r.stage, "reason": r.reason})
+            reasons[reason_key(r.stage, r.reason)] += 1
+        summary.records_rejected += len(discover_rejects)
+        summary.records_in = found[0] + len(discover_rejects)
         if summary.records_in != summary.records_out + summary.records_rejected:
             raise AssertionError(f"{spec.id}: records do not reconcile: {summary}")
         if rois_in != summary.rois_out + summary.rois_rejected:
@@ -358,7 +373,7 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
     return summary
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int | None, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"{desc:>15}", unit="rec", leave=False, dynamic_ncols=True, disable=None)

@@ -95,7 +95,8 @@ class ShardWriter:
         # zstd on the (deduplicated) images too: PNGs are written at zlib level 1 for speed, zstd recovers part
         # of the difference at little cost once each image is stored once per row group.
         return {"compression": "zstd", "use_dictionary": True,
-                "dictionary_pagesize_limit": self.row_group_bytes + (8 << 20)}
+                "dictionary_pagesize_limit": self.row_group_bytes + (8 << 20),
+                "write_statistics": [n for n in QA_SCHEMA.names if n != "image_png"]}
 
     def _new_file(self, split: str) -> dict[str, Any]:
         n = sum(1 for f in self.files if f["split"] == split)

@@ -115,18 +115,21 @@ def volume_images(
     instance_areas: list[np.ndarray] = []
     foreground = np.zeros(z, dtype=bool)
     if labels is not None:
+        top = int(labels.max(initial=0))
         for rule in rules:
-            m = np.isin(labels, rule.values)
+            lut = np.zeros(max(top, *rule.values) + 1, dtype=bool)  # a gather instead of np.isin's sort
+            lut[list(rule.values)] = True
+            m = lut[labels] if labels.min(initial=0) >= 0 else np.isin(labels, rule.values)
             if not m.any():
                 continue
             if rule.instances:
                 lab3d, n = instances_3d(m, cfg.min_voxels)
             else:
                 lab3d, n = m.astype(np.int32), 1
-            per_rule.append((rule, lab3d, n))
-            for i in range(1, n + 1):
-                areas = (lab3d == i).sum(axis=(1, 2))
-                instance_areas.append(areas)
+            # areas[i, z]: pixels of instance i on slice z, one bincount per slice (not one volume scan per instance)
+            areas = np.stack([np.bincount(s.ravel(), minlength=n + 1) for s in lab3d], axis=1)
+            per_rule.append((rule, lab3d, n, areas))
+            instance_areas.extend(areas[1:])
             foreground |= m.any(axis=(1, 2))
     chosen = select_slices(instance_areas, foreground, cfg)
     windows: dict[str, tuple[float, float] | None] = {}
@@ -142,13 +145,11 @@ def volume_images(
     out: list[SourceImage] = []
     for zi, why in chosen:
         rois: list[SourceROI] = []
-        for rule, lab3d, n in per_rule:
+        for rule, lab3d, n, areas in per_rule:
             sl = lab3d[zi]
-            for i in range(1, n + 1):
+            for i in np.flatnonzero(areas[1:, zi]) + 1:
                 m2 = sl == i
-                if not m2.any():
-                    continue
-                zs = np.flatnonzero((lab3d == i).any(axis=(1, 2)))
+                zs = np.flatnonzero(areas[i])
                 extent = {"z_range": [int(zs[0]), int(zs[-1])]}
                 if spacing_zyx is not None:
                     extent["z_extent_mm"] = float((zs[-1] - zs[0] + 1) * spacing_zyx[0])

@@ -23,8 +23,13 @@ Template fields: path, dir, name, stem, ext and the image_regex groups.
 
 from __future__ import annotations
 
+import bisect
+import fnmatch
+import functools
 import glob as globlib
 import math
+import os
+import posixpath
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -128,12 +133,26 @@ def _match(root: Path, template: str, fields: dict[str, str]) -> list[str]:
     pattern = template.format(**{k: globlib.escape(v) for k, v in fields.items()})
     if ".." in PurePosixPath(pattern).parts or pattern.startswith("/"):
         raise RecordError(f"mask pattern escapes the dataset root: {pattern!r}", stage="discover")
-    out = []
-    for p in walk(root, pattern):
-        rel = rel_path(root, p)
+    parent, name_pat = posixpath.split(pattern)
+    if globlib.has_magic(parent):  # wildcard folders: a real glob
+        matches = [rel_path(root, p) for p in walk(root, pattern)]
+    else:  # wildcard in the file name only: one listing per folder instead of one glob per image
+        names = _listing(str(root / parent), (root / parent).stat().st_mtime_ns) if (root / parent).is_dir() else ()
+        # the literal start of the pattern bounds the candidates in the sorted listing (bisect, not a scan)
+        cut = min([i for i in (name_pat.find(c) for c in "*?[") if i >= 0], default=len(name_pat))
+        prefix = name_pat[:cut]
+        lo = bisect.bisect_left(names, prefix)
+        hi = bisect.bisect_left(names, prefix + "\U0010ffff")
+        matches = [posixpath.join(parent, n) if parent else n for n in names[lo:hi] if fnmatch.fnmatchcase(n, name_pat)]
+    for rel in matches:
         safe_path(root, rel)  # a symlink pointing out of the root is refused here
-        out.append(rel)
-    return out
+    return matches
+
+
+@functools.lru_cache(maxsize=64)
+def _listing(folder: str, mtime_ns: int) -> tuple[str, ...]:
+    """Visible file names of a folder, sorted (keyed by its mtime: a new file invalidates the entry)."""
+    return tuple(sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file()))
 
 
 def _record(spec, root: Path, s: dict, rel: str, fields: dict, ctx: dict) -> RecordRef:
