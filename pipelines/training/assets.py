@@ -13,46 +13,32 @@ Config (launchpad): the YAML config path, `key=value` overrides, launcher and pr
 
 # no `from __future__ import annotations`: Dagster resolves the Config annotation at decoration time
 
-import sys
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from pipelines.corpus.resources import CorpusStorage, medlvr_home
+from pipelines.training.launch import LaunchConfig, launch_command
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING = "training"
 
 
-class RoiSftConfig(dg.Config):
+class RoiSftConfig(LaunchConfig):
     config_path: str = Field(default=str(REPO / "configs" / "sft_tiny.yaml"),
                              description="trainer YAML (configs/sft_tiny.yaml or configs/sft_qwen25vl_7b.yaml)")
     overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. engine.lr=1e-5")
     corpus: str = Field(default="", description="corpus folder with shards/; empty: the CorpusStorage location")
     out_dir: str = Field(default="", description="run folder; empty: <MedLVR home>/runs/roi_sft")
-    launcher: str = Field(default="python", description="python | torchrun | deepspeed")
-    nproc_per_node: int = Field(default=1, description="processes (GPUs) per node for torchrun / deepspeed")
-    hostfile: str = Field(default="", description="deepspeed hostfile for several nodes (rank-0 node reports)")
-    python: str = Field(default="", description="interpreter of the training environment; empty: this one")
 
 
 def trainer_command(cfg: RoiSftConfig, corpus: str, out_dir: str) -> list[str]:
-    py = cfg.python or sys.executable
     args = ["--config", cfg.config_path, "--set", f"data.corpus={corpus}", "--set", f"run.out_dir={out_dir}",
             "--set", "run.progress=false"]
     for o in cfg.overrides:
         args += ["--set", o]
-    if cfg.launcher == "python":
-        return [py, "-m", "training.sft.recipe", *args]
-    if cfg.launcher == "torchrun":
-        return [py, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.nproc_per_node}", "-m",
-                "training.sft.recipe", *args, "--set", "engine.backend=deepspeed"]
-    if cfg.launcher == "deepspeed":
-        launch = [py, "-m", "deepspeed.launcher.runner"]
-        launch += ["--hostfile", cfg.hostfile] if cfg.hostfile else [f"--num_gpus={cfg.nproc_per_node}"]
-        return [*launch, "--module", "training.sft.recipe", *args, "--set", "engine.backend=deepspeed"]
-    raise dg.Failure(f"launcher must be python, torchrun or deepspeed, got {cfg.launcher!r}")
+    return launch_command(cfg, "training.sft.recipe", args)
 
 
 @dg.asset(group_name=TRAINING, pool="gpu", kinds={"pytorch"}, deps=[dg.AssetKey("corpus_shards")],

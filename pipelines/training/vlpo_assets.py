@@ -10,30 +10,26 @@ Wire with `dg.Definitions(assets=VLPO_ASSETS)` next to the training assets.
 
 # no `from __future__ import annotations`: Dagster resolves the Config annotation at decoration time
 
-import sys
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from pipelines.corpus.resources import medlvr_home
+from pipelines.training.launch import LaunchConfig, launch_command
 
 REPO = Path(__file__).resolve().parents[2]
 ROI_SFT_CHECKPOINT = dg.AssetKey("roi_sft_checkpoint")
 TRAINER_MODULE = "training.vlpo.trainer"
 
 
-class VlpoConfig(dg.Config):
+class VlpoConfig(LaunchConfig):
     config_path: str = Field(default=str(REPO / "configs" / "vlpo_tiny.yaml"),
                              description="trainer YAML (configs/vlpo_tiny.yaml or configs/vlpo_qwen25vl_7b.yaml)")
     overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. algo.variant=grpo")
     model_path: str = Field(default="", description="starting policy / reference; empty: the ROI-SFT asset's model")
     data_root: str = Field(default="", description="OmniMedVQA root; empty: the YAML's data section")
     out_dir: str = Field(default="", description="run folder; empty: <MedLVR home>/runs/vlpo")
-    launcher: str = Field(default="python", description="python | torchrun | deepspeed")
-    nproc_per_node: int = Field(default=1, description="processes (GPUs) per node for torchrun / deepspeed")
-    hostfile: str = Field(default="", description="deepspeed hostfile for several nodes (rank-0 node reports)")
-    python: str = Field(default="", description="interpreter of the training environment; empty: this one")
 
 
 def upstream_model_path(instance) -> str | None:
@@ -48,23 +44,13 @@ def upstream_model_path(instance) -> str | None:
 
 
 def trainer_command(cfg: VlpoConfig, model_path: str, out_dir: str) -> list[str]:
-    py = cfg.python or sys.executable
     args = ["--config", cfg.config_path, "--set", f"model.path={model_path}", "--set", f"train.output_dir={out_dir}",
             "--set", "train.progress=false"]
     if cfg.data_root:
         args += ["--set", "data.source=omnimedvqa", "--set", f"data.root={cfg.data_root}"]
     for o in cfg.overrides:
         args += ["--set", o]
-    if cfg.launcher == "python":
-        return [py, "-m", TRAINER_MODULE, *args]
-    if cfg.launcher == "torchrun":
-        return [py, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.nproc_per_node}", "-m", TRAINER_MODULE,
-                *args, "--set", "engine.backend=deepspeed"]
-    if cfg.launcher == "deepspeed":
-        launch = [py, "-m", "deepspeed.launcher.runner"]
-        launch += ["--hostfile", cfg.hostfile] if cfg.hostfile else [f"--num_gpus={cfg.nproc_per_node}"]
-        return [*launch, "--module", TRAINER_MODULE, *args, "--set", "engine.backend=deepspeed"]
-    raise dg.Failure(f"launcher must be python, torchrun or deepspeed, got {cfg.launcher!r}")
+    return launch_command(cfg, TRAINER_MODULE, args)
 
 
 @dg.asset(group_name="training", pool="gpu", kinds={"pytorch"}, deps=[ROI_SFT_CHECKPOINT],
