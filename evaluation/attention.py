@@ -60,6 +60,36 @@ class _eager:
 
 
 @torch.no_grad()
+def rollout_attentions(model, enc: dict, out) -> tuple:
+    """One teacher-forced forward (call inside `_eager(model)`) over the prompt of row 0 plus the tokens it
+    generated, with the rollout's latents patched into their slots: the same sequence the model decoded, now
+    with every layer's attention maps. Returns (lm output with .attentions, ids (1, S), prompt length L,
+    image_grid_thw, number of generated positions)."""
+    dev = model.device
+    n_gen = int(out.gen_mask[0].sum())
+    gen = out.sequences[0, :n_gen].to(dev)
+    p_ids = enc["input_ids"][:1].to(dev)
+    L = p_ids.shape[1]
+    ids = torch.cat([p_ids, gen[None]], dim=1)
+    mm = enc.get("mm_token_type_ids")
+    mm = (p_ids == model.config.image_token_id).long() if mm is None else mm[:1].to(dev)
+    mm = torch.cat([mm, torch.zeros_like(gen)[None]], dim=1)
+    attn = torch.ones_like(ids)
+    grid = enc.get("image_grid_thw")
+    img = None
+    if enc.get("pixel_values") is not None:
+        grid = grid.to(dev)
+        img = image_embeddings(model, enc["pixel_values"].to(dev), grid)
+    x = embed_with_images(model, ids, img).clone()
+    lat = out.latent_mask[0, :n_gen].nonzero().squeeze(1)
+    if lat.numel():
+        x[0, L + lat] = out.z[0, : lat.numel()].to(x.dtype)
+    pos, _ = rope_positions(model, ids, mm, attn, grid)
+    res = model.model.language_model(inputs_embeds=x, attention_mask=attn, position_ids=pos, output_attentions=True)
+    return res, ids, L, grid, n_gen
+
+
+@torch.no_grad()
 def attention_profile(lm: LoadedModel, sample: Sample, k_latent: int | None = None,
                       max_new_tokens: int = 32) -> AttentionResult:
     model, dev = lm.model, lm.model.device
@@ -68,27 +98,8 @@ def attention_profile(lm: LoadedModel, sample: Sample, k_latent: int | None = No
     cfg = DecodeConfig(k_latent=k, max_new_tokens=max_new_tokens, force_start=k > 0)
     with _eager(model):
         out = latent_generate(model, enc, lm.ids, cfg)
-        n_gen = int(out.gen_mask[0].sum())
-        gen = out.sequences[0, :n_gen].to(dev)
-        p_ids = enc["input_ids"].to(dev)
-        L = p_ids.shape[1]
-        ids = torch.cat([p_ids, gen[None]], dim=1)
-        mm = enc.get("mm_token_type_ids")
-        mm = (p_ids == model.config.image_token_id).long() if mm is None else mm.to(dev)
-        mm = torch.cat([mm, torch.zeros_like(gen)[None]], dim=1)
-        attn = torch.ones_like(ids)
-        grid = enc.get("image_grid_thw")
-        img = None
-        if enc.get("pixel_values") is not None:
-            grid = grid.to(dev)
-            img = image_embeddings(model, enc["pixel_values"].to(dev), grid)
-        x = embed_with_images(model, ids, img).clone()
-        lat = out.latent_mask[0, :n_gen].nonzero().squeeze(1)
-        if lat.numel():
-            x[0, L + lat] = out.z[0, : lat.numel()].to(x.dtype)
-        pos, _ = rope_positions(model, ids, mm, attn, grid)
-        res = model.model.language_model(inputs_embeds=x, attention_mask=attn, position_ids=pos,
-                                          output_attentions=True)
+        res, ids, L, grid, n_gen = rollout_attentions(model, enc, out)
+    img = enc.get("pixel_values")
     is_img = ids[0] == model.config.image_token_id
     q = torch.arange(L - 1, L - 1 + max(n_gen, 1), device=dev)
     shares, maps = [], []

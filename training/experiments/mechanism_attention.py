@@ -23,12 +23,11 @@ import torch
 @torch.no_grad()
 def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) -> dict:
     from corpus.sample_data.synthetic_grounding import INSTRUCTION
-    from evaluation.attention import _eager
+    from evaluation.attention import _eager, rollout_attentions
     from training.experiments.mechanism import _samples
     from training.latent_decode import DecodeConfig, latent_generate
     from training.model import load_checkpoint
     from training.sft.collate import set_pixel_budget
-    from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions
     from training.vlpo.data import build_prompt_batch
 
     model, processor, ids = load_checkpoint(model_dir)
@@ -42,22 +41,7 @@ def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) ->
             enc = build_prompt_batch(processor, [s], INSTRUCTION).inputs
             out = latent_generate(model, enc, ids, DecodeConfig(k_latent=k, max_new_tokens=(k + 2 if k else 0) + 1,
                                                                 force_start=True))
-            n_gen = int(out.gen_mask[0].sum())
-            gen = out.sequences[0, :n_gen]
-            p_ids = enc["input_ids"]
-            L = p_ids.shape[1]
-            seq = torch.cat([p_ids, gen[None]], dim=1)
-            mm = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(gen)[None]], dim=1)
-            attn = torch.ones_like(seq)
-            grid = enc["image_grid_thw"]
-            img = image_embeddings(model, enc["pixel_values"], grid)
-            x = embed_with_images(model, seq, img).clone()
-            lat = out.latent_mask[0, :n_gen].nonzero().squeeze(1)
-            if lat.numel():
-                x[0, L + lat] = out.z[0, :lat.numel()].to(x.dtype)
-            pos, _ = rope_positions(model, seq, mm, attn, grid)
-            res = model.model.language_model(inputs_embeds=x, attention_mask=attn, position_ids=pos,
-                                              output_attentions=True)
+            res, seq, L, grid, n_gen = rollout_attentions(model, enc, out)
             q = L + k + 1 if k else L - 1  # predicts the first answer token
             img_pos = (seq[0] == model.config.image_token_id).nonzero().squeeze(1)
             gw = int(grid[0, 2]) // 2
