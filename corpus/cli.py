@@ -179,13 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=_cmd_build_corpus)
     for module in ("training.cli", "evaluation.cli"):  # each package registers its own subcommands
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(sub)
+        importlib.import_module(module).register(sub)
     d = sub.add_parser("demo", help="the main job: the whole asset graph through Dagster, on the bundled sample data")
     d.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME, else ./pipelines/dagster_home)")
     d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: all 31)")

@@ -25,12 +25,7 @@ _MODULES = ("volumes", "dicom_sets", "boxes", "masks2d")
 def writers() -> dict[str, Callable]:
     out: dict[str, Callable] = {}
     for name in _MODULES:
-        try:
-            mod = importlib.import_module(f"corpus.sample_data.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"corpus.sample_data.{name}":
-                raise
-            continue
+        mod = importlib.import_module(f"corpus.sample_data.{name}")
         for k, fn in mod.WRITERS.items():
             if k in out:
                 raise ValueError(f"two sample writers for {k}")

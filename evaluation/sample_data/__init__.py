@@ -21,21 +21,10 @@ _MODULES = ("omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu", "medxpertqa")
 
 
 def writers() -> dict[str, tuple[str, Callable]]:
-    """{writer name: (module name, writer)} for the modules present."""
+    """{writer name: (module name, writer)} over the benchmark modules."""
     out: dict[str, tuple[str, Callable]] = {}
     for mod_name in _MODULES:
-        try:
-            mod = importlib.import_module(f"evaluation.sample_data.{mod_name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"evaluation.sample_data.{mod_name}":
-                raise
-            continue
-        found = getattr(mod, "WRITERS", None)
-        if found is None:
-            fn = getattr(mod, f"write_{mod_name}", None)
-            if fn is None:
-                raise AttributeError(f"evaluation.sample_data.{mod_name} has neither WRITERS nor write_{mod_name}")
-            found = {mod_name: fn}
+        found = importlib.import_module(f"evaluation.sample_data.{mod_name}").WRITERS
         for key, fn in found.items():
             if key in out:
                 raise ValueError(f"two benchmark sample writers for {key}")
