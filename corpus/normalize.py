@@ -8,7 +8,6 @@ rounding.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -43,7 +42,14 @@ class NormaliseConfig:
     upscale: bool = False  # enlarge images smaller than max_side
     pad_to_square: bool = False  # pad the short side (records the padding) instead of keeping the aspect
     percentiles: tuple[float, float] = (0.5, 99.5)
-    png_compress_level: int = 1  # zlib effort: 1 is several times faster than 6 for ~10% larger files
+    png_encoder: str = "fast"  # "fast" (Up filter + zlib RLE, ~4x faster) or "pil" (Pillow's adaptive filters)
+    png_compress_level: int = 1  # zlib effort
+
+    def __post_init__(self):
+        if self.png_encoder not in ("fast", "pil"):
+            raise ValueError(f"png_encoder must be 'fast' or 'pil', got {self.png_encoder!r}")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError(f"png_compress_level must be 0..9, got {self.png_compress_level}")
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "NormaliseConfig":
@@ -194,12 +200,6 @@ def resize(img: np.ndarray, geo: Geometry) -> np.ndarray:
         widths = ((t, b), (l, r)) + (((0, 0),) if img.ndim == 3 else ())
         img = np.pad(img, widths)
     return img
-
-
-def encode_png(img: np.ndarray, compress_level: int = 3) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
 
 
 def check_box(box: Sequence[float], w: int, h: int) -> tuple[tuple[float, float, float, float] | None, str | None, bool]:

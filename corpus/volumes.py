@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from corpus.masks import LabelRule, components, instances_3d, min_speck_px
+from corpus.masks import LabelRule, bounding_slices, components, instances_3d, min_speck_px
 from corpus.records import RecordError, SourceImage, SourceROI
 
 
@@ -81,6 +81,14 @@ def select_slices(instance_areas: list[np.ndarray], foreground: np.ndarray, cfg:
     return out
 
 
+def slice_areas(lab3d: np.ndarray, n: int) -> np.ndarray:
+    """areas[i, z]: pixels of instance i (0 = background) on slice z, in one bincount over the volume.
+    lab3d: (Z, Y, X) ints in 0..n -> (n + 1, Z) int64."""
+    zs = lab3d.shape[0]
+    keys = lab3d.astype(np.int64, copy=False) + (n + 1) * np.arange(zs, dtype=np.int64)[:, None, None]
+    return np.bincount(keys.ravel(), minlength=(n + 1) * zs).reshape(zs, n + 1).T
+
+
 def volume_images(
     channels: Mapping[str, np.ndarray],
     labels: np.ndarray | None,
@@ -114,23 +122,28 @@ def volume_images(
     per_rule: list[tuple[LabelRule, np.ndarray, int]] = []
     instance_areas: list[np.ndarray] = []
     foreground = np.zeros(z, dtype=bool)
+    offset = (0, 0, 0)  # every label array below is cropped to the label map's non-zero bounding box
     if labels is not None:
-        top = int(labels.max(initial=0))
-        for rule in rules:
-            lut = np.zeros(max(top, *rule.values) + 1, dtype=bool)  # a gather instead of np.isin's sort
-            lut[list(rule.values)] = True
-            m = lut[labels] if labels.min(initial=0) >= 0 else np.isin(labels, rule.values)
-            if not m.any():
-                continue
-            if rule.instances:
-                lab3d, n = instances_3d(m, cfg.min_voxels)
-            else:
-                lab3d, n = m.astype(np.int32), 1
-            # areas[i, z]: pixels of instance i on slice z, one bincount per slice (not one volume scan per instance)
-            areas = np.stack([np.bincount(s.ravel(), minlength=n + 1) for s in lab3d], axis=1)
-            per_rule.append((rule, lab3d, n, areas))
-            instance_areas.extend(areas[1:])
-            foreground |= m.any(axis=(1, 2))
+        box = bounding_slices(labels)
+        if box is not None:
+            crop = labels[box]
+            offset = tuple(int(s.start) for s in box)
+            top = int(crop.max(initial=0))
+            for rule in rules:
+                lut = np.zeros(max(top, *rule.values) + 1, dtype=bool)  # a gather instead of np.isin's sort
+                lut[[v for v in rule.values if v >= 0]] = True
+                m = lut[crop] if crop.min(initial=0) >= 0 else np.isin(crop, rule.values)
+                if not m.any():
+                    continue
+                if rule.instances:
+                    lab3d, n = instances_3d(m, cfg.min_voxels)
+                else:
+                    lab3d, n = m.astype(np.int32), 1
+                areas = np.zeros((n + 1, z), dtype=np.int64)
+                areas[:, offset[0]:offset[0] + m.shape[0]] = slice_areas(lab3d, n)
+                per_rule.append((rule, lab3d, n, areas))
+                instance_areas.extend(areas[1:])
+                foreground[offset[0]:offset[0] + m.shape[0]] |= m.any(axis=(1, 2))
     chosen = select_slices(instance_areas, foreground, cfg)
     windows: dict[str, tuple[float, float] | None] = {}
     for name, arr in channels.items():
@@ -145,16 +158,16 @@ def volume_images(
     out: list[SourceImage] = []
     for zi, why in chosen:
         rois: list[SourceROI] = []
+        area_min = min_speck_px(labels.shape[1:]) if min_area is None and labels is not None else min_area
         for rule, lab3d, n, areas in per_rule:
-            sl = lab3d[zi]
             for i in np.flatnonzero(areas[1:, zi]) + 1:
-                m2 = sl == i
+                m2 = lab3d[zi - offset[0]] == i  # areas > 0 here, so zi lies inside the crop
                 zs = np.flatnonzero(areas[i])
                 extent = {"z_range": [int(zs[0]), int(zs[-1])]}
                 if spacing_zyx is not None:
                     extent["z_extent_mm"] = float((zs[-1] - zs[0] + 1) * spacing_zyx[0])
-                area_min = min_speck_px(m2.shape) if min_area is None else min_area
-                for box, area in components(m2, area_min):
+                for (x0, y0, x1, y1), area in components(m2, area_min):
+                    box = (x0 + offset[2], y0 + offset[1], x1 + offset[2], y1 + offset[1])
                     rois.append(SourceROI(rule.label, box, "mask", i if rule.instances else 0, float(area),
                                           rule.parent, dict(extent)))
         for name, arr in channels.items():

@@ -276,6 +276,8 @@ def discover_volumes(spec, root: Path) -> Iterator[RecordRef | Reject]:
 
 # ----------------------------------------------------------------------------------------------- load
 def _labels_int(arr: np.ndarray, rel: str, known: set[int], strict: bool) -> np.ndarray:
+    """An integer label map (small integer types kept as they are: no full-volume copy), validated against the
+    values the label rules name when `strict`."""
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             raise RecordError(f"label map {rel} contains NaN or infinite values")
@@ -283,14 +285,16 @@ def _labels_int(arr: np.ndarray, rel: str, known: set[int], strict: bool) -> np.
         if np.abs(arr - r).max(initial=0) > 1e-3:
             raise RecordError(f"label map {rel} has non-integer values")
         arr = r
-    lab = arr.astype(np.int32)
+    lab = arr if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 else arr.astype(np.int32)
     if strict:
         lo, hi = int(lab.min(initial=0)), int(lab.max(initial=0))
-        if lo >= 0 and hi < 1 << 16:  # label maps: a bincount is ~10x cheaper than np.unique's hashing
-            present = set(np.flatnonzero(np.bincount(lab.ravel(), minlength=1)).tolist())
+        # usually every value in 0..max is named and nothing needs scanning; else test the unnamed values one
+        # by one (a vectorised compare each) and fall back to np.unique when there are many
+        unnamed = [v for v in range(max(lo, 0), hi + 1) if v not in known and v != 0] if hi - lo < 64 else None
+        if lo < 0 or unnamed is None:
+            extra = sorted(set(np.unique(lab).tolist()) - known - {0})
         else:
-            present = set(np.unique(lab).tolist())
-        extra = sorted(present - known - {0})
+            extra = [v for v in unnamed if (lab == v).any()]
         if extra:
             raise RecordError(f"label map {rel} has values {extra} that no label rule names (wrong release?)")
     return lab

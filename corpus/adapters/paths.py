@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -23,12 +24,28 @@ def safe_path(root: Path, rel: str) -> Path:
         raise RecordError(f"absolute path not allowed: {rel!r}", stage="discover")
     if ".." in p.parts:
         raise RecordError(f"path escapes the dataset root: {rel!r}", stage="discover")
-    root_r = root.resolve()
     full = (root / Path(*p.parts)) if p.parts else root
-    resolved = full.resolve()
-    if resolved != root_r and root_r not in resolved.parents:
+    root_r = real_dir(os.path.abspath(root))
+    if not p.parts:
+        return full
+    # realpath(dir/name) == realpath(dir)/name unless name is itself a symlink: one lstat per file instead of
+    # one per path component (discovery calls this several times per record)
+    leaf = os.path.join(real_dir(os.path.abspath(full.parent)), full.name)
+    resolved = os.path.realpath(leaf) if os.path.islink(leaf) else leaf
+    if resolved != root_r and not resolved.startswith(root_r.rstrip(os.sep) + os.sep):
         raise RecordError(f"path resolves outside the dataset root (symlink?): {rel!r}", stage="discover")
     return full
+
+
+@functools.lru_cache(maxsize=4096)
+def real_dir(path: str) -> str:
+    """os.path.realpath of a folder, cached for the length of one discovery (`clear_path_cache` starts a new
+    one, so a tree that changes between runs is seen afresh)."""
+    return os.path.realpath(path)
+
+
+def clear_path_cache() -> None:
+    real_dir.cache_clear()
 
 
 def rel_path(root: Path, path: Path) -> str:

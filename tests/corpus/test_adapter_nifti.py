@@ -294,3 +294,24 @@ def test_no_matching_files_is_a_dataset_error(tmp_path):
     with pytest.raises(RecordError, match="no file matches"):
         list(ADAPTERS[spec.adapter].discover(spec, tmp_path))
 
+
+
+def test_label_values_validated_without_copying_small_integer_maps():
+    from corpus.adapters.nifti import _labels_int
+    from corpus.records import RecordError
+
+    lab = np.zeros((3, 4, 4), np.uint8)
+    lab[0, 0, 0], lab[1, 1, 1] = 1, 4
+    assert _labels_int(lab, "x", {1, 4}, True) is lab  # values 2, 3 are unnamed but absent: accepted as is
+    lab[2, 2, 2] = 3
+    with pytest.raises(RecordError, match=r"values \[3\]"):
+        _labels_int(lab, "x", {1, 4}, True)
+    neg = lab.astype(np.int16)
+    neg[2, 2, 2] = -1
+    with pytest.raises(RecordError, match=r"values \[-1\]"):
+        _labels_int(neg, "x", {1, 4}, True)
+    wide = np.full((2, 2, 2), 70000, np.int64)  # many unnamed values in range: the np.unique path
+    wide[0, 0, 0] = 1
+    with pytest.raises(RecordError, match=r"values \[70000\]"):
+        _labels_int(wide, "x", {1}, True)
+    assert _labels_int(np.array([[[1.0, 4.0]]]), "x", {1, 4}, True).dtype == np.int32

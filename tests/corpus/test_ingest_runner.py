@@ -144,6 +144,25 @@ def test_workers_give_identical_tables(tmp_path, fake_adapter):
     assert outs[0] == outs[1]
 
 
+def test_png_encoder_and_heap_setting_change_no_pixel(tmp_path, fake_adapter):
+    import io
+
+    from PIL import Image
+
+    (tmp_path / "ds").mkdir()
+    tables = {}
+    for name, cfg in {"fast": IngestConfig(patient_salt="s"),
+                      "pil": IngestConfig(patient_salt="s", keep_heap=False,
+                                          normalise=NormaliseConfig(png_encoder="pil", png_compress_level=6))}.items():
+        ingest_dataset(SPEC, tmp_path / "ds", tmp_path / name, cfg)
+        tables[name] = pq.read_table(tmp_path / name / "fake" / "images.parquet").to_pylist()
+    assert len(tables["fast"]) == len(tables["pil"]) > 0
+    for a, b in zip(tables["fast"], tables["pil"]):
+        fast, pil = (np.asarray(Image.open(io.BytesIO(row.pop("png")))) for row in (a, b))
+        assert np.array_equal(fast, pil)  # two encoders, the same pixels ...
+        assert a == b  # ... and every other column, the content-hash image id included, is the same
+
+
 def test_resize_budget_applies_and_boxes_scale(tmp_path, fake_adapter):
     (tmp_path / "ds").mkdir()
     cfg = IngestConfig(patient_salt="s", normalise=NormaliseConfig(max_side=30, pad_to_square=True))

@@ -114,3 +114,57 @@ def test_select_slices_caps_and_orders():
     out = select_slices(areas, fg, SliceConfig(max_slices_per_volume=3, extra_slices_per_instance=2, min_z_gap=2,
                                                negatives_per_volume=1, negative_gap=10))
     assert (2, "key") in out and (4, "extra") in out and sum(1 for _, w in out if w == "negative") == 1
+
+
+def test_bounding_slices_and_slice_areas_by_hand():
+    from corpus.masks import bounding_slices
+    from corpus.volumes import slice_areas
+
+    vol = np.zeros((4, 5, 6), np.uint8)
+    assert bounding_slices(vol) is None
+    vol[1, 2, 3] = 7
+    vol[2, 4, 1] = 1
+    assert bounding_slices(vol) == (slice(1, 3), slice(2, 5), slice(1, 4))
+    lab = np.array([[[0, 1], [1, 2]], [[2, 2], [0, 0]], [[0, 0], [0, 0]]])
+    # slice 0: one background, two of instance 1, one of 2; slice 1: two of 2; slice 2: all background
+    assert slice_areas(lab, 2).tolist() == [[1, 2, 4], [2, 0, 0], [1, 2, 0]]
+
+
+def test_volume_rois_are_the_same_as_labelling_every_full_slice():
+    """volume_images crops to the label map's bounding box: its boxes, instances and areas must equal a plain
+    per-slice reference on the full slice (lesions away from the origin, at the volume's edge, several per slice)."""
+    rng = np.random.default_rng(3)
+    lab = np.zeros((30, 64, 80), np.uint8)
+    lab[4:20, 10:50, 30:79] = 1  # organ touching the right edge
+    lab[6:12, 20:28, 40:48] = 2
+    lab[9:15, 35:45, 60:70] = 2  # second lesion, overlaps the first in z
+    lab[9:11, 0:3, 0:3] = 2  # a speck at the corner (3-D specks below min_voxels are dropped; this one is 18)
+    img = rng.normal(40, 10, lab.shape).astype(np.float32)
+    rules = [LabelRule("organ", (1, 2), instances=False), LabelRule("lesion", (2,), parent="organ")]
+    cfg = SliceConfig(max_slices_per_volume=30, extra_slices_per_instance=10, min_z_gap=1, negatives_per_volume=0)
+    ims = volume_images({"": img}, lab, rules, source_path="v.nii", intensity="ct_hu", cfg=cfg, min_area=4)
+    assert len(ims) > 5
+    inst3d, _ = instances_3d(lab == 2, cfg.min_voxels)
+    for im in ims:
+        z = im.slice_index
+        want = [("organ", b, 0, float(a)) for b, a in _comps(np.isin(lab[z], (1, 2)), 4)]
+        for i in np.unique(inst3d[z])[1:]:
+            want += [("lesion", b, int(i), float(a)) for b, a in _comps(inst3d[z] == i, 4)]
+        got = [(r.label, r.box, r.instance, r.area_px) for r in im.rois]
+        assert sorted(got) == sorted(want), z
+
+
+def _comps(mask, min_area):
+    from corpus.masks import components
+
+    return components(mask, min_area)
+
+
+def test_volume_speck_threshold_follows_the_full_slice_not_the_crop():
+    lab = np.zeros((5, 400, 400), np.uint8)
+    lab[1:4, 200:205, 200:205] = 1  # 25 px per slice: a speck on a 400x400 slice (threshold 32), not on a crop
+    lab[1:4, 100:110, 100:110] = 1  # 100 px: kept
+    assert min_speck_px((400, 400)) == 32
+    ims = volume_images({"": np.zeros(lab.shape, np.float32)}, lab, [LabelRule("lesion", (1,))], source_path="v",
+                        intensity="ct_hu", cfg=SliceConfig(negatives_per_volume=0))
+    assert ims and all([r.box for r in im.rois] == [(100.0, 100.0, 110.0, 110.0)] for im in ims)

@@ -33,3 +33,21 @@ def test_walk_skips_appledouble_and_hidden(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"")
     assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path, "**/*.nii.gz")] == ["sub/z.nii.gz", "x.nii.gz"]
+
+
+def test_folder_cache_is_renewed_by_each_discovery(tmp_path):
+    """safe_path caches folder realpaths within a discovery; a folder swapped for a symlink that leaves the
+    root before the next discovery must be refused then."""
+    from corpus.adapters.paths import clear_path_cache
+
+    root = tmp_path / "ds"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "img.png").write_bytes(b"x")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "img.png").write_bytes(b"y")
+    assert safe_path(root, "a/img.png") == root / "a" / "img.png"
+    os.rename(root / "a", tmp_path / "old_a")
+    os.symlink(tmp_path / "outside", root / "a")
+    clear_path_cache()  # what iter_discover does at the start of every dataset run
+    with pytest.raises(RecordError, match="outside"):
+        safe_path(root, "a/img.png")
