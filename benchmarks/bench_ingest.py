@@ -7,7 +7,7 @@ uncompressed volumes), then, each in a fresh subprocess so peak RSS is its own:
   medlvr w=2    the same with 2 worker processes
   medlvr 1x     a tenth of the data, to compare peak RSS (memory must stay flat as input grows)
 Prints images/s per family and the ratios. Usage:
-  python benchmarks/bench_ingest.py [--scale 1.0] [--work DIR] [--families pil dicom nifti]
+  python benchmarks/bench_ingest.py [--scale 1.0] [--work DIR] [--families pil dicom nifti] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -185,6 +185,12 @@ def run_child(**kw) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median rate (the peak RSS of the largest run)."""
+    ordered = sorted(runs, key=lambda r: r["images"] / r["seconds"])
+    return {**ordered[len(ordered) // 2], "rss_self_mb": max(r["rss_self_mb"] for r in runs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", action="store_true")
@@ -195,6 +201,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the image counts (1.0: 2,400 images)")
     ap.add_argument("--work", help="folder for the generated data (default: a temporary folder)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per measurement; the median rate is reported")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     args = ap.parse_args()
     if args.child:
@@ -209,9 +216,12 @@ def main() -> None:
         if not big.exists():
             write_family(fam, big, n, seed=1)
             write_family(fam, small, max(1, n // 10), seed=2)
-        base = run_child(mode="baseline", family=fam, root=big)
-        w1 = run_child(mode="medlvr", family=fam, root=big, out=work / "out_w1", workers=1)
-        w2 = run_child(mode="medlvr", family=fam, root=big, out=work / "out_w2", workers=2)
+        runs = {"base": [], "w1": [], "w2": []}
+        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every side alike
+            runs["base"].append(run_child(mode="baseline", family=fam, root=big))
+            runs["w1"].append(run_child(mode="medlvr", family=fam, root=big, out=work / "out_w1", workers=1))
+            runs["w2"].append(run_child(mode="medlvr", family=fam, root=big, out=work / "out_w2", workers=2))
+        base, w1, w2 = (median_run(runs[k]) for k in ("base", "w1", "w2"))
         s1 = run_child(mode="medlvr", family=fam, root=small, out=work / "out_1x", workers=1)
         results[fam] = dict(base=base, w1=w1, w2=w2, small=s1)
     print(f"\n{'family':<7} {'images':>6} {'baseline/s':>10} {'w1/s':>7} {'w2/s':>7} {'w1/base':>8} {'w2/w1':>6} "

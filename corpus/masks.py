@@ -112,15 +112,14 @@ def bounding_slices(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(out)
 
 
-def instances_3d(mask3d: np.ndarray, min_voxels: int = 1) -> tuple[np.ndarray, int]:
-    """26-connected 3-D components: a label volume with stable instance ids 1..n (specks below min_voxels = 0).
-    Labelling runs on the mask's bounding box only (lesions occupy a small part of a CT volume)."""
+def instances_3d_in_box(mask3d: np.ndarray, min_voxels: int = 1) -> tuple[np.ndarray, int, tuple[slice, ...] | None]:
+    """26-connected 3-D components labelled on the mask's bounding box only (lesions occupy a small part of a
+    volume): (labels 0..n over the box, n, the box's slices; None when the mask is empty). Ids are stable: raster
+    order of first voxel, specks below min_voxels removed before numbering."""
     box = bounding_slices(np.asarray(mask3d))
     if box is None:
-        return np.zeros(mask3d.shape, np.int32), 0
-    crop, n = ndimage.label(mask3d[box], structure=_TWENTY_SIX)
-    lab = np.zeros(mask3d.shape, np.int32)
-    lab[box] = crop
+        return np.zeros((0,) * np.ndim(mask3d), np.int32), 0, None
+    lab, n = ndimage.label(mask3d[box], structure=_TWENTY_SIX)
     if n and min_voxels > 1:
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
         small = np.flatnonzero(sizes < min_voxels)
@@ -128,7 +127,17 @@ def instances_3d(mask3d: np.ndarray, min_voxels: int = 1) -> tuple[np.ndarray, i
         if small.size:
             lab[np.isin(lab, small)] = 0
             lab, n = ndimage.label(lab > 0, structure=_TWENTY_SIX)
-    return lab, int(n)
+    return lab, int(n), box
+
+
+def instances_3d(mask3d: np.ndarray, min_voxels: int = 1) -> tuple[np.ndarray, int]:
+    """26-connected 3-D components as a full-size label volume with stable instance ids 1..n (specks below
+    min_voxels = 0)."""
+    lab, n, box = instances_3d_in_box(mask3d, min_voxels)
+    full = np.zeros(np.shape(mask3d), np.int32)
+    if box is not None:
+        full[box] = lab
+    return full, n
 
 
 def polygon_mask(shape: tuple[int, int], polygon_xy: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from corpus.masks import LabelRule, bounding_slices, components, instances_3d, min_speck_px
+from corpus.masks import LabelRule, bounding_slices, components, instances_3d_in_box, min_speck_px
 from corpus.records import RecordError, SourceImage, SourceROI
 
 
@@ -81,6 +81,21 @@ def select_slices(instance_areas: list[np.ndarray], foreground: np.ndarray, cfg:
     return out
 
 
+def rule_mask(labels: np.ndarray, values: Sequence[int], top: int) -> np.ndarray:
+    """labels in values, without np.isin's sort: a few equality tests (vectorised, ~10x cheaper than a gather on
+    uint8 maps), else one gather through a lookup table; np.isin only for negative labels."""
+    if len(values) <= 4:
+        m = labels == values[0]
+        for v in values[1:]:
+            m |= labels == v
+        return m
+    if labels.min(initial=0) < 0:
+        return np.isin(labels, values)
+    lut = np.zeros(max(top, *values) + 1, dtype=bool)
+    lut[[v for v in values if v >= 0]] = True
+    return lut[labels]
+
+
 def slice_areas(lab3d: np.ndarray, n: int) -> np.ndarray:
     """areas[i, z]: pixels of instance i (0 = background) on slice z, in one bincount over the volume.
     lab3d: (Z, Y, X) ints in 0..n -> (n + 1, Z) int64."""
@@ -119,31 +134,29 @@ def volume_images(
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise RecordError(f"volume {name or 'image'} contains NaN or infinite values")
     z = next(iter(channels.values())).shape[0]
-    per_rule: list[tuple[LabelRule, np.ndarray, int]] = []
+    # per rule: (rule, instance labels over the rule's own bounding box, n, areas[i, z], the box's (z, y, x) start)
+    per_rule: list[tuple[LabelRule, np.ndarray, int, np.ndarray, tuple[int, int, int]]] = []
     instance_areas: list[np.ndarray] = []
     foreground = np.zeros(z, dtype=bool)
-    offset = (0, 0, 0)  # every label array below is cropped to the label map's non-zero bounding box
     if labels is not None:
-        box = bounding_slices(labels)
-        if box is not None:
-            crop = labels[box]
-            offset = tuple(int(s.start) for s in box)
-            top = int(crop.max(initial=0))
-            for rule in rules:
-                lut = np.zeros(max(top, *rule.values) + 1, dtype=bool)  # a gather instead of np.isin's sort
-                lut[[v for v in rule.values if v >= 0]] = True
-                m = lut[crop] if crop.min(initial=0) >= 0 else np.isin(crop, rule.values)
-                if not m.any():
-                    continue
-                if rule.instances:
-                    lab3d, n = instances_3d(m, cfg.min_voxels)
-                else:
-                    lab3d, n = m.astype(np.int32), 1
-                areas = np.zeros((n + 1, z), dtype=np.int64)
-                areas[:, offset[0]:offset[0] + m.shape[0]] = slice_areas(lab3d, n)
-                per_rule.append((rule, lab3d, n, areas))
-                instance_areas.extend(areas[1:])
-                foreground[offset[0]:offset[0] + m.shape[0]] |= m.any(axis=(1, 2))
+        box = bounding_slices(labels)  # everything below works on the label map's non-zero bounding box
+        crop = labels[box] if box is not None else labels[:0]
+        top = int(crop.max(initial=0))
+        for rule in rules:
+            m = rule_mask(crop, rule.values, top)
+            if rule.instances:
+                lab, n, rbox = instances_3d_in_box(m, cfg.min_voxels)
+            else:
+                rbox = bounding_slices(m)
+                lab, n = (m[rbox] if rbox is not None else m), 1
+            if rbox is None:
+                continue
+            start = tuple(int(b.start) + int(r.start) for b, r in zip(box, rbox))
+            areas = np.zeros((n + 1, z), dtype=np.int64)
+            areas[:, start[0]:start[0] + lab.shape[0]] = slice_areas(lab, n)
+            per_rule.append((rule, lab, n, areas, start))
+            instance_areas.extend(areas[1:])
+            foreground[box[0]] |= m.any(axis=(1, 2))
     chosen = select_slices(instance_areas, foreground, cfg)
     windows: dict[str, tuple[float, float] | None] = {}
     for name, arr in channels.items():
@@ -159,15 +172,15 @@ def volume_images(
     for zi, why in chosen:
         rois: list[SourceROI] = []
         area_min = min_speck_px(labels.shape[1:]) if min_area is None and labels is not None else min_area
-        for rule, lab3d, n, areas in per_rule:
+        for rule, lab, n, areas, (z0, y0, x0) in per_rule:
             for i in np.flatnonzero(areas[1:, zi]) + 1:
-                m2 = lab3d[zi - offset[0]] == i  # areas > 0 here, so zi lies inside the crop
+                m2 = lab[zi - z0] == i  # areas > 0 here, so zi lies inside the rule's box
                 zs = np.flatnonzero(areas[i])
                 extent = {"z_range": [int(zs[0]), int(zs[-1])]}
                 if spacing_zyx is not None:
                     extent["z_extent_mm"] = float((zs[-1] - zs[0] + 1) * spacing_zyx[0])
-                for (x0, y0, x1, y1), area in components(m2, area_min):
-                    box = (x0 + offset[2], y0 + offset[1], x1 + offset[2], y1 + offset[1])
+                for (bx0, by0, bx1, by1), area in components(m2, area_min):
+                    box = (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0)
                     rois.append(SourceROI(rule.label, box, "mask", i if rule.instances else 0, float(area),
                                           rule.parent, dict(extent)))
         for name, arr in channels.items():

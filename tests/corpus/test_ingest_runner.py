@@ -137,11 +137,13 @@ def test_failed_rebuild_keeps_previous_version(tmp_path, fake_adapter, monkeypat
 def test_workers_give_identical_tables(tmp_path, fake_adapter):
     (tmp_path / "ds").mkdir()
     outs = []
-    for w in (1, 2):
-        ingest_dataset(SPEC, tmp_path / "ds", tmp_path / f"w{w}", IngestConfig(patient_salt="s", workers=w))
-        outs.append([pq.read_table(tmp_path / f"w{w}" / "fake" / f"{t}.parquet").to_pylist()
-                     for t in ("images", "rois", "rejects")])
-    assert outs[0] == outs[1]
+    for w, per_task in ((1, 1), (2, 1), (2, 4)):  # 4 records a task: the last task is a partial one
+        out = tmp_path / f"w{w}-{per_task}"
+        summary = ingest_dataset(SPEC, tmp_path / "ds", out, IngestConfig(patient_salt="s", workers=w,
+                                                                          records_per_task=per_task))
+        outs.append([pq.read_table(out / "fake" / f"{t}.parquet").to_pylist() for t in ("images", "rois", "rejects")])
+    assert summary.records_in % 4 != 0
+    assert outs[0] == outs[1] == outs[2]
 
 
 def test_png_encoder_and_heap_setting_change_no_pixel(tmp_path, fake_adapter):

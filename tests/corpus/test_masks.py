@@ -168,3 +168,13 @@ def test_volume_speck_threshold_follows_the_full_slice_not_the_crop():
     ims = volume_images({"": np.zeros(lab.shape, np.float32)}, lab, [LabelRule("lesion", (1,))], source_path="v",
                         intensity="ct_hu", cfg=SliceConfig(negatives_per_volume=0))
     assert ims and all([r.box for r in im.rois] == [(100.0, 100.0, 110.0, 110.0)] for im in ims)
+
+
+def test_rule_mask_equals_isin_for_every_path():
+    from corpus.volumes import rule_mask
+
+    rng = np.random.default_rng(0)
+    for dtype, lo in ((np.uint8, 0), (np.int16, -3)):
+        lab = rng.integers(lo, 12, (4, 9, 9)).astype(dtype)
+        for values in ((2,), (1, 3, 11), (0, 1, 2, 3, 5, 7, 9), (-3, 4, 5, 6, 7, 8)):
+            assert np.array_equal(rule_mask(lab, values, int(lab.max())), np.isin(lab, values)), (dtype, values)
