@@ -1,7 +1,8 @@
 """Ingestion throughput and memory, against a plain single-process baseline measured in the same run.
 
 Writes scaled-up data in three native formats (PIL: BUSI PNG pairs; DICOM: RSNA 1024x1024 + CSV; NIfTI: LiTS
-uncompressed volumes), then, each in a fresh subprocess so peak RSS is its own:
+uncompressed 512x512x128 volumes by default, `--nifti-size`), then, each in a fresh subprocess so peak RSS
+is its own:
   baseline      plain load (PIL / pydicom / nibabel) -> numpy normalise -> PIL resize -> PNG encode, one process
   medlvr w=1    `ingest_dataset` single process (adds discovery, ROIs, hashing, validation, Parquet)
   medlvr w=2    the same with 2 worker processes
@@ -77,31 +78,34 @@ def write_rsna(root: Path, n: int, rng) -> None:
         w.writerows(rows)
 
 
-def write_lits(root: Path, n_volumes: int, rng) -> None:
+def write_lits(root: Path, n_volumes: int, rng, side: int = 512, z: int = 128) -> None:
+    """LiTS-layout volumes (int16 CT, uint8 labels: liver with two tumours, scaled with the volume)."""
     import nibabel as nib
 
     d = root / "Training Batch 1"
     d.mkdir(parents=True, exist_ok=True)
+    f, fz = side / 256, z / 48
     for i in range(n_volumes):
-        z = 48
-        vol = (rng.normal(40, 20, (256, 256, z))).astype(np.int16)
-        seg = np.zeros((256, 256, z), np.uint8)
-        seg[60:200, 60:190, 8:40] = 1
+        vol = (rng.normal(40, 20, (side, side, z))).astype(np.int16)
+        seg = np.zeros((side, side, z), np.uint8)
+        seg[int(60 * f):int(200 * f), int(60 * f):int(190 * f), int(8 * fz):int(40 * fz)] = 1
         for k, (cx, cy) in enumerate([(90, 100), (150, 160)]):
-            seg[cx - 15:cx + 15, cy - 12:cy + 12, 12 + 10 * k:22 + 10 * k] = 2
+            cx, cy = int(cx * f), int(cy * f)
+            seg[cx - int(15 * f):cx + int(15 * f), cy - int(12 * f):cy + int(12 * f),
+                int((12 + 10 * k) * fz):int((22 + 10 * k) * fz)] = 2
         aff = np.diag([0.8, 0.8, 2.5, 1.0])
         nib.save(nib.Nifti1Image(vol, aff), d / f"volume-{i}.nii")
         nib.save(nib.Nifti1Image(seg, aff), d / f"segmentation-{i}.nii")
 
 
-def write_family(family: str, root: Path, n_images: int, seed: int = 0) -> None:
+def write_family(family: str, root: Path, n_images: int, seed: int = 0, nifti_size=(512, 128)) -> None:
     rng = np.random.default_rng(seed)
     if family == "pil":
         write_busi(root, n_images, rng)
     elif family == "dicom":
         write_rsna(root, n_images, rng)
     else:
-        write_lits(root, max(1, n_images // 8), rng)
+        write_lits(root, max(1, n_images // 8), rng, *nifti_size)
 
 
 # ---------------------------------------------------------------------------------------------- the baseline
@@ -145,7 +149,7 @@ def baseline(family: str, root: Path) -> int:
             vol = np.asarray(nib.load(p).dataobj)
             seg = np.asarray(nib.load(p.with_name(p.name.replace("volume", "segmentation"))).dataobj)
             zs = np.flatnonzero(seg.any(axis=(0, 1)))
-            for z in zs[:: max(1, len(zs) // 8)][:8]:  # about as many slices as the pipeline keeps
+            for z in zs[:: max(1, len(zs) // 8)][:8]:  # 8 slices, as many as the pipeline keeps here
                 win = np.clip(vol[:, :, z].astype(np.float32), -150, 250)
                 _resize_encode(((win + 150) * (255 / 400)).astype(np.uint8))
                 count += 1
@@ -164,13 +168,17 @@ def child(args) -> None:
 
     from corpus.catalog import load_catalog
     from corpus.ingest import IngestConfig, ingest_dataset
+    from corpus.volumes import SliceConfig
 
     t0 = time.perf_counter()
     if args.mode == "baseline":
         n = baseline(args.family, Path(args.root))
     else:
         spec = load_catalog()[FAMILIES[args.family]]
-        s = ingest_dataset(spec, Path(args.root), Path(args.out), IngestConfig(workers=args.workers, patient_salt="b"))
+        # volumes: the same number of slices per volume as the baseline writes (8), so images/s compare like work
+        slices = SliceConfig(max_slices_per_volume=8, negatives_per_volume=0)
+        s = ingest_dataset(spec, Path(args.root), Path(args.out),
+                           IngestConfig(workers=args.workers, patient_salt="b", slices=slices))
         n = s.images_out
         assert s.records_rejected == 0, s
     dt = time.perf_counter() - t0
@@ -201,6 +209,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the image counts (1.0: 2,400 images)")
     ap.add_argument("--work", help="folder for the generated data (default: a temporary folder)")
+    ap.add_argument("--nifti-size", type=int, nargs=2, default=(512, 128), metavar=("SIDE", "SLICES"),
+                    help="NIfTI volume size (default 512 128: a LiTS CT is 512x512 with 75-987 slices; "
+                         "256 48 is a quick toy size)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per measurement; the median rate is reported")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     args = ap.parse_args()
@@ -212,10 +223,11 @@ def main() -> None:
     print(f"data under {work}")
     results = {}
     for fam, n in counts.items():
-        big, small = work / f"{fam}_10x", work / f"{fam}_1x"
+        tag = fam if fam != "nifti" else "nifti_{}x{}".format(*args.nifti_size)  # one folder per volume size
+        big, small = work / f"{tag}_10x", work / f"{tag}_1x"
         if not big.exists():
-            write_family(fam, big, n, seed=1)
-            write_family(fam, small, max(1, n // 10), seed=2)
+            write_family(fam, big, n, seed=1, nifti_size=args.nifti_size)
+            write_family(fam, small, max(1, n // 10), seed=2, nifti_size=args.nifti_size)
         runs = {"base": [], "w1": [], "w2": []}
         for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every side alike
             runs["base"].append(run_child(mode="baseline", family=fam, root=big))

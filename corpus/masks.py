@@ -101,11 +101,16 @@ def labelmap_rois(labelmap: np.ndarray, rules: Iterable[LabelRule], min_area: in
 
 def bounding_slices(mask: np.ndarray) -> tuple[slice, ...] | None:
     """Slices of the smallest box holding every non-zero element of an n-D array (None when all zero).
-    Axis projections with `any`: ~10x faster than ndimage.find_objects on a CT-sized volume."""
-    nz = mask if mask.dtype == bool else mask != 0
-    out = []
+    Axis projections with `any`, each over the box found so far (~10x faster than ndimage.find_objects on a
+    CT-sized volume, and sparse masks shrink the later passes)."""
+    # unsigned ints and bools: a max is a projection (SIMD, no temporary); anything else is compared with 0 once
+    nz = mask if mask.dtype == bool or mask.dtype.kind == "u" else mask != 0
+    out: list[slice] = []
     for axis in range(nz.ndim):
-        hit = np.flatnonzero(nz.any(axis=tuple(a for a in range(nz.ndim) if a != axis)))
+        view = nz[tuple(out)]  # restricted to the ranges of the axes already found
+        other = tuple(a for a in range(nz.ndim) if a != axis)
+        proj = view.reshape(view.shape[0], -1).max(axis=1) if axis == 0 and view.size else view.max(axis=other, initial=0)
+        hit = np.flatnonzero(proj)
         if hit.size == 0:
             return None
         out.append(slice(int(hit[0]), int(hit[-1]) + 1))

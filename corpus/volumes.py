@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from corpus.masks import LabelRule, bounding_slices, components, instances_3d_in_box, min_speck_px
 from corpus.records import RecordError, SourceImage, SourceROI
@@ -97,11 +98,19 @@ def rule_mask(labels: np.ndarray, values: Sequence[int], top: int) -> np.ndarray
 
 
 def slice_areas(lab3d: np.ndarray, n: int) -> np.ndarray:
-    """areas[i, z]: pixels of instance i (0 = background) on slice z, in one bincount over the volume.
-    lab3d: (Z, Y, X) ints in 0..n -> (n + 1, Z) int64."""
+    """areas[i, z]: pixels of instance i (0 = background) on slice z. lab3d: (Z, Y, X) ints in 0..n or bool
+    -> (n + 1, Z) int64. One count per slice for a single instance, else one per instance on its own box
+    (instances are small next to the box that holds them all; a whole-box bincount cost 20 ms on a CT liver)."""
     zs = lab3d.shape[0]
-    keys = lab3d.astype(np.int64, copy=False) + (n + 1) * np.arange(zs, dtype=np.int64)[:, None, None]
-    return np.bincount(keys.ravel(), minlength=(n + 1) * zs).reshape(zs, n + 1).T
+    out = np.zeros((n + 1, zs), dtype=np.int64)
+    if n == 1:
+        out[1] = np.count_nonzero(lab3d.reshape(zs, -1), axis=1)
+    elif n > 1:
+        for i, box in enumerate(ndimage.find_objects(lab3d, max_label=n), start=1):
+            if box is not None:
+                out[i, box[0]] = np.count_nonzero((lab3d[box] == i).reshape(box[0].stop - box[0].start, -1), axis=1)
+    out[0] = lab3d[0].size - out[1:].sum(axis=0)
+    return out
 
 
 def volume_images(

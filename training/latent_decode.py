@@ -17,6 +17,11 @@ One function, `latent_generate`. Per prompt batch:
 5. A row that emits EOS drops out of the batch and of the KV cache (`batch_select_indices`), so finished rows
    cost no further compute; the last token of a row never needs a forward.
 
+6. Forced control tokens cost no forward of their own (`fuse_control`, default on): when every prompt forces
+   `<Medlvr_Start>`, it is appended to the prompts and prefilled with them; when every active row feeds its
+   last latent in the same step (always the case after a forced Start), `[z_K, <Medlvr_End>]` go in as one
+   2-position forward. A K-latent answer then costs K extra decoder forwards over a plain one, not K + 2.
+
 The lm_head runs only on rows that sample a token this step (not on latent or forced rows).
 """
 
@@ -50,6 +55,7 @@ class DecodeConfig:
     eos_token_ids: tuple[int, ...] | None = None  # None: from model.generation_config; () never stops early
     time_steps: bool = False  # record per-step wall time (synchronises the device every step)
     banned_ids: tuple[int, ...] = ()  # excluded from sampling besides <Medlvr_Latent> (RL: the vision tokens)
+    fuse_control: bool = True  # forced <Medlvr_Start> rides in the prefill, <Medlvr_End> with the last latent
 
     def __post_init__(self):
         if self.k_latent < 0 or self.max_new_tokens < 1 or self.num_samples < 1:
@@ -161,6 +167,13 @@ def latent_generate(
     banned = (ids.latent, *cfg.banned_ids)
     lp_temp = cfg.logprob_temperature
 
+    fs = torch.full((B,), cfg.force_start, device=dev) if force_start is None else force_start.to(dev).bool()
+    fuse_start = cfg.fuse_control and K > 0 and T_max >= 2 and bool(fs.all())
+    if fuse_start:  # the forced <Medlvr_Start> is the prompts' last token: its forward is the prefill's
+        input_ids = torch.cat([input_ids, input_ids.new_full((B, 1), ids.start)], dim=1)
+        attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)
+        mm_types = torch.cat([mm_types.to(dev), mm_types.new_zeros(B, 1).to(dev)], dim=1)
+
     # ---- prefill: once per prompt ----
     _sync(dev)
     t_start = time.perf_counter()
@@ -179,7 +192,6 @@ def latent_generate(
     t_prefill = time.perf_counter()
 
     # ---- per-row state (aligned with the active rows `act`) ----
-    fs = torch.full((B,), cfg.force_start, device=dev) if force_start is None else force_start.to(dev).bool()
     fs = fs.repeat_interleave(G)
     act = torch.arange(N, device=dev)
     kind = torch.where(fs & (K > 0), FORCE_START, SAMPLE)
@@ -196,8 +208,11 @@ def latent_generate(
     embed = model.get_input_embeddings()
     step_times, step_rows, step_latent_rows = [], [], []
     n_forwards, t = 0, 0
+    if fuse_start:  # position 0 is the prefilled <Medlvr_Start>; h is its hidden state, the first latent's mu
+        seq[:, 0], gen_mask[:, 0] = ids.start, True
+        kind, can_open, t = torch.full_like(kind, LATENT), torch.zeros_like(can_open), 1
 
-    for t in range(T_max):
+    while t < T_max:
         t_step = time.perf_counter()
         need, lat = kind == SAMPLE, kind == LATENT
         tok = torch.full_like(act, pad_id)
@@ -243,7 +258,6 @@ def latent_generate(
         x = embed(tok)
         if lat.any():
             x[lat] = z.to(x.dtype)
-        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
         kind = next_kind
         if bool(finished.any()):  # drop finished rows from the batch and the KV cache
             keep = (~finished).nonzero().squeeze(1)
@@ -251,15 +265,24 @@ def latent_generate(
             act, x, attn, deltas, kind, k_done, can_open = (
                 v[keep] for v in (act, x, attn, deltas, kind, k_done, can_open)
             )
+        x = x[:, None]
+        # every row feeds its last latent now and a text step follows <Medlvr_End>: [z_K, End] in one forward
+        if cfg.fuse_control and t + 2 < T_max and bool((kind == FORCE_END).all()):
+            x = torch.cat([x, embed(torch.full_like(act, ids.end))[:, None]], dim=1)
+            t += 1
+            seq[act, t], gen_mask[act, t] = ids.end, True
+            kind = torch.full_like(kind, SAMPLE)
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], x.shape[1])], dim=1)
         out = lm(
-            inputs_embeds=x[:, None],
+            inputs_embeds=x,
             attention_mask=attn,
-            position_ids=step_positions(attn, deltas),
+            position_ids=step_positions(attn, deltas, x.shape[1]),
             cache=cache,
             use_cache=True,
         )
         h = out.last_hidden_state[:, -1]
         n_forwards += 1
+        t += 1
         if cfg.time_steps:
             _sync(dev)
             step_times.append(time.perf_counter() - t_step)

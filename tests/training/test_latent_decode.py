@@ -105,7 +105,8 @@ def _count_calls(module, calls):
                                                else args[0].shape), with_kwargs=True)
 
 
-def test_one_prefill_per_prompt_then_one_forward_per_step(tiny, make_batch):
+@pytest.mark.parametrize("fuse", [False, True])
+def test_one_prefill_per_prompt_then_one_forward_per_step(tiny, make_batch, fuse):
     B, G, K, T = 2, 3, 4, 12
     batch = make_batch(SIZES[:B])
     L = batch["input_ids"].shape[1]
@@ -113,16 +114,43 @@ def test_one_prefill_per_prompt_then_one_forward_per_step(tiny, make_batch):
     hooks = [_count_calls(tiny.model.model.language_model, lm_calls), _count_calls(tiny.model.model.visual, vis_calls)]
     try:
         out = latent_generate(tiny.model, batch, tiny.ids,
-                              DecodeConfig(k_latent=K, max_new_tokens=T, num_samples=G, temperature=1.0),
+                              DecodeConfig(k_latent=K, max_new_tokens=T, num_samples=G, temperature=1.0,
+                                           fuse_control=fuse),
                               generator=torch.Generator().manual_seed(0))
     finally:
         for h in hooks:
             h.remove()
     assert len(vis_calls) == 1  # images encoded once, for B prompts
-    assert tuple(lm_calls[0]) == (B, L)  # prefill over the B prompts, not B*G rows
-    assert len(lm_calls) == 1 + (T - 1) == 1 + out.n_decode_forwards  # no forward after the last token
-    assert all(tuple(c) == (B * G, 1) for c in lm_calls[1:])  # one single-position forward per step
     assert out.sequences.shape == (B * G, T)
+    steps = [tuple(c) for c in lm_calls[1:]]
+    if not fuse:
+        assert tuple(lm_calls[0]) == (B, L)  # prefill over the B prompts, not B*G rows
+        assert len(lm_calls) == 1 + (T - 1) == 1 + out.n_decode_forwards  # no forward after the last token
+        assert all(c == (B * G, 1) for c in steps)  # one single-position forward per step
+    else:
+        # <Medlvr_Start> prefilled with the prompts; K-1 latent steps; [z_K, <Medlvr_End>] in one forward;
+        # then one forward per answer token but the last: T - 3 forwards for T positions
+        assert tuple(lm_calls[0]) == (B, L + 1)
+        assert len(lm_calls) == 1 + (T - 3) == 1 + out.n_decode_forwards
+        assert steps == [(B * G, 1)] * (K - 1) + [(B * G, 2)] + [(B * G, 1)] * (T - K - 3)
+
+
+def test_fused_control_tokens_change_nothing_but_the_forward_count(tiny, make_batch):
+    """Sampling with noise, G samples, K=1 and K=4: the fused run generates what the unfused run generates, with
+    the same log-probs, latents and noise (the same RNG draws in the same order)."""
+    batch = make_batch(SIZES)
+    for K in (1, 4):
+        runs = [latent_generate(tiny.model, batch, tiny.ids,
+                                DecodeConfig(k_latent=K, max_new_tokens=K + 8, num_samples=2, temperature=1.0,
+                                             noise="relative", noise_scale=0.1, fuse_control=fuse),
+                                generator=torch.Generator().manual_seed(7)) for fuse in (False, True)]
+        plain, fused = runs
+        assert torch.equal(plain.sequences, fused.sequences) and torch.equal(plain.gen_mask, fused.gen_mask)
+        assert torch.equal(plain.latent_mask, fused.latent_mask) and torch.equal(plain.sampled_mask, fused.sampled_mask)
+        for name in ("logprobs", "z", "mu", "noise"):
+            torch.testing.assert_close(getattr(fused, name), getattr(plain, name), atol=2e-5, rtol=1e-4)
+        assert fused.n_decode_forwards == plain.n_decode_forwards - 2
+        assert (fused.sequences[:, 0] == tiny.ids.start).all() and (fused.sequences[:, K + 1] == tiny.ids.end).all()
 
 
 def test_finished_rows_cost_no_forward(tiny, make_batch):
@@ -139,7 +167,9 @@ def test_finished_rows_cost_no_forward(tiny, make_batch):
         hook.remove()
     lengths = out.gen_mask.sum(-1)
     assert lengths.min() < lengths.max()  # some rows really stopped early
-    assert sum(c[0] for c in lm_calls[1:]) == int((lengths - 1).sum())
+    # row-forwards: Start rides in the prefill and End with the last latent, the last token needs none
+    assert sum(c[0] for c in lm_calls[1:]) == int((lengths - 3).sum())
+    assert sum(c[0] * c[1] for c in lm_calls[1:]) == int((lengths - 2).sum())  # positions fed after the prefill
     for r in range(len(SIZES)):  # a stopped row's tokens are a prefix of its free run
         n = int(lengths[r])
         assert torch.equal(out.sequences[r, :n], free.sequences[r, :n])
