@@ -7,8 +7,9 @@ is its own:
   medlvr w=1    `ingest_dataset` single process (adds discovery, ROIs, hashing, validation, Parquet)
   medlvr w=2    the same with 2 worker processes
   medlvr 1x     a tenth of the data, to compare peak RSS (memory must stay flat as input grows)
-Prints images/s per family and the ratios. Usage:
-  python benchmarks/bench_ingest.py [--scale 1.0] [--work DIR] [--families pil dicom nifti] [--repeats 3]
+Prints images/s per family and the ratios. The generated data takes about 10 GB (7.8 GB of it the CT volumes;
+`--nifti-size 256 48` for toy volumes, 0.7 GB) under --work, default a temporary folder. Usage:
+  python benchmarks/bench_ingest.py [--scale 1.0] [--work DIR] [--families pil dicom nifti] [--repeats 5]
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class IngestConfig:
     workers: int = 1
     patient_salt: str | None = None  # None: $MEDLVR_PATIENT_SALT, else a random salt kept in <out>/.patient_salt
     max_in_flight_per_worker: int = 3  # tasks queued per worker
-    records_per_task: int = 4
+    records_per_task: int = 4  # at most; fewer when records are slow (see _TaskSizer)
     flush_rows: int = 32  # images per Parquet row group (also capped at 8 MB of PNG bytes): bounds memory
     keep_heap: bool = True  # tune glibc malloc in the processes that decode images (see keep_heap)
 
@@ -264,15 +264,37 @@ def keep_heap() -> None:
         pass
 
 
-def _work(refs: list[RecordRef]) -> list[RecordResult]:
-    return [process_record(_W["spec"], _W["root"], ref, _W["cfg"], _W["salt"]) for ref in refs]
+def _work(refs: list[RecordRef]) -> tuple[list[RecordResult], float]:
+    t0 = time.perf_counter()
+    results = [process_record(_W["spec"], _W["root"], ref, _W["cfg"], _W["salt"]) for ref in refs]
+    return results, (time.perf_counter() - t0) / max(1, len(refs))
 
 
-def _chunks(refs: Iterable[RecordRef], size: int) -> Iterable[list[RecordRef]]:
+class _TaskSizer:
+    """Records per task: several small records share a hand-off (fewer wake-ups in the main process), but a task
+    should stay short, or the last tasks leave a worker idle at the end (a 4-volume CT task is ~0.5 s). Sized
+    from the running mean seconds per record that the workers report: target_s / mean, within 1..max_records."""
+
+    def __init__(self, max_records: int, target_s: float = 0.05):
+        self.max_records, self.target_s = max(1, max_records), target_s
+        self.mean_s: float | None = None
+
+    def observe(self, seconds_per_record: float) -> None:
+        m = self.mean_s
+        self.mean_s = seconds_per_record if m is None else 0.8 * m + 0.2 * seconds_per_record
+
+    @property
+    def size(self) -> int:
+        if self.mean_s is None:
+            return 1  # nothing measured yet: start small
+        return int(min(self.max_records, max(1, self.target_s // max(self.mean_s, 1e-6))))
+
+
+def _chunks(refs: Iterable[RecordRef], sizer: _TaskSizer) -> Iterable[list[RecordRef]]:
     chunk: list[RecordRef] = []
     for ref in refs:
         chunk.append(ref)
-        if len(chunk) >= size:
+        if len(chunk) >= sizer.size:
             yield chunk
             chunk = []
     if chunk:
@@ -293,8 +315,8 @@ def _widen_result_pipe(pool: ProcessPoolExecutor) -> None:
 
 
 def _results(spec, root, refs: Iterable[RecordRef], cfg: IngestConfig, salt: str) -> Iterable[RecordResult]:
-    """Results in discovery order; with workers > 1 a bounded window of tasks (each `records_per_task` records:
-    fewer hand-offs between processes) is in flight. `refs` may be a lazy iterator: discovery then runs while
+    """Results in discovery order; with workers > 1 a bounded window of tasks (each up to `records_per_task`
+    records, sized by `_TaskSizer`: fewer hand-offs between processes) is in flight. `refs` may be a lazy iterator: discovery then runs while
     the workers process the records already found."""
     if cfg.workers <= 1:
         if cfg.keep_heap:
@@ -308,13 +330,16 @@ def _results(spec, root, refs: Iterable[RecordRef], cfg: IngestConfig, salt: str
                              initargs=(spec, root, cfg, salt)) as pool:
         _widen_result_pipe(pool)
         pending: deque = deque()
-        tasks = _chunks(refs, max(1, cfg.records_per_task))
+        sizer = _TaskSizer(cfg.records_per_task)
+        tasks = _chunks(refs, sizer)
         for chunk in tasks:
             pending.append(pool.submit(_work, chunk))
             if len(pending) >= window:
                 break
         while pending:
-            yield from pending.popleft().result()
+            results, seconds_per_record = pending.popleft().result()
+            sizer.observe(seconds_per_record)
+            yield from results
             nxt = next(tasks, None)
             if nxt is not None:
                 pending.append(pool.submit(_work, nxt))

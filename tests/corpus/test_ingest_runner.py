@@ -192,3 +192,18 @@ def test_first_salt_is_shared_by_concurrent_processes(tmp_path, monkeypatch):
         salts = pool.starmap(resolve_salt, [(tmp_path, None)] * 8)
     assert len(set(salts)) == 1 and len(salts[0]) == 32
     assert sorted(p.name for p in tmp_path.iterdir()) == [".patient_salt"]  # no temporary files left
+
+
+def test_task_size_follows_the_measured_cost_of_a_record():
+    from corpus.ingest import _chunks, _TaskSizer
+
+    sizer = _TaskSizer(max_records=4, target_s=0.05)
+    assert sizer.size == 1  # nothing measured yet
+    sizer.observe(0.012)  # 2-D images: ~12 ms a record -> 4 a task (50 ms // 12 ms, capped at 4)
+    assert sizer.size == 4
+    sizer.observe(0.2)  # a CT volume: the running mean 0.8 * 12 + 0.2 * 200 ms = 49.6 ms -> 1 a task
+    assert sizer.size == 1
+    sizer = _TaskSizer(max_records=4, target_s=0.05)
+    sizer.observe(0.02)
+    assert sizer.size == 2
+    assert [len(c) for c in _chunks(range(5), sizer)] == [2, 2, 1]
