@@ -251,9 +251,9 @@ def keep_heap() -> None:
     By default large arrays (above a dynamic threshold that starts at 128 KB) are mmapped and unmapped each time,
     and freed heap tops are trimmed, so every decoded image page-faults its memory in afresh: in a freshly forked
     worker that was 1.2 M minor faults and ~18% of its CPU for 500 images; single-process on 1024² DICOMs,
-    1.6 M faults and 26% of the wall time. A fixed 32 MB mmap threshold and a
-    128 MB trim threshold keep the buffers in the heap for reuse; peak RSS is unchanged (the same buffers are
-    reused), only not returned between records. No-op where glibc's mallopt is unavailable."""
+    1.6 M faults and 26% of the wall time. A fixed 32 MB mmap threshold and a 128 MB trim threshold keep the
+    buffers in the heap for reuse; peak RSS is unchanged (the same buffers are reused), only not returned
+    between records. Process-wide (IngestConfig.keep_heap=False leaves malloc alone); no-op without glibc."""
     try:
         import ctypes
 
@@ -316,8 +316,8 @@ def _widen_result_pipe(pool: ProcessPoolExecutor) -> None:
 
 def _results(spec, root, refs: Iterable[RecordRef], cfg: IngestConfig, salt: str) -> Iterable[RecordResult]:
     """Results in discovery order; with workers > 1 a bounded window of tasks (each up to `records_per_task`
-    records, sized by `_TaskSizer`: fewer hand-offs between processes) is in flight. `refs` may be a lazy iterator: discovery then runs while
-    the workers process the records already found."""
+    records, sized by `_TaskSizer`: fewer hand-offs between processes) is in flight. `refs` may be a lazy
+    iterator: discovery then runs while the workers process the records already found."""
     if cfg.workers <= 1:
         if cfg.keep_heap:
             keep_heap()

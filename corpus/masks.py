@@ -101,7 +101,7 @@ def labelmap_rois(labelmap: np.ndarray, rules: Iterable[LabelRule], min_area: in
 
 def bounding_slices(mask: np.ndarray) -> tuple[slice, ...] | None:
     """Slices of the smallest box holding every non-zero element of an n-D array (None when all zero).
-    Axis projections with `any`, each over the box found so far (~10x faster than ndimage.find_objects on a
+    One projection per axis, each over the box found so far (~10x faster than ndimage.find_objects on a
     CT-sized volume, and sparse masks shrink the later passes)."""
     # unsigned ints and bools: a max is a projection (SIMD, no temporary); anything else is compared with 0 once
     nz = mask if mask.dtype == bool or mask.dtype.kind == "u" else mask != 0
@@ -109,7 +109,10 @@ def bounding_slices(mask: np.ndarray) -> tuple[slice, ...] | None:
     for axis in range(nz.ndim):
         view = nz[tuple(out)]  # restricted to the ranges of the axes already found
         other = tuple(a for a in range(nz.ndim) if a != axis)
-        proj = view.reshape(view.shape[0], -1).max(axis=1) if axis == 0 and view.size else view.max(axis=other, initial=0)
+        if axis == 0 and view.size:
+            proj = view.reshape(view.shape[0], -1).max(axis=1)
+        else:
+            proj = view.max(axis=other, initial=0)
         hit = np.flatnonzero(proj)
         if hit.size == 0:
             return None

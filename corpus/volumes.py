@@ -178,9 +178,9 @@ def volume_images(
         else:
             windows[name] = None
     out: list[SourceImage] = []
+    area_min = min_speck_px(labels.shape[1:]) if min_area is None and labels is not None else min_area
     for zi, why in chosen:
         rois: list[SourceROI] = []
-        area_min = min_speck_px(labels.shape[1:]) if min_area is None and labels is not None else min_area
         for rule, lab, n, areas, (z0, y0, x0) in per_rule:
             for i in np.flatnonzero(areas[1:, zi]) + 1:
                 m2 = lab[zi - z0] == i  # areas > 0 here, so zi lies inside the rule's box
