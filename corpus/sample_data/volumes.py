@@ -70,7 +70,7 @@ def write_mhd(mhd: Path, arr_zyx: np.ndarray, spacing_xyz=(1.0, 1.0, 1.0), etype
         raw = zlib.compress(raw)
     data_name = data_name or mhd.with_suffix(".raw").name
     d = dims or list(arr_zyx.shape[::-1])
-    hdr = ["ObjectType = Image", f"NDims = {len(d)}", f"BinaryData = True",
+    hdr = ["ObjectType = Image", f"NDims = {len(d)}", "BinaryData = True",
            f"BinaryDataByteOrderMSB = {'True' if msb else 'False'}",
            f"CompressedData = {'True' if compressed else 'False'}",
            f"DimSize = {' '.join(str(v) for v in d)}", f"ElementType = {etype}",

@@ -10,6 +10,7 @@ Images are referenced by URI so samples stay small and picklable (data-parallel 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -96,6 +97,44 @@ def register(name: str, fn: Callable[..., Iterator[Sample]]) -> None:
     if name in LOADERS:
         raise ValueError(f"loader {name!r} registered twice")
     LOADERS[name] = fn
+
+
+def read_json_list(path: Path, what: str) -> list:
+    """A JSON file that must hold a list (SLAKE, VQA-RAD OSF, OmniMedVQA QA files); BenchmarkError otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise BenchmarkError(f"{what}: cannot read {path}: {e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BenchmarkError(f"{what}: cannot read {path}: not valid JSON ({e})") from e
+    if not isinstance(data, list):
+        raise BenchmarkError(f"{what}: {path} must hold a JSON list of records, found {type(data).__name__}")
+    return data
+
+
+def read_parquet_checked(path: Path, what: str, required: tuple[str, ...], columns: list[str] | None = None):
+    """The table of a parquet file (all columns, or `columns`) after checking that `required` columns exist."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise BenchmarkError(f"{what}: {path} is not a readable parquet file ({e})") from e
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise BenchmarkError(f"{what}: {path} lacks columns {missing} (expected {list(required)})")
+    return pq.read_table(path, columns=columns)
+
+
+def zip_members_by_name(archive: Path, what: str) -> dict[str, str]:
+    """File members of a zip archive keyed by their base name (images are referenced by file name only)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return {m.rsplit("/", 1)[-1]: m for m in zf.namelist() if not m.endswith("/")}
+    except zipfile.BadZipFile as e:
+        raise BenchmarkError(f"{what}: {archive} is not a valid zip ({e})") from e
 
 
 def require_dir(root: Path, what: str) -> Path:

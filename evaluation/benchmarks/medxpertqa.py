@@ -13,11 +13,11 @@ question_type, split. Sample id = the dataset id.
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, register, require_dir, zip_uri
+from evaluation.benchmarks.base import (BenchmarkError, Sample, file_uri, register, require_dir, zip_members_by_name,
+                                        zip_uri)
 
 NAME = "medxpertqa_mm"
 REQUIRED = ("id", "question", "options", "label", "images")
@@ -32,11 +32,7 @@ def _image_resolver(root: Path):
     archive = root / "images.zip"
     if not archive.is_file():
         raise BenchmarkError(f"MedXpertQA: expected {archive} (or it extracted as {root / 'images'}/)")
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            index = {m.rsplit("/", 1)[-1]: m for m in zf.namelist() if not m.endswith("/")}
-    except zipfile.BadZipFile as e:
-        raise BenchmarkError(f"MedXpertQA: {archive} is not a valid zip ({e})") from e
+    index = zip_members_by_name(archive, "MedXpertQA")
     return lambda name: zip_uri(archive, index[Path(name).name]) if Path(name).name in index else None
 
 

@@ -19,9 +19,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow.parquet as pq
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, parquet_uri, register, require_dir
+from evaluation.benchmarks.base import BenchmarkError, Sample, parquet_uri, read_parquet_checked, register, require_dir
 
 NAME = "mmmu_hm"
 SUBJECTS = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine", "Pharmacy",
@@ -64,13 +63,7 @@ def _subject_file(root: Path, subject: str, split: str) -> Path:
 
 def _load_subject(root: Path, subject: str, split: str) -> list[Sample]:
     path = _subject_file(root, subject, split)
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise BenchmarkError(f"MMMU: {path} is not a readable parquet file ({e})") from e
-    missing = [c for c in TEXT_COLUMNS if c not in table.column_names]
-    if missing:
-        raise BenchmarkError(f"MMMU: {path} lacks columns {missing} (expected {list(TEXT_COLUMNS)})")
+    table = read_parquet_checked(path, "MMMU", TEXT_COLUMNS)
     img_cols = [c for c in IMAGE_COLUMNS if c in table.column_names]
     nonnull = {c: table.column(c).is_valid().to_pylist() for c in img_cols}
     texts = {c: table.column(c).to_pylist() for c in (*TEXT_COLUMNS, *EXTRA_TAGS) if c in table.column_names}

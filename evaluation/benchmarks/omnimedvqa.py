@@ -23,14 +23,13 @@ split}. sample_id = `omni-` + sha1(image path + question)[:16] (stable across ru
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, register, require_dir
+from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, read_json_list, register, require_dir
 
 NAME = "omnimedvqa"
 LETTERS = "ABCDEF"
@@ -61,11 +60,8 @@ def stable_id(image: str, question: str) -> str:
 
 
 def _read_json_list(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise BenchmarkError(f"OmniMedVQA: cannot read {path}: {e}") from e
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+    data = read_json_list(path, "OmniMedVQA")
+    if not all(isinstance(r, dict) for r in data):
         raise BenchmarkError(f"OmniMedVQA: {path} must hold a JSON list of objects")
     return data
 

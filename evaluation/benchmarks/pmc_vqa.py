@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import csv
 import re
-import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, register, require_dir, zip_uri
+from evaluation.benchmarks.base import (BenchmarkError, Sample, file_uri, register, require_dir, zip_members_by_name,
+                                        zip_uri)
 
 NAME = "pmc_vqa"
 TEST_FILES = {"test_clean.csv": "v1", "test.csv": "v1", "test_2.csv": "v2"}
@@ -42,11 +42,7 @@ def _source(root: Path, name: str):
     if name.endswith(".zip"):
         if not path.is_file():
             return None
-        try:
-            with zipfile.ZipFile(path) as zf:
-                index = {m.rsplit("/", 1)[-1]: m for m in zf.namelist() if not m.endswith("/")}
-        except zipfile.BadZipFile as e:
-            raise BenchmarkError(f"PMC-VQA: {path} is not a valid zip ({e})") from e
+        index = zip_members_by_name(path, "PMC-VQA")
         return lambda fig: zip_uri(path, index[Path(fig).name]) if Path(fig).name in index else None
     if not path.is_dir():
         return None

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, register, require_dir, zip_uri
+from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, read_json_list, register, require_dir, zip_uri
 
 NAME = "slake"
 SPLITS = {"test": "test.json", "validation": "validation.json", "train": "train.json"}
@@ -26,12 +26,7 @@ REQUIRED = ("img_name", "question", "answer", "q_lang", "answer_type", "qid")
 def _records(path: Path) -> list[dict]:
     if not path.is_file():
         raise BenchmarkError(f"SLAKE: expected {path.name} (a JSON list of QA records) in {path.parent}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(f"SLAKE: {path} is not valid JSON ({e})") from e
-    if not isinstance(data, list):
-        raise BenchmarkError(f"SLAKE: {path} must hold a JSON list of records, found {type(data).__name__}")
+    data = read_json_list(path, "SLAKE")
     for i, rec in enumerate(data):
         missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
         if missing:

@@ -13,13 +13,12 @@ covers non-yes/no items (kind "open", closed False); it is kept as tags["answer_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow.parquet as pq
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, parquet_uri, register, require_dir
+from evaluation.benchmarks.base import (BenchmarkError, Sample, file_uri, parquet_uri, read_json_list,
+                                        read_parquet_checked, register, require_dir)
 
 NAME = "vqa_rad"
 OSF_JSON = "VQA_RAD Dataset Public.json"
@@ -49,14 +48,7 @@ def _hf_parquet(root: Path, split: str) -> Path:
 
 def _load_hf(root: Path, split: str) -> list[Sample]:
     path = _hf_parquet(root, split)
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise BenchmarkError(f"VQA-RAD: {path} is not a readable parquet file ({e})") from e
-    missing = [c for c in HF_COLUMNS if c not in schema.names]
-    if missing:
-        raise BenchmarkError(f"VQA-RAD: {path} lacks columns {missing} (expected {list(HF_COLUMNS)})")
-    table = pq.read_table(path, columns=["question", "answer"])
+    table = read_parquet_checked(path, "VQA-RAD", HF_COLUMNS, columns=["question", "answer"])
     rows = zip(table.column("question").to_pylist(), table.column("answer").to_pylist())
     return [
         _sample(f"{split}-{i}", q, a, parquet_uri(path, i, "image"), {"split": split, "release": "hf", "row": i})
@@ -66,12 +58,7 @@ def _load_hf(root: Path, split: str) -> list[Sample]:
 
 def _load_osf(root: Path, split: str) -> list[Sample]:
     path = root / OSF_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(f"VQA-RAD: {path} is not valid JSON ({e})") from e
-    if not isinstance(data, list):
-        raise BenchmarkError(f"VQA-RAD: {path} must hold a JSON list of records")
+    data = read_json_list(path, "VQA-RAD")
     images = root / OSF_IMAGES
     if not images.is_dir():
         raise BenchmarkError(f"VQA-RAD: expected the image folder {images}/ next to {OSF_JSON}")
