@@ -288,13 +288,17 @@ def _labels_int(arr: np.ndarray, rel: str, known: set[int], strict: bool) -> np.
     lab = arr if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 else arr.astype(np.int32)
     if strict:
         lo, hi = int(lab.min(initial=0)), int(lab.max(initial=0))
-        # usually every value in 0..max is named and nothing needs scanning; else test the unnamed values one
-        # by one (a vectorised compare each) and fall back to np.unique when there are many
-        unnamed = [v for v in range(max(lo, 0), hi + 1) if v not in known and v != 0] if hi - lo < 64 else None
-        if lo < 0 or unnamed is None:
+        # usually every value in 0..max is named and nothing needs scanning; a few unnamed values are tested one
+        # by one (a vectorised compare each), more in one bincount; np.unique for negative or huge values
+        small = 0 <= lo and hi < 1 << 16
+        unnamed = [v for v in range(lo, hi + 1) if v not in known and v != 0] if small else None
+        if unnamed is None:
             extra = sorted(set(np.unique(lab).tolist()) - known - {0})
-        else:
+        elif len(unnamed) <= 4:
             extra = [v for v in unnamed if (lab == v).any()]
+        else:
+            counts = np.bincount(lab.ravel(), minlength=hi + 1)
+            extra = [v for v in unnamed if counts[v]]
         if extra:
             raise RecordError(f"label map {rel} has values {extra} that no label rule names (wrong release?)")
     return lab

@@ -315,3 +315,6 @@ def test_label_values_validated_without_copying_small_integer_maps():
     with pytest.raises(RecordError, match=r"values \[70000\]"):
         _labels_int(wide, "x", {1}, True)
     assert _labels_int(np.array([[[1.0, 4.0]]]), "x", {1, 4}, True).dtype == np.int32
+    many = np.array([[[0, 1, 7, 20]]], np.uint8)  # 18 unnamed values in range: the one-bincount path
+    with pytest.raises(RecordError, match=r"values \[7\]"):
+        _labels_int(many, "x", {1, 20}, True)
