@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 
 def make_scaled(work: Path, reps: int) -> Path:
     """<work>/x<reps>/ingest/<ds>/{images,rois}.parquet: the sample ingest replicated with fresh image ids."""
-    from corpus.build import BuildConfig, compute_dup_groups, compute_hashes, compute_splits, decontaminate
-    from corpus.cli import run_ingest
-    from corpus.ingest import IngestConfig
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.build import BuildConfig, compute_dup_groups, compute_hashes, compute_splits, decontaminate
+    from medlvr.corpus.ingest import run_ingest
+    from medlvr.corpus.ingest import IngestConfig
+    from medlvr.corpus.sample_data import write_samples
 
     base = work / "base"
     if not (base / "ingest").exists():
@@ -68,8 +68,8 @@ def make_scaled(work: Path, reps: int) -> Path:
 
 
 def run_ours(out: Path, text: bool, row_group_mb: int) -> dict:
-    from corpus.build import BuildConfig, build_qa_dataset, write_shards
-    from corpus.kg.graph import load_graph
+    from medlvr.corpus.build import BuildConfig, build_qa_dataset, write_shards
+    from medlvr.corpus.kg.graph import load_graph
 
     # a small row group makes the memory bound visible at benchmark scale (the default, 128 MB, is reached
     # only by a corpus larger than this benchmark writes)
@@ -90,10 +90,10 @@ def run_ours(out: Path, text: bool, row_group_mb: int) -> dict:
 def run_baseline(out: Path, dst: Path) -> dict:
     import pandas as pd
 
-    from corpus.build import _mm_per_px
-    from corpus.catalog import load_catalog
-    from corpus.kg.graph import load_graph
-    from corpus.qa.questions import ImageFacts, QAConfig, RoiFact, build_pairs
+    from medlvr.corpus.build import _mm_per_px
+    from medlvr.corpus.catalog import load_catalog
+    from medlvr.corpus.kg.graph import load_graph
+    from medlvr.corpus.qa.questions import ImageFacts, QAConfig, RoiFact, build_pairs
 
     kg, cat = load_graph(), load_catalog()
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def run_baseline(out: Path, dst: Path) -> dict:
 
 
 def child(args) -> None:
-    import corpus.build  # noqa: F401  imports before the clock, for both sides
+    import medlvr.corpus.build  # noqa: F401  imports before the clock, for both sides
     import pandas  # noqa: F401
 
     out = Path(args.out)

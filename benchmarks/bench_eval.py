@@ -1,5 +1,5 @@
 """Evaluation throughput (issue 8, Speed): samples/s batched vs one by one, and latent (K) vs plain (K=0)
-generation time on the same samples, through the real evaluation path (`evaluation.inference.run_predictions`:
+generation time on the same samples, through the real evaluation path (`medlvr.evaluation.inference.run_predictions`:
 prompt building, image loading, processor, `latent_generate`, JSONL writing).
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_eval.py [--n 32] [--batch 16] [--k 8] [--max-new 24] [--repeats 3]
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from evaluation.config import DecodeSettings, EvalConfig, ModelSpec  # noqa: E402
-from evaluation.inference import load_for_eval, run_predictions  # noqa: E402
-from evaluation.runs import load_all  # noqa: E402
+from medlvr.evaluation.config import DecodeSettings, EvalConfig, ModelSpec  # noqa: E402
+from medlvr.evaluation.inference import load_for_eval, run_predictions  # noqa: E402
+from medlvr.evaluation.runs import load_all  # noqa: E402
 
 BENCHES = ("slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
 

@@ -167,9 +167,9 @@ def child(args) -> None:
     import pyarrow  # noqa: F401
     from PIL import Image  # noqa: F401
 
-    from corpus.catalog import load_catalog
-    from corpus.ingest import IngestConfig, ingest_dataset
-    from corpus.volumes import SliceConfig
+    from medlvr.corpus.catalog import load_catalog
+    from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+    from medlvr.corpus.volumes import SliceConfig
 
     t0 = time.perf_counter()
     if args.mode == "baseline":

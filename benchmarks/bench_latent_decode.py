@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
-from training.tiny import TinyConfig, build_tiny  # noqa: E402
+from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
+from medlvr.training.tiny import TinyConfig, build_tiny  # noqa: E402
 
 # Real Qwen2.5-VL text/vision shapes [mem: the published config.json files]; weights are random.
 _QWEN_VISION = dict(vision_depth=32, vision_hidden=1280, vision_intermediate=3420, vision_heads=16,

@@ -7,7 +7,7 @@ One run builds the sample corpus, collates a fixed set of micro-batches once (co
 times full training steps (forward, backward, optimizer step) of every variant on the SAME batches, interleaved
 over repeats (median), so the ratios come from one run on one machine. Tokens/s counts every non-pad token of a
 step (prompt with image tokens + completion). On CUDA it also prints MFU (6N + attention + vision forward FLOPs
-over the device's bf16 peak, `training.metrics`). Random weights at the real Qwen2.5-VL shapes (`--shape 3b|7b`);
+over the device's bf16 peak, `medlvr.training.metrics`). Random weights at the real Qwen2.5-VL shapes (`--shape 3b|7b`);
 with `--dtype bfloat16` the weights themselves are bf16 and the optimizer is SGD without state by default (a 7B
 AdamW state would not fit one 80 GB card without ZeRO; throughput of the step is what is measured).
 """
@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from bench_latent_decode import SHAPES  # noqa: E402
-from training.engine import apply_freeze  # noqa: E402
-from training.metrics import decoder_params, peak_flops, train_flops  # noqa: E402
-from training.sft.collate import collate, set_pixel_budget  # noqa: E402
-from training.sft.data import ShardStream, shard_files  # noqa: E402
-from training.sft.forward import sft_forward  # noqa: E402
-from training.sft.losses import answer_nll_sum, roi_loss_sum, sft_loss  # noqa: E402
-from training.sft.testing import build_sample_corpus  # noqa: E402
-from training.tiny import build_tiny  # noqa: E402
+from medlvr.training.engine import apply_freeze  # noqa: E402
+from medlvr.training.metrics import decoder_params, peak_flops, train_flops  # noqa: E402
+from medlvr.training.sft.collate import collate, set_pixel_budget  # noqa: E402
+from medlvr.training.sft.data import ShardStream, shard_files  # noqa: E402
+from medlvr.training.sft.forward import sft_forward  # noqa: E402
+from medlvr.training.sft.losses import answer_nll_sum, roi_loss_sum, sft_loss  # noqa: E402
+from medlvr.training.sft.testing import build_sample_corpus  # noqa: E402
+from medlvr.training.tiny import build_tiny  # noqa: E402
 
 VARIANTS = {  # name: (mode, grad, roi on)
     "self_fed_bptt": ("self_fed", "bptt", True),

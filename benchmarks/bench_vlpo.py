@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from training.engine import Engine, EngineConfig  # noqa: E402
-from training.tiny import build_tiny  # noqa: E402
-from training.vlpo.algos import LossConfig  # noqa: E402
-from training.vlpo.config import AlgoConfig, RolloutConfig  # noqa: E402
-from training.vlpo.core import (collect, decode_config, global_denominators, microbatch_loss,  # noqa: E402
+from medlvr.training.engine import Engine, EngineConfig  # noqa: E402
+from medlvr.training.tiny import build_tiny  # noqa: E402
+from medlvr.training.vlpo.algos import LossConfig  # noqa: E402
+from medlvr.training.vlpo.config import AlgoConfig, RolloutConfig  # noqa: E402
+from medlvr.training.vlpo.core import (collect, decode_config, global_denominators, microbatch_loss,  # noqa: E402
                                 timed, vision_token_ids)
-from training.vlpo.data import build_prompt_batch, synthetic_samples  # noqa: E402
-from training.vlpo.rollout import LocalLatentRollout  # noqa: E402
+from medlvr.training.vlpo.data import build_prompt_batch, synthetic_samples  # noqa: E402
+from medlvr.training.vlpo.rollout import LocalLatentRollout  # noqa: E402
 
 
 def update(policy, exp, ids, lcfg, micro, times):

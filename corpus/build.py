@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from corpus.ingest import IngestConfig
-from corpus.qa.questions import ImageFacts, QAConfig, RoiFact, build_pairs
-from corpus.qa.text import TextStage
-from corpus.tables import parquet_options
+from medlvr.corpus.ingest import IngestConfig
+from medlvr.corpus.qa.questions import ImageFacts, QAConfig, RoiFact, build_pairs
+from medlvr.corpus.qa.text import TextStage
+from medlvr.corpus.tables import parquet_options
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def _mm_per_px(row: dict) -> tuple[float, float] | None:
 
 def build_qa_dataset(dataset: str, out: Path, cfg: BuildConfig, kg, text: TextStage | None = None) -> dict[str, Any]:
     """QA pairs of one ingested dataset -> <out>/qa/<dataset>/pairs.parquet (streamed, atomic). Returns stats."""
-    from corpus.catalog import load_catalog
+    from medlvr.corpus.catalog import load_catalog
 
     spec = load_catalog()[dataset]
     text = text or TextStage(cfg, kg, out)
@@ -184,7 +184,7 @@ def _flush_pairs(items, dataset: str, text: TextStage, writer, counts: Counter) 
 
 
 def compute_hashes(out: Path, datasets: list[str]) -> Path:
-    from corpus.dedup import iter_image_hashes
+    from medlvr.corpus.dedup import iter_image_hashes
 
     rows = [{"image_id": i, "dataset": d, "phash": h} for i, d, h in iter_image_hashes(out / "ingest", datasets)]
     schema = pa.schema([("image_id", pa.string()), ("dataset", pa.string()), ("phash", pa.uint64())])
@@ -198,7 +198,7 @@ def _hash_rows(out: Path):
 
 
 def compute_dup_groups(out: Path, cfg: BuildConfig) -> dict[str, Any]:
-    from corpus.dedup import duplicate_groups, group_sizes
+    from medlvr.corpus.dedup import duplicate_groups, group_sizes
 
     groups = duplicate_groups(_hash_rows(out), cfg.dup_radius, cfg.overlap_radius)
     schema = pa.schema([("image_id", pa.string()), ("dup_group", pa.string())])
@@ -217,7 +217,7 @@ def _groups(out: Path) -> dict[str, str]:
 
 
 def decontaminate(out: Path, cfg: BuildConfig) -> dict[str, Any]:
-    from corpus.decontam import DecontamReport, find_contaminated, scan_benchmark_images
+    from medlvr.corpus.decontam import DecontamReport, find_contaminated, scan_benchmark_images
 
     rep = DecontamReport()
     roots = {k: Path(v) for k, v in cfg.benchmark_roots.items()}
@@ -233,7 +233,7 @@ def decontaminate(out: Path, cfg: BuildConfig) -> dict[str, Any]:
 
 
 def compute_splits(out: Path, cfg: BuildConfig, datasets: list[str]) -> dict[str, Any]:
-    from corpus.splits import assign_splits, iter_split_rows
+    from medlvr.corpus.splits import assign_splits, iter_split_rows
 
     split_of, rep = assign_splits(iter_split_rows(out / "ingest", _groups(out), datasets), cfg.split_fractions,
                                   cfg.split_seed)
@@ -247,7 +247,7 @@ def compute_splits(out: Path, cfg: BuildConfig, datasets: list[str]) -> dict[str
 
 def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
     """Join QA pairs with image bytes, split and duplicate group; drop contaminated images; publish atomically."""
-    from corpus.shards import ShardWriter
+    from medlvr.corpus.shards import ShardWriter
 
     splits = dict(zip(*[pq.read_table(out / "work" / "splits.parquet").column(c).to_pylist()
                         for c in ("image_id", "split")]))
@@ -282,9 +282,9 @@ def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
 def build_corpus(data_root: Path, out: Path, cfg: BuildConfig = BuildConfig(), datasets: list[str] | None = None,
                  progress: bool = True, log=print) -> dict[str, Any]:
     """All steps in order. Returns the build report (also written to <out>/build_report.json)."""
-    from corpus.card import write_card
-    from corpus.cli import run_ingest
-    from corpus.kg.graph import load_graph
+    from medlvr.corpus.card import write_card
+    from medlvr.corpus.ingest import run_ingest
+    from medlvr.corpus.kg.graph import load_graph
 
     out = Path(out)
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from corpus.shards import MANIFEST_NAME
+from medlvr.corpus.shards import MANIFEST_NAME
 
 
 def _plt():
@@ -117,7 +117,7 @@ def write_card(shard_dir: Path, out_dir: Path, report: dict | None = None) -> Pa
     lines += ["## Plots", "", "![counts](counts.png)", "", "![box sizes](box_sizes.png)", "",
               "![samples](samples.png)", "",
               "Boxes are absolute xyxy in the normalised image; questions refer to them as `{boxN}` and are rendered "
-              "in the target model's syntax at export (`corpus.qa.export`). Knowledge-only questions are tagged "
+              "in the target model's syntax at export (`medlvr.corpus.qa.export`). Knowledge-only questions are tagged "
               "`knowledge_only`.", ""]
     (out_dir / "README.md").write_text("\n".join(lines))
     return out_dir / "README.md"

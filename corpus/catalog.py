@@ -86,7 +86,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
 @lru_cache(maxsize=4)
 def load_catalog(directory: str | None = None) -> dict[str, DatasetSpec]:
     """All dataset specs keyed by id, in file-name order. Validates adapters exist."""
-    from corpus.adapters import ADAPTERS  # local import: adapters import this module
+    from medlvr.corpus.adapters import ADAPTERS  # local import: adapters import this module
 
     d = Path(directory) if directory else CATALOG_DIR
     specs: dict[str, DatasetSpec] = {}

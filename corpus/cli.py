@@ -1,28 +1,26 @@
-"""The `medlvr` command line. Subcommands stay thin: they parse arguments and call the libraries.
+"""`medlvr` subcommands of the corpus package (the root parser is `medlvr.pipelines.cli`, which calls `register`).
+Subcommands stay thin: they parse arguments and call the library.
 
     medlvr catalog [--json]
     medlvr sample-data OUT_DIR [--datasets ID ...]
     medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE]
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
-    medlvr demo [--dagster-home DIR] [--force]   the main job: the whole asset graph through Dagster
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from corpus.catalog import CatalogError, load_catalog, select
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import run_ingest
 
 
 def _cmd_catalog(args) -> int:
-    from corpus.adapters import ADAPTERS
+    from medlvr.corpus.adapters import ADAPTERS
 
     cat = load_catalog()
     if args.json:
@@ -42,7 +40,7 @@ def _cmd_catalog(args) -> int:
 
 
 def _cmd_sample_data(args) -> int:
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.sample_data import write_samples
 
     t0 = time.perf_counter()
     counts = write_samples(Path(args.out_dir), args.datasets, seed=args.seed)
@@ -68,22 +66,8 @@ def print_summary(summaries, file=None) -> None:
     print(f"{'total':<28} {tot[0]:>7} {tot[1]:>8} {tot[2]:>7} {tot[3]:>7} {tot[4]:>7}", file=file)
 
 
-def run_ingest(data_root: Path, out: Path, datasets, cfg, progress: bool = True):
-    from corpus.ingest import DatasetMissing, dataset_root, ingest_dataset
-
-    summaries, missing = [], []
-    specs = select(datasets)
-    for spec in specs:
-        root = dataset_root(data_root, spec)
-        try:
-            summaries.append(ingest_dataset(spec, root, out, cfg, progress=progress))
-        except DatasetMissing as e:
-            missing.append(str(e))
-    return summaries, missing
-
-
 def _cmd_ingest(args) -> int:
-    from corpus.ingest import IngestConfig
+    from medlvr.corpus.ingest import IngestConfig
 
     cfg = IngestConfig.from_yaml(args.config) if args.config else IngestConfig()
     if args.workers is not None:
@@ -97,7 +81,7 @@ def _cmd_ingest(args) -> int:
 
 
 def _cmd_build_corpus(args) -> int:
-    from corpus.build import BuildConfig, build_corpus
+    from medlvr.corpus.build import BuildConfig, build_corpus
 
     cfg = BuildConfig.from_yaml(args.config) if args.config else BuildConfig()
     if args.workers is not None:
@@ -124,35 +108,8 @@ def print_build_report(report: dict, file=None) -> None:
     print(f"shards: {report['shards']}  card: {report['card']}  ({report['seconds']}s)", file=file)
 
 
-def _cmd_demo(args) -> int:
-    """The main job: the whole asset graph materialised through Dagster (pipelines/main_job.py)."""
-    from corpus.ingest import DatasetSummary
-    from pipelines.main_job import run_main
-
-    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
-    print(f"Dagster instance: {home.resolve()} (browse it afterwards with `make dagster-dev`)")
-    res = run_main(home, args.datasets, force=args.force)
-    corpus = Path(res["home"]) / "corpus"
-    summaries = [DatasetSummary(**json.loads(p.read_text())) for p in sorted(corpus.glob("ingest/*/summary.json"))
-                 if not p.parent.name.startswith(".")]
-    print()
-    print_summary(summaries)
-    from corpus.shards import MANIFEST_NAME
-
-    manifest = json.loads((corpus / "shards" / MANIFEST_NAME).read_text())
-    print(f"\nQA pairs: {manifest['rows']} in {len(manifest['shards'])} shards; per split "
-          f"{json.dumps(manifest['counts']['split'])}; decontamination removed "
-          f"{manifest['decontamination'].get('removed_images', 0)} images")
-    print(f"steps run: {len(res['ran'])}, reused (up to date): {len(res['reused'])}, failed: {len(res['failed'])}")
-    print(f"corpus card: {corpus / 'card' / 'README.md'}")
-    print(f"evaluation report: {res['report']}")
-    print(f"done in {res['seconds']}s")
-    return 1 if res["failed"] else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medlvr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+def register(sub) -> None:
+    """Add the corpus subcommands to the root parser's subparsers."""
     c = sub.add_parser("catalog", help="list the dataset catalog")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_cmd_catalog)
@@ -178,24 +135,3 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="YAML with BuildConfig fields (ingest, qa, generator, benchmark_roots, ...)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=_cmd_build_corpus)
-    for module in ("training.cli", "evaluation.cli"):  # each package registers its own subcommands
-        importlib.import_module(module).register(sub)
-    d = sub.add_parser("demo", help="the main job: the whole asset graph through Dagster, on the bundled sample data")
-    d.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME, else ./pipelines/dagster_home)")
-    d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: all 31)")
-    d.add_argument("--force", action="store_true", help="rerun every step even if it is up to date")
-    d.set_defaults(fn=_cmd_demo)
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (CatalogError, KeyError, FileNotFoundError) as e:
-        print(f"medlvr: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpus.dedup import DEFAULT_RADIUS, HashIndex, decode_image, phash
+from medlvr.corpus.dedup import DEFAULT_RADIUS, HashIndex, decode_image, phash
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Leading bytes of encoded images, used to recognise image payloads in binary Parquet columns.

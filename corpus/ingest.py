@@ -25,15 +25,15 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from corpus.adapters import ADAPTERS
-from corpus.adapters.paths import clear_path_cache
-from corpus.adapters.sidecar import whitelist
-from corpus.catalog import DatasetSpec, official_split_of, patient_of
-from corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize, shrink_scalar, to_uint8
-from corpus.png import encode_png
-from corpus.records import RecordError, RecordRef, Reject, SourceImage
-from corpus.tables import DatasetWriter
-from corpus.volumes import SliceConfig
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.paths import clear_path_cache
+from medlvr.corpus.adapters.sidecar import whitelist
+from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, select
+from medlvr.corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize, shrink_scalar, to_uint8
+from medlvr.corpus.png import encode_png
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.tables import DatasetWriter
+from medlvr.corpus.volumes import SliceConfig
 
 # Attributes that code (not sidecars) produces and that carry no identifying information.
 SAFE_IMAGE_KEYS = ("slice_role", "sequence", "photometric", "bits_stored", "inverted", "dicom_modality", "phase", "view")
@@ -467,3 +467,15 @@ def dataset_root(data_root: Path, spec: DatasetSpec, overrides: Mapping[str, str
     if env:
         return Path(env).expanduser()
     return Path(data_root) / spec.id
+
+
+def run_ingest(data_root: Path, out: Path, datasets, cfg, progress: bool = True):
+    summaries, missing = [], []
+    specs = select(datasets)
+    for spec in specs:
+        root = dataset_root(data_root, spec)
+        try:
+            summaries.append(ingest_dataset(spec, root, out, cfg, progress=progress))
+        except DatasetMissing as e:
+            missing.append(str(e))
+    return summaries, missing

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from corpus.records import SourceROI
+from medlvr.corpus.records import SourceROI
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 _TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)

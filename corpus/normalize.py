@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from corpus.records import RecordError, SourceImage
+from medlvr.corpus.records import RecordError, SourceImage
 
 # CT windows in HU as (low, high). BiomedParse presets [V] and standard W/L presets converted (W/L -> L±W/2).
 CT_WINDOWS: dict[str, tuple[float, float]] = {

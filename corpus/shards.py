@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpus.tables import publish_dir
+from medlvr.corpus.tables import publish_dir
 
 SHARD_SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"  # leading "_": pyarrow.dataset and HF datasets skip it when reading the folder

@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from corpus.dedup import UnionFind
+from medlvr.corpus.dedup import UnionFind
 
 SPLITS = ("train", "val", "test")
 STRICTNESS = {"train": 0, "val": 1, "test": 2}  # on conflict the highest wins

@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from corpus.masks import LabelRule, bounding_slices, components, instances_3d_in_box, min_speck_px
-from corpus.records import RecordError, SourceImage, SourceROI
+from medlvr.corpus.masks import LabelRule, bounding_slices, components, instances_3d_in_box, min_speck_px
+from medlvr.corpus.records import RecordError, SourceImage, SourceROI
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Latent ablations at inference (method.md §6 "Beyond"): does the answer depend on the latent evidence?
 
-Each ablation is a `latent_transform(z, rows, slots) -> z'` for `training.latent_decode.latent_generate`:
+Each ablation is a `latent_transform(z, rows, slots) -> z'` for `medlvr.training.latent_decode.latent_generate`:
 
 * zero:    every latent input replaced by zeros;
 * shuffle: each row is fed the latent another sample computed at the same slot (a cyclic shift over the rows
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from evaluation.config import ABLATIONS
+from medlvr.evaluation.config import ABLATIONS
 
 
 def zero_latents(z: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ class NoiseLatents:
 
 
 def make_transform_factory(kind: str, noise_scale: float = 1.0, seed: int = 0):
-    """transform_factory for `evaluation.inference.run_predictions` (one transform per batch)."""
+    """transform_factory for `medlvr.evaluation.inference.run_predictions` (one transform per batch)."""
     if kind not in ABLATIONS:
         raise ValueError(f"unknown ablation {kind!r}; known {ABLATIONS}")
     if kind == "zero":

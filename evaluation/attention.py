@@ -1,7 +1,7 @@
 """Fig. 3 data: how much the decoder attends to the image, per layer, and where (heatmap over the image).
 
 For one sample: greedy latent generation, then ONE teacher-forced forward over prompt + generated sequence with
-eager attention (latent slots take the recorded latent inputs, as in `training.replay`). The queries are the
+eager attention (latent slots take the recorded latent inputs, as in `medlvr.training.replay`). The queries are the
 positions that produced the generated tokens (the last prompt position and every generated position but the
 last). Per layer: the share of their attention mass on the `<|image_pad|>` keys, averaged over heads and
 queries. Heatmap: the attention on the first image's tokens, averaged over layers, heads and queries, reshaped to
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evaluation.benchmarks.base import Sample, open_image
-from evaluation.inference import LoadedModel, encode_batch
-from training.latent_decode import DecodeConfig, latent_generate
-from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions
+from medlvr.corpus.evalsets.base import Sample, open_image
+from medlvr.evaluation.inference import LoadedModel, encode_batch
+from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions
 
 
 @dataclass

@@ -14,8 +14,8 @@ import sys
 def _cmd_evaluate(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from evaluation.config import EvalConfig
-    from evaluation.runs import evaluate
+    from medlvr.evaluation.config import EvalConfig
+    from medlvr.evaluation.runs import evaluate
 
     cfg = EvalConfig.from_yaml(args.config, out_dir=args.out, limit=args.limit)
     res = evaluate(cfg, progress=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
@@ -25,8 +25,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from evaluation.config import EvalConfig
-    from evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
+    from medlvr.evaluation.config import EvalConfig
+    from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
 
     cfg = EvalConfig.from_yaml(args.config, out_dir=args.out)
     jobs = plan_jobs(cfg, efficiency_manifest(cfg, load_all(cfg)))

@@ -18,7 +18,7 @@ EXTERNAL = ("slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")  # Table 
 EFFICIENCY_QUOTAS = {"slake": 100, "vqa_rad": 100, "pmc_vqa": 100, "mmmu_hm": 100, "medxpertqa_mm": 85}
 EFFICIENCY_KINDS = {"slake": "yesno", "vqa_rad": "yesno", "mmmu_hm": "mc"}
 PROMPT_STYLES = ("direct", "tags")
-# folder of a benchmark under data_root (= the name `evaluation.sample_data` writes it under)
+# folder of a benchmark under data_root (= the name `medlvr.evaluation.sample_data` writes it under)
 DATA_DIRS = {"mmmu_hm": "mmmu", "medxpertqa_mm": "medxpertqa"}
 ABLATIONS = ("zero", "shuffle", "noise")
 

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from evaluation.attention import AttentionResult  # noqa: E402
-from evaluation.benchmarks.base import open_image  # noqa: E402
+from medlvr.evaluation.attention import AttentionResult  # noqa: E402
+from medlvr.corpus.evalsets.base import open_image  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

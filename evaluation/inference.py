@@ -2,7 +2,7 @@
 
 * Prompts: one template per answer kind and prompt style (benchmarks.md §3.2). Multiple-choice options are
   appended as "A. text" lines unless the question already embeds them (`options_embedded`).
-* Decoding: `training.latent_decode.latent_generate`, temperature 0, K latent steps (K = 0: plain decoding),
+* Decoding: `medlvr.training.latent_decode.latent_generate`, temperature 0, K latent steps (K = 0: plain decoding),
   fixed pixel budget (`min_pixels` / `max_pixels` on the image processor).
 * Records: one JSON line per sample, appended and flushed as each batch finishes:
   {"benchmark", "sample_id", "output", "n_tokens", "latency_s", "model", "k_latent", "variant", "rank",
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from evaluation.benchmarks.base import Sample, open_image
-from evaluation.config import DecodeSettings, ModelSpec
-from training.latent_decode import DecodeConfig, latent_generate
-from training.model import END_TOKEN, LATENT_TOKEN, START_TOKEN, LatentTokenIds
+from medlvr.corpus.evalsets.base import Sample, open_image
+from medlvr.evaluation.config import DecodeSettings, ModelSpec
+from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.model import END_TOKEN, LATENT_TOKEN, START_TOKEN, LatentTokenIds
 
 DIRECT_MC = "Answer with the option's letter from the given choices directly."
 DIRECT_YESNO = "Answer the question with yes or no."
@@ -115,13 +115,13 @@ def load_for_eval(spec: ModelSpec, settings: DecodeSettings = DecodeSettings(),
     attn = attn_implementation or settings.attn_implementation
     dtype, device = _DTYPES[settings.dtype], resolve_device(settings.device)
     if spec.path == "tiny" or spec.path.startswith("tiny:"):
-        from training.tiny import build_tiny
+        from medlvr.training.tiny import build_tiny
 
         seed = int(spec.path.split(":", 1)[1]) if ":" in spec.path else 0
         b = build_tiny(seed=seed, attn_implementation=attn, dtype=dtype, device=device)
         model, processor, ids = b.model, b.processor, b.ids
     else:
-        from training.model import load_checkpoint
+        from medlvr.training.model import load_checkpoint
 
         model, processor, ids = load_checkpoint(spec.path, dtype=dtype, attn_implementation=attn, device=device)
         processor.tokenizer.padding_side = "left"

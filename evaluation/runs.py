@@ -14,37 +14,23 @@ import pkgutil
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from evaluation.benchmarks.base import LOADERS, BenchmarkError, Sample
-from evaluation.config import ABLATIONS, DATA_DIRS, EvalConfig
-from evaluation.inference import dist_info, load_for_eval, merge_predictions, read_records, run_predictions
-
-
-@dataclass(frozen=True)
-class Job:
-    model: str
-    benchmark: str
-    k_latent: int
-    variant: str
-    ids: tuple[str, ...] | None = None  # None: every sample of the benchmark
-    ablation: str = ""
-
-
-def pred_path(out_dir: Path, job: Job) -> Path:
-    return Path(out_dir) / "predictions" / job.model / f"k{job.k_latent}" / job.variant / f"{job.benchmark}.jsonl"
+from medlvr.corpus.evalsets.base import LOADERS, BenchmarkError, Sample
+from medlvr.evaluation.config import ABLATIONS, DATA_DIRS, EvalConfig
+from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
+from medlvr.evaluation.predictions import Job, pred_path
 
 
 def load_benchmark(cfg: EvalConfig, name: str) -> list[Sample]:
     """The configured benchmark's samples sorted by id (at most `cfg.limit`), through the loader registry."""
     if name not in LOADERS:  # loaders register on import
-        import evaluation.benchmarks as pkg
+        import medlvr.corpus.evalsets as pkg
 
         for mod in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"evaluation.benchmarks.{mod.name}")
+            importlib.import_module(f"medlvr.corpus.evalsets.{mod.name}")
     if name not in LOADERS:
         raise BenchmarkError(f"no loader registered for benchmark {name!r} (known: {sorted(LOADERS)})")
     kw = dict(cfg.benchmarks[name])
@@ -57,7 +43,7 @@ def load_all(cfg: EvalConfig) -> dict[str, list[Sample]]:
     if cfg.sample_data and cfg.data_root is not None:
         missing = [b for b in cfg.benchmarks if not Path(cfg.benchmarks[b]["path"]).is_dir()]
         if missing:
-            from evaluation.sample_data import write_benchmark_samples
+            from medlvr.evaluation.sample_data import write_benchmark_samples
 
             write_benchmark_samples(cfg.data_root, [DATA_DIRS.get(b, b) for b in missing])
     return {b: load_benchmark(cfg, b) for b in cfg.benchmarks}
@@ -65,7 +51,7 @@ def load_all(cfg: EvalConfig) -> dict[str, list[Sample]]:
 
 def efficiency_manifest(cfg: EvalConfig, samples: dict[str, list[Sample]],
                         write: bool = True) -> dict[str, list[str]] | None:
-    from evaluation.tables import efficiency_subset, write_manifest
+    from medlvr.evaluation.tables import efficiency_subset, write_manifest
 
     if not cfg.efficiency:
         return None
@@ -101,7 +87,7 @@ def plan_jobs(cfg: EvalConfig, manifest: dict[str, list[str]] | None = None) -> 
 def run_jobs(cfg: EvalConfig, jobs: list[Job], samples: dict[str, list[Sample]], rank: int = 0,
              world_size: int = 1, progress: Callable[[str], None] | None = None) -> dict:
     """This rank's share of every job, one model load per model. Returns timing info per job."""
-    from evaluation.ablations import make_transform_factory
+    from medlvr.evaluation.ablations import make_transform_factory
 
     if cfg.decode.threads:
         torch.set_num_threads(cfg.decode.threads)
@@ -166,7 +152,7 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
     if rank != 0:
         return result
     merge_all(cfg, jobs, world_size)
-    from evaluation.report import build_sections, write_report
+    from medlvr.evaluation.report import build_sections, write_report
 
     sections = build_sections(cfg, samples, jobs, manifest)
     md, page = write_report(cfg.out_dir, cfg.title, sections)
@@ -178,5 +164,3 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
     return result
 
 
-def job_records(cfg: EvalConfig, job: Job) -> list[dict]:
-    return read_records(pred_path(cfg.out_dir, job))

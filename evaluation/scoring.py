@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from evaluation.parsing import is_correct, parse_answer
+from medlvr.corpus.evalsets.answers import is_correct, parse_answer
 
 REQUIRED = ("benchmark", "sample_id", "output")
 GOLD = ("kind", "answer")

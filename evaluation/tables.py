@@ -1,9 +1,9 @@
 """Scoring glue and the paper's Tables 3 and 4 (plus the Fig. 5 data) on scored prediction rows.
 
-A *scored row* is a prediction record (see `evaluation.inference`) joined with its Sample:
+A *scored row* is a prediction record (see `medlvr.evaluation.inference`) joined with its Sample:
     {benchmark, sample_id, model, k_latent, variant, n_tokens, latency_s, finish_reason, kind, tags,
      parsed, correct (bool), parse_failed / parse_fail (bool), truncated, modality}
-Scoring itself is `evaluation.scoring` (benchmarks.md §3: no random or similarity fallbacks; unparseable is
+Scoring itself is `medlvr.evaluation.scoring` (benchmarks.md §3: no random or similarity fallbacks; unparseable is
 wrong); Tables 1 and 2 live there too. This module computes Tables 3 / 4 and the Fig. 5 data.
 All accuracies are percentages over N, unparseable items included.
 """
@@ -15,14 +15,14 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from evaluation.benchmarks.base import Sample
-from evaluation.config import EFFICIENCY_KINDS, EFFICIENCY_QUOTAS
+from medlvr.corpus.evalsets.base import Sample
+from medlvr.evaluation.config import EFFICIENCY_KINDS, EFFICIENCY_QUOTAS
 
 
 def score_records(records: Iterable[dict], samples: Mapping[str, Sample]) -> list[dict]:
-    """Score records against their Samples (by sample_id, one benchmark) with `evaluation.scoring.score_record`;
+    """Score records against their Samples (by sample_id, one benchmark) with `medlvr.evaluation.scoring.score_record`;
     records without a Sample are dropped. Adds "modality" (Table 1 spelling) and "parse_fail" (= parse_failed)."""
-    from evaluation.scoring import canonical_modality, score_record
+    from medlvr.evaluation.scoring import canonical_modality, score_record
 
     rows = []
     for rec in records:
@@ -98,10 +98,10 @@ def table4(rows_by_variant: Mapping[str, Sequence[dict]], benchmarks: Sequence[s
            subsets: Mapping[str, str] | None = None) -> list[dict]:
     """Variants side by side: {variant, <benchmark>: accuracy, ..., "avg": mean over the benchmarks present}.
 
-    subsets: benchmark -> subset scored ("all", "closed", "mc", ...; `evaluation.scoring.in_subset`), e.g.
+    subsets: benchmark -> subset scored ("all", "closed", "mc", ...; `medlvr.evaluation.scoring.in_subset`), e.g.
     `scoring.TABLE2_SUBSETS` for the paper's closed yes/no SLAKE / VQA-RAD; default "all".
     """
-    from evaluation.scoring import in_subset
+    from medlvr.evaluation.scoring import in_subset
 
     subsets = subsets or {}
     out = []

@@ -15,11 +15,11 @@ import dagster as dg
 # Partitioned asset checks are a preview feature in 1.13 (they work; the warning at definition time is noise).
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)
-    from pipelines.corpus.definitions import corpus_defs
+    from medlvr.pipelines.corpus.definitions import corpus_defs
 
-from pipelines.evaluation import evaluation_defs  # noqa: E402
-from pipelines.training.assets import TRAINING_ASSETS  # noqa: E402
-from pipelines.training.vlpo_assets import VLPO_ASSETS  # noqa: E402
+from medlvr.pipelines.evaluation import evaluation_defs  # noqa: E402
+from medlvr.pipelines.training.assets import TRAINING_ASSETS  # noqa: E402
+from medlvr.pipelines.training.vlpo_assets import VLPO_ASSETS  # noqa: E402
 
 GPU_POOL = "gpu"
 

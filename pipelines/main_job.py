@@ -56,8 +56,8 @@ class MainJob:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import dagster as dg
 
-        from pipelines.corpus.resources import medlvr_home
-        from pipelines.definitions import defs
+        from medlvr.pipelines.corpus.resources import medlvr_home
+        from medlvr.pipelines.definitions import defs
 
         import warnings
 
@@ -97,7 +97,7 @@ class MainJob:
 
     # ------------------------------------------------------------------------------------------------- stages
     def corpus(self, datasets: list[str]) -> str:
-        from corpus.sample_data import write_samples
+        from medlvr.corpus.sample_data import write_samples
 
         data_root = self.home / "sample_data"
         missing = [d for d in datasets if not (data_root / d).is_dir()]
@@ -120,7 +120,7 @@ class MainJob:
         return self.home / "evaluation" / "benchmarks"
 
     def _bench_fp(self) -> str:
-        from evaluation.sample_data import write_benchmark_samples
+        from medlvr.evaluation.sample_data import write_benchmark_samples
 
         root = self._bench_root()
         if not root.is_dir():
@@ -128,13 +128,13 @@ class MainJob:
         return tree_fingerprint(root)
 
     def _publish_config(self) -> dict:
-        from evaluation.config import BENCHMARKS, DATA_DIRS
+        from medlvr.evaluation.config import BENCHMARKS, DATA_DIRS
 
         roots = {b: str(self._bench_root() / DATA_DIRS.get(b, b)) for b in BENCHMARKS}
         return {"resources": {"corpus_settings": {"config": {"benchmark_roots": roots}}}}
 
     def training(self, upstream_fp: str) -> str:
-        from evaluation.config import DATA_DIRS
+        from medlvr.evaluation.config import DATA_DIRS
 
         fp = _hash(upstream_fp, code_fingerprint("training", "pipelines/training"),
                    (REPO / "configs" / "sft_tiny.yaml").read_text(), (REPO / "configs" / "vlpo_tiny.yaml").read_text())
@@ -162,7 +162,7 @@ class MainJob:
         return out
 
     def evaluation(self, upstream_fp: str) -> Path:
-        from evaluation.config import BENCHMARKS
+        from medlvr.evaluation.config import BENCHMARKS
 
         models = self.checkpoints()
         settings = {"config_path": str(REPO / "configs" / "eval_demo.yaml"),
@@ -183,7 +183,7 @@ class MainJob:
 def run_main(dagster_home: Path, datasets: list[str] | None = None, force: bool = False,
              log: Callable[[str], None] = print) -> dict:
     """Run (or reuse) every stage; returns {"ran", "reused", "failed", "report", "seconds"}."""
-    from corpus.catalog import load_catalog
+    from medlvr.corpus.catalog import load_catalog
 
     t0 = time.perf_counter()
     job = MainJob(dagster_home, log, force)

@@ -36,7 +36,7 @@ frozen parameters are not given to the optimizer. Weight decay applies to >= 2-D
 
 Checkpoint layout (`save`)::
 
-    dir/model/               safetensors weights + config + processor/tokenizer (`training.model.save_checkpoint`)
+    dir/model/               safetensors weights + config + processor/tokenizer (`medlvr.training.model.save_checkpoint`)
     dir/optim/               single: optimizer.pt, scheduler.pt | deepspeed: the engine's own (per-rank ZeRO shards)
     dir/rng/rank-<r>.pt      python, numpy, torch (and CUDA) RNG states per rank
     dir/trainer_state.json   counters + extra_state (data position, ...);  dir/config.json: the run's config
@@ -307,7 +307,7 @@ class Engine:
     def save(self, directory: str | Path, extra_state: dict[str, Any] | None = None, *, processor=None,
              config: dict | None = None) -> Path:
         """Write a complete, resumable checkpoint (all ranks must call it). Returns the final directory."""
-        from training.model import save_checkpoint
+        from medlvr.training.model import save_checkpoint
 
         final = Path(directory)
         tmp = final.with_name(final.name + ".tmp")

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from training.model import LatentTokenIds
-from training.sampling import sample_tokens, token_logprobs
-from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
+from medlvr.training.model import LatentTokenIds
+from medlvr.training.sampling import sample_tokens, token_logprobs
+from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
 
 # per-row mode of the NEXT input
 SAMPLE, LATENT, FORCE_END, FORCE_START = 0, 1, 2, 3

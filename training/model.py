@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from training.processor import load_processor
+from medlvr.corpus.qwen.processor import load_processor
 
 START_TOKEN = "<Medlvr_Start>"
 LATENT_TOKEN = "<Medlvr_Latent>"

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from training.latent_decode import LatentDecodeOutput
-from training.model import LatentTokenIds
-from training.sampling import token_logprobs
-from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, select_rows_vision
+from medlvr.training.latent_decode import LatentDecodeOutput
+from medlvr.training.model import LatentTokenIds
+from medlvr.training.sampling import token_logprobs
+from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, select_rows_vision
 
 
 @dataclass

@@ -22,7 +22,7 @@ from fractions import Fraction
 
 import torch
 
-from training.vlm_inputs import image_embeddings
+from medlvr.training.vlm_inputs import image_embeddings
 
 Box = Sequence[float]  # (x1, y1, x2, y2) in original image pixels
 

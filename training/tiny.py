@@ -5,8 +5,8 @@ Qwen2-VL image processor (PIL backend, real resize/patch logic), a Qwen2.5-VL pr
 a random `Qwen2_5_VLForConditionalGeneration` (about 0.7 M parameters) that already carries the MedLVR tokens
 (added through the same `add_latent_tokens` path a real checkpoint goes through).
 
-Round trip: `training.model.save_checkpoint(bundle.model, bundle.processor, d)` then
-`training.model.load_checkpoint(d)` (local directory, `save_pretrained` / `from_pretrained`).
+Round trip: `medlvr.training.model.save_checkpoint(bundle.model, bundle.processor, d)` then
+`medlvr.training.model.load_checkpoint(d)` (local directory, `save_pretrained` / `from_pretrained`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers import Qwen2VLImageProcessorPil
 
-from training.model import LatentTokenIds, add_latent_tokens, resolve_attn_implementation
-from training.processor import build_processor
+from medlvr.training.model import LatentTokenIds, add_latent_tokens, resolve_attn_implementation
+from medlvr.corpus.qwen.processor import build_processor
 
 # A few hundred characters of radiology-flavoured text; the BPE merges only need to be plausible.
 _CORPUS = [

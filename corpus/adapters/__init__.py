@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from corpus.records import RecordRef, Reject, SourceImage
+from medlvr.corpus.records import RecordRef, Reject, SourceImage
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def _load_all() -> None:
     import importlib
 
     for mod in _MODULES:
-        importlib.import_module(f"corpus.adapters.{mod}")
+        importlib.import_module(f"medlvr.corpus.adapters.{mod}")
 
 
 _load_all()

@@ -24,13 +24,13 @@ from typing import Iterator
 
 import numpy as np
 
-from corpus.adapters import register
-from corpus.adapters.csv_boxes import image_size, source_image, to_float
-from corpus.adapters.images import read_2d
-from corpus.adapters.paths import require_file
-from corpus.adapters.sidecar import read_json
-from corpus.masks import box_of, polygon_mask
-from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.csv_boxes import image_size, source_image, to_float
+from medlvr.corpus.adapters.images import read_2d
+from medlvr.corpus.paths import require_file
+from medlvr.corpus.adapters.sidecar import read_json
+from medlvr.corpus.masks import box_of, polygon_mask
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 
 def rle_counts(counts) -> list[int]:

@@ -30,10 +30,10 @@ import csv
 from pathlib import Path
 from typing import Any, Iterator
 
-from corpus.adapters import register
-from corpus.adapters.images import Pixels, read_2d
-from corpus.adapters.paths import rel_path, require_file, walk
-from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.images import Pixels, read_2d
+from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 NAN = float("nan")
 

@@ -20,11 +20,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from corpus.adapters import register
-from corpus.adapters.images import read_pil
-from corpus.adapters.paths import require_file
-from corpus.normalize import HU_CLIP
-from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.images import read_pil
+from medlvr.corpus.paths import require_file
+from medlvr.corpus.normalize import HU_CLIP
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 REQUIRED = ("File_name", "Patient_index", "Bounding_boxes", "Coarse_lesion_type", "DICOM_windows", "Train_Val_Test")
 DEFAULT_TYPES = {1: "bone lesion", 2: "abdomen lesion", 3: "mediastinum lesion", 4: "liver lesion",

@@ -21,9 +21,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from corpus.adapters import register
-from corpus.adapters.paths import rel_path, require_file, walk
-from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.adapters import register
+from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 HEADER = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
 DATASETS = ("reconstruction_rss", "reconstruction_esc")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from corpus.records import RecordError
+from medlvr.corpus.records import RecordError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 

@@ -30,11 +30,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from corpus.adapters import register
-from corpus.adapters.paths import is_within, rel_path, safe_path, walk
-from corpus.masks import LabelRule, polygon_mask
-from corpus.records import RecordError, RecordRef, Reject, SourceImage
-from corpus.volumes import SliceConfig, volume_images
+from medlvr.corpus.adapters import register
+from medlvr.corpus.paths import is_within, rel_path, safe_path, walk
+from medlvr.corpus.masks import LabelRule, polygon_mask
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.volumes import SliceConfig, volume_images
 
 RATINGS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin", "lobulation",
            "spiculation", "texture", "malignancy")

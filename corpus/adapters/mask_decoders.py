@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from scipy import ndimage
 
-from corpus.masks import rules_from_options
-from corpus.records import RecordError
+from medlvr.corpus.masks import rules_from_options
+from medlvr.corpus.records import RecordError
 
 
 @dataclass

@@ -1,157 +1,17 @@
 """A2 `metaimage`: MetaImage `.mhd` header + `.raw` data (RETOUCH OCT, CAMUS legacy release).
 
-A small parser instead of SimpleITK: NDims, DimSize, ElementType, ElementSpacing (or ElementSize),
-ElementDataFile (a file next to the header, or LOCAL), HeaderSize, BinaryDataByteOrderMSB /
-ElementByteOrderMSB and CompressedData (zlib). Arrays come back in MetaImage memory order reversed, i.e.
-DimSize "X Y Z" -> numpy (Z, Y, X), so a RETOUCH B-scan is `arr[i]` (depth x A-scans) and the adapter's
-default axis_order is "ZYX". Record discovery, label rules and slicing are shared with A1
-(corpus.adapters.nifti): the catalog options are the same, with `reader: metaimage`.
+The file format is read by `medlvr.corpus.mhd`; record discovery, label rules and slicing are shared with A1
+(`medlvr.corpus.adapters.nifti`): the catalog options are the same, with `reader: metaimage`. The default
+axis_order is "ZYX", so a RETOUCH B-scan is `arr[i]` (depth x A-scans).
 """
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import numpy as np
-
-from corpus.adapters import register
-from corpus.adapters.nifti import discover_volumes, load_volume
-from corpus.adapters.paths import safe_path
-from corpus.records import RecordError, RecordRef, SourceImage
-
-ELEMENT_TYPES = {
-    "MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2", "MET_UINT": "u4",
-    "MET_INT": "i4", "MET_ULONG_LONG": "u8", "MET_LONG_LONG": "i8", "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
-}
-_HEADER_MAX = 1 << 16  # a MetaImage header is a few hundred bytes; never read a big .mha whole to parse it
-
-
-@dataclass(frozen=True)
-class MhdHeader:
-    dims: tuple[int, ...]  # DimSize, X first
-    dtype: np.dtype  # with the file's byte order
-    spacing: tuple[float, ...]  # X first
-    data_rel: str  # path of the data file relative to the dataset root (the header itself for LOCAL)
-    offset: int  # bytes to skip in the data file (LOCAL header length or HeaderSize); -1: data at the end
-    compressed: bool
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.dims)) * self.dtype.itemsize
-
-
-def _bool(v: str) -> bool:
-    return v.strip().lower() in ("true", "1", "yes")
-
-
-def parse_header(root: Path, rel: str) -> MhdHeader:
-    path = safe_path(root, rel)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEADER_MAX)
-    except OSError as e:
-        raise RecordError(f"cannot read MetaImage header {rel}: {e}")
-    fields: dict[str, str] = {}
-    pos = 0
-    data_file = None
-    while pos < len(head):
-        end = head.find(b"\n", pos)
-        end = len(head) if end < 0 else end
-        line = head[pos:end].decode("latin-1").strip()
-        pos = end + 1
-        if not line:
-            continue
-        if "=" not in line:
-            raise RecordError(f"{rel}: not a MetaImage header line: {line[:60]!r}")
-        k, v = (s.strip() for s in line.split("=", 1))
-        fields[k] = v
-        if k == "ElementDataFile":  # always the last header field; binary data may follow (LOCAL)
-            data_file = v
-            break
-    if data_file is None:
-        raise RecordError(f"{rel}: MetaImage header has no ElementDataFile")
-    try:
-        ndims = int(fields["NDims"])
-        dims = tuple(int(v) for v in fields["DimSize"].split())
-    except KeyError as e:
-        raise RecordError(f"{rel}: MetaImage header lacks {e.args[0]}")
-    except ValueError:
-        raise RecordError(f"{rel}: NDims/DimSize are not integers: {fields.get('NDims')!r} {fields.get('DimSize')!r}")
-    if ndims < 1 or len(dims) != ndims or min(dims) < 1:
-        raise RecordError(f"{rel}: DimSize {dims} does not give NDims={ndims} positive sizes")
-    etype = fields.get("ElementType", "")
-    if etype not in ELEMENT_TYPES:
-        raise RecordError(f"{rel}: unsupported ElementType {etype!r}")
-    if int(fields.get("ElementNumberOfChannels", "1")) != 1:
-        raise RecordError(f"{rel}: multi-channel MetaImage (ElementNumberOfChannels) is not supported")
-    msb = _bool(fields.get("BinaryDataByteOrderMSB", fields.get("ElementByteOrderMSB", "False")))
-    dtype = np.dtype(ELEMENT_TYPES[etype]).newbyteorder(">" if msb else "<")
-    sp_text = fields.get("ElementSpacing") or fields.get("ElementSize") or " ".join(["1"] * ndims)
-    try:
-        spacing = tuple(float(v) for v in sp_text.split())
-    except ValueError:
-        raise RecordError(f"{rel}: ElementSpacing {sp_text!r} is not numeric")
-    if len(spacing) != ndims or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise RecordError(f"{rel}: ElementSpacing {spacing} must be {ndims} positive numbers")
-    compressed = _bool(fields.get("CompressedData", "False"))
-    if data_file.upper() == "LOCAL":
-        data_rel, offset = rel, pos
-    else:
-        if data_file.upper() == "LIST" or "%" in data_file:
-            raise RecordError(f"{rel}: ElementDataFile {data_file!r} (file lists/patterns) is not supported")
-        df = data_file.replace("\\", "/")
-        if df.startswith("/") or (len(df) > 1 and df[1] == ":"):
-            raise RecordError(f"{rel}: ElementDataFile is an absolute path: {data_file!r}")
-        if ".." in PurePosixPath(df).parts:
-            raise RecordError(f"{rel}: ElementDataFile escapes the header's folder: {data_file!r}")
-        data_rel = (PurePosixPath(rel).parent / df).as_posix()
-        offset = int(fields.get("HeaderSize", "0"))
-    return MhdHeader(dims, dtype, spacing, data_rel, offset, compressed)
-
-
-def _data_size_ok(h: MhdHeader, rel: str, available: int) -> None:
-    """Uncompressed data must be exactly DimSize x element size (HeaderSize -1: at least, at the end)."""
-    if h.compressed:
-        return
-    ok = available >= h.nbytes if h.offset < 0 else available == h.nbytes
-    if not ok:
-        raise RecordError(f"{rel}: data file {h.data_rel} holds {available} bytes but DimSize {list(h.dims)} of "
-                          f"{h.dtype.name} needs {h.nbytes}")
-
-
-def check_mhd(root: Path, rel: str) -> MhdHeader:
-    """Header and data-file checks without reading the data (for discovery)."""
-    h = parse_header(root, rel)
-    data = safe_path(root, h.data_rel)
-    if not data.is_file():
-        raise RecordError(f"{rel}: ElementDataFile missing: {h.data_rel}")
-    size = data.stat().st_size
-    _data_size_ok(h, rel, size - max(h.offset, 0))
-    return h
-
-
-def read_mhd(root: Path, rel: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """(array with axes reversed from DimSize, spacing in the same axis order)."""
-    h = check_mhd(root, rel)
-    try:
-        raw = safe_path(root, h.data_rel).read_bytes()
-    except OSError as e:
-        raise RecordError(f"cannot read {h.data_rel}: {e}")
-    if h.compressed:
-        try:
-            raw = zlib.decompress(raw[max(h.offset, 0):], 47)  # 47: zlib or gzip header, auto-detected
-        except zlib.error as e:
-            raise RecordError(f"{rel}: corrupt compressed data in {h.data_rel}: {e}")
-        if len(raw) != h.nbytes:
-            raise RecordError(f"{rel}: decompressed data is {len(raw)} bytes but DimSize needs {h.nbytes}")
-    elif h.offset < 0:
-        raw = raw[len(raw) - h.nbytes:]
-    else:
-        raw = raw[h.offset:]
-    arr = np.frombuffer(raw, dtype=h.dtype, count=int(np.prod(h.dims))).reshape(h.dims[::-1])
-    return arr.astype(h.dtype.newbyteorder("="), copy=True), tuple(h.spacing[::-1])
+from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.nifti import discover_volumes, load_volume
+from medlvr.corpus.records import RecordRef, SourceImage
 
 
 def _discover(spec, root: Path):

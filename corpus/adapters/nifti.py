@@ -33,12 +33,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from corpus.adapters import register
-from corpus.adapters.paths import rel_path, require_file, safe_path, walk
-from corpus.adapters.sidecar import read_json, read_kv, whitelist
-from corpus.masks import LabelRule
-from corpus.records import RecordError, RecordRef, Reject, SourceImage
-from corpus.volumes import SliceConfig, volume_images
+from medlvr.corpus.adapters import register
+from medlvr.corpus.paths import rel_path, require_file, safe_path, walk
+from medlvr.corpus.adapters.sidecar import read_json, read_kv, whitelist
+from medlvr.corpus.masks import LabelRule
+from medlvr.corpus.mhd import check_mhd, read_mhd
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.volumes import SliceConfig, volume_images
 
 _EXT = re.compile(r"(\.nii\.gz|\.nii|\.mhd|\.mha)$", re.IGNORECASE)
 
@@ -64,8 +65,6 @@ def read_any(root: Path, rel: str, reader: str, canonical: bool) -> tuple[np.nda
     if reader == "nifti":
         return read_nifti(root, rel, canonical)
     if reader == "metaimage":
-        from corpus.adapters.metaimage import read_mhd  # local: metaimage imports this module
-
         return read_mhd(root, rel)
     raise RecordError(f"unknown volume reader {reader!r}")
 
@@ -181,7 +180,6 @@ def _make_ref(spec, root: Path, var: dict, anchor: str, rules: list[dict], extra
     for rel in paths.values():
         require_file(root, rel)
         if _reader(spec, var) == "metaimage" and rel.lower().endswith((".mhd", ".mha")):
-            from corpus.adapters.metaimage import check_mhd
 
             check_mhd(root, rel)  # header + data-file checks are cheap: reject here, not in a worker
     attrs: dict[str, Any] = {k: groups[k] for k in var.get("group_attributes") or () if k in groups}

@@ -36,13 +36,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from corpus.adapters import register
-from corpus.adapters.images import read_2d, read_pil
-from corpus.adapters.mask_decoders import decode
-from corpus.adapters.paths import rel_path, require_file, safe_path, walk
-from corpus.adapters.sidecar import read_json, read_table, whitelist
-from corpus.masks import mask_rois, min_speck_px
-from corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.images import read_2d, read_pil
+from medlvr.corpus.adapters.mask_decoders import decode
+from medlvr.corpus.paths import rel_path, require_file, safe_path, walk
+from medlvr.corpus.adapters.sidecar import read_json, read_table, whitelist
+from medlvr.corpus.masks import mask_rois, min_speck_px
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 
 PH2_COLUMNS = ("Name", "Histological Diagnosis", "Clinical Diagnosis", "Asymmetry", "Pigment Network",
                "Dots/Globules", "Streaks", "Regression Areas", "Blue-Whitish Veil", "Colors")

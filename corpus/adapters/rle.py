@@ -28,12 +28,12 @@ from typing import Iterator
 
 import numpy as np
 
-from corpus.adapters import register
-from corpus.adapters.csv_boxes import image_size, read_csv_rows, resolve_image, source_image
-from corpus.adapters.images import read_2d
-from corpus.adapters.paths import rel_path, require_file, walk
-from corpus.masks import box_of, mask_rois
-from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.csv_boxes import image_size, read_csv_rows, resolve_image, source_image
+from medlvr.corpus.adapters.images import read_2d
+from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.masks import box_of, mask_rois
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 
 def _pairs(rle: str) -> np.ndarray:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from corpus.records import RecordError
+from medlvr.corpus.records import RecordError
 
 
 def _num(v: str) -> Any:

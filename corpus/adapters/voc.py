@@ -18,11 +18,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
-from corpus.adapters import register
-from corpus.adapters.csv_boxes import image_size, source_image, split_lists, to_float
-from corpus.adapters.images import read_2d
-from corpus.adapters.paths import rel_path, require_file, walk
-from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.csv_boxes import image_size, source_image, split_lists, to_float
+from medlvr.corpus.adapters.images import read_2d
+from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 
 def parse_voc(path: Path, one_based: bool = True) -> dict:

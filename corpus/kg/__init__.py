@@ -1,5 +1,5 @@
 """The MedLVR knowledge graph: curated concepts (concepts.yaml) plus the SLAKE KG import."""
 
-from corpus.kg.graph import KGError, KnowledgeGraph, load_graph
+from medlvr.corpus.kg.graph import KGError, KnowledgeGraph, load_graph
 
 __all__ = ["KGError", "KnowledgeGraph", "load_graph"]

@@ -23,7 +23,7 @@ from typing import Any
 import networkx as nx
 import yaml
 
-from corpus.kg import slake
+from medlvr.corpus.kg import slake
 
 CONCEPTS_PATH = Path(__file__).with_name("concepts.yaml")
 TYPES = ("finding", "anatomy", "organ", "organ_system", "modality", "mri_sequence", "xray_view", "landmark", "cell")
@@ -357,7 +357,7 @@ def _validate_catalog(kg: KnowledgeGraph, catalog: dict[str, dict[str, str]], mo
 def read_catalog(directory: Path | str | None = None) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """{dataset id: {raw label: concept id}} and {dataset id: modality} from the catalog YAML files (read
     directly, so the graph does not depend on the adapters being importable)."""
-    from corpus.catalog import CATALOG_DIR
+    from medlvr.corpus.catalog import CATALOG_DIR
 
     labels, modalities = {}, {}
     for path in sorted(Path(directory or CATALOG_DIR).glob("*.yaml")):

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from corpus.qa.generation import Backend, GenRequest, stable_hash
+from medlvr.corpus.qa.requests import Backend, GenRequest, stable_hash
 
 SCHEMA_VERSION = 1
 

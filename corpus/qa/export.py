@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from corpus.qa.generation import QWEN25_MAX_PIXELS, QWEN25_MIN_PIXELS, model_box
+from medlvr.corpus.qwen.format import QWEN25_MAX_PIXELS, QWEN25_MIN_PIXELS, model_box
 
 _PLACEHOLDER = re.compile(r"\{box(\d+)\}")
 

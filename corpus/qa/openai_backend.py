@@ -24,15 +24,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from corpus.qa.generation import (
-    QWEN25_MAX_PIXELS,
-    QWEN25_MIN_PIXELS,
-    GeneratorConfig,
-    GenRequest,
-    model_box,
-    png_size,
-    render_prompt,
-)
+from medlvr.corpus.qa.requests import GeneratorConfig, GenRequest, render_prompt
+from medlvr.corpus.qwen.format import QWEN25_MAX_PIXELS, QWEN25_MIN_PIXELS, model_box, png_size
 
 log = logging.getLogger(__name__)
 

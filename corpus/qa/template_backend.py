@@ -9,7 +9,7 @@ verbatim (checked, with a fallback that appends it).
 
 from __future__ import annotations
 
-from corpus.qa.generation import GenRequest, stable_hash
+from medlvr.corpus.qa.requests import GenRequest, stable_hash
 
 # Bump when phrasings change: it is part of model_id, so cached/recorded texts are attributable to a version.
 TEMPLATE_VERSION = "1"

@@ -13,7 +13,8 @@ import logging
 import threading
 from pathlib import Path
 
-from corpus.qa.generation import GeneratorConfig, GenRequest, model_box, png_size, render_prompt
+from medlvr.corpus.qa.requests import GeneratorConfig, GenRequest, render_prompt
+from medlvr.corpus.qwen.format import model_box, png_size
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def _load_processor(path: Path):
         log.info("AutoProcessor failed on %s (%s); using training.processor.load_processor", path, e)
         proc = None
     if proc is None or not hasattr(proc, "image_processor"):
-        from training.processor import load_processor
+        from medlvr.corpus.qwen.processor import load_processor
 
         proc = load_processor(path)
     proc.tokenizer.padding_side = "left"  # batched generation appends on the right: pad on the left

@@ -25,7 +25,7 @@ _MODULES = ("volumes", "dicom_sets", "boxes", "masks2d")
 def writers() -> dict[str, Callable]:
     out: dict[str, Callable] = {}
     for name in _MODULES:
-        mod = importlib.import_module(f"corpus.sample_data.{name}")
+        mod = importlib.import_module(f"medlvr.corpus.sample_data.{name}")
         for k, fn in mod.WRITERS.items():
             if k in out:
                 raise ValueError(f"two sample writers for {k}")
@@ -35,7 +35,7 @@ def writers() -> dict[str, Callable]:
 
 def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 0) -> dict[str, int]:
     """Write the sample datasets; returns {dataset_id: number of truth records}."""
-    from corpus.catalog import load_catalog
+    from medlvr.corpus.catalog import load_catalog
 
     out_dir = Path(out_dir)
     cat = load_catalog()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from corpus.sample_data import synth
+from medlvr.corpus.sample_data import synth
 
 
 def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
@@ -145,7 +145,7 @@ def write_livecell(root: Path, rng) -> list[dict]:
 
 
 def write_dsb2018(root: Path, rng) -> list[dict]:
-    from corpus.adapters.rle import encode_standard
+    from medlvr.corpus.adapters.rle import encode_standard
 
     rows = ["ImageId,EncodedPixels"]
     truth = []

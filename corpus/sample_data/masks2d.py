@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from corpus.sample_data.synth import box, ellipse, gray8, rect, rgb8
+from medlvr.corpus.sample_data.synth import box, ellipse, gray8, rect, rgb8
 
 
 def _save(path: Path, arr: np.ndarray, **kw) -> None:

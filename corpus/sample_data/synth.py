@@ -1,6 +1,6 @@
 """Synthetic anatomy-like pixels and exactly known lesion shapes for the sample datasets.
 
-Shapes are drawn as pixel masks; their true box is always `corpus.masks.box_of(mask)` (pixel-edge xyxy),
+Shapes are drawn as pixel masks; their true box is always `medlvr.corpus.masks.box_of(mask)` (pixel-edge xyxy),
 which the writers record before the mask is encoded in a dataset's native format.
 """
 

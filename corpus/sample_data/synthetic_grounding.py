@@ -40,7 +40,7 @@ SOURCE = "SyntheticGrounding"
 
 
 def prompt_text(question: str, options: list[str], instruction: str = INSTRUCTION) -> str:
-    """Same text as `training.vlpo.data.prompt_text` (question, 'A. text' lines, instruction)."""
+    """Same text as `medlvr.training.vlpo.data.prompt_text` (question, 'A. text' lines, instruction)."""
     opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
     return f"{question}\n{opts}\n{instruction}"
 
@@ -113,7 +113,7 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from corpus.shards import QA_SCHEMA
+    from medlvr.corpus.shards import QA_SCHEMA
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from corpus.sample_data import synth
+from medlvr.corpus.sample_data import synth
 
 _EIGHT, _CUBE = np.ones((3, 3), bool), np.ones((3, 3, 3), bool)
 

@@ -2,7 +2,7 @@
 JSONL, HF parquet with Image structs, real zip archives), for tests and the offline pipeline run.
 
 `write_benchmark_samples(out_dir, names=None)` writes `out_dir/<name>/...` for each writer. Writers live in
-the modules of this package (imported if present, like `corpus.sample_data`), each exposing
+the modules of this package (imported if present, like `medlvr.corpus.sample_data`), each exposing
 WRITERS = {name: writer(root: Path) -> int (number of test samples its loader yields)}; a module without
 WRITERS contributes `write_<module>(root)` under the module's name. A writer whose second parameter is
 required gets a seeded `numpy.random.Generator`. `names` selects writer names or module names.
@@ -24,7 +24,7 @@ def writers() -> dict[str, tuple[str, Callable]]:
     """{writer name: (module name, writer)} over the benchmark modules."""
     out: dict[str, tuple[str, Callable]] = {}
     for mod_name in _MODULES:
-        found = importlib.import_module(f"evaluation.sample_data.{mod_name}").WRITERS
+        found = importlib.import_module(f"medlvr.evaluation.sample_data.{mod_name}").WRITERS
         for key, fn in found.items():
             if key in out:
                 raise ValueError(f"two benchmark sample writers for {key}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.sample_data import image_bytes, write_zip
+from medlvr.evaluation.sample_data import image_bytes, write_zip
 
 OPTIONS = [
     ["Pneumothorax", "Pleural effusion", "Pneumonia", "Atelectasis", "Normal"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.sample_data import image_bytes, write_hf_parquet
+from medlvr.evaluation.sample_data import image_bytes, write_hf_parquet
 
 # subject -> rows: (question, options string, answer, question_type, number of images, subfield)
 ROWS = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from evaluation.sample_data import image_bytes, write_zip
+from medlvr.evaluation.sample_data import image_bytes, write_zip
 
 # (figure, question, answer text, choices A-D as distributed, answer letter)
 V1 = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.sample_data import image_bytes, write_zip
+from medlvr.evaluation.sample_data import image_bytes, write_zip
 
 # (img_id, question, answer, q_lang, answer_type, modality, location, content_type, qid)
 ROWS = [

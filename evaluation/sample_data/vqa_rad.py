@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.sample_data import image_bytes, write_hf_parquet
+from medlvr.evaluation.sample_data import image_bytes, write_hf_parquet
 
 HF_TEST = [
     (1, "Is there evidence of a pneumothorax?", "no"),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.corpus import metadata as md
-from pipelines.corpus.partitions import DATASET_PARTITIONS
-from pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, KnowledgeGraphResource, QAGenerator
+from medlvr.pipelines.corpus import metadata as md
+from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
+from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, KnowledgeGraphResource, QAGenerator
 
 # I/O-bound steps (file systems, object stores) are retried with exponential backoff.
 IO_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
@@ -45,8 +45,8 @@ def publish_datasets(out: Path) -> list[str]:
                       "layout (no copy). Writes raw/DATASET/inventory.json.")
 def raw_dataset(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots,
                 storage: CorpusStorage) -> dg.MaterializeResult:
-    from corpus.catalog import load_catalog
-    from corpus.ingest import DatasetMissing, check_layout, discover
+    from medlvr.corpus.catalog import load_catalog
+    from medlvr.corpus.ingest import DatasetMissing, check_layout, discover
 
     ds = context.partition_key
     spec, root = load_catalog()[ds], dataset_roots.root(ds)
@@ -80,8 +80,8 @@ def raw_dataset(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots,
     partitions_def=DATASET_PARTITIONS, retry_policy=IO_RETRY, name="ingest_dataset")
 def ingest_dataset_assets(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots, storage: CorpusStorage,
                           corpus_settings: CorpusSettings):
-    from corpus.catalog import load_catalog
-    from corpus.ingest import ingest_dataset
+    from medlvr.corpus.catalog import load_catalog
+    from medlvr.corpus.ingest import ingest_dataset
 
     ds = context.partition_key
     spec, root = load_catalog()[ds], dataset_roots.root(ds)
@@ -126,7 +126,7 @@ def knowledge_graph(kg: KnowledgeGraphResource, storage: CorpusStorage) -> dg.Ma
                       "VLM text): qa/DATASET/pairs.parquet + stats.json (corpus.build.build_qa_dataset).")
 def qa_pairs(context: dg.AssetExecutionContext, storage: CorpusStorage, kg: KnowledgeGraphResource,
              qa_generator: QAGenerator, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from corpus.build import build_qa_dataset
+    from medlvr.corpus.build import build_qa_dataset
 
     ds = context.partition_key
     with storage.workdir(pull_paths=[f"ingest/{ds}"], push_paths=[f"qa/{ds}"]) as out:
@@ -147,7 +147,7 @@ def qa_pairs(context: dg.AssetExecutionContext, storage: CorpusStorage, kg: Know
                       "(work/datasets.json): the selected datasets whose ingest and QA outputs exist.")
 def dedup_groups(storage: CorpusStorage, dataset_roots: DatasetRoots,
                  corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from corpus.build import compute_dup_groups, compute_hashes
+    from medlvr.corpus.build import compute_dup_groups, compute_hashes
 
     with storage.workdir(pull_paths=["ingest", "qa"], push_paths=["work"]) as out:
         sel = dataset_roots.selected()
@@ -168,7 +168,7 @@ def dedup_groups(storage: CorpusStorage, dataset_roots: DatasetRoots,
           description="Corpus images matching a local benchmark image (perceptual hash): "
                       "work/contaminated.parquet + decontamination.json; removed from the shards.")
 def decontamination(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from corpus.build import decontaminate
+    from medlvr.corpus.build import decontaminate
 
     with storage.workdir(pull_paths=["work/hashes.parquet"],
                          push_paths=["work/contaminated.parquet", "work/decontamination.json"]) as out:
@@ -181,7 +181,7 @@ def decontamination(storage: CorpusStorage, corpus_settings: CorpusSettings) -> 
 @dg.asset(group_name=PUBLISH, kinds={"parquet"}, deps=[dedup_groups], retry_policy=IO_RETRY,
           description="Patient- and duplicate-group-disjoint train/val/test splits: work/splits.parquet + splits.json.")
 def splits(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from corpus.build import compute_splits
+    from medlvr.corpus.build import compute_splits
 
     with storage.workdir(pull_paths=["ingest", "work/datasets.json", "work/dup_groups.parquet"],
                          push_paths=["work/splits.parquet", "work/splits.json"]) as out:
@@ -196,7 +196,7 @@ def splits(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.Materi
           description="Training shards: shards/<split>/part-*.parquet with image bytes inline, plus "
                       "shards/_manifest.json (row counts, sha256 per shard, build reports). Published atomically.")
 def corpus_shards(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from corpus.build import write_shards
+    from medlvr.corpus.build import write_shards
 
     with storage.workdir(pull_paths=["ingest", "qa", "work"], push_paths=["shards"]) as out:
         shard_dir = write_shards(out, corpus_settings.build_config(), publish_datasets(out))
@@ -212,7 +212,7 @@ def corpus_shards(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg
 @dg.asset(group_name=PUBLISH, kinds={"markdown"}, deps=[corpus_shards], retry_policy=IO_RETRY,
           description="The corpus card: card/README.md with counts, box sizes and sample images (corpus.card).")
 def corpus_card(storage: CorpusStorage) -> dg.MaterializeResult:
-    from corpus.card import write_card
+    from medlvr.corpus.card import write_card
 
     with storage.workdir(pull_paths=["shards"], push_paths=["card"]) as out:
         readme = write_card(out / "shards", out / "card")

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.corpus.metadata import md_table, read_manifest
-from pipelines.corpus.partitions import DATASET_PARTITIONS
-from pipelines.corpus.resources import CorpusSettings, CorpusStorage
+from medlvr.pipelines.corpus.metadata import md_table, read_manifest
+from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
+from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage
 
 
 def _result(problems: list[dict], checked: int, **meta) -> dg.AssetCheckResult:
@@ -87,7 +87,7 @@ def no_patient_or_group_across_splits(storage: CorpusStorage) -> dg.AssetCheckRe
 @dg.asset_check(asset="corpus_shards", blocking=True,
                 description="Every shard's sha256 and row count match the shard manifest, and no unlisted shard.")
 def shard_checksums_match_manifest(storage: CorpusStorage) -> dg.AssetCheckResult:
-    from corpus.shards import verify_manifest
+    from medlvr.corpus.shards import verify_manifest
 
     with storage.workdir(pull_paths=["shards"]) as out:
         try:

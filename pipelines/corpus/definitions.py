@@ -1,13 +1,13 @@
-"""Everything of the corpus domain as one `Definitions` (merged into `pipelines.definitions`)."""
+"""Everything of the corpus domain as one `Definitions` (merged into `medlvr.pipelines.definitions`)."""
 
 import dagster as dg
 
-from pipelines.corpus.assets import CORPUS_ASSETS
-from pipelines.corpus.checks import CORPUS_CHECKS
-from pipelines.corpus.jobs import corpus_dataset_job, corpus_publish_job
-from pipelines.corpus.resources import default_resources
-from pipelines.corpus.schedules import CORPUS_SCHEDULES
-from pipelines.corpus.sensors import CORPUS_SENSORS
+from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
+from medlvr.pipelines.corpus.checks import CORPUS_CHECKS
+from medlvr.pipelines.corpus.jobs import corpus_dataset_job, corpus_publish_job
+from medlvr.pipelines.corpus.resources import default_resources
+from medlvr.pipelines.corpus.schedules import CORPUS_SCHEDULES
+from medlvr.pipelines.corpus.sensors import CORPUS_SENSORS
 
 corpus_defs = dg.Definitions(assets=CORPUS_ASSETS, asset_checks=CORPUS_CHECKS,
                              jobs=[corpus_dataset_job, corpus_publish_job], schedules=CORPUS_SCHEDULES,

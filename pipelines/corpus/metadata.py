@@ -107,7 +107,7 @@ def qa_thumbnails(qa_path: Path, images_path: Path, n: int = 8) -> dg.MetadataVa
 
 
 def manifest_path(shard_dir: Path) -> Path:
-    from corpus.shards import MANIFEST_NAME
+    from medlvr.corpus.shards import MANIFEST_NAME
 
     path = Path(shard_dir) / MANIFEST_NAME
     if not path.exists():

@@ -2,6 +2,6 @@
 
 import dagster as dg
 
-from corpus.catalog import load_catalog
+from medlvr.corpus.catalog import load_catalog
 
 DATASET_PARTITIONS = dg.StaticPartitionsDefinition(list(load_catalog()))

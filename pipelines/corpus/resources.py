@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from pipelines.corpus.storage import is_local_url, local_path, pull, push
+from medlvr.pipelines.corpus.storage import is_local_url, local_path, pull, push
 
 
 def medlvr_home() -> Path:
@@ -86,7 +86,7 @@ class DatasetRoots(dg.ConfigurableResource):
     sample_seed: int = 0
 
     def selected(self) -> list[str]:
-        from corpus.catalog import load_catalog
+        from medlvr.corpus.catalog import load_catalog
 
         cat = load_catalog()
         unknown = [d for d in self.datasets if d not in cat]
@@ -104,8 +104,8 @@ class DatasetRoots(dg.ConfigurableResource):
 
     def root(self, dataset: str, materialise_samples: bool = True) -> Path:
         """The dataset's root folder; with sample data, writes the dataset's sample first if missing."""
-        from corpus.catalog import load_catalog
-        from corpus.ingest import dataset_root
+        from medlvr.corpus.catalog import load_catalog
+        from medlvr.corpus.ingest import dataset_root
 
         spec = load_catalog()[dataset]
         data_root = self.resolved_data_root()
@@ -119,7 +119,7 @@ class DatasetRoots(dg.ConfigurableResource):
 
 
 def _write_sample_atomically(data_root: Path, dataset: str, seed: int) -> None:
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.sample_data import write_samples
 
     data_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dataset}.tmp-", dir=data_root))
@@ -137,7 +137,7 @@ def _write_sample_atomically(data_root: Path, dataset: str, seed: int) -> None:
 
 
 class QAGenerator(dg.ConfigurableResource):
-    """The VLM text stage of QA building (`corpus.qa.generation.GeneratorConfig`): `template` (offline default),
+    """The VLM text stage of QA building (`medlvr.corpus.qa.generation.GeneratorConfig`): `template` (offline default),
     `transformers` (local Qwen2.5-VL checkpoint folder) or `openai` (an OpenAI-compatible endpoint such as vLLM;
     the API key is read from the env var named by `api_key_env`, never stored in config)."""
 
@@ -164,10 +164,10 @@ class QAGenerator(dg.ConfigurableResource):
 
 
 class KnowledgeGraphResource(dg.ConfigurableResource):
-    """The validated knowledge graph used for QA (`corpus.kg.graph.load_graph()`, cached per process)."""
+    """The validated knowledge graph used for QA (`medlvr.corpus.kg.graph.load_graph()`, cached per process)."""
 
     def load(self):
-        from corpus.kg.graph import load_graph
+        from medlvr.corpus.kg.graph import load_graph
 
         return load_graph()
 
@@ -176,7 +176,7 @@ class KnowledgeGraphResource(dg.ConfigurableResource):
 
 
 class CorpusSettings(dg.ConfigurableResource):
-    """Build settings (`corpus.build.BuildConfig`) and check thresholds."""
+    """Build settings (`medlvr.corpus.build.BuildConfig`) and check thresholds."""
 
     ingest_workers: int = 1
     max_side: int = 512
@@ -191,7 +191,7 @@ class CorpusSettings(dg.ConfigurableResource):
     max_reject_share: float = Field(default=0.25, description="blocking check: rejected records / records in")
 
     def build_config(self, qa: QAGenerator | None = None):
-        from corpus.build import BuildConfig
+        from medlvr.corpus.build import BuildConfig
 
         d: dict[str, Any] = {
             "ingest": {"workers": self.ingest_workers, "normalise": {"max_side": self.max_side}},

@@ -8,8 +8,8 @@ dataset's `qa_pairs` is newer than the last shards and no run is queued or in pr
 
 import dagster as dg
 
-from pipelines.corpus.jobs import corpus_dataset_job
-from pipelines.corpus.resources import DatasetRoots
+from medlvr.pipelines.corpus.jobs import corpus_dataset_job
+from medlvr.pipelines.corpus.resources import DatasetRoots
 
 WEEKLY_CRON = "0 2 * * 0"  # Sundays 02:00 (execution_timezone below)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.corpus.jobs import corpus_dataset_job, corpus_publish_job
-from pipelines.corpus.resources import DatasetRoots
+from medlvr.pipelines.corpus.jobs import corpus_dataset_job, corpus_publish_job
+from medlvr.pipelines.corpus.resources import DatasetRoots
 
 
 def folder_fingerprint(root: Path) -> str:

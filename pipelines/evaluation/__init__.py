@@ -4,7 +4,7 @@
 
 import dagster as dg
 
-from pipelines.evaluation.assets import ASSETS, BENCHMARK_PARTITIONS, RESOURCES, EvaluationSettings
+from medlvr.pipelines.evaluation.assets import ASSETS, BENCHMARK_PARTITIONS, RESOURCES, EvaluationSettings
 
 evaluation_defs = dg.Definitions(assets=ASSETS, resources=RESOURCES)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from evaluation.config import BENCHMARKS
+from medlvr.evaluation.config import BENCHMARKS
 
 BENCHMARK_PARTITIONS = dg.StaticPartitionsDefinition(list(BENCHMARKS))
 CHECKPOINTS = [dg.AssetKey("roi_sft_checkpoint"), dg.AssetKey("vlpo_checkpoint")]
@@ -48,8 +48,8 @@ class EvaluationSettings(dg.ConfigurableResource):
     limit: int = Field(default=0, description="at most N samples per benchmark (0: all)")
 
     def load(self):
-        from evaluation.config import EvalConfig
-        from pipelines.corpus.resources import medlvr_home
+        from medlvr.evaluation.config import EvalConfig
+        from medlvr.pipelines.corpus.resources import medlvr_home
 
         out = self.out_dir or None
         if self.config_path:
@@ -68,7 +68,8 @@ class EvaluationSettings(dg.ConfigurableResource):
 @dg.asset(partitions_def=BENCHMARK_PARTITIONS, deps=CHECKPOINTS, group_name="evaluation", pool="gpu",
           kinds={"jsonl"}, description="model predictions on one benchmark (resumable JSONL per run)")
 def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: EvaluationSettings) -> dg.MaterializeResult:
-    from evaluation.runs import efficiency_manifest, job_records, load_all, plan_jobs, pred_path, run_jobs
+    from medlvr.evaluation.runs import efficiency_manifest, load_all, plan_jobs, run_jobs
+    from medlvr.evaluation.predictions import job_records, pred_path
 
     bench = context.partition_key
     cfg = evaluation.load()
@@ -89,8 +90,8 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
 @dg.asset(deps=[evaluation_predictions, *CHECKPOINTS], group_name="evaluation", pool="gpu", kinds={"html"},
           description="Tables 1-4, Figs. 3 and 5 and the latent ablation as report.md + report.html")
 def evaluation_report(context: dg.AssetExecutionContext, evaluation: EvaluationSettings) -> dg.MaterializeResult:
-    from evaluation.report import build_sections, write_report
-    from evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
+    from medlvr.evaluation.report import build_sections, write_report
+    from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
 
     cfg = evaluation.load()
     samples = load_all(cfg)

@@ -1,7 +1,7 @@
 """`roi_sft_checkpoint`: Stage-1 ROI-SFT launched as a subprocess through Dagster Pipes (dagster.md §3.7, §6.4).
 
 The asset body only builds a command line and hands it to `PipesSubprocessClient`; the trainer
-(`training.sft.recipe`) runs in its own process(es): `python -m training.sft.recipe` for one process, or
+(`medlvr.training.sft.recipe`) runs in its own process(es): `python -m medlvr.training.sft.recipe` for one process, or
 `torchrun` / `deepspeed` for several GPUs and nodes. Every rank inherits the Pipes environment, but only RANK 0
 opens the connection: it streams a log line every `run.log_every` steps and reports the final metrics and the
 checkpoint path, which become this materialisation's metadata. A non-zero exit of the trainer fails the asset;
@@ -18,8 +18,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from pipelines.corpus.resources import CorpusStorage, medlvr_home
-from pipelines.training.launch import LaunchConfig, launch_command
+from medlvr.pipelines.corpus.resources import CorpusStorage, medlvr_home
+from medlvr.pipelines.training.launch import LaunchConfig, launch_command
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING = "training"
@@ -38,7 +38,7 @@ def trainer_command(cfg: RoiSftConfig, corpus: str, out_dir: str) -> list[str]:
             "--set", "run.progress=false"]
     for o in cfg.overrides:
         args += ["--set", o]
-    return launch_command(cfg, "training.sft.recipe", args)
+    return launch_command(cfg, "medlvr.training.sft.recipe", args)
 
 
 @dg.asset(group_name=TRAINING, pool="gpu", kinds={"pytorch"}, deps=[dg.AssetKey("corpus_shards")],

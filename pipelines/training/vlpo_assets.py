@@ -3,7 +3,7 @@
 Downstream of `roi_sft_checkpoint` (referenced by its AssetKey only): the starting policy AND the frozen KL
 reference are the ROI-SFT checkpoint's `model/` folder, read from the latest `roi_sft_checkpoint`
 materialisation's `checkpoint` metadata (or `model_path` in the run config). The trainer
-(`training.vlpo.trainer`) runs in its own process(es); only RANK 0 opens the Pipes connection and reports the
+(`medlvr.training.vlpo.trainer`) runs in its own process(es); only RANK 0 opens the Pipes connection and reports the
 final metrics and checkpoint paths, which become this materialisation's metadata. Pool `gpu` (limit 1 per host).
 Wire with `dg.Definitions(assets=VLPO_ASSETS)` next to the training assets.
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from pipelines.corpus.resources import medlvr_home
-from pipelines.training.launch import LaunchConfig, launch_command
+from medlvr.pipelines.corpus.resources import medlvr_home
+from medlvr.pipelines.training.launch import LaunchConfig, launch_command
 
 REPO = Path(__file__).resolve().parents[2]
 ROI_SFT_CHECKPOINT = dg.AssetKey("roi_sft_checkpoint")
-TRAINER_MODULE = "training.vlpo.trainer"
+TRAINER_MODULE = "medlvr.training.vlpo.trainer"
 
 
 class VlpoConfig(LaunchConfig):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from corpus.catalog import load_catalog
-from corpus.ingest import DatasetSummary, IngestConfig, ingest_dataset
-from corpus.normalize import Geometry
-from corpus.sample_data import load_truth, write_samples
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import DatasetSummary, IngestConfig, ingest_dataset
+from medlvr.corpus.normalize import Geometry
+from medlvr.corpus.sample_data import load_truth, write_samples
 
 
 @dataclass

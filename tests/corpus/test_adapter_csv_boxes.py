@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus.adapters import ADAPTERS
-from corpus.adapters.csv_boxes import fuse_readers, sniff_format
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError, RecordRef, Reject
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.adapters.csv_boxes import fuse_readers, sniff_format
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError, RecordRef, Reject
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 
 CFG = IngestConfig(patient_salt="t")
@@ -234,5 +234,5 @@ def test_oct5k_csv_mode_and_patient(tmp_path):
     assert sniff_format(tmp_path / "Detection" / "b.csv") == "csv"
     imgs, _ = run(load_catalog()["oct5k"], tmp_path)
     assert boxes(imgs["DME-22-3.jpeg"]) == [["Fluid", [1.0, 2.0, 3.0, 4.0]]]
-    from corpus.catalog import patient_of
+    from medlvr.corpus.catalog import patient_of
     assert patient_of(load_catalog()["oct5k"], "Images/CNV-11-1.jpeg", None, "k") == "11"

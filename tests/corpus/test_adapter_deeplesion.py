@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from corpus.adapters import ADAPTERS
-from corpus.adapters.deeplesion import floats, image_path
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError, RecordRef, Reject
-from corpus.sample_data.dicom_sets import write_deeplesion
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.adapters.deeplesion import floats, image_path
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError, RecordRef, Reject
+from medlvr.corpus.sample_data.dicom_sets import write_deeplesion
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 
 SPEC = load_catalog()["deeplesion"]

@@ -11,13 +11,13 @@ import pydicom
 import pytest
 from PIL import Image
 
-from corpus.adapters.images import read_2d, read_dicom
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.normalize import NormaliseConfig, to_uint8
-from corpus.records import RecordError, SourceImage
-from corpus.sample_data import write_samples
-from corpus.sample_data.dicom_sets import relative_rle, write_dicom, write_rsna_pneumonia, write_siim_acr, \
+from medlvr.corpus.adapters.images import read_2d, read_dicom
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.normalize import NormaliseConfig, to_uint8
+from medlvr.corpus.records import RecordError, SourceImage
+from medlvr.corpus.sample_data import write_samples
+from medlvr.corpus.sample_data.dicom_sets import relative_rle, write_dicom, write_rsna_pneumonia, write_siim_acr, \
     write_vindr_cxr
 from tests.corpus.helpers import assert_reconciles
 

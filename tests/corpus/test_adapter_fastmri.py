@@ -7,12 +7,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from corpus.adapters import ADAPTERS
-from corpus.adapters.fastmri import read_file_list
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError, RecordRef, Reject
-from corpus.sample_data.dicom_sets import write_fastmri_plus
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.adapters.fastmri import read_file_list
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError, RecordRef, Reject
+from medlvr.corpus.sample_data.dicom_sets import write_fastmri_plus
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 
 SPEC = load_catalog()["fastmri_plus"]

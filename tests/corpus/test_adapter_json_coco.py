@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus.adapters.coco import decode_coco_rle, rle_counts
-from corpus.catalog import load_catalog, patient_of
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError
+from medlvr.corpus.adapters.coco import decode_coco_rle, rle_counts
+from medlvr.corpus.catalog import load_catalog, patient_of
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 from tests.corpus.test_adapter_csv_boxes import boxes, run
 
@@ -76,7 +76,7 @@ def test_chestx_bad_records(tmp_path):
 
 def test_chestx_not_a_list_is_dataset_error(tmp_path):
     (tmp_path / "ChestX_Det_train.json").write_text('{"file_name": "1.png"}')
-    from corpus.adapters import ADAPTERS
+    from medlvr.corpus.adapters import ADAPTERS
     with pytest.raises(RecordError, match="expected a JSON list"):
         list(ADAPTERS["json_list_boxes_polys"].discover(load_catalog()["chestx_det"], tmp_path))
 

@@ -9,12 +9,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from corpus.adapters import ADAPTERS
-from corpus.adapters.lidc import cluster_annotations, parse_lidc_xml, reader_masks
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError, RecordRef, Reject
-from corpus.sample_data.dicom_sets import write_lidc_idri
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.adapters.lidc import cluster_annotations, parse_lidc_xml, reader_masks
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError, RecordRef, Reject
+from medlvr.corpus.sample_data.dicom_sets import write_lidc_idri
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 
 SPEC = load_catalog()["lidc_idri"]

@@ -8,11 +8,11 @@ import zlib
 import numpy as np
 import pytest
 
-from corpus.adapters import ADAPTERS
-from corpus.adapters.metaimage import check_mhd, read_mhd
-from corpus.catalog import load_catalog
-from corpus.records import RecordError
-from corpus.sample_data import volumes as sv
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.mhd import check_mhd, read_mhd
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.records import RecordError
+from medlvr.corpus.sample_data import volumes as sv
 from tests.corpus.helpers import assert_truth_recovered, ingest_sample
 from tests.corpus.test_adapter_nifti import assert_direct_truth, ingest, run
 

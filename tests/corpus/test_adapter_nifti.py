@@ -11,11 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from corpus.adapters import ADAPTERS
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError, RecordRef, Reject
-from corpus.sample_data import volumes as sv
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError, RecordRef, Reject
+from medlvr.corpus.sample_data import volumes as sv
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 
 NIFTI_IDS = ["kits23", "lits", "msd_ct", "brats2021", "acdc", "msd_prostate", "camus"]
@@ -297,8 +297,8 @@ def test_no_matching_files_is_a_dataset_error(tmp_path):
 
 
 def test_label_values_validated_without_copying_small_integer_maps():
-    from corpus.adapters.nifti import _labels_int
-    from corpus.records import RecordError
+    from medlvr.corpus.adapters.nifti import _labels_int
+    from medlvr.corpus.records import RecordError
 
     lab = np.zeros((3, 4, 4), np.uint8)
     lab[0, 0, 0], lab[1, 1, 1] = 1, 4

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus.adapters import ADAPTERS
-from corpus.adapters.mask_decoders import decode, grey
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError, RecordRef, Reject
-from corpus.sample_data import load_truth, write_samples
-from corpus.sample_data.synth import box, ellipse
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.adapters.mask_decoders import decode, grey
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError, RecordRef, Reject
+from medlvr.corpus.sample_data import load_truth, write_samples
+from medlvr.corpus.sample_data.synth import box, ellipse
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 
 IDS = ["busi", "tn3k", "hc18", "isic2018", "ph2", "ham10000", "idrid", "refuge", "adam", "aroi"]
@@ -359,7 +359,7 @@ def test_truth_boxes_are_not_trivially_whole_image(tmp_path):
 
 
 def test_synth_box_matches_masks_box_of():
-    from corpus.masks import box_of
+    from medlvr.corpus.masks import box_of
 
     m = ellipse(30, 40, 15, 20, 6, 9)
     assert tuple(box(m)) == box_of(m)

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from corpus.adapters.rle import decode_relative, decode_standard, encode_relative, encode_standard
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.records import RecordError
+from medlvr.corpus.adapters.rle import decode_relative, decode_standard, encode_relative, encode_standard
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.records import RecordError
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 from tests.corpus.test_adapter_csv_boxes import boxes, run, write_dicom
 

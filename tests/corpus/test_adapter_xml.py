@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from corpus.catalog import load_catalog, official_split_of, patient_of
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.sample_data.boxes import _voc_xml, aperio_xml
+from medlvr.corpus.catalog import load_catalog, official_split_of, patient_of
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.sample_data.boxes import _voc_xml, aperio_xml
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 from tests.corpus.test_adapter_csv_boxes import boxes, run
 

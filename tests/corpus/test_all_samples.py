@@ -2,9 +2,9 @@
 
 import pytest
 
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.sample_data import load_truth, write_samples
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.sample_data import load_truth, write_samples
 from tests.corpus.helpers import Ingested, assert_truth_recovered
 
 IDS = sorted(load_catalog())

@@ -8,11 +8,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from corpus import build as build_mod
-from corpus.build import BuildConfig, build_corpus
-from corpus.qa.questions import QUESTION_TYPES
-from corpus.sample_data import write_samples
-from corpus.shards import verify_manifest
+from medlvr.corpus import build as build_mod
+from medlvr.corpus.build import BuildConfig, build_corpus
+from medlvr.corpus.qa.questions import QUESTION_TYPES
+from medlvr.corpus.sample_data import write_samples
+from medlvr.corpus.shards import verify_manifest
 
 IDS = ["kits23", "busi", "vindr_cxr", "refuge", "monuseg", "deeplesion"]
 
@@ -112,7 +112,7 @@ def test_failed_publish_keeps_previous_shards(built, tmp_path, monkeypatch):
     def boom(self, row):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("corpus.shards.ShardWriter.add", boom)
+    monkeypatch.setattr("medlvr.corpus.shards.ShardWriter.add", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         build_mod.write_shards(out, BuildConfig(), IDS)
     assert (out / "shards" / "_manifest.json").read_text() == before
@@ -130,7 +130,7 @@ def test_config_round_trip_and_unknown_keys(tmp_path):
 def test_iter_grouped_streams_in_order_and_rejects_disorder(tmp_path):
     import pyarrow as pa
 
-    from corpus.build import iter_grouped
+    from medlvr.corpus.build import iter_grouped
 
     pq.write_table(pa.table({"image_id": ["a", "b", "c"], "w": [1, 2, 3]}), tmp_path / "p.parquet")
     pq.write_table(pa.table({"image_id": ["a", "a", "c"], "v": [1, 2, 3]}), tmp_path / "c.parquet")

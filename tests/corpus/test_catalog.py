@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from corpus.adapters import ADAPTERS
-from corpus.catalog import MODALITIES, CatalogError, load_catalog, parse_spec
-from corpus.sample_data import writers
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.catalog import MODALITIES, CatalogError, load_catalog, parse_spec
+from medlvr.corpus.sample_data import writers
 
 
 def test_thirty_one_datasets_cover_eight_modalities():
@@ -36,7 +36,7 @@ def test_every_dataset_has_a_sample_writer():
 
 
 def test_sample_layout_matches_catalog(tmp_path):
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.sample_data import write_samples
 
     write_samples(tmp_path, None, seed=0)
     for s in load_catalog().values():

@@ -1,6 +1,6 @@
 import json
 
-from corpus.cli import main
+from medlvr.pipelines.cli import main
 
 
 def test_catalog_json_lists_31(capsys):

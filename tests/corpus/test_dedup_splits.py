@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from corpus.decontam import DecontamReport, find_contaminated, scan_benchmark_images
-from corpus.dedup import (HashIndex, decode_image, dhash, duplicate_groups, hamming, iter_image_hashes,
+from medlvr.corpus.decontam import DecontamReport, find_contaminated, scan_benchmark_images
+from medlvr.corpus.dedup import (HashIndex, decode_image, dhash, duplicate_groups, hamming, iter_image_hashes,
                           overlap_pairs, phash)
-from corpus.splits import assign_splits, iter_split_rows, normalise_split
-from corpus.tables import IMAGES_SCHEMA
+from medlvr.corpus.splits import assign_splits, iter_split_rows, normalise_split
+from medlvr.corpus.tables import IMAGES_SCHEMA
 
 
 # ------------------------------------------------------------------------------------------------ helpers

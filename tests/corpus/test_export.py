@@ -1,7 +1,7 @@
 import json
 
-from corpus.qa.export import render_qwen
-from corpus.qa.generation import model_box, smart_resize
+from medlvr.corpus.qa.export import render_qwen
+from medlvr.corpus.qwen.format import model_box, smart_resize
 
 
 def test_resize_rule_matches_transformers():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize
+from medlvr.corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize
 
 sizes = st.integers(min_value=2, max_value=3000)
 cfgs = st.builds(NormaliseConfig, max_side=st.integers(16, 1024), upscale=st.booleans(), pad_to_square=st.booleans())

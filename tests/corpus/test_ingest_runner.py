@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from corpus.adapters import ADAPTERS, Adapter
-from corpus.catalog import parse_spec
-from corpus.ingest import IngestConfig, ingest_dataset
-from corpus.normalize import NormaliseConfig
-from corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.adapters import ADAPTERS, Adapter
+from medlvr.corpus.catalog import parse_spec
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+from medlvr.corpus.normalize import NormaliseConfig
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 SPEC = parse_spec({
     "id": "fake", "name": "Fake", "modality": "CT", "body_region": "abdomen", "adapter": "fake_adapter",
@@ -176,7 +176,7 @@ def test_resize_budget_applies_and_boxes_scale(tmp_path, fake_adapter):
 
 
 def test_missing_dataset_root_is_a_clear_error(tmp_path, fake_adapter):
-    from corpus.ingest import DatasetMissing
+    from medlvr.corpus.ingest import DatasetMissing
 
     with pytest.raises(DatasetMissing, match="does not exist"):
         ingest_dataset(SPEC, tmp_path / "nope", tmp_path / "out")
@@ -185,7 +185,7 @@ def test_missing_dataset_root_is_a_clear_error(tmp_path, fake_adapter):
 def test_first_salt_is_shared_by_concurrent_processes(tmp_path, monkeypatch):
     import multiprocessing as mp
 
-    from corpus.ingest import resolve_salt
+    from medlvr.corpus.ingest import resolve_salt
 
     monkeypatch.delenv("MEDLVR_PATIENT_SALT", raising=False)
     with mp.get_context("fork").Pool(4) as pool:
@@ -195,7 +195,7 @@ def test_first_salt_is_shared_by_concurrent_processes(tmp_path, monkeypatch):
 
 
 def test_task_size_follows_the_measured_cost_of_a_record():
-    from corpus.ingest import _chunks, _TaskSizer
+    from medlvr.corpus.ingest import _chunks, _TaskSizer
 
     sizer = _TaskSizer(max_records=4, target_s=0.05)
     assert sizer.size == 1  # nothing measured yet

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from corpus.kg.graph import KGError, build_from_files, load_graph, read_catalog
+from medlvr.corpus.kg.graph import KGError, build_from_files, load_graph, read_catalog
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from corpus.masks import LabelRule, box_of, instances_3d, labelmap_rois, mask_rois, min_speck_px, polygon_mask
-from corpus.volumes import SliceConfig, select_slices, volume_images
+from medlvr.corpus.masks import LabelRule, box_of, instances_3d, labelmap_rois, mask_rois, min_speck_px, polygon_mask
+from medlvr.corpus.volumes import SliceConfig, select_slices, volume_images
 
 
 def test_components_boxes_are_pixel_edges_and_specks_dropped():
@@ -98,7 +98,7 @@ def test_volume_percentile_window_per_channel_and_shape_checks():
                         intensity="percentile", cfg=SliceConfig(negatives_per_volume=0))
     w = {im.attributes["sequence"]: im.window for im in ims}
     assert w["t2"] != w["adc"] and all(im.intensity == "window" for im in ims)
-    from corpus.records import RecordError
+    from medlvr.corpus.records import RecordError
 
     with pytest.raises(RecordError, match="differ"):
         volume_images({"": img[:10]}, lab, [], source_path="x", intensity="ct_hu")
@@ -117,8 +117,8 @@ def test_select_slices_caps_and_orders():
 
 
 def test_bounding_slices_and_slice_areas_by_hand():
-    from corpus.masks import bounding_slices
-    from corpus.volumes import slice_areas
+    from medlvr.corpus.masks import bounding_slices
+    from medlvr.corpus.volumes import slice_areas
 
     vol = np.zeros((4, 5, 6), np.uint8)
     assert bounding_slices(vol) is None
@@ -155,7 +155,7 @@ def test_volume_rois_are_the_same_as_labelling_every_full_slice():
 
 
 def _comps(mask, min_area):
-    from corpus.masks import components
+    from medlvr.corpus.masks import components
 
     return components(mask, min_area)
 
@@ -171,7 +171,7 @@ def test_volume_speck_threshold_follows_the_full_slice_not_the_crop():
 
 
 def test_rule_mask_equals_isin_for_every_path():
-    from corpus.volumes import rule_mask
+    from medlvr.corpus.volumes import rule_mask
 
     rng = np.random.default_rng(0)
     for dtype, lo in ((np.uint8, 0), (np.int16, -3)):

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from corpus.adapters.paths import require_file, safe_path, walk
-from corpus.records import RecordError
+from medlvr.corpus.paths import require_file, safe_path, walk
+from medlvr.corpus.records import RecordError
 
 
 def test_safe_path_confines_to_root(tmp_path):
@@ -38,7 +38,7 @@ def test_walk_skips_appledouble_and_hidden(tmp_path):
 def test_folder_cache_is_renewed_by_each_discovery(tmp_path):
     """safe_path caches folder realpaths within a discovery; a folder swapped for a symlink that leaves the
     root before the next discovery must be refused then."""
-    from corpus.adapters.paths import clear_path_cache
+    from medlvr.corpus.paths import clear_path_cache
 
     root = tmp_path / "ds"
     (root / "a").mkdir(parents=True)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from corpus.normalize import NormaliseConfig
-from corpus.png import encode_png, up_filtered
+from medlvr.corpus.normalize import NormaliseConfig
+from medlvr.corpus.png import encode_png, up_filtered
 
 
 def decode(data: bytes) -> np.ndarray:

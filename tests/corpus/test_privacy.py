@@ -17,10 +17,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from corpus.adapters import ADAPTERS
-from corpus.catalog import load_catalog
-from corpus.ingest import IngestConfig, ingest_dataset, patient_hash
-from corpus.sample_data import write_samples
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import IngestConfig, ingest_dataset, patient_hash
+from medlvr.corpus.sample_data import write_samples
 
 IDENTIFIERS = {
     "PatientName": "Quorbleflax^Hermenegilda^Xanthippe",

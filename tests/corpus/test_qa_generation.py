@@ -19,18 +19,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from corpus.qa.cache import CachedBackend  # noqa: E402
-from corpus.qa.generation import (  # noqa: E402
-    Backend,
-    GeneratorConfig,
-    GenRequest,
-    make_backend,
-    model_box,
-    smart_resize,
-)
-from corpus.qa.openai_backend import OpenAIBackend  # noqa: E402
-from corpus.qa.template_backend import TemplateBackend  # noqa: E402
-from corpus.qa.verify import EntityMatcher, find_boxes, verify  # noqa: E402
+from medlvr.corpus.qa.cache import CachedBackend  # noqa: E402
+from medlvr.corpus.qa.generation import make_backend
+from medlvr.corpus.qa.requests import Backend, GeneratorConfig, GenRequest
+from medlvr.corpus.qwen.format import model_box, smart_resize
+from medlvr.corpus.qa.openai_backend import OpenAIBackend  # noqa: E402
+from medlvr.corpus.qa.template_backend import TemplateBackend  # noqa: E402
+from medlvr.corpus.qa.verify import EntityMatcher, find_boxes, verify  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,15 +111,15 @@ def test_model_box_follows_qwen_resize():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from training.model import save_checkpoint
-    from training.tiny import build_tiny
+    from medlvr.training.model import save_checkpoint
+    from medlvr.training.tiny import build_tiny
 
     bundle = build_tiny(seed=0)
     return save_checkpoint(bundle.model, bundle.processor, tmp_path_factory.mktemp("tiny_qwen"))
 
 
 def test_transformers_batched_equals_one_by_one(tiny_dir):
-    from corpus.qa.transformers_backend import TransformersBackend
+    from medlvr.corpus.qa.transformers_backend import TransformersBackend
 
     sizes = [(64, 80), (120, 90), (56, 56), (100, 140)]
     reqs = [caption_req(i, image=png(h, w, seed=i), box=(5.0, 6.0, 40.0, 50.0)) for i, (h, w) in enumerate(sizes)]
@@ -140,7 +135,7 @@ def test_transformers_batched_equals_one_by_one(tiny_dir):
 
 
 def test_transformers_box_is_rendered_in_resized_pixels(tiny_dir):
-    from corpus.qa.transformers_backend import TransformersBackend
+    from medlvr.corpus.qa.transformers_backend import TransformersBackend
 
     be = TransformersBackend(GeneratorConfig(backend="transformers", model_path=str(tiny_dir), max_new_tokens=2))
     img = png(100, 200)
@@ -155,7 +150,7 @@ def test_transformers_box_is_rendered_in_resized_pixels(tiny_dir):
 
 
 def test_transformers_refuses_non_local_paths(tmp_path):
-    from corpus.qa.transformers_backend import TransformersBackend
+    from medlvr.corpus.qa.transformers_backend import TransformersBackend
 
     with pytest.raises(FileNotFoundError):
         TransformersBackend(GeneratorConfig(backend="transformers", model_path="Qwen/Qwen2.5-VL-7B-Instruct"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from corpus.qa.questions import QUESTION_TYPES, ImageFacts, QAConfig, RoiFact, build_pairs, distractor_boxes, iou, position_word
+from medlvr.corpus.qa.questions import QUESTION_TYPES, ImageFacts, QAConfig, RoiFact, build_pairs, distractor_boxes, iou, position_word
 
 import numpy as np
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from evaluation.ablations import (
+from medlvr.evaluation.ablations import (
     NoiseLatents, ShuffleLatents, ablation_table, make_transform_factory, zero_latents,
 )
 

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from evaluation.config import ConfigError, EvalConfig  # noqa: E402
+from medlvr.evaluation.config import ConfigError, EvalConfig  # noqa: E402
 
 CONFIG = {
     "title": "tiny evaluation",
@@ -60,8 +60,8 @@ def test_config_format_and_errors(tmp_path):
 
 
 def test_evaluate_cli_end_to_end_and_resume(tmp_path, capsys):
-    from corpus.cli import main
-    from evaluation.runs import evaluate
+    from medlvr.pipelines.cli import main
+    from medlvr.evaluation.runs import evaluate
 
     assert main(["evaluate", "--config", str(_write(tmp_path)), "--quiet"]) == 0
     out = tmp_path / "out"
@@ -84,8 +84,8 @@ def test_evaluate_cli_end_to_end_and_resume(tmp_path, capsys):
 def test_dagster_assets(tmp_path, monkeypatch):
     import dagster as dg
 
-    from pipelines.evaluation import evaluation_defs
-    from pipelines.evaluation.assets import EvaluationSettings, evaluation_predictions, evaluation_report
+    from medlvr.pipelines.evaluation import evaluation_defs
+    from medlvr.pipelines.evaluation.assets import EvaluationSettings, evaluation_predictions, evaluation_report
 
     cfg = {**CONFIG, "benchmarks": {"slake": {}}, "fig5": None, "fig3": None, "efficiency": None}
     res = {"evaluation": EvaluationSettings(config_path=str(_write(tmp_path, cfg)), out_dir=str(tmp_path / "dg"))}

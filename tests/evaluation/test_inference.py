@@ -11,20 +11,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from evaluation.benchmarks.base import Sample, file_uri  # noqa: E402
-from evaluation.config import DecodeSettings, ModelSpec  # noqa: E402
-from evaluation.inference import (  # noqa: E402
+from medlvr.corpus.evalsets.base import Sample, file_uri  # noqa: E402
+from medlvr.evaluation.config import DecodeSettings, ModelSpec  # noqa: E402
+from medlvr.evaluation.inference import (  # noqa: E402
     LoadedModel, encode_batch, merge_predictions, options_embedded, prompt_text, rank_path, read_records,
     run_predictions, set_pixel_budget, shard,
 )
-from training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
+from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
 
 SETTINGS = DecodeSettings(batch_size=2, max_new_tokens=8, max_pixels=56 * 56 * 4)
 
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from training.tiny import build_tiny
+    from medlvr.training.tiny import build_tiny
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

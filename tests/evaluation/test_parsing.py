@@ -2,7 +2,7 @@
 
 import pytest
 
-from evaluation.parsing import answer_span, clean, is_correct, parse_answer, parse_mc, parse_yesno
+from medlvr.corpus.evalsets.answers import answer_span, clean, is_correct, parse_answer, parse_mc, parse_yesno
 
 OPTS = (("A", "liver"), ("B", "kidney"), ("C", "spleen"), ("D", "lung"))
 OPTS5 = (("A", "Pneumothorax"), ("B", "Pleural effusion"), ("C", "Pneumonia"), ("D", "Atelectasis"),

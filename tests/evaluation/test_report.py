@@ -12,9 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from evaluation import tables as T  # noqa: E402
-from evaluation.benchmarks.base import Sample, file_uri  # noqa: E402
-from evaluation.report import Section, Table, write_report  # noqa: E402
+from medlvr.evaluation import tables as T  # noqa: E402
+from medlvr.corpus.evalsets.base import Sample, file_uri  # noqa: E402
+from medlvr.evaluation.report import Section, Table, write_report  # noqa: E402
 
 MC = (("A", "liver"), ("B", "lung"))
 
@@ -84,7 +84,7 @@ def test_efficiency_subset_quota_cap_kind_and_seed():
 
 
 def test_report_renders_with_plots(tmp_path):
-    from evaluation.figures import plot_accuracy_vs_k, plot_visual_share
+    from medlvr.evaluation.figures import plot_accuracy_vs_k, plot_visual_share
 
     f5 = plot_accuracy_vs_k({"CT": {2: 40.0, 4: 55.0}, "overall": {2: 45.0, 4: 50.0}}, tmp_path / "f" / "f5.png")
     f3 = plot_visual_share({"base": np.array([0.2, 0.1]), "medlvr": np.array([0.4, 0.3])}, tmp_path / "f" / "f3.png")
@@ -103,11 +103,11 @@ def test_report_renders_with_plots(tmp_path):
 
 
 def test_attention_profile_and_heatmap_with_roi(tmp_path):
-    from evaluation.attention import attention_profile
-    from evaluation.config import ModelSpec
-    from evaluation.figures import plot_heatmaps
-    from evaluation.inference import LoadedModel, set_pixel_budget
-    from training.tiny import build_tiny
+    from medlvr.evaluation.attention import attention_profile
+    from medlvr.evaluation.config import ModelSpec
+    from medlvr.evaluation.figures import plot_heatmaps
+    from medlvr.evaluation.inference import LoadedModel, set_pixel_budget
+    from medlvr.training.tiny import build_tiny
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

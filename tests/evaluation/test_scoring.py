@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from evaluation.benchmarks.base import Sample
-from evaluation.scoring import (make_record, read_records, score_file, score_records, summarize, table1, table2,
+from medlvr.corpus.evalsets.base import Sample
+from medlvr.evaluation.scoring import (make_record, read_records, score_file, score_records, summarize, table1, table2,
                                 write_records)
 
 OPTS = (("A", "liver"), ("B", "kidney"), ("C", "spleen"), ("D", "lung"))
@@ -133,13 +133,13 @@ def test_end_to_end_on_sample_benchmarks(tmp_path):
     """Gold answers written as outputs score 100% on every sample benchmark, through the JSONL file."""
     import importlib
 
-    from evaluation.benchmarks.base import LOADERS
-    from evaluation.sample_data import write_benchmark_samples
+    from medlvr.corpus.evalsets.base import LOADERS
+    from medlvr.evaluation.sample_data import write_benchmark_samples
 
     dirs = {"slake": "slake", "vqa_rad": "vqa_rad", "pmc_vqa": "pmc_vqa", "mmmu_hm": "mmmu",
             "medxpertqa_mm": "medxpertqa"}
     for mod in ("slake", "vqa_rad", "pmc_vqa", "mmmu", "medxpertqa"):
-        importlib.import_module(f"evaluation.benchmarks.{mod}")
+        importlib.import_module(f"medlvr.corpus.evalsets.{mod}")
     write_benchmark_samples(tmp_path / "data", list(dirs.values()))
     records = []
     for bench, d in dirs.items():

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from corpus.sample_data.synthetic_grounding import PATTERNS, make_items, write_grounding_task  # noqa: E402
+from medlvr.corpus.sample_data.synthetic_grounding import PATTERNS, make_items, write_grounding_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,12 +35,12 @@ def test_items_deterministic_and_grounded():
 
 
 def test_written_formats(tmp_path):
-    from corpus.shards import QA_SCHEMA
-    from evaluation.benchmarks.base import Sample
-    from evaluation.benchmarks.omnimedvqa import load_omnimedvqa
-    from training.sft.collate import roi_boxes
-    from training.vlpo.data import prompt_text
-    from corpus.qa.export import render_qwen
+    from medlvr.corpus.shards import QA_SCHEMA
+    from medlvr.corpus.evalsets.base import Sample
+    from medlvr.corpus.evalsets.omnimedvqa import load_omnimedvqa
+    from medlvr.training.sft.collate import roi_boxes
+    from medlvr.training.vlpo.data import prompt_text
+    from medlvr.corpus.qa.export import render_qwen
 
     summary = write_grounding_task(tmp_path, n_train=12, n_test=6, seed=1)
     assert summary["counts"]["train"] == 12 and summary["counts"]["test"] == 6
@@ -66,10 +66,13 @@ def test_written_formats(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quick_experiment(tmp_path):
-    from corpus.cli import main
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("mechanism", ROOT / "experiments" / "mechanism" / "mechanism.py")
+    mechanism = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mechanism)
     out = tmp_path / "results.json"
-    rc = main(["experiment", "mechanism", "--config", str(ROOT / "configs" / "mechanism.yaml"), "--quick",
+    rc = mechanism.main(["--config", str(ROOT / "configs" / "mechanism.yaml"), "--quick",
                "--set", f"work_dir={tmp_path / 'work'}", "--set", f"results={out}",
                "--set", f"docs_dir={tmp_path / 'docs'}"])
     assert rc == 0

@@ -5,7 +5,7 @@ import pytest
 
 with warnings.catch_warnings():  # partitioned asset checks are a 1.13 preview feature (they work)
     warnings.simplefilter("ignore", dg.PreviewWarning)
-    import pipelines.definitions  # noqa: F401
+    import medlvr.pipelines.definitions  # noqa: F401
 
 
 def pytest_collection_modifyitems(items):

@@ -3,8 +3,8 @@ then one publish run, all in one (ephemeral) instance."""
 
 import dagster as dg
 
-from pipelines.corpus.assets import CORPUS_ASSETS
-from pipelines.corpus.checks import CORPUS_CHECKS
+from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
+from medlvr.pipelines.corpus.checks import CORPUS_CHECKS
 
 DATASET_ASSETS = dg.AssetSelection.assets("raw_dataset", "normalized_images", "roi_annotations", "qa_pairs")
 PUBLISH = dg.AssetSelection.groups("corpus_publish")

@@ -7,13 +7,13 @@ import time
 import dagster as dg
 import pytest
 
-from pipelines.corpus.resources import DatasetRoots
-from pipelines.corpus.schedules import weekly_corpus_rebuild
-from pipelines.corpus.sensors import corpus_publish_sensor, raw_dataset_sensor
+from medlvr.pipelines.corpus.resources import DatasetRoots
+from medlvr.pipelines.corpus.schedules import weekly_corpus_rebuild
+from medlvr.pipelines.corpus.sensors import corpus_publish_sensor, raw_dataset_sensor
 
 
 def _repo():
-    from pipelines.definitions import defs
+    from medlvr.pipelines.definitions import defs
 
     return defs.get_repository_def()
 
@@ -38,7 +38,7 @@ def test_weekly_schedule_one_run_per_dataset(tmp_path, monkeypatch):
 
 @pytest.fixture
 def data(tmp_path):
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.sample_data import write_samples
 
     write_samples(tmp_path / "data", ["busi", "hc18"])
     return tmp_path / "data"
@@ -67,7 +67,7 @@ def test_raw_dataset_sensor_fires_on_change_only(data):
     res, cursor5 = _tick(raw_dataset_sensor, roots, cursor4)
     assert [r.partition_key for r in res] == ["hc18"]
     # a dataset folder that appears counts as new
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.sample_data import write_samples
 
     write_samples(data, ["kits23"])
     res, _ = _tick(raw_dataset_sensor, roots, cursor5)

@@ -6,11 +6,11 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from corpus.catalog import load_catalog
-from pipelines.corpus.assets import CORPUS_ASSETS
-from pipelines.corpus.checks import CORPUS_CHECKS, shard_checksums_match_manifest
-from pipelines.corpus.metadata import read_manifest
-from pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, default_resources
+from medlvr.corpus.catalog import load_catalog
+from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
+from medlvr.pipelines.corpus.checks import CORPUS_CHECKS, shard_checksums_match_manifest
+from medlvr.pipelines.corpus.metadata import read_manifest
+from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, default_resources
 from tests.pipelines.helpers import check_evaluations, materialize_corpus
 
 HANDFUL = ["busi", "kits23", "lidc_idri", "vindr_cxr", "isic2018"]  # ultrasound, CT volume, DICOM+XML, X-ray, derm
@@ -136,7 +136,7 @@ def test_full_catalog(tmp_path):
     assert len(ids) == 31
     resources = {**default_resources(), "dataset_roots": DatasetRoots(data_root=str(tmp_path / "data")),
                  "storage": CorpusStorage(url=str(tmp_path / "corpus"))}
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.sample_data import write_samples
 
     write_samples(tmp_path / "data")
     results = materialize_corpus(resources, ids, dg.DagsterInstance.ephemeral())

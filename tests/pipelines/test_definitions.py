@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from corpus.catalog import load_catalog
+from medlvr.corpus.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ GROUPS = {"corpus_ingest": {"raw_dataset", "normalized_images", "roi_annotations
 
 
 def test_definitions_load():
-    from pipelines.definitions import defs
+    from medlvr.pipelines.definitions import defs
 
     graph = defs.resolve_asset_graph()
     by_group = {}
@@ -39,7 +39,7 @@ def test_definitions_load():
     assert {"boxes_inside_images", "no_empty_images", "rejects_below_share", "no_patient_or_group_across_splits",
             "shard_checksums_match_manifest", "zero_decontamination_matches_left"} <= checks
     assert all(graph.get_check_spec(k).blocking for k in graph.asset_check_keys)
-    from pipelines.corpus.assets import corpus_shards, ingest_dataset_assets, raw_dataset
+    from medlvr.pipelines.corpus.assets import corpus_shards, ingest_dataset_assets, raw_dataset
 
     for a in (raw_dataset, ingest_dataset_assets, corpus_shards):  # I/O-bound: retried with backoff
         assert a.op.retry_policy.max_retries >= 1 and a.op.retry_policy.backoff == dg.Backoff.EXPONENTIAL
@@ -54,7 +54,7 @@ def test_no_ml_imports_at_module_level():
 def test_workspace_points_to_definitions():
     ws = yaml.safe_load((ROOT / "workspace.yaml").read_text())
     (entry,) = ws["load_from"]
-    assert entry["python_module"]["module_name"] == "pipelines.definitions"
+    assert entry["python_module"]["module_name"] == "medlvr.pipelines.definitions"
 
 
 def test_definitions_validate_cli(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.main_job import run_main
+from medlvr.pipelines.main_job import run_main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,8 @@
 
 import fsspec
 
-from pipelines.corpus.resources import CorpusStorage
-from pipelines.corpus.storage import pull, push
+from medlvr.pipelines.corpus.resources import CorpusStorage
+from medlvr.pipelines.corpus.storage import pull, push
 
 
 def test_push_pull_mirror(tmp_path):

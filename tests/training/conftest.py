@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from training.tiny import build_tiny  # noqa: E402
+from medlvr.training.tiny import build_tiny  # noqa: E402
 
 QUESTIONS = [
     "Describe the scan.",

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from training.latent_decode import DecodeConfig, latent_generate
-from training.sampling import sample_tokens
+from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.sampling import sample_tokens
 
 SIZES = [(224, 224), (280, 168), (112, 336)]  # different grids -> different image-token counts and rope deltas
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.model import (
+from medlvr.training.model import (
     LATENT_TOKENS,
     LatentTokenIds,
     add_latent_tokens,
@@ -15,7 +15,7 @@ from training.model import (
     resolve_attn_implementation,
     save_checkpoint,
 )
-from training.tiny import build_tiny
+from medlvr.training.tiny import build_tiny
 
 
 def test_tiny_is_deterministic_from_seed(tiny):

@@ -2,8 +2,8 @@
 
 import torch
 
-from training.latent_decode import DecodeConfig, latent_generate
-from training.replay import replay, replay_rollout
+from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.replay import replay, replay_rollout
 
 SIZES = [(224, 224), (168, 308)]
 

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import Qwen2VLImageProcessorPil
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from training.roi_targets import (
+from medlvr.training.roi_targets import (
     batch_roi_targets,
     box_cells,
     bucket_means,

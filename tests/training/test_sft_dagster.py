@@ -8,9 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import dagster as dg  # noqa: E402
 import pytest  # noqa: E402
 
-from pipelines.corpus.resources import CorpusStorage  # noqa: E402
-from pipelines.training.assets import roi_sft_checkpoint, trainer_command, RoiSftConfig  # noqa: E402
-from training.sft.testing import build_sample_corpus  # noqa: E402
+from medlvr.pipelines.corpus.resources import CorpusStorage  # noqa: E402
+from medlvr.pipelines.training.assets import roi_sft_checkpoint, trainer_command, RoiSftConfig  # noqa: E402
+from medlvr.training.sft.testing import build_sample_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,4 +53,4 @@ def test_launchers():
     assert cmd[:5] == ["/env/bin/python", "-m", "deepspeed.launcher.runner", "--hostfile", "/etc/hosts.ds"]
     assert "--module" in cmd and cmd[-1] == "engine.backend=deepspeed"
     tr = trainer_command(RoiSftConfig(launcher="torchrun", nproc_per_node=8), "/c", "/o")
-    assert "--nproc_per_node=8" in tr and "training.sft.recipe" in tr
+    assert "--nproc_per_node=8" in tr and "medlvr.training.sft.recipe" in tr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from training.sft.testing import REPO, TINY_CONFIG, build_sample_corpus
+from medlvr.training.sft.testing import REPO, TINY_CONFIG, build_sample_corpus
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")]
@@ -32,9 +32,9 @@ def test_zero2_step_on_cpu_matches_single_process(tmp_path_factory, tmp_path):
     common = ["--config", str(TINY_CONFIG), "--set", f"data.corpus={corpus}", "--set", "run.max_steps=2",
               "--set", "run.progress=false", "--set", "run.tensorboard=false", "--set", "run.micro_batch_size=2"]
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29561",
-          "-m", "training.sft.recipe", *common, "--set", f"run.out_dir={tmp_path / 'ds'}",
+          "-m", "medlvr.training.sft.recipe", *common, "--set", f"run.out_dir={tmp_path / 'ds'}",
           "--set", "engine.backend=deepspeed"], env)
-    _run([sys.executable, "-m", "training.sft.recipe", *common, "--set", f"run.out_dir={tmp_path / 'single'}"], env)
+    _run([sys.executable, "-m", "medlvr.training.sft.recipe", *common, "--set", f"run.out_dir={tmp_path / 'single'}"], env)
     ds, single = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
                   for d in ("ds", "single"))
     assert [m["loss"] for m in ds] == pytest.approx([m["loss"] for m in single], rel=1e-4)

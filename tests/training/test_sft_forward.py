@@ -9,14 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
-from training.replay import replay  # noqa: E402
-from training.sft.collate import collate, set_pixel_budget  # noqa: E402
-from training.sft.data import ShardStream, shard_files  # noqa: E402
-from training.sft.forward import _cached_prefix_and_latents, sft_forward  # noqa: E402
-from training.sft.losses import answer_nll_sum, roi_loss_sum  # noqa: E402
-from training.sft.testing import build_sample_corpus  # noqa: E402
-from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions  # noqa: E402
+from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
+from medlvr.training.replay import replay  # noqa: E402
+from medlvr.training.sft.collate import collate, set_pixel_budget  # noqa: E402
+from medlvr.training.sft.data import ShardStream, shard_files  # noqa: E402
+from medlvr.training.sft.forward import _cached_prefix_and_latents, sft_forward  # noqa: E402
+from medlvr.training.sft.losses import answer_nll_sum, roi_loss_sum  # noqa: E402
+from medlvr.training.sft.testing import build_sample_corpus  # noqa: E402
+from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions  # noqa: E402
 
 K = 3
 BUDGET = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 16)
@@ -87,7 +87,7 @@ def test_detach_equals_chain_with_detached_feeds_and_bptt_differs(setup):
               cache=cache, use_cache=True).last_hidden_state
     ref = sft_forward(model, batch, ids, proc.image_processor, mode="teacher_forced")  # for targets / shapes
     hidden = torch.cat([head, tail], 1)
-    from training.sampling import token_logprobs
+    from medlvr.training.sampling import token_logprobs
 
     lp = token_logprobs(model.lm_head(hidden[:, L - 1:-1]), batch.sequences, 1.0, (ids.latent,))
     lp = lp.masked_fill(~batch.gen_mask | (batch.sequences == ids.latent), 0.0)

@@ -10,8 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from training.sft.recipe import build_model, train  # noqa: E402
-from training.sft.testing import build_sample_corpus, tiny_config  # noqa: E402
+from medlvr.training.sft.recipe import build_model, train  # noqa: E402
+from medlvr.training.sft.testing import build_sample_corpus, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,8 @@ def test_latent_modes_and_variants_train(corpus, tmp_path, overrides):
 
 
 def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
-    from corpus.cli import main
-    from training.model import load_checkpoint
+    from medlvr.pipelines.cli import main
+    from medlvr.training.model import load_checkpoint
 
     out = tmp_path / "run"
     rc = main(["train-sft", "--config", "configs/sft_tiny.yaml", "--set", f"data.corpus={corpus}",

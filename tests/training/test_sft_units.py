@@ -9,13 +9,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from training.engine import EngineConfig, deepspeed_config, lr_lambda  # noqa: E402
-from training.roi_targets import token_grid  # noqa: E402
-from training.sft.collate import FULL_IMAGE, collate, roi_boxes, set_pixel_budget  # noqa: E402
-from training.sft.config import load_config  # noqa: E402
-from training.sft.data import DataPosition, ShardStream, shard_files  # noqa: E402
-from training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_rows, roi_loss_sum, sft_loss  # noqa: E402
-from training.sft.testing import TINY_CONFIG, build_sample_corpus  # noqa: E402
+from medlvr.training.engine import EngineConfig, deepspeed_config, lr_lambda  # noqa: E402
+from medlvr.training.roi_targets import token_grid  # noqa: E402
+from medlvr.training.sft.collate import FULL_IMAGE, collate, roi_boxes, set_pixel_budget  # noqa: E402
+from medlvr.training.sft.config import load_config  # noqa: E402
+from medlvr.training.sft.data import DataPosition, ShardStream, shard_files  # noqa: E402
+from medlvr.training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_rows, roi_loss_sum, sft_loss  # noqa: E402
+from medlvr.training.sft.testing import TINY_CONFIG, build_sample_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.vlpo.algos import (LossConfig, clipped_surrogate, group_advantages, k3_kl, latent_log_ratio,
+from medlvr.training.vlpo.algos import (LossConfig, clipped_surrogate, group_advantages, k3_kl, latent_log_ratio,
                                  masked_aggregate, vlpo_loss)
 
 

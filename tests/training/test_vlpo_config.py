@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training.vlpo.config import config_from_dict, load_config
-from training.vlpo.data import PromptSampler, prompt_text, synthetic_samples
+from medlvr.training.vlpo.config import config_from_dict, load_config
+from medlvr.training.vlpo.data import PromptSampler, prompt_text, synthetic_samples
 
 REPO = Path(__file__).resolve().parents[2]
 

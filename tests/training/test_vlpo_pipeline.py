@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines.training.vlpo_assets import ROI_SFT_CHECKPOINT, VlpoConfig, trainer_command, vlpo_checkpoint
+from medlvr.pipelines.training.vlpo_assets import ROI_SFT_CHECKPOINT, VlpoConfig, trainer_command, vlpo_checkpoint
 
 
 def test_asset_definition():
@@ -19,8 +19,8 @@ def test_asset_definition():
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from training.model import save_checkpoint
-    from training.tiny import build_tiny
+    from medlvr.training.model import save_checkpoint
+    from medlvr.training.tiny import build_tiny
 
     b = build_tiny(seed=0)
     return save_checkpoint(b.model, b.processor, tmp_path_factory.mktemp("sft") / "model")
@@ -48,7 +48,7 @@ def test_asset_fails_without_upstream(tmp_path):
 
 
 def test_cli_train_vlpo(tmp_path, tiny_ckpt):
-    from corpus.cli import main
+    from medlvr.pipelines.cli import main
 
     rc = main(["train-vlpo", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "vlpo_tiny.yaml"), "--set", f"model.path={tiny_ckpt}",
                "--set", f"train.output_dir={tmp_path}", "--set", "train.steps=1", "--set", "train.progress=false"])

@@ -7,18 +7,18 @@ import json
 import pytest
 import torch
 
-from training.latent_decode import DecodeConfig, latent_generate
-from training.model import save_checkpoint
-from training.replay import replay
-from training.tiny import build_tiny
-from training.vlpo.algos import LossConfig, latent_log_ratio, vlpo_loss
-from training.vlpo.config import config_from_dict
-from training.vlpo.core import (collect, decode_config, global_denominators, loss_config, microbatch_loss,
+from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.model import save_checkpoint
+from medlvr.training.replay import replay
+from medlvr.training.tiny import build_tiny
+from medlvr.training.vlpo.algos import LossConfig, latent_log_ratio, vlpo_loss
+from medlvr.training.vlpo.config import config_from_dict
+from medlvr.training.vlpo.core import (collect, decode_config, global_denominators, loss_config, microbatch_loss,
                                 vision_token_ids)
-from training.vlpo.data import build_prompt_batch, synthetic_samples
-from training.vlpo.rewards import compute_rewards, format_rewards
-from training.vlpo.rollout import LocalLatentRollout
-from training.vlpo.trainer import train_vlpo
+from medlvr.training.vlpo.data import build_prompt_batch, synthetic_samples
+from medlvr.training.vlpo.rewards import compute_rewards, format_rewards
+from medlvr.training.vlpo.rollout import LocalLatentRollout
+from medlvr.training.vlpo.trainer import train_vlpo
 
 K = 2
 
@@ -158,7 +158,7 @@ def _mean_accuracy(model, processor, ids, samples, G=16, seed=123):
 def test_short_run_raises_mean_reward(tmp_path, sft_ckpt):
     """Learnable task: one question template whose correct letter is fixed ("A" of four options); the warm start
     answers with random letters. Accuracy over 16 samples of the same 3 prompts (fixed seed), before vs after."""
-    from training.model import load_checkpoint
+    from medlvr.training.model import load_checkpoint
 
     model, proc, ids = load_checkpoint(sft_ckpt)
     prompts = synthetic_samples(3, tmp_path / "eval_img", seed=0, templates=[0])
@@ -183,8 +183,8 @@ def _weights(model):
 
 
 def test_frozen_unchanged_trainable_changed(tmp_path, sft_ckpt):
-    from training.engine import Engine
-    from training.vlpo.trainer import load_policy, load_reference
+    from medlvr.training.engine import Engine
+    from medlvr.training.vlpo.trainer import load_policy, load_reference
 
     cfg = _cfg(tmp_path, sft_ckpt)
     policy, proc, ids = load_policy(cfg)

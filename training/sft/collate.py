@@ -10,7 +10,7 @@ over the completion): `<Medlvr_Start>`, the answer tokens and the closing `<|im_
 stop); never the latent slots, never the forced `<Medlvr_End>`. With K = 0 (vanilla SFT) the completion is just
 answer + `<|im_end|>`.
 
-Text: `corpus.qa.export.render_qwen(row, min_pixels, max_pixels)` with the SAME budget as the processor, so box
+Text: `medlvr.corpus.qa.export.render_qwen(row, min_pixels, max_pixels)` with the SAME budget as the processor, so box
 coordinates in the text are pixels of the image the model sees.
 
 ROI boxes per row (`roi_boxes`), in the normalised image (the stored PNG), decided in this order:
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from corpus.qa.export import render_qwen
-from training.model import LatentTokenIds
+from medlvr.corpus.qa.export import render_qwen
+from medlvr.training.model import LatentTokenIds
 
 _PLACEHOLDER = re.compile(r"\{box(\d+)\}")
 FULL_IMAGE = "full_image"  # sentinel in SFTBatch.roi_boxes: full-image target

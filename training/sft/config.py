@@ -1,6 +1,6 @@
 """ROI-SFT run configuration: frozen dataclasses, filled from YAML plus `key.sub=value` overrides (one merge point).
 
-Sections: `model`, `data`, `latent`, `engine` (`training.engine.EngineConfig`), `run`. Unknown keys are errors.
+Sections: `model`, `data`, `latent`, `engine` (`medlvr.training.engine.EngineConfig`), `run`. Unknown keys are errors.
 The paper's Table-4 variants are config only (method.md §5):
 
     vanilla SFT            latent.k: 0                         (no control tokens, no ROI loss)
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from training.engine import EngineConfig
+from medlvr.training.engine import EngineConfig
 
 LATENT_MODES = ("self_fed", "teacher_forced")
 LATENT_GRADS = ("bptt", "detach")

@@ -1,7 +1,7 @@
 """ROI-SFT forward: answer log-probs and the hidden states h_k that produce the latents (method.md §3).
 
 The image is encoded ONCE per micro-batch (no_grad when the vision tower and merger are frozen); the same merger
-output gives the ROI targets (`training.roi_targets.batch_roi_targets`, detached) and the decoder's image rows.
+output gives the ROI targets (`medlvr.training.roi_targets.batch_roi_targets`, detached) and the decoder's image rows.
 Positions are the explicit 3-D M-RoPE ids of the whole sequence (`get_rope_index`), sliced per pass.
 
 Latent modes (column L holds `<Medlvr_Start>`, latent k sits at L + k, z_k is fed there):
@@ -17,7 +17,7 @@ Latent modes (column L holds `<Medlvr_Start>`, latent k sits at L + k, z_k is fe
   target get the full-image target as input.
 
 In every mode h_k = H[L + k - 1] (the indexing rule) and token t of the completion is predicted from H[L + t - 1];
-the policy distribution bans `<Medlvr_Latent>` as in decoding (`training.sampling.token_logprobs`).
+the policy distribution bans `<Medlvr_Latent>` as in decoding (`medlvr.training.sampling.token_logprobs`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from training.model import LatentTokenIds
-from training.roi_targets import batch_roi_targets
-from training.sampling import token_logprobs
-from training.sft.collate import FULL_IMAGE, SFTBatch
-from training.vlm_inputs import embed_with_images, image_embeddings, rope_positions
+from medlvr.training.model import LatentTokenIds
+from medlvr.training.roi_targets import batch_roi_targets
+from medlvr.training.sampling import token_logprobs
+from medlvr.training.sft.collate import FULL_IMAGE, SFTBatch
+from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """ROI-SFT recipe: setup -> train -> save (torchtune-shaped, readable top to bottom).
 
-    python -m training.sft.recipe --config configs/sft_tiny.yaml --set data.corpus=DIR [--set key=value ...]
+    python -m medlvr.training.sft.recipe --config configs/sft_tiny.yaml --set data.corpus=DIR [--set key=value ...]
     medlvr train-sft --config FILE [--set ...]                      (same, through the project CLI)
     deepspeed [--hostfile H] --module training.sft.recipe --config FILE      (every rank runs this file)
     torchrun --nproc_per_node G -m training.sft.recipe --config FILE
@@ -25,13 +25,14 @@ from pathlib import Path
 
 import torch
 
-from training.engine import Engine, seed_everything
-from training.metrics import MetricsLogger, decoder_params, peak_flops, train_flops
-from training.sft.collate import collate, set_pixel_budget
-from training.sft.config import ModelConfig, SFTConfig, load_config
-from training.sft.data import DataPosition, ShardStream, shard_files
-from training.sft.forward import sft_forward
-from training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_sum, sft_loss
+from medlvr.corpus.config import add_config_arguments
+from medlvr.training.engine import Engine, seed_everything
+from medlvr.training.metrics import MetricsLogger, decoder_params, peak_flops, train_flops
+from medlvr.training.sft.collate import collate, set_pixel_budget
+from medlvr.training.sft.config import ModelConfig, SFTConfig, load_config
+from medlvr.training.sft.data import DataPosition, ShardStream, shard_files
+from medlvr.training.sft.forward import sft_forward
+from medlvr.training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_sum, sft_loss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -39,11 +40,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def build_model(mc: ModelConfig):
     """(model, processor, LatentTokenIds) from the config: the offline tiny model or a LOCAL checkpoint."""
     if mc.init == "tiny":
-        from training.tiny import build_tiny
+        from medlvr.training.tiny import build_tiny
 
         b = build_tiny(seed=mc.tiny_seed, attn_implementation=mc.attn_implementation, dtype=DTYPES[mc.dtype])
         return b.model, b.processor, b.ids
-    from training.model import load_checkpoint
+    from medlvr.training.model import load_checkpoint
 
     return load_checkpoint(mc.init, dtype=DTYPES[mc.dtype], attn_implementation=mc.attn_implementation)
 
@@ -181,10 +182,8 @@ def _pipes():
 
 
 def main(argv=None) -> int:
-    from training.cli import add_sft_arguments
-
     p = argparse.ArgumentParser(prog="medlvr train-sft", description="ROI-SFT (Stage 1) on corpus shards")
-    add_sft_arguments(p)
+    add_config_arguments(p, "configs/sft_tiny.yaml, configs/sft_qwen25vl_7b.yaml", "engine.lr=1e-5")
     return run_from_args(p.parse_args(argv))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.sft.config import SFTConfig, load_config
+from medlvr.training.sft.config import SFTConfig, load_config
 
 SAMPLE_DATASETS = ("busi", "vindr_cxr", "refuge")
 REPO = Path(__file__).resolve().parents[2]
@@ -13,8 +13,8 @@ TINY_CONFIG = REPO / "configs" / "sft_tiny.yaml"
 
 def build_sample_corpus(out: str | Path, datasets=SAMPLE_DATASETS) -> Path:
     """`medlvr build-corpus` on the bundled sample data of a few datasets; returns the corpus folder."""
-    from corpus.build import BuildConfig, build_corpus
-    from corpus.sample_data import write_samples
+    from medlvr.corpus.build import BuildConfig, build_corpus
+    from medlvr.corpus.sample_data import write_samples
 
     out = Path(out)
     if not (out / "corpus" / "shards").is_dir():

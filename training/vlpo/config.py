@@ -2,7 +2,7 @@
 
     cfg = load_config("configs/vlpo_tiny.yaml", overrides=["algo.beta=0.0", "train.steps=2"])
 
-Sections: model, data, rollout, algo, engine (the shared `training.engine.EngineConfig`), train. Unknown keys are errors (a typo must not silently fall
+Sections: model, data, rollout, algo, engine (the shared `medlvr.training.engine.EngineConfig`), train. Unknown keys are errors (a typo must not silently fall
 back to a default). Variants (method.md §5) are chosen by `algo.variant`:
 
 | variant       | latent segment (rollout.k_latent) | loss                                      |
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from training.engine import EngineConfig
+from medlvr.training.engine import EngineConfig
 
 VARIANTS = ("grpo", "medlvr_grpo", "vlpo")
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from training.latent_decode import DecodeConfig, LatentDecodeOutput
-from training.model import LatentTokenIds
-from training.replay import replay
-from training.vlpo.algos import LossConfig, LossOutput, group_advantages, vlpo_loss
-from training.vlpo.data import PromptBatch
-from training.vlpo.rewards import compute_rewards
+from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput
+from medlvr.training.model import LatentTokenIds
+from medlvr.training.replay import replay
+from medlvr.training.vlpo.algos import LossConfig, LossOutput, group_advantages, vlpo_loss
+from medlvr.training.vlpo.data import PromptBatch
+from medlvr.training.vlpo.rewards import compute_rewards
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from evaluation.benchmarks.base import Sample, file_uri, open_image
+from medlvr.corpus.evalsets.base import Sample, file_uri, open_image
 
 DEFAULT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
@@ -61,7 +61,7 @@ def load_samples(data_cfg, work_dir: str | Path) -> list[Sample]:
     if data_cfg.source == "synthetic":
         return synthetic_samples(data_cfg.synthetic_size, Path(work_dir) / "synthetic_images", seed=data_cfg.split_seed,
                                  templates=data_cfg.synthetic_templates)
-    from evaluation.benchmarks.omnimedvqa import load_omnimedvqa
+    from medlvr.corpus.evalsets.omnimedvqa import load_omnimedvqa
 
     if data_cfg.root is None:
         raise ValueError("data.root (the OmniMedVQA directory) is required for data.source=omnimedvqa")

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 import torch
 
-from evaluation.parsing import parse_mc
-from training.model import LatentTokenIds
+from medlvr.corpus.evalsets.answers import parse_mc
+from medlvr.training.model import LatentTokenIds
 
 
 def parse_choice(text: str, options: Sequence[tuple[str, str]]) -> str | None:
     """Option letter from the decoded answer text, or None (unparseable): the evaluation parser
-    (`evaluation.parsing.parse_mc`, benchmarks.md §3), so training rewards and benchmark scoring agree.
+    (`medlvr.corpus.evalsets.answers.parse_mc`, benchmarks.md §3), so training rewards and benchmark scoring agree.
 
     >>> opts = (("A", "liver"), ("B", "kidney"))
     >>> [parse_choice(t, opts) for t in ["B", "(A)", "A. liver", "The answer is B", "kidney", "no idea"]]

@@ -1,5 +1,5 @@
 """Rollout seam (training.md §1.1): a small `RolloutEngine` protocol and the colocated implementation on this
-project's batched KV-cached latent decoding (`training.latent_decode.latent_generate`, method.md §2, §4.1).
+project's batched KV-cached latent decoding (`medlvr.training.latent_decode.latent_generate`, method.md §2, §4.1).
 
 `LocalLatentRollout` shares the policy's weights (nothing to sync): G samples per prompt share ONE prefill
 (`DecodeConfig.num_samples`), latent exploration noise is drawn and recorded by the decoder. A vLLM-backed
@@ -14,8 +14,8 @@ from typing import Protocol
 
 import torch
 
-from training.latent_decode import DecodeConfig, LatentDecodeOutput, latent_generate
-from training.model import LatentTokenIds
+from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput, latent_generate
+from medlvr.training.model import LatentTokenIds
 
 
 class RolloutEngine(Protocol):
@@ -31,7 +31,7 @@ class RolloutEngine(Protocol):
 
 def repeat_prompts(prompts: Mapping[str, torch.Tensor], g: int, image_token_id: int) -> dict[str, torch.Tensor]:
     """A B-row processor batch -> B*G rows (row b*G + j), images repeated with their prompt."""
-    from training.vlm_inputs import images_per_row
+    from medlvr.training.vlm_inputs import images_per_row
 
     out = {k: v.repeat_interleave(g, dim=0) for k, v in prompts.items()
            if k in ("input_ids", "attention_mask", "mm_token_type_ids")}

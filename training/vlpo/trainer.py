@@ -1,7 +1,7 @@
-"""Stage-2 recipe: VLPO / GRPO on the shared training engine (`training.engine.Engine`), readable top to bottom.
+"""Stage-2 recipe: VLPO / GRPO on the shared training engine (`medlvr.training.engine.Engine`), readable top to bottom.
 
     result = train_vlpo(cfg)            # cfg: VLPORunConfig (training/vlpo/config.py)
-    python -m training.vlpo.trainer --config configs/vlpo_tiny.yaml [--set algo.beta=0.0 ...]
+    python -m medlvr.training.vlpo.trainer --config configs/vlpo_tiny.yaml [--set algo.beta=0.0 ...]
     medlvr train-vlpo --config FILE     # same, through the project CLI
 
 One optimizer step (method.md §4):
@@ -34,14 +34,23 @@ import time
 from pathlib import Path
 
 import torch
-
-from training.engine import Engine, seed_everything
-from training.metrics import MetricsLogger
-from training.vlpo.config import VLPORunConfig, load_config
-from training.vlpo.core import (collect, decode_config, global_denominators, loss_config, micro_batches,
-                                microbatch_loss, rollout_metrics, timed, vision_token_ids)
-from training.vlpo.data import PromptSampler, build_prompt_batch, load_samples
-from training.vlpo.rollout import LocalLatentRollout
+from medlvr.corpus.config import add_config_arguments
+from medlvr.training.engine import Engine, seed_everything
+from medlvr.training.metrics import MetricsLogger
+from medlvr.training.vlpo.config import VLPORunConfig, load_config
+from medlvr.training.vlpo.core import (
+    collect,
+    decode_config,
+    global_denominators,
+    loss_config,
+    micro_batches,
+    microbatch_loss,
+    rollout_metrics,
+    timed,
+    vision_token_ids,
+)
+from medlvr.training.vlpo.data import PromptSampler, build_prompt_batch, load_samples
+from medlvr.training.vlpo.rollout import LocalLatentRollout
 
 CKPT_PREFIX = "step-"
 
@@ -61,12 +70,12 @@ def load_policy(cfg: VLPORunConfig):
     """(model fp32, processor, ids) from the ROI-SFT checkpoint, or the tiny offline model."""
     m = cfg.model
     if m.tiny and m.path is None:
-        from training.tiny import build_tiny
+        from medlvr.training.tiny import build_tiny
 
         b = build_tiny(seed=m.tiny_seed, attn_implementation=m.attn_implementation)
         model, processor, ids = b.model, b.processor, b.ids
     else:
-        from training.model import load_checkpoint
+        from medlvr.training.model import load_checkpoint
 
         model, processor, ids = load_checkpoint(m.path, attn_implementation=m.attn_implementation)
     _set_pixels(processor, m)
@@ -78,11 +87,11 @@ def load_reference(cfg: VLPORunConfig, device: torch.device):
     m = cfg.model
     path = m.ref_path or m.path
     if path is None:
-        from training.tiny import build_tiny
+        from medlvr.training.tiny import build_tiny
 
         ref = build_tiny(seed=m.tiny_seed, attn_implementation=m.attn_implementation).model
     else:
-        from training.model import load_checkpoint
+        from medlvr.training.model import load_checkpoint
 
         ref = load_checkpoint(path, attn_implementation=m.attn_implementation)[0]
     ref.requires_grad_(False)
@@ -229,14 +238,8 @@ def summary_metadata(result: dict) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="train-vlpo", description="Stage-2 VLPO / GRPO training (method.md §4-5)")
-    add_arguments(p)
+    add_config_arguments(p, "configs/vlpo_tiny.yaml, configs/vlpo_qwen25vl_7b.yaml", "algo.variant=grpo")
     return run_cli(p.parse_args(argv))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML with model/data/rollout/algo/engine/train sections")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (repeatable), e.g. --set algo.variant=grpo")
 
 
 def run_cli(args) -> int:

@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, read_json_list, register, require_dir
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri, read_json_list, register, require_dir
 
 NAME = "omnimedvqa"
 LETTERS = "ABCDEF"

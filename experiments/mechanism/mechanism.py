@@ -1,7 +1,7 @@
 """Mechanism validation (the paper's Table 4 in miniature, docs/mechanism.md): four variants trained FROM SCRATCH
 on the synthetic grounding task (corpus/sample_data/synthetic_grounding.py), several seeds, one budget.
 
-    medlvr experiment mechanism --config configs/mechanism.yaml [--quick] [--set key.sub=value ...]
+    python experiments/mechanism/mechanism.py --config configs/mechanism.yaml [--quick] [--set key.sub=value ...]
 
 Per seed, one random tiny Qwen2.5-VL (training.tiny, shape from `model:`) is the common initialisation of:
 
@@ -20,12 +20,13 @@ samples (evaluation.ablations); accuracy vs inference latent budget K; optionall
 ROI-SFT and other stage-1-only investigations (`extra`). Jobs (seed x stage-1 variant) run in `workers` processes of `threads` threads each.
 
 Outputs: `results` (JSON: per run and aggregated mean / std / min / max over seeds) and `docs_dir/<prefix>_*.png`.
-`python -m training.experiments.mechanism_attention` adds where the answer position attends (image / lesion token /
+`python experiments/mechanism/attention.py` adds where the answer position attends (image / lesion token /
 latent slots) to the results JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -97,7 +98,7 @@ def load_config(path: str | Path | None, quick: bool = False, overrides=()) -> d
 
 
 def prepare_data(cfg: dict) -> Path:
-    from corpus.sample_data.synthetic_grounding import write_grounding_task
+    from medlvr.corpus.sample_data.synthetic_grounding import write_grounding_task
 
     d = cfg["data"]
     out = Path(cfg["work_dir"]) / "data"
@@ -114,7 +115,7 @@ def prepare_data(cfg: dict) -> Path:
 
 
 def tiny_config(m: dict):
-    from training.tiny import TinyConfig
+    from medlvr.training.tiny import TinyConfig
 
     head_dim = m["hidden"] // m["heads"]
     # mrope sections sum to head_dim / 2 (TinyConfig contract); default (4, 6, 6) for head_dim 32
@@ -127,8 +128,8 @@ def tiny_config(m: dict):
 
 def init_checkpoint(cfg: dict, seed: int) -> Path:
     """The random tiny model of this seed, saved once (every variant of the seed starts from it)."""
-    from training.model import save_checkpoint
-    from training.tiny import build_tiny
+    from medlvr.training.model import save_checkpoint
+    from medlvr.training.tiny import build_tiny
 
     d = Path(cfg["work_dir"]) / f"seed{seed}" / "init"
     if not (d / "config.json").is_file():
@@ -141,8 +142,8 @@ def init_checkpoint(cfg: dict, seed: int) -> Path:
 
 
 def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, extra: dict | None = None) -> dict:
-    from training.sft.config import from_dict
-    from training.sft.recipe import train
+    from medlvr.training.sft.config import from_dict
+    from medlvr.training.sft.recipe import train
 
     s = _merge(cfg["sft"], (extra or {}).get("sft") or {})
     k = s["k"]
@@ -171,9 +172,9 @@ def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, e
 
 
 def run_rl(cfg: dict, seed: int, variant: str, data_dir: Path, sft_model: str) -> dict:
-    from corpus.sample_data.synthetic_grounding import INSTRUCTION
-    from training.vlpo.config import config_from_dict
-    from training.vlpo.trainer import train_vlpo
+    from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
+    from medlvr.training.vlpo.config import config_from_dict
+    from medlvr.training.vlpo.trainer import train_vlpo
 
     r, k = cfg["rl"], cfg["sft"]["k"]
     algo = RL_ALGO[variant]
@@ -210,7 +211,7 @@ def load_heldout(data_dir: Path) -> list[dict]:
 
 
 def _samples(items):
-    from evaluation.benchmarks.base import Sample, file_uri
+    from medlvr.corpus.evalsets.base import Sample, file_uri
 
     return [Sample(benchmark="synthetic_grounding", sample_id=it["id"], question=it["question"], kind="mc",
                    answer=it["answer"], options=tuple(zip("ABCD", it["options"])), images=(file_uri(it["image"]),))
@@ -221,15 +222,15 @@ def evaluate(cfg: dict, model_dir: str, items: list[dict], latent: bool, k_train
     """Held-out accuracy (+ latent diagnostics when the model has a latent segment)."""
     import torch
 
-    from corpus.sample_data.synthetic_grounding import INSTRUCTION
-    from evaluation.ablations import ShuffleLatents, zero_latents
-    from training.latent_decode import DecodeConfig, latent_generate
-    from training.model import load_checkpoint
-    from training.roi_targets import batch_roi_targets
-    from training.sft.collate import set_pixel_budget
-    from training.vlpo.core import vision_token_ids
-    from training.vlpo.data import build_prompt_batch
-    from training.vlpo.rewards import compute_rewards
+    from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
+    from medlvr.evaluation.ablations import ShuffleLatents, zero_latents
+    from medlvr.training.latent_decode import DecodeConfig, latent_generate
+    from medlvr.training.model import load_checkpoint
+    from medlvr.training.roi_targets import batch_roi_targets
+    from medlvr.training.sft.collate import set_pixel_budget
+    from medlvr.training.vlpo.core import vision_token_ids
+    from medlvr.training.vlpo.data import build_prompt_batch
+    from medlvr.training.vlpo.rewards import compute_rewards
 
     model, processor, ids = load_checkpoint(model_dir)
     model.eval()
@@ -258,7 +259,7 @@ def evaluate(cfg: dict, model_dir: str, items: list[dict], latent: bool, k_train
                 pv, grid = pb.inputs["pixel_values"], pb.inputs["image_grid_thw"]
                 sizes = [(it["height"], it["width"]) for it in its]
                 with torch.no_grad():
-                    from training.vlm_inputs import image_embeddings
+                    from medlvr.training.vlm_inputs import image_embeddings
 
                     img = image_embeddings(model, pv, grid)
                     mu = out.mu.float()
@@ -590,9 +591,19 @@ def run_experiment(cfg: dict) -> dict:
     return results
 
 
-def main(args) -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python experiments/mechanism/mechanism.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None, help="YAML (configs/mechanism.yaml); defaults when omitted")
+    ap.add_argument("--quick", action="store_true", help="the config's reduced `quick:` settings (CI, a few minutes)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set sft.steps=100 (repeatable; values parsed as YAML)")
+    args = ap.parse_args(argv)
     cfg = load_config(args.config, quick=args.quick, overrides=args.overrides)
     res = run_experiment(cfg)
     print(res["table_md"])
     print(f"results: {cfg['results']}  plots: {', '.join(res['plots'])}  wall: {res['wall_seconds']:.0f}s")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

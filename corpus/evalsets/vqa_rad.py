@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-from evaluation.benchmarks.base import (BenchmarkError, Sample, file_uri, parquet_uri, read_json_list,
+from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, parquet_uri, read_json_list,
                                         read_parquet_checked, register, require_dir)
 
 NAME = "vqa_rad"

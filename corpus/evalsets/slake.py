@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, file_uri, read_json_list, register, require_dir, zip_uri
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri, read_json_list, register, require_dir, zip_uri
 
 NAME = "slake"
 SPLITS = {"test": "test.json", "validation": "validation.json", "train": "train.json"}
@@ -58,7 +58,7 @@ def _image_resolver(root: Path):
 def _detection_reader(root: Path):
     """`imgs/xmlabN/detection.json` beside each image, if present: [{"Liver": [x, y, w, h]}, ...] (xywh pixels of
     the source image; format from the SLAKE release [M]). Returns name -> (boxes xyxy, labels)."""
-    from evaluation.benchmarks.base import image_bytes
+    from medlvr.corpus.evalsets.base import image_bytes
 
     image = _image_resolver(root)
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from corpus.records import RecordError
+from medlvr.corpus.records import RecordError
 
 
 def safe_path(root: Path, rel: str) -> Path:

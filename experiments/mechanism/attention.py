@@ -6,7 +6,7 @@ does): the attention mass of the query that predicts the first answer token (the
 last prompt position when K = 0) on (a) all image tokens, (b) the lesion cell's token, (c) the K latent slots,
 per layer, averaged over heads and samples.
 
-    python -m training.experiments.mechanism_attention --results experiments/mechanism/results.json \
+    python experiments/mechanism/attention.py --results experiments/mechanism/results.json \
         [--variants roi_grpo noroi_grpo vanilla_grpo] [--n 50]
 writes `attention` into the results JSON (and prints a table).
 """
@@ -22,13 +22,13 @@ import torch
 
 @torch.no_grad()
 def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) -> dict:
-    from corpus.sample_data.synthetic_grounding import INSTRUCTION
-    from evaluation.attention import _eager, rollout_attentions
-    from training.experiments.mechanism import _samples
-    from training.latent_decode import DecodeConfig, latent_generate
-    from training.model import load_checkpoint
-    from training.sft.collate import set_pixel_budget
-    from training.vlpo.data import build_prompt_batch
+    from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
+    from medlvr.evaluation.attention import _eager, rollout_attentions
+    from mechanism import _samples  # the experiment script beside this one
+    from medlvr.training.latent_decode import DecodeConfig, latent_generate
+    from medlvr.training.model import load_checkpoint
+    from medlvr.training.sft.collate import set_pixel_budget
+    from medlvr.training.vlpo.data import build_prompt_batch
 
     model, processor, ids = load_checkpoint(model_dir)
     model.eval()
@@ -63,7 +63,7 @@ def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) ->
 
 
 def main(argv=None) -> int:
-    from training.experiments.mechanism import _stats, load_heldout
+    from mechanism import _stats, load_heldout  # the experiment script beside this one
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="experiments/mechanism/results.json")

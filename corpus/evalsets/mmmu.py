@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-from evaluation.benchmarks.base import BenchmarkError, Sample, parquet_uri, read_parquet_checked, register, require_dir
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, parquet_uri, read_parquet_checked, register, require_dir
 
 NAME = "mmmu_hm"
 SUBJECTS = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine", "Pharmacy",

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import (BenchmarkError, Sample, file_uri, register, require_dir, zip_members_by_name,
+from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, register, require_dir, zip_members_by_name,
                                         zip_uri)
 
 NAME = "medxpertqa_mm"

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.benchmarks.base import (BenchmarkError, Sample, file_uri, register, require_dir, zip_members_by_name,
+from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, register, require_dir, zip_members_by_name,
                                         zip_uri)
 
 NAME = "pmc_vqa"

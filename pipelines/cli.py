@@ -1,0 +1,75 @@
+"""The `medlvr` command line: the root parser. Each package adds its own subcommands through `register(subparsers)`
+(`medlvr.corpus.cli`, `medlvr.training.cli`, `medlvr.evaluation.cli`); this module sits on top of all of them and
+adds `demo`, the main job.
+
+    medlvr catalog | sample-data | ingest | build-corpus     corpus
+    medlvr train-sft | train-vlpo                            training
+    medlvr evaluate | evaluate-merge | ...                   evaluation
+    medlvr demo [--dagster-home DIR] [--force]               the main job: the whole asset graph through Dagster
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from medlvr.corpus import cli as corpus_cli
+from medlvr.corpus.catalog import CatalogError
+from medlvr.corpus.config import ConfigError
+from medlvr.evaluation import cli as evaluation_cli
+from medlvr.training import cli as training_cli
+
+
+def _cmd_demo(args) -> int:
+    """The main job: the whole asset graph materialised through Dagster (pipelines/main_job.py)."""
+    from medlvr.corpus.ingest import DatasetSummary
+    from medlvr.pipelines.main_job import run_main  # imports Dagster: only when the main job runs
+
+    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
+    print(f"Dagster instance: {home.resolve()} (browse it afterwards with `make dagster-dev`)")
+    res = run_main(home, args.datasets, force=args.force)
+    corpus = Path(res["home"]) / "corpus"
+    summaries = [DatasetSummary(**json.loads(p.read_text())) for p in sorted(corpus.glob("ingest/*/summary.json"))
+                 if not p.parent.name.startswith(".")]
+    print()
+    corpus_cli.print_summary(summaries)
+    from medlvr.corpus.shards import MANIFEST_NAME
+
+    manifest = json.loads((corpus / "shards" / MANIFEST_NAME).read_text())
+    print(f"\nQA pairs: {manifest['rows']} in {len(manifest['shards'])} shards; per split "
+          f"{json.dumps(manifest['counts']['split'])}; decontamination removed "
+          f"{manifest['decontamination'].get('removed_images', 0)} images")
+    print(f"steps run: {len(res['ran'])}, reused (up to date): {len(res['reused'])}, failed: {len(res['failed'])}")
+    print(f"corpus card: {corpus / 'card' / 'README.md'}")
+    print(f"evaluation report: {res['report']}")
+    print(f"done in {res['seconds']}s")
+    return 1 if res["failed"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medlvr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for package_cli in (corpus_cli, training_cli, evaluation_cli):  # each package registers its own subcommands
+        package_cli.register(sub)
+    d = sub.add_parser("demo", help="the main job: the whole asset graph through Dagster, on the bundled sample data")
+    d.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME, else ./pipelines/dagster_home)")
+    d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: all 31)")
+    d.add_argument("--force", action="store_true", help="rerun every step even if it is up to date")
+    d.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (CatalogError, ConfigError, KeyError, FileNotFoundError) as e:
+        print(f"medlvr: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

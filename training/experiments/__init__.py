@@ -1,1 +1,0 @@
-"""Experiments built on the training stack (`medlvr experiment ...`): see training/experiments/mechanism.py."""
