@@ -33,7 +33,6 @@ def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) ->
     model, processor, ids = load_checkpoint(model_dir)
     model.eval()
     set_pixel_budget(processor, pixels["min"], pixels["max"])
-    acc = {"image": 0.0, "lesion": 0.0, "latent": 0.0}
     per_layer = None
     n = 0
     with eager_attention(model):
