@@ -11,6 +11,7 @@ its merged patch grid (grid_h / 2, grid_w / 2) and normalised to [0, 1].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,24 +45,23 @@ def sample_rois(sample: Sample) -> list[list[float]]:
     return []
 
 
-class _eager:
-    """Switch the model to eager attention for the duration (attention weights are only returned by eager)."""
-
-    def __init__(self, model):
-        self.model, self.prev = model, model.config._attn_implementation
-
-    def __enter__(self):
-        if self.prev != "eager":
-            self.model.set_attn_implementation("eager")
-
-    def __exit__(self, *exc):
-        if self.prev != "eager":
-            self.model.set_attn_implementation(self.prev)
+@contextmanager
+def eager_attention(model):
+    """Switch the model to eager attention for the duration (only eager attention returns attention weights);
+    the previous implementation is restored on exit, also after an exception."""
+    prev = model.config._attn_implementation
+    if prev != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        if prev != "eager":
+            model.set_attn_implementation(prev)
 
 
 @torch.no_grad()
 def rollout_attentions(model, enc: dict, out) -> tuple:
-    """One teacher-forced forward (call inside `_eager(model)`) over the prompt of row 0 plus the tokens it
+    """One teacher-forced forward (call inside `eager_attention(model)`) over the prompt of row 0 plus the tokens it
     generated, with the rollout's latents patched into their slots: the same sequence the model decoded, now
     with every layer's attention maps. Returns (lm output with .attentions, ids (1, S), prompt length L,
     image_grid_thw, number of generated positions)."""
@@ -96,7 +96,7 @@ def attention_profile(lm: LoadedModel, sample: Sample, k_latent: int | None = No
     k = lm.spec.k_latent if k_latent is None else k_latent
     enc, _ = encode_batch(lm.processor, [sample], lm.spec.prompt_style)
     cfg = DecodeConfig(k_latent=k, max_new_tokens=max_new_tokens, force_start=k > 0)
-    with _eager(model):
+    with eager_attention(model):
         out = latent_generate(model, enc, lm.ids, cfg)
         res, ids, L, grid, n_gen = rollout_attentions(model, enc, out)
     img = enc.get("pixel_values")

@@ -13,7 +13,6 @@ from typing import Any
 import yaml
 
 BENCHMARKS = ("omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
-EXTERNAL = ("slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")  # Table 2
 # Table 3: the 485-item efficiency subset (benchmarks.md §3.7): benchmark -> (quota, kind restriction or None)
 EFFICIENCY_QUOTAS = {"slake": 100, "vqa_rad": 100, "pmc_vqa": 100, "mmmu_hm": 100, "medxpertqa_mm": 85}
 EFFICIENCY_KINDS = {"slake": "yesno", "vqa_rad": "yesno", "mmmu_hm": "mc"}

@@ -31,7 +31,7 @@ import torch
 from medlvr.corpus.evalsets.base import Sample, open_image
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
-from medlvr.training.model import END_TOKEN, LATENT_TOKEN, START_TOKEN, LatentTokenIds
+from medlvr.training.model import LatentTokenIds
 
 DIRECT_MC = "Answer with the option's letter from the given choices directly."
 DIRECT_YESNO = "Answer the question with yes or no."
@@ -295,9 +295,3 @@ def run_predictions(
             if progress:
                 progress(f"{lm.spec.name} {variant} k={k} {batch[0].benchmark}: {stats.n_done}/{len(todo)}")
     return stats
-
-
-def strip_control(text: str) -> str:
-    """Output without the latent segment (for display; scoring does its own stripping)."""
-    text = re.sub(re.escape(START_TOKEN) + r".*?" + re.escape(END_TOKEN), "", text, flags=re.S)
-    return text.replace(LATENT_TOKEN, "").replace(START_TOKEN, "").replace(END_TOKEN, "").strip()

@@ -4,8 +4,8 @@ Domains are folders (`pipelines/corpus/`, later `pipelines/training/`, `pipeline
 one `Definitions`, merged here. Heavy ML libraries (torch, transformers) are never imported at module level:
 the code server and every step process import this module.
 
-GPU work goes into the `gpu` concurrency pool (`GPU_POOL`, limit 1: see pipelines/dagster_home/dagster.yaml and
-pipelines/README.md), e.g. `@dg.asset(pool=GPU_POOL, ...)` on the training assets.
+GPU work goes into the `gpu` concurrency pool (limit 1: see pipelines/dagster_home/dagster.yaml and
+pipelines/README.md), e.g. `@dg.asset(pool="gpu", ...)` on the training assets.
 """
 
 import warnings
@@ -20,8 +20,6 @@ with warnings.catch_warnings():
 from medlvr.pipelines.evaluation import evaluation_defs  # noqa: E402
 from medlvr.pipelines.training.assets import TRAINING_ASSETS  # noqa: E402
 from medlvr.pipelines.training.vlpo_assets import VLPO_ASSETS  # noqa: E402
-
-GPU_POOL = "gpu"
 
 # Jobs the main job (pipelines/main_job.py) launches; in the UI the same assets can be materialised from the graph.
 training_job = dg.define_asset_job("training_job", selection=dg.AssetSelection.assets(

@@ -58,7 +58,3 @@ def rgb8(h: int, w: int, rng: np.random.Generator, tint=(200, 150, 130), noise: 
     for c in range(3):
         img[:, :, c] = tint[c] + noise * rng.standard_normal((h, w))
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def paint(img: np.ndarray, mask: np.ndarray, value) -> None:
-    img[mask] = value

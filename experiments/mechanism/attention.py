@@ -19,25 +19,24 @@ from pathlib import Path
 
 import torch
 
+from mechanism import heldout_samples, load_heldout, summary_stats  # the experiment script beside this one
+from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
+from medlvr.evaluation.attention import eager_attention, rollout_attentions
+from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.model import load_checkpoint
+from medlvr.training.sft.collate import set_pixel_budget
+from medlvr.training.vlpo.data import build_prompt_batch
+
 
 @torch.no_grad()
 def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) -> dict:
-    from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
-    from medlvr.evaluation.attention import _eager, rollout_attentions
-    from mechanism import _samples  # the experiment script beside this one
-    from medlvr.training.latent_decode import DecodeConfig, latent_generate
-    from medlvr.training.model import load_checkpoint
-    from medlvr.training.sft.collate import set_pixel_budget
-    from medlvr.training.vlpo.data import build_prompt_batch
-
     model, processor, ids = load_checkpoint(model_dir)
     model.eval()
     set_pixel_budget(processor, pixels["min"], pixels["max"])
-    acc = {"image": 0.0, "lesion": 0.0, "latent": 0.0}
     per_layer = None
     n = 0
-    with _eager(model):
-        for s, it in zip(_samples(items), items):
+    with eager_attention(model):
+        for s, it in zip(heldout_samples(items), items):
             enc = build_prompt_batch(processor, [s], INSTRUCTION).inputs
             out = latent_generate(model, enc, ids, DecodeConfig(k_latent=k, max_new_tokens=(k + 2 if k else 0) + 1,
                                                                 force_start=True))
@@ -63,8 +62,6 @@ def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) ->
 
 
 def main(argv=None) -> int:
-    from mechanism import _stats, load_heldout  # the experiment script beside this one
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="experiments/mechanism/results.json")
     ap.add_argument("--variants", nargs="+", default=["vanilla_grpo", "noroi_grpo", "roi_grpo", "roi_vlpo"])
@@ -82,7 +79,7 @@ def main(argv=None) -> int:
         for s, r in res["runs"][v].items():
             per_seed[s] = answer_attention(r["rl"]["model_dir"], items, r["sft"]["k"], cfg["pixels"])
         out[v] = {"per_seed": per_seed,
-                  **{key: _stats([p[key] for p in per_seed.values()]) for key in ("image", "lesion", "latent")}}
+                  **{key: summary_stats([p[key] for p in per_seed.values()]) for key in ("image", "lesion", "latent")}}
         print(v, {key: f"{out[v][key]['mean']:.3f} ± {out[v][key]['std']:.3f}" for key in ("image", "lesion", "latent")},
               flush=True)
     res["attention"] = out

@@ -30,11 +30,35 @@ import argparse
 import copy
 import json
 import math
+import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 
-import yaml
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from medlvr.corpus.config import ConfigError, apply_overrides, read_yaml  # noqa: E402
+from medlvr.corpus.evalsets.base import Sample, file_uri  # noqa: E402
+from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION, write_grounding_task  # noqa: E402
+from medlvr.evaluation.ablations import make_transform_factory  # noqa: E402
+from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
+from medlvr.training.model import load_checkpoint, save_checkpoint  # noqa: E402
+from medlvr.training.roi_targets import batch_roi_targets  # noqa: E402
+from medlvr.training.sft.collate import set_pixel_budget  # noqa: E402
+from medlvr.training.sft.config import from_dict as sft_config_from_dict  # noqa: E402
+from medlvr.training.sft.recipe import train as train_sft  # noqa: E402
+from medlvr.training.tiny import TinyConfig, build_tiny  # noqa: E402
+from medlvr.training.vlm_inputs import image_embeddings  # noqa: E402
+from medlvr.training.vlpo.config import config_from_dict as vlpo_config_from_dict  # noqa: E402
+from medlvr.training.vlpo.core import vision_token_ids  # noqa: E402
+from medlvr.training.vlpo.data import build_prompt_batch  # noqa: E402
+from medlvr.training.vlpo.rewards import compute_rewards  # noqa: E402
+from medlvr.training.vlpo.trainer import train_vlpo  # noqa: E402
 
 DEFAULTS: dict = {
     "work_dir": "medlvr_home/mechanism",  # checkpoints, data (git-ignored)
@@ -74,22 +98,15 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def load_config(path: str | Path | None, quick: bool = False, overrides=()) -> dict:
-    user = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    """DEFAULTS <- the YAML file <- its `quick:` section (with --quick) <- `key.sub=value` overrides."""
+    user = read_yaml(path) if path else {}
     unknown = set(user) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown mechanism config keys {sorted(unknown)}")
+        raise ConfigError(f"unknown mechanism config keys {sorted(unknown)}")
     cfg = _merge(DEFAULTS, user)
     if quick:
         cfg = _merge(cfg, cfg.get("quick") or {})
-    for item in overrides:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise ValueError(f"override must be key.sub=value, got {item!r}")
-        d = cfg
-        *parents, last = key.strip().split(".")
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[last] = yaml.safe_load(val)
+    cfg = apply_overrides(cfg, overrides)
     cfg["quick_mode"] = bool(quick)
     return cfg
 
@@ -98,8 +115,6 @@ def load_config(path: str | Path | None, quick: bool = False, overrides=()) -> d
 
 
 def prepare_data(cfg: dict) -> Path:
-    from medlvr.corpus.sample_data.synthetic_grounding import write_grounding_task
-
     d = cfg["data"]
     out = Path(cfg["work_dir"]) / "data"
     want = dict(seed=d["seed"], size=d["size"], n_structures=d["n_structures"])
@@ -114,9 +129,7 @@ def prepare_data(cfg: dict) -> Path:
     return out
 
 
-def tiny_config(m: dict):
-    from medlvr.training.tiny import TinyConfig
-
+def tiny_config(m: dict) -> TinyConfig:
     head_dim = m["hidden"] // m["heads"]
     # mrope sections sum to head_dim / 2 (TinyConfig contract); default (4, 6, 6) for head_dim 32
     half = head_dim // 2
@@ -128,9 +141,6 @@ def tiny_config(m: dict):
 
 def init_checkpoint(cfg: dict, seed: int) -> Path:
     """The random tiny model of this seed, saved once (every variant of the seed starts from it)."""
-    from medlvr.training.model import save_checkpoint
-    from medlvr.training.tiny import build_tiny
-
     d = Path(cfg["work_dir"]) / f"seed{seed}" / "init"
     if not (d / "config.json").is_file():
         b = build_tiny(seed=seed, cfg=tiny_config(cfg["model"]))
@@ -142,9 +152,8 @@ def init_checkpoint(cfg: dict, seed: int) -> Path:
 
 
 def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, extra: dict | None = None) -> dict:
-    from medlvr.training.sft.config import from_dict
-    from medlvr.training.sft.recipe import train
-
+    """Stage 1 through the SFT recipe (`medlvr.training.sft.recipe.train`); every SFT config key the experiment
+    sets is here."""
     s = _merge(cfg["sft"], (extra or {}).get("sft") or {})
     k = s["k"]
     name = extra["name"] if extra else stage1
@@ -152,7 +161,7 @@ def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, e
     latent = dict(k=0 if stage1 == "vanilla" else k, mode=s["mode"], grad=s["grad"],
                   roi_target={"vanilla": "off", "noroi": "full_image", "roi": "box"}[stage1],
                   roi_loss=s["roi_loss"], roi_weight=float(s["roi_weight"]) if stage1 != "vanilla" else 0.0)
-    sc = from_dict(dict(
+    sc = sft_config_from_dict(dict(
         model=dict(init=str(init_dir)),
         data=dict(corpus=str(data_dir), split="train", min_pixels=cfg["pixels"]["min"], max_pixels=cfg["pixels"]["max"],
                   seed=seed, max_answer_tokens=8),
@@ -164,7 +173,7 @@ def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, e
                  log_every=max(1, s["steps"] // 10), tensorboard=False, progress=False, threads=cfg["threads"]),
     ))
     t0 = time.perf_counter()
-    res = train(sc)
+    res = train_sft(sc)
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"model_dir": str(Path(res["checkpoint"]) / "model"), "seconds": time.perf_counter() - t0,
             "final": {k: res["metrics"].get(k) for k in ("ce", "roi", "latent_cos")}, "k": latent["k"],
@@ -172,15 +181,13 @@ def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, e
 
 
 def run_rl(cfg: dict, seed: int, variant: str, data_dir: Path, sft_model: str) -> dict:
-    from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
-    from medlvr.training.vlpo.config import config_from_dict
-    from medlvr.training.vlpo.trainer import train_vlpo
-
+    """Stage 2 through the VLPO trainer (`medlvr.training.vlpo.trainer.train_vlpo`); every VLPO config key the
+    experiment sets is here."""
     r, k = cfg["rl"], cfg["sft"]["k"]
     algo = RL_ALGO[variant]
     out = Path(cfg["work_dir"]) / f"seed{seed}" / f"rl_{variant}"
     k_eff = 0 if algo == "grpo" else k
-    vc = config_from_dict(dict(
+    vc = vlpo_config_from_dict(dict(
         model=dict(path=sft_model, min_pixels=cfg["pixels"]["min"], max_pixels=cfg["pixels"]["max"]),
         data=dict(source="omnimedvqa", root=str(data_dir / "omnimedvqa_train"), split="all", instruction=INSTRUCTION),
         rollout=dict(num_generations=r["num_generations"], temperature=float(r["temperature"]),
@@ -210,9 +217,8 @@ def load_heldout(data_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (data_dir / "heldout.jsonl").read_text().splitlines() if x.strip()]
 
 
-def _samples(items):
-    from medlvr.corpus.evalsets.base import Sample, file_uri
-
+def heldout_samples(items: list[dict]) -> list[Sample]:
+    """Held-out items as evaluation `Sample`s (multiple choice over the four patterns)."""
     return [Sample(benchmark="synthetic_grounding", sample_id=it["id"], question=it["question"], kind="mc",
                    answer=it["answer"], options=tuple(zip("ABCD", it["options"])), images=(file_uri(it["image"]),))
             for it in items]
@@ -220,25 +226,13 @@ def _samples(items):
 
 def evaluate(cfg: dict, model_dir: str, items: list[dict], latent: bool, k_train: int) -> dict:
     """Held-out accuracy (+ latent diagnostics when the model has a latent segment)."""
-    import torch
-
-    from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
-    from medlvr.evaluation.ablations import ShuffleLatents, zero_latents
-    from medlvr.training.latent_decode import DecodeConfig, latent_generate
-    from medlvr.training.model import load_checkpoint
-    from medlvr.training.roi_targets import batch_roi_targets
-    from medlvr.training.sft.collate import set_pixel_budget
-    from medlvr.training.vlpo.core import vision_token_ids
-    from medlvr.training.vlpo.data import build_prompt_batch
-    from medlvr.training.vlpo.rewards import compute_rewards
-
     model, processor, ids = load_checkpoint(model_dir)
     model.eval()
     set_pixel_budget(processor, cfg["pixels"]["min"], cfg["pixels"]["max"])
     tok = processor.tokenizer
     eos = tuple(x for x in [tok.convert_tokens_to_ids("<|im_end|>")] if x is not None)
     banned = vision_token_ids(model)
-    samples = _samples(items)
+    samples = heldout_samples(items)
     bs = cfg["eval"]["batch"]
     batches = [(samples[i:i + bs], items[i:i + bs]) for i in range(0, len(samples), bs)]
     enc = [build_prompt_batch(processor, s, INSTRUCTION) for s, _ in batches]
@@ -246,9 +240,10 @@ def evaluate(cfg: dict, model_dir: str, items: list[dict], latent: bool, k_train
     def run(k: int, ablation: str | None = None, diagnostics: bool = False) -> dict:
         correct, n = 0.0, 0
         cos = {"roi": [], "full": [], "distractor": []}
-        shuffle = ShuffleLatents()
+        # one transform for the whole pass: `shuffle` feeds a row the latent of a sample from an earlier batch
+        factory = None if ablation is None else make_transform_factory(ablation)
         for (s, its), pb in zip(batches, enc):
-            tf = None if ablation is None else (zero_latents if ablation == "zero" else shuffle)
+            tf = None if factory is None else factory(pb)
             dc = DecodeConfig(k_latent=k, max_new_tokens=(k + 2 if k else 0) + 3, temperature=0.0, force_start=True,
                               eos_token_ids=eos, banned_ids=banned)
             out = latent_generate(model, pb.inputs, ids, dc, latent_transform=tf)
@@ -259,8 +254,6 @@ def evaluate(cfg: dict, model_dir: str, items: list[dict], latent: bool, k_train
                 pv, grid = pb.inputs["pixel_values"], pb.inputs["image_grid_thw"]
                 sizes = [(it["height"], it["width"]) for it in its]
                 with torch.no_grad():
-                    from medlvr.training.vlm_inputs import image_embeddings
-
                     img = image_embeddings(model, pv, grid)
                     mu = out.mu.float()
 
@@ -298,8 +291,6 @@ def evaluate(cfg: dict, model_dir: str, items: list[dict], latent: bool, k_train
 def run_job(cfg: dict, seed: int, stage1: str, extra: dict | None = None) -> dict:
     """One stage-1 model of one seed, its stage-2 variants and all evaluations. Returns {variant: record}.
     With `extra` (an entry of cfg["extra"]): stage 1 only, returns {extra name: record}."""
-    import torch
-
     torch.set_num_threads(cfg["threads"])
     data_dir = Path(cfg["work_dir"]) / "data"
     items = load_heldout(data_dir)
@@ -330,7 +321,8 @@ def _job_entry(args):
     return seed, stage1, extra, res, time.perf_counter() - t0
 
 
-def _stats(xs):
+def summary_stats(xs: list) -> dict | None:
+    """mean / sample std / min / max / n / values of the non-None values; None when there are none."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return None
@@ -348,26 +340,22 @@ def aggregate(runs: dict) -> dict:
         if recs and "eval" in recs[0]:
             keys = [k for k in recs[0]["eval"] if isinstance(recs[0]["eval"][k], (int, float)) and k != "n"]
             for k in keys:
-                a[k] = _stats([r["eval"].get(k) for r in recs])
+                a[k] = summary_stats([r["eval"].get(k) for r in recs])
             if "k_sweep" in recs[0]["eval"]:
-                a["k_sweep"] = {k: _stats([r["eval"]["k_sweep"][k] for r in recs]) for k in recs[0]["eval"]["k_sweep"]}
+                a["k_sweep"] = {k: summary_stats([r["eval"]["k_sweep"][k] for r in recs])
+                                for k in recs[0]["eval"]["k_sweep"]}
         if recs and "sft_eval" in recs[0]:
-            a["stage1_accuracy"] = _stats([r["sft_eval"]["accuracy"] for r in recs])
+            a["stage1_accuracy"] = summary_stats([r["sft_eval"]["accuracy"] for r in recs])
             for k in ("cos_roi", "cos_full", "cos_distractor", "drop_zero", "drop_shuffle"):
                 if k in recs[0]["sft_eval"]:
-                    a[f"stage1_{k}"] = _stats([r["sft_eval"].get(k) for r in recs])
-        a["sft_train_latent_cos"] = _stats([r["sft"]["final"].get("latent_cos") for r in recs])
-        a["sft_train_ce"] = _stats([r["sft"]["final"].get("ce") for r in recs])
+                    a[f"stage1_{k}"] = summary_stats([r["sft_eval"].get(k) for r in recs])
+        a["sft_train_latent_cos"] = summary_stats([r["sft"]["final"].get("latent_cos") for r in recs])
+        a["sft_train_ce"] = summary_stats([r["sft"]["final"].get("ce") for r in recs])
         agg[v] = a
     return agg
 
 
 def plot(results: dict, docs_dir: Path, prefix: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     agg, runs = results["aggregate"], results["runs"]
     variants = [v for v in results["config"]["variants"] if v in agg]
     docs_dir.mkdir(parents=True, exist_ok=True)
@@ -464,12 +452,6 @@ def plot(results: dict, docs_dir: Path, prefix: str) -> list[str]:
 
 def task_examples(data_dir: Path, path: Path, n: int = 4) -> str:
     """A few held-out images with the lesion box and the gold answer (docs figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
     items = load_heldout(data_dir)[:n]
     fig, axs = plt.subplots(1, n, figsize=(2.2 * n, 2.5))
     for ax, it in zip(axs, items):
@@ -486,8 +468,6 @@ def task_examples(data_dir: Path, path: Path, n: int = 4) -> str:
 
 def _save(fig, path: Path) -> str:
     fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     return str(path)
 
@@ -538,8 +518,6 @@ def run_experiment(cfg: dict) -> dict:
     jobs += [(cfg, s, e["stage1"], e) for e in cfg["extra"] for s in cfg["extra_seeds"]]
     done = []
     if cfg["workers"] > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(cfg["workers"], maxtasksperchild=1) as pool:
             for item in pool.imap_unordered(_job_entry, jobs):
                 done.append(item)
@@ -562,10 +540,10 @@ def run_experiment(cfg: dict) -> dict:
     for e in cfg["extra"]:
         recs = list(extra.get(e["name"], {}).values())
         if recs:
-            st = {k: _stats([r["sft_eval"].get(k) for r in recs])
+            st = {k: summary_stats([r["sft_eval"].get(k) for r in recs])
                   for k in ("accuracy", "cos_roi", "cos_distractor", "cos_full", "drop_zero", "drop_shuffle")}
-            st["sft_train_latent_cos"] = _stats([r["sft"]["final"].get("latent_cos") for r in recs])
-            st["sft_train_ce"] = _stats([r["sft"]["final"].get("ce") for r in recs])
+            st["sft_train_latent_cos"] = summary_stats([r["sft"]["final"].get("latent_cos") for r in recs])
+            st["sft_train_ce"] = summary_stats([r["sft"]["final"].get("ce") for r in recs])
             extra_stats[e["name"]] = {"spec": e, "stats": {k: v for k, v in st.items() if v}}
     ktrain = {}  # accuracy vs TRAINING K (ROI-SFT, stage 1): extras that change only sft.k, plus the main K
     for e in cfg["extra"]:
@@ -578,7 +556,7 @@ def run_experiment(cfg: dict) -> dict:
     task = json.loads((data_dir / "task.json").read_text())
     results = {"config": {k: v for k, v in cfg.items() if k != "quick"}, "task": task, "runs": runs,
                "aggregate": aggregate(runs), "extra": extra_stats, "extra_runs": extra,
-               "k_train_sweep": {k: _stats(v) for k, v in ktrain.items() if v},
+               "k_train_sweep": {k: summary_stats(v) for k, v in ktrain.items() if v},
                "wall_seconds": time.perf_counter() - t0, "job_seconds": job_seconds,
                "cpu_count": os.cpu_count()}
     results["table_md"] = markdown_table(results)

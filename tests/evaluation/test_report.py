@@ -128,3 +128,22 @@ def test_attention_profile_and_heatmap_with_roi(tmp_path):
     assert r.roi == [[10.0, 20.0, 60.0, 70.0]] and r.image_size == (120, 90)
     png = plot_heatmaps({"base": [r], "trained": [r]}, {"x1": s.images[0]}, tmp_path / "heat.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eager_attention_switches_and_restores_even_on_error():
+    from medlvr.evaluation.attention import eager_attention
+    from medlvr.training.tiny import build_tiny
+
+    model = build_tiny(seed=0).model
+    assert model.config._attn_implementation == "sdpa"
+    with eager_attention(model):
+        assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="inside"):
+        with eager_attention(model):
+            raise RuntimeError("inside")
+    assert model.config._attn_implementation == "sdpa"
+    model.set_attn_implementation("eager")  # already eager: left eager
+    with eager_attention(model):
+        assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "eager"

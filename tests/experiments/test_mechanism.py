@@ -1,5 +1,5 @@
-"""Mechanism experiment (training/experiments/mechanism.py): the synthetic grounding task is well-formed and the
-`--quick` run of `medlvr experiment mechanism` produces well-formed results and plots (not that ROI helps)."""
+"""Mechanism experiment (experiments/mechanism/mechanism.py): the synthetic grounding task is well-formed and the
+`--quick` run produces well-formed results and plots (not that ROI helps)."""
 
 import json
 import os

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from medlvr.pipelines.corpus.resources import CorpusStorage  # noqa: E402
 from medlvr.pipelines.training.assets import roi_sft_checkpoint, trainer_command, RoiSftConfig  # noqa: E402
-from medlvr.training.sft.testing import build_sample_corpus  # noqa: E402
+from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

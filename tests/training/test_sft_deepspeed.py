@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from medlvr.training.sft.testing import REPO, TINY_CONFIG, build_sample_corpus
+from medlvr.corpus.sample_corpus import build_sample_corpus
+from tests.training.helpers import REPO, TINY_CONFIG
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")]

@@ -15,7 +15,7 @@ from medlvr.training.sft.collate import collate, set_pixel_budget  # noqa: E402
 from medlvr.training.sft.data import ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft.forward import _cached_prefix_and_latents, sft_forward  # noqa: E402
 from medlvr.training.sft.losses import answer_nll_sum, roi_loss_sum  # noqa: E402
-from medlvr.training.sft.testing import build_sample_corpus  # noqa: E402
+from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions  # noqa: E402
 
 K = 3

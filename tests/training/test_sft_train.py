@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from medlvr.training.sft.recipe import build_model, train  # noqa: E402
-from medlvr.training.sft.testing import build_sample_corpus, tiny_config  # noqa: E402
+from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
+from tests.training.helpers import tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from medlvr.training.sft.collate import FULL_IMAGE, collate, roi_boxes, set_pixe
 from medlvr.training.sft.config import load_config  # noqa: E402
 from medlvr.training.sft.data import DataPosition, ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_rows, roi_loss_sum, sft_loss  # noqa: E402
-from medlvr.training.sft.testing import TINY_CONFIG, build_sample_corpus  # noqa: E402
+from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
+from tests.training.helpers import TINY_CONFIG  # noqa: E402
 
 
 @pytest.fixture(scope="module")

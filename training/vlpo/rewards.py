@@ -2,7 +2,7 @@
 
 * Format (`format_rewards`): 1 iff BOTH `<Medlvr_Start>` and `<Medlvr_End>` occur among the generated ids,
   checked by token id (decoded text with `skip_special_tokens=True` silently drops them).
-* Accuracy (`accuracy_reward`): the answer span is the text after the first `<Medlvr_End>` (by id; the whole
+* Accuracy (in `compute_rewards`): the answer span is the text after the first `<Medlvr_End>` (by id; the whole
   response when the trajectory has none, e.g. vanilla GRPO), decoded without special tokens; the option letter
   is parsed by the evaluation parser (benchmarks.md §3 rules: letter, leading "B." / "(B)", "answer is B", a
   unique standalone letter, option text); an unparseable answer scores 0. No random or similarity fallback.
@@ -44,10 +44,6 @@ def format_rewards(sequences: torch.Tensor, gen_mask: torch.Tensor, ids: LatentT
     """(N, T) ids + mask -> (N,) float32: 1 iff both control tokens are present (by id)."""
     seq = sequences.masked_fill(~gen_mask.bool(), -1)
     return ((seq == ids.start).any(-1) & (seq == ids.end).any(-1)).float()
-
-
-def accuracy_reward(answer_text: str, options: Sequence[tuple[str, str]], gold: str) -> float:
-    return float(parse_choice(answer_text, options) == gold)
 
 
 def compute_rewards(

@@ -2,8 +2,7 @@
 project's batched KV-cached latent decoding (`medlvr.training.latent_decode.latent_generate`, method.md §2, §4.1).
 
 `LocalLatentRollout` shares the policy's weights (nothing to sync): G samples per prompt share ONE prefill
-(`DecodeConfig.num_samples`), latent exploration noise is drawn and recorded by the decoder. A vLLM-backed
-engine can be added behind the same protocol (it would need `sync_weights`, `sleep`, `wake`).
+(`DecodeConfig.num_samples`), latent exploration noise is drawn and recorded by the decoder.
 `per_sample_prefill=True` repeats every prompt G times instead (the benchmark's baseline only).
 """
 
@@ -21,12 +20,6 @@ from medlvr.training.model import LatentTokenIds
 class RolloutEngine(Protocol):
     def generate(self, prompts: Mapping[str, torch.Tensor], cfg: DecodeConfig,
                  generator: torch.Generator | None = None) -> LatentDecodeOutput: ...
-
-    def sync_weights(self, model) -> None: ...
-
-    def sleep(self) -> None: ...
-
-    def wake(self) -> None: ...
 
 
 def repeat_prompts(prompts: Mapping[str, torch.Tensor], g: int, image_token_id: int) -> dict[str, torch.Tensor]:
@@ -64,15 +57,6 @@ class LocalLatentRollout:
             return latent_generate(self.model, prompts, self.ids, cfg, generator=generator)
         finally:
             self.model.train(was_training)
-
-    def sync_weights(self, model) -> None:  # weights are shared with the policy
-        self.model = model
-
-    def sleep(self) -> None:
-        pass
-
-    def wake(self) -> None:
-        pass
 
 
 def _replace(cfg: DecodeConfig, **kw) -> DecodeConfig:

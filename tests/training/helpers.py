@@ -1,0 +1,16 @@
+"""Test helpers: the tiny SFT config (configs/sft_tiny.yaml) pointed at a corpus and an output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medlvr.training.sft.config import SFTConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "sft_tiny.yaml"
+
+
+def tiny_config(corpus: str | Path, out_dir: str | Path, *overrides: str) -> SFTConfig:
+    """configs/sft_tiny.yaml with the corpus, output folder and overrides; no progress bar / TensorBoard."""
+    return load_config(TINY_CONFIG, [f"data.corpus={corpus}", f"run.out_dir={out_dir}", "run.progress=false",
+                                     "run.tensorboard=false", *overrides])
