@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medlvr.training.sft.config import SFTConfig, load_config
+from medlvr.training.sft.config import SFTConfig, load_sft_config
 
 SAMPLE_DATASETS = ("busi", "vindr_cxr", "refuge")
 REPO = Path(__file__).resolve().parents[2]
@@ -25,5 +25,5 @@ def build_sample_corpus(out: str | Path, datasets=SAMPLE_DATASETS) -> Path:
 
 def tiny_config(corpus: str | Path, out_dir: str | Path, *overrides: str) -> SFTConfig:
     """configs/sft_tiny.yaml with the corpus, output folder and overrides; no progress bar / TensorBoard."""
-    return load_config(TINY_CONFIG, [f"data.corpus={corpus}", f"run.out_dir={out_dir}", "run.progress=false",
+    return load_sft_config(TINY_CONFIG, [f"data.corpus={corpus}", f"run.out_dir={out_dir}", "run.progress=false",
                                      "run.tensorboard=false", *overrides])
