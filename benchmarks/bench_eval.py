@@ -24,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from medlvr.corpus.config import build_config  # noqa: E402
 from medlvr.evaluation.config import DecodeSettings, EvalConfig, ModelSpec  # noqa: E402
 from medlvr.evaluation.inference import load_for_eval, run_predictions  # noqa: E402
 from medlvr.evaluation.runs import load_all  # noqa: E402
@@ -32,8 +33,8 @@ BENCHES = ("slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
 
 
 def samples(n: int, data_root: Path) -> list:
-    cfg = EvalConfig.from_dict({"models": [{"name": "x", "path": "tiny"}], "benchmarks": {b: {} for b in BENCHES},
-                                "data_root": str(data_root), "sample_data": True, "out_dir": str(data_root)})
+    cfg = build_config(EvalConfig, {"models": [{"name": "x", "path": "tiny"}], "benchmarks": {b: {} for b in BENCHES},
+                                    "data_root": str(data_root), "sample_data": True, "out_dir": str(data_root)})
     pool = [s for v in load_all(cfg).values() for s in v]
     return [dataclasses.replace(pool[i % len(pool)], sample_id=f"{i:04d}") for i in range(n)]
 
@@ -53,14 +54,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-pixels", type=int, default=112 * 112)
-    ap.add_argument("--model", default="tiny:0", help="tiny[:SEED] or a local checkpoint dir")
+    ap.add_argument("--model", default="tiny", help="tiny or a local checkpoint dir")
+    ap.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny model")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     base = DecodeSettings(batch_size=a.batch, max_new_tokens=a.max_new, max_pixels=a.max_pixels, device=a.device,
                           dtype=a.dtype)
-    lm = load_for_eval(ModelSpec("bench", a.model, k_latent=a.k), base)
+    lm = load_for_eval(ModelSpec("bench", a.model, tiny_seed=a.tiny_seed, k_latent=a.k), base)
     lm.model.generation_config.eos_token_id = None  # fixed lengths: every row runs to max_new_tokens
     with tempfile.TemporaryDirectory() as d:
         ss = samples(a.n, Path(d))

@@ -1,4 +1,7 @@
-"""`medlvr evaluate --config FILE [--out DIR] [--limit N]` and `medlvr evaluate-merge --config FILE`.
+"""`medlvr evaluate --config FILE [--set key=value ...] [--out DIR] [--limit N]` and `medlvr evaluate-merge`.
+
+`--out DIR` and `--limit N` are shorthands for `--set out_dir=DIR` and `--set limit=N`. A config error reaches the
+root CLI (`medlvr: error: ...`, exit 2).
 
 Data parallel: `torchrun --nproc-per-node N -m evaluation.cli --config FILE` (or the `medlvr` entry point under
 torchrun): each rank generates its shard, rank 0 merges the rank files and writes the report.
@@ -10,14 +13,16 @@ import argparse
 import os
 import sys
 
+from medlvr.corpus.config import add_config_arguments
+
 
 def _cmd_evaluate(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from medlvr.evaluation.config import EvalConfig
+    from medlvr.evaluation.config import load_eval_config
     from medlvr.evaluation.runs import evaluate
 
-    cfg = EvalConfig.from_yaml(args.config, out_dir=args.out, limit=args.limit)
+    cfg = load_eval_config(args.config, _overrides(args))
     res = evaluate(cfg, progress=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     if "report_md" in res:
         print(f"report: {res['report_md']}\nreport: {res['report_html']}")
@@ -25,25 +30,33 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from medlvr.evaluation.config import EvalConfig
+    from medlvr.evaluation.config import load_eval_config
     from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
 
-    cfg = EvalConfig.from_yaml(args.config, out_dir=args.out)
+    cfg = load_eval_config(args.config, _overrides(args))
     jobs = plan_jobs(cfg, efficiency_manifest(cfg, load_all(cfg)))
     merge_all(cfg, jobs, args.world_size)
     print(f"merged {len(jobs)} prediction files from {args.world_size} ranks under {cfg.out_dir}/predictions")
     return 0
 
 
+def _overrides(args) -> list[str]:
+    """The `--set` overrides, after the `--out` / `--limit` shorthands (an explicit --set wins)."""
+    short = [f"out_dir={args.out}"] if args.out else []
+    if getattr(args, "limit", None) is not None:
+        short.append(f"limit={args.limit}")
+    return [*short, *args.overrides]
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="run benchmark inference and write the evaluation report")
-    p.add_argument("--config", required=True, help="evaluation YAML (see configs/eval_sample.yaml)")
+    add_config_arguments(p, "configs/eval_sample.yaml, configs/eval_demo.yaml", "decode.batch_size=4")
     p.add_argument("--out", default=None, help="override out_dir")
     p.add_argument("--limit", type=int, default=None, help="at most N samples per benchmark (smoke runs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=_cmd_evaluate)
     m = subparsers.add_parser("evaluate-merge", help="merge the per-rank prediction files of a sharded run")
-    m.add_argument("--config", required=True)
+    add_config_arguments(m, "the config of the sharded run", "out_dir=eval_out")
     m.add_argument("--out", default=None)
     m.add_argument("--world-size", type=int, required=True)
     m.set_defaults(fn=_cmd_merge)

@@ -1,16 +1,24 @@
-"""The `medlvr evaluate --config FILE` configuration (YAML), as plain dataclasses.
+"""The `medlvr evaluate --config FILE [--set key=value ...]` configuration (YAML), as typed dataclasses filled by the
+project's one loader (`medlvr.corpus.config`: unknown keys are errors, relative paths resolve against the working
+directory, like every other recipe).
 
 Every section but `models` and `benchmarks` is optional; a missing section switches that table / figure off.
-See `configs/eval_sample.yaml` for a complete example and `EvalConfig.from_dict` for the accepted keys.
+A model is `path: tiny` (+ `tiny_seed`) or a checkpoint directory; its K (`k_latent`) is read from the checkpoint
+(`model/medlvr_latent.json`, written by ROI-SFT and VLPO) unless the entry sets it. See `configs/eval_sample.yaml`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from medlvr.corpus.config import ConfigError, apply_overrides, build_config, read_yaml
+from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
+
+__all__ = ["ConfigError", "DecodeSettings", "EvalConfig", "ModelSpec", "load_eval_config", "resolve_k_latents"]
 
 BENCHMARKS = ("omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
 # Table 3: the 485-item efficiency subset (benchmarks.md §3.7): benchmark -> (quota, kind restriction or None)
@@ -22,17 +30,22 @@ DATA_DIRS = {"mmmu_hm": "mmmu", "medxpertqa_mm": "medxpertqa"}
 ABLATIONS = ("zero", "shuffle", "noise")
 
 
-class ConfigError(ValueError):
-    pass
-
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # label in tables and prediction files
-    path: str  # local checkpoint dir, base model dir, or "tiny" / "tiny:SEED" (offline random tiny model)
-    k_latent: int = 8  # latent budget K; 0 = plain decoding (the base model)
+    path: str  # "tiny" (offline random tiny model), a checkpoint dir of ours, or a base Qwen2.5-VL dir
+    tiny_seed: int = 0  # seed of the tiny model (path: tiny)
+    k_latent: int | None = None  # latent budget K; None: the checkpoint's; 0 = plain decoding (the base model)
     prompt_style: str = "tags"  # "tags": <answer> tags (reasoning model); "direct": standard direct-answer prompt
     variant: str = ""  # training variant label for Table 4 (default: the name)
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", resolve_model_path(self.path))
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
+        if self.k_latent is not None and self.k_latent < 0:
+            raise ValueError(f"k_latent must be >= 0, got {self.k_latent}")
 
     @property
     def label(self) -> str:
@@ -54,12 +67,13 @@ class DecodeSettings:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    out_dir: Path
-    models: tuple[ModelSpec, ...]
-    benchmarks: dict[str, dict[str, Any]]  # name -> {"path": dir, loader kwargs...}
-    decode: DecodeSettings = DecodeSettings()
+    models: tuple[ModelSpec, ...] = ()
+    # name -> loader keyword arguments (+ `path`; default <data_root>/<DATA_DIRS name>)
+    benchmarks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    out_dir: Path = Path("eval_out")
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
     limit: int | None = None  # at most this many samples per benchmark (smoke runs), after sorting by id
-    main_benchmarks: tuple[str, ...] = ()  # benchmarks every model runs on at its own K (Tables 1, 2, 4)
+    main_benchmarks: tuple[str, ...] = ()  # benchmarks every model runs on at its own K (Tables 1, 2, 4); (): all
     efficiency: dict[str, Any] | None = None  # {seed, models, quotas}
     table4: dict[str, Any] | None = None  # {models}
     fig5: dict[str, Any] | None = None  # {model, k_values, benchmark}
@@ -69,76 +83,31 @@ class EvalConfig:
     sample_data: bool = False  # write the bundled sample benchmarks into data_root first (if not there)
     data_root: Path | None = None
 
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("models: the config needs a non-empty `models` list")
+        if len({m.name for m in self.models}) != len(self.models):
+            raise ValueError("models: model names must be unique")
+        benches: dict[str, dict] = {}
+        for name, kw in self.benchmarks.items():
+            kw = dict(kw or {})
+            if "path" not in kw:
+                if self.data_root is None:
+                    raise ValueError(f"benchmarks.{name}: no path and the config has no data_root")
+                kw["path"] = Path(self.data_root) / DATA_DIRS.get(name, name)
+            kw["path"] = str(Path(kw["path"]).expanduser().absolute())
+            benches[name] = kw
+        if not benches:
+            raise ValueError("benchmarks: the config needs at least one benchmark")
+        object.__setattr__(self, "benchmarks", benches)
+        object.__setattr__(self, "main_benchmarks", tuple(self.main_benchmarks or benches))
+        self.validate()
+
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
             if m.name == name:
                 return m
         raise ConfigError(f"model {name!r} is not among the configured models {[m.name for m in self.models]}")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "EvalConfig":
-        path = Path(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        return cls.from_dict(data, base_dir=path.parent, **overrides)
-
-    @classmethod
-    def from_dict(cls, data: dict, base_dir: Path = Path("."), **overrides) -> "EvalConfig":
-        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
-        if not data.get("models"):
-            raise ConfigError("config needs a non-empty `models` list")
-        models = []
-        for m in data["models"]:
-            bad = set(m) - {f.name for f in fields(ModelSpec)}
-            if bad or "name" not in m or "path" not in m:
-                raise ConfigError(f"model entry {m} needs name and path; unknown keys {sorted(bad)}")
-            spec = ModelSpec(**m)
-            if spec.prompt_style not in PROMPT_STYLES:
-                raise ConfigError(f"prompt_style must be one of {PROMPT_STYLES}: {m}")
-            if not spec.path.startswith("tiny"):
-                spec = replace(spec, path=str(_resolve(spec.path, base_dir)))
-            models.append(spec)
-        if len({m.name for m in models}) != len(models):
-            raise ConfigError("model names must be unique")
-        data_root = data.get("data_root")
-        data_root = None if data_root is None else _resolve(data_root, base_dir)
-        benches: dict[str, dict] = {}
-        raw = data.get("benchmarks") or {}
-        if isinstance(raw, list):
-            raw = {b: {} for b in raw}
-        for name, kw in raw.items():
-            kw = dict(kw or {})
-            if "path" not in kw:
-                if data_root is None:
-                    raise ConfigError(f"benchmark {name!r} has no path and the config has no data_root")
-                kw["path"] = str(Path(data_root) / DATA_DIRS.get(name, name))
-            kw["path"] = str(_resolve(kw["path"], base_dir))
-            benches[name] = kw
-        if not benches:
-            raise ConfigError("config needs at least one benchmark")
-        decode = DecodeSettings(**(data.get("decode") or {}))
-        main = tuple(data.get("main_benchmarks") or benches)
-        cfg = cls(
-            out_dir=_resolve(data.get("out_dir", "eval_out"), base_dir),
-            models=tuple(models),
-            benchmarks=benches,
-            decode=decode,
-            limit=data.get("limit"),
-            main_benchmarks=main,
-            efficiency=data.get("efficiency"),
-            table4=data.get("table4"),
-            fig5=data.get("fig5"),
-            fig3=data.get("fig3"),
-            ablation=data.get("ablation"),
-            title=data.get("title", "MedLVR evaluation"),
-            sample_data=bool(data.get("sample_data", False)),
-            data_root=data_root,
-        )
-        cfg.validate()
-        return cfg
 
     def validate(self) -> None:
         names = {m.name for m in self.models}
@@ -160,6 +129,34 @@ class EvalConfig:
                 raise ConfigError(f"main_benchmarks: {b!r} is not configured under benchmarks")
 
 
-def _resolve(p: str | Path, base_dir: Path) -> Path:
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else (Path(base_dir) / p).resolve()
+def load_eval_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                     model_paths: Mapping[str, str] | None = None) -> EvalConfig:
+    """YAML file (optional) + dotted overrides (`out_dir=...`, `decode.batch_size=4`) -> EvalConfig, with every
+    model's K resolved. `model_paths` (model name -> checkpoint dir) points configured models at other weights
+    (the Dagster assets pass the checkpoints the training assets wrote)."""
+    data = apply_overrides(read_yaml(path) if path else {}, overrides)
+    if model_paths:
+        models = data.get("models") or []
+        known = {m.get("name") for m in models if isinstance(m, Mapping)}
+        unknown = sorted(set(model_paths) - known)
+        if unknown:
+            raise ConfigError(f"model_paths: unknown model {unknown[0]!r} (configured: {sorted(map(str, known))})")
+        data["models"] = [{**m, "path": model_paths[m["name"]]} if m.get("name") in model_paths else m
+                          for m in models]
+    return resolve_k_latents(build_config(EvalConfig, data))
+
+
+def resolve_k_latents(cfg: EvalConfig) -> EvalConfig:
+    """`cfg` with every unset `k_latent` read from the model's checkpoint (medlvr_latent.json)."""
+    models = []
+    for i, m in enumerate(cfg.models):
+        if m.k_latent is None:
+            if m.path == TINY:
+                raise ConfigError(f"models[{i}].k_latent is required for path: tiny (no checkpoint to read K from)")
+            info = read_latent_info(m.path)
+            if info is None:
+                raise ConfigError(f"models[{i}].k_latent is not set and {m.path} records no K (medlvr_latent.json):"
+                                  " set k_latent (0 for a base model)")
+            m = dataclasses.replace(m, k_latent=info["k_latent"])
+        models.append(m)
+    return dataclasses.replace(cfg, models=tuple(models))

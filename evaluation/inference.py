@@ -29,13 +29,14 @@ from pathlib import Path
 import torch
 
 from medlvr.corpus.evalsets.base import Sample, open_image
+from medlvr.corpus.prompts import MC_INSTRUCTION, OPEN_INSTRUCTION, YESNO_INSTRUCTION, option_lines
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
-from medlvr.training.model import LatentTokenIds
+from medlvr.training.loading import load_model_or_tiny
+from medlvr.training.model import LatentTokenIds, eos_token_ids, set_pixel_budget
 
-DIRECT_MC = "Answer with the option's letter from the given choices directly."
-DIRECT_YESNO = "Answer the question with yes or no."
-DIRECT_OPEN = "Answer the question using a single word or phrase."
+# the direct-answer instructions are the ones VLPO trains with (medlvr.corpus.prompts): one source, no drift
+DIRECT_MC, DIRECT_YESNO, DIRECT_OPEN = MC_INSTRUCTION, YESNO_INSTRUCTION, OPEN_INSTRUCTION
 TAGS_SUFFIX = "First reason about the image, then put the final answer inside <answer></answer> tags."
 TAGS_WHAT = {"mc": "the option's letter", "yesno": "yes or no", "open": "a single word or phrase"}
 
@@ -57,7 +58,7 @@ def prompt_text(sample: Sample, style: str = "tags") -> str:
     """The user text of the prompt (images go before it in the chat message)."""
     parts = [sample.question.strip()]
     if sample.kind == "mc" and not options_embedded(sample):
-        parts.append("\n".join(f"{letter}. {text}" for letter, text in sample.options))
+        parts.append(option_lines(sample.options))
     if style == "direct":
         parts.append({"mc": DIRECT_MC, "yesno": DIRECT_YESNO}.get(sample.kind, DIRECT_OPEN))
     elif style == "tags":
@@ -93,9 +94,6 @@ class LoadedModel:
     load_s: float = 0.0
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def resolve_device(setting: str = "auto") -> torch.device:
     if setting != "auto":
         return torch.device(setting)
@@ -104,29 +102,13 @@ def resolve_device(setting: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
-    processor.image_processor.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
-
-
 def load_for_eval(spec: ModelSpec, settings: DecodeSettings = DecodeSettings(),
                   attn_implementation: str | None = None) -> LoadedModel:
-    """A checkpoint directory (ours or the base Qwen2.5-VL) or `tiny[:SEED]`; eval mode, pixel budget set."""
+    """A checkpoint directory (ours or the base Qwen2.5-VL) or `tiny` (+ tiny_seed); eval mode, pixel budget set."""
     t0 = time.perf_counter()
-    attn = attn_implementation or settings.attn_implementation
-    dtype, device = _DTYPES[settings.dtype], resolve_device(settings.device)
-    if spec.path == "tiny" or spec.path.startswith("tiny:"):
-        from medlvr.training.tiny import build_tiny
-
-        seed = int(spec.path.split(":", 1)[1]) if ":" in spec.path else 0
-        b = build_tiny(seed=seed, attn_implementation=attn, dtype=dtype, device=device)
-        model, processor, ids = b.model, b.processor, b.ids
-    else:
-        from medlvr.training.model import load_checkpoint
-
-        model, processor, ids = load_checkpoint(spec.path, dtype=dtype, attn_implementation=attn, device=device)
-        processor.tokenizer.padding_side = "left"
-        if model.generation_config.pad_token_id is None:
-            model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model, processor, ids = load_model_or_tiny(spec.path, spec.tiny_seed, settings.dtype,
+                                               attn_implementation or settings.attn_implementation,
+                                               resolve_device(settings.device))
     set_pixel_budget(processor, settings.min_pixels, settings.max_pixels)
     return LoadedModel(spec, model, processor, ids, time.perf_counter() - t0)
 
@@ -212,11 +194,6 @@ def decode_text(tokenizer, seq: torch.Tensor, mask: torch.Tensor, drop: set[int]
     return tokenizer.decode(toks, skip_special_tokens=False)
 
 
-def _eos_set(model) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    return set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
-
-
 @dataclass
 class RunStats:
     n_done: int = 0
@@ -259,7 +236,7 @@ def run_predictions(
     if not todo:
         return stats
     tok = lm.processor.tokenizer
-    eos = _eos_set(lm.model)
+    eos = set(eos_token_ids(lm.model))
     drop = eos | {tok.pad_token_id}
     cfg = DecodeConfig(k_latent=k, max_new_tokens=settings.max_new_tokens, force_start=k > 0, temperature=0.0)
     gen = torch.Generator(device=lm.model.device).manual_seed(settings.seed)

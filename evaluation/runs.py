@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from medlvr.corpus.config import config_to_dict
 from medlvr.corpus.evalsets.base import LOADERS, BenchmarkError, Sample
 from medlvr.evaluation.config import ABLATIONS, DATA_DIRS, EvalConfig
 from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
@@ -156,7 +157,7 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
 
     sections = build_sections(cfg, samples, jobs, manifest)
     md, page = write_report(cfg.out_dir, cfg.title, sections)
-    meta = {"config": {k: str(v) for k, v in vars(cfg).items()}, "world_size": world_size,
+    meta = {"config": config_to_dict(cfg), "world_size": world_size,
             "host": platform.node(), "torch": torch.__version__, "wall_s": time.perf_counter() - t0,
             "timings": timings}
     (cfg.out_dir / "run_meta.json").write_text(json.dumps(meta, indent=1, default=str))

@@ -140,10 +140,12 @@ class MainJob:
                    (REPO / "configs" / "sft_tiny.yaml").read_text(), (REPO / "configs" / "vlpo_tiny.yaml").read_text())
         self.log("[training] ROI-SFT then VLPO of the tiny model (Dagster Pipes subprocesses)")
         run_config = {"ops": {
-            "roi_sft_checkpoint": {"config": {"overrides": ["run.max_steps=30", "latent.k=4"]}},
-            "vlpo_checkpoint": {"config": {
-                "data_root": str(self._bench_root() / DATA_DIRS.get("omnimedvqa", "omnimedvqa")),
-                "overrides": ["rollout.k_latent=4", "rollout.max_new_tokens=10", "train.steps=4"]}},
+            "roi_sft_checkpoint": {"config": {"overrides": ["run.max_steps=30", "latent.k_latent=4"]}},
+            "vlpo_checkpoint": {"config": {"overrides": [
+                "data.source=omnimedvqa",
+                f"data.root={self._bench_root() / DATA_DIRS.get('omnimedvqa', 'omnimedvqa')}",
+                "rollout.k_latent=null",  # K from the ROI-SFT checkpoint (4)
+                "rollout.max_new_tokens=10", "run.max_steps=4"]}},
         }}
         if not self.run("training_job", fp, run_config=run_config):
             raise RuntimeError("training failed")
@@ -165,10 +167,10 @@ class MainJob:
         from medlvr.evaluation.config import BENCHMARKS
 
         models = self.checkpoints()
-        settings = {"config_path": str(REPO / "configs" / "eval_demo.yaml"),
-                    "out_dir": str(self.home / "evaluation" / "report"), "model_paths": models}
-        cfg = {"resources": {"evaluation": {"config": {**settings,
-                                                         "data_root": str(self._bench_root())}}}}
+        out_dir = self.home / "evaluation" / "report"
+        settings = {"config_path": str(REPO / "configs" / "eval_demo.yaml"), "model_paths": models,
+                    "overrides": [f"out_dir={out_dir}", f"data_root={self._bench_root()}"]}
+        cfg = {"resources": {"evaluation": {"config": settings}}}
         fp = _hash(upstream_fp, code_fingerprint("evaluation", "pipelines/evaluation"),
                    (REPO / "configs" / "eval_demo.yaml").read_text(), self._bench_fp(), models)
         self.log("[evaluation] predictions per benchmark, then the report")
@@ -177,7 +179,7 @@ class MainJob:
                 raise RuntimeError(f"evaluation of {bench} failed")
         if not self.run("evaluation_report_job", fp, run_config=cfg):
             raise RuntimeError("the evaluation report failed")
-        return Path(settings["out_dir"]) / "report.html"
+        return out_dir / "report.html"
 
 
 def run_main(dagster_home: Path, datasets: list[str] | None = None, force: bool = False,

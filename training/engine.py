@@ -305,8 +305,10 @@ class Engine:
 
     # ------------------------------------------------------------------------------------ checkpointing
     def save(self, directory: str | Path, extra_state: dict[str, Any] | None = None, *, processor=None,
-             config: dict | None = None) -> Path:
-        """Write a complete, resumable checkpoint (all ranks must call it). Returns the final directory."""
+             config: dict | None = None, k_latent: int | None = None) -> Path:
+        """Write a complete, resumable checkpoint (all ranks must call it). Returns the final directory.
+
+        `k_latent`: K recorded next to the weights (`model/medlvr_latent.json`, needs `processor`)."""
         from medlvr.training.model import save_checkpoint
 
         final = Path(directory)
@@ -321,7 +323,7 @@ class Engine:
             hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
             unwrapped = self.model
             if processor is not None:
-                save_checkpoint(unwrapped, processor, tmp / "model")
+                save_checkpoint(unwrapped, processor, tmp / "model", k_latent=k_latent)
             else:
                 unwrapped.save_pretrained(str(tmp / "model"), safe_serialization=True)
         (tmp / "optim").mkdir(exist_ok=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medlvr.training.model import LatentTokenIds
+from medlvr.training.model import LatentTokenIds, eos_token_ids
 from medlvr.training.sampling import sample_tokens, token_logprobs
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
 
@@ -124,10 +124,7 @@ def _latent_noise(mu: torch.Tensor, cfg: DecodeConfig, generator: torch.Generato
 
 
 def _eos_ids(model, cfg: DecodeConfig) -> list[int]:
-    if cfg.eos_token_ids is not None:
-        return list(cfg.eos_token_ids)
-    eos = model.generation_config.eos_token_id
-    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    return list(eos_token_ids(model) if cfg.eos_token_ids is None else cfg.eos_token_ids)
 
 
 @torch.no_grad()

@@ -4,7 +4,10 @@
   downloaded Qwen2.5-VL checkpoint or one written by `save_checkpoint`); never touches a model hub.
 * `add_latent_tokens`: adds `<Medlvr_Start>`, `<Medlvr_Latent>`, `<Medlvr_End>` as special tokens and initialises
   their input-embedding and lm_head rows (Qwen2.5-VL-7B does not tie them; 3B does, which is handled).
-* `save_checkpoint`: model (safetensors) + processor + tokenizer into one directory.
+* `save_checkpoint`: model (safetensors) + processor + tokenizer (+ K, `medlvr.training.checkpoints`) into one
+  directory.
+* `set_pixel_budget`, `eos_token_ids`, `DTYPES`: the pixel budget of the image processor, the stop ids and the
+  dtype names, shared by training and evaluation. The tiny-or-checkpoint loader is `medlvr.training.loading`.
 
 Attention defaults to `sdpa` (works on CPU); `flash_attention_2` is opt-in and only when `flash_attn` imports.
 """
@@ -19,6 +22,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from medlvr.corpus.qwen.processor import load_processor
+from medlvr.training.checkpoints import write_latent_info
 
 START_TOKEN = "<Medlvr_Start>"
 LATENT_TOKEN = "<Medlvr_Latent>"
@@ -26,6 +30,33 @@ END_TOKEN = "<Medlvr_End>"
 LATENT_TOKENS = (START_TOKEN, LATENT_TOKEN, END_TOKEN)
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # config name -> dtype
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def set_pixel_budget(processor, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Make the processor resize every image into [min_pixels, max_pixels] (None: keep the processor's value).
+
+    The image processor's own `size` type is kept (a SizeDict in recent transformers), other keys untouched.
+    """
+    ip = processor.image_processor
+    size = {k: v for k, v in ip.size.items() if v is not None} if hasattr(ip.size, "items") else dict(ip.size)
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    ip.size = type(ip.size)(**size)
+
+
+def eos_token_ids(model) -> tuple[int, ...]:
+    """The stop ids of `model.generation_config` (an int, a list, or None)."""
+    eos = model.generation_config.eos_token_id
+    return () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
 
 
 @dataclass(frozen=True)
@@ -114,10 +145,14 @@ def load_checkpoint(
     return model, processor, ids
 
 
-def save_checkpoint(model: Qwen2_5_VLForConditionalGeneration, processor, path: str | Path) -> Path:
-    """Write model weights (safetensors), config, processor, tokenizer and chat template into `path`."""
+def save_checkpoint(model: Qwen2_5_VLForConditionalGeneration, processor, path: str | Path,
+                    k_latent: int | None = None) -> Path:
+    """Write model weights (safetensors), config, processor, tokenizer and chat template into `path`, and K
+    (`medlvr_latent.json`) when given, so that evaluation and VLPO read it from the checkpoint."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
     processor.save_pretrained(str(path))
+    if k_latent is not None:
+        write_latent_info(path, k_latent)
     return path

@@ -31,18 +31,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medlvr.corpus.prompts import MC_INSTRUCTION, mc_prompt_text
+
 PATTERNS = ("bright", "dark", "striped", "checkered")
 LETTERS = "ABCD"
 QUESTION = "Which pattern does the lesion with the red frame show?"
-INSTRUCTION = "Answer with the option's letter from the given choices directly."
+INSTRUCTION = MC_INSTRUCTION
 DATASET = "synthetic_grounding"
 SOURCE = "SyntheticGrounding"
 
 
 def prompt_text(question: str, options: list[str], instruction: str = INSTRUCTION) -> str:
     """Same text as `medlvr.training.vlpo.data.prompt_text` (question, 'A. text' lines, instruction)."""
-    opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return f"{question}\n{opts}\n{instruction}"
+    return mc_prompt_text(question, list(zip(LETTERS, options)), instruction)
 
 
 def _fill(pattern: str, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -42,19 +42,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medlvr.corpus.config import ConfigError, apply_overrides, read_yaml  # noqa: E402
+from medlvr.corpus.config import ConfigError, apply_overrides, build_config, read_yaml  # noqa: E402
 from medlvr.corpus.evalsets.base import Sample, file_uri  # noqa: E402
 from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION, write_grounding_task  # noqa: E402
 from medlvr.evaluation.ablations import make_transform_factory  # noqa: E402
 from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
-from medlvr.training.model import load_checkpoint, save_checkpoint  # noqa: E402
+from medlvr.training.model import load_checkpoint, save_checkpoint, set_pixel_budget  # noqa: E402
 from medlvr.training.roi_targets import batch_roi_targets  # noqa: E402
-from medlvr.training.sft.collate import set_pixel_budget  # noqa: E402
-from medlvr.training.sft.config import from_dict as sft_config_from_dict  # noqa: E402
+from medlvr.training.sft.config import SFTConfig  # noqa: E402
 from medlvr.training.sft.recipe import train as train_sft  # noqa: E402
 from medlvr.training.tiny import TinyConfig, build_tiny  # noqa: E402
 from medlvr.training.vlm_inputs import image_embeddings  # noqa: E402
-from medlvr.training.vlpo.config import config_from_dict as vlpo_config_from_dict  # noqa: E402
+from medlvr.training.vlpo.config import VLPORunConfig  # noqa: E402
 from medlvr.training.vlpo.core import vision_token_ids  # noqa: E402
 from medlvr.training.vlpo.data import build_prompt_batch  # noqa: E402
 from medlvr.training.vlpo.rewards import compute_rewards  # noqa: E402
@@ -158,11 +157,11 @@ def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, e
     k = s["k"]
     name = extra["name"] if extra else stage1
     out = Path(cfg["work_dir"]) / f"seed{seed}" / f"sft_{name}"
-    latent = dict(k=0 if stage1 == "vanilla" else k, mode=s["mode"], grad=s["grad"],
+    latent = dict(k_latent=0 if stage1 == "vanilla" else k, mode=s["mode"], grad=s["grad"],
                   roi_target={"vanilla": "off", "noroi": "full_image", "roi": "box"}[stage1],
                   roi_loss=s["roi_loss"], roi_weight=float(s["roi_weight"]) if stage1 != "vanilla" else 0.0)
-    sc = sft_config_from_dict(dict(
-        model=dict(init=str(init_dir)),
+    sc = build_config(SFTConfig, dict(
+        model=dict(path=str(init_dir)),
         data=dict(corpus=str(data_dir), split="train", min_pixels=cfg["pixels"]["min"], max_pixels=cfg["pixels"]["max"],
                   seed=seed, max_answer_tokens=8),
         latent=latent,
@@ -176,7 +175,7 @@ def run_sft(cfg: dict, seed: int, stage1: str, data_dir: Path, init_dir: Path, e
     res = train_sft(sc)
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"model_dir": str(Path(res["checkpoint"]) / "model"), "seconds": time.perf_counter() - t0,
-            "final": {k: res["metrics"].get(k) for k in ("ce", "roi", "latent_cos")}, "k": latent["k"],
+            "final": {k: res["metrics"].get(k) for k in ("ce", "roi", "latent_cos")}, "k": latent["k_latent"],
             "curve": [{k: h.get(k) for k in ("step", "ce", "roi", "latent_cos")} for h in hist]}
 
 
@@ -187,18 +186,20 @@ def run_rl(cfg: dict, seed: int, variant: str, data_dir: Path, sft_model: str) -
     algo = RL_ALGO[variant]
     out = Path(cfg["work_dir"]) / f"seed{seed}" / f"rl_{variant}"
     k_eff = 0 if algo == "grpo" else k
-    vc = vlpo_config_from_dict(dict(
-        model=dict(path=sft_model, min_pixels=cfg["pixels"]["min"], max_pixels=cfg["pixels"]["max"]),
-        data=dict(source="omnimedvqa", root=str(data_dir / "omnimedvqa_train"), split="all", instruction=INSTRUCTION),
+    vc = build_config(VLPORunConfig, dict(
+        model=dict(path=sft_model),
+        data=dict(source="omnimedvqa", root=str(data_dir / "omnimedvqa_train"), split="all", instruction=INSTRUCTION,
+                  min_pixels=cfg["pixels"]["min"], max_pixels=cfg["pixels"]["max"]),
         rollout=dict(num_generations=r["num_generations"], temperature=float(r["temperature"]),
                      max_new_tokens=(k_eff + 2 if k_eff else 0) + r["answer_tokens"], k_latent=max(k, 1),
                      noise=r["noise"] if algo == "vlpo" else "none", noise_scale=float(r["noise_scale"])),
         algo=dict(variant=algo, beta=float(r["beta"]), lambda_lat=float(r["lambda_lat"]),
                   latent_sigma=float(r["latent_sigma"])),
-        engine=dict(device="cpu", lr=float(r["lr"]), weight_decay=0.0, warmup_ratio=0.0, schedule="constant"),
-        train=dict(output_dir=str(out), steps=r["steps"], prompts_per_step=r["prompts_per_step"],
-                   micro_batch=r["micro_batch"], seed=seed, save_every=0, keep_checkpoints=1, resume=False,
-                   threads=cfg["threads"], tensorboard=False, progress=False),
+        engine=dict(device="cpu", lr=float(r["lr"]), weight_decay=0.0, warmup_ratio=0.0, schedule="constant",
+                    seed=seed),
+        run=dict(out_dir=str(out), max_steps=r["steps"], prompts_per_step=r["prompts_per_step"],
+                 micro_batch_size=r["micro_batch"], save_every=0, keep_last=1, resume="",
+                 threads=cfg["threads"], tensorboard=False, progress=False),
     ))
     t0 = time.perf_counter()
     res = train_vlpo(vc)

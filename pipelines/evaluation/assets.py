@@ -1,6 +1,8 @@
-"""Evaluation assets. The evaluation is described by the same YAML as `medlvr evaluate --config FILE`
-(`EvaluationSettings.config_path`; empty: the bundled sample evaluation with tiny models). Checkpoint paths can be
-overridden per model name (`model_paths`), e.g. with the directories the checkpoint assets wrote.
+"""Evaluation assets. The evaluation is described by the library's own config, as for `medlvr evaluate --config FILE
+--set key=value`: `EvaluationSettings.config_path` (empty: configs/eval_sample.yaml, the bundled sample
+evaluation with tiny models, written under the MedLVR home) plus dotted `overrides`. Checkpoint paths can be set per
+model name (`model_paths`), e.g. to the directories the checkpoint assets wrote; K then comes from the checkpoint
+unless the config sets it.
 
 * `evaluation_predictions` (partition = benchmark): every configured prediction job on that benchmark (main
   runs, the efficiency subset, the K sweep, the latent ablations); resumable, so a re-materialisation only fills
@@ -10,7 +12,6 @@ overridden per model name (`model_paths`), e.g. with the directories the checkpo
 """
 
 
-import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -18,51 +19,33 @@ from pydantic import Field
 
 from medlvr.evaluation.config import BENCHMARKS
 
+REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_PARTITIONS = dg.StaticPartitionsDefinition(list(BENCHMARKS))
 CHECKPOINTS = [dg.AssetKey("roi_sft_checkpoint"), dg.AssetKey("vlpo_checkpoint")]
-SAMPLE_CONFIG = {
-    "title": "MedLVR evaluation (sample benchmarks)",
-    "sample_data": True,
-    "benchmarks": {b: {} for b in BENCHMARKS},
-    "models": [
-        {"name": "base", "path": "tiny:0", "k_latent": 0, "prompt_style": "direct"},
-        {"name": "medlvr", "path": "tiny:2", "k_latent": 8, "prompt_style": "tags"},
-    ],
-    "decode": {"batch_size": 8, "max_new_tokens": 24, "max_pixels": 50176},
-    "efficiency": {"seed": 0, "models": ["base", "medlvr"]},
-    "table4": {"models": ["base", "medlvr"]},
-    "fig5": {"model": "medlvr", "k_values": [2, 4, 8, 14, 16]},
-    "fig3": {"models": ["base", "medlvr"], "benchmark": "slake", "n_samples": 2, "max_new_tokens": 16},
-    "ablation": {"model": "medlvr"},
-}
+SAMPLE_CONFIG = REPO / "configs" / "eval_sample.yaml"
 
 
 class EvaluationSettings(dg.ConfigurableResource):
-    """Which evaluation to run and where its outputs go."""
+    """Which evaluation to run: the library's config file plus dotted overrides, and the checkpoints to use."""
 
-    config_path: str = Field(default="", description="evaluation YAML; empty: the bundled sample evaluation")
-    out_dir: str = Field(default="", description="override out_dir; empty: the config's, or "
-                                                 "<MedLVR home>/evaluation for the sample evaluation")
+    config_path: str = Field(default="", description="evaluation YAML; empty: configs/eval_sample.yaml with its "
+                                                     "outputs under <MedLVR home>/evaluation")
+    overrides: list[str] = Field(default_factory=list, description="dotted overrides, e.g. out_dir=/x, limit=4, "
+                                                                   "data_root=/benchmarks, decode.batch_size=4")
     model_paths: dict[str, str] = Field(default_factory=dict, description="model name -> checkpoint dir")
-    data_root: str = Field(default="", description="override the config's data_root (benchmark folders)")
-    limit: int = Field(default=0, description="at most N samples per benchmark (0: all)")
 
     def load(self):
-        from medlvr.evaluation.config import EvalConfig
+        from medlvr.evaluation.config import load_eval_config
         from medlvr.pipelines.corpus.resources import medlvr_home
 
-        out = self.out_dir or None
-        if self.config_path:
-            cfg = EvalConfig.from_yaml(self.config_path, out_dir=out, limit=self.limit or None,
-                                       data_root=self.data_root or None)
-        else:
+        path, defaults = self.config_path, []
+        if not path:
             home = medlvr_home() / "evaluation"
-            cfg = EvalConfig.from_dict({**SAMPLE_CONFIG, "out_dir": out or str(home / "out"),
-                                        "data_root": str(home / "benchmarks"), "limit": self.limit or None})
-        if self.model_paths:
-            models = tuple(dataclasses.replace(m, path=self.model_paths.get(m.name, m.path)) for m in cfg.models)
-            cfg = dataclasses.replace(cfg, models=models)
-        return cfg
+            path, defaults = SAMPLE_CONFIG, [f"out_dir={home / 'out'}", f"data_root={home / 'benchmarks'}"]
+        try:
+            return load_eval_config(path, [*defaults, *self.overrides], self.model_paths)
+        except ValueError as e:
+            raise dg.Failure(description=f"evaluation config: {e}") from None
 
 
 @dg.asset(partitions_def=BENCHMARK_PARTITIONS, deps=CHECKPOINTS, group_name="evaluation", pool="gpu",

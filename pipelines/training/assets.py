@@ -7,8 +7,10 @@ opens the connection: it streams a log line every `run.log_every` steps and repo
 checkpoint path, which become this materialisation's metadata. A non-zero exit of the trainer fails the asset;
 the trainer's traceback is in the step's stderr (captured) and in the raised error.
 
-Config (launchpad): the YAML config path, `key=value` overrides, launcher and process counts. The corpus is the
-`corpus_shards` output in `CorpusStorage` (staged locally for remote storage) unless `corpus` is given.
+Config (launchpad): the library's own config, i.e. the YAML path plus dotted `key=value` overrides (validated by
+the trainer's loader before anything is launched), and the launcher. The asset only wires its upstream: the corpus
+is the `corpus_shards` output in `CorpusStorage` (staged locally for remote storage) and the run folder defaults to
+`<MedLVR home>/runs/roi_sft`; an override (`data.corpus=...`, `run.out_dir=...`) takes precedence over both.
 """
 
 # no `from __future__ import annotations`: Dagster resolves the Config annotation at decoration time
@@ -28,15 +30,20 @@ TRAINING = "training"
 class RoiSftConfig(LaunchConfig):
     config_path: str = Field(default=str(REPO / "configs" / "sft_tiny.yaml"),
                              description="trainer YAML (configs/sft_tiny.yaml or configs/sft_qwen25vl_7b.yaml)")
-    overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. engine.lr=1e-5")
-    corpus: str = Field(default="", description="corpus folder with shards/; empty: the CorpusStorage location")
-    out_dir: str = Field(default="", description="run folder; empty: <MedLVR home>/runs/roi_sft")
+    overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. engine.lr=1e-5 or "
+                                                                   "run.out_dir=/runs/x (after the asset's defaults)")
 
 
-def trainer_command(cfg: RoiSftConfig, corpus: str, out_dir: str) -> list[str]:
-    args = ["--config", cfg.config_path, "--set", f"data.corpus={corpus}", "--set", f"run.out_dir={out_dir}",
-            "--set", "run.progress=false"]
-    for o in cfg.overrides:
+def trainer_overrides(cfg: RoiSftConfig, corpus: str) -> list[str]:
+    """The asset's defaults (corpus from storage, run folder under the MedLVR home, no progress bar), then the
+    user's overrides: the later one wins."""
+    return [f"data.corpus={corpus}", f"run.out_dir={medlvr_home() / 'runs' / 'roi_sft'}", "run.progress=false",
+            *cfg.overrides]
+
+
+def trainer_command(cfg: RoiSftConfig, overrides: list[str]) -> list[str]:
+    args = ["--config", cfg.config_path]
+    for o in overrides:
         args += ["--set", o]
     return launch_command(cfg, "medlvr.training.sft.recipe", args)
 
@@ -46,12 +53,19 @@ def trainer_command(cfg: RoiSftConfig, corpus: str, out_dir: str) -> list[str]:
                       "metadata: final metrics and the checkpoint path.")
 def roi_sft_checkpoint(context: dg.AssetExecutionContext, config: RoiSftConfig, storage: CorpusStorage,
                        pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    out_dir = config.out_dir or str(medlvr_home() / "runs" / "roi_sft")
-    with storage.workdir(pull_paths=[] if config.corpus else ["shards"]) as corpus_dir:
-        corpus = config.corpus or str(corpus_dir)
-        cmd = trainer_command(config, corpus, out_dir)
+    from medlvr.training.pipes import ERROR_FILE
+    from medlvr.training.sft.config import load_sft_config  # torch: only when the asset runs
+
+    own_corpus = any(o.startswith("data.corpus=") for o in config.overrides)
+    with storage.workdir(pull_paths=[] if own_corpus else ["shards"]) as corpus_dir:
+        overrides = trainer_overrides(config, str(corpus_dir))
+        try:  # a config error fails here, in one line, before a process is launched
+            trainer_cfg = load_sft_config(config.config_path, overrides)
+        except ValueError as e:
+            raise dg.Failure(description=f"ROI-SFT config: {e}") from None
+        cmd = trainer_command(config, overrides)
         context.log.info("launching: " + " ".join(cmd))
-        err_file = Path(out_dir) / "trainer_error.txt"
+        err_file = Path(trainer_cfg.run.out_dir) / ERROR_FILE
         err_file.unlink(missing_ok=True)
         try:
             invocation = pipes_subprocess_client.run(command=cmd, context=context, cwd=str(REPO),

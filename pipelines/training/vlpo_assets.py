@@ -2,7 +2,9 @@
 
 Downstream of `roi_sft_checkpoint` (referenced by its AssetKey only): the starting policy AND the frozen KL
 reference are the ROI-SFT checkpoint's `model/` folder, read from the latest `roi_sft_checkpoint`
-materialisation's `checkpoint` metadata (or `model_path` in the run config). The trainer
+materialisation's `checkpoint` metadata (or a `model.path=...` override). K is the checkpoint's own (saved with
+it), unless an override sets `rollout.k_latent`. The run config is the library's own config: the YAML path plus
+dotted overrides (validated by the trainer's loader before anything is launched). The trainer
 (`medlvr.training.vlpo.trainer`) runs in its own process(es); only RANK 0 opens the Pipes connection and reports the
 final metrics and checkpoint paths, which become this materialisation's metadata. Pool `gpu` (limit 1 per host).
 Wire with `dg.Definitions(assets=VLPO_ASSETS)` next to the training assets.
@@ -26,10 +28,8 @@ TRAINER_MODULE = "medlvr.training.vlpo.trainer"
 class VlpoConfig(LaunchConfig):
     config_path: str = Field(default=str(REPO / "configs" / "vlpo_tiny.yaml"),
                              description="trainer YAML (configs/vlpo_tiny.yaml or configs/vlpo_qwen25vl_7b.yaml)")
-    overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. algo.variant=grpo")
-    model_path: str = Field(default="", description="starting policy / reference; empty: the ROI-SFT asset's model")
-    data_root: str = Field(default="", description="OmniMedVQA root; empty: the YAML's data section")
-    out_dir: str = Field(default="", description="run folder; empty: <MedLVR home>/runs/vlpo")
+    overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. algo.variant=grpo, "
+                                 "model.path=DIR (default: the ROI-SFT asset's model), run.out_dir=DIR")
 
 
 def upstream_model_path(instance) -> str | None:
@@ -43,12 +43,16 @@ def upstream_model_path(instance) -> str | None:
     return str(Path(ck.value) / "model")
 
 
-def trainer_command(cfg: VlpoConfig, model_path: str, out_dir: str) -> list[str]:
-    args = ["--config", cfg.config_path, "--set", f"model.path={model_path}", "--set", f"train.output_dir={out_dir}",
-            "--set", "train.progress=false"]
-    if cfg.data_root:
-        args += ["--set", "data.source=omnimedvqa", "--set", f"data.root={cfg.data_root}"]
-    for o in cfg.overrides:
+def trainer_overrides(cfg: VlpoConfig, model_path: str | None) -> list[str]:
+    """The asset's defaults (the upstream model, run folder under the MedLVR home, no progress bar), then the
+    user's overrides: the later one wins."""
+    upstream = [f"model.path={model_path}"] if model_path else []
+    return [*upstream, f"run.out_dir={medlvr_home() / 'runs' / 'vlpo'}", "run.progress=false", *cfg.overrides]
+
+
+def trainer_command(cfg: VlpoConfig, overrides: list[str]) -> list[str]:
+    args = ["--config", cfg.config_path]
+    for o in overrides:
         args += ["--set", o]
     return launch_command(cfg, TRAINER_MODULE, args)
 
@@ -58,11 +62,19 @@ def trainer_command(cfg: VlpoConfig, model_path: str, out_dir: str) -> list[str]
                       "towards the ROI-SFT checkpoint); metadata: last-step metrics and the checkpoint paths.")
 def vlpo_checkpoint(context: dg.AssetExecutionContext, config: VlpoConfig,
                     pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    model_path = config.model_path or upstream_model_path(context.instance)
-    if not model_path:
-        raise dg.Failure("no ROI-SFT checkpoint: materialise roi_sft_checkpoint first or set model_path")
-    out_dir = config.out_dir or str(medlvr_home() / "runs" / "vlpo")
-    cmd = trainer_command(config, model_path, out_dir)
+    from medlvr.corpus.config import load_config
+    from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent  # torch: only when the asset runs
+
+    own_model = any(o.startswith("model.path=") for o in config.overrides)
+    model_path = None if own_model else upstream_model_path(context.instance)
+    if not own_model and not model_path:
+        raise dg.Failure("no ROI-SFT checkpoint: materialise roi_sft_checkpoint first or set model.path=...")
+    overrides = trainer_overrides(config, model_path)
+    try:  # a config error (or a checkpoint without K) fails here, in one line, before a process is launched
+        resolve_k_latent(load_config(VLPORunConfig, config.config_path, overrides))
+    except ValueError as e:
+        raise dg.Failure(description=f"VLPO config: {e}") from None
+    cmd = trainer_command(config, overrides)
     context.log.info("launching: " + " ".join(cmd))
     invocation = pipes_subprocess_client.run(command=cmd, context=context, cwd=str(REPO),
                                              env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})

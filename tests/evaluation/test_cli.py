@@ -12,17 +12,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from medlvr.evaluation.config import ConfigError, EvalConfig  # noqa: E402
+from medlvr.evaluation.config import ConfigError, load_eval_config  # noqa: E402
 
 CONFIG = {
     "title": "tiny evaluation",
-    "out_dir": "out",
+    "out_dir": "out",  # relative paths: against the working directory (each test runs in its tmp_path)
     "data_root": "bench",
     "sample_data": True,
     "limit": 2,
     "benchmarks": {"omnimedvqa": {}, "slake": {}, "mmmu_hm": {}},
-    "models": [{"name": "base", "path": "tiny:0", "k_latent": 0, "prompt_style": "direct"},
-               {"name": "medlvr", "path": "tiny:1", "k_latent": 2, "variant": "ROI-SFT + VLPO"}],
+    "models": [{"name": "base", "path": "tiny", "k_latent": 0, "prompt_style": "direct"},
+               {"name": "medlvr", "path": "tiny", "tiny_seed": 1, "k_latent": 2, "variant": "ROI-SFT + VLPO"}],
     "decode": {"batch_size": 2, "max_new_tokens": 6, "max_pixels": 12544, "threads": 1},
     "efficiency": {"seed": 0, "models": ["base", "medlvr"]},
     "table4": {"models": ["base", "medlvr"]},
@@ -30,6 +30,11 @@ CONFIG = {
     "fig3": {"models": ["base", "medlvr"], "benchmark": "slake", "n_samples": 1, "max_new_tokens": 4},
     "ablation": {"model": "medlvr", "kinds": ["zero", "shuffle", "noise"], "benchmarks": ["slake"]},
 }
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -47,16 +52,37 @@ def _write(tmp_path, cfg=CONFIG):
 
 
 def test_config_format_and_errors(tmp_path):
-    cfg = EvalConfig.from_yaml(_write(tmp_path))
-    assert cfg.out_dir == (tmp_path / "out").resolve()
-    assert cfg.benchmarks["mmmu_hm"]["path"] == str((tmp_path / "bench" / "mmmu").resolve())
+    cfg = load_eval_config(_write(tmp_path))
+    assert cfg.out_dir == (tmp_path / "out").absolute()
+    assert cfg.benchmarks["mmmu_hm"]["path"] == str((tmp_path / "bench" / "mmmu").absolute())
     assert cfg.model("medlvr").label == "ROI-SFT + VLPO" and cfg.main_benchmarks == ("omnimedvqa", "slake", "mmmu_hm")
-    for bad, msg in [({"bogus": 1}, "unknown config keys"), ({"models": []}, "non-empty"),
+    assert load_eval_config(_write(tmp_path), ["out_dir=elsewhere", "decode.batch_size=4"]).decode.batch_size == 4
+    for bad, msg in [({"bogus": 1}, "unknown config key bogus"), ({"models": []}, "non-empty"),
                      ({"fig5": {"model": "nope"}}, "unknown model"),
                      ({"ablation": {"model": "medlvr", "kinds": ["flip"]}}, "unknown"),
                      ({"main_benchmarks": ["vqa_rad"]}, "not configured")]:
         with pytest.raises(ConfigError, match=msg):
-            EvalConfig.from_dict({**CONFIG, **bad}, base_dir=tmp_path)
+            load_eval_config(_write(tmp_path, {**CONFIG, **bad}))
+
+
+def test_k_latent_comes_from_the_checkpoint(tmp_path):
+    from medlvr.training.model import save_checkpoint
+    from medlvr.training.tiny import build_tiny
+
+    b = build_tiny(seed=0)
+    save_checkpoint(b.model, b.processor, tmp_path / "ck", k_latent=3)
+    save_checkpoint(b.model, b.processor, tmp_path / "base")  # no K recorded (a base model)
+    plain = {**CONFIG, "fig5": None, "ablation": None, "efficiency": None, "table4": None, "fig3": None}
+    models = [{"name": "ck", "path": "ck"}, {"name": "ck8", "path": "ck", "k_latent": 8}]
+    cfg = load_eval_config(_write(tmp_path, {**plain, "models": models}))
+    assert cfg.model("ck").k_latent == 3 and cfg.model("ck").path == str(tmp_path / "ck")
+    assert cfg.model("ck8").k_latent == 8  # an explicit value wins
+    assert load_eval_config(_write(tmp_path), model_paths={"medlvr": "ck"}).model("medlvr").k_latent == 2
+    unset = {**plain, "models": [{"name": "medlvr", "path": "tiny"}]}
+    with pytest.raises(ConfigError, match=r"models\[0\].k_latent is required for path: tiny"):
+        load_eval_config(_write(tmp_path, unset))
+    with pytest.raises(ConfigError, match="records no K"):
+        load_eval_config(_write(tmp_path, {**unset, "models": [{"name": "medlvr", "path": "base"}]}))
 
 
 def test_evaluate_cli_end_to_end_and_resume(tmp_path, capsys):
@@ -76,7 +102,7 @@ def test_evaluate_cli_end_to_end_and_resume(tmp_path, capsys):
     assert len(recs) == 2 and {r["ablation"] for r in recs} == {"zero"}
     assert (out / "predictions/medlvr/k1/main/omnimedvqa.jsonl").is_file()  # the K sweep of Fig. 5
     # a rerun generates nothing: every id is already in its prediction file
-    res = evaluate(EvalConfig.from_yaml(_write(tmp_path)), progress=None)
+    res = evaluate(load_eval_config(_write(tmp_path)), progress=None)
     done = [v["done"] for v in res["timings"].values() if isinstance(v, dict)]
     assert done and sum(done) == 0
 
@@ -88,7 +114,8 @@ def test_dagster_assets(tmp_path, monkeypatch):
     from medlvr.pipelines.evaluation.assets import EvaluationSettings, evaluation_predictions, evaluation_report
 
     cfg = {**CONFIG, "benchmarks": {"slake": {}}, "fig5": None, "fig3": None, "efficiency": None}
-    res = {"evaluation": EvaluationSettings(config_path=str(_write(tmp_path, cfg)), out_dir=str(tmp_path / "dg"))}
+    res = {"evaluation": EvaluationSettings(config_path=str(_write(tmp_path, cfg)),
+                                            overrides=[f"out_dir={tmp_path / 'dg'}"])}
     graph = evaluation_defs.resolve_asset_graph()
     report_key = dg.AssetKey("evaluation_report")
     assert graph.get(report_key).group_name == "evaluation"

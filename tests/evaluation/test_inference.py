@@ -15,8 +15,9 @@ from medlvr.corpus.evalsets.base import Sample, file_uri  # noqa: E402
 from medlvr.evaluation.config import DecodeSettings, ModelSpec  # noqa: E402
 from medlvr.evaluation.inference import (  # noqa: E402
     LoadedModel, encode_batch, merge_predictions, options_embedded, prompt_text, rank_path, read_records,
-    run_predictions, set_pixel_budget, shard,
+    run_predictions, shard,
 )
+from medlvr.training.model import set_pixel_budget  # noqa: E402
 from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
 
 SETTINGS = DecodeSettings(batch_size=2, max_new_tokens=8, max_pixels=56 * 56 * 4)
@@ -30,7 +31,7 @@ def tiny_lm():
     torch.set_num_threads(1)
     b = build_tiny(seed=0)
     set_pixel_budget(b.processor, SETTINGS.min_pixels, SETTINGS.max_pixels)
-    yield LoadedModel(ModelSpec("tiny", "tiny:0", k_latent=2), b.model, b.processor, b.ids)
+    yield LoadedModel(ModelSpec("tiny", "tiny", k_latent=2), b.model, b.processor, b.ids)
     torch.set_num_threads(threads)
 
 
@@ -47,6 +48,13 @@ def samples(tmp_path_factory):
             out.append(Sample("slake", f"s{i}", "Which organ?", "mc", "B", options=(("A", "liver"), ("B", "lung")),
                               images=(file_uri(p),)))
     return out
+
+
+def test_training_and_evaluation_share_the_mc_prompt():
+    from medlvr.training.vlpo.data import prompt_text as vlpo_prompt_text
+
+    s = Sample("omnimedvqa", "1", "Which organ?", "mc", "A", options=(("A", "liver"), ("B", "kidney")))
+    assert prompt_text(s, "direct") == vlpo_prompt_text(s)  # VLPO trains on the prompt evaluation asks
 
 
 def test_prompt_appends_options_only_when_not_embedded():

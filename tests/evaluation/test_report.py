@@ -106,7 +106,8 @@ def test_attention_profile_and_heatmap_with_roi(tmp_path):
     from medlvr.evaluation.attention import attention_profile
     from medlvr.evaluation.config import ModelSpec
     from medlvr.evaluation.figures import plot_heatmaps
-    from medlvr.evaluation.inference import LoadedModel, set_pixel_budget
+    from medlvr.evaluation.inference import LoadedModel
+    from medlvr.training.model import set_pixel_budget
     from medlvr.training.tiny import build_tiny
 
     threads = torch.get_num_threads()
@@ -114,7 +115,7 @@ def test_attention_profile_and_heatmap_with_roi(tmp_path):
     try:
         b = build_tiny(seed=0)  # sdpa: attention_profile switches to eager and back
         set_pixel_budget(b.processor, 56 * 56, 112 * 112)
-        lm = LoadedModel(ModelSpec("tiny", "tiny:0", k_latent=2), b.model, b.processor, b.ids)
+        lm = LoadedModel(ModelSpec("tiny", "tiny", k_latent=2), b.model, b.processor, b.ids)
         p = tmp_path / "img.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(p)
         s = Sample("slake", "x1", "Where is the lesion?", "open", "left", images=(file_uri(p),),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medlvr.training.sft.config import SFTConfig, load_config
+from medlvr.training.sft.config import SFTConfig, load_sft_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "sft_tiny.yaml"
@@ -12,5 +12,5 @@ TINY_CONFIG = REPO / "configs" / "sft_tiny.yaml"
 
 def tiny_config(corpus: str | Path, out_dir: str | Path, *overrides: str) -> SFTConfig:
     """configs/sft_tiny.yaml with the corpus, output folder and overrides; no progress bar / TensorBoard."""
-    return load_config(TINY_CONFIG, [f"data.corpus={corpus}", f"run.out_dir={out_dir}", "run.progress=false",
+    return load_sft_config(TINY_CONFIG, [f"data.corpus={corpus}", f"run.out_dir={out_dir}", "run.progress=false",
                                      "run.tensorboard=false", *overrides])

@@ -9,8 +9,9 @@ import dagster as dg  # noqa: E402
 import pytest  # noqa: E402
 
 from medlvr.pipelines.corpus.resources import CorpusStorage  # noqa: E402
-from medlvr.pipelines.training.assets import roi_sft_checkpoint, trainer_command, RoiSftConfig  # noqa: E402
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
+from medlvr.pipelines.training.assets import (RoiSftConfig, roi_sft_checkpoint, trainer_command,  # noqa: E402
+                                               trainer_overrides)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def corpus(tmp_path_factory):
 
 
 def _materialize(corpus, out_dir, overrides):
-    cfg = {"ops": {"roi_sft_checkpoint": {"config": {"out_dir": str(out_dir), "overrides": overrides}}}}
+    cfg = {"ops": {"roi_sft_checkpoint": {"config": {"overrides": [f"run.out_dir={out_dir}", *overrides]}}}}
     instance = dg.DagsterInstance.ephemeral()
     res = dg.materialize([roi_sft_checkpoint], run_config=cfg, raise_on_error=False, instance=instance,
                          resources={"storage": CorpusStorage(url=str(corpus)),
@@ -47,10 +48,18 @@ def test_trainer_failure_fails_the_asset_with_its_error(corpus, tmp_path):
     assert any("no shards for split 'no_such_split'" in t for t in texts), texts[-3:]
 
 
+def test_config_error_fails_before_launch(corpus, tmp_path):
+    res, _ = _materialize(corpus, tmp_path, ["engine.lrr=1"])
+    assert not res.success
+    errors = [str(e.event_specific_data.error) for e in res.all_events if e.is_step_failure]
+    assert any("unknown config key engine.lrr (did you mean engine.lr?)" in t for t in errors), errors
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_launchers():
     cfg = RoiSftConfig(launcher="deepspeed", hostfile="/etc/hosts.ds", python="/env/bin/python")
-    cmd = trainer_command(cfg, "/c", "/o")
+    cmd = trainer_command(cfg, trainer_overrides(cfg, "/c"))
     assert cmd[:5] == ["/env/bin/python", "-m", "deepspeed.launcher.runner", "--hostfile", "/etc/hosts.ds"]
     assert "--module" in cmd and cmd[-1] == "engine.backend=deepspeed"
-    tr = trainer_command(RoiSftConfig(launcher="torchrun", nproc_per_node=8), "/c", "/o")
+    tr = trainer_command(RoiSftConfig(launcher="torchrun", nproc_per_node=8), ["data.corpus=/c"])
     assert "--nproc_per_node=8" in tr and "medlvr.training.sft.recipe" in tr

@@ -11,7 +11,8 @@ import torch  # noqa: E402
 
 from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
 from medlvr.training.replay import replay  # noqa: E402
-from medlvr.training.sft.collate import collate, set_pixel_budget  # noqa: E402
+from medlvr.training.model import set_pixel_budget  # noqa: E402
+from medlvr.training.sft.collate import collate  # noqa: E402
 from medlvr.training.sft.data import ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft.forward import _cached_prefix_and_latents, sft_forward  # noqa: E402
 from medlvr.training.sft.losses import answer_nll_sum, roi_loss_sum  # noqa: E402

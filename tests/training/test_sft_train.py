@@ -43,7 +43,7 @@ def test_loss_falls_and_frozen_vision_unchanged(corpus, tmp_path):
     assert len(log) == 24 and seen["step"] == 24
     first, last = sum(log[:5]) / 5, sum(log[-5:]) / 5
     assert last < first - 1.0, log
-    final = build_model(tiny_config(corpus, tmp_path, f"model.init={res['checkpoint']}/model").model)[0]
+    final = build_model(tiny_config(corpus, tmp_path, f"model.path={res['checkpoint']}/model").model)[0]
     for n, p in final.named_parameters():
         changed = not torch.equal(p.detach(), init[n])
         assert changed == ("visual" not in n), n  # vision tower + merger frozen (default), everything else trained
@@ -55,7 +55,7 @@ def test_every_trainable_parameter_changes_frozen_ones_do_not(corpus, tmp_path):
     model0 = build_model(cfg.model)[0]
     init = {n: p.detach().clone() for n, p in model0.named_parameters()}
     res = train(cfg)
-    final = build_model(tiny_config(corpus, tmp_path, f"model.init={res['checkpoint']}/model").model)[0]
+    final = build_model(tiny_config(corpus, tmp_path, f"model.path={res['checkpoint']}/model").model)[0]
     trainable_seen = 0
     for n, p in final.named_parameters():
         frozen = "visual" in n and "merger" not in n
@@ -104,14 +104,14 @@ def test_micro_batch_times_accumulation_invariance(corpus, tmp_path):
 @pytest.mark.parametrize("overrides", [
     ("latent.mode=teacher_forced",),
     ("latent.grad=detach", "engine.gradient_checkpointing=true"),
-    ("latent.k=0",),  # vanilla SFT variant
+    ("latent.k_latent=0",),  # vanilla SFT variant
     ("latent.roi_target=full_image", "latent.roi_loss=cosine"),  # w/o ROI-SFT variant
 ])
 def test_latent_modes_and_variants_train(corpus, tmp_path, overrides):
     res = train(tiny_config(corpus, tmp_path, "run.max_steps=2", "run.save_every=0", *overrides))
     m = res["metrics"]
     assert res["steps"] == 2 and m["grad_norm"] > 0 and torch.isfinite(torch.tensor(m["loss"]))
-    if "latent.k=0" in overrides:
+    if "latent.k_latent=0" in overrides:
         assert m["roi_rows"] == 0 and m["roi"] == 0
     if "latent.roi_target=full_image" in overrides:
         assert m["roi_rows"] == 4  # every row gets the full-image target
@@ -119,6 +119,7 @@ def test_latent_modes_and_variants_train(corpus, tmp_path, overrides):
 
 def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
     from medlvr.pipelines.cli import main
+    from medlvr.training.checkpoints import read_latent_info
     from medlvr.training.model import load_checkpoint
 
     out = tmp_path / "run"
@@ -132,6 +133,7 @@ def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
     state = json.loads((ck / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["extra_state"]["data_position"]["index"] == 8
     assert (out / "metrics.jsonl").is_file() and any((out / "tb").iterdir())
+    assert read_latent_info(ck / "model") == {"k_latent": 4, "latent": True}  # K saved with the weights
     model, proc, ids = load_checkpoint(ck / "model")
     assert ids.start == proc.tokenizer.convert_tokens_to_ids("<Medlvr_Start>")
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(ck)

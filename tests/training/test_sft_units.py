@@ -11,8 +11,9 @@ import torch  # noqa: E402
 
 from medlvr.training.engine import EngineConfig, deepspeed_config, lr_lambda  # noqa: E402
 from medlvr.training.roi_targets import token_grid  # noqa: E402
-from medlvr.training.sft.collate import FULL_IMAGE, collate, roi_boxes, set_pixel_budget  # noqa: E402
-from medlvr.training.sft.config import load_config  # noqa: E402
+from medlvr.training.model import set_pixel_budget  # noqa: E402
+from medlvr.training.sft.collate import FULL_IMAGE, collate, roi_boxes  # noqa: E402
+from medlvr.training.sft.config import load_sft_config as load_config  # noqa: E402
 from medlvr.training.sft.data import DataPosition, ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_rows, roi_loss_sum, sft_loss  # noqa: E402
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
@@ -96,8 +97,8 @@ def test_roi_box_variants():
 # ------------------------------------------------------------------------------------------------ config
 def test_config_loading_and_validation(tmp_path):
     cfg = load_config(TINY_CONFIG, ["data.corpus=/x", "engine.lr=2e-4", "data.question_types=[grounding]"])
-    assert cfg.engine.lr == 2e-4 and cfg.data.question_types == ("grounding",) and cfg.latent.k == 4
-    with pytest.raises(ValueError, match="unknown keys"):
+    assert cfg.engine.lr == 2e-4 and cfg.data.question_types == ("grounding",) and cfg.latent.k_latent == 4
+    with pytest.raises(ValueError, match="unknown config key latent.kk"):
         load_config(TINY_CONFIG, ["data.corpus=/x", "latent.kk=3"])
     with pytest.raises(ValueError, match="bptt"):
         load_config(TINY_CONFIG, ["data.corpus=/x", "engine.gradient_checkpointing=true"])
@@ -106,7 +107,7 @@ def test_config_loading_and_validation(tmp_path):
     with pytest.raises(ValueError, match="corpus"):
         load_config(TINY_CONFIG)
     big = load_config(TINY_CONFIG.parent / "sft_qwen25vl_7b.yaml")
-    assert big.engine.backend == "deepspeed" and big.latent.k == 8 and big.engine.precision == "bf16"
+    assert big.engine.backend == "deepspeed" and big.latent.k_latent == 8 and big.engine.precision == "bf16"
 
 
 def test_deepspeed_config_generated():
@@ -166,3 +167,12 @@ def test_collate_layout_labels_and_budget(tiny, corpus):
     assert v.label_mask.sum() == v.gen_mask.sum() and not (v.sequences == ids.start).any() and v.n_roi == 0
     set_pixel_budget(proc, tiny_default := 56 * 56, 28 * 28 * 1280)  # leave the shared processor as it was
     assert ip.size["shortest_edge"] == tiny_default
+
+
+def test_cli_config_error_is_one_line_and_exit_2(capsys):
+    from medlvr.pipelines.cli import main
+
+    for cmd in ("train-sft", "train-vlpo"):
+        config = TINY_CONFIG if cmd == "train-sft" else TINY_CONFIG.parent / "vlpo_tiny.yaml"
+        assert main([cmd, "--config", str(config), "--set", "engine.lrr=1"]) == 2
+        assert capsys.readouterr().err == "medlvr: error: unknown config key engine.lrr (did you mean engine.lr?)\n"

@@ -4,22 +4,27 @@ from pathlib import Path
 
 import pytest
 
-from medlvr.training.vlpo.config import config_from_dict, load_config
+from medlvr.corpus.config import apply_overrides, build_config, load_config
+from medlvr.training.vlpo.config import VLPORunConfig
 from medlvr.training.vlpo.data import PromptSampler, prompt_text, synthetic_samples
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_load():
-    tiny = load_config(REPO / "configs" / "vlpo_tiny.yaml")
-    assert tiny.model.tiny and tiny.algo.variant == "vlpo"
-    big = load_config(REPO / "configs" / "vlpo_qwen25vl_7b.yaml", ["model.path=/x", "data.root=/y"])
+    tiny = load_config(VLPORunConfig, REPO / "configs" / "vlpo_tiny.yaml")
+    assert tiny.model.path == "tiny" and tiny.algo.variant == "vlpo"
+    big = load_config(VLPORunConfig, REPO / "configs" / "vlpo_qwen25vl_7b.yaml", ["model.path=/x", "data.root=/y"])
     assert big.rollout.num_generations == 8 and big.rollout.temperature == 0.9 and big.engine.backend == "deepspeed"
     assert big.algo.beta == 0.04 and big.algo.clip_eps == 0.2 and big.engine.lr == 1e-6
 
 
+def config_from_dict(data, overrides=()):
+    return build_config(VLPORunConfig, apply_overrides(data, overrides))
+
+
 def test_variants_and_validation():
-    base = {"model": {"tiny": True}}
+    base = {"model": {"path": "tiny"}, "rollout": {"k_latent": 8}}
     g = config_from_dict(base, ["algo.variant=grpo"])
     assert g.k_latent == 0 and g.lambda_lat == 0.0
     m = config_from_dict(base, ["algo.variant=medlvr_grpo"])

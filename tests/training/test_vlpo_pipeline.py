@@ -5,7 +5,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from medlvr.pipelines.training.vlpo_assets import ROI_SFT_CHECKPOINT, VlpoConfig, trainer_command, vlpo_checkpoint
+from medlvr.pipelines.training.vlpo_assets import (ROI_SFT_CHECKPOINT, VlpoConfig, trainer_command,
+                                                   trainer_overrides, vlpo_checkpoint)
 
 
 def test_asset_definition():
@@ -13,8 +14,10 @@ def test_asset_definition():
     assert spec.key == dg.AssetKey("vlpo_checkpoint")
     assert ROI_SFT_CHECKPOINT in spec.dependency_keys
     assert spec.op.pool == "gpu"
-    cmd = trainer_command(VlpoConfig(launcher="torchrun", nproc_per_node=2), "/ck/model", "/out")
+    cfg = VlpoConfig(launcher="torchrun", nproc_per_node=2, overrides=["run.out_dir=/out"])
+    cmd = trainer_command(cfg, trainer_overrides(cfg, "/ck/model"))
     assert "torch.distributed.run" in cmd and "model.path=/ck/model" in cmd and "engine.backend=deepspeed" in cmd
+    assert cmd.index("run.out_dir=/out") > cmd.index("model.path=/ck/model")  # the user's overrides come last
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +26,13 @@ def tiny_ckpt(tmp_path_factory):
     from medlvr.training.tiny import build_tiny
 
     b = build_tiny(seed=0)
-    return save_checkpoint(b.model, b.processor, tmp_path_factory.mktemp("sft") / "model")
+    return save_checkpoint(b.model, b.processor, tmp_path_factory.mktemp("sft") / "model", k_latent=2)
 
 
 @pytest.mark.slow
 def test_materialize_through_pipes(tmp_path, tiny_ckpt):
-    cfg = VlpoConfig(model_path=str(tiny_ckpt), out_dir=str(tmp_path / "run"),
-                     overrides=["train.steps=1", "algo.beta=0.0"])
+    cfg = VlpoConfig(overrides=[f"model.path={tiny_ckpt}", f"run.out_dir={tmp_path / 'run'}", "run.max_steps=1",
+                                "algo.beta=0.0", "rollout.k_latent=null"])  # K from the checkpoint
     res = dg.materialize([vlpo_checkpoint], resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
                          run_config=dg.RunConfig(ops={"vlpo_checkpoint": cfg}),
                          instance=dg.DagsterInstance.ephemeral())
@@ -43,7 +46,8 @@ def test_materialize_through_pipes(tmp_path, tiny_ckpt):
 def test_asset_fails_without_upstream(tmp_path):
     with pytest.raises(dg.Failure, match="ROI-SFT"):
         dg.materialize([vlpo_checkpoint], resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
-                       run_config=dg.RunConfig(ops={"vlpo_checkpoint": VlpoConfig(out_dir=str(tmp_path))}),
+                       run_config=dg.RunConfig(ops={"vlpo_checkpoint": VlpoConfig(
+                           overrides=[f"run.out_dir={tmp_path}"])}),
                        instance=dg.DagsterInstance.ephemeral())
 
 
@@ -51,6 +55,6 @@ def test_cli_train_vlpo(tmp_path, tiny_ckpt):
     from medlvr.pipelines.cli import main
 
     rc = main(["train-vlpo", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "vlpo_tiny.yaml"), "--set", f"model.path={tiny_ckpt}",
-               "--set", f"train.output_dir={tmp_path}", "--set", "train.steps=1", "--set", "train.progress=false"])
+               "--set", f"run.out_dir={tmp_path}", "--set", "run.max_steps=1", "--set", "run.progress=false"])
     assert rc == 0 and (tmp_path / "final" / "model" / "config.json").is_file()
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.checkpoints import read_latent_info
 from medlvr.training.model import save_checkpoint
 from medlvr.training.replay import replay
 from medlvr.training.tiny import build_tiny
 from medlvr.training.vlpo.algos import LossConfig, latent_log_ratio, vlpo_loss
-from medlvr.training.vlpo.config import config_from_dict
+from medlvr.corpus.config import build_config
+from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent
 from medlvr.training.vlpo.core import (collect, decode_config, global_denominators, loss_config, microbatch_loss,
                                 vision_token_ids)
 from medlvr.training.vlpo.data import build_prompt_batch, synthetic_samples
@@ -135,13 +137,13 @@ def _cfg(tmp, ckpt, **over):
         "rollout": {"num_generations": 8, "max_new_tokens": K + 4, "k_latent": K, "noise_scale": 0.05},
         "algo": {"variant": "vlpo", "beta": 0.04},
         "engine": {"device": "cpu", "lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant"},
-        "train": {"output_dir": str(tmp), "steps": 4, "prompts_per_step": 3, "micro_batch": 12, "save_every": 2,
-                  "threads": 1, "tensorboard": False, "progress": False},
+        "run": {"out_dir": str(tmp), "max_steps": 4, "prompts_per_step": 3, "micro_batch_size": 12, "save_every": 2,
+                "threads": 1, "tensorboard": False, "progress": False},
     }
     for k, v in over.items():
         sec, key = k.split("__")
         d[sec][key] = v
-    return config_from_dict(d)
+    return build_config(VLPORunConfig, d)
 
 
 def _mean_accuracy(model, processor, ids, samples, G=16, seed=123):
@@ -163,7 +165,7 @@ def test_short_run_raises_mean_reward(tmp_path, sft_ckpt):
     model, proc, ids = load_checkpoint(sft_ckpt)
     prompts = synthetic_samples(3, tmp_path / "eval_img", seed=0, templates=[0])
     before = _mean_accuracy(model, proc, ids, prompts)
-    cfg = _cfg(tmp_path, sft_ckpt, train__steps=10, train__save_every=0, data__synthetic_templates=(0,))
+    cfg = _cfg(tmp_path, sft_ckpt, run__max_steps=10, run__save_every=0, data__synthetic_templates=(0,))
     res = train_vlpo(cfg)
     after_model, _, _ = load_checkpoint(res["final_dir"])
     after = _mean_accuracy(after_model, proc, ids, prompts)
@@ -211,7 +213,7 @@ def test_frozen_unchanged_trainable_changed(tmp_path, sft_ckpt):
 
 def test_resume_is_exact(tmp_path, sft_ckpt):
     full = train_vlpo(_cfg(tmp_path / "full", sft_ckpt))
-    part = train_vlpo(_cfg(tmp_path / "part", sft_ckpt, train__stop_after=2))
+    part = train_vlpo(_cfg(tmp_path / "part", sft_ckpt, run__stop_after=2))
     assert part["steps"] == 2 and part["final_dir"] is None
     rest = train_vlpo(_cfg(tmp_path / "part", sft_ckpt))  # resumes from step 2
     assert rest["steps"] == 4 and [h["step"] for h in rest["metrics"]] == [3, 4]
@@ -225,11 +227,25 @@ def test_resume_is_exact(tmp_path, sft_ckpt):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert read_latent_info(rest["final_dir"]) == {"k_latent": K, "latent": True}  # K travels with the policy
+
+
+def test_k_latent_comes_from_the_starting_checkpoint(tmp_path):
+    b = build_tiny(seed=0)
+    ck = save_checkpoint(b.model, b.processor, tmp_path / "model", k_latent=3)
+    cfg = resolve_k_latent(_cfg(tmp_path, ck, rollout__k_latent=None))
+    assert cfg.rollout.k_latent == 3 and cfg.k_latent == 3
+    assert resolve_k_latent(_cfg(tmp_path, ck, rollout__k_latent=5)).k_latent == 5  # an explicit value wins
+    with pytest.raises(ValueError, match="rollout.k_latent is required with model.path: tiny"):
+        resolve_k_latent(_cfg(tmp_path, "tiny", rollout__k_latent=None))
+    plain = save_checkpoint(b.model, b.processor, tmp_path / "plain")  # no K recorded
+    with pytest.raises(ValueError, match="records no K"):
+        resolve_k_latent(_cfg(tmp_path, plain, rollout__k_latent=None))
 
 
 @pytest.mark.parametrize("variant", ["grpo", "medlvr_grpo"])
 def test_variants_run(tmp_path, sft_ckpt, variant):
-    res = train_vlpo(_cfg(tmp_path, sft_ckpt, algo__variant=variant, train__steps=1, algo__beta=0.0))
+    res = train_vlpo(_cfg(tmp_path, sft_ckpt, algo__variant=variant, run__max_steps=1, algo__beta=0.0))
     m = res["metrics"][0]
     if variant == "grpo":  # no latent segment: no control tokens, no latent term
         assert m["format_rate"] == 0.0 and m["latent_loss"] == 0.0 and m["response_length"] <= K + 4

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from medlvr.corpus.qa.export import render_qwen
-from medlvr.training.model import LatentTokenIds
+from medlvr.training.model import LatentTokenIds, set_pixel_budget
 
 _PLACEHOLDER = re.compile(r"\{box(\d+)\}")
 FULL_IMAGE = "full_image"  # sentinel in SFTBatch.roi_boxes: full-image target
@@ -56,14 +56,6 @@ def roi_boxes(row: dict, roi_target: str = "box", no_box: str = "none"):
     if boxes:
         return boxes
     return FULL_IMAGE if no_box == "full_image" else None
-
-
-def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
-    """Make the processor resize every image into [min_pixels, max_pixels] (what `token_grid` reads as well)."""
-    ip = processor.image_processor
-    size = dict(ip.size) if not hasattr(ip.size, "items") else {k: v for k, v in ip.size.items() if v is not None}
-    size.update(shortest_edge=min_pixels, longest_edge=max_pixels)
-    ip.size = type(ip.size)(**size)
 
 
 @dataclass

@@ -1,22 +1,25 @@
-"""ROI-SFT run configuration: frozen dataclasses, filled from YAML plus `key.sub=value` overrides (one merge point).
+"""ROI-SFT run configuration: frozen dataclasses, filled from YAML plus dotted `--set` overrides by the project's one
+loader (`medlvr.corpus.config.load_config`: unknown keys are errors, `Path` fields resolve against the working
+directory).
 
-Sections: `model`, `data`, `latent`, `engine` (`medlvr.training.engine.EngineConfig`), `run`. Unknown keys are errors.
+Sections: `model`, `data`, `latent`, `engine` (`medlvr.training.engine.EngineConfig`), `run`. `model` and `run` are
+spelled as in the VLPO config (`model.path: tiny` + `model.tiny_seed`; `run.out_dir`, `run.max_steps`,
+`run.micro_batch_size`, `run.keep_last`, `run.resume`).
 The paper's Table-4 variants are config only (method.md §5):
 
-    vanilla SFT            latent.k: 0                         (no control tokens, no ROI loss)
+    vanilla SFT            latent.k_latent: 0                  (no control tokens, no ROI loss)
     w/o ROI-SFT            latent.roi_target: full_image       (every target: mean of all visual tokens)
     MedLVR (ROI-SFT)       latent.roi_target: box              (default)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from medlvr.corpus.config import config_to_dict, load_config
+from medlvr.training.checkpoints import resolve_model_path
 from medlvr.training.engine import EngineConfig
 
 LATENT_MODES = ("self_fed", "teacher_forced")
@@ -28,15 +31,18 @@ ROI_LOSSES = ("mse", "cosine")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    init: str = "tiny"  # "tiny" (offline random model, training.tiny) or a LOCAL checkpoint directory
-    tiny_seed: int = 0
+    path: str = "tiny"  # "tiny" (offline random model, training.tiny) or a LOCAL checkpoint directory
+    tiny_seed: int = 0  # seed of the tiny model (path: tiny)
     dtype: str = "float32"  # float32 | bfloat16 (weights as loaded)
     attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", resolve_model_path(self.path))
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus: str = ""  # corpus folder (with shards/) or the shards folder itself
+    corpus: Path | None = None  # corpus folder (with shards/) or the shards folder itself (required)
     split: str = "train"
     min_pixels: int = 56 * 56  # processor budget; also used to render boxes in the text (render_qwen)
     max_pixels: int = 28 * 28 * 1280
@@ -48,7 +54,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LatentConfig:
-    k: int = 8  # latent slots; 0 = vanilla SFT (no control tokens)
+    k_latent: int = 8  # K, latent slots; 0 = vanilla SFT (no control tokens); saved with every checkpoint
     mode: str = "self_fed"  # self_fed (K+2 passes / no-grad latents + one pass) | teacher_forced (targets as inputs)
     grad: str = "bptt"  # self_fed only: bptt (gradient through the latent chain) | detach
     roi_target: str = "box"  # box | full_image (the "w/o ROI-SFT" ablation) | off (no ROI loss)
@@ -59,14 +65,14 @@ class LatentConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    out_dir: str = "runs/sft"
+    out_dir: Path = Path("runs/sft")
     micro_batch_size: int = 1  # per rank
     max_steps: int = 0  # optimizer steps; 0: from epochs
     epochs: float = 1.0
     save_every: int = 0  # optimizer steps; 0: only at the end
-    keep_last: int = 2  # checkpoints kept (the final one is always kept)
+    keep_last: int = 2  # newest checkpoints kept in out_dir/checkpoints (0: keep all)
     log_every: int = 1
-    resume: str = ""  # "" | auto (latest in out_dir/checkpoints) | a checkpoint directory
+    resume: str = ""  # "" (start fresh) | auto (newest in out_dir/checkpoints, if any) | a checkpoint directory
     tensorboard: bool = True
     progress: bool = True
     peak_flops: float = 0.0  # override the device's peak bf16 FLOP/s for MFU
@@ -83,10 +89,10 @@ class SFTConfig:
 
     def __post_init__(self):
         lt = self.latent
-        if lt.k < 0 or lt.mode not in LATENT_MODES or lt.grad not in LATENT_GRADS or lt.roi_target not in ROI_TARGETS \
+        if lt.k_latent < 0 or lt.mode not in LATENT_MODES or lt.grad not in LATENT_GRADS or lt.roi_target not in ROI_TARGETS \
                 or lt.no_box not in NO_BOX or lt.roi_loss not in ROI_LOSSES or lt.roi_weight < 0:
             raise ValueError(f"invalid latent config: {lt}")
-        if lt.k > 0 and lt.mode == "self_fed" and lt.grad == "bptt" and self.engine.gradient_checkpointing:
+        if lt.k_latent > 0 and lt.mode == "self_fed" and lt.grad == "bptt" and self.engine.gradient_checkpointing:
             # HF drops the KV cache inside checkpointed layers (modeling_layers.py), which breaks the K+2 passes
             raise ValueError("latent.grad=bptt needs the KV cache with gradients: use engine.gradient_checkpointing="
                              "false, or latent.grad=detach (identical forward, GC-compatible)")
@@ -96,50 +102,10 @@ class SFTConfig:
             raise ValueError("run.micro_batch_size must be >= 1")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_to_dict(self)
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(names)})")
-    kw = {}
-    for k, v in data.items():
-        t = hints[k]
-        if dataclasses.is_dataclass(t):
-            kw[k] = _build(t, v or {}, f"{where}.{k}")
-        elif typing.get_origin(t) is tuple:
-            kw[k] = tuple(v)
-        elif t is float and isinstance(v, (int, str)) and not isinstance(v, bool):
-            kw[k] = float(v)  # YAML 1.1 reads "1e-5" (no dot) as a string
-        elif t in (int, bool, str) and not (type(v) is t):
-            raise ValueError(f"{where}.{k}: expected {t.__name__}, got {v!r}")
-        else:
-            kw[k] = v
-    return cls(**kw)
+def load_sft_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SFTConfig:
+    """YAML file (optional) + dotted overrides like `engine.lr=1e-5` -> SFTConfig (`medlvr.corpus.config`)."""
+    return load_config(SFTConfig, path, overrides)
 
-
-def _set(d: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[last] = value
-
-
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> SFTConfig:
-    """YAML file (optional) + overrides like `engine.lr=1e-5` (values parsed as YAML) -> SFTConfig."""
-    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
-    for item in overrides:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise ValueError(f"override must be key.sub=value, got {item!r}")
-        _set(data, key.strip(), yaml.safe_load(val))
-    return _build(SFTConfig, data, "config")
-
-
-def from_dict(data: dict) -> SFTConfig:
-    return _build(SFTConfig, data, "config")

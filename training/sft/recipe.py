@@ -9,61 +9,38 @@ One optimizer step = `engine.grad_accum` micro-batches of `run.micro_batch_size`
 micro-batch is `nll_sum / (N_label / W) + lambda * roi_sum / (N_roi / W)` with N_label / N_roi counted over the
 whole global batch (all micro-batches, all W ranks), so rank averaging gives the exact global means (Eq. 4 with
 separate normalisers). Under Dagster Pipes (DAGSTER_PIPES_CONTEXT set) only RANK 0 opens the Pipes connection,
-streams a log line every `run.log_every` steps and reports the final metrics and the checkpoint path.
+streams a log line every `run.log_every` steps and reports the final metrics and the checkpoint path
+(`medlvr.training.pipes`). Checkpoints: `run.out_dir/checkpoints/step-XXXXXXX/` (`medlvr.training.checkpoints`),
+with K saved next to the weights.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from medlvr.corpus.config import add_config_arguments
+from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
+from medlvr.training.loading import load_model_or_tiny
 from medlvr.training.metrics import MetricsLogger, decoder_params, peak_flops, train_flops
-from medlvr.training.sft.collate import collate, set_pixel_budget
-from medlvr.training.sft.config import ModelConfig, SFTConfig, load_config
+from medlvr.training.model import set_pixel_budget
+from medlvr.training.pipes import format_step, open_pipes, report_failure, scalar_metrics
+from medlvr.training.sft.collate import collate
+from medlvr.training.sft.config import ModelConfig, SFTConfig, load_sft_config
 from medlvr.training.sft.data import DataPosition, ShardStream, shard_files
 from medlvr.training.sft.forward import sft_forward
 from medlvr.training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_sum, sft_loss
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 def build_model(mc: ModelConfig):
     """(model, processor, LatentTokenIds) from the config: the offline tiny model or a LOCAL checkpoint."""
-    if mc.init == "tiny":
-        from medlvr.training.tiny import build_tiny
-
-        b = build_tiny(seed=mc.tiny_seed, attn_implementation=mc.attn_implementation, dtype=DTYPES[mc.dtype])
-        return b.model, b.processor, b.ids
-    from medlvr.training.model import load_checkpoint
-
-    return load_checkpoint(mc.init, dtype=DTYPES[mc.dtype], attn_implementation=mc.attn_implementation)
-
-
-def checkpoints(out_dir: Path) -> list[Path]:
-    """Complete checkpoints (a `.tmp` folder is an interrupted save), oldest first."""
-    d = out_dir / "checkpoints"
-    found = [p for p in d.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
-             and (p / "trainer_state.json").is_file()] if d.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def resolve_resume(cfg: SFTConfig) -> Path | None:
-    if not cfg.run.resume:
-        return None
-    if cfg.run.resume == "auto":
-        found = checkpoints(Path(cfg.run.out_dir))
-        return found[-1] if found else None
-    return Path(cfg.run.resume)
+    return load_model_or_tiny(mc.path, mc.tiny_seed, mc.dtype, mc.attn_implementation)
 
 
 def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
@@ -78,7 +55,6 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
     seed_everything(ec.seed)
     out_dir = Path(run.out_dir)
     model, processor, ids = build_model(cfg.model)
-    processor.tokenizer.padding_side = "left"
     set_pixel_budget(processor, cfg.data.min_pixels, cfg.data.max_pixels)
 
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -88,7 +64,7 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
     steps = run.max_steps or max(1, math.ceil(run.epochs * stream.rows_per_epoch / rows_per_step))
     eng = Engine(model, ec, total_steps=steps, micro_batch_size=run.micro_batch_size)
     stream.rank, stream.world = eng.rank, eng.world_size
-    resume_dir = resolve_resume(cfg)
+    resume_dir = resolve_resume(out_dir, run.resume)
     if resume_dir is not None:
         extra = eng.resume(resume_dir)
         stream.position = DataPosition(**extra["data_position"])
@@ -107,7 +83,7 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
     try:
         while eng.global_step < steps:
             t0 = time.perf_counter()
-            batches = [collate(stream.next_rows(run.micro_batch_size), processor, ids, lt.k,
+            batches = [collate(stream.next_rows(run.micro_batch_size), processor, ids, lt.k_latent,
                                min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
                                roi_target=lt.roi_target, no_box=lt.no_box, max_answer_tokens=cfg.data.max_answer_tokens)
                        for _ in range(ec.grad_accum)]
@@ -119,20 +95,20 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
                     out = sft_forward(eng.model, b, ids, processor.image_processor, mode=lt.mode, grad=lt.grad,
                                       vision_grad=vision_grad)
                     nll = answer_nll_sum(out.token_logprobs, b.label_mask.to(eng.device))
-                    roi = roi_loss_sum(out.h, out.targets, b.roi_mask, lt.roi_loss) if lt.k > 0 else nll * 0
+                    roi = roi_loss_sum(out.h, out.targets, b.roi_mask, lt.roi_loss) if lt.k_latent > 0 else nll * 0
                     loss = sft_loss(nll, n_label / W, roi, n_roi / W, lt.roi_weight)
                 eng.backward(loss)
                 res = eng.step()
                 sums["nll"] += float(nll.detach())
                 sums["roi"] += float(roi.detach())
-                if lt.k > 0:
+                if lt.k_latent > 0:
                     sums["cos"] += float(latent_cosine_sum(out.h.detach(), out.targets, b.roi_mask))
                 sums["tokens"] += b.n_tokens
                 sums["seq"] += b.prompts["input_ids"].shape[1] + b.sequences.shape[1]
                 sums["rows"] += len(b.roi_boxes)
                 sums["patches"] += out.patch_tokens
-                if lt.k > 0 and lt.mode == "self_fed" and lt.grad == "detach":
-                    sums["extra"] += int(b.prompts["attention_mask"].sum()) + lt.k * len(b.roi_boxes)
+                if lt.k_latent > 0 and lt.mode == "self_fed" and lt.grad == "detach":
+                    sums["extra"] += int(b.prompts["attention_mask"].sum()) + lt.k_latent * len(b.roi_boxes)
             if eng.device.type == "cuda":
                 torch.cuda.synchronize(eng.device)
             dt = time.perf_counter() - t0
@@ -163,22 +139,11 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
 
 
 def save(eng: Engine, out_dir: Path, step: int, stream: ShardStream, processor, cfg: SFTConfig, metrics) -> Path:
-    path = eng.save(out_dir / "checkpoints" / f"step-{step:07d}",
-                    {"data_position": stream.position.to_dict(), "metrics": metrics},
-                    processor=processor, config=cfg.to_dict())
-    if eng.is_main and cfg.run.keep_last > 0:
-        for old in checkpoints(out_dir)[:-cfg.run.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    path = eng.save(checkpoint_dir(out_dir, step), {"data_position": stream.position.to_dict(), "metrics": metrics},
+                    processor=processor, config=cfg.to_dict(), k_latent=cfg.latent.k_latent)
+    if eng.is_main:
+        prune_checkpoints(out_dir, cfg.run.keep_last)
     return path
-
-
-def _pipes():
-    """The Dagster Pipes context on rank 0 when launched by Dagster; a null context otherwise."""
-    if int(os.environ.get("RANK", 0)) != 0 or "DAGSTER_PIPES_CONTEXT" not in os.environ:
-        return contextlib.nullcontext(None)
-    from dagster_pipes import open_dagster_pipes
-
-    return open_dagster_pipes()
 
 
 def main(argv=None) -> int:
@@ -187,39 +152,26 @@ def main(argv=None) -> int:
     return run_from_args(p.parse_args(argv))
 
 
-def _report_error(pipes, args, exc: BaseException) -> None:
-    """Rank 0: the traceback to Dagster (a Pipes error log line) and to `<out_dir>/trainer_error.txt`."""
-    import traceback
-
-    text = "".join(traceback.format_exception(exc))
-    if pipes is not None:
-        pipes.log.error(f"trainer failed: {type(exc).__name__}: {exc}\n{text}")
-    out = next((o.partition("=")[2] for o in reversed(args.overrides) if o.startswith("run.out_dir=")), None)
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "trainer_error.txt").write_text(text)
-
-
 def run_from_args(args) -> int:
-    with _pipes() as pipes:
+    """`--config` + `--set` -> train, with Pipes reporting when launched by Dagster. A `ConfigError` is raised as
+    is (the root CLI prints it as one line and exits 2)."""
+    cfg = load_sft_config(args.config, args.overrides)
+    with open_pipes() as pipes:
         try:
-            return _run(args, pipes)
+            return _run(cfg, pipes)
         except Exception as exc:
-            if int(os.environ.get("RANK", 0)) == 0:
-                _report_error(pipes, args, exc)
+            report_failure(pipes, exc, cfg.run.out_dir)
             raise
 
 
-def _run(args, pipes) -> int:
-    cfg = load_config(args.config, args.overrides)
+def _run(cfg: SFTConfig, pipes) -> int:
     on_log = None
     if pipes is not None:
         def on_log(step, m):
-            pipes.log.info(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()
-                                                       if isinstance(v, (int, float))))
+            pipes.log.info(format_step(step, m))
     result = train(cfg, on_log=on_log)
     if pipes is not None:
-        meta = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+        meta = scalar_metrics(result["metrics"])
         meta.update(checkpoint=result["checkpoint"], steps=result["steps"],
                     metrics_jsonl=str(Path(result["out_dir"]) / "metrics.jsonl"))
         pipes.report_asset_materialization(metadata=meta)

@@ -1,9 +1,14 @@
-"""VLPO run configuration: frozen dataclasses, loaded from YAML (`configs/vlpo_*.yaml`) with dotted overrides.
+"""VLPO run configuration: frozen dataclasses, loaded from YAML (`configs/vlpo_*.yaml`) plus dotted overrides by the
+project's one loader (`medlvr.corpus.config.load_config`: unknown keys are errors, `Path` fields resolve against
+the working directory).
 
-    cfg = load_config("configs/vlpo_tiny.yaml", overrides=["algo.beta=0.0", "train.steps=2"])
+    cfg = load_config(VLPORunConfig, "configs/vlpo_tiny.yaml", ["algo.beta=0.0", "run.max_steps=2"])
 
-Sections: model, data, rollout, algo, engine (the shared `medlvr.training.engine.EngineConfig`), train. Unknown keys are errors (a typo must not silently fall
-back to a default). Variants (method.md §5) are chosen by `algo.variant`:
+Sections: model, data, rollout, algo, engine (the shared `medlvr.training.engine.EngineConfig` with stage-2
+defaults), run. `model` and `run` are spelled as in the ROI-SFT config (`model.path: tiny` + `model.tiny_seed`;
+`run.out_dir`, `run.max_steps`, `run.micro_batch_size`, `run.keep_last`, `run.resume`); the seed is `engine.seed`.
+K is `rollout.k_latent`; left unset it is read from the starting checkpoint (`resolve_k_latent`).
+Variants (method.md §5) are chosen by `algo.variant`:
 
 | variant       | latent segment (rollout.k_latent) | loss                                      |
 | ------------- | --------------------------------- | ----------------------------------------- |
@@ -21,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medlvr.corpus.config import ConfigError, config_to_dict
+from medlvr.corpus.prompts import MC_INSTRUCTION
+from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 from medlvr.training.engine import EngineConfig
 
 VARIANTS = ("grpo", "medlvr_grpo", "vlpo")
@@ -30,21 +36,26 @@ VARIANTS = ("grpo", "medlvr_grpo", "vlpo")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str | None = None  # ROI-SFT checkpoint directory (local); None with tiny=True
-    tiny: bool = False  # build the offline tiny Qwen2.5-VL instead (tests, demo, benchmarks)
-    tiny_seed: int = 0
-    ref_path: str | None = None  # reference model; None = the starting checkpoint (`path`, or the tiny model)
-    ref_offload: bool = False  # keep the reference on CPU between its forwards
+    path: str = ""  # required: the ROI-SFT checkpoint directory (local), or "tiny" (offline tiny model)
+    tiny_seed: int = 0  # seed of the tiny model (path: tiny)
+    dtype: str = "float32"  # float32 | bfloat16 (weights as loaded)
     attn_implementation: str = "sdpa"
-    min_pixels: int | None = None  # processor pixel budget (None: processor default); paper default 256*28*28
-    max_pixels: int | None = None  # paper default 1280*28*28
+    ref_path: str | None = None  # reference model; None = the starting model (`path`, also when it is tiny)
+    ref_offload: bool = False  # keep the reference on CPU between its forwards
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("model.path is required: the ROI-SFT checkpoint directory, or `tiny`")
+        object.__setattr__(self, "path", resolve_model_path(self.path))
+        if self.ref_path is not None:
+            object.__setattr__(self, "ref_path", resolve_model_path(self.ref_path))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "omnimedvqa"  # omnimedvqa | synthetic
-    root: str | None = None  # OmniMedVQA root (QA_information/, Images/)
-    splits_dir: str | None = None  # Med-R1 Splits/modality (optional; overrides the seeded split)
+    root: Path | None = None  # OmniMedVQA root (QA_information/, Images/)
+    splits_dir: Path | None = None  # Med-R1 Splits/modality (optional; overrides the seeded split)
     split: str = "train"
     split_seed: int = 0
     test_fraction: float = 0.2
@@ -52,7 +63,9 @@ class DataConfig:
     limit: int | None = None
     synthetic_size: int = 16  # source=synthetic: number of prompts
     synthetic_templates: tuple[int, ...] | None = None  # subset of data.SYNTHETIC_TEMPLATES (None: all)
-    instruction: str = "Answer with the option's letter from the given choices directly."
+    instruction: str = MC_INSTRUCTION
+    min_pixels: int | None = None  # processor pixel budget (None: the processor's); paper default 256*28*28
+    max_pixels: int | None = None  # paper default 1280*28*28
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class RolloutConfig:
     temperature: float = 0.9
     top_p: float = 1.0
     max_new_tokens: int = 512  # counts control tokens and latent slots
-    k_latent: int = 8
+    k_latent: int | None = None  # K; None: the starting checkpoint's (model/medlvr_latent.json)
     force_start: bool = True
     noise: str = "relative"  # none | absolute | relative (method.md §4.1 Beyond; none = the paper)
     noise_scale: float = 0.05
@@ -84,17 +97,25 @@ class AlgoConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    output_dir: str = "runs/vlpo"
-    steps: int = 100
+class VLPOEngineConfig(EngineConfig):
+    """The shared engine config with the stage-2 defaults (a partial `engine:` section keeps them)."""
+
+    lr: float = 1e-6
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.03
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: Path = Path("runs/vlpo")
+    max_steps: int = 100  # training steps (rollout batches)
     prompts_per_step: int = 4  # B prompts -> B * G trajectories per step
-    micro_batch: int = 8  # trajectories per replay forward/backward (gradient accumulation inside a step)
-    seed: int = 0
+    micro_batch_size: int = 8  # trajectories per replay forward/backward (gradient accumulation inside a step)
     save_every: int = 50  # also saved at the end; 0: only at the end
-    keep_checkpoints: int = 2  # newest kept in output_dir/checkpoints (0: keep all)
-    resume: bool = True  # continue from the newest checkpoint in output_dir/checkpoints
+    keep_last: int = 2  # newest checkpoints kept in out_dir/checkpoints (0: keep all)
+    resume: str = "auto"  # "" (start fresh) | auto (newest in out_dir/checkpoints, if any) | a checkpoint directory
     stop_after: int | None = None  # leave after this many optimizer steps in THIS invocation (preemption tests)
-    threads: int | None = None  # torch intra-op threads (CPU)
+    threads: int = 0  # torch intra-op threads on CPU; 0: leave as is
     tensorboard: bool = True
     progress: bool = True
 
@@ -105,16 +126,17 @@ class VLPORunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
-    # optimizer, schedule, precision, back end (single | deepspeed ZeRO-2), freezing: the shared engine's config.
-    # engine.grad_accum is derived (micro-batches per step) and must not be set.
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(lr=1e-6, weight_decay=0.1, warmup_ratio=0.03))
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # optimizer, schedule, precision, back end (single | deepspeed ZeRO-2), freezing, seed: the shared engine's
+    # config. engine.grad_accum is derived (micro-batches per step) and must not be set.
+    engine: VLPOEngineConfig = field(default_factory=VLPOEngineConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
         if self.algo.variant not in VARIANTS:
             raise ValueError(f"algo.variant must be one of {VARIANTS}, got {self.algo.variant!r}")
-        if self.algo.variant != "grpo" and self.rollout.k_latent < 1:
-            raise ValueError(f"variant {self.algo.variant!r} needs rollout.k_latent >= 1")
+        k = self.rollout.k_latent
+        if self.algo.variant != "grpo" and k is not None and k < 1:
+            raise ValueError(f"variant {self.algo.variant!r} needs rollout.k_latent >= 1, got {k}")
         if self.rollout.num_generations < 2:
             raise ValueError("rollout.num_generations must be >= 2 (group-normalised advantages)")
         if self.data.source not in ("omnimedvqa", "synthetic"):
@@ -122,66 +144,38 @@ class VLPORunConfig:
         if not (self.engine.freeze_vision_tower and self.engine.freeze_merger):
             raise ValueError("stage 2 keeps the vision tower and merger frozen (method.md §4.7)")
         if self.engine.grad_accum != 1:
-            raise ValueError("engine.grad_accum is derived from train.micro_batch; leave it at 1")
-        if self.model.path is None and not self.model.tiny:
-            raise ValueError("model.path (the ROI-SFT checkpoint) is required unless model.tiny is true")
+            raise ValueError("engine.grad_accum is derived from run.micro_batch_size; leave it at 1")
+        if self.run.max_steps < 1 or self.run.micro_batch_size < 1:
+            raise ValueError("run.max_steps and run.micro_batch_size must be >= 1")
 
     # effective settings of the variant
     @property
     def k_latent(self) -> int:
-        return 0 if self.algo.variant == "grpo" else self.rollout.k_latent
+        if self.algo.variant == "grpo":
+            return 0
+        if self.rollout.k_latent is None:
+            raise ConfigError("rollout.k_latent is not resolved: call resolve_k_latent(cfg) first")
+        return self.rollout.k_latent
 
     @property
     def lambda_lat(self) -> float:
         return self.algo.lambda_lat if self.algo.variant == "vlpo" else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
 
-def _build(base, data: dict[str, Any], where: str):
-    """`base` (a dataclass instance) with the keys of `data` replaced, nested sections recursively."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(base)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(names)})")
-    kwargs = {}
-    for name, value in data.items():
-        current = getattr(base, name)
-        if dataclasses.is_dataclass(current):
-            kwargs[name] = _build(current, value or {}, f"{where}.{name}")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return dataclasses.replace(base, **kwargs)
-
-
-def _set_dotted(d: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
-
-
-def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> VLPORunConfig:
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
-    for ov in overrides:
-        if "=" not in ov:
-            raise ValueError(f"override {ov!r} must look like section.key=value")
-        key, raw = ov.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    base = VLPORunConfig.__new__(VLPORunConfig)  # defaults without validation; validated once at the end
-    for f in dataclasses.fields(VLPORunConfig):
-        object.__setattr__(base, f.name, f.default_factory())
-    return _build(base, data, "config")
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> VLPORunConfig:
-    """YAML file -> VLPORunConfig (relative paths inside stay relative to the working directory)."""
-    path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
-    cfg = config_from_dict(data, overrides)
-    return cfg
+def resolve_k_latent(cfg: VLPORunConfig) -> VLPORunConfig:
+    """`cfg` with `rollout.k_latent` read from the starting checkpoint when the config leaves it unset."""
+    if cfg.rollout.k_latent is not None or cfg.algo.variant == "grpo":
+        return cfg
+    if cfg.model.path == TINY:
+        raise ConfigError("rollout.k_latent is required with model.path: tiny (no checkpoint to read K from)")
+    info = read_latent_info(cfg.model.path)
+    if info is None:
+        raise ConfigError(f"rollout.k_latent is not set and {cfg.model.path} records no K (medlvr_latent.json): "
+                          "set rollout.k_latent")
+    try:
+        return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, k_latent=info["k_latent"]))
+    except ValueError as e:
+        raise ConfigError(f"{cfg.model.path}: checkpoint K={info['k_latent']}: {e}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput
-from medlvr.training.model import LatentTokenIds
+from medlvr.training.model import LatentTokenIds, eos_token_ids
 from medlvr.training.replay import replay
 from medlvr.training.vlpo.algos import LossConfig, LossOutput, group_advantages, vlpo_loss
 from medlvr.training.vlpo.data import PromptBatch
@@ -65,11 +65,6 @@ def decode_config(rollout_cfg, k_latent: int, eos_ids: tuple[int, ...] | None = 
     )
 
 
-def eos_ids_of(model) -> tuple[int, ...]:
-    eos = model.generation_config.eos_token_id
-    return () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
-
-
 @torch.no_grad()
 def reference_logprobs(ref_model, batch: PromptBatch, out: LatentDecodeOutput, ids: LatentTokenIds,
                        micro_batch: int, offload: bool = False, device: torch.device | None = None) -> torch.Tensor:
@@ -102,7 +97,7 @@ def collect(policy, ref_model, engine, batch: PromptBatch, ids: LatentTokenIds, 
     with timed(times, "reward"):
         opts = [o for o in batch.options for _ in range(G)]
         gold = [g for g in batch.gold for _ in range(G)]
-        rew = compute_rewards(out.sequences, out.gen_mask, ids, tokenizer, opts, gold, eos_ids=eos_ids_of(policy),
+        rew = compute_rewards(out.sequences, out.gen_mask, ids, tokenizer, opts, gold, eos_ids=eos_token_ids(policy),
                               format_weight=algo.format_weight)
         adv, zero_std = group_advantages(rew["reward"], G, eps=algo.adv_eps, scale=algo.scale_rewards)
     ref_logp = None

@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image
 
 from medlvr.corpus.evalsets.base import Sample, file_uri, open_image
+from medlvr.corpus.prompts import MC_INSTRUCTION, mc_prompt_text
 
-DEFAULT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+DEFAULT_INSTRUCTION = MC_INSTRUCTION  # the evaluation's direct multiple-choice instruction too
 
 # (question, options in order, gold letter): the answer depends on the question only
 SYNTHETIC_TEMPLATES = [
@@ -32,8 +33,7 @@ SYNTHETIC_TEMPLATES = [
 
 
 def prompt_text(sample: Sample, instruction: str = DEFAULT_INSTRUCTION) -> str:
-    opts = "\n".join(f"{letter}. {text}" for letter, text in sample.options)
-    return f"{sample.question}\n{opts}\n{instruction}" if opts else f"{sample.question}\n{instruction}"
+    return mc_prompt_text(sample.question, sample.options, instruction)
 
 
 def synthetic_samples(n: int, image_dir: str | Path, seed: int = 0, size: int = 56,

@@ -16,28 +16,33 @@ Multi-GPU: launch every rank with `torchrun ... -m training.vlpo.trainer --confi
 deepspeed`; each rank draws its own B prompts of a common permutation, loss normalisers are all-reduced. Only
 rank 0 logs, and only rank 0 opens Dagster Pipes (when launched by Dagster).
 
-Checkpoints: `output_dir/checkpoints/step-XXXXXXXX/` (engine layout + `rollout_rng/rank-R.pt`), newest kept;
-`output_dir/final/model` is the trained policy (a `load_checkpoint`-able directory). Exact resume: weights,
+Checkpoints: `run.out_dir/checkpoints/step-XXXXXXX/` (`medlvr.training.checkpoints`; engine layout +
+`rollout_rng/rank-R.pt`; K saved next to the weights), the newest `run.keep_last` kept; `run.out_dir/final/model`
+is the trained policy (a `load_checkpoint`-able directory). Exact resume (`run.resume: auto`): weights,
 optimizer, scheduler, global RNGs (engine), the prompt sampler position and the rollout generator.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-from medlvr.corpus.config import add_config_arguments
+
+from medlvr.corpus.config import add_config_arguments, load_config
+from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
+from medlvr.training.loading import load_model_or_tiny
 from medlvr.training.metrics import MetricsLogger
-from medlvr.training.vlpo.config import VLPORunConfig, load_config
+from medlvr.training.model import set_pixel_budget
+from medlvr.training.pipes import is_rank0, open_pipes, report_failure
+from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent
 from medlvr.training.vlpo.core import (
     collect,
     decode_config,
@@ -52,70 +57,27 @@ from medlvr.training.vlpo.core import (
 from medlvr.training.vlpo.data import PromptSampler, build_prompt_batch, load_samples
 from medlvr.training.vlpo.rollout import LocalLatentRollout
 
-CKPT_PREFIX = "step-"
-
-
-def _set_pixels(processor, mcfg) -> None:
-    ip = processor.image_processor
-    size = dict(getattr(ip, "size", None) or {})
-    if mcfg.min_pixels is not None:
-        size["shortest_edge"] = mcfg.min_pixels
-    if mcfg.max_pixels is not None:
-        size["longest_edge"] = mcfg.max_pixels
-    if size:
-        ip.size = size
-
-
 def load_policy(cfg: VLPORunConfig):
-    """(model fp32, processor, ids) from the ROI-SFT checkpoint, or the tiny offline model."""
+    """(model, processor, ids) from the ROI-SFT checkpoint, or the tiny offline model; pixel budget set."""
     m = cfg.model
-    if m.tiny and m.path is None:
-        from medlvr.training.tiny import build_tiny
-
-        b = build_tiny(seed=m.tiny_seed, attn_implementation=m.attn_implementation)
-        model, processor, ids = b.model, b.processor, b.ids
-    else:
-        from medlvr.training.model import load_checkpoint
-
-        model, processor, ids = load_checkpoint(m.path, attn_implementation=m.attn_implementation)
-    _set_pixels(processor, m)
+    model, processor, ids = load_model_or_tiny(m.path, m.tiny_seed, m.dtype, m.attn_implementation)
+    set_pixel_budget(processor, cfg.data.min_pixels, cfg.data.max_pixels)
     return model, processor, ids
 
 
 def load_reference(cfg: VLPORunConfig, device: torch.device):
-    """The frozen reference policy: `model.ref_path`, else the starting checkpoint (never the resumed weights)."""
+    """The frozen reference policy: `model.ref_path`, else the starting model (never the resumed weights)."""
     m = cfg.model
-    path = m.ref_path or m.path
-    if path is None:
-        from medlvr.training.tiny import build_tiny
-
-        ref = build_tiny(seed=m.tiny_seed, attn_implementation=m.attn_implementation).model
-    else:
-        from medlvr.training.model import load_checkpoint
-
-        ref = load_checkpoint(path, attn_implementation=m.attn_implementation)[0]
+    ref = load_model_or_tiny(m.ref_path or m.path, m.tiny_seed, m.dtype, m.attn_implementation)[0]
     ref.requires_grad_(False)
     ref.eval()
     return ref.to("cpu" if m.ref_offload else device)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    ck = sorted((output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*[0-9]"))
-    ck = [c for c in ck if (c / "trainer_state.json").is_file()]
-    return ck[-1] if ck else None
-
-
-def _prune(output_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    ck = sorted((output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*[0-9]"))
-    for old in ck[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _save(eng: Engine, cfg: VLPORunConfig, directory: Path, sampler: PromptSampler, gen: torch.Generator,
+def _save(eng: Engine, cfg: VLPORunConfig, step: int, sampler: PromptSampler, gen: torch.Generator,
           processor) -> Path:
-    final = eng.save(directory, {"sampler": sampler.state_dict()}, processor=processor, config=cfg.to_dict())
+    final = eng.save(checkpoint_dir(cfg.run.out_dir, step), {"sampler": sampler.state_dict()}, processor=processor,
+                     config=cfg.to_dict(), k_latent=cfg.k_latent)
     (final / "rollout_rng").mkdir(exist_ok=True)
     torch.save(gen.get_state(), final / "rollout_rng" / f"rank-{eng.rank}.pt")
     eng.barrier()
@@ -123,49 +85,51 @@ def _save(eng: Engine, cfg: VLPORunConfig, directory: Path, sampler: PromptSampl
 
 
 def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
-    """Run (or resume) a VLPO/GRPO training run. Returns {"final_dir", "steps", "metrics": [per-step dicts]}."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    out_dir = Path(cfg.train.output_dir)
-    seed_everything(cfg.train.seed)
-    policy, processor, ids = load_policy(cfg)
-    B, G = cfg.train.prompts_per_step, cfg.rollout.num_generations
-    n_micro = math.ceil(B * G / cfg.train.micro_batch)
-    import dataclasses
+    """Run (or resume) a VLPO/GRPO training run. Returns {"final_dir", "steps", "metrics": [per-step dicts]}.
 
-    ecfg = dataclasses.replace(cfg.engine, grad_accum=n_micro, seed=cfg.train.seed)
+    K is `rollout.k_latent`, or the starting checkpoint's when the config leaves it unset."""
+    cfg = resolve_k_latent(cfg)
+    run, seed = cfg.run, cfg.engine.seed
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    out_dir = Path(run.out_dir)
+    seed_everything(seed)
+    policy, processor, ids = load_policy(cfg)
+    B, G = run.prompts_per_step, cfg.rollout.num_generations
+    n_micro = math.ceil(B * G / run.micro_batch_size)
+    ecfg = dataclasses.replace(cfg.engine, grad_accum=n_micro)
     mu = cfg.algo.updates_per_rollout
-    eng = Engine(policy, ecfg, total_steps=cfg.train.steps * mu, micro_batch_size=cfg.train.micro_batch)
+    eng = Engine(policy, ecfg, total_steps=run.max_steps * mu, micro_batch_size=run.micro_batch_size)
     policy = eng.model
     lcfg = loss_config(cfg)
     ref = load_reference(cfg, eng.device) if cfg.algo.beta != 0 else None
     samples = load_samples(cfg.data, out_dir)
-    sampler = PromptSampler(len(samples), B * eng.world_size, seed=cfg.train.seed)
-    gen = torch.Generator(device=eng.device).manual_seed(cfg.train.seed * 1000 + eng.rank)
+    sampler = PromptSampler(len(samples), B * eng.world_size, seed=seed)
+    gen = torch.Generator(device=eng.device).manual_seed(seed * 1000 + eng.rank)
     engine_rollout = LocalLatentRollout(policy, ids)
     dcfg = decode_config(cfg.rollout, cfg.k_latent, banned_ids=vision_token_ids(policy))
 
-    ck = latest_checkpoint(out_dir) if cfg.train.resume else None
+    ck = resolve_resume(out_dir, run.resume)
     if ck is not None:
         extra = eng.resume(ck)
         sampler.load_state_dict(extra["sampler"])
         gen.set_state(torch.load(ck / "rollout_rng" / f"rank-{eng.rank}.pt", weights_only=False))
-    logger = MetricsLogger(out_dir, enabled=eng.is_main, total_steps=cfg.train.steps,
-                           tensorboard=cfg.train.tensorboard, progress=cfg.train.progress,
+    logger = MetricsLogger(out_dir, enabled=eng.is_main, total_steps=run.max_steps,
+                           tensorboard=run.tensorboard, progress=run.progress,
                            start_step=eng.global_step // mu)
     if eng.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     history, done_here = [], 0
     step = lambda: eng.global_step // mu  # noqa: E731  training steps (rollout batches) done
-    while step() < cfg.train.steps:
-        if cfg.train.stop_after is not None and done_here >= cfg.train.stop_after:
+    while step() < run.max_steps:
+        if run.stop_after is not None and done_here >= run.stop_after:
             break
         t_step = time.perf_counter()
         idx = sampler.next_indices()[eng.rank * B:(eng.rank + 1) * B]
         batch = build_prompt_batch(processor, [samples[i] for i in idx], cfg.data.instruction)
         exp = collect(policy, ref, engine_rollout, batch, ids, dcfg, cfg.algo, processor.tokenizer,
-                      micro_batch=cfg.train.micro_batch, generator=gen, ref_offload=cfg.model.ref_offload,
+                      micro_batch=run.micro_batch_size, generator=gen, ref_offload=cfg.model.ref_offload,
                       need_ref=cfg.algo.beta != 0)
         local = global_denominators(exp, cfg.algo.aggregation)
         denoms = {k: eng.all_reduce_sum(v) / eng.world_size for k, v in local.items()}
@@ -173,7 +137,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         policy.train()
         for _ in range(mu):  # metrics of the last pass (with mu > 1 its ratios show how far the policy moved)
             sums: dict[str, float] = {}
-            for mb in micro_batches(exp.out.sequences.shape[0], cfg.train.micro_batch):
+            for mb in micro_batches(exp.out.sequences.shape[0], run.micro_batch_size):
                 with eng.autocast():
                     lo = microbatch_loss(policy, exp, mb, ids, lcfg, denoms, times)
                 with timed(times, "backward", eng.device):
@@ -201,16 +165,16 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         logger.log(step(), m)
         if log_fn is not None and eng.is_main:
             log_fn(step(), m)
-        if cfg.train.save_every and step() % cfg.train.save_every == 0 and step() < cfg.train.steps:
-            _save(eng, cfg, out_dir / "checkpoints" / f"{CKPT_PREFIX}{step():08d}", sampler, gen, processor)
+        if run.save_every and step() % run.save_every == 0 and step() < run.max_steps:
+            _save(eng, cfg, step(), sampler, gen, processor)
             if eng.is_main:
-                _prune(out_dir, cfg.train.keep_checkpoints)
+                prune_checkpoints(out_dir, run.keep_last)
     logger.close()
     result = {"steps": step(), "metrics": history, "final_dir": None, "checkpoint": None}
     if step() > 0:
-        ck_dir = _save(eng, cfg, out_dir / "checkpoints" / f"{CKPT_PREFIX}{step():08d}", sampler, gen, processor)
+        ck_dir = _save(eng, cfg, step(), sampler, gen, processor)
         result["checkpoint"] = str(ck_dir)
-        if step() >= cfg.train.steps:
+        if step() >= run.max_steps:
             final = out_dir / "final"
             if eng.is_main:
                 shutil.rmtree(final, ignore_errors=True)
@@ -218,7 +182,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
                 shutil.copytree(ck_dir / "model", final / "model")
             result["final_dir"] = str(final / "model")
         if eng.is_main:
-            _prune(out_dir, cfg.train.keep_checkpoints)
+            prune_checkpoints(out_dir, run.keep_last)
     return result
 
 
@@ -243,25 +207,25 @@ def main(argv=None) -> int:
 
 
 def run_cli(args) -> int:
-    cfg = load_config(args.config, args.overrides)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    pipes_ctx = contextlib.nullcontext()
-    if rank0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):  # launched by Dagster: only rank 0 reports
-        from dagster_pipes import open_dagster_pipes
-
-        pipes_ctx = open_dagster_pipes()
-    with pipes_ctx as pipes:
+    """`--config` + `--set` -> train, with Pipes reporting when launched by Dagster. A `ConfigError` is raised as
+    is (the root CLI prints it as one line and exits 2)."""
+    cfg = load_config(VLPORunConfig, args.config, args.overrides)
+    with open_pipes() as pipes:
         log_fn = None
         if pipes is not None:
             def log_fn(step, m):  # noqa: E306
-                if step % 10 == 0 or step == cfg.train.steps:
+                if step % 10 == 0 or step == cfg.run.max_steps:
                     pipes.log.info(f"step {step}: reward {m['reward_mean']:.3f} acc {m['accuracy']:.3f} "
                                    f"kl {m['kl']:.4f}")
-        result = train_vlpo(cfg, log_fn=log_fn)
+        try:
+            result = train_vlpo(cfg, log_fn=log_fn)
+        except Exception as exc:
+            report_failure(pipes, exc, cfg.run.out_dir)
+            raise
         md = summary_metadata(result)
         if pipes is not None:
             pipes.report_asset_materialization(metadata=md)
-        if rank0:
+        if is_rank0():
             print(json.dumps(md, indent=1))
     return 0
 
