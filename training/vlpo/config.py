@@ -24,8 +24,10 @@ from typing import Any
 import yaml
 
 from medlvr.training.engine import EngineConfig
+from medlvr.training.vlpo.algos import RL_VARIANTS
+from medlvr.training.vlpo.data import sample_sources
 
-VARIANTS = ("grpo", "medlvr_grpo", "vlpo")
+VARIANTS = tuple(RL_VARIANTS)  # the variant table lives in algos.py
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "omnimedvqa"  # omnimedvqa | synthetic
-    root: str | None = None  # OmniMedVQA root (QA_information/, Images/)
+    source: str = "omnimedvqa"  # a registered sample source (vlpo.data.sample_sources(): benchmarks, synthetic, ...)
+    root: str | None = None  # the source's directory (OmniMedVQA: QA_information/, Images/)
     splits_dir: str | None = None  # Med-R1 Splits/modality (optional; overrides the seeded split)
     split: str = "train"
     split_seed: int = 0
@@ -113,12 +115,13 @@ class VLPORunConfig:
     def __post_init__(self):
         if self.algo.variant not in VARIANTS:
             raise ValueError(f"algo.variant must be one of {VARIANTS}, got {self.algo.variant!r}")
-        if self.algo.variant != "grpo" and self.rollout.k_latent < 1:
+        if RL_VARIANTS[self.algo.variant].latent and self.rollout.k_latent < 1:
             raise ValueError(f"variant {self.algo.variant!r} needs rollout.k_latent >= 1")
         if self.rollout.num_generations < 2:
             raise ValueError("rollout.num_generations must be >= 2 (group-normalised advantages)")
-        if self.data.source not in ("omnimedvqa", "synthetic"):
-            raise ValueError(f"data.source must be omnimedvqa or synthetic, got {self.data.source!r}")
+        if self.data.source not in sample_sources():
+            raise ValueError(f"data.source must be a registered sample source {sorted(sample_sources())}, "
+                             f"got {self.data.source!r}")
         if not (self.engine.freeze_vision_tower and self.engine.freeze_merger):
             raise ValueError("stage 2 keeps the vision tower and merger frozen (method.md §4.7)")
         if self.engine.grad_accum != 1:
@@ -129,11 +132,11 @@ class VLPORunConfig:
     # effective settings of the variant
     @property
     def k_latent(self) -> int:
-        return 0 if self.algo.variant == "grpo" else self.rollout.k_latent
+        return self.rollout.k_latent if RL_VARIANTS[self.algo.variant].latent else 0
 
     @property
     def lambda_lat(self) -> float:
-        return self.algo.lambda_lat if self.algo.variant == "vlpo" else 0.0
+        return self.algo.lambda_lat if RL_VARIANTS[self.algo.variant].latent_loss else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
