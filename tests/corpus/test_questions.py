@@ -124,8 +124,11 @@ def test_registry_reproduces_the_pre_registry_pairs_on_the_sample_data(tmp_path)
     from medlvr.corpus.build import BuildConfig, build_corpus
     from medlvr.corpus.sample_data import write_samples
 
-    write_samples(tmp_path / "data")
-    build_corpus(tmp_path / "data", tmp_path / "out", BuildConfig(), None, progress=False, log=lambda *_: None)
+    from tests.corpus.test_catalog import PAPER_DATASETS
+
+    ids = sorted(ds for group in PAPER_DATASETS.values() for ds in group)
+    write_samples(tmp_path / "data", ids)
+    build_corpus(tmp_path / "data", tmp_path / "out", BuildConfig(), ids, progress=False, log=lambda *_: None)
     rows = pads.dataset(tmp_path / "out" / "shards", format="parquet").to_table(
         columns=["qa_id", "question_type", "options", "answer_index", "concept_ids", "knowledge_only"]).to_pylist()
     by: dict[str, list[str]] = {}
