@@ -36,7 +36,9 @@ ADV_ESTIMATORS: dict[str, AdvEstimator] = {}
 POLICY_LOSSES: dict[str, PolicyLoss] = {}
 
 
-def _register(table: dict, what: str, name: str):
+def register_into(table: dict, what: str, name: str):
+    """Decorator that puts a function into a registry `table` under `name` (twice is an error). The VLPO
+    registries (here, rewards.REWARDS, data.SAMPLE_SOURCES) all register through it."""
     def deco(fn):
         if name in table:
             raise ValueError(f"{what} {name!r} registered twice")
@@ -48,13 +50,13 @@ def _register(table: dict, what: str, name: str):
 
 def register_adv_estimator(name: str):
     """Decorator: `fn(rewards (N,), group_size, eps) -> (advantages (N,) float32, zero_std (N // G,) bool)`."""
-    return _register(ADV_ESTIMATORS, "advantage estimator", name)
+    return register_into(ADV_ESTIMATORS, "advantage estimator", name)
 
 
 def register_policy_loss(name: str):
     """Decorator: `fn(log_ratio (N, T), advantages (N, 1) or (N, T), cfg: LossConfig) -> (loss (N, T),
     clipped (N, T) bool)`; the same function scores the text tokens and the latent slots."""
-    return _register(POLICY_LOSSES, "policy loss", name)
+    return register_into(POLICY_LOSSES, "policy loss", name)
 
 
 def lookup(table: dict, what: str, name: str):

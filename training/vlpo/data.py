@@ -26,6 +26,7 @@ from PIL import Image
 from medlvr.corpus.evalsets.base import Sample, file_uri, open_image
 from medlvr.corpus.evalsets.registry import all_benchmarks
 from medlvr.corpus.sample_data.synthetic_grounding import load_grounding_task
+from medlvr.training.vlpo.algos import register_into
 
 DEFAULT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
@@ -68,13 +69,7 @@ SAMPLE_SOURCES: dict[str, SampleSource] = {}
 
 def register_sample_source(name: str):
     """Decorator: register `fn(data_cfg, work_dir) -> list[Sample]` as the VLPO sample source `name`."""
-    def deco(fn: SampleSource) -> SampleSource:
-        if name in SAMPLE_SOURCES:
-            raise ValueError(f"sample source {name!r} registered twice")
-        SAMPLE_SOURCES[name] = fn
-        return fn
-
-    return deco
+    return register_into(SAMPLE_SOURCES, "sample source", name)
 
 
 @register_sample_source("synthetic")

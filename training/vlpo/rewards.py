@@ -21,6 +21,7 @@ import torch
 
 from medlvr.corpus.evalsets.answers import parse_mc
 from medlvr.training.model import LatentTokenIds
+from medlvr.training.vlpo.algos import register_into
 
 
 def parse_choice(text: str, options: Sequence[tuple[str, str]]) -> str | None:
@@ -75,13 +76,7 @@ REWARDS: dict[str, Reward] = {}
 
 def register_reward(name: str):
     """Decorator: register `fn(inputs: RewardInputs) -> (N,) float32` as the reward `name`."""
-    def deco(fn: Reward) -> Reward:
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} registered twice")
-        REWARDS[name] = fn
-        return fn
-
-    return deco
+    return register_into(REWARDS, "reward", name)
 
 
 @register_reward("accuracy")
