@@ -1,11 +1,17 @@
 """The dataset catalog: one YAML file per dataset under corpus/catalog/, validated on load.
 
 The catalog is data. Adding a 32nd dataset means adding one YAML file that names one of the format adapters
-and its options; no loader code is copied. `load_catalog()` fails loudly on a malformed entry.
+and its options (plus a sample writer registered in corpus/sample_data/ for the offline tests and demo); no
+loader code is copied. `load_catalog()` fails loudly on a malformed entry.
+
+Catalog files outside the package: `load_catalog()` also reads every folder listed in the environment variable
+MEDLVR_CATALOG_PATH (folders separated by os.pathsep, like PATH), after corpus/catalog/; an id defined twice is
+an error. That is how a site adds private datasets, and how the tests add a 32nd one without touching the package.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,6 +22,7 @@ import yaml
 
 MODALITIES = ("CT", "MRI", "X-ray", "ultrasound", "dermoscopy", "fundus", "OCT", "microscopy")
 CATALOG_DIR = Path(__file__).with_name("catalog")
+CATALOG_PATH_ENV = "MEDLVR_CATALOG_PATH"  # extra catalog folders (module docstring)
 _ID_RE = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -83,20 +90,34 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
     )
 
 
-@lru_cache(maxsize=4)
+def catalog_dirs() -> tuple[Path, ...]:
+    """corpus/catalog/ and then the folders of MEDLVR_CATALOG_PATH (empty entries ignored)."""
+    extra = [Path(p) for p in os.environ.get(CATALOG_PATH_ENV, "").split(os.pathsep) if p]
+    for d in extra:
+        if not d.is_dir():
+            raise CatalogError(f"{CATALOG_PATH_ENV}: {d} is not a directory")
+    return (CATALOG_DIR, *extra)
+
+
 def load_catalog(directory: str | None = None) -> dict[str, DatasetSpec]:
-    """All dataset specs keyed by id, in file-name order. Validates adapters exist."""
+    """All dataset specs keyed by id, in file-name order per folder: `directory` alone, or the package catalog
+    plus the MEDLVR_CATALOG_PATH folders. Validates adapters exist."""
+    return _load_catalog((Path(directory),) if directory else catalog_dirs())
+
+
+@lru_cache(maxsize=4)
+def _load_catalog(dirs: tuple[Path, ...]) -> dict[str, DatasetSpec]:
     from medlvr.corpus.adapters import ADAPTERS  # local import: adapters import this module
 
-    d = Path(directory) if directory else CATALOG_DIR
     specs: dict[str, DatasetSpec] = {}
-    for path in sorted(d.glob("*.yaml")):
-        spec = parse_spec(yaml.safe_load(path.read_text()), source=path.name)
-        if spec.id in specs:
-            raise CatalogError(f"{path.name}: duplicate dataset id {spec.id!r}")
-        if spec.adapter not in ADAPTERS:
-            raise CatalogError(f"{path.name}: unknown adapter {spec.adapter!r}; known: {sorted(ADAPTERS)}")
-        specs[spec.id] = spec
+    for d in dirs:
+        for path in sorted(d.glob("*.yaml")):
+            spec = parse_spec(yaml.safe_load(path.read_text()), source=path.name)
+            if spec.id in specs:
+                raise CatalogError(f"{path}: duplicate dataset id {spec.id!r}")
+            if spec.adapter not in ADAPTERS:
+                raise CatalogError(f"{path.name}: unknown adapter {spec.adapter!r}; known: {sorted(ADAPTERS)}")
+            specs[spec.id] = spec
     return specs
 
 

@@ -20,13 +20,18 @@ from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_pa
 
 __all__ = ["ConfigError", "DecodeSettings", "EvalConfig", "ModelSpec", "load_eval_config", "resolve_k_latents"]
 
-BENCHMARKS = ("omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
-# Table 3: the 485-item efficiency subset (benchmarks.md §3.7): benchmark -> (quota, kind restriction or None)
-EFFICIENCY_QUOTAS = {"slake": 100, "vqa_rad": 100, "pmc_vqa": 100, "mmmu_hm": 100, "medxpertqa_mm": 85}
-EFFICIENCY_KINDS = {"slake": "yesno", "vqa_rad": "yesno", "mmmu_hm": "mc"}
+from medlvr.corpus.evalsets.registry import all_benchmarks
+
+# Derived from the benchmark registry (each benchmark's module registers its own facts):
+_REGISTERED = all_benchmarks()
+BENCHMARKS = tuple(_REGISTERED)  # table order
+EXTERNAL = tuple(b for b, spec in _REGISTERED.items() if spec.external)  # Table 2
+# Table 3: the 485-item efficiency subset (docs/benchmarks.md): benchmark -> quota, and its kind restriction
+EFFICIENCY_QUOTAS = {b: spec.efficiency_quota for b, spec in _REGISTERED.items() if spec.efficiency_quota}
+EFFICIENCY_KINDS = {b: spec.efficiency_kind for b, spec in _REGISTERED.items() if spec.efficiency_kind}
+# folder of a benchmark under data_root (= the folder its sample writer fills)
+DATA_DIRS = {b: spec.data_dir for b, spec in _REGISTERED.items()}
 PROMPT_STYLES = ("direct", "tags")
-# folder of a benchmark under data_root (= the name `medlvr.evaluation.sample_data` writes it under)
-DATA_DIRS = {"mmmu_hm": "mmmu", "medxpertqa_mm": "medxpertqa"}
 ABLATIONS = ("zero", "shuffle", "noise")
 
 

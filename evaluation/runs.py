@@ -8,9 +8,7 @@ the report to `<out>/report.md` and `<out>/report.html`.
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import platform
 import time
 from collections.abc import Callable
@@ -19,24 +17,19 @@ from pathlib import Path
 import torch
 
 from medlvr.corpus.config import config_to_dict
-from medlvr.corpus.evalsets.base import LOADERS, BenchmarkError, Sample
-from medlvr.evaluation.config import ABLATIONS, DATA_DIRS, EvalConfig
+from medlvr.corpus.evalsets.base import Sample
+from medlvr.corpus.evalsets.registry import get_benchmark, write_benchmark_samples
+from medlvr.evaluation.config import ABLATIONS, EvalConfig
 from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
 from medlvr.evaluation.predictions import Job, pred_path
 
 
 def load_benchmark(cfg: EvalConfig, name: str) -> list[Sample]:
     """The configured benchmark's samples sorted by id (at most `cfg.limit`), through the loader registry."""
-    if name not in LOADERS:  # loaders register on import
-        import medlvr.corpus.evalsets as pkg
-
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"medlvr.corpus.evalsets.{mod.name}")
-    if name not in LOADERS:
-        raise BenchmarkError(f"no loader registered for benchmark {name!r} (known: {sorted(LOADERS)})")
+    loader = get_benchmark(name).loader
     kw = dict(cfg.benchmarks[name])
     root = Path(kw.pop("path"))
-    samples = sorted(LOADERS[name](root, **kw), key=lambda s: s.sample_id)
+    samples = sorted(loader(root, **kw), key=lambda s: s.sample_id)
     return samples[: cfg.limit] if cfg.limit else samples
 
 
@@ -44,9 +37,7 @@ def load_all(cfg: EvalConfig) -> dict[str, list[Sample]]:
     if cfg.sample_data and cfg.data_root is not None:
         missing = [b for b in cfg.benchmarks if not Path(cfg.benchmarks[b]["path"]).is_dir()]
         if missing:
-            from medlvr.evaluation.sample_data import write_benchmark_samples
-
-            write_benchmark_samples(cfg.data_root, [DATA_DIRS.get(b, b) for b in missing])
+            write_benchmark_samples(cfg.data_root, missing)
     return {b: load_benchmark(cfg, b) for b in cfg.benchmarks}
 
 

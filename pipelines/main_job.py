@@ -120,7 +120,7 @@ class MainJob:
         return self.home / "evaluation" / "benchmarks"
 
     def _bench_fp(self) -> str:
-        from medlvr.evaluation.sample_data import write_benchmark_samples
+        from medlvr.corpus.evalsets.registry import write_benchmark_samples
 
         root = self._bench_root()
         if not root.is_dir():

@@ -1,4 +1,5 @@
-"""The evaluation sample, image references, and the loader registry.
+"""The evaluation sample, image references, and the readers the benchmark loaders share (the registry of
+benchmarks is `medlvr.corpus.evalsets.registry`).
 
 Images are referenced by URI so samples stay small and picklable (data-parallel ranks, JSONL resume):
     file:///abs/path.png                       an image file
@@ -15,7 +16,7 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 KINDS = ("mc", "yesno", "open")
@@ -88,15 +89,6 @@ def open_image(uri: str):
 
     with Image.open(io.BytesIO(image_bytes(uri))) as im:
         return im.convert("RGB")
-
-
-LOADERS: dict[str, Callable[..., Iterator[Sample]]] = {}
-
-
-def register(name: str, fn: Callable[..., Iterator[Sample]]) -> None:
-    if name in LOADERS:
-        raise ValueError(f"loader {name!r} registered twice")
-    LOADERS[name] = fn
 
 
 def read_json_list(path: Path, what: str) -> list:

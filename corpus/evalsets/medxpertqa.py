@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, register, require_dir, zip_members_by_name,
+from medlvr.corpus.evalsets import sample_files
+from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, require_dir, zip_members_by_name,
                                         zip_uri)
+from medlvr.corpus.evalsets.registry import register_benchmark
 
 NAME = "medxpertqa_mm"
 REQUIRED = ("id", "question", "options", "label", "images")
@@ -84,4 +86,49 @@ def load_medxpertqa(root: Path, split: str = "test") -> Iterator[Sample]:
     return iter(out)
 
 
-register(NAME, load_medxpertqa)
+# ---- sample writer ------------------------------------------------------------------------------------------------
+# Sample MedXpertQA MM: `MM/test.jsonl`, `MM/dev.jsonl` and a real `images.zip` at the root. Questions
+# already contain "Answer Choices: (A) ... (E) ..." as distributed; one question has two images.
+
+
+OPTIONS = [
+    ["Pneumothorax", "Pleural effusion", "Pneumonia", "Atelectasis", "Normal"],
+    ["Osteosarcoma", "Ewing sarcoma", "Osteomyelitis", "Enchondroma", "Fracture"],
+    ["Melanoma", "Basal cell carcinoma", "Seborrheic keratosis", "Nevus", "Psoriasis"],
+    ["Increase the dose", "Stop the drug", "Add a diuretic", "Repeat imaging", "Observe"],
+]
+STEMS = [
+    ("A 60-year-old man presents with dyspnea. What is the finding?", "B", ["MM-1-a.jpeg"], "Diagnosis",
+     "Respiratory", "Understanding"),
+    ("A 14-year-old has knee pain. Based on both images, what is the diagnosis?", "A",
+     ["MM-2-a.jpeg", "MM-2-b.jpeg"], "Diagnosis", "Skeletal", "Reasoning"),
+    ("A pigmented lesion is shown. What is the most likely diagnosis?", "D", ["MM-3-a.jpeg"], "Diagnosis",
+     "Integumentary", "Understanding"),
+    ("Given the lab trend in the figure, what is the next step?", "C", ["MM-4-a.jpeg"], "Treatment",
+     "Cardiovascular", "Reasoning"),
+]
+
+
+def _record(i: int, stem, options, split: str) -> dict:
+    q, label, images, task, system, qtype = stem
+    letters = "ABCDE"
+    choices = " ".join(f"({L}) {t}" for L, t in zip(letters, options))
+    return {"id": f"MM-{i}" if split == "test" else f"MM-dev-{i}", "question": f"{q}\nAnswer Choices: {choices}",
+            "options": dict(zip(letters, options)), "label": label, "images": images, "medical_task": task,
+            "body_system": system, "question_type": qtype}
+
+
+def write_medxpertqa(root: Path) -> int:
+    (root / "MM").mkdir(parents=True, exist_ok=True)
+    test = [_record(i + 1, s, o, "test") for i, (s, o) in enumerate(zip(STEMS, OPTIONS))]
+    dev = [_record(1, STEMS[0], OPTIONS[0], "dev")]
+    for name, recs in (("test", test), ("dev", dev)):
+        (root / "MM" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    names = sorted({n for s in STEMS for n in s[2]})
+    sample_files.write_zip(root / "images.zip",
+                           {f"images/{n}": sample_files.image_bytes(i, "JPEG") for i, n in enumerate(names)})
+    return len(test)
+
+
+register_benchmark(NAME, load_medxpertqa, sample_writers={"medxpertqa": write_medxpertqa},
+                   data_dir="medxpertqa", efficiency_quota=85, rank=5)

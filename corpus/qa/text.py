@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from medlvr.corpus.qa.questions import ImageFacts, QAPair, position_word
+from medlvr.corpus.qa.questions import REGION_DESCRIPTION, ImageFacts, QAPair, position_word
 
 
 def chosen(key: str, rate: float) -> bool:
@@ -113,7 +113,7 @@ class TextStage:
                 continue
             self.stats[f"{kind}_accepted"] += 1
             if kind == "caption":
-                pairs.append(QAPair(facts.image_id, "region_description", "Describe the region {box0}.", text,
+                pairs.append(QAPair(facts.image_id, REGION_DESCRIPTION, "Describe the region {box0}.", text,
                                     boxes=[list(obj.box)], concept_ids=[obj.concept], caption=text))
             else:
                 obj.paraphrased = text

@@ -2,8 +2,12 @@
 
 `write_samples(out_dir)` writes `out_dir/<dataset_id>/...` exactly as the real dataset is laid out, and
 `out_dir/_truth/<dataset_id>.json`: the true boxes in original pixel coordinates, outside the dataset roots,
-so that tests can assert exact box recovery per adapter. Writers live in the modules of this package, one
-per format family, each exposing WRITERS = {dataset_id: writer(root: Path, rng) -> list[truth dict]}.
+so that tests can assert exact box recovery per adapter.
+
+Writers are registered by dataset id: `register_sample_writers({dataset_id: writer(root: Path, rng) -> list[truth
+dict]})` (or `@register_sample_writer(dataset_id)` on one function). The modules of this package register theirs
+on import (one module per format family; `writers()` imports them all, no list to extend), so a new dataset is its
+catalog YAML plus one writer in any module here.
 
 A truth dict: {"source_path": str, "suffix": str | None (None = any image of that source),
                "boxes": [[label, [x0, y0, x1, y1]], ...]}   (labels as the catalog's raw labels)
@@ -14,23 +18,41 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import pkgutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-_MODULES = ("volumes", "dicom_sets", "boxes", "masks2d")
+SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
+SAMPLE_WRITERS: dict[str, SampleWriter] = {}
 
 
-def writers() -> dict[str, Callable]:
-    out: dict[str, Callable] = {}
-    for name in _MODULES:
-        mod = importlib.import_module(f"medlvr.corpus.sample_data.{name}")
-        for k, fn in mod.WRITERS.items():
-            if k in out:
-                raise ValueError(f"two sample writers for {k}")
-            out[k] = fn
-    return out
+def register_sample_writers(table: dict[str, SampleWriter]) -> dict[str, SampleWriter]:
+    """Register {dataset_id: writer}; returns the table (modules keep it as WRITERS)."""
+    for ds_id, fn in table.items():
+        if ds_id in SAMPLE_WRITERS and SAMPLE_WRITERS[ds_id] is not fn:
+            raise ValueError(f"two sample writers for {ds_id}")
+        SAMPLE_WRITERS[ds_id] = fn
+    return table
+
+
+def register_sample_writer(dataset_id: str):
+    """Decorator: register one writer for `dataset_id`."""
+    def deco(fn: SampleWriter) -> SampleWriter:
+        register_sample_writers({dataset_id: fn})
+        return fn
+
+    return deco
+
+
+def writers() -> dict[str, SampleWriter]:
+    """{dataset_id: writer} over every module of this package (imported first) and any registered elsewhere."""
+    import medlvr.corpus.sample_data as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"medlvr.corpus.sample_data.{mod.name}")
+    return dict(SAMPLE_WRITERS)
 
 
 def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 0) -> dict[str, int]:

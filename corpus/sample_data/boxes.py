@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medlvr.corpus.sample_data import synth
+from medlvr.corpus.sample_data import register_sample_writers, synth
 
 
 def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
@@ -238,3 +238,4 @@ def write_monuseg(root: Path, rng) -> list[dict]:
 
 WRITERS = {"nih_bbox": write_nih_bbox, "oct5k": write_oct5k, "chestx_det": write_chestx_det,
            "livecell": write_livecell, "dsb2018": write_dsb2018, "bccd": write_bccd, "monuseg": write_monuseg}
+register_sample_writers(WRITERS)

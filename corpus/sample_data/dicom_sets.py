@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlvr.corpus.sample_data import synth
+from medlvr.corpus.sample_data import register_sample_writers, synth
 
 # Header values written into every sample DICOM: anonymised-looking, as in the public releases. The privacy
 # test overwrites them with distinctive strings and checks that none reaches the output.
@@ -388,3 +388,4 @@ def write_siim_acr(root: Path, rng) -> list[dict]:
 
 WRITERS = {"lidc_idri": write_lidc_idri, "deeplesion": write_deeplesion, "fastmri_plus": write_fastmri_plus,
            "vindr_cxr": write_vindr_cxr, "rsna_pneumonia": write_rsna_pneumonia, "siim_acr": write_siim_acr}
+register_sample_writers(WRITERS)

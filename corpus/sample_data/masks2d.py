@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from medlvr.corpus.sample_data import register_sample_writers
 from medlvr.corpus.sample_data.synth import box, ellipse, gray8, rect, rgb8
 
 
@@ -338,3 +339,4 @@ def write_aroi(root: Path, rng) -> list[dict]:
 WRITERS = {"busi": write_busi, "tn3k": write_tn3k, "hc18": write_hc18, "isic2018": write_isic2018,
            "ph2": write_ph2, "ham10000": write_ham10000, "idrid": write_idrid, "refuge": write_refuge,
            "adam": write_adam, "aroi": write_aroi}
+register_sample_writers(WRITERS)

@@ -16,8 +16,10 @@ Written (deterministic in `seed`; train and held-out splits come from independen
                                                   what ROI-SFT reads (training.sft.data). The question text embeds
                                                   the options and the instruction, the answer is the letter, so
                                                   SFT, RL and evaluation see exactly the same prompt.
-    <out>/omnimedvqa_{train,test}/                OmniMedVQA layout (QA_information/Open-access/*.json + Images/):
-                                                  what VLPO reads (data.source=omnimedvqa, data.split=all)
+    <out>/images/{train,test}/<id>.png            the images
+    <out>/prompts_{train,test}.jsonl              {id, image, question, options, answer}: what VLPO reads through
+                                                  its own sample source (data.source=synthetic_grounding,
+                                                  data.root=<out>); `load_grounding_task(out, split)` -> Samples
     <out>/heldout.jsonl                           the held-out split with boxes (evaluation)
     <out>/task.json                               parameters + counts
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri
 from medlvr.corpus.prompts import MC_INSTRUCTION, mc_prompt_text
 
 PATTERNS = ("bright", "dark", "striped", "checkered")
@@ -38,7 +41,6 @@ LETTERS = "ABCD"
 QUESTION = "Which pattern does the lesion with the red frame show?"
 INSTRUCTION = MC_INSTRUCTION
 DATASET = "synthetic_grounding"
-SOURCE = "SyntheticGrounding"
 
 
 def prompt_text(question: str, options: list[str], instruction: str = INSTRUCTION) -> str:
@@ -126,23 +128,18 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
         rows = [shard_row(it) for it in items]
         # several row groups: the SFT stream shuffles blocks and rows inside them
         pq.write_table(pa.Table.from_pylist(rows, schema=QA_SCHEMA), d / "part-00000.parquet", row_group_size=256)
-        root = out / f"omnimedvqa_{split}"
-        img_dir = root / "Images" / SOURCE
-        img_dir.mkdir(parents=True, exist_ok=True)
-        (root / "QA_information" / "Open-access").mkdir(parents=True, exist_ok=True)
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
         recs = []
         for it, row in zip(items, rows):
-            rel = f"Images/{SOURCE}/{it['id']}.png"
-            (root / rel).write_bytes(row["image_png"])
-            recs.append(dict(dataset=SOURCE, question_id=it["id"], question_type="grounding_pattern",
-                             question=it["question"], gt_answer=it["options"][it["answer_index"]], image_path=rel,
-                             modality_type="synthetic", **{f"option_{LETTERS[j]}": o for j, o in
-                                                           enumerate(it["options"])}))
-        (root / "QA_information" / "Open-access" / f"{SOURCE}.json").write_text(json.dumps(recs, indent=0))
+            rel = f"images/{split}/{it['id']}.png"
+            (out / rel).write_bytes(row["image_png"])
+            recs.append(dict(id=it["id"], image=rel, question=it["question"], options=it["options"],
+                             answer=it["answer"]))
+        (out / f"prompts_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
         if split == "test":
             with open(out / "heldout.jsonl", "w") as f:
                 for it, rec in zip(items, recs):
-                    f.write(json.dumps(dict(id=it["id"], image=str((root / rec["image_path"]).resolve()),
+                    f.write(json.dumps(dict(id=it["id"], image=str((out / rec["image"]).resolve()),
                                             question=it["question"], options=it["options"], answer=it["answer"],
                                             box=it["box"], distractor_boxes=it["distractor_boxes"],
                                             width=size, height=size)) + "\n")
@@ -153,6 +150,20 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
                    instruction=INSTRUCTION, counts=counts)
     (out / "task.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def load_grounding_task(root: str | Path, split: str = "train", limit: int | None = None) -> list[Sample]:
+    """The task's multiple-choice prompts of one split as Samples, in written order (what VLPO trains on)."""
+    path = Path(root) / f"prompts_{split}.jsonl"
+    if not path.is_file():
+        raise BenchmarkError(f"synthetic grounding task: {path} not found (write it with write_grounding_task)")
+    out = []
+    for line in path.read_text().splitlines()[:limit]:
+        r = json.loads(line)
+        out.append(Sample(benchmark=DATASET, sample_id=r["id"], question=r["question"], kind="mc", answer=r["answer"],
+                          options=tuple(zip(LETTERS, r["options"])), images=(file_uri(Path(root) / r["image"]),),
+                          tags={"modality": "synthetic", "split": split}))
+    return out
 
 
 if __name__ == "__main__":

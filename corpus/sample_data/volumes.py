@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medlvr.corpus.sample_data import synth
+from medlvr.corpus.sample_data import register_sample_writers, synth
 
 _EIGHT, _CUBE = np.ones((3, 3), bool), np.ones((3, 3, 3), bool)
 
@@ -352,3 +352,4 @@ WRITERS = {
     "kits23": write_kits23, "lits": write_lits, "msd_ct": write_msd_ct, "brats2021": write_brats2021,
     "acdc": write_acdc, "msd_prostate": write_msd_prostate, "camus": write_camus, "retouch": write_retouch,
 }
+register_sample_writers(WRITERS)

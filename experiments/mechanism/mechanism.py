@@ -188,7 +188,7 @@ def run_rl(cfg: dict, seed: int, variant: str, data_dir: Path, sft_model: str) -
     k_eff = 0 if algo == "grpo" else k
     vc = build_config(VLPORunConfig, dict(
         model=dict(path=sft_model),
-        data=dict(source="omnimedvqa", root=str(data_dir / "omnimedvqa_train"), split="all", instruction=INSTRUCTION,
+        data=dict(source="synthetic_grounding", root=str(data_dir), split="train", instruction=INSTRUCTION,
                   min_pixels=cfg["pixels"]["min"], max_pixels=cfg["pixels"]["max"]),
         rollout=dict(num_generations=r["num_generations"], temperature=float(r["temperature"]),
                      max_new_tokens=(k_eff + 2 if k_eff else 0) + r["answer_tokens"], k_latent=max(k, 1),

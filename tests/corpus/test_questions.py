@@ -102,3 +102,68 @@ def test_position_and_distractor_boxes_helpers():
     assert boxes[0] == [100.0, 100.0, 120.0, 120.0] and len(boxes) == 3
     assert all(iou(b, (10, 10, 30, 30)) < 0.3 for b in boxes)
     assert distractor_boxes(rng, (0, 0, 200, 200), [], 200, 200) is None
+
+
+# Per question type on the 31 sample datasets: (pairs, sha1 of the sorted qa_id + options/answer/concepts), recorded
+# from the pre-registry build_pairs (one 94-line function). The registry must reproduce it exactly.
+PRE_REGISTRY_FINGERPRINT = {
+    "counting": [75, "c90d8d6a85e8"], "grounding": [121, "3b59015fa014"], "grounding_choice": [88, "13139cce282a"],
+    "laterality": [20, "76acb8dcae79"], "modality": [14, "d99d87a81a2d"], "organ_location": [48, "ebc8da2e77d3"],
+    "organ_system": [97, "be1a02e62e2b"], "position": [99, "229f061bda09"], "presence": [281, "56ef135d855c"],
+    "region_description": [19, "3acd6317aa9a"], "region_identification": [92, "e9a932c85484"],
+    "size": [50, "c302d3b91b9d"],
+}
+
+
+def test_registry_reproduces_the_pre_registry_pairs_on_the_sample_data(tmp_path):
+    import hashlib
+    import json
+
+    import pyarrow.dataset as pads
+
+    from medlvr.corpus.build import BuildConfig, build_corpus
+    from medlvr.corpus.sample_data import write_samples
+
+    from tests.corpus.test_catalog import PAPER_DATASETS
+
+    ids = sorted(ds for group in PAPER_DATASETS.values() for ds in group)
+    write_samples(tmp_path / "data", ids)
+    build_corpus(tmp_path / "data", tmp_path / "out", BuildConfig(), ids, progress=False, log=lambda *_: None)
+    rows = pads.dataset(tmp_path / "out" / "shards", format="parquet").to_table(
+        columns=["qa_id", "question_type", "options", "answer_index", "concept_ids", "knowledge_only"]).to_pylist()
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        by.setdefault(r["question_type"], []).append(
+            r["qa_id"] + json.dumps([r["options"], r["answer_index"], r["concept_ids"], r["knowledge_only"]]))
+    got = {k: [len(v), hashlib.sha1("".join(sorted(v)).encode()).hexdigest()[:12]] for k, v in sorted(by.items())}
+    assert got == PRE_REGISTRY_FINGERPRINT
+
+
+def test_registry_lists_every_type_once_with_its_builders():
+    from medlvr.corpus.qa.questions import QUESTION_TYPE_REGISTRY, REGION_DESCRIPTION
+
+    assert set(QUESTION_TYPES) == set(PRE_REGISTRY_FINGERPRINT) and len(QUESTION_TYPES) == 12
+    assert QUESTION_TYPE_REGISTRY["presence"].per_concept and QUESTION_TYPE_REGISTRY["presence"].per_image
+    assert QUESTION_TYPE_REGISTRY["modality"].per_image and not QUESTION_TYPE_REGISTRY["modality"].per_concept
+    reg = QUESTION_TYPE_REGISTRY[REGION_DESCRIPTION]
+    assert reg.per_concept is None and reg.per_image is None  # the VLM text stage writes these
+
+
+def test_a_registered_question_type_is_built_without_other_edits(monkeypatch):
+    from medlvr.corpus.qa import questions as q
+
+    monkeypatch.setattr(q, "QUESTION_TYPE_REGISTRY", dict(q.QUESTION_TYPE_REGISTRY))
+
+    @q.register_question_type("instance_area", "how many pixels does the <concept> cover? (toy)")
+    def instance_area(s):
+        b = s.largest
+        return q.Built([s.pair("instance_area", f"How many pixels does the {s.name} in {{box0}} cover?",
+                               str(int((b[2] - b[0]) * (b[3] - b[1]))), boxes=[b], concept_ids=[s.concept])])
+
+    pairs = build_pairs(_img([TUMOR, LIVER]), FakeKG(), QAConfig(max_pairs_per_image=50))
+    toy = {p.concept_ids[0]: p.answer for p in pairs if p.question_type == "instance_area"}
+    assert toy == {"kg:liver_tumor": "400", "kg:liver": "6000"}
+    with pytest.raises(ValueError, match="already has a concept builder"):
+        q.register_question_type("instance_area", "again")(instance_area)
+    with pytest.raises(ValueError, match="per must be"):
+        q.register_question_type("x", "y", per="patient")

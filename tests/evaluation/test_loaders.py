@@ -1,4 +1,4 @@
-"""Every loader on its sample files (evaluation.sample_data), and clear errors for broken directories."""
+"""Every loader on its sample files (registered with each benchmark), and clear errors for broken directories."""
 
 import json
 import shutil
@@ -8,13 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from medlvr.corpus.evalsets.base import LOADERS, BenchmarkError, open_image
+from medlvr.corpus.evalsets.base import BenchmarkError, open_image
+from medlvr.corpus.evalsets.registry import LOADERS
 from medlvr.corpus.evalsets.medxpertqa import load_medxpertqa
 from medlvr.corpus.evalsets.mmmu import SUBJECTS, load_mmmu
 from medlvr.corpus.evalsets.pmc_vqa import load_pmc_vqa, strip_choice
 from medlvr.corpus.evalsets.slake import load_slake
 from medlvr.corpus.evalsets.vqa_rad import load_vqa_rad
-from medlvr.evaluation.sample_data import write_benchmark_samples
+from medlvr.corpus.evalsets.registry import write_benchmark_samples
 
 MINE = ["slake", "vqa_rad", "vqa_rad_osf", "pmc_vqa", "mmmu", "medxpertqa"]
 
@@ -245,8 +246,9 @@ def test_medxpertqa(data, copy):
 
 
 def test_slake_detection_boxes_become_rois(tmp_path):
-    from medlvr.corpus.evalsets.base import LOADERS, open_image
-    from medlvr.evaluation.sample_data import write_benchmark_samples
+    from medlvr.corpus.evalsets.base import open_image
+    from medlvr.corpus.evalsets.registry import LOADERS
+    from medlvr.corpus.evalsets.registry import write_benchmark_samples
 
     import numpy as np
 

@@ -5,9 +5,10 @@ from collections import Counter
 
 import pytest
 
-from medlvr.corpus.evalsets.base import LOADERS, BenchmarkError, open_image
+from medlvr.corpus.evalsets.base import BenchmarkError, open_image
+from medlvr.corpus.evalsets.registry import LOADERS
 from medlvr.corpus.evalsets.omnimedvqa import load_omnimedvqa, parse_medr1_problem
-from medlvr.evaluation.sample_data.omnimedvqa import write_omnimedvqa
+from medlvr.corpus.evalsets.omnimedvqa import write_omnimedvqa
 
 
 @pytest.fixture(scope="module")

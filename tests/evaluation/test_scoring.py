@@ -133,8 +133,8 @@ def test_end_to_end_on_sample_benchmarks(tmp_path):
     """Gold answers written as outputs score 100% on every sample benchmark, through the JSONL file."""
     import importlib
 
-    from medlvr.corpus.evalsets.base import LOADERS
-    from medlvr.evaluation.sample_data import write_benchmark_samples
+    from medlvr.corpus.evalsets.registry import LOADERS
+    from medlvr.corpus.evalsets.registry import write_benchmark_samples
 
     dirs = {"slake": "slake", "vqa_rad": "vqa_rad", "pmc_vqa": "pmc_vqa", "mmmu_hm": "mmmu",
             "medxpertqa_mm": "medxpertqa"}

@@ -37,7 +37,7 @@ def test_items_deterministic_and_grounded():
 def test_written_formats(tmp_path):
     from medlvr.corpus.shards import QA_SCHEMA
     from medlvr.corpus.evalsets.base import Sample
-    from medlvr.corpus.evalsets.omnimedvqa import load_omnimedvqa
+    from medlvr.corpus.sample_data.synthetic_grounding import load_grounding_task
     from medlvr.training.sft.collate import roi_boxes
     from medlvr.training.vlpo.data import prompt_text
     from medlvr.corpus.qa.export import render_qwen
@@ -47,7 +47,7 @@ def test_written_formats(tmp_path):
     rows = pq.read_table(tmp_path / "shards" / "train" / "part-00000.parquet").to_pylist()
     assert pq.read_schema(tmp_path / "shards" / "train" / "part-00000.parquet").equals(QA_SCHEMA,
                                                                                       check_metadata=False)
-    samples = list(load_omnimedvqa(tmp_path / "omnimedvqa_train", "all"))
+    samples = load_grounding_task(tmp_path, "train")
     assert len(rows) == len(samples) == 12
     by_q = {}
     for r in rows:

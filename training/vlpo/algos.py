@@ -11,15 +11,58 @@ Conventions (documented choices):
 * k3 KL: `exp(ref - logp) - (ref - logp) - 1 >= 0` (Schulman's estimator of KL(pi_theta || pi_ref));
 * clip fraction: share of positions whose clipped branch is active, i.e. the gradient is cut
   (`rho > 1+eps` with A > 0, or `rho < 1-eps` with A < 0).
+
+Extension points (registries, as in verl / EasyR1), each entry a pure function with its own test:
+* `ADV_ESTIMATORS` (`@register_adv_estimator("name")`): rewards (N,), G, eps -> (advantages (N,), zero_std (N//G,));
+  "grpo" (std-scaled) and "dr_grpo" (mean-centred only). `adv_estimator_name(algo)` picks one from the config.
+* `POLICY_LOSSES` (`@register_policy_loss("name")`): log_ratio (N, T), advantages (N, 1), LossConfig ->
+  (loss (N, T), clipped (N, T) bool); `LossConfig.policy_loss` picks one ("ppo_clip").
+* `RL_VARIANTS` (`register_rl_variant`): the paper's variants as table rows (does the rollout have a latent
+  segment, does the loss carry the latent term), read by the run config instead of branching on names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
+
+AdvEstimator = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
+PolicyLoss = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
+ADV_ESTIMATORS: dict[str, AdvEstimator] = {}
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_into(table: dict, what: str, name: str):
+    """Decorator that puts a function into a registry `table` under `name` (twice is an error). The VLPO
+    registries (here, rewards.REWARDS, data.SAMPLE_SOURCES) all register through it."""
+    def deco(fn):
+        if name in table:
+            raise ValueError(f"{what} {name!r} registered twice")
+        table[name] = fn
+        return fn
+
+    return deco
+
+
+def register_adv_estimator(name: str):
+    """Decorator: `fn(rewards (N,), group_size, eps) -> (advantages (N,) float32, zero_std (N // G,) bool)`."""
+    return register_into(ADV_ESTIMATORS, "advantage estimator", name)
+
+
+def register_policy_loss(name: str):
+    """Decorator: `fn(log_ratio (N, T), advantages (N, 1) or (N, T), cfg: LossConfig) -> (loss (N, T),
+    clipped (N, T) bool)`; the same function scores the text tokens and the latent slots."""
+    return register_into(POLICY_LOSSES, "policy loss", name)
+
+
+def lookup(table: dict, what: str, name: str):
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; registered: {sorted(table)}")
+    return table[name]
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
@@ -38,6 +81,23 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
     if scale:
         adv = torch.where(std > 0, adv / (std + eps), torch.zeros_like(adv))
     return adv.reshape(-1), (std.squeeze(-1) == 0)
+
+
+@register_adv_estimator("grpo")
+def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 5, `(r - mean_G r) / (std_G r + eps)`. rewards (N,) -> (advantages (N,), zero_std (N // G,))."""
+    return group_advantages(rewards, group_size, eps, scale=True)
+
+
+@register_adv_estimator("dr_grpo")
+def dr_grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dr.GRPO: `r - mean_G r` (no std scaling). rewards (N,) -> (advantages (N,), zero_std (N // G,))."""
+    return group_advantages(rewards, group_size, eps, scale=False)
+
+
+def adv_estimator_name(algo) -> str:
+    """The estimator an `AlgoConfig` asks for: `scale_rewards` true -> "grpo", false -> "dr_grpo"."""
+    return "grpo" if algo.scale_rewards else "dr_grpo"
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -78,6 +138,14 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_ep
     return loss, active
 
 
+@register_policy_loss("ppo_clip")
+def ppo_clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor,
+                  cfg: "LossConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO-clip (`clipped_surrogate`) with the config's clip range (`clip_eps`, `clip_eps_high`).
+    log_ratio (N, T), advantages broadcastable to it -> (loss (N, T), clipped (N, T) bool)."""
+    return clipped_surrogate(log_ratio, advantages, cfg.clip_eps, cfg.clip_eps_high)
+
+
 def masked_aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
                      denom: float | None = None) -> torch.Tensor:
     """Aggregate (N, T) values over mask (N, T) to a scalar; 0 (keeping the graph) when the mask is empty.
@@ -106,6 +174,34 @@ class LossConfig:
     latent_sigma: float = 1.0  # Gaussian surrogate scale
     latent_sigma_relative: bool = False  # sigma_k = latent_sigma * ||mu_old,k|| (calibrated to the hidden norm)
     aggregation: str = "token_mean"
+    policy_loss: str = "ppo_clip"  # a POLICY_LOSSES name
+
+
+@dataclass(frozen=True)
+class RLVariant:
+    """One row of the variant table (method.md §5): what the rollout and the loss of a variant contain."""
+
+    name: str
+    latent: bool  # rollouts open a latent segment of rollout.k_latent slots (False: K forced to 0)
+    latent_loss: bool  # the loss carries lambda_lat * latent surrogate (False: lambda_lat forced to 0)
+    description: str = ""
+
+
+RL_VARIANTS: dict[str, RLVariant] = {}
+
+
+def register_rl_variant(name: str, *, latent: bool, latent_loss: bool, description: str = "") -> RLVariant:
+    if name in RL_VARIANTS:
+        raise ValueError(f"RL variant {name!r} registered twice")
+    if latent_loss and not latent:
+        raise ValueError(f"RL variant {name!r}: a latent loss needs a latent segment")
+    RL_VARIANTS[name] = RLVariant(name, latent, latent_loss, description)
+    return RL_VARIANTS[name]
+
+
+register_rl_variant("grpo", latent=False, latent_loss=False, description="plain decoding; text PPO-clip + beta KL")
+register_rl_variant("medlvr_grpo", latent=True, latent_loss=False, description="latent segment; text loss only")
+register_rl_variant("vlpo", latent=True, latent_loss=True, description="latent segment; text + latent + beta KL")
 
 
 @dataclass
@@ -136,15 +232,16 @@ def vlpo_loss(
     advantages (N,) broadcast to every text and latent position of a trajectory;
     z, mu_old, mu_new: (N, K, D); latent_mask (N, K): latent slots that exist.
 
-    The latent term is skipped when `lambda_lat == 0` or no latents are given (GRPO / MedLVR+GRPO); the KL term
-    when `beta == 0` or ref_logp is None. With both off the loss is exactly token-level GRPO (PPO-clip).
+    Both surrogates use the registered policy loss `cfg.policy_loss`. The latent term is skipped when
+    `lambda_lat == 0` or no latents are given (GRPO / MedLVR+GRPO); the KL term when `beta == 0` or ref_logp is None. With both off the loss is exactly token-level GRPO (PPO-clip).
     denoms: optional {"text": ..., "latent": ...} global divisors (see `masked_aggregate`); KL uses "text".
     Metrics hold fractions for this batch and the raw counts (`*_count`, `*_sum`) for summing micro-batches.
     """
     denoms = denoms or {}
+    policy_loss = lookup(POLICY_LOSSES, "policy loss", cfg.policy_loss)
     adv = advantages.float()[:, None]
     text_lr = logp - old_logp
-    text_l, text_clip = clipped_surrogate(text_lr, adv, cfg.clip_eps, cfg.clip_eps_high)
+    text_l, text_clip = policy_loss(text_lr, adv, cfg)
     text_loss = masked_aggregate(text_l, text_mask, cfg.aggregation, denoms.get("text"))
     loss = text_loss
     n_text = text_mask.sum().clamp(min=1)
@@ -167,7 +264,7 @@ def vlpo_loss(
         metrics.update(latent_abs_log_ratio=abs_sum / float(n_lat), latent_abs_log_ratio_sum=abs_sum,
                        latent_count=float(latent_mask.sum()))
         if use_lat:
-            lat_l, lat_clip = clipped_surrogate(lat_lr, adv, cfg.clip_eps, cfg.clip_eps_high)
+            lat_l, lat_clip = policy_loss(lat_lr, adv, cfg)
             latent_loss = masked_aggregate(lat_l, latent_mask, cfg.aggregation, denoms.get("latent"))
             loss = loss + cfg.lambda_lat * latent_loss
             metrics["clip_frac_latent"] = float((lat_clip & latent_mask).sum() / n_lat)

@@ -30,8 +30,10 @@ from medlvr.corpus.config import ConfigError, config_to_dict
 from medlvr.corpus.prompts import MC_INSTRUCTION
 from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 from medlvr.training.engine import EngineConfig
+from medlvr.training.vlpo.algos import RL_VARIANTS
+from medlvr.training.vlpo.data import sample_sources
 
-VARIANTS = ("grpo", "medlvr_grpo", "vlpo")
+VARIANTS = tuple(RL_VARIANTS)  # the variant table lives in algos.py
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "omnimedvqa"  # omnimedvqa | synthetic
-    root: Path | None = None  # OmniMedVQA root (QA_information/, Images/)
+    source: str = "omnimedvqa"  # a registered sample source (vlpo.data.sample_sources(): benchmarks, synthetic, ...)
+    root: Path | None = None  # the source's directory (OmniMedVQA: QA_information/, Images/)
     splits_dir: Path | None = None  # Med-R1 Splits/modality (optional; overrides the seeded split)
     split: str = "train"
     split_seed: int = 0
@@ -135,12 +137,13 @@ class VLPORunConfig:
         if self.algo.variant not in VARIANTS:
             raise ValueError(f"algo.variant must be one of {VARIANTS}, got {self.algo.variant!r}")
         k = self.rollout.k_latent
-        if self.algo.variant != "grpo" and k is not None and k < 1:
+        if RL_VARIANTS[self.algo.variant].latent and k is not None and k < 1:
             raise ValueError(f"variant {self.algo.variant!r} needs rollout.k_latent >= 1, got {k}")
         if self.rollout.num_generations < 2:
             raise ValueError("rollout.num_generations must be >= 2 (group-normalised advantages)")
-        if self.data.source not in ("omnimedvqa", "synthetic"):
-            raise ValueError(f"data.source must be omnimedvqa or synthetic, got {self.data.source!r}")
+        if self.data.source not in sample_sources():
+            raise ValueError(f"data.source must be a registered sample source {sorted(sample_sources())}, "
+                             f"got {self.data.source!r}")
         if not (self.engine.freeze_vision_tower and self.engine.freeze_merger):
             raise ValueError("stage 2 keeps the vision tower and merger frozen (method.md §4.7)")
         if self.engine.grad_accum != 1:
@@ -151,7 +154,7 @@ class VLPORunConfig:
     # effective settings of the variant
     @property
     def k_latent(self) -> int:
-        if self.algo.variant == "grpo":
+        if not RL_VARIANTS[self.algo.variant].latent:
             return 0
         if self.rollout.k_latent is None:
             raise ConfigError("rollout.k_latent is not resolved: call resolve_k_latent(cfg) first")
@@ -159,7 +162,7 @@ class VLPORunConfig:
 
     @property
     def lambda_lat(self) -> float:
-        return self.algo.lambda_lat if self.algo.variant == "vlpo" else 0.0
+        return self.algo.lambda_lat if RL_VARIANTS[self.algo.variant].latent_loss else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

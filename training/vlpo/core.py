@@ -16,7 +16,7 @@ import torch
 from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput
 from medlvr.training.model import LatentTokenIds, eos_token_ids
 from medlvr.training.replay import replay
-from medlvr.training.vlpo.algos import LossConfig, LossOutput, group_advantages, vlpo_loss
+from medlvr.training.vlpo.algos import ADV_ESTIMATORS, LossConfig, LossOutput, adv_estimator_name, lookup, vlpo_loss
 from medlvr.training.vlpo.data import PromptBatch
 from medlvr.training.vlpo.rewards import compute_rewards
 
@@ -88,7 +88,8 @@ def reference_logprobs(ref_model, batch: PromptBatch, out: LatentDecodeOutput, i
 def collect(policy, ref_model, engine, batch: PromptBatch, ids: LatentTokenIds, dcfg: DecodeConfig, algo,
             tokenizer, *, micro_batch: int, generator: torch.Generator | None = None, ref_offload: bool = False,
             need_ref: bool = True) -> Experience:
-    """Rollouts (shared prefill), rewards, group advantages, reference log-probs."""
+    """Rollouts (shared prefill), rewards (registered, `rewards.compute_rewards`), advantages (the registered
+    estimator the config selects), reference log-probs."""
     times: dict[str, float] = {}
     dev = policy.device
     with timed(times, "rollout", dev):
@@ -99,7 +100,8 @@ def collect(policy, ref_model, engine, batch: PromptBatch, ids: LatentTokenIds, 
         gold = [g for g in batch.gold for _ in range(G)]
         rew = compute_rewards(out.sequences, out.gen_mask, ids, tokenizer, opts, gold, eos_ids=eos_token_ids(policy),
                               format_weight=algo.format_weight)
-        adv, zero_std = group_advantages(rew["reward"], G, eps=algo.adv_eps, scale=algo.scale_rewards)
+        estimator = lookup(ADV_ESTIMATORS, "advantage estimator", adv_estimator_name(algo))
+        adv, zero_std = estimator(rew["reward"], G, eps=algo.adv_eps)
     ref_logp = None
     if need_ref and ref_model is not None:
         with timed(times, "ref", dev):
@@ -111,7 +113,7 @@ def collect(policy, ref_model, engine, batch: PromptBatch, ids: LatentTokenIds, 
 
 
 def loss_config(cfg) -> LossConfig:
-    """LossConfig of a VLPORunConfig (the variant decides lambda_lat)."""
+    """LossConfig of a VLPORunConfig (the variant's row in algos.RL_VARIANTS decides lambda_lat)."""
     a = cfg.algo
     return LossConfig(clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high, beta=a.beta, lambda_lat=cfg.lambda_lat,
                       latent_sigma=a.latent_sigma, latent_sigma_relative=a.latent_sigma_relative,

@@ -1,6 +1,9 @@
-"""Prompts for VLPO: OmniMedVQA (or synthetic) multiple-choice `Sample`s -> left-padded processor batches.
+"""Prompts for VLPO: multiple-choice `Sample`s from a registered sample source -> left-padded processor batches.
 
-* `load_samples(cfg.data)`: the OmniMedVQA train split through the registered loader, or `synthetic_samples`.
+* `load_samples(cfg.data, work_dir)`: the training prompts from the source `data.source` names (`sample_sources()`):
+  every registered benchmark (`medlvr.corpus.evalsets.registry`; OmniMedVQA in the paper) through its loader,
+  "synthetic" (`synthetic_samples`), "synthetic_grounding" (the mechanism task's own prompts), or any source
+  registered with `@register_sample_source(name)`.
 * `prompt_text(sample, instruction)`: question, one option per line (`A. text`), the instruction.
 * `PromptBatch`: processor output for B prompts plus per-prompt options and gold letters.
 * `PromptSampler`: deterministic epoch-wise shuffling; `state_dict()` / `load_state_dict()` for exact resume.
@@ -11,6 +14,7 @@ letter, options in a fixed order, tiny random images): the tiny-model RL test an
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +24,9 @@ import numpy as np
 from PIL import Image
 
 from medlvr.corpus.evalsets.base import Sample, file_uri, open_image
+from medlvr.corpus.evalsets.registry import all_benchmarks
+from medlvr.corpus.sample_data.synthetic_grounding import load_grounding_task
+from medlvr.training.vlpo.algos import register_into
 from medlvr.corpus.prompts import MC_INSTRUCTION, mc_prompt_text
 
 DEFAULT_INSTRUCTION = MC_INSTRUCTION  # the evaluation's direct multiple-choice instruction too
@@ -56,22 +63,64 @@ def synthetic_samples(n: int, image_dir: str | Path, seed: int = 0, size: int = 
     return out
 
 
-def load_samples(data_cfg, work_dir: str | Path) -> list[Sample]:
-    """The training prompts of a run (multiple-choice only)."""
-    if data_cfg.source == "synthetic":
-        return synthetic_samples(data_cfg.synthetic_size, Path(work_dir) / "synthetic_images", seed=data_cfg.split_seed,
-                                 templates=data_cfg.synthetic_templates)
-    from medlvr.corpus.evalsets.omnimedvqa import load_omnimedvqa
+SampleSource = Callable[..., list[Sample]]  # source(data_cfg: DataConfig, work_dir: Path) -> Samples
+SAMPLE_SOURCES: dict[str, SampleSource] = {}
 
+
+def register_sample_source(name: str):
+    """Decorator: register `fn(data_cfg, work_dir) -> list[Sample]` as the VLPO sample source `name`."""
+    return register_into(SAMPLE_SOURCES, "sample source", name)
+
+
+@register_sample_source("synthetic")
+def _synthetic_source(data_cfg, work_dir: Path) -> list[Sample]:
+    return synthetic_samples(data_cfg.synthetic_size, Path(work_dir) / "synthetic_images", seed=data_cfg.split_seed,
+                             templates=data_cfg.synthetic_templates)
+
+
+@register_sample_source("synthetic_grounding")
+def _grounding_source(data_cfg, work_dir: Path) -> list[Sample]:
     if data_cfg.root is None:
-        raise ValueError("data.root (the OmniMedVQA directory) is required for data.source=omnimedvqa")
-    samples = list(load_omnimedvqa(
-        data_cfg.root, data_cfg.split, seed=data_cfg.split_seed, test_fraction=data_cfg.test_fraction,
-        splits_dir=data_cfg.splits_dir, modalities=list(data_cfg.modalities) if data_cfg.modalities else None,
-        limit=data_cfg.limit,
-    ))
+        raise ValueError("data.root (the directory write_grounding_task wrote) is required for "
+                         "data.source=synthetic_grounding")
+    return load_grounding_task(data_cfg.root, data_cfg.split, data_cfg.limit)
+
+
+def benchmark_source(name: str) -> SampleSource:
+    """A registered benchmark as a sample source: its loader on `data.root`, given the `data` settings its
+    signature accepts (split, seed <- split_seed, test_fraction, splits_dir, modalities, limit)."""
+    loader = all_benchmarks()[name].loader
+
+    def source(data_cfg, work_dir: Path) -> list[Sample]:
+        if data_cfg.root is None:
+            raise ValueError(f"data.root (the {name} directory) is required for data.source={name}")
+        settings = {"split": data_cfg.split, "seed": data_cfg.split_seed, "test_fraction": data_cfg.test_fraction,
+                    "splits_dir": data_cfg.splits_dir, "limit": data_cfg.limit,
+                    "modalities": list(data_cfg.modalities) if data_cfg.modalities else None}
+        accepted = inspect.signature(loader).parameters
+        return list(loader(data_cfg.root, **{k: v for k, v in settings.items() if k in accepted}))
+
+    return source
+
+
+def sample_sources() -> dict[str, SampleSource]:
+    """Every source `data.source` may name: the registered ones and every registered benchmark."""
+    benches = {name: benchmark_source(name) for name in all_benchmarks() if name not in SAMPLE_SOURCES}
+    return {**SAMPLE_SOURCES, **benches}
+
+
+def load_samples(data_cfg, work_dir: str | Path) -> list[Sample]:
+    """The training prompts of a run: multiple-choice samples of the source `data.source` names."""
+    sources = sample_sources()
+    if data_cfg.source not in sources:
+        raise ValueError(f"data.source {data_cfg.source!r} is not a registered sample source ({sorted(sources)})")
+    samples = sources[data_cfg.source](data_cfg, Path(work_dir))
     if not samples:
-        raise ValueError(f"no OmniMedVQA samples for split {data_cfg.split!r} under {data_cfg.root}")
+        raise ValueError(f"no {data_cfg.source} samples for split {data_cfg.split!r} under {data_cfg.root}")
+    not_mc = sorted({s.kind for s in samples} - {"mc"})
+    if not_mc:
+        raise ValueError(f"data.source={data_cfg.source}: VLPO's rewards score option letters, but the samples "
+                         f"include kinds {not_mc} (only multiple choice trains)")
     return samples
 
 

@@ -1,0 +1,91 @@
+"""The benchmark registry: the six paper benchmarks register the facts evaluation used to hard-code, and a new
+benchmark (a loader and a sample writer registered in this test, no other file edited) runs through evaluation's
+loading path."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medlvr.corpus.evalsets import registry
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri
+from medlvr.corpus.evalsets.registry import all_benchmarks, register_benchmark, write_benchmark_samples
+
+
+def test_paper_benchmarks_register_what_evaluation_used_to_hard_code():
+    from medlvr.evaluation import config
+
+    assert config.BENCHMARKS == ("omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
+    assert config.EXTERNAL == ("slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
+    assert config.EFFICIENCY_QUOTAS == {"slake": 100, "vqa_rad": 100, "pmc_vqa": 100, "mmmu_hm": 100,
+                                        "medxpertqa_mm": 85}
+    assert sum(config.EFFICIENCY_QUOTAS.values()) == 485
+    assert config.EFFICIENCY_KINDS == {"slake": "yesno", "vqa_rad": "yesno", "mmmu_hm": "mc"}
+    assert {b: d for b, d in config.DATA_DIRS.items() if b != d} == {"mmmu_hm": "mmmu", "medxpertqa_mm": "medxpertqa"}
+    assert list(registry.sample_writers()) == ["omnimedvqa", "slake", "vqa_rad", "vqa_rad_osf", "pmc_vqa", "mmmu",
+                                               "medxpertqa"]
+
+
+def test_partitions_and_sample_evaluation_follow_the_registry():
+    from medlvr.pipelines.evaluation.assets import BENCHMARK_PARTITIONS, SAMPLE_CONFIG
+
+    assert BENCHMARK_PARTITIONS.get_partition_keys() == list(all_benchmarks())
+    assert list(SAMPLE_CONFIG["benchmarks"]) == list(all_benchmarks())
+
+
+def test_a_benchmark_name_selects_its_data_dir_writer(tmp_path):
+    counts = write_benchmark_samples(tmp_path, ["mmmu_hm"])
+    assert counts == {"mmmu": 6} and (tmp_path / "mmmu").is_dir() and not (tmp_path / "mmmu_hm").exists()
+    with pytest.raises(KeyError, match="no benchmark sample writer"):
+        write_benchmark_samples(tmp_path, ["nonexistent"])
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The registry as it is, in a copy this test may add to."""
+    monkeypatch.setattr(registry, "BENCHMARK_REGISTRY", dict(all_benchmarks()))
+
+
+def test_register_rejects_duplicates_and_a_data_dir_without_writer(scratch_registry):
+    with pytest.raises(ValueError, match="registered twice"):
+        register_benchmark("slake", lambda root: iter(()))
+    with pytest.raises(ValueError, match="no sample writer for its data_dir"):
+        register_benchmark("toy", lambda root: iter(()), data_dir="toy_v2", sample_writers={"toy": lambda root: 0})
+    with pytest.raises(ValueError, match="efficiency_kind"):
+        register_benchmark("toy", lambda root: iter(()), efficiency_kind="essay")
+    with pytest.raises(BenchmarkError, match="no benchmark registered as 'toy'"):
+        registry.get_benchmark("toy")
+
+
+def test_a_new_benchmark_is_one_registration(scratch_registry, tmp_path):
+    """Loader + sample writer registered here; evaluation writes the sample files, loads and scores them."""
+    from medlvr.evaluation.config import EvalConfig
+    from medlvr.evaluation.runs import load_all
+    from medlvr.evaluation.scoring import make_record, score_file, write_records
+
+    def write_toy(root: Path) -> int:
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(root / "red.png")
+        rows = [{"id": 1, "q": "Is the image red?", "a": "yes"}, {"id": 2, "q": "Is the image blue?", "a": "no"}]
+        (root / "toy.json").write_text(json.dumps(rows))
+        return len(rows)
+
+    def load_toy(root: Path, split: str = "test"):
+        for r in json.loads((Path(root) / "toy.json").read_text()):
+            yield Sample("toy", f"{split}-{r['id']}", r["q"], "yesno", r["a"], images=(file_uri(root / "red.png"),))
+
+    register_benchmark("toy", load_toy, data_dir="toy_qa", sample_writers={"toy_qa": write_toy}, rank=50)
+    assert list(all_benchmarks()).index("toy") == 6  # after the six paper benchmarks (ranks 0-5)
+
+    bench = tmp_path / "bench"
+    cfg = EvalConfig.from_dict({"out_dir": str(tmp_path / "out"), "data_root": str(bench), "sample_data": True,
+                                "benchmarks": {"toy": {"path": str(bench / "toy_qa")}},
+                                "models": [{"name": "base", "path": "tiny:0"}]})
+    samples = load_all(cfg)["toy"]
+    assert [s.sample_id for s in samples] == ["test-1", "test-2"]
+    assert (tmp_path / "bench" / "toy_qa" / "red.png").is_file()
+    write_records(tmp_path / "p.jsonl", [make_record(s, f"<answer>{s.answer}</answer>", n_tokens=3, model="gold",
+                                                     k_latent=0) for s in samples])
+    scored = score_file(tmp_path / "p.jsonl")
+    assert [r["correct"] for r in scored] == [True, True]
