@@ -73,7 +73,7 @@ class DecodeSettings:
 @dataclass(frozen=True)
 class EvalConfig:
     models: tuple[ModelSpec, ...] = ()
-    # name -> loader keyword arguments (+ `path`; default <data_root>/<DATA_DIRS name>)
+    # name -> loader keyword arguments (+ `path`; default <data_root>/<DATA_DIRS name>); empty: all registered
     benchmarks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     out_dir: Path = Path("eval_out")
     decode: DecodeSettings = field(default_factory=DecodeSettings)
@@ -94,7 +94,9 @@ class EvalConfig:
         if len({m.name for m in self.models}) != len(self.models):
             raise ValueError("models: model names must be unique")
         benches: dict[str, dict] = {}
-        for name, kw in self.benchmarks.items():
+        # no `benchmarks` section: every registered benchmark under data_root (a new benchmark module needs no edit
+        # of the sample configs to be evaluated)
+        for name, kw in (self.benchmarks or dict.fromkeys(BENCHMARKS)).items():
             kw = dict(kw or {})
             if "path" not in kw:
                 if self.data_root is None:

@@ -30,7 +30,10 @@ def test_partitions_and_sample_evaluation_follow_the_registry():
     from medlvr.pipelines.evaluation.assets import BENCHMARK_PARTITIONS, SAMPLE_CONFIG
 
     assert BENCHMARK_PARTITIONS.get_partition_keys() == list(all_benchmarks())
-    assert list(SAMPLE_CONFIG["benchmarks"]) == list(all_benchmarks())
+    from medlvr.evaluation.config import load_eval_config
+
+    sample = load_eval_config(SAMPLE_CONFIG)  # its benchmarks section is left out: every registered benchmark
+    assert list(sample.benchmarks) == list(sample.main_benchmarks) == list(all_benchmarks())
 
 
 def test_a_benchmark_name_selects_its_data_dir_writer(tmp_path):
@@ -59,6 +62,7 @@ def test_register_rejects_duplicates_and_a_data_dir_without_writer(scratch_regis
 
 def test_a_new_benchmark_is_one_registration(scratch_registry, tmp_path):
     """Loader + sample writer registered here; evaluation writes the sample files, loads and scores them."""
+    from medlvr.corpus.config import build_config
     from medlvr.evaluation.config import EvalConfig
     from medlvr.evaluation.runs import load_all
     from medlvr.evaluation.scoring import make_record, score_file, write_records
@@ -79,9 +83,9 @@ def test_a_new_benchmark_is_one_registration(scratch_registry, tmp_path):
     assert list(all_benchmarks()).index("toy") == 6  # after the six paper benchmarks (ranks 0-5)
 
     bench = tmp_path / "bench"
-    cfg = EvalConfig.from_dict({"out_dir": str(tmp_path / "out"), "data_root": str(bench), "sample_data": True,
-                                "benchmarks": {"toy": {"path": str(bench / "toy_qa")}},
-                                "models": [{"name": "base", "path": "tiny:0"}]})
+    cfg = build_config(EvalConfig, {"out_dir": str(tmp_path / "out"), "data_root": str(bench), "sample_data": True,
+                                    "benchmarks": {"toy": {"path": str(bench / "toy_qa")}},
+                                    "models": [{"name": "base", "path": "tiny", "tiny_seed": 0, "k_latent": 0}]})
     samples = load_all(cfg)["toy"]
     assert [s.sample_id for s in samples] == ["test-1", "test-2"]
     assert (tmp_path / "bench" / "toy_qa" / "red.png").is_file()
