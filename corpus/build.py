@@ -324,7 +324,7 @@ def dedup_step(ctx: BuildContext, dataset: None = None) -> dict[str, Any]:
         raise FileNotFoundError(f"no dataset of {ctx.datasets} has ingest and QA outputs in {out}")
     ingest = {}
     for d in ids:
-        s = json.loads((out / layout.ingest(d) / "summary.json").read_text())
+        s = json.loads((out / layout.ingest_summary(d)).read_text())
         ingest[d] = {"records": s["records_in"], "rejected": s["records_rejected"], "images": s["images_out"],
                      "rois": s["rois_out"]}
     qa = {d: json.loads((out / layout.qa_stats(d)).read_text())["pairs"] for d in ids}

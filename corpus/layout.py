@@ -65,6 +65,10 @@ def rejects(dataset: str = DATASET) -> str:
     return f"{INGEST}/{dataset}/rejects.parquet"
 
 
+def ingest_summary(dataset: str = DATASET) -> str:
+    return f"{INGEST}/{dataset}/summary.json"
+
+
 def qa(dataset: str = DATASET) -> str:
     return f"{QA}/{dataset}"
 
