@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -81,9 +82,10 @@ def _write_table(rows_or_table, schema: pa.Schema, path: Path) -> None:
     tmp.replace(path)
 
 
-def _write_json(obj: Any, path: Path) -> None:
+def write_json(obj: Any, path: Path) -> None:
+    """Atomic JSON write (temp file named after the process, then rename: concurrent writers never mix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
     tmp.replace(path)
 
@@ -147,7 +149,7 @@ def build_qa_dataset(dataset: str, out: Path, cfg: BuildConfig, kg, text: TextSt
         raise
     stats = {"pairs": sum(counts.values()), "question_types": dict(sorted(counts.items())),
              "generation": {k: v - before.get(k, 0) for k, v in sorted(text.stats.items()) if v - before.get(k, 0)}}
-    _write_json(stats, out / layout.qa_stats(dataset))
+    write_json(stats, out / layout.qa_stats(dataset))
     return stats
 
 
@@ -193,7 +195,7 @@ def compute_dup_groups(out: Path, cfg: BuildConfig) -> dict[str, Any]:
     sizes = group_sizes(groups)
     report = {"images": len(groups), "groups_with_duplicates": len(sizes),
               "images_in_duplicate_groups": sum(sizes.values()), "largest_group": max(sizes.values(), default=1)}
-    _write_json(report, out / layout.DEDUP_REPORT)
+    write_json(report, out / layout.DEDUP_REPORT)
     return report
 
 
@@ -214,7 +216,7 @@ def decontaminate(out: Path, cfg: BuildConfig) -> dict[str, Any]:
     _write_table([dataclasses.asdict(m) for m in matches], schema, out / layout.CONTAMINATED)
     report = {**rep.to_dict(), "removed_images": len({m.image_id for m in matches}),
               "benchmarks_configured": sorted(roots)}
-    _write_json(report, out / layout.DECONTAM_REPORT)
+    write_json(report, out / layout.DECONTAM_REPORT)
     return report
 
 
@@ -227,7 +229,7 @@ def compute_splits(out: Path, cfg: BuildConfig, datasets: list[str]) -> dict[str
     _write_table([{"image_id": k, "split": v} for k, v in sorted(split_of.items())], schema,
                  out / layout.SPLITS)
     report = rep.to_dict()
-    _write_json(report, out / layout.SPLITS_REPORT)
+    write_json(report, out / layout.SPLITS_REPORT)
     return report
 
 
@@ -329,7 +331,7 @@ def dedup_step(ctx: BuildContext, dataset: None = None) -> dict[str, Any]:
                      "rois": s["rois_out"]}
     qa = {d: json.loads((out / layout.qa_stats(d)).read_text())["pairs"] for d in ids}
     not_built = sorted(set(ctx.datasets + ctx.skipped) - set(ids))
-    _write_json({"datasets": ids, "not_built": not_built, "ingest": ingest, "qa": qa}, out / layout.DATASETS)
+    write_json({"datasets": ids, "not_built": not_built, "ingest": ingest, "qa": qa}, out / layout.DATASETS)
     compute_hashes(out, ids)
     return {**compute_dup_groups(out, ctx.cfg), "datasets": ids, "not_built": not_built}
 
@@ -361,7 +363,7 @@ def card_step(ctx: BuildContext, dataset: None = None) -> dict[str, Any]:
               **{k: manifest[k] for k in ("dedup", "decontamination", "splits")},
               "shards": str(out / layout.SHARDS), "generation": dict(sorted(manifest["generation"].items())),
               "card": str(card)}
-    _write_json(report, out / layout.BUILD_REPORT)
+    write_json(report, out / layout.BUILD_REPORT)
     return report
 
 

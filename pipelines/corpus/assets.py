@@ -13,15 +13,13 @@ a changed raw file, a code change or a new upstream data version marks exactly t
 """
 
 import contextlib
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from medlvr.corpus import layout
-from medlvr.corpus.build import STEPS, BuildContext
+from medlvr.corpus.build import STEPS, BuildContext, write_json
 from medlvr.pipelines.code_version import folder_fingerprint, package_code_version
 from medlvr.pipelines.corpus import metadata as md
 from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
@@ -32,13 +30,6 @@ IO_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL
 INGEST, QA, PUBLISH = "corpus_ingest", "corpus_qa", "corpus_publish"
 # the code every corpus asset runs: editing it makes the assets stale
 CODE_VERSION = package_code_version("medlvr.corpus", "medlvr.pipelines.corpus")
-
-
-def _write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    tmp.replace(path)
 
 
 def _where(storage: CorpusStorage, rel: str) -> dg.MetadataValue:
@@ -83,7 +74,7 @@ def raw_dataset(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots,
            "records": len(refs), "discover_rejects": len(rejects), "layout_missing": missing,
            "sample_data": dataset_roots.uses_samples}
     with storage.workdir(push_paths=[layout.raw(ds)]) as out:
-        _write_json(inv, out / layout.inventory(ds))
+        write_json(inv, out / layout.inventory(ds))
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
         "root": dg.MetadataValue.path(str(root)), "files": inv["files"], "bytes": inv["bytes"],
         "records": len(refs), "discover_rejects": len(rejects),
@@ -135,7 +126,7 @@ def ingest_dataset_assets(context: dg.AssetExecutionContext, dataset_roots: Data
 def knowledge_graph(kg: KnowledgeGraphResource, storage: CorpusStorage) -> dg.MaterializeResult:
     stats = kg.stats()
     with storage.workdir(push_paths=[layout.KG_STATS]) as out:
-        _write_json(stats, out / layout.KG_STATS)
+        write_json(stats, out / layout.KG_STATS)
     return dg.MaterializeResult(metadata={
         "nodes": stats["nodes"], "edges": stats["edges"], "curated_concepts": stats["concepts"],
         "types": md.counts_table(stats["types"], "type"), "relations": md.counts_table(stats["relations"], "relation"),
@@ -209,7 +200,7 @@ def splits(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.Materi
           description="Training shards: shards/<split>/part-*.parquet with image bytes inline, plus "
                       "shards/_manifest.json (row counts, sha256 per shard, build reports). Published atomically.")
 def corpus_shards(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    with run_step("shards", storage, corpus_settings) as (rep, out):
+    with run_step("shards", storage, corpus_settings) as (rep, _):
         shard_dir = Path(rep["shards"])
         man = md.read_manifest(shard_dir)
         manifest_rel = f"{layout.SHARDS}/{md.manifest_path(shard_dir).name}"
