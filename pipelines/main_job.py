@@ -70,16 +70,22 @@ class MainJob:
                                                                working_directory=os.getcwd())
         self.home = medlvr_home()
         self.summary: dict[str, list[str]] = {"ran": [], "reused": [], "failed": []}
+        self._resolver = None
 
     def _stale_status(self):
-        """A fresh resolver of Dagster's stale status (it caches per instance state, so one per question)."""
+        """Dagster's stale-status resolver. It caches what it read from the instance, so it is made again after
+        every run this job executes (`execute` drops it)."""
         from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
         from dagster._core.definitions.data_version import CachingStaleStatusResolver
         from dagster._time import get_current_datetime
 
+        if self._resolver is not None:
+            return self._resolver
         view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                               instance=self.instance, asset_graph=self.asset_graph)
-        return CachingStaleStatusResolver(instance=self.instance, asset_graph=self.asset_graph, loading_context=view)
+        self._resolver = CachingStaleStatusResolver(instance=self.instance, asset_graph=self.asset_graph,
+                                                    loading_context=view)
+        return self._resolver
 
     def up_to_date(self, job_name: str, partition: str | None = None) -> bool:
         """Every asset of the job (its partition) is FRESH in Dagster's stale status."""
@@ -116,6 +122,7 @@ class MainJob:
         from dagster._core.definitions.reconstruct import ReconstructableJob
         from dagster._core.execution.api import execute_run
 
+        self._resolver = None  # the instance changes: statuses read before this run are out of date
         job = ReconstructableJob(self.repository, job_name)
         # the full event log is in the instance (dagster dev); the console gets warnings and errors only
         cfg = {**(run_config or {}), "execution": {"config": {"in_process": {}}},
