@@ -41,44 +41,24 @@ BUILD_REPORT = "build_report.json"
 DATASET = "{dataset}"  # placeholder in per-dataset paths; `for_dataset` fills it
 
 
-def raw(dataset: str = DATASET) -> str:
-    return f"raw/{dataset}"
+def _per_dataset(template: str):
+    """A function dataset id -> the path; called without an id it gives the template (for the step table)."""
+    def path(dataset: str = DATASET) -> str:
+        return template.replace(DATASET, dataset)
+
+    return path
 
 
-def inventory(dataset: str = DATASET) -> str:
-    return f"raw/{dataset}/inventory.json"
-
-
-def ingest(dataset: str = DATASET) -> str:
-    return f"{INGEST}/{dataset}"
-
-
-def images(dataset: str = DATASET) -> str:
-    return f"{INGEST}/{dataset}/images.parquet"
-
-
-def rois(dataset: str = DATASET) -> str:
-    return f"{INGEST}/{dataset}/rois.parquet"
-
-
-def rejects(dataset: str = DATASET) -> str:
-    return f"{INGEST}/{dataset}/rejects.parquet"
-
-
-def ingest_summary(dataset: str = DATASET) -> str:
-    return f"{INGEST}/{dataset}/summary.json"
-
-
-def qa(dataset: str = DATASET) -> str:
-    return f"{QA}/{dataset}"
-
-
-def pairs(dataset: str = DATASET) -> str:
-    return f"{QA}/{dataset}/pairs.parquet"
-
-
-def qa_stats(dataset: str = DATASET) -> str:
-    return f"{QA}/{dataset}/stats.json"
+raw = _per_dataset("raw/{dataset}")
+inventory = _per_dataset("raw/{dataset}/inventory.json")
+ingest = _per_dataset("ingest/{dataset}")
+images = _per_dataset("ingest/{dataset}/images.parquet")
+rois = _per_dataset("ingest/{dataset}/rois.parquet")
+rejects = _per_dataset("ingest/{dataset}/rejects.parquet")
+ingest_summary = _per_dataset("ingest/{dataset}/summary.json")
+qa = _per_dataset("qa/{dataset}")
+pairs = _per_dataset("qa/{dataset}/pairs.parquet")
+qa_stats = _per_dataset("qa/{dataset}/stats.json")
 
 
 def for_dataset(paths: tuple[str, ...], dataset: str | None) -> list[str]:
