@@ -3,20 +3,24 @@ Subcommands stay thin: they parse arguments and call the library.
 
     medlvr catalog [--json]
     medlvr sample-data OUT_DIR [--datasets ID ...]
-    medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE]
+    medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE] [--set KEY=VALUE]
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
+                        [--config FILE] [--set KEY=VALUE]
+
+`--config`/`--set` load through `medlvr.corpus.config` (unknown keys are errors); `--workers` and `--qa-backend`
+are shortcuts for `--set ingest.workers=N` / `--set generator.backend=NAME` (applied after the other overrides).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 from medlvr.corpus.catalog import load_catalog
-from medlvr.corpus.ingest import run_ingest
+from medlvr.corpus.config import add_config_arguments, load_config
+from medlvr.corpus.ingest import IngestConfig, run_ingest
 
 
 def _cmd_catalog(args) -> int:
@@ -67,11 +71,8 @@ def print_summary(summaries, file=None) -> None:
 
 
 def _cmd_ingest(args) -> int:
-    from medlvr.corpus.ingest import IngestConfig
-
-    cfg = IngestConfig.from_yaml(args.config) if args.config else IngestConfig()
-    if args.workers is not None:
-        cfg = dataclasses.replace(cfg, workers=args.workers)
+    shortcuts = [f"workers={args.workers}"] if args.workers is not None else []
+    cfg = load_config(IngestConfig, args.config, [*args.overrides, *shortcuts])
     summaries, missing = run_ingest(Path(args.data_root), Path(args.out), args.datasets, cfg, progress=not args.quiet)
     print_summary(summaries)
     for m in missing:
@@ -83,13 +84,13 @@ def _cmd_ingest(args) -> int:
 def _cmd_build_corpus(args) -> int:
     from medlvr.corpus.build import BuildConfig, build_corpus
 
-    cfg = BuildConfig.from_yaml(args.config) if args.config else BuildConfig()
-    if args.workers is not None:
-        cfg = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, workers=args.workers))
-    if args.qa_backend:
-        cfg = dataclasses.replace(cfg, generator={**cfg.generator, "backend": args.qa_backend})
+    shortcuts = [f"ingest.workers={args.workers}"] if args.workers is not None else []
+    shortcuts += [f"generator.backend={args.qa_backend}"] if args.qa_backend else []
+    cfg = load_config(BuildConfig, args.config, [*args.overrides, *shortcuts])
     report = build_corpus(Path(args.data_root), Path(args.out), cfg, args.datasets, progress=not args.quiet)
     print_build_report(report)
+    for m in report["missing"]:
+        print(f"skipped: {m}", file=sys.stderr)
     return 0
 
 
@@ -123,7 +124,8 @@ def register(sub) -> None:
     i.add_argument("--out", required=True)
     i.add_argument("--datasets", nargs="+")
     i.add_argument("--workers", type=int)
-    i.add_argument("--config", help="YAML with IngestConfig fields (normalise, slices, workers, ...)")
+    add_config_arguments(i, "IngestConfig fields: normalise, slices, workers, ...", "normalise.max_side=256",
+                         required=False)
     i.add_argument("--quiet", action="store_true", help="no progress bars")
     i.set_defaults(fn=_cmd_ingest)
     b = sub.add_parser("build-corpus", help="ingest, generate QA-box pairs, dedup, split, decontaminate, shard")
@@ -132,6 +134,7 @@ def register(sub) -> None:
     b.add_argument("--datasets", nargs="+")
     b.add_argument("--qa-backend", choices=["template", "transformers", "openai"])
     b.add_argument("--workers", type=int)
-    b.add_argument("--config", help="YAML with BuildConfig fields (ingest, qa, generator, benchmark_roots, ...)")
+    add_config_arguments(b, "BuildConfig fields: ingest, qa, generator, benchmark_roots, ...",
+                         "generator.backend=openai", required=False)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=_cmd_build_corpus)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import yaml
 
 from medlvr.corpus.adapters import ADAPTERS
 from medlvr.corpus.paths import clear_path_cache
@@ -55,6 +54,8 @@ class DatasetMissing(FileNotFoundError):
 
 @dataclass(frozen=True)
 class IngestConfig:
+    """Ingestion settings; a file of them loads with `medlvr.corpus.config.load_config(IngestConfig, path, overrides)`."""
+
     normalise: NormaliseConfig = NormaliseConfig()
     slices: SliceConfig = SliceConfig()
     workers: int = 1
@@ -63,17 +64,6 @@ class IngestConfig:
     records_per_task: int = 4  # at most; fewer when records are slow (see _TaskSizer)
     flush_rows: int = 32  # images per Parquet row group (also capped at 8 MB of PNG bytes): bounds memory
     keep_heap: bool = True  # tune glibc malloc in the processes that decode images (see keep_heap)
-
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "IngestConfig":
-        d = dict(d or {})
-        return cls(normalise=NormaliseConfig.from_dict(d.pop("normalise", None)),
-                   slices=SliceConfig.from_dict(d.pop("slices", None)),
-                   **{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "IngestConfig":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
 @dataclass

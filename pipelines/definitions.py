@@ -4,6 +4,10 @@ Domains are folders (`pipelines/corpus/`, later `pipelines/training/`, `pipeline
 one `Definitions`, merged here. Heavy ML libraries (torch, transformers) are never imported at module level:
 the code server and every step process import this module.
 
+Every asset has a code version (`medlvr.pipelines.code_version`: a hash of the library and pipeline packages it
+runs), so Dagster's staleness marks assets stale when their code changes; the corpus assets declare theirs,
+`CODE_VERSIONS` below gives one to the assets of the other domains by group.
+
 GPU work goes into the `gpu` concurrency pool (limit 1: see pipelines/dagster_home/dagster.yaml and
 pipelines/README.md), e.g. `@dg.asset(pool="gpu", ...)` on the training assets.
 """
@@ -11,6 +15,8 @@ pipelines/README.md), e.g. `@dg.asset(pool="gpu", ...)` on the training assets.
 import warnings
 
 import dagster as dg
+
+from medlvr.pipelines.code_version import package_code_version
 
 # Partitioned asset checks are a preview feature in 1.13 (they work; the warning at definition time is noise).
 with warnings.catch_warnings():
@@ -34,4 +40,15 @@ evaluation_report_job = dg.define_asset_job(
 training_defs = dg.Definitions(assets=[*TRAINING_ASSETS, *VLPO_ASSETS],
                                jobs=[training_job, evaluation_predictions_job, evaluation_report_job],
                                resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
-defs = dg.Definitions.merge(corpus_defs, training_defs, evaluation_defs)
+# asset group -> the packages its assets run (an asset that declares its own code version keeps it)
+CODE_VERSIONS = {"training": ("medlvr.training", "medlvr.pipelines.training"),
+                 "evaluation": ("medlvr.evaluation", "medlvr.pipelines.evaluation")}
+
+
+def _with_code_version(spec: dg.AssetSpec) -> dg.AssetSpec:
+    if spec.code_version is not None or spec.group_name not in CODE_VERSIONS:
+        return spec
+    return spec.replace_attributes(code_version=package_code_version(*CODE_VERSIONS[spec.group_name]))
+
+
+defs = dg.Definitions.merge(corpus_defs, training_defs, evaluation_defs).map_asset_specs(func=_with_code_version)

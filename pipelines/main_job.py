@@ -7,47 +7,47 @@ materialisation, check result and the report.
     training (1 run)       roi_sft_checkpoint (tiny) -> vlpo_checkpoint (tiny)               (Dagster Pipes)
     evaluation             evaluation_predictions per benchmark (6 runs) -> evaluation_report
 
-Up-to-date steps are reused: every run is tagged with a fingerprint of its inputs (raw files, configs, the source
-of the packages the step calls, upstream fingerprints); a step whose latest successful run has the same
-fingerprint is skipped.
+Up-to-date runs are skipped by Dagster's own staleness: a job runs when one of its assets (its partition) is
+missing or stale, that is its code version changed (`medlvr.pipelines.code_version`) or an upstream asset has a
+new data version; `raw_dataset`'s data version is its raw folder's fingerprint, so a touched raw file reruns that
+dataset and what depends on it. `--force` runs every job.
+
+Every run belongs to the code location of workspace.yaml (location `medlvr`, module `medlvr.pipelines.definitions`):
+it is created with that location's job origin, so the webserver lists it on the job's page and the timeline. The
+run's steps execute in this process, one after the other (the in-process executor: about 40 runs of a few seconds
+each fit the 3-minute budget only without a process per step); the training steps launch their trainer as a
+Dagster Pipes subprocess.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-FINGERPRINT_TAG = "medlvr/input_fingerprint"
+LOCATION_NAME = "medlvr"  # workspace.yaml's location_name
+DEFINITIONS_MODULE = "medlvr.pipelines.definitions"  # workspace.yaml's module_name
+DEFINITIONS_ATTRIBUTE = "defs"
 
 
-def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+def code_location_job_origin(job_name: str):
+    """The origin a run of `job_name` gets when the webserver of workspace.yaml launches it: runs created with it
+    carry the repository label `__repository__@medlvr` that the job's page filters on."""
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
-
-def tree_fingerprint(root: Path, suffixes: tuple[str, ...] | None = None) -> str:
-    """Paths, sizes and modification times under `root` (cheap: no file is read)."""
-    h = hashlib.sha256()
-    for p in sorted(Path(root).rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts and (suffixes is None or p.suffix in suffixes):
-            st = p.stat()
-            h.update(f"{p.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def code_fingerprint(*packages: str) -> str:
-    """The source of the packages a step calls: editing their code makes the step stale."""
-    h = hashlib.sha256()
-    for pkg in packages:
-        for p in sorted((REPO / pkg).rglob("*")):
-            if p.is_file() and p.suffix in (".py", ".yaml", ".csv", ".json") and "__pycache__" not in p.parts:
-                h.update(p.relative_to(REPO).as_posix().encode())
-                h.update(p.read_bytes())
-    return h.hexdigest()[:20]
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE,
+                                  attribute=DEFINITIONS_ATTRIBUTE, working_directory=os.getcwd())
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, location_name=LOCATION_NAME)
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
 
 
 class MainJob:
@@ -55,6 +55,7 @@ class MainJob:
         os.environ["DAGSTER_HOME"] = str(Path(dagster_home).resolve())
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import dagster as dg
+        from dagster._core.definitions.reconstruct import ReconstructableRepository
 
         from medlvr.pipelines.corpus.resources import medlvr_home
         from medlvr.pipelines.definitions import defs
@@ -64,80 +65,110 @@ class MainJob:
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # Pipes internals; noise on the console
         self.dg, self.defs, self.log, self.force = dg, defs, log, force
         self.instance = dg.DagsterInstance.get()
+        self.asset_graph = defs.resolve_asset_graph()
+        self.repository = ReconstructableRepository.for_module(DEFINITIONS_MODULE, DEFINITIONS_ATTRIBUTE,
+                                                               working_directory=os.getcwd())
         self.home = medlvr_home()
         self.summary: dict[str, list[str]] = {"ran": [], "reused": [], "failed": []}
+        self._resolver = None
 
-    def _up_to_date(self, job_name: str, fingerprint: str, partition: str | None) -> bool:
-        if self.force:
-            return False
-        tags = {FINGERPRINT_TAG: fingerprint, **({"dagster/partition": partition} if partition else {})}
-        runs = self.instance.get_runs(self.dg.RunsFilter(job_name=job_name, tags=tags,
-                                                         statuses=[self.dg.DagsterRunStatus.SUCCESS]), limit=1)
-        return bool(runs)
+    def _stale_status(self):
+        """Dagster's stale-status resolver. It caches what it read from the instance, so it is made again after
+        every run this job executes (`execute` drops it)."""
+        from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+        from dagster._core.definitions.data_version import CachingStaleStatusResolver
+        from dagster._time import get_current_datetime
 
-    def run(self, job_name: str, fingerprint: str, partition: str | None = None, run_config: dict | None = None) -> bool:
+        if self._resolver is not None:
+            return self._resolver
+        view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                              instance=self.instance, asset_graph=self.asset_graph)
+        self._resolver = CachingStaleStatusResolver(instance=self.instance, asset_graph=self.asset_graph,
+                                                    loading_context=view)
+        return self._resolver
+
+    def up_to_date(self, job_name: str, partition: str | None = None) -> bool:
+        """Every asset of the job (its partition) is FRESH in Dagster's stale status."""
+        from dagster._core.definitions.data_version import StaleStatus
+
+        resolver = self._stale_status()
+        keys = self.defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
+        return all(resolver.get_status(k, partition) == StaleStatus.FRESH for k in keys)
+
+    def raw_unchanged(self, dataset: str, root: Path) -> bool:
+        """raw_dataset[dataset]'s recorded data version is the raw folder's fingerprint now."""
+        from medlvr.pipelines.code_version import folder_fingerprint
+
+        current = self._stale_status().get_current_data_version(self.dg.AssetKey("raw_dataset"), dataset)
+        return current == self.dg.DataVersion(folder_fingerprint(root))
+
+    def run(self, job_name: str, partition: str | None = None, run_config: dict | None = None,
+            inputs_unchanged: bool = True) -> bool:
         label = f"{job_name}[{partition}]" if partition else job_name
-        if self._up_to_date(job_name, fingerprint, partition):
+        if not self.force and inputs_unchanged and self.up_to_date(job_name, partition):
             self.summary["reused"].append(label)
             return True
         t0 = time.perf_counter()
-        job = self.defs.resolve_job_def(job_name)
-        # the full event log is in the instance (dagster dev); the console gets warnings and errors only
-        cfg = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        result = job.execute_in_process(instance=self.instance, partition_key=partition, run_config=cfg,
-                                        tags={FINGERPRINT_TAG: fingerprint}, raise_on_error=False)
-        ok = result.success
+        run_id, ok = self.execute(job_name, partition, run_config)
         self.summary["ran" if ok else "failed"].append(label)
-        self.log(f"  {'ok ' if ok else 'FAILED'} {label} ({time.perf_counter() - t0:.1f}s, run {result.run_id[:8]})")
+        self.log(f"  {'ok ' if ok else 'FAILED'} {label} ({time.perf_counter() - t0:.1f}s, run {run_id[:8]})")
         if not ok:
-            for ev in result.all_events:
-                if ev.is_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):
-                    self.log("    " + ev.event_specific_data.error.message.strip().splitlines()[-1])
+            for ev in self.instance.all_logs(run_id, of_type=self.dg.DagsterEventType.STEP_FAILURE):
+                self.log("    " + ev.dagster_event.step_failure_data.error.message.strip().splitlines()[-1])
         return ok
 
+    def execute(self, job_name: str, partition: str | None, run_config: dict | None) -> tuple[str, bool]:
+        """One run of `job_name`, created with the code location's origin and executed in this process."""
+        from dagster._core.definitions.reconstruct import ReconstructableJob
+        from dagster._core.execution.api import execute_run
+
+        self._resolver = None  # the instance changes: statuses read before this run are out of date
+        job = ReconstructableJob(self.repository, job_name)
+        # the full event log is in the instance (dagster dev); the console gets warnings and errors only
+        cfg = {**(run_config or {}), "execution": {"config": {"in_process": {}}},
+               "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        dagster_run = self.instance.create_run_for_job(
+            job_def=self.defs.resolve_job_def(job_name), run_config=cfg,
+            tags={"dagster/partition": partition} if partition else {},
+            remote_job_origin=code_location_job_origin(job_name), job_code_origin=job.get_python_origin())
+        result = execute_run(job, dagster_run, self.instance)
+        return dagster_run.run_id, result.success
+
     # ------------------------------------------------------------------------------------------------- stages
-    def corpus(self, datasets: list[str]) -> str:
+    def corpus(self, datasets: list[str]) -> None:
         from medlvr.corpus.sample_data import write_samples
 
         data_root = self.home / "sample_data"
         missing = [d for d in datasets if not (data_root / d).is_dir()]
         if missing:  # the bundled default: written once, then read like any user's data root
             write_samples(data_root, missing)
-        code = code_fingerprint("corpus", "pipelines/corpus")
-        fps = {}
         self.log(f"[corpus] {len(datasets)} datasets -> {self.home / 'corpus'}")
         for ds in datasets:
-            fps[ds] = _hash(code, tree_fingerprint(data_root / ds))
-            if not self.run("corpus_dataset_job", fps[ds], ds):
+            if not self.run("corpus_dataset_job", ds, inputs_unchanged=self.raw_unchanged(ds, data_root / ds)):
                 raise RuntimeError(f"dataset {ds} failed; see `dagster dev` for the run's logs")
-        publish_fp = _hash(code, fps, self._bench_fp())
+        self._bench_root_written()
         self.log("[publish] dedup, decontamination, splits, shards, card")
-        if not self.run("corpus_publish_job", publish_fp, run_config=self._publish_config()):
+        if not self.run("corpus_publish_job", run_config=self._publish_config()):
             raise RuntimeError("publishing the corpus failed")
-        return publish_fp
 
     def _bench_root(self) -> Path:
         return self.home / "evaluation" / "benchmarks"
 
-    def _bench_fp(self) -> str:
+    def _bench_root_written(self) -> None:
         from medlvr.corpus.evalsets.registry import write_benchmark_samples
 
-        root = self._bench_root()
-        if not root.is_dir():
-            write_benchmark_samples(root)
-        return tree_fingerprint(root)
+        if not self._bench_root().is_dir():
+            write_benchmark_samples(self._bench_root())
 
     def _publish_config(self) -> dict:
         from medlvr.evaluation.config import BENCHMARKS, DATA_DIRS
 
-        roots = {b: str(self._bench_root() / DATA_DIRS.get(b, b)) for b in BENCHMARKS}
-        return {"resources": {"corpus_settings": {"config": {"benchmark_roots": roots}}}}
+        roots = [f"benchmark_roots.{b}={self._bench_root() / DATA_DIRS.get(b, b)}" for b in BENCHMARKS]
+        return {"resources": {"corpus_settings": {"config": {"overrides": roots}}}}
 
-    def training(self, upstream_fp: str) -> str:
+    def training(self) -> None:
         from medlvr.evaluation.config import DATA_DIRS
 
-        fp = _hash(upstream_fp, code_fingerprint("training", "pipelines/training"),
-                   (REPO / "configs" / "sft_tiny.yaml").read_text(), (REPO / "configs" / "vlpo_tiny.yaml").read_text())
         self.log("[training] ROI-SFT then VLPO of the tiny model (Dagster Pipes subprocesses)")
         run_config = {"ops": {
             "roi_sft_checkpoint": {"config": {"overrides": ["run.max_steps=30", "latent.k_latent=4"]}},
@@ -147,9 +178,8 @@ class MainJob:
                 "rollout.k_latent=null",  # K from the ROI-SFT checkpoint (4)
                 "rollout.max_new_tokens=10", "run.max_steps=4"]}},
         }}
-        if not self.run("training_job", fp, run_config=run_config):
+        if not self.run("training_job", run_config=run_config):
             raise RuntimeError("training failed")
-        return fp
 
     def checkpoints(self) -> dict[str, str]:
         out = {}
@@ -163,7 +193,7 @@ class MainJob:
             out[name] = str(path / "model" if (path / "model").is_dir() else path)
         return out
 
-    def evaluation(self, upstream_fp: str) -> Path:
+    def evaluation(self) -> Path:
         from medlvr.evaluation.config import BENCHMARKS
 
         models = self.checkpoints()
@@ -171,13 +201,11 @@ class MainJob:
         settings = {"config_path": str(REPO / "configs" / "eval_demo.yaml"), "model_paths": models,
                     "overrides": [f"out_dir={out_dir}", f"data_root={self._bench_root()}"]}
         cfg = {"resources": {"evaluation": {"config": settings}}}
-        fp = _hash(upstream_fp, code_fingerprint("evaluation", "pipelines/evaluation"),
-                   (REPO / "configs" / "eval_demo.yaml").read_text(), self._bench_fp(), models)
         self.log("[evaluation] predictions per benchmark, then the report")
         for bench in BENCHMARKS:
-            if not self.run("evaluation_predictions_job", fp, bench, cfg):
+            if not self.run("evaluation_predictions_job", bench, cfg):
                 raise RuntimeError(f"evaluation of {bench} failed")
-        if not self.run("evaluation_report_job", fp, run_config=cfg):
+        if not self.run("evaluation_report_job", run_config=cfg):
             raise RuntimeError("the evaluation report failed")
         return out_dir / "report.html"
 
@@ -190,8 +218,8 @@ def run_main(dagster_home: Path, datasets: list[str] | None = None, force: bool 
     t0 = time.perf_counter()
     job = MainJob(dagster_home, log, force)
     ids = datasets or list(load_catalog())
-    corpus_fp = job.corpus(ids)
-    train_fp = job.training(corpus_fp)
-    report = job.evaluation(train_fp)
+    job.corpus(ids)
+    job.training()
+    report = job.evaluation()
     return {**job.summary, "report": str(report), "seconds": round(time.perf_counter() - t0, 1),
             "home": str(job.home)}

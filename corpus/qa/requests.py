@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields as dc_fields
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -59,6 +59,9 @@ class Backend(Protocol):
 
 @dataclass
 class GeneratorConfig:
+    """The QA text generator; loaded as the `generator` section of a build config (`medlvr.corpus.config`: unknown
+    keys and wrong types are errors there, the value ranges are checked here)."""
+
     backend: str = "template"
     model_path: str | None = None  # transformers: local checkpoint directory (never a hub id)
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (".../chat/completions" is appended)
@@ -87,27 +90,6 @@ class GeneratorConfig:
             raise ValueError("concurrency and batch_size must be >= 1 and max_retries >= 0")
         if self.timeout_s <= 0 or self.backoff_s < 0 or self.max_new_tokens < 1 or self.temperature < 0:
             raise ValueError("timeout_s > 0, backoff_s >= 0, max_new_tokens >= 1 and temperature >= 0 required")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "GeneratorConfig":
-        """Build from a parsed YAML/JSON mapping; unknown keys are an error (a typo must not be ignored)."""
-        d = dict(d or {})
-        known = {f.name: f for f in dc_fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown generator config keys: {unknown} (known: {sorted(known)})")
-        ints = ("concurrency", "max_retries", "batch_size", "max_new_tokens")
-        floats = ("timeout_s", "backoff_s", "backoff_max_s", "temperature")
-        for k in ints:
-            if k in d:
-                d[k] = int(d[k])
-        for k in floats:
-            if k in d:
-                d[k] = float(d[k])
-        for k in ("min_pixels", "max_pixels"):
-            if d.get(k) is not None:
-                d[k] = int(d[k])
-        return cls(**d)
 
 
 def render_prompt(req: GenRequest, box_px: tuple[int, int, int, int] | None) -> str:

@@ -3,6 +3,7 @@ every output checked by the verifier; rejections and failures are counted, never
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from pathlib import Path
@@ -19,12 +20,12 @@ def chosen(key: str, rate: float) -> bool:
 class TextStage:
     def __init__(self, cfg, kg, out_dir: Path):
         from medlvr.corpus.qa.generation import make_backend
-        from medlvr.corpus.qa.requests import GeneratorConfig
         from medlvr.corpus.qa.verify import EntityMatcher
 
-        gcfg = dict(cfg.generator)
-        gcfg.setdefault("cache_dir", str(Path(out_dir) / "gen_cache"))
-        self.gen_cfg = GeneratorConfig.from_dict(gcfg)
+        gcfg = cfg.generator
+        if gcfg.cache_dir is None:  # the model back ends cache responses next to the corpus by default
+            gcfg = dataclasses.replace(gcfg, cache_dir=str(Path(out_dir) / "gen_cache"))
+        self.gen_cfg = gcfg
         self.backend = make_backend(self.gen_cfg)
         self.cfg, self.kg = cfg, kg
         self.matcher = EntityMatcher(kg.entity_terms())

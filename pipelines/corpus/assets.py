@@ -1,33 +1,35 @@
-"""The corpus as Dagster assets. Each body is a thin call into `corpus/` (the plain library); outputs are Parquet
-and JSON files in the corpus storage, never pickled return values. Downstream assets declare `deps` and read
-files (pyarrow), so nothing is loaded whole into a step's memory by Dagster.
+"""The corpus as Dagster assets. Each body runs one step of the library's step table (`medlvr.corpus.build.STEPS`:
+the same functions, in the same order, as `medlvr build-corpus`), staging exactly the step's `reads` and `writes`
+from/to the corpus storage. Outputs are Parquet and JSON files in the corpus storage, never pickled return values;
+downstream assets declare `deps` and read files (pyarrow), so nothing is loaded whole into memory by Dagster.
 
-    corpus_ingest   raw_dataset[ds] -> normalized_images[ds] + roi_annotations[ds]   (one ingest call)
-    corpus_qa       knowledge_graph, qa_pairs[ds]
-    corpus_publish  dedup_groups -> decontamination, splits -> corpus_shards (+ manifest) -> corpus_card
+    corpus_ingest   raw_dataset[ds] -> normalized_images[ds] + roi_annotations[ds]   (step ingest)
+    corpus_qa       knowledge_graph, qa_pairs[ds]                                    (step qa_pairs)
+    corpus_publish  dedup_groups -> decontamination, splits -> corpus_shards -> corpus_card  (steps dedup ... card)
+
+Staleness is Dagster's own: every asset has a `code_version` (a hash of the corpus library and this package, see
+`medlvr.pipelines.code_version`), and `raw_dataset` records the raw folder's fingerprint as its data version, so
+a changed raw file, a code change or a new upstream data version marks exactly the dependent assets stale.
 """
 
-
-import json
-import os
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
+from medlvr.corpus import layout
+from medlvr.corpus.build import STEPS, BuildContext, write_json
+from medlvr.pipelines.code_version import folder_fingerprint, package_code_version
 from medlvr.pipelines.corpus import metadata as md
 from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
-from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, KnowledgeGraphResource, QAGenerator
+from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, KnowledgeGraphResource
 
 # I/O-bound steps (file systems, object stores) are retried with exponential backoff.
 IO_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 INGEST, QA, PUBLISH = "corpus_ingest", "corpus_qa", "corpus_publish"
-
-
-def _write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    tmp.replace(path)
+# the code every corpus asset runs: editing it makes the assets stale
+CODE_VERSION = package_code_version("medlvr.corpus", "medlvr.pipelines.corpus")
 
 
 def _where(storage: CorpusStorage, rel: str) -> dg.MetadataValue:
@@ -35,14 +37,26 @@ def _where(storage: CorpusStorage, rel: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(loc) if storage.remote else dg.MetadataValue.path(loc)
 
 
-def publish_datasets(out: Path) -> list[str]:
-    return json.loads((out / "work" / "datasets.json").read_text())["datasets"]
+@contextlib.contextmanager
+def run_step(name: str, storage: CorpusStorage, settings: CorpusSettings, dataset: str | None = None,
+             datasets: list[str] | None = None, dataset_roots: DatasetRoots | None = None,
+             kg=None) -> Iterator[tuple[dict, Path]]:
+    """Run step `name` of the table in the storage's work folder: pull its reads, run it, push its writes after
+    the with-block (which reads the outputs for metadata). Yields (the step's report, the local corpus folder)."""
+    step = STEPS[name]
+    with storage.workdir(pull_paths=step.pull_paths(dataset), push_paths=step.push_paths(dataset)) as out:
+        ctx = BuildContext(out, settings.build_config(), list(datasets or ([dataset] if dataset else [])),
+                           raw_root=dataset_roots.root if dataset_roots is not None else None, _kg=kg)
+        yield step.run(ctx, dataset), out
 
 
 # ---------------------------------------------------------------------------------------------- corpus_ingest
 @dg.asset(partitions_def=DATASET_PARTITIONS, group_name=INGEST, kinds={"files"}, retry_policy=IO_RETRY,
+          code_version=CODE_VERSION,
           description="A raw dataset in its native layout: files discovered and validated against the catalog "
-                      "layout (no copy). Writes raw/DATASET/inventory.json.")
+                      "layout (no copy). Writes raw/DATASET/inventory.json; its data version is the folder's "
+                      "fingerprint (paths, sizes, modification times), so a changed raw file makes the dataset's "
+                      "downstream assets stale.")
 def raw_dataset(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots,
                 storage: CorpusStorage) -> dg.MaterializeResult:
     from medlvr.corpus.catalog import load_catalog
@@ -52,15 +66,16 @@ def raw_dataset(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots,
     spec, root = load_catalog()[ds], dataset_roots.root(ds)
     if not root.is_dir():
         raise DatasetMissing(f"{ds}: no dataset folder at {root} (set data_root, overrides or MEDLVR_ROOT_{ds.upper()})")
+    version = folder_fingerprint(root)
     files = [p for p in root.rglob("*") if p.is_file()]
     missing = check_layout(spec, root)
     refs, rejects = discover(spec, root)
     inv = {"dataset": ds, "root": str(root), "files": len(files), "bytes": sum(p.stat().st_size for p in files),
            "records": len(refs), "discover_rejects": len(rejects), "layout_missing": missing,
            "sample_data": dataset_roots.uses_samples}
-    with storage.workdir(push_paths=[f"raw/{ds}"]) as out:
-        _write_json(inv, out / "raw" / ds / "inventory.json")
-    return dg.MaterializeResult(metadata={
+    with storage.workdir(push_paths=[layout.raw(ds)]) as out:
+        write_json(inv, out / layout.inventory(ds))
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
         "root": dg.MetadataValue.path(str(root)), "files": inv["files"], "bytes": inv["bytes"],
         "records": len(refs), "discover_rejects": len(rejects),
         "layout_missing": dg.MetadataValue.json({"globs": missing}), "sample_data": dataset_roots.uses_samples,
@@ -71,137 +86,124 @@ def raw_dataset(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots,
 @dg.multi_asset(
     specs=[
         dg.AssetSpec("normalized_images", deps=["raw_dataset"], group_name=INGEST, kinds={"parquet"},
+                     code_version=CODE_VERSION,
                      description="Normalised 2-D images (PNG bytes inline) of one dataset: ingest/DATASET/images.parquet "
-                                 "+ rejects.parquet + summary.json (corpus.ingest.ingest_dataset)."),
+                                 "+ rejects.parquet + summary.json (step ingest of corpus.build.STEPS)."),
         dg.AssetSpec("roi_annotations", deps=["raw_dataset"], group_name=INGEST, kinds={"parquet"},
+                     code_version=CODE_VERSION,
                      description="Regions of interest with boxes in the normalised images and KG concept ids: "
-                                 "ingest/DATASET/rois.parquet (written by the same ingest call)."),
+                                 "ingest/DATASET/rois.parquet (written by the same ingest step)."),
     ],
     partitions_def=DATASET_PARTITIONS, retry_policy=IO_RETRY, name="ingest_dataset")
 def ingest_dataset_assets(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots, storage: CorpusStorage,
                           corpus_settings: CorpusSettings):
-    from medlvr.corpus.catalog import load_catalog
-    from medlvr.corpus.ingest import ingest_dataset
-
     ds = context.partition_key
-    spec, root = load_catalog()[ds], dataset_roots.root(ds)
-    with storage.workdir(pull_paths=["ingest/.patient_salt"],
-                         push_paths=[f"ingest/{ds}", "ingest/.patient_salt"]) as out:
-        s = ingest_dataset(spec, root, out / "ingest", corpus_settings.build_config().ingest)
-        d = out / "ingest" / ds
+    with run_step("ingest", storage, corpus_settings, ds, dataset_roots=dataset_roots) as (s, out):
         images_meta = {
-            "dagster/row_count": s.images_out, "records_in": s.records_in, "records_rejected": s.records_rejected,
-            "images_rejected": s.images_rejected, "reject_share": round(s.records_rejected / max(1, s.records_in), 4),
-            "reject_reasons": md.counts_table(s.reasons, "reason"),
-            "rejects_preview": md.md_table(md.head(d / "rejects.parquet", ["level", "stage", "reason", "source_path"])),
-            "preview": md.md_table(md.head(d / "images.parquet", ["image_id", "source_path", "suffix", "width",
-                                                                 "height", "intensity", "official_split"])),
-            "thumbnails": md.ingest_thumbnails(d), "path": _where(storage, f"ingest/{ds}/images.parquet"),
-            "seconds": s.seconds}
+            "dagster/row_count": s["images_out"], "records_in": s["records_in"],
+            "records_rejected": s["records_rejected"], "images_rejected": s["images_rejected"],
+            "reject_share": round(s["records_rejected"] / max(1, s["records_in"]), 4),
+            "reject_reasons": md.counts_table(s["reasons"], "reason"),
+            "rejects_preview": md.md_table(md.head(out / layout.rejects(ds), ["level", "stage", "reason",
+                                                                              "source_path"])),
+            "preview": md.md_table(md.head(out / layout.images(ds), ["image_id", "source_path", "suffix", "width",
+                                                                     "height", "intensity", "official_split"])),
+            "thumbnails": md.ingest_thumbnails(out / layout.ingest(ds)), "path": _where(storage, layout.images(ds)),
+            "seconds": s["seconds"]}
         rois_meta = {
-            "dagster/row_count": s.rois_out, "rois_rejected": s.rois_rejected,
-            "preview": md.md_table(md.head(d / "rois.parquet", ["image_id", "label", "concept_id", "box", "origin"])),
-            "path": _where(storage, f"ingest/{ds}/rois.parquet")}
+            "dagster/row_count": s["rois_out"], "rois_rejected": s["rois_rejected"],
+            "preview": md.md_table(md.head(out / layout.rois(ds), ["image_id", "label", "concept_id", "box",
+                                                                   "origin"])),
+            "path": _where(storage, layout.rois(ds))}
     yield dg.MaterializeResult(asset_key="normalized_images", metadata=images_meta)
     yield dg.MaterializeResult(asset_key="roi_annotations", metadata=rois_meta)
 
 
 # ---------------------------------------------------------------------------------------------- corpus_qa
-@dg.asset(group_name=QA, kinds={"networkx"},
+@dg.asset(group_name=QA, kinds={"networkx"}, code_version=CODE_VERSION,
           description="The medical knowledge graph (curated concepts + SLAKE import) that QA distractors and "
                       "facts come from; writes kg/stats.json.")
 def knowledge_graph(kg: KnowledgeGraphResource, storage: CorpusStorage) -> dg.MaterializeResult:
     stats = kg.stats()
-    with storage.workdir(push_paths=["kg"]) as out:
-        _write_json(stats, out / "kg" / "stats.json")
+    with storage.workdir(push_paths=[layout.KG_STATS]) as out:
+        write_json(stats, out / layout.KG_STATS)
     return dg.MaterializeResult(metadata={
         "nodes": stats["nodes"], "edges": stats["edges"], "curated_concepts": stats["concepts"],
         "types": md.counts_table(stats["types"], "type"), "relations": md.counts_table(stats["relations"], "relation"),
-        "path": _where(storage, "kg/stats.json")})
+        "path": _where(storage, layout.KG_STATS)})
 
 
-@dg.asset(partitions_def=DATASET_PARTITIONS, group_name=QA, kinds={"parquet"},
+@dg.asset(partitions_def=DATASET_PARTITIONS, group_name=QA, kinds={"parquet"}, code_version=CODE_VERSION,
           deps=["normalized_images", "roi_annotations", knowledge_graph],
           description="Question-answer-box pairs of one dataset (12 question types, KG distractors, verified "
-                      "VLM text): qa/DATASET/pairs.parquet + stats.json (corpus.build.build_qa_dataset).")
+                      "VLM text): qa/DATASET/pairs.parquet + stats.json (step qa_pairs of corpus.build.STEPS).")
 def qa_pairs(context: dg.AssetExecutionContext, storage: CorpusStorage, kg: KnowledgeGraphResource,
-             qa_generator: QAGenerator, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from medlvr.corpus.build import build_qa_dataset
-
+             corpus_settings: CorpusSettings) -> dg.MaterializeResult:
     ds = context.partition_key
-    with storage.workdir(pull_paths=[f"ingest/{ds}"], push_paths=[f"qa/{ds}"]) as out:
-        stats = build_qa_dataset(ds, out, corpus_settings.build_config(qa_generator), kg.load())
-        p = out / "qa" / ds / "pairs.parquet"
+    with run_step("qa_pairs", storage, corpus_settings, ds, kg=kg.load()) as (stats, out):
+        p = out / layout.pairs(ds)
         meta = {"dagster/row_count": stats["pairs"], "question_types": md.counts_table(stats["question_types"], "type"),
-                "generation": dg.MetadataValue.json(stats["generation"]), "backend": qa_generator.backend,
+                "generation": dg.MetadataValue.json(stats["generation"]),
+                "backend": corpus_settings.build_config().generator.backend,
                 "preview": md.md_table(md.head(p, ["question_type", "question", "answer", "boxes"])),
-                "thumbnails": md.qa_thumbnails(p, out / "ingest" / ds / "images.parquet"),
-                "path": _where(storage, f"qa/{ds}/pairs.parquet")}
+                "thumbnails": md.qa_thumbnails(p, out / layout.images(ds)),
+                "path": _where(storage, layout.pairs(ds))}
     return dg.MaterializeResult(metadata=meta)
 
 
 # ---------------------------------------------------------------------------------------------- corpus_publish
 @dg.asset(group_name=PUBLISH, kinds={"parquet"}, deps=["normalized_images", qa_pairs], retry_policy=IO_RETRY,
+          code_version=CODE_VERSION,
           description="Perceptual hashes and exact/near duplicate groups over every published dataset "
                       "(work/hashes.parquet, work/dup_groups.parquet). Fixes the dataset set of this publish "
                       "(work/datasets.json): the selected datasets whose ingest and QA outputs exist.")
 def dedup_groups(storage: CorpusStorage, dataset_roots: DatasetRoots,
                  corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from medlvr.corpus.build import compute_dup_groups, compute_hashes
-
-    with storage.workdir(pull_paths=["ingest", "qa"], push_paths=["work"]) as out:
-        sel = dataset_roots.selected()
-        ids = [d for d in sel if (out / "ingest" / d / "images.parquet").exists()
-               and (out / "qa" / d / "pairs.parquet").exists()]
-        if not ids:
-            raise dg.Failure("no dataset has ingest and QA outputs yet: materialise qa_pairs partitions first")
-        _write_json({"datasets": ids, "not_built": sorted(set(sel) - set(ids))}, out / "work" / "datasets.json")
-        compute_hashes(out, ids)
-        rep = compute_dup_groups(out, corpus_settings.build_config())
+    try:
+        with run_step("dedup", storage, corpus_settings, datasets=dataset_roots.selected()) as (rep, _):
+            pass
+    except FileNotFoundError as e:
+        raise dg.Failure(f"{e}: materialise qa_pairs partitions first") from None
     return dg.MaterializeResult(metadata={
-        "datasets": len(ids), "not_built": dg.MetadataValue.json(sorted(set(sel) - set(ids))),
-        "dagster/row_count": rep["images"], **{k: v for k, v in rep.items() if k != "images"},
-        "path": _where(storage, "work/dup_groups.parquet")})
+        "datasets": len(rep["datasets"]), "not_built": dg.MetadataValue.json(rep["not_built"]),
+        "dagster/row_count": rep["images"],
+        **{k: v for k, v in rep.items() if k not in ("images", "datasets", "not_built")},
+        "path": _where(storage, layout.DUP_GROUPS)})
 
 
 @dg.asset(group_name=PUBLISH, kinds={"parquet"}, deps=[dedup_groups], retry_policy=IO_RETRY,
+          code_version=CODE_VERSION,
           description="Corpus images matching a local benchmark image (perceptual hash): "
                       "work/contaminated.parquet + decontamination.json; removed from the shards.")
 def decontamination(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from medlvr.corpus.build import decontaminate
-
-    with storage.workdir(pull_paths=["work/hashes.parquet"],
-                         push_paths=["work/contaminated.parquet", "work/decontamination.json"]) as out:
-        rep = decontaminate(out, corpus_settings.build_config())
+    with run_step("decontaminate", storage, corpus_settings) as (rep, _):
+        pass
     return dg.MaterializeResult(metadata={
         "removed_images": rep["removed_images"], "benchmarks": dg.MetadataValue.json(rep["benchmarks_configured"]),
-        "report": dg.MetadataValue.json(rep), "path": _where(storage, "work/contaminated.parquet")})
+        "report": dg.MetadataValue.json(rep), "path": _where(storage, layout.CONTAMINATED)})
 
 
 @dg.asset(group_name=PUBLISH, kinds={"parquet"}, deps=[dedup_groups], retry_policy=IO_RETRY,
+          code_version=CODE_VERSION,
           description="Patient- and duplicate-group-disjoint train/val/test splits: work/splits.parquet + splits.json.")
 def splits(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from medlvr.corpus.build import compute_splits
-
-    with storage.workdir(pull_paths=["ingest", "work/datasets.json", "work/dup_groups.parquet"],
-                         push_paths=["work/splits.parquet", "work/splits.json"]) as out:
-        rep = compute_splits(out, corpus_settings.build_config(), publish_datasets(out))
+    with run_step("splits", storage, corpus_settings) as (rep, _):
+        pass
     return dg.MaterializeResult(metadata={
         "dagster/row_count": rep["images"], "per_split": md.counts_table(rep["per_split"], "split", "images"),
         "components": rep["components"], "moved_official": rep["moved"],
-        "fractions": dg.MetadataValue.json(rep["fractions"]), "path": _where(storage, "work/splits.parquet")})
+        "fractions": dg.MetadataValue.json(rep["fractions"]), "path": _where(storage, layout.SPLITS)})
 
 
 @dg.asset(group_name=PUBLISH, kinds={"parquet"}, deps=[qa_pairs, splits, decontamination], retry_policy=IO_RETRY,
+          code_version=CODE_VERSION,
           description="Training shards: shards/<split>/part-*.parquet with image bytes inline, plus "
                       "shards/_manifest.json (row counts, sha256 per shard, build reports). Published atomically.")
 def corpus_shards(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
-    from medlvr.corpus.build import write_shards
-
-    with storage.workdir(pull_paths=["ingest", "qa", "work"], push_paths=["shards"]) as out:
-        shard_dir = write_shards(out, corpus_settings.build_config(), publish_datasets(out))
+    with run_step("shards", storage, corpus_settings) as (rep, _):
+        shard_dir = Path(rep["shards"])
         man = md.read_manifest(shard_dir)
-        manifest_rel = f"shards/{md.manifest_path(shard_dir).name}"
+        manifest_rel = f"{layout.SHARDS}/{md.manifest_path(shard_dir).name}"
     return dg.MaterializeResult(metadata={
         "dagster/row_count": man["rows"], "per_split": md.counts_table(man["counts"]["split"], "split", "pairs"),
         "per_dataset": md.counts_table(man["counts"]["dataset"], "dataset", "pairs"),
@@ -210,18 +212,18 @@ def corpus_shards(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg
 
 
 @dg.asset(group_name=PUBLISH, kinds={"markdown"}, deps=[corpus_shards], retry_policy=IO_RETRY,
-          description="The corpus card: card/README.md with counts, box sizes and sample images (corpus.card).")
-def corpus_card(storage: CorpusStorage) -> dg.MaterializeResult:
-    from medlvr.corpus.card import write_card
-
-    with storage.workdir(pull_paths=["shards"], push_paths=["card"]) as out:
-        readme = write_card(out / "shards", out / "card")
-        samples = (out / "card" / "samples.png").read_bytes()
-        counts = (out / "card" / "counts.png").read_bytes()
+          code_version=CODE_VERSION,
+          description="The corpus card: card/README.md with counts, box sizes and sample images (corpus.card), "
+                      "and build_report.json (every step's report, as `medlvr build-corpus` writes it).")
+def corpus_card(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
+    with run_step("card", storage, corpus_settings) as (rep, out):
+        readme = Path(rep["card"])
+        samples = (out / layout.CARD / "samples.png").read_bytes()
+        counts = (out / layout.CARD / "counts.png").read_bytes()
         lines = len(readme.read_text().splitlines())
     return dg.MaterializeResult(metadata={
-        "card": _where(storage, "card/README.md"), "lines": lines, "samples": md.png_markdown(samples, "samples"),
-        "counts": md.png_markdown(counts, "counts")})
+        "card": _where(storage, layout.CARD_README), "lines": lines, "samples": md.png_markdown(samples, "samples"),
+        "counts": md.png_markdown(counts, "counts"), "build_report": _where(storage, layout.BUILD_REPORT)})
 
 
 CORPUS_ASSETS = [raw_dataset, ingest_dataset_assets, knowledge_graph, qa_pairs, dedup_groups, decontamination,

@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from medlvr.corpus import layout
+from medlvr.corpus.build import publish_datasets
 from medlvr.pipelines.corpus.metadata import md_table, read_manifest
 from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
 from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage
@@ -24,9 +26,9 @@ def _result(problems: list[dict], checked: int, **meta) -> dg.AssetCheckResult:
                 description="Every box lies inside its image (0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height).")
 def boxes_inside_images(context: dg.AssetCheckExecutionContext, storage: CorpusStorage) -> dg.AssetCheckResult:
     ds = context.partition_key
-    with storage.workdir(pull_paths=[f"ingest/{ds}"]) as out:
-        sizes = pq.read_table(out / "ingest" / ds / "images.parquet", columns=["image_id", "width", "height"])
-        rois = pq.read_table(out / "ingest" / ds / "rois.parquet", columns=["image_id", "roi_index", "label", "box"])
+    with storage.workdir(pull_paths=[layout.ingest(ds)]) as out:
+        sizes = pq.read_table(out / layout.images(ds), columns=["image_id", "width", "height"])
+        rois = pq.read_table(out / layout.rois(ds), columns=["image_id", "roi_index", "label", "box"])
     size = {i: (w, h) for i, w, h in zip(*(sizes.column(c).to_pylist() for c in ("image_id", "width", "height")))}
     bad = []
     for r in rois.to_pylist():
@@ -41,8 +43,8 @@ def boxes_inside_images(context: dg.AssetCheckExecutionContext, storage: CorpusS
                 description="The dataset produced images, and none is empty (zero size or no PNG bytes).")
 def no_empty_images(context: dg.AssetCheckExecutionContext, storage: CorpusStorage) -> dg.AssetCheckResult:
     ds = context.partition_key
-    with storage.workdir(pull_paths=[f"ingest/{ds}/images.parquet"]) as out:
-        t = pq.read_table(out / "ingest" / ds / "images.parquet", columns=["image_id", "width", "height", "png"])
+    with storage.workdir(pull_paths=[layout.images(ds)]) as out:
+        t = pq.read_table(out / layout.images(ds), columns=["image_id", "width", "height", "png"])
     empty = pc.or_(pc.or_(pc.less_equal(t["width"], 0), pc.less_equal(t["height"], 0)),
                    pc.less_equal(pc.binary_length(t["png"]), 0))
     bad = t.select(["image_id", "width", "height"]).filter(empty).to_pylist()
@@ -56,8 +58,8 @@ def no_empty_images(context: dg.AssetCheckExecutionContext, storage: CorpusStora
 def rejects_below_share(context: dg.AssetCheckExecutionContext, storage: CorpusStorage,
                         corpus_settings: CorpusSettings) -> dg.AssetCheckResult:
     ds = context.partition_key
-    with storage.workdir(pull_paths=[f"ingest/{ds}/summary.json"]) as out:
-        s = json.loads((out / "ingest" / ds / "summary.json").read_text())
+    with storage.workdir(pull_paths=[layout.ingest_summary(ds)]) as out:
+        s = json.loads((out / layout.ingest_summary(ds)).read_text())
     share = s["records_rejected"] / max(1, s["records_in"])
     ok = share <= corpus_settings.max_reject_share
     return dg.AssetCheckResult(passed=ok, severity=dg.AssetCheckSeverity.ERROR, metadata={
@@ -69,11 +71,11 @@ def rejects_below_share(context: dg.AssetCheckExecutionContext, storage: CorpusS
 @dg.asset_check(asset="splits", blocking=True,
                 description="No patient (per dataset) and no duplicate group appears in two splits.")
 def no_patient_or_group_across_splits(storage: CorpusStorage) -> dg.AssetCheckResult:
-    with storage.workdir(pull_paths=["ingest", "work"]) as out:
-        ids = json.loads((out / "work" / "datasets.json").read_text())["datasets"]
-        split = pq.read_table(out / "work" / "splits.parquet")
-        groups = pq.read_table(out / "work" / "dup_groups.parquet")
-        images = pa.concat_tables(pq.read_table(out / "ingest" / d / "images.parquet",
+    with storage.workdir(pull_paths=[layout.INGEST, layout.DATASETS, layout.SPLITS, layout.DUP_GROUPS]) as out:
+        ids = publish_datasets(out)
+        split = pq.read_table(out / layout.SPLITS)
+        groups = pq.read_table(out / layout.DUP_GROUPS)
+        images = pa.concat_tables(pq.read_table(out / layout.images(d),
                                                 columns=["image_id", "dataset", "patient_key"]) for d in ids)
     t = images.join(split, "image_id").join(groups, "image_id", join_type="left outer")
     bad = []
@@ -89,12 +91,12 @@ def no_patient_or_group_across_splits(storage: CorpusStorage) -> dg.AssetCheckRe
 def shard_checksums_match_manifest(storage: CorpusStorage) -> dg.AssetCheckResult:
     from medlvr.corpus.shards import verify_manifest
 
-    with storage.workdir(pull_paths=["shards"]) as out:
+    with storage.workdir(pull_paths=[layout.SHARDS]) as out:
         try:
-            problems = verify_manifest(out / "shards")
+            problems = verify_manifest(out / layout.SHARDS)
         except Exception as e:  # an unreadable shard fails the check instead of erroring it
             problems = [f"{type(e).__name__}: {e}"]
-        n = len(read_manifest(out / "shards")["shards"])
+        n = len(read_manifest(out / layout.SHARDS)["shards"])
     return _result([{"problem": p} for p in problems], n)
 
 
@@ -104,10 +106,10 @@ def shard_checksums_match_manifest(storage: CorpusStorage) -> dg.AssetCheckResul
 def zero_decontamination_matches_left(storage: CorpusStorage) -> dg.AssetCheckResult:
     import pyarrow.dataset as pads
 
-    with storage.workdir(pull_paths=["shards", "work/contaminated.parquet"]) as out:
-        bad_ids = pa.array(pq.read_table(out / "work" / "contaminated.parquet", columns=["image_id"])["image_id"]
+    with storage.workdir(pull_paths=[layout.SHARDS, layout.CONTAMINATED]) as out:
+        bad_ids = pa.array(pq.read_table(out / layout.CONTAMINATED, columns=["image_id"])["image_id"]
                            .to_pylist(), pa.string())
-        shards = pads.dataset(sorted(str(p) for p in (out / "shards").rglob("*.parquet")), format="parquet")
+        shards = pads.dataset(sorted(str(p) for p in (out / layout.SHARDS).rglob("*.parquet")), format="parquet")
         left = shards.to_table(columns=["image_id", "dataset", "split"],
                                filter=pads.field("image_id").isin(bad_ids)).to_pylist()
     return _result(left, shards.count_rows(), contaminated_images=len(bad_ids))

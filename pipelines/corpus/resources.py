@@ -1,5 +1,5 @@
-"""Resources of the corpus pipeline: where the corpus is stored, where the raw datasets live, the QA text
-generator, the knowledge graph and the build settings. Every default runs on the bundled sample data with no
+"""Resources of the corpus pipeline: where the corpus is stored, where the raw datasets live, the knowledge graph
+and the build settings (the library's `BuildConfig`, QA text generator included). Every default runs on the bundled sample data with no
 configuration: the corpus and the sample data go under the MedLVR home (`medlvr_home()`).
 
 Nothing here reads the environment when the code location loads; env lookups happen at run time.
@@ -136,33 +136,6 @@ def _write_sample_atomically(data_root: Path, dataset: str, seed: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class QAGenerator(dg.ConfigurableResource):
-    """The VLM text stage of QA building (`medlvr.corpus.qa.generation.GeneratorConfig`): `template` (offline default),
-    `transformers` (local Qwen2.5-VL checkpoint folder) or `openai` (an OpenAI-compatible endpoint such as vLLM;
-    the API key is read from the env var named by `api_key_env`, never stored in config)."""
-
-    backend: str = "template"
-    model_path: str | None = None
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 3
-    batch_size: int = 8
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    device: str = "cpu"
-    dtype: str = "float32"
-    caption_rate: float = 0.25
-    paraphrase_rate: float = 0.25
-
-    def generator_config(self) -> dict[str, Any]:
-        keys = ("backend", "model_path", "base_url", "model", "api_key_env", "concurrency", "timeout_s",
-                "max_retries", "batch_size", "max_new_tokens", "temperature", "device", "dtype")
-        return {k: getattr(self, k) for k in keys}
-
-
 class KnowledgeGraphResource(dg.ConfigurableResource):
     """The validated knowledge graph used for QA (`medlvr.corpus.kg.graph.load_graph()`, cached per process)."""
 
@@ -176,35 +149,22 @@ class KnowledgeGraphResource(dg.ConfigurableResource):
 
 
 class CorpusSettings(dg.ConfigurableResource):
-    """Build settings (`medlvr.corpus.build.BuildConfig`) and check thresholds."""
+    """The build settings: the library's own `BuildConfig` (`medlvr.corpus.build`), loaded by
+    `medlvr.corpus.config` from an optional YAML file plus dotted overrides, exactly as `medlvr build-corpus
+    --config FILE --set KEY=VALUE` loads it (e.g. `generator.backend=openai`, `ingest.workers=4`,
+    `benchmark_roots.slake=/data/slake`). Also the threshold of the reject-share check."""
 
-    ingest_workers: int = 1
-    max_side: int = 512
-    dup_radius: int = 4
-    overlap_radius: int = 8
-    split_fractions: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1])
-    split_seed: int = 0
-    benchmark_roots: dict[str, str] = Field(default_factory=dict, description="benchmark name -> local folder "
-                                                                              "(decontamination)")
-    decontam_radius: int = 4
-    shard_rows: int = 200_000
+    config_path: str = Field(default="", description="BuildConfig YAML file; empty: the library defaults")
+    overrides: list[str] = Field(default_factory=list, description="dotted KEY=VALUE overrides (values as YAML)")
     max_reject_share: float = Field(default=0.25, description="blocking check: rejected records / records in")
 
-    def build_config(self, qa: QAGenerator | None = None):
+    def build_config(self):
         from medlvr.corpus.build import BuildConfig
+        from medlvr.corpus.config import load_config
 
-        d: dict[str, Any] = {
-            "ingest": {"workers": self.ingest_workers, "normalise": {"max_side": self.max_side}},
-            "dup_radius": self.dup_radius, "overlap_radius": self.overlap_radius,
-            "split_fractions": self.split_fractions, "split_seed": self.split_seed,
-            "benchmark_roots": dict(self.benchmark_roots), "decontam_radius": self.decontam_radius,
-            "shard_rows": self.shard_rows}
-        if qa is not None:
-            d.update(generator=qa.generator_config(), caption_rate=qa.caption_rate,
-                     paraphrase_rate=qa.paraphrase_rate)
-        return BuildConfig.from_dict(d)
+        return load_config(BuildConfig, self.config_path or None, self.overrides)
 
 
 def default_resources() -> dict[str, Any]:
-    return {"storage": CorpusStorage(), "dataset_roots": DatasetRoots(), "qa_generator": QAGenerator(),
-            "kg": KnowledgeGraphResource(), "corpus_settings": CorpusSettings()}
+    return {"storage": CorpusStorage(), "dataset_roots": DatasetRoots(), "kg": KnowledgeGraphResource(),
+            "corpus_settings": CorpusSettings()}

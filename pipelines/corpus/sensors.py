@@ -9,29 +9,13 @@
 """
 
 
-import hashlib
 import json
-import os
-from pathlib import Path
 
 import dagster as dg
 
+from medlvr.pipelines.code_version import folder_fingerprint
 from medlvr.pipelines.corpus.jobs import corpus_dataset_job, corpus_publish_job
 from medlvr.pipelines.corpus.resources import DatasetRoots
-
-
-def folder_fingerprint(root: Path) -> str:
-    h = hashlib.sha1()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = os.path.join(dirpath, name)
-            try:
-                st = os.stat(p)
-            except FileNotFoundError:
-                continue
-            h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 @dg.sensor(name="raw_dataset_sensor", job=corpus_dataset_job, minimum_interval_seconds=600,

@@ -15,7 +15,7 @@ from medlvr.corpus.adapters import ADAPTERS
 from medlvr.corpus.adapters.csv_boxes import fuse_readers, sniff_format
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.ingest import IngestConfig, ingest_dataset
-from medlvr.corpus.records import RecordError, RecordRef, Reject
+from medlvr.corpus.records import RecordError, Reject
 from tests.corpus.helpers import assert_reconciles, assert_truth_recovered, ingest_sample
 
 CFG = IngestConfig(patient_salt="t")

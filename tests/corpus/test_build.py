@@ -10,6 +10,7 @@ import pytest
 
 from medlvr.corpus import build as build_mod
 from medlvr.corpus.build import BuildConfig, build_corpus
+from medlvr.corpus.config import ConfigError, build_config, config_to_dict, load_config
 from medlvr.corpus.qa.questions import QUESTION_TYPES
 from medlvr.corpus.sample_data import write_samples
 from medlvr.corpus.shards import verify_manifest
@@ -121,10 +122,38 @@ def test_failed_publish_keeps_previous_shards(built, tmp_path, monkeypatch):
 
 def test_config_round_trip_and_unknown_keys(tmp_path):
     (tmp_path / "b.yaml").write_text("caption_rate: 0.5\nqa: {max_pairs_per_image: 4}\ningest: {workers: 2}\n")
-    cfg = BuildConfig.from_yaml(tmp_path / "b.yaml")
+    cfg = load_config(BuildConfig, tmp_path / "b.yaml", ["generator.backend=openai", "ingest.normalise.max_side=64"])
     assert cfg.caption_rate == 0.5 and cfg.qa.max_pairs_per_image == 4 and cfg.ingest.workers == 2
-    with pytest.raises(ValueError, match="unknown build config keys"):
-        BuildConfig.from_dict({"captoin_rate": 1})
+    assert cfg.generator.backend == "openai" and cfg.ingest.normalise.max_side == 64
+    assert build_config(BuildConfig, config_to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unknown config key captoin_rate"):
+        build_config(BuildConfig, {"captoin_rate": 1})
+    # unknown keys are errors at every depth (IngestConfig used to drop them silently)
+    with pytest.raises(ConfigError, match="unknown config key ingest.wokers"):
+        build_config(BuildConfig, {"ingest": {"wokers": 2}})
+    with pytest.raises(ConfigError, match="generator.backnd"):
+        build_config(BuildConfig, {"generator": {"backnd": "openai"}})
+    with pytest.raises(ConfigError, match="generator: backend must be one of"):
+        build_config(BuildConfig, {"generator": {"backend": "gpt"}})
+
+
+def test_step_table_paths_and_build_outputs(built):
+    """The table is the one definition: every path a step writes exists after build_corpus, and the report file
+    equals what build_corpus returned (minus its wall time and the messages of skipped datasets)."""
+    root, report = built
+    out = root / "out"
+    assert list(build_mod.STEPS) == ["ingest", "qa_pairs", "dedup", "decontaminate", "splits", "shards", "card"]
+    for step in build_mod.STEPS.values():
+        for ds in (IDS if step.per_dataset else [None]):
+            for rel in step.push_paths(ds):
+                assert (out / rel).exists(), (step.name, rel)
+    with pytest.raises(ValueError, match="name the dataset"):
+        build_mod.STEPS["ingest"].push_paths()
+    published = json.loads((out / "work" / "datasets.json").read_text())
+    assert sorted(published["datasets"]) == sorted(IDS) and published["not_built"] == []
+    on_disk = json.loads((out / "build_report.json").read_text())
+    assert on_disk == {k: v for k, v in report.items() if k not in ("seconds", "missing")}
+    assert report["qa"] == {ds: json.loads((out / "qa" / ds / "stats.json").read_text())["pairs"] for ds in IDS}
 
 
 def test_iter_grouped_streams_in_order_and_rejects_disorder(tmp_path):

@@ -42,3 +42,20 @@ def test_config_file_is_honoured(tmp_path, capsys):
 
     widths = pq.read_table(tmp_path / "out" / "busi" / "images.parquet", columns=["width", "height"]).to_pylist()
     assert all(max(r["width"], r["height"]) <= 32 for r in widths)
+
+
+def test_set_overrides_and_unknown_config_keys(tmp_path, capsys):
+    main(["sample-data", str(tmp_path / "data"), "--datasets", "busi"])
+    assert main(["ingest", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--datasets",
+                 "busi", "--set", "normalise.max_side=24", "--quiet"]) == 0
+    import pyarrow.parquet as pq
+
+    widths = pq.read_table(tmp_path / "out" / "busi" / "images.parquet", columns=["width", "height"]).to_pylist()
+    assert all(max(r["width"], r["height"]) <= 24 for r in widths)
+    (tmp_path / "bad.yaml").write_text("normalise: {max_sid: 32}\n")  # a typo: an error, not silently ignored
+    assert main(["ingest", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o2"), "--datasets",
+                 "busi", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown config key normalise.max_sid (did you mean normalise.max_side?)" in capsys.readouterr().err
+    assert main(["build-corpus", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o3"),
+                 "--set", "generator.backnd=openai"]) == 2
+    assert "generator.backnd" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from medlvr.corpus.config import build_config  # noqa: E402
 from medlvr.corpus.qa.cache import CachedBackend  # noqa: E402
 from medlvr.corpus.qa.generation import make_backend
 from medlvr.corpus.qa.requests import Backend, GeneratorConfig, GenRequest
@@ -82,17 +83,17 @@ def test_template_paraphrase_never_breaks_a_locked_string_or_an_acronym():
 
 
 def test_config_from_dict_and_make_backend(tmp_path):
-    cfg = GeneratorConfig.from_dict({"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
-                                     "concurrency": "3", "timeout_s": "1.5", "cache_dir": str(tmp_path)})
+    cfg = build_config(GeneratorConfig, {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+                                         "concurrency": 3, "timeout_s": "1.5", "cache_dir": str(tmp_path)})
     assert cfg.concurrency == 3 and cfg.timeout_s == 1.5
     backend = make_backend(cfg)
     assert isinstance(backend, CachedBackend) and isinstance(backend.backend, OpenAIBackend)
     assert isinstance(backend, Backend)
     assert isinstance(make_backend(GeneratorConfig()), TemplateBackend)
     with pytest.raises(ValueError, match="unknown"):
-        GeneratorConfig.from_dict({"backnd": "template"})
+        build_config(GeneratorConfig, {"backnd": "template"})
     with pytest.raises(ValueError):
-        GeneratorConfig.from_dict({"backend": "gpt"})
+        build_config(GeneratorConfig, {"backend": "gpt"})
     with pytest.raises(ValueError):
         GenRequest(task="summarise", prompt="x")
     with pytest.raises(ValueError):

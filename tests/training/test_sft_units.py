@@ -1,7 +1,6 @@
 """ROI-SFT pure parts: losses (hand-computed), LR schedule, ROI box rules, config, DeepSpeed config, shard stream,
 collation layout."""
 
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

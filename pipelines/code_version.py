@@ -1,0 +1,48 @@
+"""Code versions of assets: a hash of the source of the packages an asset's step calls, so that Dagster's own
+staleness (`code_version` on the asset, data versions on its materialisations) marks an asset stale when that
+code changes. Read through importlib (the installed package's files), so it works in a wheel install as well as
+in a source checkout."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.resources
+import os
+from functools import lru_cache
+from pathlib import Path
+
+SOURCE_SUFFIXES = (".py", ".yaml", ".csv", ".json", ".tsv")
+
+
+@lru_cache(maxsize=None)
+def package_code_version(*packages: str) -> str:
+    """sha256 (20 hex) of every source/data file of `packages` (dotted names), in path order. A package that is
+    not a folder on disk (a zip import) contributes the distribution's version instead."""
+    h = hashlib.sha256()
+    for pkg in packages:
+        root = importlib.resources.files(pkg)
+        if not isinstance(root, Path) or not root.is_dir():
+            h.update(f"{pkg}=={importlib.metadata.version('medlvr')}".encode())
+            continue
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts:
+                h.update(f"{pkg}/{p.relative_to(root).as_posix()}\0".encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def folder_fingerprint(root: Path) -> str:
+    """Paths, sizes and modification times of the files under `root` (cheap: no file is read). The raw_dataset
+    asset's data version and the raw-dataset sensor's cursor: a raw file touched or replaced gives a new value."""
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                continue
+            h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
