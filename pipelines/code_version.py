@@ -46,3 +46,15 @@ def folder_fingerprint(root: Path) -> str:
                 continue
             h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def files_version(*paths: str | Path) -> str:
+    """sha256 (20 hex) of the contents of `paths` (a missing file counts as missing). The asset groups whose
+    steps read a shipped default config (configs/sft_tiny.yaml, ...) add it to their code version: editing that
+    config changes what the step does, so it marks the step stale like a code change does."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        h.update(f"{p.name}\0".encode())
+        h.update(p.read_bytes() if p.is_file() else b"<missing>")
+    return h.hexdigest()[:20]

@@ -13,10 +13,11 @@ pipelines/README.md), e.g. `@dg.asset(pool="gpu", ...)` on the training assets.
 """
 
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
-from medlvr.pipelines.code_version import package_code_version
+from medlvr.pipelines.code_version import files_version, package_code_version
 
 # Partitioned asset checks are a preview feature in 1.13 (they work; the warning at definition time is noise).
 with warnings.catch_warnings():
@@ -41,14 +42,22 @@ training_defs = dg.Definitions(assets=[*TRAINING_ASSETS, *VLPO_ASSETS],
                                jobs=[training_job, evaluation_predictions_job, evaluation_report_job],
                                resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
 # asset group -> the packages its assets run (an asset that declares its own code version keeps it)
-CODE_VERSIONS = {"training": ("medlvr.training", "medlvr.pipelines.training"),
-                 "evaluation": ("medlvr.evaluation", "medlvr.pipelines.evaluation")}
+# Each group's code: its own packages and every package below it in the layers, plus the shipped default configs
+# its steps read (the main job runs them), so that a change to any of these marks the group's assets stale.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CODE_VERSIONS = {
+    "training": (("medlvr.corpus", "medlvr.training", "medlvr.pipelines.training"),
+                 (CONFIGS / "sft_tiny.yaml", CONFIGS / "vlpo_tiny.yaml")),
+    "evaluation": (("medlvr.corpus", "medlvr.training", "medlvr.evaluation", "medlvr.pipelines.evaluation"),
+                   (CONFIGS / "eval_demo.yaml", CONFIGS / "eval_sample.yaml")),
+}
 
 
 def _with_code_version(spec: dg.AssetSpec) -> dg.AssetSpec:
     if spec.code_version is not None or spec.group_name not in CODE_VERSIONS:
         return spec
-    return spec.replace_attributes(code_version=package_code_version(*CODE_VERSIONS[spec.group_name]))
+    packages, configs = CODE_VERSIONS[spec.group_name]
+    return spec.replace_attributes(code_version=f"{package_code_version(*packages)}-{files_version(*configs)}")
 
 
 defs = dg.Definitions.merge(corpus_defs, training_defs, evaluation_defs).map_asset_specs(func=_with_code_version)

@@ -51,3 +51,30 @@ def test_folder_fingerprint_sees_a_touched_file(tmp_path):
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert folder_fingerprint(tmp_path) != before
+
+
+def test_files_version_follows_the_shipped_default_configs(tmp_path):
+    from medlvr.pipelines.code_version import files_version
+
+    cfg = tmp_path / "sft_tiny.yaml"
+    cfg.write_text("run: {max_steps: 30}\n")
+    before = files_version(cfg)
+    cfg.write_text("run: {max_steps: 31}\n")
+    files_version.cache_clear()
+    assert files_version(cfg) != before
+    assert files_version(tmp_path / "missing.yaml") != files_version(cfg)
+
+
+def test_training_and_evaluation_assets_carry_their_configs_and_lower_layers():
+    """The training group's code version covers medlvr.corpus (the layer below it) and the default tiny configs;
+    evaluation covers corpus, training and its configs."""
+    from medlvr.pipelines.definitions import CODE_VERSIONS, defs
+
+    assert CODE_VERSIONS["training"][0][0] == "medlvr.corpus"
+    assert {p.name for p in CODE_VERSIONS["training"][1]} == {"sft_tiny.yaml", "vlpo_tiny.yaml"}
+    assert all(p.is_file() for _, files in CODE_VERSIONS.values() for p in files)
+    versions = {k.to_user_string(): n.code_version for k, n in
+                ((spec.key, spec) for spec in defs.resolve_all_asset_specs())}
+    assert versions["roi_sft_checkpoint"] == versions["vlpo_checkpoint"]
+    assert versions["roi_sft_checkpoint"] and "-" in versions["roi_sft_checkpoint"]
+    assert versions["evaluation_report"] != versions["roi_sft_checkpoint"]
