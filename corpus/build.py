@@ -31,11 +31,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medlvr.corpus import layout
+from medlvr.corpus.card import write_card
 from medlvr.corpus.catalog import load_catalog, select
+from medlvr.corpus.decontam import DecontamReport, find_contaminated, scan_benchmark_images
+from medlvr.corpus.dedup import duplicate_groups, group_sizes, iter_image_hashes
 from medlvr.corpus.ingest import DatasetMissing, IngestConfig, dataset_root, ingest_dataset
+from medlvr.corpus.kg.graph import load_graph
 from medlvr.corpus.qa.questions import ImageFacts, QAConfig, RoiFact, build_pairs
 from medlvr.corpus.qa.requests import GeneratorConfig
 from medlvr.corpus.qa.text import TextStage
+from medlvr.corpus.shards import MANIFEST_NAME, ShardWriter
+from medlvr.corpus.splits import assign_splits, iter_split_rows
 from medlvr.corpus.tables import parquet_options
 
 
@@ -172,8 +178,6 @@ def _flush_pairs(items, dataset: str, text: TextStage, writer, counts: Counter) 
 
 
 def compute_hashes(out: Path, datasets: list[str]) -> Path:
-    from medlvr.corpus.dedup import iter_image_hashes
-
     rows = [{"image_id": i, "dataset": d, "phash": h} for i, d, h in iter_image_hashes(out / layout.INGEST, datasets)]
     schema = pa.schema([("image_id", pa.string()), ("dataset", pa.string()), ("phash", pa.uint64())])
     _write_table(rows, schema, out / layout.HASHES)
@@ -186,8 +190,6 @@ def _hash_rows(out: Path):
 
 
 def compute_dup_groups(out: Path, cfg: BuildConfig) -> dict[str, Any]:
-    from medlvr.corpus.dedup import duplicate_groups, group_sizes
-
     groups = duplicate_groups(_hash_rows(out), cfg.dup_radius, cfg.overlap_radius)
     schema = pa.schema([("image_id", pa.string()), ("dup_group", pa.string())])
     _write_table([{"image_id": k, "dup_group": v} for k, v in sorted(groups.items())], schema,
@@ -205,8 +207,6 @@ def _groups(out: Path) -> dict[str, str]:
 
 
 def decontaminate(out: Path, cfg: BuildConfig) -> dict[str, Any]:
-    from medlvr.corpus.decontam import DecontamReport, find_contaminated, scan_benchmark_images
-
     rep = DecontamReport()
     roots = {k: Path(v) for k, v in cfg.benchmark_roots.items()}
     matches = find_contaminated(((i, h) for i, _, h in _hash_rows(out)), scan_benchmark_images(roots, rep),
@@ -221,8 +221,6 @@ def decontaminate(out: Path, cfg: BuildConfig) -> dict[str, Any]:
 
 
 def compute_splits(out: Path, cfg: BuildConfig, datasets: list[str]) -> dict[str, Any]:
-    from medlvr.corpus.splits import assign_splits, iter_split_rows
-
     split_of, rep = assign_splits(iter_split_rows(out / layout.INGEST, _groups(out), datasets), cfg.split_fractions,
                                   cfg.split_seed)
     schema = pa.schema([("image_id", pa.string()), ("split", pa.string())])
@@ -235,8 +233,6 @@ def compute_splits(out: Path, cfg: BuildConfig, datasets: list[str]) -> dict[str
 
 def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
     """Join QA pairs with image bytes, split and duplicate group; drop contaminated images; publish atomically."""
-    from medlvr.corpus.shards import ShardWriter
-
     splits = dict(zip(*[pq.read_table(out / layout.SPLITS).column(c).to_pylist()
                         for c in ("image_id", "split")]))
     groups = _groups(out)
@@ -288,8 +284,6 @@ class BuildContext:
     @property
     def kg(self):
         if self._kg is None:
-            from medlvr.corpus.kg.graph import load_graph
-
             self._kg = load_graph()
         return self._kg
 
@@ -351,9 +345,6 @@ def shards_step(ctx: BuildContext, dataset: None = None) -> dict[str, Any]:
 def card_step(ctx: BuildContext, dataset: None = None) -> dict[str, Any]:
     """The corpus card, and build_report.json: every step's report, read back from the files they wrote (so the
     command line and the Dagster assets write the same report)."""
-    from medlvr.corpus.card import write_card
-    from medlvr.corpus.shards import MANIFEST_NAME
-
     out = ctx.out
     card = write_card(out / layout.SHARDS, out / layout.CARD)
     published = json.loads((out / layout.DATASETS).read_text())

@@ -18,14 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+from medlvr.corpus.adapters import ADAPTERS
+from medlvr.corpus.build import BuildConfig, build_corpus
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.config import add_config_arguments, load_config
 from medlvr.corpus.ingest import IngestConfig, run_ingest
+from medlvr.corpus.sample_data import write_samples
 
 
 def _cmd_catalog(args) -> int:
-    from medlvr.corpus.adapters import ADAPTERS
-
     cat = load_catalog()
     if args.json:
         rows = [{"id": s.id, "name": s.name, "modality": s.modality, "body_region": s.body_region,
@@ -44,8 +45,6 @@ def _cmd_catalog(args) -> int:
 
 
 def _cmd_sample_data(args) -> int:
-    from medlvr.corpus.sample_data import write_samples
-
     t0 = time.perf_counter()
     counts = write_samples(Path(args.out_dir), args.datasets, seed=args.seed)
     print(f"wrote {len(counts)} sample datasets ({sum(counts.values())} truth records) to {args.out_dir} "
@@ -82,8 +81,6 @@ def _cmd_ingest(args) -> int:
 
 
 def _cmd_build_corpus(args) -> int:
-    from medlvr.corpus.build import BuildConfig, build_corpus
-
     shortcuts = [f"ingest.workers={args.workers}"] if args.workers is not None else []
     shortcuts += [f"generator.backend={args.qa_backend}"] if args.qa_backend else []
     cfg = load_config(BuildConfig, args.config, [*args.overrides, *shortcuts])

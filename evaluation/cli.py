@@ -19,6 +19,8 @@ from medlvr.corpus.config import add_config_arguments
 def _cmd_evaluate(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # imported here: the offline switches above must be set before transformers loads, and `medlvr --help` should
+    # not pay for torch
     from medlvr.evaluation.config import load_eval_config
     from medlvr.evaluation.runs import evaluate
 
@@ -30,7 +32,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from medlvr.evaluation.config import load_eval_config
+    from medlvr.evaluation.config import load_eval_config  # torch only when the command runs (as above)
     from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
 
     cfg = load_eval_config(args.config, _overrides(args))

@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medlvr.evaluation import scoring
+from medlvr.evaluation import tables as T
+from medlvr.evaluation.ablations import ablation_table
+from medlvr.evaluation.attention import attention_profiles, mean_visual_share, sample_rois
+from medlvr.evaluation.figures import plot_accuracy_vs_k, plot_heatmaps, plot_visual_share
+from medlvr.evaluation.inference import load_for_eval
 from medlvr.evaluation.predictions import job_records
 
 
@@ -89,10 +95,6 @@ def write_report(out_dir: Path, title: str, sections: Sequence[Section]) -> tupl
 
 
 def _fig3_section(cfg, samples, fig_dir: Path) -> Section:
-    from medlvr.evaluation.attention import attention_profiles, mean_visual_share
-    from medlvr.evaluation.figures import plot_heatmaps, plot_visual_share
-    from medlvr.evaluation.inference import load_for_eval
-
     f3 = cfg.fig3
     bench = f3.get("benchmark") or next(iter(cfg.benchmarks))
     pool = [s for s in samples[bench] if s.images]
@@ -124,16 +126,11 @@ def _pct(v) -> str:
 
 
 def _has_roi(sample) -> bool:
-    from medlvr.evaluation.attention import sample_rois
-
     return bool(sample_rois(sample))
 
 
 def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> list[Section]:
     """Score the merged prediction files of `jobs` and lay out every configured table and figure."""
-    from medlvr.evaluation import tables as T
-    from medlvr.evaluation.ablations import ablation_table
-
     fig_dir = cfg.out_dir / "figures"
     by_bench = {b: {s.sample_id: s for s in v} for b, v in samples.items()}
     scored = {j: T.score_records(job_records(cfg, j), by_bench[j.benchmark]) for j in jobs}
@@ -161,8 +158,6 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> lis
                              T.fmt(100 * sum(r["finish_reason"] == "length" for r in rs) / len(rs))])
     tabs = [Table("Accuracy per benchmark", ["model", "benchmark", "N", "accuracy %", "parse fail %",
                                              "mean tokens", "truncated %"], rows)]
-    from medlvr.evaluation import scoring
-
     if "omnimedvqa" in cfg.main_benchmarks:
         t1s = {m.name: scoring.table1([r for j in main if j.model == m.name and j.benchmark == "omnimedvqa"
                                         for r in scored[j]]) for m in cfg.models}
@@ -202,8 +197,6 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> lis
         sections.append(Section("Table 4: training variants", "", [Table("Table 4 (accuracy %)", h, cells)]))
 
     if cfg.fig5:
-        from medlvr.evaluation.figures import plot_accuracy_vs_k
-
         bench = cfg.fig5.get("benchmark", "omnimedvqa")
         rs = [r for j in jobs if j.model == cfg.fig5["model"] and j.benchmark == bench and j.variant == "main"
               and j.k_latent in set(cfg.fig5.get("k_values", [2, 4, 8, 14, 16])) for r in scored[j]]

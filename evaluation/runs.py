@@ -19,9 +19,12 @@ import torch
 from medlvr.corpus.config import config_to_dict
 from medlvr.corpus.evalsets.base import Sample
 from medlvr.corpus.evalsets.registry import get_benchmark, write_benchmark_samples
+from medlvr.evaluation.ablations import make_transform_factory
 from medlvr.evaluation.config import ABLATIONS, EvalConfig
 from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
 from medlvr.evaluation.predictions import Job, pred_path
+from medlvr.evaluation.report import build_sections, write_report
+from medlvr.evaluation.tables import efficiency_subset, write_manifest
 
 
 def load_benchmark(cfg: EvalConfig, name: str) -> list[Sample]:
@@ -43,8 +46,6 @@ def load_all(cfg: EvalConfig) -> dict[str, list[Sample]]:
 
 def efficiency_manifest(cfg: EvalConfig, samples: dict[str, list[Sample]],
                         write: bool = True) -> dict[str, list[str]] | None:
-    from medlvr.evaluation.tables import efficiency_subset, write_manifest
-
     if not cfg.efficiency:
         return None
     seed = int(cfg.efficiency.get("seed", 0))
@@ -79,8 +80,6 @@ def plan_jobs(cfg: EvalConfig, manifest: dict[str, list[str]] | None = None) -> 
 def run_jobs(cfg: EvalConfig, jobs: list[Job], samples: dict[str, list[Sample]], rank: int = 0,
              world_size: int = 1, progress: Callable[[str], None] | None = None) -> dict:
     """This rank's share of every job, one model load per model. Returns timing info per job."""
-    from medlvr.evaluation.ablations import make_transform_factory
-
     if cfg.decode.threads:
         torch.set_num_threads(cfg.decode.threads)
     info = {}
@@ -144,8 +143,6 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
     if rank != 0:
         return result
     merge_all(cfg, jobs, world_size)
-    from medlvr.evaluation.report import build_sections, write_report
-
     sections = build_sections(cfg, samples, jobs, manifest)
     md, page = write_report(cfg.out_dir, cfg.title, sections)
     meta = {"config": config_to_dict(cfg), "world_size": world_size,

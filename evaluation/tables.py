@@ -17,13 +17,12 @@ from pathlib import Path
 
 from medlvr.corpus.evalsets.base import Sample
 from medlvr.evaluation.config import EFFICIENCY_KINDS, EFFICIENCY_QUOTAS
+from medlvr.evaluation.scoring import canonical_modality, in_subset, score_record
 
 
 def score_records(records: Iterable[dict], samples: Mapping[str, Sample]) -> list[dict]:
     """Score records against their Samples (by sample_id, one benchmark) with `medlvr.evaluation.scoring.score_record`;
     records without a Sample are dropped. Adds "modality" (Table 1 spelling) and "parse_fail" (= parse_failed)."""
-    from medlvr.evaluation.scoring import canonical_modality, score_record
-
     rows = []
     for rec in records:
         s = samples.get(str(rec["sample_id"]))
@@ -101,8 +100,6 @@ def table4(rows_by_variant: Mapping[str, Sequence[dict]], benchmarks: Sequence[s
     subsets: benchmark -> subset scored ("all", "closed", "mc", ...; `medlvr.evaluation.scoring.in_subset`), e.g.
     `scoring.TABLE2_SUBSETS` for the paper's closed yes/no SLAKE / VQA-RAD; default "all".
     """
-    from medlvr.evaluation.scoring import in_subset
-
     subsets = subsets or {}
     out = []
     for variant, rows in rows_by_variant.items():

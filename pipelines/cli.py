@@ -19,13 +19,14 @@ from pathlib import Path
 from medlvr.corpus import cli as corpus_cli
 from medlvr.corpus.catalog import CatalogError
 from medlvr.corpus.config import ConfigError
+from medlvr.corpus.ingest import DatasetSummary
+from medlvr.corpus.shards import MANIFEST_NAME
 from medlvr.evaluation import cli as evaluation_cli
 from medlvr.training import cli as training_cli
 
 
 def _cmd_demo(args) -> int:
     """The main job: the whole asset graph materialised through Dagster (pipelines/main_job.py)."""
-    from medlvr.corpus.ingest import DatasetSummary
     from medlvr.pipelines.main_job import run_main  # imports Dagster: only when the main job runs
 
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
@@ -36,8 +37,6 @@ def _cmd_demo(args) -> int:
                  if not p.parent.name.startswith(".")]
     print()
     corpus_cli.print_summary(summaries)
-    from medlvr.corpus.shards import MANIFEST_NAME
-
     manifest = json.loads((corpus / "shards" / MANIFEST_NAME).read_text())
     print(f"\nQA pairs: {manifest['rows']} in {len(manifest['shards'])} shards; per split "
           f"{json.dumps(manifest['counts']['split'])}; decontamination removed "

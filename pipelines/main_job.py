@@ -27,6 +27,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.evalsets.registry import write_benchmark_samples
+from medlvr.corpus.sample_data import write_samples
+from medlvr.evaluation.config import BENCHMARKS, DATA_DIRS
+from medlvr.pipelines.code_version import folder_fingerprint
+from medlvr.pipelines.corpus.resources import medlvr_home
+from medlvr.pipelines.definitions import defs
+
 REPO = Path(__file__).resolve().parents[1]
 LOCATION_NAME = "medlvr"  # workspace.yaml's location_name
 DEFINITIONS_MODULE = "medlvr.pipelines.definitions"  # workspace.yaml's module_name
@@ -54,13 +62,10 @@ class MainJob:
     def __init__(self, dagster_home: Path, log: Callable[[str], None] = print, force: bool = False):
         os.environ["DAGSTER_HOME"] = str(Path(dagster_home).resolve())
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import warnings
+
         import dagster as dg
         from dagster._core.definitions.reconstruct import ReconstructableRepository
-
-        from medlvr.pipelines.corpus.resources import medlvr_home
-        from medlvr.pipelines.definitions import defs
-
-        import warnings
 
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # Pipes internals; noise on the console
         self.dg, self.defs, self.log, self.force = dg, defs, log, force
@@ -97,8 +102,6 @@ class MainJob:
 
     def raw_unchanged(self, dataset: str, root: Path) -> bool:
         """raw_dataset[dataset]'s recorded data version is the raw folder's fingerprint now."""
-        from medlvr.pipelines.code_version import folder_fingerprint
-
         current = self._stale_status().get_current_data_version(self.dg.AssetKey("raw_dataset"), dataset)
         return current == self.dg.DataVersion(folder_fingerprint(root))
 
@@ -136,8 +139,6 @@ class MainJob:
 
     # ------------------------------------------------------------------------------------------------- stages
     def corpus(self, datasets: list[str]) -> None:
-        from medlvr.corpus.sample_data import write_samples
-
         data_root = self.home / "sample_data"
         missing = [d for d in datasets if not (data_root / d).is_dir()]
         if missing:  # the bundled default: written once, then read like any user's data root
@@ -155,20 +156,14 @@ class MainJob:
         return self.home / "evaluation" / "benchmarks"
 
     def _bench_root_written(self) -> None:
-        from medlvr.corpus.evalsets.registry import write_benchmark_samples
-
         if not self._bench_root().is_dir():
             write_benchmark_samples(self._bench_root())
 
     def _publish_config(self) -> dict:
-        from medlvr.evaluation.config import BENCHMARKS, DATA_DIRS
-
         roots = [f"benchmark_roots.{b}={self._bench_root() / DATA_DIRS.get(b, b)}" for b in BENCHMARKS]
         return {"resources": {"corpus_settings": {"config": {"overrides": roots}}}}
 
     def training(self) -> None:
-        from medlvr.evaluation.config import DATA_DIRS
-
         self.log("[training] ROI-SFT then VLPO of the tiny model (Dagster Pipes subprocesses)")
         run_config = {"ops": {
             "roi_sft_checkpoint": {"config": {"overrides": ["run.max_steps=30", "latent.k_latent=4"]}},
@@ -194,8 +189,6 @@ class MainJob:
         return out
 
     def evaluation(self) -> Path:
-        from medlvr.evaluation.config import BENCHMARKS
-
         models = self.checkpoints()
         out_dir = self.home / "evaluation" / "report"
         settings = {"config_path": str(REPO / "configs" / "eval_demo.yaml"), "model_paths": models,
@@ -213,8 +206,6 @@ class MainJob:
 def run_main(dagster_home: Path, datasets: list[str] | None = None, force: bool = False,
              log: Callable[[str], None] = print) -> dict:
     """Run (or reuse) every stage; returns {"ran", "reused", "failed", "report", "seconds"}."""
-    from medlvr.corpus.catalog import load_catalog
-
     t0 = time.perf_counter()
     job = MainJob(dagster_home, log, force)
     ids = datasets or list(load_catalog())

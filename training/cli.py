@@ -15,7 +15,7 @@ from medlvr.corpus.config import add_config_arguments
 
 
 def _cmd_train_sft(args) -> int:
-    from medlvr.training.sft.recipe import run_from_args
+    from medlvr.training.sft.recipe import run_from_args  # torch only when the command runs
 
     return run_from_args(args)
 
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def _cmd_train_vlpo(args) -> int:
-    from medlvr.training.vlpo.trainer import run_cli
+    from medlvr.training.vlpo.trainer import run_cli  # torch only when the command runs
 
     return run_cli(args)
 

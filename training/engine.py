@@ -58,6 +58,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlvr.training.model import save_checkpoint
+
 BACKENDS = ("single", "deepspeed")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("cosine", "constant")
@@ -309,8 +311,6 @@ class Engine:
         """Write a complete, resumable checkpoint (all ranks must call it). Returns the final directory.
 
         `k_latent`: K recorded next to the weights (`model/medlvr_latent.json`, needs `processor`)."""
-        from medlvr.training.model import save_checkpoint
-
         final = Path(directory)
         tmp = final.with_name(final.name + ".tmp")
         if self.is_main:

@@ -61,7 +61,7 @@ def register_benchmark(name: str, loader: Loader, *, data_dir: str | None = None
 
 
 def _import_package_modules() -> None:
-    import medlvr.corpus.evalsets as pkg
+    import medlvr.corpus.evalsets as pkg  # this package itself, to list its modules
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"medlvr.corpus.evalsets.{mod.name}")

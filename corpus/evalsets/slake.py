@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Iterator
 
 from medlvr.corpus.evalsets import sample_files
-from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri, read_json_list, require_dir, zip_uri
+from medlvr.corpus.evalsets.base import (
+    BenchmarkError,
+    Sample,
+    file_uri,
+    image_bytes,
+    read_json_list,
+    require_dir,
+    zip_uri,
+)
 from medlvr.corpus.evalsets.registry import register_benchmark
 
 NAME = "slake"
@@ -60,8 +68,6 @@ def _image_resolver(root: Path):
 def _detection_reader(root: Path):
     """`imgs/xmlabN/detection.json` beside each image, if present: [{"Liver": [x, y, w, h]}, ...] (xywh pixels of
     the source image; format from the SLAKE release [M]). Returns name -> (boxes xyxy, labels)."""
-    from medlvr.corpus.evalsets.base import image_bytes
-
     image = _image_resolver(root)
 
     def read(img_name: str) -> tuple[list[list[float]], list[str]]:

@@ -23,6 +23,7 @@ from typing import Any
 import networkx as nx
 import yaml
 
+from medlvr.corpus.catalog import CATALOG_DIR
 from medlvr.corpus.kg import slake
 
 CONCEPTS_PATH = Path(__file__).with_name("concepts.yaml")
@@ -357,8 +358,6 @@ def _validate_catalog(kg: KnowledgeGraph, catalog: dict[str, dict[str, str]], mo
 def read_catalog(directory: Path | str | None = None) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """{dataset id: {raw label: concept id}} and {dataset id: modality} from the catalog YAML files (read
     directly, so the graph does not depend on the adapters being importable)."""
-    from medlvr.corpus.catalog import CATALOG_DIR
-
     labels, modalities = {}, {}
     for path in sorted(Path(directory or CATALOG_DIR).glob("*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}

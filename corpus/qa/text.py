@@ -9,7 +9,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from medlvr.corpus.qa.generation import make_backend
 from medlvr.corpus.qa.questions import REGION_DESCRIPTION, ImageFacts, QAPair, position_word
+from medlvr.corpus.qa.requests import GenRequest
+from medlvr.corpus.qa.verify import EntityMatcher, verify
+from medlvr.corpus.qwen.format import QWEN25_MAX_PIXELS, QWEN25_MIN_PIXELS, model_box
 
 
 def chosen(key: str, rate: float) -> bool:
@@ -19,9 +23,6 @@ def chosen(key: str, rate: float) -> bool:
 
 class TextStage:
     def __init__(self, cfg, kg, out_dir: Path):
-        from medlvr.corpus.qa.generation import make_backend
-        from medlvr.corpus.qa.verify import EntityMatcher
-
         gcfg = cfg.generator
         if gcfg.cache_dir is None:  # the model back ends cache responses next to the corpus by default
             gcfg = dataclasses.replace(gcfg, cache_dir=str(Path(out_dir) / "gen_cache"))
@@ -36,8 +37,6 @@ class TextStage:
         return self.backend.model_id
 
     def _caption_request(self, row: dict, facts: ImageFacts):
-        from medlvr.corpus.qa.requests import GenRequest
-
         roi = max(facts.rois, key=lambda r: (r.box[2] - r.box[0]) * (r.box[3] - r.box[1]))
         name = self.kg.name(roi.concept)
         size = None
@@ -68,8 +67,6 @@ class TextStage:
         return [f for f in self.kg.facts(concept) if all(c in allowed for _, c in self.matcher.mentions(f))]
 
     def _paraphrase_request(self, p: QAPair):
-        from medlvr.corpus.qa.requests import GenRequest
-
         names = tuple(n for n in (self.kg.name(c) for c in p.concept_ids[:1]) if n in p.question)
         slots = tuple(sorted({f"{{box{i}}}" for i in range(len(p.boxes)) if f"{{box{i}}}" in p.question}))
         locked = names + slots
@@ -81,9 +78,6 @@ class TextStage:
 
     def run(self, items: list[tuple[dict, ImageFacts, list[QAPair]]]) -> None:
         """Adds verified text to the pairs of a batch of images, in place."""
-        from medlvr.corpus.qwen.format import model_box
-        from medlvr.corpus.qa.verify import verify
-
         reqs: list[Any] = []
         targets: list[tuple[str, ImageFacts, list[QAPair], Any]] = []
         for row, facts, pairs in items:
@@ -120,6 +114,4 @@ class TextStage:
                 obj.paraphrased = text
 
     def _pixels(self) -> tuple[int, int]:
-        from medlvr.corpus.qwen.format import QWEN25_MAX_PIXELS, QWEN25_MIN_PIXELS
-
         return (self.gen_cfg.min_pixels or QWEN25_MIN_PIXELS, self.gen_cfg.max_pixels or QWEN25_MAX_PIXELS)

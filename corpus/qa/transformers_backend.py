@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medlvr.corpus.qa.requests import GeneratorConfig, GenRequest, render_prompt
 from medlvr.corpus.qwen.format import model_box, png_size
+from medlvr.corpus.qwen.processor import load_processor
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ def _load_processor(path: Path):
         log.info("AutoProcessor failed on %s (%s); using training.processor.load_processor", path, e)
         proc = None
     if proc is None or not hasattr(proc, "image_processor"):
-        from medlvr.corpus.qwen.processor import load_processor
-
         proc = load_processor(path)
     proc.tokenizer.padding_side = "left"  # batched generation appends on the right: pad on the left
     return proc

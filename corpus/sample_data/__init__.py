@@ -24,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 
+from medlvr.corpus.catalog import load_catalog
+
 SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
 SAMPLE_WRITERS: dict[str, SampleWriter] = {}
 
@@ -48,7 +50,7 @@ def register_sample_writer(dataset_id: str):
 
 def writers() -> dict[str, SampleWriter]:
     """{dataset_id: writer} over every module of this package (imported first) and any registered elsewhere."""
-    import medlvr.corpus.sample_data as pkg
+    import medlvr.corpus.sample_data as pkg  # this package itself, to list its modules
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"medlvr.corpus.sample_data.{mod.name}")
@@ -57,8 +59,6 @@ def writers() -> dict[str, SampleWriter]:
 
 def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 0) -> dict[str, int]:
     """Write the sample datasets; returns {dataset_id: number of truth records}."""
-    from medlvr.corpus.catalog import load_catalog
-
     out_dir = Path(out_dir)
     cat = load_catalog()
     ws = writers()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medlvr.corpus.adapters.rle import encode_standard
 from medlvr.corpus.sample_data import register_sample_writers, synth
 
 
@@ -145,8 +146,6 @@ def write_livecell(root: Path, rng) -> list[dict]:
 
 
 def write_dsb2018(root: Path, rng) -> list[dict]:
-    from medlvr.corpus.adapters.rle import encode_standard
-
     rows = ["ImageId,EncodedPixels"]
     truth = []
     for i, (h, w) in enumerate([(64, 80), (72, 72)]):

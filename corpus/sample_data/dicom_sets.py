@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.sample_data import register_sample_writers, synth
 
 # Header values written into every sample DICOM: anonymised-looking, as in the public releases. The privacy
@@ -24,8 +25,6 @@ def _sample_opt(ds_id: str, key: str, default):
     """The catalog's `sample` option, else its adapter option of that name (e.g. the raw label the adapter
     reports), else the default: the truth labels follow whatever the other engineer's catalog names."""
     try:
-        from medlvr.corpus.catalog import load_catalog
-
         spec = load_catalog().get(ds_id)
     except Exception:  # catalog not importable or another entry broken: the default is still right
         spec = None

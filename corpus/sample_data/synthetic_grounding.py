@@ -35,6 +35,7 @@ from PIL import Image
 
 from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri
 from medlvr.corpus.prompts import MC_INSTRUCTION, mc_prompt_text
+from medlvr.corpus.shards import QA_SCHEMA
 
 PATTERNS = ("bright", "dark", "striped", "checkered")
 LETTERS = "ABCD"
@@ -115,8 +116,6 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
     """Write every format (module docstring); returns the task summary (also `<out>/task.json`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from medlvr.corpus.shards import QA_SCHEMA
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ import dagster as dg
 
 from medlvr.corpus import layout
 from medlvr.corpus.build import STEPS, BuildContext, write_json
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.ingest import DatasetMissing, check_layout, discover
 from medlvr.pipelines.code_version import folder_fingerprint, package_code_version
 from medlvr.pipelines.corpus import metadata as md
 from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
@@ -59,9 +61,6 @@ def run_step(name: str, storage: CorpusStorage, settings: CorpusSettings, datase
                       "downstream assets stale.")
 def raw_dataset(context: dg.AssetExecutionContext, dataset_roots: DatasetRoots,
                 storage: CorpusStorage) -> dg.MaterializeResult:
-    from medlvr.corpus.catalog import load_catalog
-    from medlvr.corpus.ingest import DatasetMissing, check_layout, discover
-
     ds = context.partition_key
     spec, root = load_catalog()[ds], dataset_roots.root(ds)
     if not root.is_dir():

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from medlvr.corpus import layout
 from medlvr.corpus.build import publish_datasets
+from medlvr.corpus.shards import verify_manifest
 from medlvr.pipelines.corpus.metadata import md_table, read_manifest
 from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
 from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage
@@ -89,8 +90,6 @@ def no_patient_or_group_across_splits(storage: CorpusStorage) -> dg.AssetCheckRe
 @dg.asset_check(asset="corpus_shards", blocking=True,
                 description="Every shard's sha256 and row count match the shard manifest, and no unlisted shard.")
 def shard_checksums_match_manifest(storage: CorpusStorage) -> dg.AssetCheckResult:
-    from medlvr.corpus.shards import verify_manifest
-
     with storage.workdir(pull_paths=[layout.SHARDS]) as out:
         try:
             problems = verify_manifest(out / layout.SHARDS)

@@ -12,6 +12,8 @@ from typing import Any
 import dagster as dg
 import pyarrow.parquet as pq
 
+from medlvr.corpus.shards import MANIFEST_NAME
+
 
 def head(path: Path, columns: list[str], n: int = 5) -> list[dict[str, Any]]:
     pf = pq.ParquetFile(path)
@@ -107,8 +109,6 @@ def qa_thumbnails(qa_path: Path, images_path: Path, n: int = 8) -> dg.MetadataVa
 
 
 def manifest_path(shard_dir: Path) -> Path:
-    from medlvr.corpus.shards import MANIFEST_NAME
-
     path = Path(shard_dir) / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(f"no shard manifest in {shard_dir}")

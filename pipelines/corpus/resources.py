@@ -17,6 +17,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from medlvr.corpus.build import BuildConfig
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.config import load_config
+from medlvr.corpus.ingest import dataset_root
+from medlvr.corpus.kg.graph import load_graph
+from medlvr.corpus.sample_data import write_samples
 from medlvr.pipelines.corpus.storage import is_local_url, local_path, pull, push
 
 
@@ -86,8 +92,6 @@ class DatasetRoots(dg.ConfigurableResource):
     sample_seed: int = 0
 
     def selected(self) -> list[str]:
-        from medlvr.corpus.catalog import load_catalog
-
         cat = load_catalog()
         unknown = [d for d in self.datasets if d not in cat]
         if unknown:
@@ -104,9 +108,6 @@ class DatasetRoots(dg.ConfigurableResource):
 
     def root(self, dataset: str, materialise_samples: bool = True) -> Path:
         """The dataset's root folder; with sample data, writes the dataset's sample first if missing."""
-        from medlvr.corpus.catalog import load_catalog
-        from medlvr.corpus.ingest import dataset_root
-
         spec = load_catalog()[dataset]
         data_root = self.resolved_data_root()
         if data_root is None:
@@ -119,8 +120,6 @@ class DatasetRoots(dg.ConfigurableResource):
 
 
 def _write_sample_atomically(data_root: Path, dataset: str, seed: int) -> None:
-    from medlvr.corpus.sample_data import write_samples
-
     data_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dataset}.tmp-", dir=data_root))
     try:
@@ -140,8 +139,6 @@ class KnowledgeGraphResource(dg.ConfigurableResource):
     """The validated knowledge graph used for QA (`medlvr.corpus.kg.graph.load_graph()`, cached per process)."""
 
     def load(self):
-        from medlvr.corpus.kg.graph import load_graph
-
         return load_graph()
 
     def stats(self) -> dict[str, Any]:
@@ -159,9 +156,6 @@ class CorpusSettings(dg.ConfigurableResource):
     max_reject_share: float = Field(default=0.25, description="blocking check: rejected records / records in")
 
     def build_config(self):
-        from medlvr.corpus.build import BuildConfig
-        from medlvr.corpus.config import load_config
-
         return load_config(BuildConfig, self.config_path or None, self.overrides)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from medlvr.evaluation.config import BENCHMARKS
+from medlvr.evaluation.config import BENCHMARKS, load_eval_config
+from medlvr.pipelines.corpus.resources import medlvr_home
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_PARTITIONS = dg.StaticPartitionsDefinition(list(BENCHMARKS))
@@ -35,9 +36,6 @@ class EvaluationSettings(dg.ConfigurableResource):
     model_paths: dict[str, str] = Field(default_factory=dict, description="model name -> checkpoint dir")
 
     def load(self):
-        from medlvr.evaluation.config import load_eval_config
-        from medlvr.pipelines.corpus.resources import medlvr_home
-
         path, defaults = self.config_path, []
         if not path:
             home = medlvr_home() / "evaluation"
@@ -51,8 +49,10 @@ class EvaluationSettings(dg.ConfigurableResource):
 @dg.asset(partitions_def=BENCHMARK_PARTITIONS, deps=CHECKPOINTS, group_name="evaluation", pool="gpu",
           kinds={"jsonl"}, description="model predictions on one benchmark (resumable JSONL per run)")
 def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: EvaluationSettings) -> dg.MaterializeResult:
-    from medlvr.evaluation.runs import efficiency_manifest, load_all, plan_jobs, run_jobs
+    # imports torch: only when the step runs, so loading the code location (UI, daemon, each step's process) stays
+    # light for the corpus assets
     from medlvr.evaluation.predictions import job_records, pred_path
+    from medlvr.evaluation.runs import efficiency_manifest, load_all, plan_jobs, run_jobs
 
     bench = context.partition_key
     cfg = evaluation.load()
@@ -73,7 +73,7 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
 @dg.asset(deps=[evaluation_predictions, *CHECKPOINTS], group_name="evaluation", pool="gpu", kinds={"html"},
           description="Tables 1-4, Figs. 3 and 5 and the latent ablation as report.md + report.html")
 def evaluation_report(context: dg.AssetExecutionContext, evaluation: EvaluationSettings) -> dg.MaterializeResult:
-    from medlvr.evaluation.report import build_sections, write_report
+    from medlvr.evaluation.report import build_sections, write_report  # imports torch: only when the step runs
     from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
 
     cfg = evaluation.load()

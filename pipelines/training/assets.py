@@ -22,6 +22,7 @@ from pydantic import Field
 
 from medlvr.pipelines.corpus.resources import CorpusStorage, medlvr_home
 from medlvr.pipelines.training.launch import LaunchConfig, launch_command
+from medlvr.training.pipes import ERROR_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING = "training"
@@ -53,7 +54,6 @@ def trainer_command(cfg: RoiSftConfig, overrides: list[str]) -> list[str]:
                       "metadata: final metrics and the checkpoint path.")
 def roi_sft_checkpoint(context: dg.AssetExecutionContext, config: RoiSftConfig, storage: CorpusStorage,
                        pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    from medlvr.training.pipes import ERROR_FILE
     from medlvr.training.sft.config import load_sft_config  # torch: only when the asset runs
 
     own_corpus = any(o.startswith("data.corpus=") for o in config.overrides)

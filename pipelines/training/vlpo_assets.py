@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from medlvr.corpus.config import load_config
 from medlvr.pipelines.corpus.resources import medlvr_home
 from medlvr.pipelines.training.launch import LaunchConfig, launch_command
 
@@ -62,7 +63,6 @@ def trainer_command(cfg: VlpoConfig, overrides: list[str]) -> list[str]:
                       "towards the ROI-SFT checkpoint); metadata: last-step metrics and the checkpoint paths.")
 def vlpo_checkpoint(context: dg.AssetExecutionContext, config: VlpoConfig,
                     pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    from medlvr.corpus.config import load_config
     from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent  # torch: only when the asset runs
 
     own_model = any(o.startswith("model.path=") for o in config.overrides)

@@ -15,6 +15,7 @@ import torch
 
 from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput, latent_generate
 from medlvr.training.model import LatentTokenIds
+from medlvr.training.vlm_inputs import images_per_row
 
 
 class RolloutEngine(Protocol):
@@ -24,8 +25,6 @@ class RolloutEngine(Protocol):
 
 def repeat_prompts(prompts: Mapping[str, torch.Tensor], g: int, image_token_id: int) -> dict[str, torch.Tensor]:
     """A B-row processor batch -> B*G rows (row b*G + j), images repeated with their prompt."""
-    from medlvr.training.vlm_inputs import images_per_row
-
     out = {k: v.repeat_interleave(g, dim=0) for k, v in prompts.items()
            if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     if prompts.get("pixel_values") is not None:
