@@ -227,3 +227,17 @@ def test_decompression_bomb_is_a_reason_not_a_crash(tmp_path, monkeypatch):
     with pytest.raises(RecordError, match="decompression-bomb limit big.png: Image size") as e:
         read_2d(tmp_path / "big.png")
     assert_good_reason(e.value.reason)
+
+
+def test_volume_path_reads_a_multi_frame_file_as_its_slices(tmp_path):
+    """The DICOM series reader (LIDC-IDRI's volume path) takes a one-file volume frame by frame, in position order."""
+    from medlvr.corpus.adapters.lidc import read_series
+
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "dose.dcm").write_bytes((TEST_FILES / "rtdose.dcm").read_bytes())
+    ds = pydicom.dcmread(TEST_FILES / "rtdose.dcm")
+    vol, zs, sops, spacing = read_series(tmp_path, ["series/dose.dcm"])
+    offsets = [float(v) for v in ds.GridFrameOffsetVector]
+    assert vol.shape == (15, 10, 10) and zs == sorted(offsets) and set(sops) == {str(ds.SOPInstanceUID)}
+    np.testing.assert_allclose(vol, apply_modality_lut(ds.pixel_array, ds)[np.argsort(offsets, kind="stable")])
+    assert spacing == (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
