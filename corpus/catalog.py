@@ -48,6 +48,9 @@ class DatasetSpec:
     citation: str
     homepage: str
     sample: dict[str, Any] = field(default_factory=dict)  # options for the sample-data writer
+    # a 2-D multi-frame DICOM (cine loop, multi-frame secondary capture) stands for this frame (0-based), or
+    # "reject"; multi-frame volumes (enhanced CT/MR, RT dose) are never a 2-D image (see adapters.images)
+    multi_frame: int | str = 0
 
     def concept(self, raw_label: str) -> str | None:
         return self.labels.get(raw_label)
@@ -79,6 +82,10 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
     split = raw.get("official_split")
     if split is not None and split.get("source") not in ("record", "path_regex"):
         raise CatalogError(f"{source}: official_split.source must be record or path_regex")
+    multi_frame = raw.get("multi_frame", 0)
+    if multi_frame != "reject" and (isinstance(multi_frame, bool) or not isinstance(multi_frame, int)
+                                    or multi_frame < 0):
+        raise CatalogError(f"{source}: multi_frame must be a frame index >= 0 or 'reject', got {multi_frame!r}")
     return DatasetSpec(
         id=raw["id"], name=raw["name"], modality=raw["modality"], body_region=raw["body_region"],
         adapter=raw["adapter"], options=dict(raw.get("options") or {}),
@@ -86,7 +93,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
         patient_key=dict(pk), official_split=dict(split) if split else None,
         normalise=dict(raw.get("normalise") or {}), attributes=tuple(raw.get("attributes") or ()),
         licence=raw["licence"], citation=raw["citation"], homepage=raw["homepage"],
-        sample=dict(raw.get("sample") or {}),
+        sample=dict(raw.get("sample") or {}), multi_frame=multi_frame,
     )
 
 

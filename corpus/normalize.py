@@ -133,7 +133,16 @@ def _grey_as_rgb(a: np.ndarray) -> bool:
 
 
 def to_uint8(src: SourceImage, spec_norm: Mapping, cfg: NormaliseConfig) -> tuple[np.ndarray, dict]:
-    """8-bit pixels and a record of what was done (window, intensity kind)."""
+    """8-bit pixels and a record of what was done (window, intensity kind). An image that is one grey level
+    after windowing carries nothing to ground a question on and is rejected (any modality, any format)."""
+    img8, info = _to_uint8(src, spec_norm, cfg)
+    if img8.size and img8.min() == img8.max():
+        raise RecordError(f"image is constant after windowing (every pixel {int(img8.flat[0])}, "
+                          f"intensity {info['intensity']})", stage="normalise")
+    return img8, info
+
+
+def _to_uint8(src: SourceImage, spec_norm: Mapping, cfg: NormaliseConfig) -> tuple[np.ndarray, dict]:
     a = np.asarray(src.pixels)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
@@ -171,7 +180,11 @@ def to_uint8(src: SourceImage, spec_norm: Mapping, cfg: NormaliseConfig) -> tupl
         p = tuple(spec_norm.get("percentiles", cfg.percentiles))
         lo, hi = percentile_window(a, p)
         if not hi > lo:
-            hi = lo + 1.0
+            # the non-zero values are one level (a binary mask, a 1-bit SEG): the window spans the full range,
+            # so 0 stays black and the level white; a truly constant image is rejected by the caller
+            lo, hi = float(a.min()), float(a.max())
+            if not hi > lo:
+                hi = lo + 1.0
         info.update(window=(lo, hi), window_name=f"p{p[0]:g}-{p[1]:g}")
         return _apply_window(a, lo, hi), info
     raise RecordError(f"unknown intensity kind {kind!r}", stage="normalise")

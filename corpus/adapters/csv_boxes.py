@@ -262,7 +262,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=o.get("image_mode"))
+    px = read_2d(require_file(root, rel), mode=o.get("image_mode"), multi_frame=spec.multi_frame)
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []
     if ref.annotations["format"] == "yolo":

@@ -1,4 +1,4 @@
-"""Reading 2-D pixels: PIL formats (PNG incl. 16-bit, JPEG, BMP, TIFF) and single-frame DICOM.
+"""Reading 2-D pixels: PIL formats (PNG incl. 16-bit, JPEG, BMP, TIFF) and DICOM (grey, colour, multi-frame).
 
 Every adapter reads pixels through `read_2d`, so corrupt or odd files fail the same way everywhere: with a
 RecordError naming the file and the problem.
@@ -6,6 +6,7 @@ RecordError naming the file and the problem.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,17 @@ class Pixels:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
+_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
+
+
+def one_line_cause(error: BaseException) -> str:
+    """The whole message of a library error on one line (plugins list their causes on the lines after a
+    colon), absolute paths cut to their last part, no trailing ':'."""
+    text = " ".join(str(error).split())
+    text = _ABS_PATH.sub(r"\1", text).rstrip(" :")
+    return text or type(error).__name__
+
+
 def read_pil(path: Path, *, mode: str | None = None) -> np.ndarray:
     """Pixels of a PIL-readable file. 8-bit stays uint8; 16-bit stays uint16; palette/alpha images are
     converted (RGBA -> RGB, LA -> L, P -> RGB), `mode` forces a conversion ("L", "RGB")."""
@@ -49,8 +61,10 @@ def read_pil(path: Path, *, mode: str | None = None) -> np.ndarray:
         raise RecordError(f"file referenced but missing: {path.name}")
     except UnidentifiedImageError:
         raise RecordError(f"not a readable image (corrupt or unknown format): {path.name}")
+    except Image.DecompressionBombError as e:
+        raise RecordError(f"image larger than the decompression-bomb limit {path.name}: {one_line_cause(e)}")
     except (OSError, SyntaxError, ValueError) as e:
-        raise RecordError(f"corrupt or truncated image {path.name}: {e}")
+        raise RecordError(f"corrupt or truncated image {path.name}: {one_line_cause(e)}")
     if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha stored as two channels
         arr = arr[:, :, 0]
     if arr.dtype == np.int32 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
@@ -58,57 +72,178 @@ def read_pil(path: Path, *, mode: str | None = None) -> np.ndarray:
     return arr
 
 
-def read_dicom(path: Path, *, ct: bool = False) -> Pixels:
-    """A single-frame DICOM: modality LUT (slope/intercept), then either HU for CT (window chosen later)
-    or the header's VOI window / VOI LUT for X-ray, with MONOCHROME1 inverted. Compressed transfer syntaxes
-    are decoded when a decoder is installed, otherwise rejected with the syntax named."""
+# ------------------------------------------------------------------------------------------------- DICOM
+# Multi-frame SOP classes whose frames are slices of one volume (each frame has its own plane position).
+VOLUME_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
+}
+# Transfer syntaxes the installed decoders read (pydicom natively, pylibjpeg + libjpeg/openjpeg/rle plugins).
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
+def _int_tag(ds, name: str, default: int) -> int:
+    try:
+        return int(getattr(ds, name, default) or default)
+    except (TypeError, ValueError):
+        raise RecordError(f"DICOM header value {name} is not an integer: {Path(str(ds.filename)).name}")
+
+
+def _transfer_syntax(ds):
+    return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+
+
+def _check_native_length(ds, name: str) -> None:
+    """Uncompressed pixel data shorter than Rows x Columns x samples x frames says exactly how much is missing."""
+    rows, cols = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
+    bits, samples = _int_tag(ds, "BitsAllocated", 0), _int_tag(ds, "SamplesPerPixel", 1)
+    frames = _int_tag(ds, "NumberOfFrames", 1)
+    if samples == 3 and str(getattr(ds, "PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # chroma subsampled horizontally: two values per pixel on average
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    actual = len(ds.PixelData)
+    if bits and expected and actual < expected:
+        raise RecordError(f"truncated DICOM pixel data: {actual} of {expected} bytes in {name}")
+
+
+def _frame_positions(ds, n_frames: int) -> list[float] | None:
+    """Where each frame lies along the stack axis, if the frames are slices of a volume: the per-frame
+    ImagePositionPatient projected on the slice normal (enhanced CT/MR/PET), or RT Dose's GridFrameOffsetVector."""
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    if per_frame is not None and len(per_frame) == n_frames:
+        shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+        orient = None
+        for groups in ([shared[0]] if shared else []) + [per_frame[0]]:
+            po = getattr(groups, "PlaneOrientationSequence", None)
+            if po and getattr(po[0], "ImageOrientationPatient", None) is not None:
+                orient = [float(v) for v in po[0].ImageOrientationPatient]
+        normal = np.cross(orient[:3], orient[3:]) if orient and len(orient) == 6 else np.array([0.0, 0.0, 1.0])
+        out = []
+        for item in per_frame:
+            pp = getattr(item, "PlanePositionSequence", None)
+            ipp = getattr(pp[0], "ImagePositionPatient", None) if pp else None
+            if ipp is None or len(ipp) != 3:
+                return None
+            out.append(float(np.dot(normal, [float(v) for v in ipp])))
+        return out
+    offsets = getattr(ds, "GridFrameOffsetVector", None)
+    if offsets is not None and len(offsets) == n_frames:
+        return [float(v) for v in offsets]
+    return None
+
+
+def _is_volume(ds, n_frames: int) -> bool:
+    positions = _frame_positions(ds, n_frames)
+    if positions is not None:
+        return len(set(positions)) == n_frames
+    return str(getattr(ds, "SOPClassUID", "")) in VOLUME_SOP_CLASSES
+
+
+def _decode(path: Path):
+    """(dataset, decoded array) or a RecordError whose reason says why: not DICOM, no pixel data, no transfer
+    syntax, truncated (N of M bytes), or the decoder's own cause (missing plugin, broken stream, ...)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(path)
     except FileNotFoundError:
         raise RecordError(f"file referenced but missing: {path.name}")
-    except InvalidDicomError as e:
-        raise RecordError(f"not a valid DICOM file {path.name}: {e}")
+    except InvalidDicomError:
+        raise RecordError(f"not a valid DICOM file (no 'DICM' prefix and no file meta header): {path.name}")
     except Exception as e:  # a truncated header makes pydicom raise struct/EOF/value errors of several kinds
         raise RecordError(f"not a valid DICOM file {path.name} (corrupt or truncated header): "
-                          f"{type(e).__name__}: {e}")
-    if "PixelData" not in ds:
+                          f"{type(e).__name__}: {one_line_cause(e)}")
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         # pydicom stops quietly at a file cut inside the header: say that it may be truncated
         raise RecordError(f"DICOM without pixel data (not an image, or truncated): {path.name}")
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts = _transfer_syntax(ds)
+    if ts is None:
+        raise RecordError(f"DICOM without a transfer syntax (file meta has no (0002,0010)): {path.name}")
+    if str(ts) in NATIVE_SYNTAXES and "PixelData" in ds:
+        _check_native_length(ds, path.name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = ds.pixel_array
+            raw = ds.pixel_array  # YBR_FULL / YBR_FULL_422 arrive converted to RGB (pydicom's as_rgb default)
     except Exception as e:  # pydicom raises several types for unsupported or broken pixel data
-        name = getattr(ts, "name", str(ts))
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecordError(f"cannot decode DICOM pixel data of {path.name} (transfer syntax {name}): {first_line}")
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 or raw.ndim not in (2, 3):
-        raise RecordError(f"multi-frame DICOM not supported as a 2-D image: {path.name} shape {raw.shape}")
-    bits = int(getattr(ds, "BitsStored", 0) or 0)
+        raise RecordError(f"cannot decode DICOM pixel data of {path.name} (transfer syntax "
+                          f"{getattr(ts, 'name', str(ts))}): {one_line_cause(e)}")
+    return ds, raw
+
+
+def _mask_bits(raw: np.ndarray, bits: int) -> np.ndarray:
     if raw.dtype.kind == "u" and 0 < bits < raw.dtype.itemsize * 8 and raw.max(initial=0) >> bits:
         # bits above BitsStored (overlays, garbage) are not part of the value; pydicom 3 already masks them,
         # this keeps the rule explicit whatever the decoder did
         raw = raw & np.asarray((1 << bits) - 1, dtype=raw.dtype)
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    return raw
+
+
+def _spacing(ds) -> tuple[float, float] | None:
+    ps = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
+    if ps is None:
+        shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+        pm = getattr(shared[0], "PixelMeasuresSequence", None) if shared else None
+        ps = getattr(pm[0], "PixelSpacing", None) if pm else None
+    return (float(ps[0]), float(ps[1])) if ps is not None and len(ps) == 2 else None
+
+
+def _pick_frame(ds, raw: np.ndarray, name: str, multi_frame: int | str) -> tuple[np.ndarray, dict]:
+    """One 2-D frame of a multi-frame file by the catalog's rule; volumes are not 2-D images."""
+    n = _int_tag(ds, "NumberOfFrames", 1)
+    if n <= 1:
+        return raw, {}
+    kind = VOLUME_SOP_CLASSES.get(str(getattr(ds, "SOPClassUID", "")), "multi-frame")
+    if _is_volume(ds, n):
+        raise RecordError(f"multi-frame DICOM is a volume ({kind}, {n} slices), not a 2-D image; "
+                          f"volume datasets read it slice by slice: {name}")
+    if multi_frame == "reject":
+        raise RecordError(f"multi-frame DICOM ({n} frames) and the catalog's multi_frame rule is reject: {name}")
+    if not 0 <= int(multi_frame) < n:
+        raise RecordError(f"multi-frame DICOM has {n} frames; the catalog names frame {multi_frame}: {name}")
+    return raw[int(multi_frame)], {"frame": int(multi_frame), "frames": n}
+
+
+def read_dicom(path: Path, *, ct: bool = False, multi_frame: int | str = 0) -> Pixels:
+    """A DICOM image: modality LUT (slope/intercept), then either HU for CT (window chosen later)
+    or the header's VOI window / VOI LUT for X-ray, with MONOCHROME1 inverted. Colour: RGB as stored, YBR
+    converted to RGB, PALETTE COLOR through its palette. A 2-D multi-frame file gives the frame the catalog
+    names (`multi_frame`, default 0, "reject" refuses them); a multi-frame volume (enhanced CT/MR, RT dose) is
+    rejected here and read by `read_dicom_volume`."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+    ds, raw = _decode(path)
+    raw, frame_attrs = _pick_frame(ds, raw, path.name, multi_frame)
+    if raw.ndim not in (2, 3):
+        raise RecordError(f"DICOM pixel array of shape {raw.shape} is not one 2-D image: {path.name}")
+    bits = _int_tag(ds, "BitsStored", 0)
+    raw = _mask_bits(raw, bits)
+    rows, cols = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
     if raw.shape[:2] != (rows, cols) or min(rows, cols) < 1:
         raise RecordError(f"DICOM pixel array {raw.shape} does not match Rows x Columns {rows}x{cols}: {path.name}")
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    attrs = {"photometric": photometric, "bits_stored": int(getattr(ds, "BitsStored", 0) or 0),
-             "dicom_modality": str(getattr(ds, "Modality", ""))}
-    spacing = None
-    ps = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
-    if ps is not None and len(ps) == 2:
-        spacing = (float(ps[0]), float(ps[1]))
+    attrs = {"photometric": photometric, "bits_stored": bits, "dicom_modality": str(getattr(ds, "Modality", "")),
+             **frame_attrs}
+    spacing = _spacing(ds)
     patient = str(ds.PatientID) if getattr(ds, "PatientID", None) else None
-    if raw.ndim == 3:  # RGB DICOM (rare for these datasets): display-ready
-        if photometric not in ("RGB",):
-            raise RecordError(f"unsupported colour DICOM ({photometric}): {path.name}")
-        return Pixels(raw.astype(np.uint8), "uint8", spacing_mm=spacing, patient=patient, attributes=attrs)
+    if photometric == "PALETTE COLOR" and raw.ndim == 2:
+        try:
+            raw = apply_color_lut(raw, ds)
+        except Exception as e:  # a missing or malformed palette
+            raise RecordError(f"PALETTE COLOR DICOM with an unusable palette: {path.name}: {one_line_cause(e)}")
+        bits = 8 * raw.dtype.itemsize  # palette entries are 8- or 16-bit
+    if raw.ndim == 3:  # colour (RGB, or YBR / palette already converted to RGB): display-ready after scaling
+        if raw.shape[2] != 3:
+            raise RecordError(f"colour DICOM with {raw.shape[2]} samples per pixel: {path.name}")
+        if raw.dtype == np.uint8:
+            return Pixels(raw, "uint8", spacing_mm=spacing, patient=patient, attributes=attrs)
+        top = float((1 << bits) - 1) if bits else float(raw.max(initial=1))
+        return Pixels(raw.astype(np.float32), "window", window=(0.0, top), window_name="bits_stored",
+                      spacing_mm=spacing, patient=patient, attributes=attrs)
     values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
     if not np.isfinite(values).all():
         raise RecordError(f"DICOM pixel values are not finite: {path.name}")
@@ -120,30 +255,70 @@ def read_dicom(path: Path, *, ct: bool = False) -> Pixels:
         values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
         name = "voi_lut"
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        c = ds.WindowCenter
-        w = ds.WindowWidth
-        try:  # several windows: the first is the primary one
-            c = float(c[0] if isinstance(c, pydicom.multival.MultiValue) else c)
-            w = float(w[0] if isinstance(w, pydicom.multival.MultiValue) else w)
-        except (TypeError, ValueError, IndexError):
-            c, w = 0.0, 0.0  # unusable header window: fall back to percentiles
-        if w > 1 and np.isfinite(c) and np.isfinite(w):
-            window, name = (c - w / 2.0, c + w / 2.0), "dicom_voi"
+        window = _header_window(ds)
+        name = "dicom_voi" if window else None
+    if window is None:
+        # no usable VOI in the header: the full range of the values, as the standard and viewers display it
+        lo, hi = float(values.min()), float(values.max())
+        window, name = (lo, hi if hi > lo else lo + 1.0), name or "min_max"  # a constant image: normalise rejects it
     if photometric == "MONOCHROME1":
         # invert so that dense structures are bright; keep the window where it was: v -> lo+hi-v
-        lo, hi = window if window else (float(values.min()), float(values.max()))
-        values = (lo + hi) - values
+        values = (window[0] + window[1]) - values
         attrs["inverted"] = True
-    if window is None:
-        return Pixels(values, "percentile", window_name=name, spacing_mm=spacing, patient=patient, attributes=attrs)
     return Pixels(values, "window", window=window, window_name=name, spacing_mm=spacing, patient=patient,
                   attributes=attrs)
 
 
-def read_2d(path: Path, *, ct: bool = False, mode: str | None = None) -> Pixels:
+def _header_window(ds) -> tuple[float, float] | None:
+    """The first (primary) header window as the (low, high) of a linear ramp. PS3.3 C.11.2.1.2: LINEAR maps
+    c - 0.5 - (w-1)/2 to black and c - 0.5 + (w-1)/2 to white, i.e. (c - w/2, c + w/2 - 1); LINEAR_EXACT maps
+    c -/+ w/2. SIGMOID is approximated by its linear ramp."""
+    import pydicom
+
+    c, w = ds.WindowCenter, ds.WindowWidth
+    try:
+        c = float(c[0] if isinstance(c, pydicom.multival.MultiValue) else c)
+        w = float(w[0] if isinstance(w, pydicom.multival.MultiValue) else w)
+    except (TypeError, ValueError, IndexError):
+        return None  # unusable header window: the full range instead
+    if not (w > 1 and np.isfinite(c) and np.isfinite(w)):
+        return None
+    if str(getattr(ds, "VOILUTFunction", "LINEAR")).upper() == "LINEAR_EXACT":
+        return c - w / 2.0, c + w / 2.0
+    return c - w / 2.0, c + w / 2.0 - 1.0
+
+
+@dataclass
+class DicomVolume:
+    values: np.ndarray  # (Z, Y, X) after the modality LUT, frames sorted by position
+    positions: list[float]  # each slice's position along the stack axis (mm)
+    spacing_mm: tuple[float, float] | None
+    sop_uid: str
+
+
+def read_dicom_volume(path: Path) -> DicomVolume:
+    """The frames of a multi-frame volume (enhanced CT/MR/PET, RT dose) as slices sorted by their position:
+    the volume path's reader for one file holding a whole series."""
+    from pydicom.pixels import apply_modality_lut
+
+    ds, raw = _decode(path)
+    n = _int_tag(ds, "NumberOfFrames", 1)
+    if n <= 1 or raw.ndim != 3 or str(getattr(ds, "PhotometricInterpretation", "")).startswith(("RGB", "YBR", "PAL")):
+        raise RecordError(f"not a grey multi-frame volume (shape {raw.shape}): {path.name}")
+    positions = _frame_positions(ds, n)
+    if positions is None or len(set(positions)) != n:
+        raise RecordError(f"multi-frame DICOM without a distinct position per frame; not a volume: {path.name}")
+    raw = _mask_bits(raw, _int_tag(ds, "BitsStored", 0))
+    values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    order = np.argsort(positions, kind="stable")
+    return DicomVolume(values[order], [positions[i] for i in order], _spacing(ds),
+                       str(getattr(ds, "SOPInstanceUID", "")))
+
+
+def read_2d(path: Path, *, ct: bool = False, mode: str | None = None, multi_frame: int | str = 0) -> Pixels:
     """Any 2-D image file: DICOM by suffix, everything else through PIL (8-bit as uint8, 16-bit percentile)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return read_dicom(path, ct=ct)
+        return read_dicom(path, ct=ct, multi_frame=multi_frame)
     arr = read_pil(path, mode=mode)
     if arr.dtype == np.uint8:
         return Pixels(arr, "uint8")

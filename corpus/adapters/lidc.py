@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.images import one_line_cause, read_dicom_volume
 from medlvr.corpus.paths import is_within, rel_path, safe_path, walk
 from medlvr.corpus.masks import LabelRule, polygon_mask
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
@@ -162,13 +163,21 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
         p = safe_path(root, rel)
         try:
             ds = pydicom.dcmread(p)
+            if str(getattr(ds, "NumberOfFrames", "1")).strip() not in ("", "1"):
+                # an enhanced CT (one file holding the series): its frames are the slices, in their positions
+                vol = read_dicom_volume(p)
+                items.extend((z, vol.sop_uid, hu, vol.spacing_mm or (1.0, 1.0))
+                             for z, hu in zip(vol.positions, vol.values))
+                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 raw = ds.pixel_array
+        except RecordError:
+            raise
         except Exception as e:  # pydicom raises many types for broken or unsupported files
             ts = getattr(getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None),
                          "name", "unknown")
-            raise RecordError(f"unreadable DICOM slice {Path(rel).name} (transfer syntax {ts}): {e}")
+            raise RecordError(f"unreadable DICOM slice {Path(rel).name} (transfer syntax {ts}): {one_line_cause(e)}")
         ipp = getattr(ds, "ImagePositionPatient", None)
         if ipp is None or len(ipp) != 3:
             raise RecordError(f"slice {Path(rel).name} has no ImagePositionPatient")

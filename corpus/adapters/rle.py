@@ -141,7 +141,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=o.get("image_mode"))
+    px = read_2d(require_file(root, rel), mode=o.get("image_mode"), multi_frame=spec.multi_frame)
     h, w = image_size(px)
     decode = DECODERS[o["encoding"]]
     label, negative = o.get("label", "finding"), str(o.get("negative", "-1"))

@@ -152,8 +152,10 @@ def test_corrupt_dicom_is_a_record_reject(tmp_path):
 # ------------------------------------------------------------------ NIH
 def _nih(root: Path) -> None:
     (root / "images").mkdir()
-    Image.fromarray(np.zeros((40, 40, 4), np.uint8), "RGBA").save(root / "images" / "00000005_000.png")
-    Image.fromarray(np.full((40, 40), 9, np.uint8)).save(root / "images" / "00000006_001.png")
+    ramp = np.add.outer(np.arange(40), np.arange(40)).astype(np.uint8)  # not constant: constant images are rejected
+    Image.fromarray(np.dstack([ramp, ramp, ramp, np.full_like(ramp, 255)]), "RGBA").save(
+        root / "images" / "00000005_000.png")
+    Image.fromarray(ramp + 9).save(root / "images" / "00000006_001.png")
     (root / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
                                              "00000005_000.png,Mass,1.5,2.25,10,10\n"
                                              "00000006_001.png,Effusion,3,4,5,6\n")

@@ -38,10 +38,11 @@ def test_voi_window_from_header(tmp_path):
     raw = ramp()
     write_dicom(tmp_path / "w.dcm", raw, bits_stored=12, slope=1.0, intercept=-100.0, window=(900.0, 1000.0))
     px = read_dicom(tmp_path / "w.dcm")
-    assert px.intensity == "window" and px.window == (400.0, 1400.0) and px.window_name == "dicom_voi"
+    # PS3.3 C.11.2.1.2 LINEAR: c - 0.5 -/+ (w-1)/2 are black and white, i.e. (c - w/2, c + w/2 - 1)
+    assert px.intensity == "window" and px.window == (400.0, 1399.0) and px.window_name == "dicom_voi"
     np.testing.assert_array_equal(px.array, raw.astype(np.float32) - 100)
     img8, _ = to_uint8(SourceImage("w.dcm", px.array, px.intensity, window=px.window), {}, NormaliseConfig())
-    assert img8[px.array <= 400].max() == 0 and img8[px.array >= 1400].min() == 255
+    assert img8[px.array <= 400].max() == 0 and img8[px.array >= 1399].min() == 255
 
 
 def test_monochrome1_is_inverted_inside_its_window(tmp_path):
@@ -49,7 +50,7 @@ def test_monochrome1_is_inverted_inside_its_window(tmp_path):
     write_dicom(tmp_path / "m1.dcm", raw, photometric="MONOCHROME1", bits_stored=12, slope=2.0, intercept=-100.0,
                 window=(4000.0, 7000.0))
     px = read_dicom(tmp_path / "m1.dcm")
-    lo, hi = 500.0, 7500.0
+    lo, hi = 500.0, 7499.0  # window (c - w/2, c + w/2 - 1), see test_voi_window_from_header
     assert px.window == (lo, hi) and px.attributes["inverted"] is True
     np.testing.assert_allclose(px.array, (lo + hi) - (raw.astype(np.float32) * 2 - 100))
     # the brightest stored value becomes the darkest displayed one
@@ -60,7 +61,7 @@ def test_monochrome1_without_window_inverts_over_its_range(tmp_path):
     raw = ramp(top=1000)
     write_dicom(tmp_path / "m1.dcm", raw, photometric="MONOCHROME1", bits_stored=10)
     px = read_dicom(tmp_path / "m1.dcm")
-    assert px.intensity == "percentile"
+    assert px.intensity == "window" and px.window == (0.0, 999.0) and px.window_name == "min_max"
     np.testing.assert_array_equal(px.array, 999.0 - raw)
 
 
@@ -140,14 +141,16 @@ def test_truncated_dicom(tmp_path, keep):
     assert "cut.dcm" in e.value.reason
 
 
-def test_multiframe_rejected(tmp_path):
+def test_multiframe_takes_the_named_frame(tmp_path):
     write_dicom(tmp_path / "f.dcm", ramp(16, 16), extra={"NumberOfFrames": 1})
     ds = pydicom.dcmread(tmp_path / "f.dcm")
     ds.NumberOfFrames = 2
     ds.PixelData = np.concatenate([ramp(16, 16), ramp(16, 16)]).tobytes()
     ds.save_as(tmp_path / "f2.dcm")
+    # issue 14: a 2-D multi-frame gives the catalog's frame (default 0) instead of being rejected wholesale
+    np.testing.assert_array_equal(read_dicom(tmp_path / "f2.dcm").array, ramp(16, 16).astype(np.float32))
     with pytest.raises(RecordError, match="multi-frame"):
-        read_dicom(tmp_path / "f2.dcm")
+        read_dicom(tmp_path / "f2.dcm", multi_frame="reject")
 
 
 def test_missing_file_is_a_record_error(tmp_path):

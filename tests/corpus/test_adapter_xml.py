@@ -41,7 +41,8 @@ def _bccd(root: Path, xmls: dict[str, str], images=("BloodImage_00001",)) -> Non
         names = "BloodImage_00001\n" if split == "train" else ""
         (root / "BCCD" / "ImageSets" / "Main" / f"{split}.txt").write_text(names)
     for k, stem in enumerate(images):
-        Image.fromarray(np.full((30, 40, 3), 20 * k, np.uint8)).save(root / "BCCD" / "JPEGImages" / f"{stem}.jpg")
+        ramp = np.arange(40, dtype=np.uint8)[:, None]  # not constant: constant images are rejected
+        Image.fromarray(np.full((30, 40, 3), 20 * k, np.uint8) + ramp).save(root / "BCCD" / "JPEGImages" / f"{stem}.jpg")
     for stem, text in xmls.items():
         (root / "BCCD" / "Annotations" / f"{stem}.xml").write_text(text)
 
