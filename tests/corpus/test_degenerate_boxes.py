@@ -5,12 +5,10 @@ used to become 1x1 boxes through the 1-based shift and pass every check)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from medlvr.corpus.adapters import ADAPTERS
 from medlvr.corpus.adapters.csv_boxes import pixel_box
