@@ -4,10 +4,13 @@ Writes scaled-up data in three native formats (PIL: BUSI PNG pairs; DICOM: RSNA 
 uncompressed 512x512x128 volumes by default, `--nifti-size`), then, each in a fresh subprocess so peak RSS
 is its own:
   baseline      plain load (PIL / pydicom / nibabel) -> numpy normalise -> PIL resize -> PNG encode, one process
+  MONAI         the medical-imaging community's peer: MONAI `LoadImage` -> `ScaleIntensityRange` -> `Resize`
+                (longest side 512, bilinear) -> PNG encode on the same files and slices, one process, one torch
+                thread; a benchmark-only dependency (`pip install -e .[bench]`), skipped with a note when absent
   medlvr w=1    `ingest_dataset` single process (adds discovery, ROIs, hashing, validation, Parquet)
   medlvr w=2    the same with 2 worker processes
   medlvr 1x     a tenth of the data, to compare peak RSS (memory must stay flat as input grows)
-Prints images/s per family and the ratios. The generated data takes about 10 GB (7.8 GB of it the CT volumes;
+Prints images/s per family and the ratios (ours / MONAI: goal >= 1). The generated data takes about 10 GB (7.8 GB of it the CT volumes;
 `--nifti-size 256 48` for toy volumes, 0.7 GB) under --work, default a temporary folder. Usage:
   python benchmarks/bench_ingest.py [--scale 1.0] [--work DIR] [--families pil dicom nifti] [--repeats 5]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
 import resource
@@ -157,6 +161,45 @@ def baseline(family: str, root: Path) -> int:
     return count
 
 
+def monai_available() -> bool:
+    return importlib.util.find_spec("monai") is not None
+
+
+def monai_baseline(family: str, root: Path) -> int:
+    """The same files and slices as `baseline`, through MONAI's transforms; returns the number of PNGs encoded.
+    Intensity ranges: 0..255 for the 8-bit PNGs and DICOMs, the abdomen window -150..250 HU for the CT slices
+    (the plain baseline's)."""
+    from monai.data import NibabelReader, PILReader, PydicomReader
+    from monai.transforms import LoadImage, Resize, ScaleIntensityRange
+
+    resize = Resize(spatial_size=512, size_mode="longest", mode="bilinear")
+
+    def encode(chw) -> None:  # [1, H, W] in 0..255 -> PNG; shrunk only when larger than 512, as the baseline
+        if max(chw.shape[1:]) > 512:
+            chw = resize(chw)
+        _resize_encode(np.asarray(chw)[0].astype(np.uint8), max_side=10**9)
+
+    count = 0
+    if family in ("pil", "dicom"):
+        reader = PILReader(converter=lambda im: im.convert("L")) if family == "pil" else PydicomReader()
+        load = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
+        scale = ScaleIntensityRange(a_min=0, a_max=255, b_min=0, b_max=255, clip=True)
+        for p in sorted(root.rglob("*).png" if family == "pil" else "*.dcm")):
+            encode(scale(load(p)))
+            count += 1
+    else:
+        load = LoadImage(reader=NibabelReader(), image_only=True)
+        scale = ScaleIntensityRange(a_min=-150, a_max=250, b_min=0, b_max=255, clip=True)
+        for p in sorted(root.rglob("volume-*.nii")):
+            vol = load(p)
+            seg = np.asarray(load(p.with_name(p.name.replace("volume", "segmentation"))))
+            zs = np.flatnonzero(seg.any(axis=(0, 1)))
+            for z in zs[:: max(1, len(zs) // 8)][:8]:
+                encode(scale(vol[None, :, :, z]))
+                count += 1
+    return count
+
+
 # ------------------------------------------------------------------------------------------------ the child
 def child(args) -> None:
     # imports before the clock starts, for both sides: we compare per-image work, not interpreter start-up
@@ -171,9 +214,16 @@ def child(args) -> None:
     from medlvr.corpus.ingest import IngestConfig, ingest_dataset
     from medlvr.corpus.volumes import SliceConfig
 
+    if args.mode == "monai":
+        import monai  # noqa: F401
+        import torch
+
+        torch.set_num_threads(1)  # one process, one core: as the plain baseline and `ours, 1 process`
     t0 = time.perf_counter()
     if args.mode == "baseline":
         n = baseline(args.family, Path(args.root))
+    elif args.mode == "monai":
+        n = monai_baseline(args.family, Path(args.root))
     else:
         spec = load_catalog()[FAMILIES[args.family]]
         # volumes: the same number of slices per volume as the baseline writes (8), so images/s compare like work
@@ -222,6 +272,9 @@ def main() -> None:
     counts = {f: n for f, n in counts.items() if f in args.families}
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_ingest_"))
     print(f"data under {work}")
+    with_monai = monai_available()
+    if not with_monai:
+        print("MONAI is not installed (pip install -e .[bench]): the MONAI peer baseline is skipped")
     results = {}
     for fam, n in counts.items():
         tag = fam if fam != "nifti" else "nifti_{}x{}".format(*args.nifti_size)  # one folder per volume size
@@ -229,22 +282,29 @@ def main() -> None:
         if not big.exists():
             write_family(fam, big, n, seed=1, nifti_size=args.nifti_size)
             write_family(fam, small, max(1, n // 10), seed=2, nifti_size=args.nifti_size)
-        runs = {"base": [], "w1": [], "w2": []}
+        runs = {"base": [], "w1": [], "w2": [], "monai": []}
         for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every side alike
             runs["base"].append(run_child(mode="baseline", family=fam, root=big))
+            if with_monai:
+                runs["monai"].append(run_child(mode="monai", family=fam, root=big))
             runs["w1"].append(run_child(mode="medlvr", family=fam, root=big, out=work / "out_w1", workers=1))
             runs["w2"].append(run_child(mode="medlvr", family=fam, root=big, out=work / "out_w2", workers=2))
         base, w1, w2 = (median_run(runs[k]) for k in ("base", "w1", "w2"))
         s1 = run_child(mode="medlvr", family=fam, root=small, out=work / "out_1x", workers=1)
-        results[fam] = dict(base=base, w1=w1, w2=w2, small=s1)
+        results[fam] = dict(base=base, w1=w1, w2=w2, small=s1, monai=median_run(runs["monai"]) if with_monai else None)
     print(f"\n{'family':<7} {'images':>6} {'baseline/s':>10} {'w1/s':>7} {'w2/s':>7} {'w1/base':>8} {'w2/w1':>6} "
-          f"{'RSS 1x MB':>9} {'RSS 10x MB':>10} {'10x/1x':>6}")
+          f"{'RSS 1x MB':>9} {'RSS 10x MB':>10} {'10x/1x':>6} {'MONAI/s':>8} {'w1/MONAI':>8}")
     for fam, r in results.items():
         rate = {k: r[k]["images"] / r[k]["seconds"] for k in ("base", "w1", "w2")}
         rss_ratio = r["w1"]["rss_self_mb"] / r["small"]["rss_self_mb"]
+        peer = "{:>8} {:>8}".format("-", "-")
+        if r["monai"]:
+            assert r["monai"]["images"] == r["base"]["images"], r  # the same images on both sides
+            m = r["monai"]["images"] / r["monai"]["seconds"]
+            peer = f"{m:>8.1f} {rate['w1'] / m:>8.2f}"
         print(f"{fam:<7} {r['w1']['images']:>6} {rate['base']:>10.1f} {rate['w1']:>7.1f} {rate['w2']:>7.1f} "
               f"{rate['w1'] / rate['base']:>8.2f} {rate['w2'] / rate['w1']:>6.2f} {r['small']['rss_self_mb']:>9.0f} "
-              f"{r['w1']['rss_self_mb']:>10.0f} {rss_ratio:>6.2f}")
+              f"{r['w1']['rss_self_mb']:>10.0f} {rss_ratio:>6.2f} {peer}")
     tot_imgs = sum(r["w1"]["images"] for r in results.values())
     print(f"\ntotal images at 10x: {tot_imgs}; w2 workers' peak RSS (largest child) "
           + ", ".join(f"{f}: {r['w2']['rss_child_mb']:.0f} MB" for f, r in results.items()))

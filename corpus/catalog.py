@@ -79,6 +79,8 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
         raise CatalogError(f"{source}: patient_key.source must be record, path_regex or image")
     if pk["source"] == "path_regex":
         re.compile(pk["pattern"])
+    for opts in [raw.get("options") or {}] + list((raw.get("options") or {}).get("variants") or []):
+        _check_4d_rule(opts, source)
     split = raw.get("official_split")
     if split is not None and split.get("source") not in ("record", "path_regex"):
         raise CatalogError(f"{source}: official_split.source must be record or path_regex")
@@ -104,6 +106,20 @@ def catalog_dirs() -> tuple[Path, ...]:
         if not d.is_dir():
             raise CatalogError(f"{CATALOG_PATH_ENV}: {d} is not a directory")
     return (CATALOG_DIR, *extra)
+
+
+def _check_4d_rule(opts: dict[str, Any], source: str) -> None:
+    """The volume adapters' 4-D rule (corpus.adapters.nifti.pick_volume): `volume_index` picks one volume of a
+    4-D array read with a 3-D axis_order; it cannot be combined with a channel axis."""
+    vi = opts.get("volume_index")
+    if vi is not None and (isinstance(vi, bool) or not isinstance(vi, int)):
+        raise CatalogError(f"{source}: options.volume_index must be an integer, got {vi!r}")
+    if vi is not None and "C" in str(opts.get("axis_order", "")).upper():
+        raise CatalogError(f"{source}: options.volume_index reads one volume of a 3-D axis_order; "
+                           f"axis_order {opts['axis_order']!r} already reads the last axis as channels")
+    ch = opts.get("channel")
+    if ch is not None and not isinstance(ch, str):
+        raise CatalogError(f"{source}: options.channel must be a channel name, got {ch!r}")
 
 
 def load_catalog(directory: str | None = None) -> dict[str, DatasetSpec]:

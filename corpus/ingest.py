@@ -35,7 +35,8 @@ from medlvr.corpus.tables import DatasetWriter
 from medlvr.corpus.volumes import SliceConfig
 
 # Attributes that code (not sidecars) produces and that carry no identifying information.
-SAFE_IMAGE_KEYS = ("slice_role", "sequence", "photometric", "bits_stored", "inverted", "dicom_modality", "phase", "view")
+SAFE_IMAGE_KEYS = ("slice_role", "sequence", "photometric", "bits_stored", "inverted", "dicom_modality", "phase", "view",
+                   "nan_voxels")
 SAFE_ROI_KEYS = ("z_range", "z_extent_mm", "n_readers", "fused", "approximate", "given_box", "polygon_box")
 
 

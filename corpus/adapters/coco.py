@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.csv_boxes import image_size, source_image, to_float
+from medlvr.corpus.adapters.csv_boxes import image_size, pixel_box, source_image, to_float
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import require_file
 from medlvr.corpus.adapters.sidecar import read_json
@@ -161,8 +161,12 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
             origin = "mask" if isinstance(seg, dict) else "polygon"
             rois.append(SourceROI(label, b, origin, len(rois), float(m.sum())))
         elif isinstance(a["bbox"], list) and len(a["bbox"]) == 4:
-            x, y, w, h = (to_float(v) for v in a["bbox"])  # unparseable -> NaN, rejected by the runner
-            rois.append(SourceROI(label, (x, y, x + w, y + h), "box", len(rois)))
+            try:  # unparseable -> NaN, rejected by the runner; zero width/height rejected here
+                box = pixel_box([to_float(v) for v in a["bbox"]], "xywh")
+            except RecordError as e:
+                rejects.append((label, f"annotation {a['id']}: {e.reason}"))
+                continue
+            rois.append(SourceROI(label, box, "box", len(rois)))
         else:
             rejects.append((label, f"annotation {a['id']}: neither segmentation nor a 4-value bbox"))
     return [source_image(rel, px, rois, rejects, dict(ref.attributes))]

@@ -89,13 +89,52 @@ def to_float(v: Any) -> float:
         return NAN
 
 
-def xyxy(vals: list[float], convention: str) -> list[float]:
+BOX_CONVENTIONS = ("xyxy", "xywh", "inclusive", "voc", "yolo")
+
+
+def pixel_box(vals, convention: str, image_wh: tuple[int, int] | None = None) -> tuple[float, float, float, float]:
+    """A box as the annotation file gives it -> pixel-edge xyxy. Every box-reading adapter converts through here.
+
+      xyxy       pixel edges x0 y0 x1 y1 (DeepLesion, VinDr, 0-based VOC exports)
+      xywh       corner + size (COCO bbox, fastMRI+, NIH)
+      inclusive  0-based first and last covered pixel (ChestX-Det): maxima + 1
+      voc        1-based first and last covered pixel (Pascal VOC, BCCD): minima - 1
+      yolo       normalised centre + size, scaled by image_wh (w, h)
+
+    A box with no extent IN THE FILE'S OWN NUMBERS (xmin == xmax, a zero width) is an annotation slip, not a
+    one-pixel finding, and is rejected here, before a convention could turn it into a 1x1 box (BCCD has two).
+    NaN passes: the runner rejects it with its own reason."""
+    a, b, c, d = (float(v) for v in vals)
+    extent = (c, d) if convention in ("xywh", "yolo") else (c - a, d - b)
+    if extent[0] <= 0 or extent[1] <= 0:  # False for NaN
+        raise RecordError(f"degenerate source box {[a, b, c, d]} ({convention}): zero or negative width or height",
+                          stage="roi")
+    if convention == "xyxy":
+        return a, b, c, d
     if convention == "xywh":
-        x, y, w, h = vals
-        return [x, y, x + w, y + h]
-    if convention != "xyxy":
-        raise RecordError(f"unknown box convention {convention!r}", stage="discover")
-    return list(vals)
+        return a, b, a + c, b + d
+    if convention == "inclusive":
+        return a, b, c + 1.0, d + 1.0
+    if convention == "voc":
+        return a - 1.0, b - 1.0, c, d
+    if convention == "yolo" and image_wh is not None:
+        w, h = image_wh
+        return (a - c / 2) * w, (b - d / 2) * h, (a + c / 2) * w, (b + d / 2) * h
+    raise RecordError(f"unknown box convention {convention!r}; known: {list(BOX_CONVENTIONS)}", stage="discover")
+
+
+def box_rois(items, convention: str, image_wh: tuple[int, int] | None = None, start: int = 0,
+             ) -> tuple[list[SourceROI], list[tuple[str, str]]]:
+    """[(label, source box, attributes)] -> (ROIs with pixel-edge boxes, (label, reason) rejects)."""
+    rois, rejects = [], []
+    for label, vals, attrs in items:
+        try:
+            box = pixel_box(vals, convention, image_wh)
+        except RecordError as e:
+            rejects.append((label, e.reason))
+            continue
+        rois.append(SourceROI(label, box, "box", start + len(rois), attributes=dict(attrs or {})))
+    return rois, rejects
 
 
 def iou(a: list[float], b: list[float]) -> float:
@@ -179,11 +218,11 @@ def read_csv_rows(path: Path, columns: list[str] | None) -> list[dict[str, str]]
 
 
 def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
-    """{image id: [[label, reader, box or None], ...]} in file order; None = a negative row."""
+    """{image id: [[label, reader, source box or None], ...]} in file order; None = a negative row."""
     o = spec.options
     image_col, label_col = o.get("image_col", "image"), o.get("label_col")
     box_cols = o.get("box_cols")
-    reader_col, conv = o.get("reader_col"), o.get("convention", "xyxy")
+    reader_col = o.get("reader_col")
     negatives = set(o.get("negative_labels", []))
     groups: dict[str, list] = {}
     for path in files:
@@ -199,7 +238,7 @@ def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
             if label in negatives or all(v == "" for v in raw):
                 box = None
             else:
-                box = xyxy([to_float(v) for v in raw], conv)
+                box = [to_float(v) for v in raw]  # as the file gives it: converted (and checked) in load
             groups.setdefault(r[image_col], []).append([label, r.get(reader_col) if reader_col else None, box])
     return groups
 
@@ -268,21 +307,26 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     if ref.annotations["format"] == "yolo":
         h, w = image_size(px)
         classes = list(o.get("yolo_classes", []))
-        for i, (cls, cx, cy, bw, bh) in enumerate(ref.annotations["rows"]):
+        items = []
+        for cls, *vals in ref.annotations["rows"]:
             if not 0 <= cls < len(classes):
                 rejects.append((f"class {cls}", f"YOLO class index {cls} not in options.yolo_classes"))
                 continue
-            box = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
-            rois.append(SourceROI(classes[cls], box, "box", len(rois)))
-        return [source_image(rel, px, rois, rejects)]
+            items.append((classes[cls], vals, None))
+        rois, bad = box_rois(items, "yolo", (w, h))
+        return [source_image(rel, px, rois, rejects + bad)]
+    conv = o.get("convention", "xyxy")
     rows = ref.annotations["rows"]
     findings = [r for r in rows if r[2] is not None]
     attrs = {"negative": True} if not findings else {}
     if o.get("reader_col"):
         attrs["readers"] = len({r[1] for r in rows})
         by_label: dict[str, list] = {}
-        for label, reader, box in findings:
-            by_label.setdefault(label, []).append((reader, box))
+        for label, reader, vals in findings:
+            try:
+                by_label.setdefault(label, []).append((reader, list(pixel_box(vals, conv))))
+            except RecordError as e:  # a reader's degenerate box is not one of that reader's marks
+                rejects.append((label, e.reason))
         for label, marks in by_label.items():
             kept, dropped = fuse_readers(marks, int(o.get("min_readers", 2)), o.get("fusion", "mean"),
                                          float(o.get("fusion_iou", 0.4)))
@@ -291,8 +335,8 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
             for n in dropped:
                 rejects.append((label, f"marked by {n} reader(s), fewer than {o.get('min_readers', 2)}"))
     else:
-        for label, _, box in findings:
-            rois.append(SourceROI(label, tuple(box), "box", len(rois)))
+        rois, bad = box_rois([(label, vals, None) for label, _, vals in findings], conv)
+        rejects += bad
     return [source_image(rel, px, rois, rejects, attrs)]
 
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.csv_boxes import pixel_box
 from medlvr.corpus.adapters.images import read_pil
 from medlvr.corpus.paths import require_file
 from medlvr.corpus.normalize import HU_CLIP
@@ -115,6 +116,11 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                 raise ValueError(f"{len(box)} values")
         except ValueError as e:
             rejects.append((label, f"row {row}: Bounding_boxes is not four numbers ({e})"))
+            continue
+        try:
+            pixel_box(box, "xyxy")  # DL_info boxes are pixel-edge xyxy already: only the degenerate check
+        except RecordError as e:
+            rejects.append((label, f"row {row}: {e.reason}"))
             continue
         if tuple(box) + (label,) in seen:
             rejects.append((label, f"row {row}: duplicate lesion row"))

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
+from medlvr.corpus.adapters.csv_boxes import pixel_box
 from medlvr.corpus.paths import rel_path, require_file, walk
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
@@ -144,7 +145,12 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
             rejects.append((label, f"duplicate box row on slice {z}"))
             continue
         seen.add(key)
-        by_slice.setdefault(z, []).append(SourceROI(label, (x, y, x + w, y + h), "box", len(by_slice.get(z, []))))
+        try:
+            box = pixel_box((x, y, w, h), "xywh")
+        except RecordError as e:
+            rejects.append((label, e.reason))
+            continue
+        by_slice.setdefault(z, []).append(SourceROI(label, box, "box", len(by_slice.get(z, []))))
     attrs = {"reconstruction": dsname}
     if ref.annotations["study"]:
         attrs["study_labels"] = list(ref.annotations["study"])

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.csv_boxes import image_size, source_image
+from medlvr.corpus.adapters.csv_boxes import image_size, pixel_box, source_image
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import require_file
 from medlvr.corpus.adapters.sidecar import read_json
@@ -89,13 +89,17 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     for label, given, poly in zip(a["syms"], a["boxes"], a["polygons"]):
         given = [float(v) for v in given]
         try:
+            given_edges = pixel_box(given, "inclusive")  # a zero-extent given box is rejected, polygon or not
+        except RecordError as e:
+            rejects.append((label, e.reason))
+            continue
+        try:
             pts = np.asarray(poly, dtype=float).reshape(-1, 2) if poly else np.zeros((0, 2))
         except (TypeError, ValueError):
             rejects.append((label, "polygon is not a list of [x, y] points"))
             continue
         if len(pts) == 0:
-            box = (given[0], given[1], given[2] + 1.0, given[3] + 1.0)
-            rois.append(SourceROI(label, box, "box", len(rois)))
+            rois.append(SourceROI(label, given_edges, "box", len(rois)))
             continue
         if not np.isfinite(pts).all():
             rejects.append((label, "polygon has NaN or infinite vertices"))

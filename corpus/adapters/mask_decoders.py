@@ -11,6 +11,8 @@ Decoders:
   rgb_any      foreground = any channel > threshold (default 0): IDRiD paints lesions pure red (255,0,0),
                which a grey conversion would turn into 76 and a >127 threshold would lose.
   outline_fill a thin closed outline (HC18 ellipse) filled with binary_fill_holes; the box is the filled extent.
+               An outline cut by the image edge is closed against the border (the regions inside the fitted
+               ellipse are filled), so a head partly outside the image gets its clipped box.
   value_coded  one class per grey-value range, e.g. REFUGE 0 cup / 128 rim / 255 background:
                classes [{label: optic disc, max: 150}, {label: optic cup, max: 100, parent: optic disc}].
   label_map    integer label map + label_rules (corpus.masks.LabelRule): AROI layers and fluids.
@@ -67,11 +69,44 @@ def rgb_any(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
     return _single(entry, m)
 
 
+def _ellipse_side(outline: np.ndarray) -> np.ndarray | None:
+    """True for pixels inside the conic fitted (least squares, algebraic) to the outline's pixel centres; None
+    when the fit is not an ellipse. Used only to tell the inside of a border-cut outline from the outside."""
+    ys, xs = np.nonzero(outline)
+    if xs.size < 6:
+        return None
+    cx, cy, s = xs.mean(), ys.mean(), max(float(xs.std()), float(ys.std()), 1.0)
+    u, v = (xs - cx) / s, (ys - cy) / s  # centred and scaled: a well-conditioned fit
+    _, _, vt = np.linalg.svd(np.column_stack([u * u, u * v, v * v, u, v, np.ones_like(u)]), full_matrices=False)
+    a, b, c, d, e, f = vt[-1]
+    if b * b - 4 * a * c >= 0:
+        return None
+    u0, v0 = np.linalg.solve([[2 * a, b], [b, 2 * c]], [-d, -e])  # the ellipse's centre
+    centre_sign = np.sign(a * u0 * u0 + b * u0 * v0 + c * v0 * v0 + d * u0 + e * v0 + f)
+    gy, gx = np.mgrid[0:outline.shape[0], 0:outline.shape[1]]
+    gu, gv = (gx - cx) / s, (gy - cy) / s
+    return (a * gu * gu + b * gu * gv + c * gv * gv + d * gu + e * gv + f) * centre_sign > 0
+
+
 def outline_fill(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
     outline = grey(arr) > float(entry.get("threshold", 127))
     # 4-connected background cannot cross an 8-connected outline, so a closed ellipse drawn with diagonal
     # steps still encloses its interior
     filled = ndimage.binary_fill_holes(outline)
+    edge = np.zeros_like(outline)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    if (outline & edge).any():
+        # an outline cut by the image edge (HC18: 4 of 999 heads leave the image at the top or bottom) is closed
+        # against the border: the background regions the outline and the border enclose touch the edge, so
+        # fill_holes leaves them open. Each such region is filled when most of it lies inside the ellipse fitted
+        # to the outline; the box then is the drawn head's clipped to the image, pixel for pixel.
+        inside = _ellipse_side(outline)
+        if inside is not None:
+            regions, n = ndimage.label(~filled)
+            size = np.bincount(regions.ravel(), minlength=n + 1)
+            within = np.bincount(regions.ravel(), weights=inside.ravel(), minlength=n + 1)
+            enclosed = np.flatnonzero(within > 0.5 * size)
+            filled |= np.isin(regions, enclosed[enclosed > 0])
     if outline.any() and int(filled.sum()) == int(outline.sum()):
         raise RecordError("outline annotation encloses no area (outline not closed?)")
     return _single(entry, filled)

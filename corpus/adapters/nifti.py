@@ -8,6 +8,10 @@ when a dataset ships in several releases whose file names differ; the first vari
   anchor_glob / anchor_regex   the record's anchor file and named groups taken from its path
   channels: {name: template}   one file per sequence (BraTS); else the anchor itself is the image
   channel_names: [..]          names of the channels of a 4-D image (last axis "C" in axis_order)
+  channel: name                keep only this channel of a 4-D (XYZC) image
+  volume_index: int            4-D rule: a 4-D array read with a 3-D axis_order keeps this volume of its last
+                               axis (ACDC 4-D cine frame, fMRI time point; negative counts from the end); without
+                               it such a file is rejected with a reason naming this option
   label: template              the label map; missing file -> reject (null: unlabelled dataset)
   sidecar: template            key-value cfg (ACDC Info.cfg, CAMUS Info_2CH.cfg), A14 attributes
   phase_from_sidecar: {group, keys}   the anchor's frame number must equal one of the sidecar keys (ED/ES)
@@ -23,6 +27,9 @@ when a dataset ships in several releases whose file names differ; the first vari
   intensity: ct_hu | percentile | uint8 | auto (uint8 arrays -> uint8, else percentile)
   reader: nifti | metaimage    the file format of the images and labels
   slices: SliceConfig fields   slice-selection overrides
+
+NaN voxels of an image become background (its lowest finite value) and their number is kept in the image
+attribute `nan_voxels`; a label map with NaN is still rejected. Reasons never carry an absolute path.
 """
 
 from __future__ import annotations
@@ -45,19 +52,37 @@ _EXT = re.compile(r"(\.nii\.gz|\.nii|\.mhd|\.mha)$", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------------------------- readers
+def _one_line(e: BaseException, root: Path) -> str:
+    """An exception as one line of text with every path inside `root` made relative (nibabel's messages carry
+    the absolute path of the file it tried) and any other absolute path cut to its file name."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    text = text.replace(str(root.resolve()) + "/", "").replace(str(root) + "/", "")
+    return re.sub(r"(?<![\w.])/(?:[^/\s'\"]+/)+([^/\s'\"]+)", r"\1", text)
+
+
 def read_nifti(root: Path, rel: str, canonical: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Array in on-disk axis order and the header zooms in the same order."""
+    """Array in on-disk axis order and the header zooms in the same order. Reads whatever nibabel reads as a
+    voxel image (NIfTI-1/2, Analyze and NIfTI pairs, MGH/MGZ); anything else is a one-line RecordError."""
     import nibabel as nib
 
     path = safe_path(root, rel)
     try:
         img = nib.load(str(path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            # CIFTI-2 holds a matrix over brain grayordinates, not voxels: there is no slice to take
+            raise RecordError(f"{rel} is a {type(img).__name__} (not a voxel volume): not supported")
         if canonical:
             img = nib.as_closest_canonical(img)
         arr = np.asanyarray(img.dataobj)  # keeps int16/uint8 when there is no scaling
         zooms = tuple(float(z) for z in img.header.get_zooms())
+    except RecordError:
+        raise
+    except FileNotFoundError as e:  # an Analyze/NIfTI pair whose .img is gone: name it relative to the root
+        missing, base = Path(e.filename or "").resolve(), root.resolve()
+        name = missing.relative_to(base).as_posix() if missing.is_relative_to(base) else missing.name
+        raise RecordError(f"cannot read NIfTI {rel}: its data file {name} is missing")
     except Exception as e:  # truncated gzip, bad header, short data: nibabel raises many types
-        raise RecordError(f"cannot read NIfTI {rel}: {type(e).__name__}: {e}")
+        raise RecordError(f"cannot read NIfTI {rel}: {_one_line(e, root)}")
     return arr, zooms
 
 
@@ -309,6 +334,46 @@ def _intensity(var: dict, arr: np.ndarray) -> str:
     return kind
 
 
+def pick_volume(arr: np.ndarray, zooms: tuple[float, ...], order: str, var: dict, rel: str
+                ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The 4-D rule. An array with one axis more than a channel-free `axis_order` (fMRI/DWI time series, a
+    4-D cine, MGH frames, stacked modalities) keeps the volume `volume_index` of its last axis; without that
+    option it is rejected with a reason naming the two ways to read it. Trailing singleton axes are not an
+    extra axis (NIfTI pads dims with 1)."""
+    order = order.upper()
+    dims = arr.ndim
+    while dims > len(order) and arr.shape[dims - 1] == 1:
+        dims -= 1
+    if "C" in order or dims != len(order) + 1:
+        return arr, zooms
+    arr = arr.reshape(arr.shape[:dims])
+    n = arr.shape[-1]
+    if var.get("volume_index") is None:
+        raise RecordError(f"{rel} is a {dims}-D array of shape {arr.shape} ({n} volumes along the last axis) but "
+                          f"axis_order {order} has {len(order)} axes: set the catalog option volume_index (which "
+                          f"volume to read) or axis_order {order}C with channel_names (every volume a channel)")
+    i = int(var["volume_index"])
+    if not -n <= i < n:
+        raise RecordError(f"{rel}: volume_index {i} is outside the {n} volumes of shape {arr.shape}")
+    return arr[..., i], tuple(zooms[:len(order)])
+
+
+def nan_to_background(arr: np.ndarray, rel: str) -> tuple[np.ndarray, int]:
+    """The NaN rule: NaN voxels (outside a resampled field of view, masked-out voxels) become background, the
+    volume's lowest finite value (air in CT, the zero of a skull-stripped MR), and are counted. Infinite
+    values are not a convention of any writer and still reject the volume (in volume_images)."""
+    if arr.dtype.kind != "f":
+        return arr, 0
+    nan = np.isnan(arr)
+    n = int(nan.sum())
+    if n == 0:
+        return arr, 0
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        raise RecordError(f"{rel}: every voxel is NaN or infinite")
+    return np.where(nan, finite.min(), arr), n
+
+
 def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     var = _variant_by_name(spec, ref.annotations["variant"])
     reader, canon = _reader(spec, var), bool(var.get("canonical", False))
@@ -317,10 +382,14 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     channels: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
     spacing = None
+    nan_voxels = 0
     for role, rel in ref.paths.items():
         if not role.startswith("image"):
             continue
         arr, zooms = read_any(root, rel, reader, canon)
+        arr, zooms = pick_volume(arr, zooms, order, var, rel)
+        arr, n_nan = nan_to_background(arr, rel)
+        nan_voxels += n_nan
         arr, sp = to_zyx(arr, zooms, order)
         spacing = spacing or sp
         if role.startswith("image:"):
@@ -336,19 +405,26 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         else:
             channels[""] = arr
             sources[""] = rel
+    if var.get("channel") is not None:  # one named channel of a 4-D (XYZC) image, the others left out
+        keep = str(var["channel"])
+        if keep not in channels:
+            raise RecordError(f"catalog option channel {keep!r} is not one of the channels {sorted(channels)}")
+        channels, sources = {keep: channels[keep]}, {keep: sources[keep]}
     if not channels:
         raise RecordError("record has no image file")
     labels = None
     if "label" in ref.paths:
         lab, lab_zooms = read_any(root, ref.paths["label"], reader, canon)
+        lab, lab_zooms = pick_volume(lab, lab_zooms, order.replace("C", ""), var, ref.paths["label"])
         lab, _ = to_zyx(lab, lab_zooms, order.replace("C", ""))  # a label map has no channel axis
         known = {v for r in rules for v in r.values}
         labels = _labels_int(lab, ref.paths["label"], known, bool(var.get("strict_labels", True)))
     first = next(iter(channels.values()))
+    attributes = dict(ref.attributes, nan_voxels=nan_voxels) if nan_voxels else ref.attributes
     imgs = volume_images(
         channels, labels, rules, source_path=next(iter(sources.values())), intensity=_intensity(var, first),
         spacing_zyx=spacing, percentiles=tuple(spec.normalise.get("percentiles", (0.5, 99.5))),
-        cfg=SliceConfig.from_dict(var.get("slices")), attributes=ref.attributes)
+        cfg=SliceConfig.from_dict(var.get("slices")), attributes=attributes)
     for im in imgs:  # BraTS: each sequence image names its own file
         im.source_path = sources.get(im.attributes.get("sequence", ""), im.source_path)
     return imgs

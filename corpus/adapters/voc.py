@@ -2,8 +2,9 @@
 
 `annotation/{filename, size/{width,height}, object*/{name, bndbox/{xmin,ymin,xmax,ymax}}}`. VOC coordinates
 are 1-based pixel indices with inclusive maxima, so the pixel-edge box is [xmin-1, ymin-1, xmax, ymax]
-(`one_based: false` for exports that use 0-based edges). Boxes are reported as the file gives them: the
-ingest runner rejects degenerate ones and clips those reaching outside the image (BCCD has both).
+(`one_based: false` for exports that use 0-based edges). A box with xmin == xmax or ymin == ymax (BCCD has
+two) is rejected as degenerate before the 1-based shift could make it a 1x1 box (csv_boxes.pixel_box); the
+ingest runner clips boxes reaching outside the image.
 
 Options:
   annotations: glob of the XML files ("BCCD/Annotations/*.xml")
@@ -19,27 +20,27 @@ from pathlib import Path
 from typing import Iterator
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.csv_boxes import image_size, source_image, split_lists, to_float
+from medlvr.corpus.adapters.csv_boxes import box_rois, image_size, source_image, split_lists, to_float
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import rel_path, require_file, walk
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 
 
-def parse_voc(path: Path, one_based: bool = True) -> dict:
-    """{filename, size: (w, h) or None, objects: [[name, [x0, y0, x1, y1]]]}; RecordError if unreadable."""
+def parse_voc(path: Path) -> dict:
+    """{filename, size: (w, h) or None, objects: [[name, [xmin, ymin, xmax, ymax] as written]]}; RecordError if
+    unreadable. Boxes are converted in load (pixel_box), where a bad one is an ROI reject."""
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as e:
         raise RecordError(f"cannot parse VOC XML {path.name}: {e}", stage="discover")
     if root.tag != "annotation":
         raise RecordError(f"{path.name}: root element is <{root.tag}>, expected <annotation>", stage="discover")
-    off = 1.0 if one_based else 0.0
     objects = []
     for obj in root.findall("object"):
         name = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
         vals = [to_float(bb.findtext(k) if bb is not None else None) for k in ("xmin", "ymin", "xmax", "ymax")]
-        objects.append([name, [vals[0] - off, vals[1] - off, vals[2], vals[3]]])
+        objects.append([name, vals])
     size = None
     w, h = to_float(root.findtext("size/width")), to_float(root.findtext("size/height"))
     if w > 0 and h > 0:
@@ -57,7 +58,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     for xml in files:
         xrel = rel_path(root, xml)
         try:
-            ann = parse_voc(xml, bool(o.get("one_based", True)))
+            ann = parse_voc(xml)
         except RecordError as e:
             yield Reject(spec.id, xrel, "discover", e.reason, xml.stem)
             continue
@@ -87,10 +88,11 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     if ann["size"] and tuple(ann["size"]) != (w, h):
         # the boxes refer to the XML's size; a different image means they may not fit it
         raise RecordError(f"XML size {ann['size'][0]}x{ann['size'][1]} differs from the image's {w}x{h}")
-    rois = [SourceROI(name, tuple(box), "box", i) for i, (name, box) in enumerate(ann["objects"])]
-    if not rois:
+    conv = "voc" if spec.options.get("one_based", True) else "xyxy"
+    rois, rejects = box_rois([(name, vals, None) for name, vals in ann["objects"]], conv)
+    if not ann["objects"]:
         attrs["negative"] = True
-    return [source_image(rel, px, rois, [], attrs)]
+    return [source_image(rel, px, rois, rejects, attrs)]
 
 
 register("voc_xml", discover, load, "Pascal VOC XML boxes (1-based inclusive coordinates)")

@@ -192,7 +192,7 @@ def write_bccd(root: Path, rng) -> list[dict]:
         (ann / f"{stem}.xml").write_text(_voc_xml(f"{stem}.jpg", w, h, objs))
         boxes = []
         for n, (a, b, c, d) in objs:
-            if c >= a and d >= b:  # inclusive 1-based: xmax == xmin is 1 px; the degenerate one has no truth
+            if c > a and d > b:  # xmax <= xmin is degenerate in the file (rejected): no truth
                 boxes.append([n, [float(a - 1), float(b - 1), float(min(c, w)), float(min(d, h))]])
         truth.append({"source_path": f"BCCD/JPEGImages/{stem}.jpg", "suffix": None, "boxes": boxes})
     # an XML whose image is missing (a known BCCD issue): rejected in discovery

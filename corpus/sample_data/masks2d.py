@@ -1,7 +1,7 @@
 """Sample writers for the paired-mask datasets (datasets.md §8 "Paired masks"), native layouts and quirks:
 BUSI `(1)_mask.png` + `(1)_mask_1.png` with spaces and parentheses and a normal image with an empty mask;
-TN3K JPEG masks with compression noise; HC18 thin ellipse outlines and the pixel-size CSV; ISIC Task 1 and
-(partly empty) Task 2 masks; PH2 BMPs and its '||' table; HAM10000 two parts + metadata CSV; IDRiD red RGB
+TN3K JPEG masks with compression noise; HC18 thin ellipse outlines (two cut off by the image edge) and the
+pixel-size CSV; ISIC Task 1 and (partly empty) Task 2 masks; PH2 BMPs and its '||' table; HAM10000 two parts + metadata CSV; IDRiD red RGB
 TIFFs with a missing SE file; REFUGE 0/128/255 BMPs with interpolated edge values; ADAM inverted BMPs and the
 fovea xlsx; AROI value-coded label maps.
 
@@ -107,10 +107,14 @@ def write_hc18(root: Path, rng) -> list[dict]:
     h, w = 72, 108
     truth, rows = [], []
     heads = {"000_HC.png": (36, 54, 26, 40, 0.125), "001_HC.png": (34, 50, 22, 30, 0.171),
-             "001_2HC.png": (38, 56, 24, 34, 0.171)}
+             "001_2HC.png": (38, 56, 24, 34, 0.171),
+             # heads cut off by the image edge (4 of the 999 real ones): the outline stops at the top / bottom row
+             "002_HC.png": (8, 50, 22, 34, 0.152), "003_HC.png": (64, 60, 20, 32, 0.152)}
+    pad = 32  # the whole head is drawn on a taller canvas, then cropped: no line runs along the image border
     for name, (cy, cx, ry, rx, ps) in heads.items():
-        filled = ellipse(h, w, cy, cx, ry, rx)
-        outline = filled & ~ndimage.binary_erosion(filled)  # the 1-px ring the annotators drew
+        whole = ellipse(h + 2 * pad, w, cy + pad, cx, ry, rx)
+        filled = whole[pad:pad + h]  # the head inside the image: its box is the truth
+        outline = (whole & ~ndimage.binary_erosion(whole))[pad:pad + h]  # the 1-px ring the annotators drew
         _save(root / "training_set" / name, _shade(gray8(h, w, rng), outline, 90))
         _save(root / "training_set" / name.replace(".png", "_Annotation.png"), _m255(outline))
         rows.append([name, ps, round(float(np.pi * (ry + rx) * ps * 2), 2)])

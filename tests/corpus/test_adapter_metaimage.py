@@ -6,6 +6,7 @@ import json
 import zlib
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from medlvr.corpus.adapters import ADAPTERS
@@ -109,7 +110,7 @@ def test_bad_retouch_records_become_rejects(tmp_path):
     sv.write_mhd(base / "TRAIN053" / "reference.mhd", lab[:, :30])  # label/image shape mismatch
     nan = vol.astype(np.float32)
     nan[1, 1, 1] = np.nan
-    sv.write_mhd(base / "TRAIN054" / "oct.mhd", nan, etype="MET_FLOAT")  # NaN
+    sv.write_mhd(base / "TRAIN054" / "oct.mhd", nan, etype="MET_FLOAT")  # NaN: background, counted (issue 14)
     sv.write_mhd(base / "TRAIN054" / "reference.mhd", lab)
     sv.write_mhd(base / "TRAIN055" / "oct.mhd", vol, compressed=True)
     raw = base / "TRAIN055" / "oct.raw"
@@ -118,8 +119,12 @@ def test_bad_retouch_records_become_rejects(tmp_path):
     s, rej = ingest(load_catalog()["retouch"], root, tmp_path)
     by = {r["record_key"].split("/")[1]: r["reason"] for r in rej if r["level"] == "record"}
     assert "needs" in by["TRAIN050"] and "missing" in by["TRAIN051"] and "escapes" in by["TRAIN052"]
-    assert "label shape" in by["TRAIN053"] and "NaN" in by["TRAIN054"] and "compressed" in by["TRAIN055"]
-    assert s.records_in == 8 and s.records_out == 2 and s.records_rejected == 6
+    assert "label shape" in by["TRAIN053"] and "compressed" in by["TRAIN055"] and "TRAIN054" not in by
+    assert s.records_in == 8 and s.records_out == 3 and s.records_rejected == 5
+    images = pq.read_table(tmp_path / "out" / "retouch" / "images.parquet", columns=["record_key", "attributes"])
+    nan_voxels = {r["record_key"].split("/")[1]: json.loads(r["attributes"]).get("nan_voxels")
+                  for r in images.to_pylist()}
+    assert nan_voxels["TRAIN054"] == 1 and {k for k, v in nan_voxels.items() if v} == {"TRAIN054"}
 
 
 def test_camus_legacy_mhd_release(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from medlvr.corpus.adapters import ADAPTERS
@@ -57,8 +58,6 @@ def spec_with(ds: str, **options):
 def ingest(spec, root: Path, tmp_path: Path):
     s = ingest_dataset(spec, root, tmp_path / "out", IngestConfig(patient_salt="t"))
     assert_reconciles(s)
-    import pyarrow.parquet as pq
-
     rej = pq.read_table(tmp_path / "out" / spec.id / "rejects.parquet").to_pylist()
     return s, rej
 
@@ -248,9 +247,9 @@ def test_bad_nifti_inputs_become_rejects(tmp_path):
 
     whole = (good / "imaging.nii.gz").read_bytes()
     case("case_00010", image_bytes=whole[: len(whole) // 2], label=seg)  # truncated gzip
-    nan = vol.astype(np.float32)
+    nan = vol.astype(np.float32) + 7  # other pixels than case_00000 (else a duplicate image)
     nan[3, 10, 10] = np.nan
-    case("case_00011", image=nan, label=seg)  # NaN
+    case("case_00011", image=nan, label=seg)  # one NaN voxel: background, counted (the NaN rule), not a reject
     case("case_00012", image=vol, label=seg[:, :40, :])  # image/label shape mismatch
     case("case_00013", image=vol)  # label file missing
     case("case_00014", image_bytes=b"this is not a NIfTI file at all", label=seg)  # corrupt
@@ -265,14 +264,17 @@ def test_bad_nifti_inputs_become_rejects(tmp_path):
     s, rej = ingest(load_catalog()["kits23"], root, tmp_path)
     by_key = {r["record_key"].split("/")[1]: r["reason"] for r in rej if r["level"] == "record"}
     assert "cannot read NIfTI" in by_key["case_00010"]
-    assert "NaN" in by_key["case_00011"]
+    assert "case_00011" not in by_key
     assert "label shape" in by_key["case_00012"]
     assert "missing" in by_key["case_00013"]
     assert "cannot read NIfTI" in by_key["case_00014"]
     assert "3-D array" in by_key["case_00015"]
     assert "outside the dataset root" in by_key["case_00016"]
     assert "case_00017" not in by_key
-    assert s.records_in == 10 and s.records_out == 3 and s.records_rejected == 7
+    assert s.records_in == 10 and s.records_out == 4 and s.records_rejected == 6
+    images = pq.read_table(tmp_path / "out" / "kits23" / "images.parquet", columns=["record_key", "attributes"])
+    nan_attrs = {r["record_key"]: json.loads(r["attributes"]).get("nan_voxels") for r in images.to_pylist()}
+    assert {k.split("/")[1]: v for k, v in nan_attrs.items() if v} == {"case_00011": 1}
 
 
 def test_label_map_with_nan_or_fractions_rejected(tmp_path):
@@ -318,3 +320,95 @@ def test_label_values_validated_without_copying_small_integer_maps():
     many = np.array([[[0, 1, 7, 20]]], np.uint8)  # 18 unnamed values in range: the one-bincount path
     with pytest.raises(RecordError, match=r"values \[7\]"):
         _labels_int(many, "x", {1, 20}, True)
+
+
+# ------------------------------------------------------------------ nibabel's own test files (issue 14, point 3)
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"  # ships inside the installed package: no network
+NIBABEL_FILES = sorted(p.name for p in NIBABEL_DATA.iterdir() if p.name.endswith((".nii", ".nii.gz", ".hdr", ".mgz")))
+
+
+def _nibabel_dataset(tmp_path: Path, **options):
+    """nibabel's bundled NIfTI-1/2, Analyze/NIfTI pairs (headers without their .img), MGH and CIFTI files as an
+    unlabelled dataset read with axis_order XYZ."""
+    root = tmp_path / "nib"
+    (root / "files").mkdir(parents=True)
+    for name in NIBABEL_FILES:
+        (root / "files" / name).write_bytes((NIBABEL_DATA / name).read_bytes())
+    spec = spec_with("kits23", anchor_glob="files/*", anchor_regex=None, label=None, label_rules=[],
+                     axis_order="XYZ", intensity="percentile", **options)
+    return spec, root
+
+
+def test_nibabel_test_files_decode_or_give_one_line_relative_reasons(tmp_path):
+    assert {"example4d.nii.gz", "test.mgz", "analyze.hdr", "row_major.dconn.nii", "resampled_anat_moved.nii",
+            "functional.nii", "anatomical.nii"} <= set(NIBABEL_FILES)
+    spec, root = _nibabel_dataset(tmp_path)
+    images, rejects = run(spec, root)
+    reasons = {Path(r.source_path).name: r.reason for r in rejects}
+    decoded = {Path(i.source_path).name for i in images}
+    assert decoded | set(reasons) == set(NIBABEL_FILES) and not decoded & set(reasons)
+    for name, why in reasons.items():
+        assert "\n" not in why and str(tmp_path) not in why and "/work" not in why and "site-packages" not in why
+        assert "Error" not in why, (name, why)  # no bare exception text (CIFTI used to give an AttributeError)
+    # 4-D (NIfTI-1, NIfTI-2, MGH): the default rejects them and names the option that reads them
+    for name in ("example4d.nii.gz", "example_nifti2.nii.gz", "functional.nii", "test.mgz"):
+        assert "4-D array" in reasons[name] and "volume_index" in reasons[name], reasons[name]
+    # Analyze / NIfTI pairs shipped without their .img: the missing file, relative to the dataset root
+    assert reasons["analyze.hdr"] == "cannot read NIfTI files/analyze.hdr: its data file files/analyze.img is missing"
+    assert reasons["nifti1.hdr"].endswith("its data file files/nifti1.img is missing")
+    assert reasons["row_major.dconn.nii"] == "files/row_major.dconn.nii is a Cifti2Image (not a voxel volume): " \
+                                            "not supported"
+    assert {"anatomical.nii", "standard.nii.gz", "resampled_anat_moved.nii"} <= decoded
+    # NaN voxels (153 in the resampled volume) are background and counted
+    nan_counts = {Path(i.source_path).name: i.attributes.get("nan_voxels") for i in images}
+    assert nan_counts["resampled_anat_moved.nii"] == 153 and nan_counts["anatomical.nii"] is None
+    assert all(np.isfinite(i.pixels).all() for i in images)
+
+
+def test_volume_index_reads_one_volume_of_4d_files(tmp_path):
+    spec, root = _nibabel_dataset(tmp_path, volume_index=1)
+    images, rejects = run(spec, root)
+    assert not [r for r in rejects if "4-D" in r.reason]
+    for name in ("example4d.nii.gz", "example_nifti2.nii.gz", "functional.nii", "test.mgz"):
+        want = np.asanyarray(nib.load(str(NIBABEL_DATA / name)).dataobj)[..., 1].transpose(2, 1, 0)  # XYZ -> ZYX
+        got = [i for i in images if i.source_path == f"files/{name}"]
+        assert got and all(np.array_equal(i.pixels, want[i.slice_index]) for i in got), name
+    spec, root = _nibabel_dataset(tmp_path / "far", volume_index=7)
+    _, rejects = run(spec, root)
+    reasons = {Path(r.source_path).name: r.reason for r in rejects}
+    assert "volume_index 7 is outside the 2 volumes" in reasons["example4d.nii.gz"]
+    assert "functional.nii" not in reasons  # 20 volumes: index 7 exists
+
+
+def test_4d_rule_names_the_option_for_a_4d_cine_and_channel_keeps_one(tmp_path):
+    truth = sv.write_msd_prostate(tmp_path, np.random.default_rng(4))
+    # MSD Prostate read as if its images were 3-D: the two stacked sequences make a 4-D array -> clear reject
+    images, rejects = run(spec_with("msd_prostate", axis_order="XYZ"), tmp_path)
+    assert not images and all("volume_index" in r.reason and "XYZC" in r.reason for r in rejects)
+    images, rejects = run(spec_with("msd_prostate", channel="ADC"), tmp_path)
+    assert not rejects and {i.attributes["sequence"] for i in images} == {"ADC"}
+    assert_direct_truth(images, [dict(t, suffix=t["suffix"].replace("T2_", "ADC_")) for t in truth
+                                 if t["suffix"].startswith("T2_")])
+    _, rejects = run(spec_with("msd_prostate", channel="DWI"), tmp_path)
+    assert rejects and "channel 'DWI' is not one of the channels ['ADC', 'T2']" in rejects[0].reason
+
+
+def test_analyze_pair_with_its_img_reads(tmp_path):
+    root = tmp_path / "ana"
+    (root / "files").mkdir(parents=True)
+    vol = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    nib.save(nib.AnalyzeImage(vol, np.eye(4)), str(root / "files" / "vol.hdr"))
+    assert (root / "files" / "vol.img").exists()
+    spec = spec_with("kits23", anchor_glob="files/*.hdr", anchor_regex=None, label=None, label_rules=[],
+                     axis_order="XYZ", intensity="percentile")
+    images, rejects = run(spec, root)
+    assert not rejects and images
+    assert all(np.array_equal(i.pixels, vol.transpose(2, 1, 0)[i.slice_index]) for i in images)
+
+
+def test_reasons_never_carry_absolute_paths(tmp_path):
+    from medlvr.corpus.adapters.nifti import _one_line
+
+    root = tmp_path / "data"
+    e = OSError(f"cannot open {root}/a/b.nii.gz\nand /usr/lib/other/thing.so either")
+    assert _one_line(e, root) == "OSError: cannot open a/b.nii.gz and thing.so either"

@@ -15,6 +15,7 @@ from PIL import Image
 from medlvr.corpus.adapters import ADAPTERS
 from medlvr.corpus.adapters.mask_decoders import decode, grey
 from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.masks import box_of
 from medlvr.corpus.ingest import IngestConfig, ingest_dataset
 from medlvr.corpus.records import RecordError, RecordRef, Reject
 from medlvr.corpus.sample_data import load_truth, write_samples
@@ -101,6 +102,58 @@ def test_outline_fill_recovers_filled_ellipse_and_rejects_open_outline():
     opened[:, 25:27] = False  # cut the ring: nothing is enclosed any more
     with pytest.raises(RecordError, match="encloses no area"):
         decode({"decoder": "outline_fill", "label": "head"}, np.where(opened, 255, 0).astype(np.uint8))
+
+
+def _clipped_ellipse_box(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> list[float]:
+    """The pixel-edge box of the pixels whose centres' grid coordinates lie in the ellipse, from its parameters:
+    row by row, the half-width rx * sqrt(1 - ((y - cy) / ry)^2), clipped to the image."""
+    rows = [y for y in range(h) if abs(y - cy) <= ry]
+    half = [rx * np.sqrt(1.0 - ((y - cy) / ry) ** 2) for y in rows]
+    x0 = min(max(int(np.ceil(cx - hw)), 0) for hw in half)
+    x1 = max(min(int(np.floor(cx + hw)), w - 1) for hw in half) + 1
+    return [float(x0), float(rows[0]), float(x1), float(rows[-1] + 1)]
+
+
+def _hc18_png_outline(tmp_path: Path, h: int, w: int, cy, cx, ry, rx) -> np.ndarray:
+    """A 1-px annotation outline of the WHOLE ellipse, cut where it leaves the image, through a PNG file."""
+    from scipy import ndimage
+
+    pad = 60
+    yy, xx = np.mgrid[-pad:h + pad, -pad:w + pad]
+    whole = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    ring = (whole & ~ndimage.binary_erosion(whole))[pad:pad + h, pad:pad + w]
+    path = tmp_path / "cut_Annotation.png"
+    Image.fromarray(np.where(ring, 255, 0).astype(np.uint8)).save(path)
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.parametrize("where, params", [
+    ("top", (6, 50, 22, 34)), ("bottom", (66, 44, 20, 30)), ("top and bottom", (36, 54, 44, 30)),
+    ("left", (36, 5, 20, 26)), ("top-left corner", (4, 6, 22, 30))])
+def test_outline_cut_by_the_image_edge_is_closed_against_the_border(tmp_path, where, params):
+    h, w = 72, 108
+    arr = _hc18_png_outline(tmp_path, h, w, *params)
+    (d,) = decode({"decoder": "outline_fill", "label": "head"}, arr)
+    assert box_of(d.mask) == tuple(_clipped_ellipse_box(h, w, *params)), where
+    cy, cx, ry, rx = params
+    yy, xx = np.mgrid[0:h, 0:w]
+    assert np.array_equal(d.mask, ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0), where
+
+
+def test_hc18_sample_has_heads_cut_off_by_the_top_and_bottom_edge(tmp_path):
+    root = sample(tmp_path, "hc18")
+    rows = {"top": 0, "bottom": -1}
+    cut = {edge: [p.name for p in sorted((root / "training_set").glob("*_Annotation.png"))
+                  if np.asarray(Image.open(p))[row].any()] for edge, row in rows.items()}
+    assert cut["top"] and cut["bottom"], cut
+    truth = {t["source_path"]: t["boxes"][0][1] for t in load_truth(tmp_path, "hc18")}
+    _, images, rejects = run("hc18", root)
+    assert not rejects
+    got = {path: list(src.rois[0].box) for path, (_, src) in images.items()}
+    for name in cut["top"] + cut["bottom"]:
+        src = "training_set/" + name.replace("_Annotation", "")
+        assert got[src] == truth[src]
+        assert truth[src][1] == 0.0 or truth[src][3] == 72.0  # the box reaches the edge it was cut by
 
 
 def test_value_coded_refuge_hierarchy_with_interpolated_values():

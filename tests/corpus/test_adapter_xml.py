@@ -52,8 +52,24 @@ def test_voc_one_based_inclusive(tmp_path):
                                                                                  ("RBC", (7, 7, 7, 7))])})
     imgs, rej = run(load_catalog()["bccd"], tmp_path)
     assert not rej
-    # pixels 1..10 (1-based) are columns 0..9: pixel-edge box 0..10; a single-pixel box stays 1 px wide
-    assert boxes(imgs["BloodImage_00001"]) == [["RBC", [6.0, 6.0, 7.0, 7.0]], ["WBC", [0.0, 0.0, 10.0, 5.0]]]
+    # pixels 1..10 (1-based) are columns 0..9: pixel-edge box 0..10
+    assert boxes(imgs["BloodImage_00001"]) == [["WBC", [0.0, 0.0, 10.0, 5.0]]]
+    # xmin == xmax, ymin == ymax (two real BCCD boxes): degenerate in the file, rejected before the 1-based shift
+    # (issue 14; it used to become a 1x1 box that passed every check)
+    (label, why), = imgs["BloodImage_00001"].roi_rejects
+    assert label == "RBC" and why.startswith("degenerate source box [7.0, 7.0, 7.0, 7.0] (voc)")
+
+
+def test_degenerate_source_boxes_rejected_by_every_box_adapter_through_ingest(tmp_path):
+    _bccd(tmp_path, {"BloodImage_00001": _voc_xml("BloodImage_00001.jpg", 40, 30, [
+        ("WBC", (1, 1, 10, 5)), ("RBC", (7, 7, 7, 7)), ("RBC", (3, 9, 8, 9))])})
+    s = ingest_dataset(load_catalog()["bccd"], tmp_path, tmp_path / "out", CFG)
+    assert_reconciles(s)
+    assert (s.rois_out, s.rois_rejected) == (1, 2)
+    rej = pq.read_table(tmp_path / "out" / "bccd" / "rejects.parquet").to_pylist()
+    assert sorted(r["reason"] for r in rej if r["level"] == "roi") == [
+        "RBC: degenerate source box [3.0, 9.0, 8.0, 9.0] (voc): zero or negative width or height",
+        "RBC: degenerate source box [7.0, 7.0, 7.0, 7.0] (voc): zero or negative width or height"]
 
 
 def test_voc_bad_files(tmp_path):

@@ -71,8 +71,13 @@ BASE = {"id": "x", "name": "X", "modality": "CT", "body_region": "r", "adapter":
     ({"labels": {"l": "liver"}}, "kg:"),
     ({"patient_key": {"source": "guess"}}, "patient_key"),
     ({"official_split": {"source": "coin"}}, "official_split"),
+    ({"options": {"volume_index": "first"}}, "volume_index must be an integer"),
+    ({"options": {"variants": [{"name": "v", "volume_index": 1.5}]}}, "volume_index must be an integer"),
+    ({"options": {"volume_index": 0, "axis_order": "XYZC"}}, "already reads the last axis as channels"),
+    ({"options": {"channel": 2}}, "channel must be a channel name"),
 ])
 def test_malformed_entries_fail_loudly(change, msg):
+    assert parse_spec({**BASE, "options": {"volume_index": -1, "axis_order": "XYZ", "channel": "T2"}})
     with pytest.raises(CatalogError, match=msg):
         parse_spec({**BASE, **change})
     bad = dict(BASE)
