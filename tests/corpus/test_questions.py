@@ -104,14 +104,16 @@ def test_position_and_distractor_boxes_helpers():
     assert distractor_boxes(rng, (0, 0, 200, 200), [], 200, 200) is None
 
 
-# Per question type on the 31 sample datasets: (pairs, sha1 of the sorted qa_id + options/answer/concepts), recorded
-# from the pre-registry build_pairs (one 94-line function). The registry must reproduce it exactly.
+# Per question type on the 31 sample datasets: (pairs, sha1 of the sorted qa_id + options/answer/concepts). First
+# recorded from the pre-registry build_pairs (one 94-line function), which the registry reproduced exactly; re-recorded
+# when the sample data changed on purpose (two HC18 heads cut by the image edge, DICOM windows by the standard's
+# formula). A change here means the pairs changed: say why in the commit.
 PRE_REGISTRY_FINGERPRINT = {
-    "counting": [75, "c90d8d6a85e8"], "grounding": [121, "3b59015fa014"], "grounding_choice": [88, "13139cce282a"],
-    "laterality": [20, "76acb8dcae79"], "modality": [14, "d99d87a81a2d"], "organ_location": [48, "ebc8da2e77d3"],
-    "organ_system": [97, "be1a02e62e2b"], "position": [99, "229f061bda09"], "presence": [281, "56ef135d855c"],
-    "region_description": [19, "3acd6317aa9a"], "region_identification": [92, "e9a932c85484"],
-    "size": [50, "c302d3b91b9d"],
+    "counting": [75, "e5119c941d28"], "grounding": [123, "9eabe2048a91"], "grounding_choice": [90, "e6197f503eea"],
+    "laterality": [21, "df499f4d1484"], "modality": [15, "8f8629c5ef56"], "organ_location": [47, "ab4251642678"],
+    "organ_system": [99, "0d26b4fc937f"], "position": [101, "3ce2cafe81a4"], "presence": [284, "dd47f91c4259"],
+    "region_description": [20, "16c1bdc7dd1d"], "region_identification": [94, "afa80b87a0e7"],
+    "size": [52, "6bd9bdf2c7ab"],
 }
 
 
