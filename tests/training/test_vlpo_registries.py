@@ -131,3 +131,22 @@ def test_sample_sources_cover_benchmarks_and_the_synthetic_tasks(tmp_path):
 
 def config_from_dict(data: dict) -> VLPORunConfig:
     return build_config(VLPORunConfig, {"rollout": {"k_latent": 4}, **data})
+
+
+def test_algo_section_is_the_loss_config_plus_the_variant():
+    """`algo:` inherits every LossConfig field (one definition), so a registered policy loss is chosen in the
+    config; the variant decides lambda_lat; an unregistered loss is a config error."""
+    import dataclasses
+
+    from medlvr.corpus.config import ConfigError
+    from medlvr.training.vlpo.algos import LossConfig
+    from medlvr.training.vlpo.core import loss_config
+
+    cfg = config_from_dict({"model": {"path": "tiny"}, "algo": {"variant": "medlvr_grpo", "policy_loss": "ppo_clip",
+                                                               "clip_eps": 0.3, "lambda_lat": 0.7}})
+    lc = loss_config(cfg)
+    assert lc == LossConfig(clip_eps=0.3, lambda_lat=0.0, latent_sigma=0.1, latent_sigma_relative=True)
+    assert {f.name for f in dataclasses.fields(LossConfig)} < {f.name for f in dataclasses.fields(cfg.algo)}
+    assert loss_config(config_from_dict({"model": {"path": "tiny"}, "algo": {"lambda_lat": 0.7}})).lambda_lat == 0.7
+    with pytest.raises(ConfigError, match="algo.policy_loss must be a registered policy loss"):
+        config_from_dict({"model": {"path": "tiny"}, "algo": {"policy_loss": "reinforce"}})

@@ -30,7 +30,7 @@ from medlvr.corpus.config import ConfigError, config_to_dict
 from medlvr.corpus.prompts import MC_INSTRUCTION
 from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 from medlvr.training.engine import EngineConfig
-from medlvr.training.vlpo.algos import RL_VARIANTS
+from medlvr.training.vlpo.algos import POLICY_LOSSES, RL_VARIANTS, LossConfig
 from medlvr.training.vlpo.data import sample_sources
 
 VARIANTS = tuple(RL_VARIANTS)  # the variant table lives in algos.py
@@ -83,15 +83,14 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class AlgoConfig:
-    variant: str = "vlpo"
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    beta: float = 0.04
-    lambda_lat: float = 1.0
+class AlgoConfig(LossConfig):
+    """The `algo:` section. Its loss settings ARE `algos.LossConfig` (inherited: clip_eps, clip_eps_high, beta,
+    lambda_lat, latent_sigma, latent_sigma_relative, aggregation, policy_loss), with the stage-2 defaults below;
+    plus the variant and the advantage / reward / update settings."""
+
     latent_sigma: float = 0.1  # with latent_sigma_relative: sigma_k = 0.1 * ||mu_old,k||
     latent_sigma_relative: bool = True
-    aggregation: str = "token_mean"
+    variant: str = "vlpo"  # a row of algos.RL_VARIANTS
     adv_eps: float = 1e-6
     scale_rewards: bool = True  # False: Dr.GRPO advantages
     format_weight: float = 1.0
@@ -136,6 +135,9 @@ class VLPORunConfig:
     def __post_init__(self):
         if self.algo.variant not in VARIANTS:
             raise ValueError(f"algo.variant must be one of {VARIANTS}, got {self.algo.variant!r}")
+        if self.algo.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"algo.policy_loss must be a registered policy loss {sorted(POLICY_LOSSES)}, "
+                             f"got {self.algo.policy_loss!r}")
         k = self.rollout.k_latent
         if RL_VARIANTS[self.algo.variant].latent and k is not None and k < 1:
             raise ValueError(f"variant {self.algo.variant!r} needs rollout.k_latent >= 1, got {k}")
@@ -170,7 +172,7 @@ class VLPORunConfig:
 
 def resolve_k_latent(cfg: VLPORunConfig) -> VLPORunConfig:
     """`cfg` with `rollout.k_latent` read from the starting checkpoint when the config leaves it unset."""
-    if cfg.rollout.k_latent is not None or cfg.algo.variant == "grpo":
+    if cfg.rollout.k_latent is not None or not RL_VARIANTS[cfg.algo.variant].latent:
         return cfg
     if cfg.model.path == TINY:
         raise ConfigError("rollout.k_latent is required with model.path: tiny (no checkpoint to read K from)")

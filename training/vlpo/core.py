@@ -7,6 +7,8 @@ Shapes: B prompts, G samples each, N = B*G trajectories (row b*G + g), T generat
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -113,11 +115,10 @@ def collect(policy, ref_model, engine, batch: PromptBatch, ids: LatentTokenIds, 
 
 
 def loss_config(cfg) -> LossConfig:
-    """LossConfig of a VLPORunConfig (the variant's row in algos.RL_VARIANTS decides lambda_lat)."""
-    a = cfg.algo
-    return LossConfig(clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high, beta=a.beta, lambda_lat=cfg.lambda_lat,
-                      latent_sigma=a.latent_sigma, latent_sigma_relative=a.latent_sigma_relative,
-                      aggregation=a.aggregation)
+    """The loss settings of a VLPORunConfig: its `algo` section's LossConfig fields, with the variant's
+    lambda_lat (algos.RL_VARIANTS: 0 for variants without a latent loss)."""
+    loss = {f.name: getattr(cfg.algo, f.name) for f in dataclasses.fields(LossConfig)}
+    return LossConfig(**{**loss, "lambda_lat": cfg.lambda_lat})
 
 
 def micro_batches(n: int, size: int) -> list[torch.Tensor]:
