@@ -34,6 +34,6 @@ def _cmd_train_vlpo(args) -> int:
 
 
 def register_vlpo(subparsers) -> None:
-    p = subparsers.add_parser("train-vlpo", help="Stage 2: VLPO / GRPO variants on OmniMedVQA (method.md §4-5)")
+    p = subparsers.add_parser("train-vlpo", help="Stage 2: VLPO / GRPO variants on OmniMedVQA (docs/method.md §4-5)")
     add_config_arguments(p, "configs/vlpo_tiny.yaml, configs/vlpo_qwen25vl_7b.yaml", "algo.variant=grpo")
     p.set_defaults(fn=_cmd_train_vlpo)
