@@ -4,8 +4,8 @@
     medlvr train-vlpo --config FILE [--set sec.key=value ...] Stage 2, VLPO / GRPO (training.vlpo.trainer)
 
 Multi-GPU / multi-node runs use a launcher on the recipe module instead (every rank runs it):
-    deepspeed [--hostfile H] --module training.sft.recipe --config FILE
-    torchrun --nproc_per_node G -m training.sft.recipe --config FILE
+    deepspeed [--hostfile H] --module medlvr.training.sft.recipe --config FILE
+    torchrun --nproc_per_node G -m medlvr.training.sft.recipe --config FILE
 Importing this module is cheap (no torch): the recipe is imported when the command runs.
 """
 

@@ -12,7 +12,7 @@ One optimizer step (docs/method.md §4):
 5. update   L = L_text + lambda_lat * L_lat + beta * KL, normalised by GLOBAL counts, engine.backward / step.
 One update per rollout batch (on-policy): the behaviour log-probs and means are those recorded by the rollout.
 
-Multi-GPU: launch every rank with `torchrun ... -m training.vlpo.trainer --config C` and `engine.backend:
+Multi-GPU: launch every rank with `torchrun ... -m medlvr.training.vlpo.trainer --config C` and `engine.backend:
 deepspeed`; each rank draws its own B prompts of a common permutation, loss normalisers are all-reduced. Only
 rank 0 logs, and only rank 0 opens Dagster Pipes (when launched by Dagster).
 
