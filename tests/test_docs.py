@@ -8,6 +8,7 @@ text); inside `docs/` the files cite each other by bare name, as relative Markdo
 
 from __future__ import annotations
 
+import importlib
 import re
 from functools import cache
 from pathlib import Path
@@ -180,3 +181,43 @@ def test_the_checker_catches_stale_references(tmp_path):
     sections, anchors = doc_index(doc)
     assert sections == {"2", "2.1"}
     assert {"here", "title", "2-part", "21-sub-part"} <= anchors
+
+
+# Repository files the Markdown names in backticks (`training/vlpo/algos.py`, `configs/sft_*.yaml`,
+# `tests/corpus/test_adapter_<format>.py`): templates become globs, and at least one file must match.
+REPO_FILE = re.compile(
+    r"`((?:corpus|training|evaluation|pipelines|configs|experiments|benchmarks|scripts|docs|tests)/[\w./<>*-]*"
+    r"\.(?:py|yaml|md|png|toml))[`:]"
+)
+MODULE = re.compile(r"\bmedlvr(?:\.\w+)+")
+
+
+def resolves(dotted: str) -> bool:
+    """`medlvr.a.b.c` is a module, or an attribute path inside the longest importable module prefix."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 1, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("markdown", LINKED_MARKDOWN)
+def test_named_files_and_modules_exist(markdown):
+    source = ROOT / markdown
+    problems = []
+    for number, line in code_lines(source):
+        for named in REPO_FILE.findall(line):
+            pattern = re.sub(r"<[^>]*>", "*", named)
+            if not list(ROOT.glob(pattern)):
+                problems.append(f"{where(source, number)}: no file {named}")
+        for dotted in MODULE.findall(line):
+            if not resolves(dotted.rstrip(".")):
+                problems.append(f"{where(source, number)}: {dotted} does not import")
+    assert not problems, "\n".join(problems)
