@@ -1,6 +1,6 @@
 """Decontamination: remove corpus images that perceptually match an image of an evaluation benchmark.
 
-The six benchmarks (benchmarks.md §1) reach the disk in several forms, all handled here:
+The six benchmarks (docs/benchmarks.md §1) reach the disk in several forms, all handled here:
   * image folders (OmniMedVQA `Images/...`, unpacked SLAKE `imgs/`, VQA-RAD's OSF image folder, PMC `figures/`);
   * Parquet files whose columns hold images (VQA-RAD `image`, MMMU `image_1`..`image_7`): a Hugging Face Image
     struct {bytes, path} or a plain binary column holding encoded image bytes;

@@ -1,4 +1,4 @@
-"""Perceptual hashing, a Hamming-radius index and duplicate groups across datasets (datasets.md §4 and §6.7).
+"""Perceptual hashing, a Hamming-radius index and duplicate groups across datasets (docs/datasets.md §4 and §6.7).
 
 * Exact duplicates share an `image_id` (sha1 of the normalised pixel array, computed at ingestion).
 * Near duplicates: 64-bit perceptual hashes within a Hamming radius (default 4) across ALL datasets, plus a
@@ -26,7 +26,7 @@ HASH_BITS = 64
 DEFAULT_RADIUS = 4
 DEFAULT_OVERLAP_RADIUS = 8
 
-# Datasets that reuse each other's images (datasets.md §4). Every pair inside one tuple is a "known-overlap pair"
+# Datasets that reuse each other's images (docs/datasets.md §4). Every pair inside one tuple is a "known-overlap pair"
 # that is compared with the looser radius; pairs of images from the SAME dataset never use it. Ids are catalog
 # ids; ids that are not ingested (kits19, kits21) are harmless and catch a KiTS19/21 copy if one is added.
 #   - ISIC 2018 Task 3 = HAM10000, and ISIC Task 1 images overlap HAM.

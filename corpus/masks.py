@@ -1,4 +1,4 @@
-"""Masks, polygons and label maps -> per-instance boxes (datasets.md §6.1).
+"""Masks, polygons and label maps -> per-instance boxes (docs/datasets.md §6.1).
 
 Boxes are pixel-edge xyxy: a component covering columns x0..x1 (inclusive) has box x0 .. x1+1.
 """

@@ -1,4 +1,4 @@
-"""Intensity and geometry normalisation (datasets.md §6.2, §6.4).
+"""Intensity and geometry normalisation (docs/datasets.md §6.2, §6.4).
 
 Output images are 8-bit (grey HxW or RGB HxWx3) with the longest side at most `max_side`. Boxes move with
 the exact per-axis scale and padding that were applied, so `to_original(to_normalised(b)) == b` up to float

@@ -1,4 +1,4 @@
-"""Patient- and duplicate-disjoint train/val/test splits (datasets.md §6.8).
+"""Patient- and duplicate-disjoint train/val/test splits (docs/datasets.md §6.8).
 
 Split units are connected components of a union-find whose nodes are images and whose edges join
   * images with the same (dataset, patient_key) — patient keys are salted per dataset at ingestion, and the

@@ -1,4 +1,4 @@
-"""3-D volumes -> a capped set of 2-D slices with per-instance boxes (datasets.md §6.1 step 5, §6.3).
+"""3-D volumes -> a capped set of 2-D slices with per-instance boxes (docs/datasets.md §6.1 step 5, §6.3).
 
 Volumes arrive as (Z, Y, X) arrays with Z the axial (reading) axis; adapters reorder before calling.
 Instances are found in 3-D first so their ids are stable across slices; each kept slice gets the 2-D

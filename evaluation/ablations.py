@@ -1,4 +1,4 @@
-"""Latent ablations at inference (method.md §6 "Beyond"): does the answer depend on the latent evidence?
+"""Latent ablations at inference (docs/method.md §6 "Beyond"): does the answer depend on the latent evidence?
 
 Each ablation is a `latent_transform(z, rows, slots) -> z'` for `medlvr.training.latent_decode.latent_generate`:
 

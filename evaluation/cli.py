@@ -3,7 +3,7 @@
 `--out DIR` and `--limit N` are shorthands for `--set out_dir=DIR` and `--set limit=N`. A config error reaches the
 root CLI (`medlvr: error: ...`, exit 2).
 
-Data parallel: `torchrun --nproc-per-node N -m evaluation.cli --config FILE` (or the `medlvr` entry point under
+Data parallel: `torchrun --nproc-per-node N -m medlvr.evaluation.cli --config FILE` (or the `medlvr` entry point under
 torchrun): each rank generates its shard, rank 0 merges the rank files and writes the report.
 """
 

@@ -82,7 +82,7 @@ class EvalConfig:
     efficiency: dict[str, Any] | None = None  # {seed, models, quotas}
     table4: dict[str, Any] | None = None  # {models}
     fig5: dict[str, Any] | None = None  # {model, k_values, benchmark}
-    fig3: dict[str, Any] | None = None  # {models, benchmark, n_samples, layer}
+    fig3: dict[str, Any] | None = None  # {models, benchmark, n_samples, max_new_tokens}
     ablation: dict[str, Any] | None = None  # {model, kinds, noise_scale, benchmarks, seed}
     title: str = "MedLVR evaluation"
     sample_data: bool = False  # write the bundled sample benchmarks into data_root first (if not there)

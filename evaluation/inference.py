@@ -1,6 +1,6 @@
 """Batched, greedy latent inference over benchmark Samples, written as resumable prediction JSONL.
 
-* Prompts: one template per answer kind and prompt style (benchmarks.md §3.2). Multiple-choice options are
+* Prompts: one template per answer kind and prompt style (docs/benchmarks.md §3.2). Multiple-choice options are
   appended as "A. text" lines unless the question already embeds them (`options_embedded`).
 * Decoding: `medlvr.training.latent_decode.latent_generate`, temperature 0, K latent steps (K = 0: plain decoding),
   fixed pixel budget (`min_pixels` / `max_pixels` on the image processor).

@@ -137,7 +137,7 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> lis
     d = cfg.decode
     setup = Section("Setup", (
         f"Greedy decoding, max_new_tokens {d.max_new_tokens}, batch size {d.batch_size}, pixel budget "
-        f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}. Scoring: benchmarks.md §3 "
+        f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}. Scoring: docs/benchmarks.md §3 "
         "(no random or similarity fallbacks; unparseable counts as wrong). Tokens count every generated position "
         "(text, control tokens, latent slots, EOS). Times are generate wall time, model load excluded."),
         [Table("Models", ["model", "checkpoint", "K", "prompt"],

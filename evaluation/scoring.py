@@ -1,4 +1,4 @@
-"""Scoring: a pure, re-runnable pass over per-sample prediction JSONL (benchmarks.md §3).
+"""Scoring: a pure, re-runnable pass over per-sample prediction JSONL (docs/benchmarks.md §3).
 
 Prediction record (one JSON object per line, appended by the inference writer as results arrive; `make_record`
 builds one from a Sample):

@@ -3,7 +3,7 @@
 A *scored row* is a prediction record (see `medlvr.evaluation.inference`) joined with its Sample:
     {benchmark, sample_id, model, k_latent, variant, n_tokens, latency_s, finish_reason, kind, tags,
      parsed, correct (bool), parse_failed / parse_fail (bool), truncated, modality}
-Scoring itself is `medlvr.evaluation.scoring` (benchmarks.md §3: no random or similarity fallbacks; unparseable is
+Scoring itself is `medlvr.evaluation.scoring` (docs/benchmarks.md §3: no random or similarity fallbacks; unparseable is
 wrong); Tables 1 and 2 live there too. This module computes Tables 3 / 4 and the Fig. 5 data.
 All accuracies are percentages over N, unparseable items included.
 """

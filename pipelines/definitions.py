@@ -1,6 +1,6 @@
 """The MedLVR Dagster code location: `dagster dev` (from the repository root, with workspace.yaml) serves `defs`.
 
-Domains are folders (`pipelines/corpus/`, later `pipelines/training/`, `pipelines/evaluation/`), each exposing
+Domains are folders (`pipelines/corpus/`, `pipelines/training/`, `pipelines/evaluation/`), each exposing
 one `Definitions`, merged here. Heavy ML libraries (torch, transformers) are never imported at module level:
 the code server and every step process import this module.
 

@@ -4,8 +4,8 @@
     medlvr train-vlpo --config FILE [--set sec.key=value ...] Stage 2, VLPO / GRPO (training.vlpo.trainer)
 
 Multi-GPU / multi-node runs use a launcher on the recipe module instead (every rank runs it):
-    deepspeed [--hostfile H] --module training.sft.recipe --config FILE
-    torchrun --nproc_per_node G -m training.sft.recipe --config FILE
+    deepspeed [--hostfile H] --module medlvr.training.sft.recipe --config FILE
+    torchrun --nproc_per_node G -m medlvr.training.sft.recipe --config FILE
 Importing this module is cheap (no torch): the recipe is imported when the command runs.
 """
 
@@ -34,6 +34,6 @@ def _cmd_train_vlpo(args) -> int:
 
 
 def register_vlpo(subparsers) -> None:
-    p = subparsers.add_parser("train-vlpo", help="Stage 2: VLPO / GRPO variants on OmniMedVQA (method.md §4-5)")
+    p = subparsers.add_parser("train-vlpo", help="Stage 2: VLPO / GRPO variants on OmniMedVQA (docs/method.md §4-5)")
     add_config_arguments(p, "configs/vlpo_tiny.yaml, configs/vlpo_qwen25vl_7b.yaml", "algo.variant=grpo")
     p.set_defaults(fn=_cmd_train_vlpo)

@@ -6,8 +6,8 @@ A thin wrapper around ONE of two back ends, chosen by `EngineConfig.backend`:
   ``precision="bf16"`` runs the forward under `torch.autocast` (fp32 master weights).
 * ``deepspeed``: ZeRO-2 (stage configurable) through `deepspeed.initialize`; the DeepSpeed config is GENERATED
   from the engine config (`deepspeed_config`), never hand-written. Launch every rank with
-  ``deepspeed [--hostfile H] --module training.sft.recipe --config C`` or
-  ``torchrun --nnodes N --nproc_per_node G [--rdzv-endpoint host:port] -m training.sft.recipe --config C``.
+  ``deepspeed [--hostfile H] --module medlvr.training.sft.recipe --config C`` or
+  ``torchrun --nnodes N --nproc_per_node G [--rdzv-endpoint host:port] -m medlvr.training.sft.recipe --config C``.
   A hostfile (`deepspeed --hostfile`) lists one node per line, ``worker-1 slots=8``; every node needs the same
   checkout, environment and data paths. ``precision="bf16"`` lets DeepSpeed keep bf16 weights with fp32 master
   copies in the (partitioned) optimizer. On CPU the communication backend is gloo.

@@ -1,4 +1,4 @@
-"""Batched, KV-cached latent decoding for evaluation and RL rollouts (method.md §2).
+"""Batched, KV-cached latent decoding for evaluation and RL rollouts (docs/method.md §2).
 
 One function, `latent_generate`. Per prompt batch:
 
@@ -12,7 +12,7 @@ One function, `latent_generate`. Per prompt batch:
    steps -> FORCE_END (`<Medlvr_End>`) -> SAMPLE until EOS or `max_new_tokens`. Only the first
    `<Medlvr_Start>` opens a latent segment. `k_latent == 0` disables the segment: plain decoding.
 4. Latent input at position p is `z = mu + noise` with `mu = H[p-1]`, the final-norm last-layer hidden state of
-   the previous position (method.md indexing rule); noise is none, absolute (`scale * eps`) or relative to the
+   the previous position (docs/method.md#indexing-rule); noise is none, absolute (`scale * eps`) or relative to the
    hidden norm (`scale * ||mu|| * eps / ||eps||`), and recorded.
 5. A row that emits EOS drops out of the batch and of the KV cache (`batch_select_indices`), so finished rows
    cost no further compute; the last token of a row never needs a forward.

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL backbone with the three MedLVR control tokens (method.md §1).
+"""Qwen2.5-VL backbone with the three MedLVR control tokens (docs/method.md §1).
 
 * `load_model` / `load_checkpoint`: `Qwen2_5_VLForConditionalGeneration` from a LOCAL directory only (a
   downloaded Qwen2.5-VL checkpoint or one written by `save_checkpoint`); never touches a model hub.

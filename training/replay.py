@@ -1,4 +1,4 @@
-"""Teacher-forced replay of rollouts with recorded latents (method.md §4.4).
+"""Teacher-forced replay of rollouts with recorded latents (docs/method.md §4.4).
 
 One forward over prompt + generated tokens in which the `<Medlvr_Latent>` slots take the given latent vectors
 as input embeddings. From that single pass it returns what VLPO needs:

@@ -1,4 +1,4 @@
-"""ROI latent targets on the Qwen2.5-VL merged-token grid (method.md §3, paper Eq. 1).
+"""ROI latent targets on the Qwen2.5-VL merged-token grid (docs/method.md §3, paper Eq. 1).
 
 Box (x1, y1, x2, y2) in ORIGINAL image pixels
   -> the processor's own resize (`smart_resize`: multiples of patch*merge = 28 px within the pixel budget)

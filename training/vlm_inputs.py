@@ -2,7 +2,7 @@
 
 Decoding and replay call the text decoder (`model.model.language_model`) directly with `inputs_embeds` and
 explicit `position_ids`, so nothing depends on `model.model.rope_deltas`, the mutable state every
-`Qwen2_5_VLModel.forward` overwrites (training.md §6.1 items 5-6).
+`Qwen2_5_VLModel.forward` overwrites (docs/training.md §6.1 items 5-6).
 """
 
 from __future__ import annotations

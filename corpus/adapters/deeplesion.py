@@ -1,4 +1,4 @@
-"""A5 `png16_csv`: DeepLesion key slices (uint16 PNG, HU = value - 32768) with `DL_info.csv` (datasets.md §2.1).
+"""A5 `png16_csv`: DeepLesion key slices (uint16 PNG, HU = value - 32768) with `DL_info.csv` (docs/datasets.md §2.1).
 
 One record per key slice: all DL_info rows naming the same `File_name` are lesions of one image.
   * `File_name` `000001_01_01_109.png` splits on the LAST `_`: folder `Images_png/000001_01_01/`, file `109.png`.

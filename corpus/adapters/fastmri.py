@@ -1,4 +1,4 @@
-"""A6 `hdf5_csv_boxes`: fastMRI HDF5 volumes with the fastMRI+ box tables (datasets.md §2.2 no. 9).
+"""A6 `hdf5_csv_boxes`: fastMRI HDF5 volumes with the fastMRI+ box tables (docs/datasets.md §2.2 no. 9).
 
 One record per reviewed volume (a file named in a `*_file_list.csv` or in an annotation table).
   * Pixels: `reconstruction_rss` (multi-coil) or `reconstruction_esc` (single-coil knee), (slices, H, W),

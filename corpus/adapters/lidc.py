@@ -1,4 +1,4 @@
-"""A4 `dicom_series_lidc_xml`: LIDC-IDRI CT series with their reader XML (datasets.md §2.1 no. 2).
+"""A4 `dicom_series_lidc_xml`: LIDC-IDRI CT series with their reader XML (docs/datasets.md §2.1 no. 2).
 
 One record per CT series: the `NNN.xml` file and the DICOM slices beside it.
   * Slices are sorted by ImagePositionPatient[2] (ascending); file names and InstanceNumber are not trusted.

@@ -1,4 +1,4 @@
-"""Mask decoders for the paired-masks adapter (datasets.md §3 A11, §6.1).
+"""Mask decoders for the paired-masks adapter (docs/datasets.md §3 A11, §6.1).
 
 A decoder turns the pixels of ONE mask file into binary masks per raw label:
     decode(entry, arr) -> list[Decoded(label, mask, instances, parent)]

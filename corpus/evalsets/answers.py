@@ -1,4 +1,4 @@
-"""Answer extraction from raw model outputs (benchmarks.md §3). Rule-based and deterministic: no random or
+"""Answer extraction from raw model outputs (docs/benchmarks.md §3). Rule-based and deterministic: no random or
 similarity fallbacks; an output that no rule parses gives None, which scoring counts as wrong.
 
 1. `clean`: drop the latent segment (`<Medlvr_Start>` ... `<Medlvr_End>`; an unclosed one runs to the end),

@@ -1,4 +1,4 @@
-"""MedXpertQA multimodal (HF `TsinghuaC3I/MedXpertQA`, config MM; benchmarks.md §1.6).
+"""MedXpertQA multimodal (HF `TsinghuaC3I/MedXpertQA`, config MM; docs/benchmarks.md §1.6).
 
 Layout: `MM/test.jsonl` (or `MM/dev.jsonl`) and `images.zip` at the root (or that zip extracted as `images/`).
 Each JSON line: id ("MM-..."), question (ALREADY contains "Answer Choices: (A) ... (E) ..."), options (dict

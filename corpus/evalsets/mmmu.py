@@ -1,4 +1,4 @@
-"""MMMU Health & Medicine (HF `MMMU/MMMU`, one config per subject; benchmarks.md §1.5).
+"""MMMU Health & Medicine (HF `MMMU/MMMU`, one config per subject; docs/benchmarks.md §1.5).
 
 Layout: `<root>/<Subject>/<split>-00000-of-00001.parquet` for the five subjects below. Columns: id, question,
 options (a string holding a Python list, parsed with ast.literal_eval), answer (letter for multiple choice),

@@ -1,4 +1,4 @@
-"""OmniMedVQA (open-access part) loader, registered as "omnimedvqa" (benchmarks.md §1.1).
+"""OmniMedVQA (open-access part) loader, registered as "omnimedvqa" (docs/benchmarks.md §1.1).
 
 Layout read (the unpacked HF `OmniMedVQA.zip`):
 
@@ -209,7 +209,7 @@ def load_omnimedvqa(
 
 
 # ---- sample writer ------------------------------------------------------------------------------------------------
-# Write a miniature OmniMedVQA open-access tree (benchmarks.md §1.1), and optionally Med-R1-style split files.
+# Write a miniature OmniMedVQA open-access tree (docs/benchmarks.md §1.1), and optionally Med-R1-style split files.
 #
 #     write_omnimedvqa(out_dir, seed=0, per_modality=5, medr1_splits=True) -> out_dir
 #

@@ -1,4 +1,4 @@
-"""PMC-VQA multiple choice (HF `xmcmic/PMC-VQA`; benchmarks.md §1.4). The test file is chosen explicitly:
+"""PMC-VQA multiple choice (HF `xmcmic/PMC-VQA`; docs/benchmarks.md §1.4). The test file is chosen explicitly:
 
 * v1 `test_clean.csv` (2,000 items; the default, as in MedLVR and the Med-R1 family) or v1 `test.csv`:
   columns Figure_path, Question, Answer, Choice A..D, Answer_label (the gold letter). Choices carry a letter

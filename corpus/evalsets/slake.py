@@ -3,7 +3,7 @@ and `imgs.zip` (members `imgs/xmlabNNN/source.jpg`) or that zip extracted as `im
 
 Only English rows are kept (`q_lang == "en"`). Yes/no answers become kind "yesno" (gold lowercased), all
 other answers kind "open" (including CLOSED questions such as "Which is bigger, left or right lung?").
-tags["closed"] marks the closed yes/no subset (English, gold yes/no; benchmarks.md §1.2); tags also carry
+tags["closed"] marks the closed yes/no subset (English, gold yes/no; docs/benchmarks.md §1.2); tags also carry
 answer_type (closed/open), modality, location, content_type, base_type, qid, split, and the image's
 detection boxes (`rois`, xyxy pixels, with `roi_labels`) when `detection.json` is present.
 Sample id: "<split>-<qid>".

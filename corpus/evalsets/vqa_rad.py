@@ -1,4 +1,4 @@
-"""VQA-RAD, from either release (benchmarks.md §1.3):
+"""VQA-RAD, from either release (docs/benchmarks.md §1.3):
 
 * HF `flaviagiammarino/vqa-rad`: `data/<split>-00000-of-00001-<hash>.parquet` (or the parquet directly in the
   root) with columns image (HF Image struct {bytes, path}), question, answer. Sample id "<split>-<row>".

@@ -1,4 +1,4 @@
-"""One generator interface for the VLM text of the QA corpus (issue 3, datasets.md §6.5-6.6).
+"""One generator interface for the VLM text of the QA corpus (issue 3, docs/datasets.md §6.5-6.6).
 
 QA pairs are built deterministically from structured records elsewhere; a generator only *words* things:
 fine-grained region descriptions (`region_caption`) and question paraphrases (`paraphrase`) from retrieved

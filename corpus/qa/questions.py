@@ -22,7 +22,7 @@ import numpy as np
 MODALITY_NAMES = {"CT": "CT", "MRI": "MRI", "X-ray": "X-ray", "ultrasound": "ultrasound",
                   "dermoscopy": "dermoscopy", "fundus": "fundus photography", "OCT": "OCT",
                   "microscopy": "microscopy"}
-# Radiological display puts the patient's right on the image's left (datasets.md §6.4).
+# Radiological display puts the patient's right on the image's left (docs/datasets.md §6.4).
 RADIOLOGICAL = ("CT", "MRI", "X-ray")
 GRID = (("upper left", "upper", "upper right"), ("left", "center", "right"), ("lower left", "lower", "lower right"))
 

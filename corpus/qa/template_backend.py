@@ -45,7 +45,7 @@ def _fmt_size(size_mm) -> str:
     return f", measuring about {size:.1f} mm" if size < 10 else f", measuring about {size:.0f} mm"
 
 
-# Graph relation names (datasets.md §6.6 / §7) as English verb phrases; unknown relations fall back to the name
+# Graph relation names (docs/datasets.md §6.6 / §7) as English verb phrases; unknown relations fall back to the name
 # with spaces for underscores.
 _RELATION_WORDS = {
     "subclass_of": "is a type of",

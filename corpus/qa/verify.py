@@ -1,4 +1,4 @@
-"""Verifier for generated text (a MedVLSynther-style check, datasets.md §6.5).
+"""Verifier for generated text (a MedVLSynther-style check, docs/datasets.md §6.5).
 
 A generated caption/paraphrase is accepted only if
 1. it is not empty,

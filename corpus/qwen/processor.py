@@ -1,6 +1,6 @@
 """Qwen2.5-VL processor construction and loading without torchvision.
 
-transformers 5.x pitfalls handled here (see shared/docs/training.md §6.1):
+transformers 5.x pitfalls handled here (see docs/training.md §6.1 items 1–2):
 
 * `Qwen2_5_VLProcessor.__init__` type-checks every attribute named in its signature, including
   `video_processor`; without torchvision that check crashes. `ImageOnlyQwen2_5_VLProcessor` drops the video

@@ -1,6 +1,6 @@
 """Sample writers for the box/polygon/RLE families that are not DICOM: NIH bbox, OCT5k, ChestX-Det, LIVECell,
 DSB 2018, BCCD, MoNuSeg. Each writes a miniature in the dataset's native layout, with the quirks of
-datasets.md §8, and returns the true boxes (pixel-edge xyxy in original pixels).
+docs/datasets.md §8, and returns the true boxes (pixel-edge xyxy in original pixels).
 
 Polygons use integer vertices, so the true box is [min x, min y, max x + 1, max y + 1]: the rasteriser
 includes the pixels its vertices name. Records the adapters must reject (missing image, degenerate box) are

@@ -1,6 +1,6 @@
 """Sample writers for the DICOM / 16-bit PNG / HDF5 datasets: LIDC-IDRI, DeepLesion, fastMRI+, and the DICOM
 image files (plus their label tables) of VinDr-CXR, RSNA Pneumonia and SIIM-ACR, each in its native layout
-(datasets.md §2.1–2.3) with the quirks of §8. True boxes are computed here from the drawn shapes, independently
+(docs/datasets.md §2.1–2.3) with the quirks of §8. True boxes are computed here from the drawn shapes, independently
 of the adapters' code.
 """
 

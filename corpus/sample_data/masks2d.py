@@ -1,4 +1,4 @@
-"""Sample writers for the paired-mask datasets (datasets.md §8 "Paired masks"), native layouts and quirks:
+"""Sample writers for the paired-mask datasets (docs/datasets.md §8 "Paired masks"), native layouts and quirks:
 BUSI `(1)_mask.png` + `(1)_mask_1.png` with spaces and parentheses and a normal image with an empty mask;
 TN3K JPEG masks with compression noise; HC18 thin ellipse outlines (two cut off by the image edge) and the
 pixel-size CSV; ISIC Task 1 and (partly empty) Task 2 masks; PH2 BMPs and its '||' table; HAM10000 two parts + metadata CSV; IDRiD red RGB

@@ -1,5 +1,5 @@
 """Sample writers for the volume datasets: NIfTI (KiTS23, LiTS, MSD CT, BraTS, ACDC, MSD Prostate, CAMUS 2023)
-and MetaImage (RETOUCH, CAMUS legacy), in each dataset's native layout, with the quirks of datasets.md §8:
+and MetaImage (RETOUCH, CAMUS legacy), in each dataset's native layout, with the quirks of docs/datasets.md §8:
 KiTS arrays stored (Z,Y,X) with a non-RAS affine, MSD 4-D (X,Y,Z,2) with dataset.json and `._` AppleDouble
 twins, two separate components of a child class inside its parent class, MET_UCHAR and MET_USHORT MetaImages.
 

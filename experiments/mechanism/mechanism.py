@@ -7,7 +7,7 @@ Per seed, one random tiny Qwen2.5-VL (training.tiny, shape from `model:`) is the
 
 | variant        | stage 1 (training.sft)                            | stage 2 (training.vlpo)         |
 | -------------- | ------------------------------------------------- | ------------------------------- |
-| vanilla_grpo   | SFT, latent.k=0                                   | algo.variant=grpo               |
+| vanilla_grpo   | SFT, latent.k_latent=0                            | algo.variant=grpo               |
 | noroi_grpo     | latents, latent.roi_target=full_image             | medlvr_grpo                     |
 | roi_grpo       | ROI-SFT, latent.roi_target=box                    | medlvr_grpo                     |
 | roi_vlpo       | (the same ROI-SFT checkpoint)                     | vlpo                            |

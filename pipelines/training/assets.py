@@ -1,4 +1,5 @@
-"""`roi_sft_checkpoint`: Stage-1 ROI-SFT launched as a subprocess through Dagster Pipes (dagster.md §3.7, §6.4).
+"""`roi_sft_checkpoint`: Stage-1 ROI-SFT launched as a subprocess through Dagster Pipes
+(pipelines/README.md, "Scale-out": single heavy steps with Pipes).
 
 The asset body only builds a command line and hands it to `PipesSubprocessClient`; the trainer
 (`medlvr.training.sft.recipe`) runs in its own process(es): `python -m medlvr.training.sft.recipe` for one process, or

@@ -1,4 +1,5 @@
-"""`vlpo_checkpoint`: Stage-2 VLPO / GRPO launched as a subprocess through Dagster Pipes (dagster.md §3.7, §6.4).
+"""`vlpo_checkpoint`: Stage-2 VLPO / GRPO launched as a subprocess through Dagster Pipes
+(pipelines/README.md, "Scale-out": single heavy steps with Pipes).
 
 Downstream of `roi_sft_checkpoint` (referenced by its AssetKey only): the starting policy AND the frozen KL
 reference are the ROI-SFT checkpoint's `model/` folder, read from the latest `roi_sft_checkpoint`

@@ -1,4 +1,4 @@
-"""A2 metaimage: own MetaImage parser; RETOUCH OCT volumes and the CAMUS legacy release (datasets.md §2.4, §2.7)."""
+"""A2 metaimage: own MetaImage parser; RETOUCH OCT volumes and the CAMUS legacy release (docs/datasets.md §2.4, §2.7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A1 nifti_volume: KiTS23, LiTS, MSD CT, BraTS, ACDC, MSD Prostate, CAMUS 2023 (datasets.md §2.1, §2.2, §2.4)."""
+"""A1 nifti_volume: KiTS23, LiTS, MSD CT, BraTS, ACDC, MSD Prostate, CAMUS 2023 (docs/datasets.md §2.1, §2.2, §2.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The answer parser on a table of tricky outputs (benchmarks.md §3)."""
+"""The answer parser on a table of tricky outputs (docs/benchmarks.md §3)."""
 
 import pytest
 

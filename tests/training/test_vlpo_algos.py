@@ -1,4 +1,4 @@
-"""VLPO algorithm core on hand-computed values (method.md §4.3-§4.6)."""
+"""VLPO algorithm core on hand-computed values (docs/method.md §4.3-§4.6)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Stage 1: ROI-supervised fine-tuning (method.md §3) on the corpus shards.
+"""Stage 1: ROI-supervised fine-tuning (docs/method.md §3) on the corpus shards.
 
     config.py   frozen dataclasses + YAML / override loading (variants are config only)
     data.py     deterministic, resumable, rank-sharded shard stream

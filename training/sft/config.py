@@ -5,7 +5,7 @@ directory).
 Sections: `model`, `data`, `latent`, `engine` (`medlvr.training.engine.EngineConfig`), `run`. `model` and `run` are
 spelled as in the VLPO config (`model.path: tiny` + `model.tiny_seed`; `run.out_dir`, `run.max_steps`,
 `run.micro_batch_size`, `run.keep_last`, `run.resume`).
-The paper's Table-4 variants are config only (method.md §5):
+The paper's Table-4 variants are config only (docs/method.md §5):
 
     vanilla SFT            latent.k_latent: 0                  (no control tokens, no ROI loss)
     w/o ROI-SFT            latent.roi_target: full_image       (every target: mean of all visual tokens)

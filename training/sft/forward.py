@@ -1,4 +1,4 @@
-"""ROI-SFT forward: answer log-probs and the hidden states h_k that produce the latents (method.md §3).
+"""ROI-SFT forward: answer log-probs and the hidden states h_k that produce the latents (docs/method.md §3).
 
 The image is encoded ONCE per micro-batch (no_grad when the vision tower and merger are frozen); the same merger
 output gives the ROI targets (`medlvr.training.roi_targets.batch_roi_targets`, detached) and the decoder's image rows.

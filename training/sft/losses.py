@@ -1,4 +1,4 @@
-"""ROI-SFT losses as pure functions (method.md §3, Eq. 2-4). Each returns SUMS; the caller divides by the
+"""ROI-SFT losses as pure functions (docs/method.md §3, Eq. 2-4). Each returns SUMS; the caller divides by the
 normaliser of its own term counted over the whole global batch (all micro-batches and ranks), so gradient
 accumulation and data parallelism give the same loss as one big batch.
 

@@ -2,8 +2,8 @@
 
     python -m medlvr.training.sft.recipe --config configs/sft_tiny.yaml --set data.corpus=DIR [--set key=value ...]
     medlvr train-sft --config FILE [--set ...]                      (same, through the project CLI)
-    deepspeed [--hostfile H] --module training.sft.recipe --config FILE      (every rank runs this file)
-    torchrun --nproc_per_node G -m training.sft.recipe --config FILE
+    deepspeed [--hostfile H] --module medlvr.training.sft.recipe --config FILE      (every rank runs this file)
+    torchrun --nproc_per_node G -m medlvr.training.sft.recipe --config FILE
 
 One optimizer step = `engine.grad_accum` micro-batches of `run.micro_batch_size` rows per rank. The loss of a
 micro-batch is `nll_sum / (N_label / W) + lambda * roi_sum / (N_roi / W)` with N_label / N_roi counted over the

@@ -1,4 +1,4 @@
-"""Stage 2: Visual-Latent Policy Optimization (VLPO) and the GRPO variants (method.md §4-5).
+"""Stage 2: Visual-Latent Policy Optimization (VLPO) and the GRPO variants (docs/method.md §4-5).
 
 algos (pure loss math) · rewards (accuracy + format by token id) · data (prompts, synthetic set, sampler) ·
 rollout (RolloutEngine seam on latent_generate) · core (collect / micro-batch loss) · config (YAML) ·

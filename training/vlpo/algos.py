@@ -1,4 +1,4 @@
-"""VLPO / GRPO algorithm core: pure tensor functions (method.md §4.3-§4.6). No model, no I/O.
+"""VLPO / GRPO algorithm core: pure tensor functions (docs/method.md §4.3-§4.6). No model, no I/O.
 
 Shapes: N = B * G trajectories (prompt-major: row b*G + g), T generated positions, K latent slots, D hidden size.
 Masks are bool; losses are float32 scalars. Every function is differentiable where it makes sense and has a
@@ -112,7 +112,7 @@ def latent_log_ratio(z: torch.Tensor, mu_old: torch.Tensor, mu_new: torch.Tensor
 
     z, mu_old, mu_new: (N, K, D); sigma: scalar or broadcastable to (N, K) -> (N, K) float32.
     Gradient w.r.t. mu_new at mu_new == mu_old is `(z - mu_old) / sigma^2`: exactly zero when z == mu_old
-    (the paper's deterministic latents) and nonzero with exploration noise (method.md §4.1 Beyond).
+    (the paper's deterministic latents) and nonzero with exploration noise (docs/method.md §4.1 Beyond).
     """
     z, mu_old, mu_new = z.float(), mu_old.float(), mu_new.float()
     sq_old = (z - mu_old).pow(2).sum(-1)
@@ -179,7 +179,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class RLVariant:
-    """One row of the variant table (method.md §5): what the rollout and the loss of a variant contain."""
+    """One row of the variant table (docs/method.md §5): what the rollout and the loss of a variant contain."""
 
     name: str
     latent: bool  # rollouts open a latent segment of rollout.k_latent slots (False: K forced to 0)

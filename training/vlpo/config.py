@@ -8,7 +8,7 @@ Sections: model, data, rollout, algo, engine (the shared `medlvr.training.engine
 defaults), run. `model` and `run` are spelled as in the ROI-SFT config (`model.path: tiny` + `model.tiny_seed`;
 `run.out_dir`, `run.max_steps`, `run.micro_batch_size`, `run.keep_last`, `run.resume`); the seed is `engine.seed`.
 K is `rollout.k_latent`; left unset it is read from the starting checkpoint (`resolve_k_latent`).
-Variants (method.md §5) are chosen by `algo.variant`:
+Variants (docs/method.md §5) are chosen by `algo.variant`:
 
 | variant       | latent segment (rollout.k_latent) | loss                                      |
 | ------------- | --------------------------------- | ----------------------------------------- |
@@ -78,7 +78,7 @@ class RolloutConfig:
     max_new_tokens: int = 512  # counts control tokens and latent slots
     k_latent: int | None = None  # K; None: the starting checkpoint's (model/medlvr_latent.json)
     force_start: bool = True
-    noise: str = "relative"  # none | absolute | relative (method.md §4.1 Beyond; none = the paper)
+    noise: str = "relative"  # none | absolute | relative (docs/method.md §4.1 Beyond; none = the paper)
     noise_scale: float = 0.05
 
 
@@ -147,7 +147,7 @@ class VLPORunConfig:
             raise ValueError(f"data.source must be a registered sample source {sorted(sample_sources())}, "
                              f"got {self.data.source!r}")
         if not (self.engine.freeze_vision_tower and self.engine.freeze_merger):
-            raise ValueError("stage 2 keeps the vision tower and merger frozen (method.md §4.7)")
+            raise ValueError("stage 2 keeps the vision tower and merger frozen (docs/method.md §4.7)")
         if self.engine.grad_accum != 1:
             raise ValueError("engine.grad_accum is derived from run.micro_batch_size; leave it at 1")
         if self.run.max_steps < 1 or self.run.micro_batch_size < 1:

@@ -1,4 +1,4 @@
-"""One VLPO / GRPO iteration without the optimizer (method.md §4): rollouts -> rewards -> advantages ->
+"""One VLPO / GRPO iteration without the optimizer (docs/method.md §4): rollouts -> rewards -> advantages ->
 reference log-probs -> per-micro-batch replay loss. The trainer (`training/vlpo/trainer.py`) adds backward,
 optimizer, logging and checkpoints; the benchmark times these same functions.
 

@@ -1,4 +1,4 @@
-"""Rewards for VLPO (method.md §4.2): `r = r_acc + r_fmt`, pure functions in a registry.
+"""Rewards for VLPO (docs/method.md §4.2): `r = r_acc + r_fmt`, pure functions in a registry.
 
 Each reward is registered (`@register_reward("name")`) as `fn(inputs: RewardInputs) -> (N,) float32`;
 `compute_rewards` sums `weight * reward` over its `weights` ({"accuracy": 1, "format": format_weight} by default),
@@ -8,7 +8,7 @@ so a new reward is one registered function plus its weight.
   checked by token id (decoded text with `skip_special_tokens=True` silently drops them).
 * Accuracy (in `compute_rewards`): the answer span is the text after the first `<Medlvr_End>` (by id; the whole
   response when the trajectory has none, e.g. vanilla GRPO), decoded without special tokens; the option letter
-  is parsed by the evaluation parser (benchmarks.md §3 rules: letter, leading "B." / "(B)", "answer is B", a
+  is parsed by the evaluation parser (docs/benchmarks.md §3 rules: letter, leading "B." / "(B)", "answer is B", a
   unique standalone letter, option text); an unparseable answer scores 0. No random or similarity fallback.
 """
 
@@ -26,7 +26,7 @@ from medlvr.training.vlpo.algos import register_into
 
 def parse_choice(text: str, options: Sequence[tuple[str, str]]) -> str | None:
     """Option letter from the decoded answer text, or None (unparseable): the evaluation parser
-    (`medlvr.corpus.evalsets.answers.parse_mc`, benchmarks.md §3), so training rewards and benchmark scoring agree.
+    (`medlvr.corpus.evalsets.answers.parse_mc`, docs/benchmarks.md §3), so training rewards and benchmark scoring agree.
 
     >>> opts = (("A", "liver"), ("B", "kidney"))
     >>> [parse_choice(t, opts) for t in ["B", "(A)", "A. liver", "The answer is B", "kidney", "no idea"]]

@@ -1,5 +1,5 @@
-"""Rollout seam (training.md §1.1): a small `RolloutEngine` protocol and the colocated implementation on this
-project's batched KV-cached latent decoding (`medlvr.training.latent_decode.latent_generate`, method.md §2, §4.1).
+"""Rollout seam (docs/training.md §1.1): a small `RolloutEngine` protocol and the colocated implementation on this
+project's batched KV-cached latent decoding (`medlvr.training.latent_decode.latent_generate`, docs/method.md §2, §4.1).
 
 `LocalLatentRollout` shares the policy's weights (nothing to sync): G samples per prompt share ONE prefill
 (`DecodeConfig.num_samples`), latent exploration noise is drawn and recorded by the decoder.

@@ -4,7 +4,7 @@
     python -m medlvr.training.vlpo.trainer --config configs/vlpo_tiny.yaml [--set algo.beta=0.0 ...]
     medlvr train-vlpo --config FILE     # same, through the project CLI
 
-One optimizer step (method.md §4):
+One optimizer step (docs/method.md §4):
 1. rollout  B prompts x G samples, one shared prefill per prompt, latent noise recorded (eval mode, no grad);
 2. reward   accuracy + format by token id; group-normalised advantages;
 3. ref      k3 KL needs the frozen reference's token log-probs (the ROI-SFT checkpoint; skipped when beta == 0);
@@ -12,7 +12,7 @@ One optimizer step (method.md §4):
 5. update   L = L_text + lambda_lat * L_lat + beta * KL, normalised by GLOBAL counts, engine.backward / step.
 One update per rollout batch (on-policy): the behaviour log-probs and means are those recorded by the rollout.
 
-Multi-GPU: launch every rank with `torchrun ... -m training.vlpo.trainer --config C` and `engine.backend:
+Multi-GPU: launch every rank with `torchrun ... -m medlvr.training.vlpo.trainer --config C` and `engine.backend:
 deepspeed`; each rank draws its own B prompts of a common permutation, loss normalisers are all-reduced. Only
 rank 0 logs, and only rank 0 opens Dagster Pipes (when launched by Dagster).
 
@@ -201,7 +201,7 @@ def summary_metadata(result: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="train-vlpo", description="Stage-2 VLPO / GRPO training (method.md §4-5)")
+    p = argparse.ArgumentParser(prog="train-vlpo", description="Stage-2 VLPO / GRPO training (docs/method.md §4-5)")
     add_config_arguments(p, "configs/vlpo_tiny.yaml, configs/vlpo_qwen25vl_7b.yaml", "algo.variant=grpo")
     return run_cli(p.parse_args(argv))
 
