@@ -420,9 +420,9 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
                 reasons[reason_key(stage, reason)] += 1
             else:
                 summary.records_out += 1
-            if bar:
+            if bar is not None:  # (not `if bar`: a tqdm without a total has no truth value and raises)
                 bar.update(1)
-        if bar:
+        if bar is not None:
             bar.close()
         for r in discover_rejects:
             writer.rejects.add({"dataset": spec.id, "source_path": r.source_path, "record_key": r.record_key,
