@@ -466,6 +466,27 @@ def dataset_root(data_root: Path, spec: DatasetSpec, overrides: Mapping[str, str
     return Path(data_root) / spec.id
 
 
+def locate_datasets(data_root: Path, datasets: list[str] | None = None
+                    ) -> tuple[list[DatasetSpec], list[tuple[DatasetSpec, Path]]]:
+    """The selected datasets (all when `datasets` is empty) split into those whose folder exists and the absent
+    ones with the folder that was looked for."""
+    present, absent = [], []
+    for spec in select(datasets):
+        root = dataset_root(data_root, spec)
+        (present.append(spec) if root.is_dir() else absent.append((spec, root)))
+    return present, absent
+
+
+def empty_dataset_reason(s: DatasetSummary) -> str | None:
+    """One line when a dataset yielded no image at all (a run that produced nothing must not look successful):
+    the counts and the most common reason, as written to the rejects table."""
+    if s.images_out:
+        return None
+    top = next(iter(s.reasons), None)
+    example = (s.reason_examples.get(top) or [{}])[0].get("reason", top) if top else "no record found"
+    return f"{s.dataset}: no image came out of {s.records_in} records ({s.records_rejected} rejected); {example}"
+
+
 def run_ingest(data_root: Path, out: Path, datasets, cfg, progress: bool = True):
     summaries, missing = [], []
     specs = select(datasets)
