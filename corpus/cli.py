@@ -7,6 +7,11 @@ Subcommands stay thin: they parse arguments and call the library.
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
                         [--config FILE] [--set KEY=VALUE]
 
+Which datasets a run takes (`datasets_to_run`): those named with `--datasets`, each of which must exist (an
+absent one is an error line, and nothing runs); without `--datasets`, the ones the data root holds, the absent
+ones listed on one "skipped N datasets ..." line (a missing data root, or one with no dataset folder, is one error
+line). A dataset that yields no image at all fails the run (exit 1) with one line: its counts and first reason.
+
 `--config`/`--set` load through `medlvr.corpus.config` (unknown keys are errors); `--workers` and `--qa-backend`
 are shortcuts for `--set ingest.workers=N` / `--set generator.backend=NAME` (applied after the other overrides).
 """
