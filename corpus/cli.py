@@ -7,6 +7,11 @@ Subcommands stay thin: they parse arguments and call the library.
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
                         [--config FILE] [--set KEY=VALUE]
 
+Which datasets a run takes (`datasets_to_run`): those named with `--datasets`, each of which must exist (an
+absent one is an error line, and nothing runs); without `--datasets`, the ones the data root holds, the absent
+ones listed on one "skipped N datasets ..." line (a missing data root, or one with no dataset folder, is one error
+line). A dataset that yields no image at all fails the run (exit 1) with one line: its counts and first reason.
+
 `--config`/`--set` load through `medlvr.corpus.config` (unknown keys are errors); `--workers` and `--qa-backend`
 are shortcuts for `--set ingest.workers=N` / `--set generator.backend=NAME` (applied after the other overrides).
 """
@@ -22,7 +27,9 @@ from medlvr.corpus.adapters import ADAPTERS
 from medlvr.corpus.build import BuildConfig, build_corpus
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.config import add_config_arguments, load_config
-from medlvr.corpus.ingest import IngestConfig, run_ingest
+from medlvr.corpus import layout
+from medlvr.corpus.ingest import (DatasetSummary, IngestConfig, empty_dataset_reason, locate_datasets,
+                                   run_ingest)
 from medlvr.corpus.sample_data import write_samples
 
 
@@ -69,26 +76,63 @@ def print_summary(summaries, file=None) -> None:
     print(f"{'total':<28} {tot[0]:>7} {tot[1]:>8} {tot[2]:>7} {tot[3]:>7} {tot[4]:>7}", file=file)
 
 
+def datasets_to_run(data_root: Path, requested: list[str] | None) -> list[str] | None:
+    """The dataset ids a run ingests, or None (after printing why, one line each) when it must not start.
+
+    A dataset named with --datasets but absent is an error (one line per such dataset). Without --datasets the
+    run takes what the data root holds: a missing data root is one error line, a data root with no dataset
+    folder another, and the absent datasets of a partial root are listed on one line, not one line each."""
+    present, absent = locate_datasets(data_root, requested)
+    if requested and absent:
+        for spec, root in absent:
+            print(f"medlvr: error: dataset {spec.id}: {root} does not exist (or set MEDLVR_ROOT_{spec.id.upper()})",
+                  file=sys.stderr)
+        return None
+    if not present:
+        why = "does not exist" if not data_root.is_dir() else "holds no dataset folder (one per id: `medlvr catalog`)"
+        print(f"medlvr: error: data root {data_root} {why}", file=sys.stderr)
+        return None
+    if absent:
+        print(f"skipped {len(absent)} datasets not under {data_root}: {', '.join(s.id for s, _ in absent)}",
+              file=sys.stderr)
+    return [s.id for s in present]
+
+
+def report_empty_datasets(summaries) -> int:
+    """Exit status of a run: 1 (with one line each) if a dataset yielded no image at all."""
+    empty = [r for r in map(empty_dataset_reason, summaries) if r]
+    for line in empty:
+        print(f"medlvr: error: {line}", file=sys.stderr)
+    return 1 if empty else 0
+
+
 def _cmd_ingest(args) -> int:
     shortcuts = [f"workers={args.workers}"] if args.workers is not None else []
     cfg = load_config(IngestConfig, args.config, [*args.overrides, *shortcuts])
-    summaries, missing = run_ingest(Path(args.data_root), Path(args.out), args.datasets, cfg, progress=not args.quiet)
+    ids = datasets_to_run(Path(args.data_root), args.datasets)
+    if ids is None:
+        return 1
+    summaries, missing = run_ingest(Path(args.data_root), Path(args.out), ids, cfg, progress=not args.quiet)
     print_summary(summaries)
-    for m in missing:
-        print(f"skipped: {m}", file=sys.stderr)
-    # Asking for a dataset by name that is not there is an error; a partial data root is not.
-    return 1 if (missing and args.datasets) or not summaries else 0
+    for m in missing:  # (a folder removed while the run was going)
+        print(f"medlvr: error: {m}", file=sys.stderr)
+    return 1 if missing else report_empty_datasets(summaries)
 
 
 def _cmd_build_corpus(args) -> int:
     shortcuts = [f"ingest.workers={args.workers}"] if args.workers is not None else []
     shortcuts += [f"generator.backend={args.qa_backend}"] if args.qa_backend else []
     cfg = load_config(BuildConfig, args.config, [*args.overrides, *shortcuts])
-    report = build_corpus(Path(args.data_root), Path(args.out), cfg, args.datasets, progress=not args.quiet)
+    ids = datasets_to_run(Path(args.data_root), args.datasets)
+    if ids is None:
+        return 1
+    report = build_corpus(Path(args.data_root), Path(args.out), cfg, ids, progress=not args.quiet)
     print_build_report(report)
     for m in report["missing"]:
-        print(f"skipped: {m}", file=sys.stderr)
-    return 0
+        print(f"medlvr: error: {m}", file=sys.stderr)
+    summaries = [DatasetSummary(**json.loads((Path(args.out) / layout.ingest_summary(d)).read_text())) for d in ids
+                 if (Path(args.out) / layout.ingest_summary(d)).exists()]
+    return 1 if report["missing"] else report_empty_datasets(summaries)
 
 
 def print_build_report(report: dict, file=None) -> None:

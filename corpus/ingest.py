@@ -13,7 +13,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import re
 import secrets
 import time
 from collections import Counter, deque
@@ -30,7 +29,7 @@ from medlvr.corpus.adapters.sidecar import whitelist
 from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, select
 from medlvr.corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize, shrink_scalar, to_uint8
 from medlvr.corpus.png import encode_png
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, reason_kind, relative_reason
 from medlvr.corpus.tables import DatasetWriter
 from medlvr.corpus.volumes import SliceConfig
 
@@ -40,13 +39,12 @@ SAFE_IMAGE_KEYS = ("slice_role", "sequence", "photometric", "bits_stored", "inve
 SAFE_ROI_KEYS = ("z_range", "z_extent_mm", "n_readers", "fused", "approximate", "given_box", "polygon_box")
 
 
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+REASON_EXAMPLES = 3  # example (path, reason) pairs kept per reason kind in summary.json
 
 
 def reason_key(stage: str, reason: str) -> str:
-    """Group reasons for the summary: quoted names and numbers replaced, so 'x.png' and 'y.png' count together."""
-    return f"{stage}: " + _NUMBER.sub("N", _QUOTED.sub("'…'", reason))[:90]
+    """The summary's grouping of reasons: stage and kind (paths, quoted values and numbers replaced)."""
+    return f"{stage}: {reason_kind(reason)}"[:120]
 
 
 class DatasetMissing(FileNotFoundError):
@@ -80,7 +78,8 @@ class DatasetSummary:
     rois_rejected: int = 0
     seconds: float = 0.0
     layout_missing: list[str] = field(default_factory=list)
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # reason kind -> count, the 20 most common
+    reason_examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # kind -> a few {path, reason}
     out_dir: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -385,6 +384,18 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
             yield ref
 
     writer = DatasetWriter(out_dir, spec.id, cfg.flush_rows)
+    examples: dict[str, list[dict[str, str]]] = {}
+
+    def add_reject(level: str, stage: str, reason: str, path: str, key: str) -> None:
+        """The one way into the rejects table and the summary: paths relative to the root, counted by kind."""
+        reason, path = relative_reason(reason, root), relative_reason(path, root)
+        writer.rejects.add({"dataset": spec.id, "source_path": path, "record_key": key, "level": level,
+                            "stage": stage, "reason": reason})
+        kind = reason_key(stage, reason)
+        reasons[kind] += 1
+        if len(shown := examples.setdefault(kind, [])) < REASON_EXAMPLES:
+            shown.append({"path": path, "reason": reason})
+
     try:
         seen_ids: dict[str, str] = {}
         rois_in = 0
@@ -405,29 +416,23 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
                 wrote += 1
             summary.images_out += wrote
             for level, stage, reason, path in res.rejects:
-                writer.rejects.add({"dataset": spec.id, "source_path": path, "record_key": res.key,
-                                    "level": level, "stage": stage, "reason": reason})
+                add_reject(level, stage, reason, path, res.key)
                 summary.images_rejected += level == "image"
                 summary.rois_rejected += level == "roi"
-                reasons[reason_key(stage, reason)] += 1
             rois_in += res.rois_in
             if res.record_reject is not None or wrote == 0:
                 dups = [r[2] for r in res.rejects if r[1] == "dedup"]
                 stage, reason = res.record_reject or ("dedup", f"every image duplicated an earlier one: {dups[0]}")
-                writer.rejects.add({"dataset": spec.id, "source_path": res.source_path, "record_key": res.key,
-                                    "level": "record", "stage": stage, "reason": reason})
+                add_reject("record", stage, reason, res.source_path, res.key)
                 summary.records_rejected += 1
-                reasons[reason_key(stage, reason)] += 1
             else:
                 summary.records_out += 1
-            if bar:
+            if bar is not None:  # (not `if bar`: a tqdm without a total has no truth value and raises)
                 bar.update(1)
-        if bar:
+        if bar is not None:
             bar.close()
         for r in discover_rejects:
-            writer.rejects.add({"dataset": spec.id, "source_path": r.source_path, "record_key": r.record_key,
-                                "level": "record", "stage": r.stage, "reason": r.reason})
-            reasons[reason_key(r.stage, r.reason)] += 1
+            add_reject("record", r.stage, r.reason, r.source_path, r.record_key)
         summary.records_rejected += len(discover_rejects)
         summary.records_in = found[0] + len(discover_rejects)
         if summary.records_in != summary.records_out + summary.records_rejected:
@@ -435,6 +440,7 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
         if rois_in != summary.rois_out + summary.rois_rejected:
             raise AssertionError(f"{spec.id}: ROIs do not reconcile: in={rois_in} {summary}")
         summary.reasons = dict(reasons.most_common(20))
+        summary.reason_examples = {k: examples[k] for k in summary.reasons}
         summary.seconds = round(time.perf_counter() - t0, 3)
         summary.out_dir = str(out_dir / spec.id)
         writer.commit(summary.as_dict())
@@ -458,6 +464,27 @@ def dataset_root(data_root: Path, spec: DatasetSpec, overrides: Mapping[str, str
     if env:
         return Path(env).expanduser()
     return Path(data_root) / spec.id
+
+
+def locate_datasets(data_root: Path, datasets: list[str] | None = None
+                    ) -> tuple[list[DatasetSpec], list[tuple[DatasetSpec, Path]]]:
+    """The selected datasets (all when `datasets` is empty) split into those whose folder exists and the absent
+    ones with the folder that was looked for."""
+    present, absent = [], []
+    for spec in select(datasets):
+        root = dataset_root(data_root, spec)
+        (present.append(spec) if root.is_dir() else absent.append((spec, root)))
+    return present, absent
+
+
+def empty_dataset_reason(s: DatasetSummary) -> str | None:
+    """One line when a dataset yielded no image at all (a run that produced nothing must not look successful):
+    the counts and the most common reason, as written to the rejects table."""
+    if s.images_out:
+        return None
+    top = next(iter(s.reasons), None)
+    example = (s.reason_examples.get(top) or [{}])[0].get("reason", top) if top else "no record found"
+    return f"{s.dataset}: no image came out of {s.records_in} records ({s.records_rejected} rejected); {example}"
 
 
 def run_ingest(data_root: Path, out: Path, datasets, cfg, progress: bool = True):

@@ -9,7 +9,10 @@ A record either succeeds or becomes a Reject with a stage and a reason; nothing 
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -90,3 +93,36 @@ class Reject:
     stage: str  # discover | load | normalise | roi | write
     reason: str
     record_key: str = ""
+
+
+# Reasons are fixed wording plus details (paths, counts, header keywords, quoted values). Their kind is the wording
+# with the details replaced, so that 20 missing files count as one kind, not 20 reasons at count 1.
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_FILE_EXT = r"png|jpe?g|bmp|tiff?|gif|dcm|dicom|ima|nii|nii\.gz|hdr|img|mhd|mha|raw|zraw|mgz|mgh|nrrd|csv|tsv|json|xml|txt|npy|npz|h5|svs|ndpi|zip|gz"
+# a file name with a known extension, or a slash-separated token with a digit, '_', '.' or '-' in it or a trailing
+# '/' (so prose such as "and/or" or "w/o" stays)
+_PATH_TOKEN = re.compile(rf"(?<![\w/.])(?:[\w.\-]*(?:/[\w.\-]+)+\.(?:{_FILE_EXT})|[\w.\-]+\.(?:{_FILE_EXT})"
+                         rf"|(?=[\w.\-/]*[\d_.\-])[\w.\-]*(?:/[\w.\-]+)+/?|[\w.\-]+(?:/[\w.\-]+)*/)(?![\w/])",
+                         re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# an absolute POSIX path: a '/' that does not follow a word character or a dot, then path characters
+_ABSOLUTE = re.compile(r"(?<![\w.])/[^\s'\",;:()\[\]{}<>|]+")
+
+
+def reason_kind(reason: str) -> str:
+    """The fixed wording of a reason: quoted values -> '…', paths and file names -> <path>, numbers -> N."""
+    text = _QUOTED.sub("'…'", reason)
+    text = _PATH_TOKEN.sub("<path>", text)
+    return _NUMBER.sub("N", text)
+
+
+def relative_reason(text: str, root: Path | str) -> str:
+    """`text` (a reason or a source path) with every path relative to the dataset root: the root's own spellings
+    (as given, absolute, resolved) are cut off, and any other absolute path (a file a library named outside the
+    root) is cut to its file name. Applied to every reason and source path before it is written anywhere."""
+    root = str(root)
+    for prefix in sorted({root, os.path.abspath(root), os.path.realpath(root)}, key=len, reverse=True):
+        prefix = prefix.rstrip("/")
+        if prefix and prefix != ".":
+            text = text.replace(prefix + "/", "").replace(prefix, ".")
+    return _ABSOLUTE.sub(lambda m: PurePosixPath(m.group()).name or ".", text)

@@ -217,6 +217,16 @@ def read_csv_rows(path: Path, columns: list[str] | None) -> list[dict[str, str]]
     return [{h: v.strip() for h, v in zip(header, r)} for r in rows[1:] if any(v.strip() for v in r)]
 
 
+def missing_columns_reason(file_name: str, missing: list[str], header) -> str:
+    """A table lacks columns the catalog names. The header is not echoed (in a file without a header row it is the
+    first data row, patient ids and all): the reason names the missing columns, counts the others, and says when
+    the header is one column holding another separator (a CSV re-saved with ';' or tabs)."""
+    header = list(header)
+    reason = f"{file_name}: missing columns {missing}; the header has {len(header)} other column(s)"
+    seps = [name for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")) if len(header) == 1 and sep in header[0]]
+    return reason + (f" (separated by {seps[0]} instead of ',')" if seps else "")
+
+
 def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
     """{image id: [[label, reader, source box or None], ...]} in file order; None = a negative row."""
     o = spec.options
@@ -230,8 +240,7 @@ def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
         need = [image_col] + ([label_col] if label_col else []) + list(box_cols or []) + (
             [reader_col] if reader_col else [])
         if rows and (missing := [c for c in need if c not in rows[0]]):
-            raise RecordError(f"{path.name}: missing columns {missing}; found {sorted(rows[0])}",
-                              stage="discover")
+            raise RecordError(missing_columns_reason(path.name, missing, rows[0]), stage="discover")
         for r in rows:
             label = r.get(label_col, "") if label_col else o.get("label", "finding")
             raw = [r.get(c, "") for c in box_cols]

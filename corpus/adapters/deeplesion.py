@@ -78,8 +78,10 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
             continue
         patients = {(les.get("Patient_index") or "").strip() for les in lesions}
         if len(patients) != 1 or "" in patients:
-            yield Reject(spec.id, rel, "discover", f"rows of one key slice disagree on Patient_index: "
-                         f"{sorted(patients)}", name)
+            # the values themselves identify patients: the reason names the rows, never the values
+            rows_of = ", ".join(str(les["_row"]) for les in lesions)
+            what = "an empty Patient_index" if "" in patients else f"{len(patients)} different Patient_index values"
+            yield Reject(spec.id, rel, "discover", f"rows of one key slice have {what} (CSV rows {rows_of})", name)
             continue
         split_codes = {(les.get("Train_Val_Test") or "").strip() for les in lesions}
         split = splits.get(split_codes.pop()) if len(split_codes) == 1 else None

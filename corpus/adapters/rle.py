@@ -29,7 +29,8 @@ from typing import Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.csv_boxes import image_size, read_csv_rows, resolve_image, source_image
+from medlvr.corpus.adapters.csv_boxes import (image_size, missing_columns_reason, read_csv_rows, resolve_image,
+                                              source_image)
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import rel_path, require_file, walk
 from medlvr.corpus.masks import box_of, mask_rois
@@ -108,7 +109,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     image_col, rle_col = o.get("image_col", "ImageId"), o.get("rle_col", "EncodedPixels")
     rows = read_csv_rows(table, o.get("columns"))
     if rows and (missing := [c for c in (image_col, rle_col) if c not in rows[0]]):
-        raise RecordError(f"{table.name}: missing columns {missing}; found {sorted(rows[0])}", stage="discover")
+        raise RecordError(missing_columns_reason(table.name, missing, rows[0]), stage="discover")
     groups: dict[str, list[str]] = {}
     for r in rows:
         groups.setdefault(r[image_col], []).append(r[rle_col])

@@ -59,3 +59,44 @@ def test_set_overrides_and_unknown_config_keys(tmp_path, capsys):
     assert main(["build-corpus", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o3"),
                  "--set", "generator.backnd=openai"]) == 2
     assert "generator.backnd" in capsys.readouterr().err
+
+
+def _err_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_missing_or_partial_data_root_is_one_line(tmp_path, capsys):
+    for cmd in ("ingest", "build-corpus"):
+        assert main([cmd, "--data-root", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "o")]) == 1
+        assert _err_lines(capsys) == [f"medlvr: error: data root {tmp_path / 'nonexistent'} does not exist"]
+    (tmp_path / "empty").mkdir()
+    assert main(["ingest", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
+    assert len(err := _err_lines(capsys)) == 1 and "holds no dataset folder" in err[0]
+    main(["sample-data", str(tmp_path / "data"), "--datasets", "busi"])
+    capsys.readouterr()
+    assert main(["ingest", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o")]) == 0
+    err = _err_lines(capsys)
+    assert len(err) == 1 and err[0].startswith(f"skipped 30 datasets not under {tmp_path / 'data'}: acdc, adam,")
+
+
+def test_named_but_absent_dataset_is_an_error_before_any_work(tmp_path, capsys):
+    main(["sample-data", str(tmp_path / "data"), "--datasets", "busi"])
+    capsys.readouterr()
+    for cmd in ("ingest", "build-corpus"):
+        assert main([cmd, "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / cmd), "--datasets", "busi",
+                     "bccd", "kits23"]) == 1
+        err = _err_lines(capsys)
+        assert [e.split(":")[1] for e in err] == [" error", " error"] and "dataset bccd" in err[0] and "skipped" not in err[0]
+        assert "dataset kits23" in err[1] and not (tmp_path / cmd).exists()  # nothing ran
+
+
+def test_dataset_that_yields_nothing_fails_the_run_with_one_line(tmp_path, capsys):
+    main(["sample-data", str(tmp_path / "data"), "--datasets", "busi", "rsna_pneumonia"])
+    labels = tmp_path / "data" / "rsna_pneumonia" / "stage_2_train_labels.csv"
+    labels.write_text(labels.read_text().replace(",", ";"))  # re-saved by a spreadsheet with ';' separators
+    capsys.readouterr()
+    for cmd in ("ingest", "build-corpus"):
+        assert main([cmd, "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / cmd)]) == 1
+        err = [e for e in _err_lines(capsys) if not e.startswith("skipped")]
+        assert len(err) == 1 and err[0].startswith("medlvr: error: rsna_pneumonia: no image came out of 1 records"), err
+        assert "missing columns" in err[0] and "separated by ';'" in err[0] and "00000000-" not in err[0]

@@ -207,3 +207,35 @@ def test_task_size_follows_the_measured_cost_of_a_record():
     sizer.observe(0.02)
     assert sizer.size == 2
     assert [len(c) for c in _chunks(range(5), sizer)] == [2, 2, 1]
+
+
+def _missing_files(root, n):
+    def discover(spec, _root):
+        for i in range(n):  # each reason names its own file, as adapters write them, once with the absolute path
+            path = f"{root}/images/case_{i:03d}.png" if i % 2 else f"images/case_{i:03d}.png"
+            yield Reject(spec.id, path, "discover", f"file referenced but missing: {path}", f"k{i}")
+        yield RecordRef("ok", {"image": "ok.png"}, patient="P")
+
+    def load(spec, _root, ref):  # a library error naming the absolute path of a file inside and one outside the root
+        return [SourceImage("ok.png", _img(5), "uint8", roi_rejects=[
+            ("lesion", f"cannot read {root}/masks/ok_mask.png: no such file /elsewhere/tmp/ok_mask.img")])]
+    return discover, load
+
+
+def test_reasons_group_by_kind_and_carry_no_absolute_path(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    root.mkdir()
+    discover, load = _missing_files(root, 20)
+    monkeypatch.setitem(ADAPTERS, "fake_adapter", Adapter("fake_adapter", discover, load, "test"))
+    s = ingest_dataset(SPEC, root, tmp_path / "out", IngestConfig(patient_salt="s"))
+    kind = "discover: file referenced but missing: <path>"
+    assert s.reasons[kind] == 20 and len(s.reasons) == 2, s.reasons  # 20 files: one kind, not 20 at count 1
+    examples = s.reason_examples[kind]
+    assert len(examples) == 3 and examples[1] == {"path": "images/case_001.png",
+                                                  "reason": "file referenced but missing: images/case_001.png"}
+    assert all(r["source_path"].startswith("images/") for r in _rejects(tmp_path / "out") if r["level"] == "record")
+    roi = [r["reason"] for r in _rejects(tmp_path / "out") if r["level"] == "roi"]
+    assert roi == ["lesion: cannot read masks/ok_mask.png: no such file ok_mask.img"]
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "summary.json")
+    blob += json.dumps({k: v for k, v in s.as_dict().items() if k != "out_dir"}).encode()
+    assert str(tmp_path).encode() not in blob and b"/elsewhere" not in blob

@@ -1,0 +1,215 @@
+"""Every `medlvr` command the README prints, run as a user runs it: the installed console script, the command line
+as printed (placeholders filled with real folders of sample data, nothing added), once with output to a pipe and
+once under a pseudo-terminal (progress bars on), checking the exit code and the output.
+
+A synopsis line (`medlvr ingest --data-root DIR --out DIR [--datasets ID ...] ...`) runs twice in each mode: with
+every optional part left out, and with every optional part given (the first of `a|b|c`; the other alternatives
+are in NOT_RUN with the reason). The data root holds two datasets (busi, bccd), so the commands without
+`--datasets` also show how a partial data root is reported: one "skipped N datasets ..." line on stderr.
+A `medlvr` line in the README that this test does not know fails it (add its expected output to EXPECT).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+
+from medlvr.corpus.sample_data import write_samples
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+MEDLVR = Path(sys.executable).parent / "medlvr"  # the venv's console script, as installed
+DATASETS = ["busi", "bccd"]
+
+# subcommand -> what its output must contain (besides exit code 0 and no traceback)
+EXPECT = {
+    "catalog": ["acdc", "kits23"],  # the table (+ "31 datasets") or the JSON list (31 rows), checked below
+    "sample-data": ["sample datasets", "truth records"],
+    "ingest": ["busi", "total"],
+    "build-corpus": ["QA pairs:", "shards:", "card:"],
+    "train-sft": ['"checkpoint"'],
+    "train-vlpo": ['"mean_reward'],
+}
+# printed commands (or alternatives) that this test does not run, and why
+NOT_RUN = {
+    "evaluate": "runs three tiny models over every sample benchmark (about a minute a run on CPU, twice the test's "
+                "budget); the same config runs in the main job (tests/pipelines/test_main_job.py)",
+    "transformers": "the transformers QA back end needs a real local checkpoint directory",
+    "openai": "the openai QA back end needs an OpenAI-compatible endpoint",
+}
+
+
+def printed_commands() -> list[str]:
+    """The `medlvr ...` lines of the README's bash blocks; indented lines continue the line above; comments cut."""
+    commands: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for raw in block.splitlines():
+            line = re.sub(r"(^|\s+)#.*$", "", raw).rstrip()
+            if not line:
+                continue
+            if raw[:1].isspace() and commands and commands[-1].startswith("medlvr "):
+                commands[-1] += " " + line.strip()
+            elif line.startswith("medlvr "):
+                commands.append(line)
+    return commands
+
+
+def forms(command: str) -> list[str]:
+    """A synopsis as run: every optional [...] left out, then every one given (first alternative of a|b|c)."""
+    if "[" not in command:
+        return [command]
+    minimal = re.sub(r"\s*\[[^\]]*\]", "", command)
+    full = re.sub(r"\[([^\]]*)\]", r"\1", command)
+    full = re.sub(r"(\S+?)\|\S+", r"\1", full)  # template|transformers|openai -> template
+    return [minimal, full]
+
+
+class Workspace:
+    """Folders and files that the placeholders stand for; later commands use what earlier ones wrote."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        write_samples(self.data, DATASETS, seed=0)
+        shutil.copytree(REPO / "configs", root / "configs")  # the training lines name configs/ relative to the repo
+        ingest_yaml = re.search(r"```yaml\n(workers:.*?)```", README.read_text(), re.S).group(1)
+        (root / "ingest.yaml").write_text(ingest_yaml)  # the README's own example config
+        (root / "build.yaml").write_text("ingest:\n" + "".join(f"  {line}\n" for line in ingest_yaml.splitlines()))
+        self.outs = 0
+        self.corpus: Path | None = None
+
+    def fresh(self, name: str) -> str:
+        self.outs += 1
+        return str(self.root / f"{name}{self.outs}")
+
+    def sft_checkpoint(self) -> str:
+        checkpoints = sorted((self.root / "runs" / "sft_tiny" / "checkpoints").glob("step-*"))
+        assert checkpoints, "train-sft wrote no checkpoint"
+        return str(checkpoints[-1])
+
+    def fill(self, words: list[str]) -> list[str]:
+        sub = words[1]
+        out: list[str] = []
+        i = 0
+        while i < len(words):
+            w, prev = words[i], words[i - 1] if i else ""
+            if w == "..." and prev != "ID":
+                i += 1
+                continue
+            if w == "OUT_DIR":
+                w = self.fresh("samples")
+            elif w == "DIR" and prev == "--data-root":
+                w = str(self.data)
+            elif w == "DIR" and prev == "--out":
+                w = self.fresh(sub)
+                if sub == "build-corpus":
+                    self.corpus = Path(w)
+            elif w == "ID":
+                out.extend(DATASETS)
+                i += 2 if words[i + 1:i + 2] == ["..."] else 1
+                continue
+            elif w == "N":
+                w = "2"
+            elif w in ("ingest.yaml", "build.yaml"):
+                w = str(self.root / w)
+            elif w == "KEY=VALUE":
+                w = "normalise.max_side=256" if sub == "ingest" else "ingest.normalise.max_side=256"
+            elif w == "data.corpus=<build-corpus out>":
+                assert self.corpus is not None, "the README runs build-corpus before train-sft"
+                w = f"data.corpus={self.corpus}"
+            elif w.startswith("model.path=<sft"):
+                w = "model.path=" + self.sft_checkpoint() + "/model"
+            out.append(w)
+            i += 1
+        return [str(MEDLVR), *out[1:]]
+
+
+def rejoin(words: list[str]) -> list[str]:
+    """`<build-corpus out>` and `<sft checkpoint>/model` are one placeholder each, split by the blank above."""
+    joined: list[str] = []
+    for w in words:
+        if joined and joined[-1].count("<") > joined[-1].count(">"):
+            joined[-1] += " " + w
+        else:
+            joined.append(w)
+    return joined
+
+
+def run_piped(argv: list[str], cwd: Path, env: dict) -> tuple[int, str, str]:
+    p = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def run_in_pty(argv: list[str], cwd: Path, env: dict) -> tuple[int, str, str]:
+    """stdin, stdout and stderr on a 30x120 pseudo-terminal, as in an interactive shell."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 300)
+            if not ready:
+                proc.kill()
+                raise TimeoutError(f"{argv} printed nothing for 300 s")
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO: the child side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace"), ""
+
+
+def test_every_printed_command_is_known():
+    subcommands = {c.split()[1] for c in printed_commands()}
+    assert subcommands == set(EXPECT) | {"evaluate"}, subcommands
+    assert len(printed_commands()) >= 7
+
+
+@pytest.mark.parametrize("mode", ["pipe", "pty"])
+def test_readme_commands_as_printed(tmp_path, mode):
+    assert MEDLVR.is_file(), f"no console script at {MEDLVR}: install the package (make install)"
+    ws = Workspace(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TERM": "xterm"}
+    env.pop("MEDLVR_PATIENT_SALT", None)
+    run = run_piped if mode == "pipe" else run_in_pty
+    ran = 0
+    for printed in printed_commands():
+        sub = printed.split()[1]
+        if sub in NOT_RUN:
+            continue
+        for form in forms(printed):
+            argv = ws.fill(rejoin(form.split()))
+            rc, out, err = run(argv, tmp_path, env)
+            shown = f"$ {' '.join(argv)}\n{out}\n{err}"
+            assert rc == 0, shown
+            assert "Traceback" not in out + err, shown
+            for expected in EXPECT[sub]:
+                assert expected in out, (expected, shown)
+            if mode == "pipe":
+                assert len(err.splitlines()) <= (1 if sub in ("ingest", "build-corpus") else 0) or \
+                    sub.startswith("train"), shown  # a partial data root: one line; training logs to stderr
+                if sub == "catalog":
+                    assert len(json.loads(out)) == 31 if "--json" in argv else "31 datasets, 8 modalities" in out
+                if sub in ("ingest", "build-corpus") and "--datasets" not in argv:
+                    assert err.startswith(f"skipped 29 datasets not under {ws.data}:"), shown
+            ran += 1
+    assert ran == 10  # catalog, sample-data, ingest, build-corpus: 2 forms each; train-sft, train-vlpo
