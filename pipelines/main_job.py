@@ -60,6 +60,7 @@ def code_location_job_origin(job_name: str):
 
 class MainJob:
     def __init__(self, dagster_home: Path, log: Callable[[str], None] = print, force: bool = False):
+        Path(dagster_home).mkdir(parents=True, exist_ok=True)  # a fresh home: Dagster needs the folder to exist
         os.environ["DAGSTER_HOME"] = str(Path(dagster_home).resolve())
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import warnings

@@ -128,3 +128,48 @@ def test_dagster_assets(tmp_path, monkeypatch):
     assert dg.materialize([evaluation_predictions], partition_key="pmc_vqa", resources=res).success  # not configured
     assert dg.materialize([evaluation_report], resources=res).success
     assert "Latent ablation" in (tmp_path / "dg" / "report.md").read_text()
+
+
+def test_evaluate_merge_as_printed(tmp_path):
+    """`medlvr evaluate-merge --config FILE --world-size N [--out DIR]` (the README's line) through the installed
+    console script, after two ranks' inference wrote their rank files: every job's predictions are merged to one
+    record per sample, equal to a one-process run's, and the rank files are gone."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from medlvr.evaluation.config import load_eval_config
+    from medlvr.evaluation.inference import rank_path, read_records
+    from medlvr.evaluation.predictions import pred_path
+    from medlvr.evaluation.runs import efficiency_manifest, load_all, plan_jobs, run_jobs
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "configs", tmp_path / "configs")
+    sets = ["limit=3", "fig3=null", "fig5=null", "ablation=null"]
+
+    def plan(out: str):
+        cfg = load_eval_config(tmp_path / "configs" / "eval_sample.yaml", [*sets, f"out_dir={tmp_path / out}",
+                                                                          f"data_root={tmp_path / 'bench'}"])
+        samples = load_all(cfg)
+        return cfg, samples, plan_jobs(cfg, efficiency_manifest(cfg, samples))
+
+    cfg, samples, jobs = plan("sharded")
+    for rank in (0, 1):  # what each torchrun rank does before the merge
+        run_jobs(cfg, jobs, samples, rank=rank, world_size=2)
+    assert all(rank_path(pred_path(cfg.out_dir, j), r, 2).is_file() for j in jobs for r in (0, 1))
+    argv = [str(Path(sys.executable).parent / "medlvr"), "evaluate-merge", "--config", "configs/eval_sample.yaml",
+            "--world-size", "2", "--out", str(cfg.out_dir)]
+    for s in [*sets, f"data_root={tmp_path / 'bench'}"]:
+        argv += ["--set", s]
+    p = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and f"merged {len(jobs)} prediction files from 2 ranks" in p.stdout, p.stdout + p.stderr
+    one_cfg, _, one_jobs = plan("single")
+    run_jobs(one_cfg, one_jobs, samples)
+    keep = ("sample_id", "output", "n_tokens", "n_latent", "finish_reason", "prompt_hash")
+    for j in jobs:
+        merged = read_records(pred_path(cfg.out_dir, j))
+        single = read_records(pred_path(one_cfg.out_dir, j))
+        assert [r["sample_id"] for r in merged] == sorted({r["sample_id"] for r in merged})  # one each, sorted
+        assert [{k: r.get(k) for k in keep} for r in merged] == [{k: r.get(k) for k in keep} for r in single]
+        assert not any(rank_path(pred_path(cfg.out_dir, j), r, 2).exists() for r in (0, 1))
