@@ -5,6 +5,11 @@ locked). One sqlite3 file (`responses.sqlite` in `cache_dir`) in WAL mode: atomi
 processes (parallel corpus workers) while one writes, and no half-written entry after a crash.
 
 * Failures (None) are never stored, so a rebuild retries them.
+* Only accepted replies are stored: `generate(reqs, accept=...)` takes the caller's verdict (the QA text stage
+  passes its verifier), so a reply the verifier rejects is asked for again on the next build instead of being
+  served forever once the server is fixed. The verdict is also applied to stored replies: an entry the current
+  verifier rejects (stored by an older, laxer version) is a miss and is replaced. `accept=None` stores every
+  reply (callers that verify nothing).
 * Thread safe: one connection guarded by a lock; and concurrent `generate` calls that miss on the SAME key
   make one backend call between them (the others wait for its result), so a key is paid for once.
 """
@@ -15,6 +20,7 @@ import hashlib
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Callable
 
 from medlvr.corpus.qa.requests import Backend, GenRequest, stable_hash
 
@@ -80,7 +86,10 @@ class CachedBackend:
 
     # -----------------------------------------------------------------------------------------------------------
 
-    def generate(self, reqs: list[GenRequest]) -> list[str | None]:
+    def generate(self, reqs: list[GenRequest],
+                 accept: Callable[[int, str], bool] | None = None) -> list[str | None]:
+        """One text (or None) per request. `accept(i, text)` is the verdict on a reply to `reqs[i]`: rejected
+        replies are returned (the caller counts them) but never stored, and a rejected stored reply is asked again."""
         keys = [self.key(r) for r in reqs]
         out: list[str | None] = [None] * len(reqs)
         mine: dict[str, list[int]] = {}  # keys this call must generate -> positions in reqs
@@ -96,6 +105,8 @@ class CachedBackend:
                     waits[k][1].append(i)
                     continue
                 row = self._db.execute("SELECT text FROM responses WHERE key = ?", (k,)).fetchone()
+                if row is not None and accept is not None and not accept(i, row[0]):
+                    row = None  # stored before this verifier: ask again (the new reply replaces it if accepted)
                 if row is not None:
                     self.hits += 1
                     out[i] = row[0]
@@ -113,9 +124,10 @@ class CachedBackend:
                 raise RuntimeError(f"backend returned {len(texts)} results for {len(todo)} requests")
         except BaseException:
             # release waiters (they see None, i.e. a failure) before propagating
-            self._finish({k: None for k in todo})
+            self._finish({k: None for k in todo}, set())
             raise
-        self._finish(dict(zip(todo, texts)), reqs=reqs, positions=mine)
+        keep = {k for k, t in zip(todo, texts) if t is not None and (accept is None or accept(mine[k][0], t))}
+        self._finish(dict(zip(todo, texts)), keep, reqs=reqs, positions=mine)
         for k, t in zip(todo, texts):
             for i in mine[k]:
                 out[i] = t
@@ -125,14 +137,15 @@ class CachedBackend:
                 out[i] = flight.value
         return out
 
-    def _finish(self, results: dict[str, str | None], reqs=None, positions=None) -> None:
+    def _finish(self, results: dict[str, str | None], keep: set[str], reqs=None, positions=None) -> None:
+        """Stores the results whose key is in `keep` and hands every result to the threads waiting on its key."""
         with self._lock:
             try:
                 rows = []
                 for k, text in results.items():
                     if text is None:
                         self.failures += 1  # never stored: the next build asks again
-                    elif reqs is not None:
+                    elif k in keep and reqs is not None:
                         req = reqs[positions[k][0]]
                         rows.append((k, self.model_id, req.task, text))
                 if rows:

@@ -9,10 +9,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from medlvr.corpus.qa.cache import CachedBackend
 from medlvr.corpus.qa.generation import make_backend
 from medlvr.corpus.qa.questions import REGION_DESCRIPTION, ImageFacts, QAPair, position_word
 from medlvr.corpus.qa.requests import GenRequest
-from medlvr.corpus.qa.verify import EntityMatcher, verify
+from medlvr.corpus.qa.verify import EntityMatcher, Verdict, verify
 from medlvr.corpus.qwen.format import QWEN25_MAX_PIXELS, QWEN25_MIN_PIXELS, model_box
 
 
@@ -91,17 +92,23 @@ class TextStage:
                     targets.append(("paraphrase", facts, pairs, p))
         if not reqs:
             return
-        for req, text, (kind, facts, pairs, obj) in zip(reqs, self.backend.generate(reqs), targets):
+        verdicts: dict[tuple[int, str], Verdict] = {}  # (position, text) -> Verdict: each reply is verified once
+
+        def check(i: int, text: str) -> Verdict:
+            if (i, text) not in verdicts:
+                verdicts[(i, text)] = self._verify(reqs[i], text, targets[i])
+            return verdicts[(i, text)]
+
+        if isinstance(self.backend, CachedBackend):  # the cache stores only replies the verifier accepts
+            texts = self.backend.generate(reqs, accept=lambda i, text: check(i, text).ok)
+        else:
+            texts = self.backend.generate(reqs)
+        for i, (text, (kind, facts, pairs, obj)) in enumerate(zip(texts, targets)):
             self.stats[f"{kind}_requested"] += 1
             if text is None:
                 self.stats[f"{kind}_failed"] += 1
                 continue
-            concepts = [obj.concept] if kind == "caption" else list(obj.concept_ids)
-            allowed = self.allowed(concepts, facts.modality)
-            boxes = []
-            if req.box is not None:
-                boxes = [req.box, model_box(req.box, (facts.height, facts.width), *self._pixels())]
-            verdict = verify(text, allowed, self.matcher, req.locked, boxes=boxes)
+            verdict = check(i, text)
             if not verdict.ok:
                 self.stats[f"{kind}_rejected"] += 1
                 self.stats[f"{kind}_rejected_{verdict.reason}"] += 1
@@ -112,6 +119,15 @@ class TextStage:
                                     boxes=[list(obj.box)], concept_ids=[obj.concept], caption=text))
             else:
                 obj.paraphrased = text
+
+    def _verify(self, req: GenRequest, text: str, target: tuple[str, ImageFacts, list[QAPair], Any]) -> Verdict:
+        kind, facts, _, obj = target
+        concepts = [obj.concept] if kind == "caption" else list(obj.concept_ids)
+        allowed = self.allowed(concepts, facts.modality)
+        boxes = []
+        if req.box is not None:
+            boxes = [req.box, model_box(req.box, (facts.height, facts.width), *self._pixels())]
+        return verify(text, allowed, self.matcher, req.locked, boxes=boxes)
 
     def _pixels(self) -> tuple[int, int]:
         return (self.gen_cfg.min_pixels or QWEN25_MIN_PIXELS, self.gen_cfg.max_pixels or QWEN25_MAX_PIXELS)

@@ -397,6 +397,78 @@ def test_cache_is_thread_safe_and_pays_each_key_once(tmp_path):
     cache.close()
 
 
+class ScriptedBackend:
+    """Replies from a script, one per call per request (the last reply repeats): a server that gets fixed."""
+
+    def __init__(self, replies: list[str]):
+        self.model_id = "scripted-v1"
+        self.replies = replies
+        self.calls = 0
+
+    def generate(self, reqs):
+        text = self.replies[min(self.calls, len(self.replies) - 1)]
+        self.calls += 1
+        return [text for _ in reqs]
+
+
+def test_cache_stores_only_accepted_replies(tmp_path):
+    req = para_req("Where is the liver?")
+    accept = lambda i, text: verify(text, set(), {}, req.locked).ok  # noqa: E731 - the caller's verdict
+    be = ScriptedBackend(["Where is the spleen?", "Where can the liver be seen?"])
+    with CachedBackend(be, tmp_path) as c:  # build 1: the server's reply drops the locked "liver"
+        assert c.generate([req], accept=accept) == ["Where is the spleen?"]
+        assert len(c) == 0
+    with CachedBackend(be, tmp_path) as c:  # build 2: asked again, the good reply is cached
+        assert c.generate([req], accept=accept) == ["Where can the liver be seen?"]
+        assert be.calls == 2 and len(c) == 1
+    with CachedBackend(be, tmp_path) as c:  # build 3: served from the cache
+        assert c.generate([req], accept=accept) == ["Where can the liver be seen?"]
+        assert be.calls == 2 and c.stats()["hits"] == 1
+
+
+def test_cache_asks_again_for_a_stored_reply_the_verifier_now_rejects(tmp_path):
+    req = para_req("Where is the liver?")
+    be = ScriptedBackend(["Where is the spleen?", "Where can the liver be seen?"])
+    with CachedBackend(be, tmp_path) as c:  # an older cache that stored without a verdict
+        c.generate([req])
+        assert len(c) == 1
+    with CachedBackend(be, tmp_path) as c:
+        assert c.generate([req], accept=lambda i, text: "liver" in text) == ["Where can the liver be seen?"]
+        assert be.calls == 2
+    with CachedBackend(be, tmp_path) as c:
+        assert c.generate([req], accept=lambda i, text: "liver" in text) == ["Where can the liver be seen?"]
+        assert be.calls == 2
+
+
+def test_text_stage_caches_only_verified_captions(server, tmp_path):
+    from medlvr.corpus.build import BuildConfig
+    from medlvr.corpus.kg.graph import load_graph
+    from medlvr.corpus.qa.questions import ImageFacts, RoiFact
+    from medlvr.corpus.qa.text import TextStage
+
+    replies = ["A pneumothorax in this region.", "The pleural effusion fills the lower right region."]
+    srv, url = server(lambda s, n, body: (200, _ok(replies[min(n, 2) - 1])))
+    cfg = BuildConfig(generator=_cfg(url, max_retries=0), caption_rate=1.0, paraphrase_rate=0.0)
+    kg = load_graph()
+    facts = ImageFacts("img0", "sample", "chest X-ray", 64, 64,
+                       (RoiFact("pleural effusion", "kg:pleural_effusion", (10.0, 12.0, 40.0, 50.0), 0),))
+    row = {"png": png(64, 64)}
+
+    def build():
+        stage = TextStage(cfg, kg, tmp_path)
+        pairs: list = []
+        stage.run([(row, facts, pairs)])
+        stage.backend.close()
+        return stage.stats, pairs
+
+    stats, pairs = build()  # the server invents an entity and drops the locked label: rejected, not cached
+    assert stats["caption_rejected"] == 1 and pairs == [] and srv.calls == 1
+    stats, pairs = build()  # the fixed server is asked again
+    assert stats["caption_accepted"] == 1 and pairs[0].caption == replies[1] and srv.calls == 2
+    stats, pairs = build()  # the verified reply is served from the cache
+    assert stats["caption_accepted"] == 1 and pairs[0].caption == replies[1] and srv.calls == 2
+
+
 def test_cache_over_openai_makes_no_http_calls_on_rebuild(server, tmp_path):
     srv, url = server(lambda s, n, body: (200, _ok(f"reply {n}")))
     cfg = _cfg(url, cache_dir=str(tmp_path))
