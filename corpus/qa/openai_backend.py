@@ -3,7 +3,9 @@
 * Image as a base64 PNG data URL in an `image_url` content part, then the prompt text.
 * At most `concurrency` requests in flight across ALL callers of this backend (a semaphore, not only the
   thread pool of one `generate` call, so several corpus workers sharing a backend cannot overrun the server).
-* `timeout_s` per attempt (urllib socket timeout: connect and each read).
+* `timeout_s` is an overall deadline per attempt (connect, send, headers and the whole body): a watchdog shuts the
+  socket down when it passes, so a server trickling one byte at a time cannot hold an attempt open (a socket
+  timeout alone bounds each read, not the reply).
 * Retries with exponential backoff on 5xx, 408, 429, timeouts, connection errors and malformed 200 replies;
   other 4xx are our fault (bad model name, too long prompt) and are not retried. None when exhausted.
 * The box is rendered as Qwen2.5-VL absolute pixels of the server-side resize (`min_pixels`/`max_pixels`,
@@ -20,8 +22,7 @@ import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 from medlvr.corpus.qa.requests import GeneratorConfig, GenRequest, render_prompt
@@ -86,28 +87,51 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        """One POST within `timeout_s` overall; returns (status, body). Raises TimeoutError past the deadline."""
+        url = urllib.parse.urlsplit(self.url)
+        conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        conn = conn_cls(url.hostname, url.port, timeout=self.cfg.timeout_s)
+        expired = threading.Event()
+
+        def expire() -> None:  # runs on the watchdog thread: unblocks whatever read or write is in progress
+            expired.set()
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+        watchdog = threading.Timer(self.cfg.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            path = url.path + (f"?{url.query}" if url.query else "")
+            conn.request("POST", path, body=body, headers=self._headers())
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set():
+                raise TimeoutError(f"deadline: no complete reply within timeout_s={self.cfg.timeout_s:g}s") from e
+            raise
+        finally:
+            watchdog.cancel()
+            conn.close()
+
     def _attempt(self, body: bytes) -> str:
         """One HTTP round trip; raises _Retryable or _Fatal, returns the message text."""
-        req = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         try:
             with self._slots:  # held only while the request is in flight, never during a backoff sleep
                 self._count("attempts")
-                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                    raw = resp.read()
-        except urllib.error.HTTPError as e:
-            try:
-                detail = e.read()[:300].decode("utf-8", "replace")
-            except OSError:  # the error body itself may time out; the status code is what matters
-                detail = ""
-            finally:
-                e.close()
-            if e.code >= 500 or e.code in _RETRYABLE_4XX:
-                raise _Retryable(f"HTTP {e.code}: {detail}") from e
-            raise _Fatal(f"HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException,
-                OSError) as e:
-            # URLError wraps refused connections and connect timeouts; a read timeout surfaces as TimeoutError
+                status, raw = self._post(body)
+        except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
+            # refused connections, connect/read timeouts, the overall deadline, a server that hung up
             raise _Retryable(f"{type(e).__name__}: {e}") from e
+        if not 200 <= status < 300:
+            detail = raw[:300].decode("utf-8", "replace")
+            if status >= 500 or status in _RETRYABLE_4XX:
+                raise _Retryable(f"HTTP {status}: {detail}")
+            raise _Fatal(f"HTTP {status}: {detail}")
         try:
             payload = json.loads(raw)
             content = payload["choices"][0]["message"]["content"]

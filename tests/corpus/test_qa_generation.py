@@ -301,6 +301,68 @@ def test_openai_hanging_server_times_out(server):
     assert be.stats["attempts"] == 2
 
 
+class _TrickleHandler(BaseHTTPRequestHandler):
+    """Answers 200 and then one byte every 0.3 s (headers too when `trickle_headers`); bounded: 40 bytes at most."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        srv = self.server
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with srv.lock:
+            srv.calls += 1
+        data = json.dumps(_ok("a reply that never completes in time")).encode()
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                ).encode()
+        stream = head + data
+        if not srv.trickle_headers:
+            self.wfile.write(head)
+            self.wfile.flush()
+            stream = data
+        try:
+            for i in range(40):  # 12 s at most, far past the client's 1 s deadline
+                if srv.release.wait(0.3):
+                    return
+                self.wfile.write(stream[i:i + 1])
+                self.wfile.flush()
+        except OSError:  # the client hung up: what the test wants to see
+            with srv.lock:
+                srv.disconnects += 1
+            return
+        with srv.lock:
+            srv.completed += 1
+
+
+@pytest.mark.parametrize("trickle_headers", [False, True], ids=["body", "headers"])
+def test_openai_trickling_server_hits_the_overall_deadline(trickle_headers, caplog):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler)
+    srv.daemon_threads = True
+    srv.handle_error = lambda *a: None
+    srv.lock, srv.calls, srv.disconnects, srv.completed = threading.Lock(), 0, 0, 0
+    srv.release, srv.trickle_headers = threading.Event(), trickle_headers
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        be = OpenAIBackend(_cfg(f"http://127.0.0.1:{srv.server_address[1]}/v1", timeout_s=1.0, max_retries=1,
+                                backoff_s=0.01))
+        with caplog.at_level("WARNING", logger="medlvr.corpus.qa.openai_backend"):
+            assert be.generate([para_req("Where is the liver?")]) == [None]
+        assert be.stats["attempts"] == 2 and be.stats["retries"] == 1 and be.stats["failures"] == 1
+        [record] = caplog.records
+        assert "failed after 2 attempts" in record.message and "deadline" in record.message
+        assert "\n" not in record.message
+        for _ in range(100):  # the handlers notice the hang-up at their next write (0.3 s later)
+            with srv.lock:
+                if srv.disconnects == 2:
+                    break
+            time.sleep(0.05)
+        assert srv.calls == 2 and srv.disconnects == 2 and srv.completed == 0
+    finally:
+        srv.release.set()
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_openai_connection_refused_is_retried_and_bounded():
     import socket
 
