@@ -4,8 +4,13 @@ A generated caption/paraphrase is accepted only if
 1. it is not empty,
 2. every locked string (label, answer slot) appears verbatim up to letter case (a model may capitalise a label
    that starts a sentence; it may not reword it),
-3. every box-like coordinate group in it equals one of the allowed boxes (within `box_tol`); with no allowed
-   box, any coordinate group is an invented box and is rejected,
+3. every box-like coordinate group in it equals one of the allowed boxes (within `box_tol`, written x1 y1 x2 y2
+   or x1 x2 y1 y2); with no allowed box, any coordinate group is an invented box and is rejected. "Box-like"
+   means however written (`find_boxes`): four numbers in one bracket pair, two bracketed pairs, or four numbers
+   chained by nothing but spaces, punctuation and coordinate words ("box: 12 30 40 50", "x1=12 y1=30 ...",
+   "x from 12 to 40 and y from 30 to 50", "12-40 x 30-50", "top-left (12, 30), bottom-right (40, 50)"). A chain
+   followed by a unit or a counted noun ("4 x 5 x 6 x 7 mm", "3, 4, 5 and 6 ribs") is a size or a count,
+   not coordinates,
 4. every medical entity it mentions maps to a concept in `allowed` (the record's label, its ancestors and its
    graph neighbours, chosen by the caller).
 
@@ -31,6 +36,20 @@ _BOX_PAIRS = re.compile(
     rf"\(\s*({_NUM}){_SEP}({_NUM})\s*\)\s*(?:,|to|-|and)?\s*\(\s*({_NUM}){_SEP}({_NUM})\s*\)", re.IGNORECASE
 )
 _BOX_TAG = re.compile(r"</?(?:box|ref|quad)>", re.IGNORECASE)
+
+# Free-form coordinates: unsigned numbers that are not part of a word ("T2", "3D", "C3" are names, not numbers;
+# "12px" and "12x30" are numbers), chained when the text between two of them is only punctuation, spaces and
+# coordinate words. Four chained numbers are a box.
+_FREE_NUM = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\.?\d)(?=px\b|x|[^\w]|$)", re.IGNORECASE)
+_COORD_WORDS = (r"to|and|by|from|between|x|y|x1|y1|x2|y2|xmin|ymin|xmax|ymax|top|left|bottom|right|upper|lower"
+                r"|corner|px|pixels?|coordinates?|point|through|till|until|at")
+_JOINER = re.compile(rf"(?:[\s,;:()\[\]{{}}<>=\-\u2013\u2014/\u00d7*]|\b(?:{_COORD_WORDS})\b)*", re.IGNORECASE)
+# A chain followed by one of these words is a measurement or a count ("4 x 5 x 6 x 7 mm", "3, 4, 5 and 6 ribs").
+_NOT_COORD_AFTER = re.compile(
+    r"\s*(?:mm|cm|m|um|\u00b5m|nm|ml|cc|l|kg|g|mg|hu|%|ms|s|sec|seconds?|min|minutes?|hours?|days?|weeks?|months?"
+    r"|years?|yrs?|ribs?|vertebrae|levels?|lesions?|nodules?|slices?|images?|segments?|times|cases|patients)\b",
+    re.IGNORECASE)
+_MAX_JOINER = 40  # characters between two numbers of one chain
 
 
 @dataclass(frozen=True)
@@ -108,7 +127,7 @@ def _matcher(entity_terms: Mapping[str, str] | EntityMatcher) -> EntityMatcher:
 
 
 def find_boxes(text: str) -> list[tuple[float, float, float, float]]:
-    """Every box-like coordinate group in `text`, as floats in the order written."""
+    """Every box-like coordinate group in `text`, as floats in the order written (module docstring, rule 3)."""
     t = _BOX_TAG.sub(lambda m: "(" if not m.group(0).startswith("</") else ")", text)
     spans: list[tuple[int, int]] = []
     boxes: list[tuple[int, tuple[float, ...]]] = []
@@ -118,11 +137,33 @@ def find_boxes(text: str) -> list[tuple[float, float, float, float]]:
                 continue  # already counted by the other pattern
             spans.append((m.start(), m.end()))
             boxes.append((m.start(), tuple(float(g) for g in m.groups())))
+    for chain in _free_chains(t, spans):
+        for j in range(0, len(chain) - 3, 4):  # fewer than four left over: a point or a count, not a box
+            boxes.append((chain[j].start(), tuple(float(m.group(0)) for m in chain[j:j + 4])))
     return [b for _, b in sorted(boxes)]  # type: ignore[misc]
 
 
+def _free_chains(t: str, taken: list[tuple[int, int]]) -> list[list[re.Match]]:
+    """Runs of numbers outside `taken` joined only by punctuation and coordinate words, minus sizes and counts."""
+    nums = [m for m in _FREE_NUM.finditer(t) if not any(s <= m.start() < e for s, e in taken)]
+    chains: list[list[re.Match]] = []
+    for m in nums:
+        if chains:
+            prev = chains[-1][-1]
+            gap = t[prev.end():m.start()]
+            if len(gap) <= _MAX_JOINER and _JOINER.fullmatch(gap) and not any(
+                    prev.end() <= s < m.start() for s, _ in taken):
+                chains[-1].append(m)
+                continue
+        chains.append([m])
+    return [c for c in chains if len(c) >= 4 and not _NOT_COORD_AFTER.match(t, c[-1].end())]
+
+
 def _same_box(a: Sequence[float], b: Sequence[float], tol: float) -> bool:
-    return all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))
+    """`a` (as written) is box `b` (xyxy) written x1 y1 x2 y2 or x1 x2 y1 y2 ("x from 12 to 40, y from 30 to 50")."""
+    x1, y1, x2, y2 = (float(v) for v in b)
+    return any(all(abs(float(x) - y) <= tol for x, y in zip(a, order))
+               for order in ((x1, y1, x2, y2), (x1, x2, y1, y2)))
 
 
 def verify(

@@ -600,6 +600,41 @@ def test_find_boxes_formats():
         (1.0, 2.0, 3.0, 4.0), (5.0, 6.0, 7.0, 8.0), (9.0, 10.0, 11.0, 12.0)]
 
 
+# One invented box in every notation a model writes coordinates in; "{b}" is filled with the notation's numbers.
+BOX_NOTATIONS = [
+    "[{0}, {1}, {2}, {3}]", "({0},{1},{2},{3})", "box: {0} {1} {2} {3}", "x1={0} y1={1} x2={2} y2={3}",
+    "x from {0} to {2} and y from {1} to {3}", "{0},{1} to {2},{3}", "top-left ({0}, {1}), bottom-right ({2}, {3})",
+    "{0}-{2} x {1}-{3}", "at {0} {1} {2} {3} px", "<box>{0},{1},{2},{3}</box>", "xmin {0}, ymin {1}, xmax {2}, ymax {3}",
+    "from ({0}, {1}) to ({2}, {3})", "{0}px, {1}px, {2}px, {3}px",
+]
+RECORD_BOX = (49, 28, 98, 56)
+
+
+@pytest.mark.parametrize("notation", BOX_NOTATIONS)
+def test_verify_rejects_an_invented_box_in_any_notation(notation):
+    text = "The pleural effusion lies in " + notation.format(12, 30, 40, 50) + "."
+    v = verify(text, ALLOWED, TERMS, ("pleural effusion",), boxes=[RECORD_BOX])
+    assert v.reason == "box_mismatch", (notation, v)
+    assert not verify(text, ALLOWED, TERMS, ("pleural effusion",)).ok  # no box allowed at all
+
+
+@pytest.mark.parametrize("notation", BOX_NOTATIONS)
+def test_verify_accepts_the_records_own_box_in_any_notation(notation):
+    text = "The pleural effusion lies in " + notation.format(*RECORD_BOX) + "."
+    assert verify(text, ALLOWED, TERMS, ("pleural effusion",), boxes=[RECORD_BOX]).ok, notation
+
+
+@pytest.mark.parametrize("text", [
+    "A pleural effusion about 12 mm across.",
+    "A pleural effusion of 42 x 30 mm in the lower right lung, seen on 2 of 3 views.",
+    "A pleural effusion measuring 4 x 5 x 6 x 7 mm.",
+    "Pleural effusion between ribs 3, 4, 5 and 6 ribs deep; T2 and 3D imaging at 1.5 T.",
+    "The pleural effusion in [49, 28, 98, 56] is about 42 mm across and spans 3 ribs.",
+])
+def test_verify_accepts_sizes_and_counts(text):
+    assert verify(text, ALLOWED, TERMS, ("pleural effusion",), boxes=[RECORD_BOX]).ok, text
+
+
 def test_template_output_passes_the_verifier():
     terms = {"pleural effusion": "C_PLEFF", "pleural cavity": "C_PCAV", "atelectasis": "C_ATEL", "chest x-ray": "C_CXR"}
     allowed = {"C_PLEFF", "C_PCAV", "C_ATEL", "C_CXR"}
