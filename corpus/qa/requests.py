@@ -68,7 +68,7 @@ class GeneratorConfig:
     model: str | None = None  # openai: served model name; transformers: optional model_id override
     api_key_env: str | None = "OPENAI_API_KEY"  # name of the env var holding the key (keys never in configs)
     concurrency: int = 8  # openai: simultaneous HTTP requests
-    timeout_s: float = 120.0  # openai: per-request socket timeout
+    timeout_s: float = 120.0  # openai: overall deadline per attempt (connect + the whole reply)
     max_retries: int = 3  # retries after the first attempt (so at most 1 + max_retries attempts)
     backoff_s: float = 1.0  # first retry waits this long, then doubles
     backoff_max_s: float = 30.0
