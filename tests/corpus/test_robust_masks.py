@@ -107,3 +107,15 @@ def test_vindr_finding_without_box_is_an_roi_reject_not_a_negative(tmp_path):
     rows = pq.read_table(tmp_path / "out" / "vindr_cxr" / "images.parquet", columns=["record_key", "attributes"])
     negative = {r["record_key"]: '"negative": true' in r["attributes"] for r in rows.to_pylist()}
     assert negative == {"a1": False, "b2": True}
+
+
+def test_labelmap_rois_rejects_a_value_no_rule_names():
+    from medlvr.corpus.masks import LabelRule, labelmap_rois
+
+    lab = np.zeros((30, 30), np.uint8)
+    lab[2:20, 2:20] = 1
+    rules = [LabelRule("kidney", (1, 2))]
+    assert [r.box for r in labelmap_rois(lab, rules)] == [(2.0, 2.0, 20.0, 20.0)]
+    lab[25:29, 25:29] = 7
+    with pytest.raises(RecordError, match="16 pixels of 1 values no label rule names"):
+        labelmap_rois(lab, rules)
