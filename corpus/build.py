@@ -417,5 +417,5 @@ def build_corpus(data_root: Path, out: Path, cfg: BuildConfig = BuildConfig(), d
                 ctx.skipped.append(ds)
                 failed.append(dataset_failure(ds, e, ctx.raw_root(ds) if ctx.raw_root else Path(".")))
         if not ctx.datasets:
-            raise FileNotFoundError(f"no dataset found under {data_root}: {missing}")
+            raise FileNotFoundError(f"no dataset left under {data_root}: {missing + failed}")
     return {**report, "missing": missing, "failed": failed, "seconds": round(time.perf_counter() - t0, 1)}
