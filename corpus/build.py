@@ -35,7 +35,7 @@ from medlvr.corpus.card import write_card
 from medlvr.corpus.catalog import load_catalog, select
 from medlvr.corpus.decontam import DecontamReport, find_contaminated, scan_benchmark_images
 from medlvr.corpus.dedup import duplicate_groups, group_sizes, iter_image_hashes
-from medlvr.corpus.ingest import DatasetMissing, IngestConfig, dataset_root, ingest_dataset
+from medlvr.corpus.ingest import DatasetMissing, IngestConfig, dataset_failure, dataset_root, ingest_dataset
 from medlvr.corpus.kg.graph import load_graph
 from medlvr.corpus.qa.questions import ImageFacts, QAConfig, RoiFact, build_pairs
 from medlvr.corpus.qa.requests import GeneratorConfig
@@ -398,6 +398,7 @@ def build_corpus(data_root: Path, out: Path, cfg: BuildConfig = BuildConfig(), d
     ctx = BuildContext(Path(out), cfg, [s.id for s in select(datasets)],
                        raw_root=lambda ds: dataset_root(Path(data_root), load_catalog()[ds]), progress=progress)
     missing: list[str] = []
+    failed: list[str] = []
     report: dict[str, Any] = {}
     for i, step in enumerate(STEPS.values(), 1):
         log(f"[{i}/{len(STEPS)}] {step.name}")
@@ -411,6 +412,10 @@ def build_corpus(data_root: Path, out: Path, cfg: BuildConfig = BuildConfig(), d
                 ctx.datasets.remove(ds)
                 ctx.skipped.append(ds)
                 missing.append(str(e))
+            except Exception as e:  # datasets are isolated: one that raises is listed, the others go on
+                ctx.datasets.remove(ds)
+                ctx.skipped.append(ds)
+                failed.append(dataset_failure(ds, e, ctx.raw_root(ds) if ctx.raw_root else Path(".")))
         if not ctx.datasets:
-            raise FileNotFoundError(f"no dataset found under {data_root}: {missing}")
-    return {**report, "missing": missing, "seconds": round(time.perf_counter() - t0, 1)}
+            raise FileNotFoundError(f"no dataset left under {data_root}: {missing + failed}")
+    return {**report, "missing": missing, "failed": failed, "seconds": round(time.perf_counter() - t0, 1)}

@@ -11,6 +11,8 @@ Which datasets a run takes (`datasets_to_run`): those named with `--datasets`, e
 absent one is an error line, and nothing runs); without `--datasets`, the ones the data root holds, the absent
 ones listed on one "skipped N datasets ..." line (a missing data root, or one with no dataset folder, is one error
 line). A dataset that yields no image at all fails the run (exit 1) with one line: its counts and first reason.
+Datasets are isolated: one whose ingest raises is one error line (`ingest.dataset_failure`), the others complete,
+and the run exits 1.
 
 `--config`/`--set` load through `medlvr.corpus.config` (unknown keys are errors); `--workers` and `--qa-backend`
 are shortcuts for `--set ingest.workers=N` / `--set generator.backend=NAME` (applied after the other overrides).
@@ -112,11 +114,12 @@ def _cmd_ingest(args) -> int:
     ids = datasets_to_run(Path(args.data_root), args.datasets)
     if ids is None:
         return 1
-    summaries, missing = run_ingest(Path(args.data_root), Path(args.out), ids, cfg, progress=not args.quiet)
+    summaries, failures = run_ingest(Path(args.data_root), Path(args.out), ids, cfg, progress=not args.quiet)
     print_summary(summaries)
-    for m in missing:  # (a folder removed while the run was going)
+    for m in failures:  # a dataset whose run raised, or whose folder was removed while the run was going
         print(f"medlvr: error: {m}", file=sys.stderr)
-    return 1 if missing else report_empty_datasets(summaries)
+    empty = report_empty_datasets(summaries)
+    return 1 if failures else empty
 
 
 def _cmd_build_corpus(args) -> int:
@@ -128,11 +131,13 @@ def _cmd_build_corpus(args) -> int:
         return 1
     report = build_corpus(Path(args.data_root), Path(args.out), cfg, ids, progress=not args.quiet)
     print_build_report(report)
-    for m in report["missing"]:
+    for m in report["missing"] + report["failed"]:
         print(f"medlvr: error: {m}", file=sys.stderr)
+    failed = {line.split(":", 1)[0] for line in report["failed"]}  # their summaries may be of an earlier run
     summaries = [DatasetSummary(**json.loads((Path(args.out) / layout.ingest_summary(d)).read_text())) for d in ids
-                 if (Path(args.out) / layout.ingest_summary(d)).exists()]
-    return 1 if report["missing"] else report_empty_datasets(summaries)
+                 if d not in failed and (Path(args.out) / layout.ingest_summary(d)).exists()]
+    empty = report_empty_datasets(summaries)
+    return 1 if report["missing"] or report["failed"] else empty
 
 
 def print_build_report(report: dict, file=None) -> None:

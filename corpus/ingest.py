@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import secrets
 import time
+import traceback
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, se
 from medlvr.corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize, shrink_scalar, to_uint8
 from medlvr.corpus.png import encode_png
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, reason_kind, relative_reason
-from medlvr.corpus.tables import DatasetWriter
+from medlvr.corpus.tables import DatasetWriter, escape_undecodable
 from medlvr.corpus.volumes import SliceConfig
 
 # Attributes that code (not sidecars) produces and that carry no identifying information.
@@ -113,7 +114,8 @@ def resolve_salt(out_dir: Path, explicit: str | None) -> str:
 
 
 def patient_hash(salt: str, dataset: str, raw: str) -> str:
-    return hashlib.sha256(f"{salt}\0{dataset}\0{raw}".encode()).hexdigest()[:20]
+    # surrogateescape: a raw key taken from a non-UTF-8 file name hashes by its bytes (identical for any other)
+    return hashlib.sha256(f"{salt}\0{dataset}\0{raw}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 def image_hash(img: np.ndarray) -> str:
@@ -388,7 +390,9 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
 
     def add_reject(level: str, stage: str, reason: str, path: str, key: str) -> None:
         """The one way into the rejects table and the summary: paths relative to the root, counted by kind."""
-        reason, path = relative_reason(reason, root), relative_reason(path, root)
+        # (a non-UTF-8 file name is escaped here too, so that summary.json shows what the tables hold)
+        reason = escape_undecodable(relative_reason(reason, root))
+        path = escape_undecodable(relative_reason(path, root))
         writer.rejects.add({"dataset": spec.id, "source_path": path, "record_key": key, "level": level,
                             "stage": stage, "reason": reason})
         kind = reason_key(stage, reason)
@@ -487,13 +491,34 @@ def empty_dataset_reason(s: DatasetSummary) -> str | None:
     return f"{s.dataset}: no image came out of {s.records_in} records ({s.records_rejected} rejected); {example}"
 
 
-def run_ingest(data_root: Path, out: Path, datasets, cfg, progress: bool = True):
-    summaries, missing = [], []
-    specs = select(datasets)
-    for spec in specs:
+def dataset_failure(dataset: str, err: BaseException, root: Path) -> str:
+    """One line for a dataset whose run raised (an adapter bug, a disk error, memory): the exception type, where
+    in this package it was raised (a relative path and line) and its message reduced to its fixed wording
+    (`reason_kind`: quoted values, numbers and paths replaced), so that no identifying value reaches the log."""
+    site = ""
+    package = Path(__file__).resolve().parent.parent  # the folder that holds corpus/, training/, ...
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(package):
+            site = f" at {path.relative_to(package).as_posix()}:{frame.lineno}"
+            break
+    message = (str(err).splitlines() or [""])[0]
+    message = reason_kind(relative_reason(message, root)) if message else ""
+    return f"{dataset}: failed: {type(err).__name__}{site}{': ' + message if message else ''}"[:300]
+
+
+def run_ingest(data_root: Path, out: Path, datasets, cfg, progress: bool = True
+               ) -> tuple[list[DatasetSummary], list[str]]:
+    """Ingest each selected dataset; datasets are isolated. Returns the summaries of the datasets that were
+    published and one line per dataset that was not: its folder vanished (`DatasetMissing`) or its run raised
+    (`dataset_failure`; its previous output, if any, stays as it was). Only an interrupt stops the loop."""
+    summaries, failures = [], []
+    for spec in select(datasets):
         root = dataset_root(data_root, spec)
         try:
             summaries.append(ingest_dataset(spec, root, out, cfg, progress=progress))
         except DatasetMissing as e:
-            missing.append(str(e))
-    return summaries, missing
+            failures.append(str(e))
+        except Exception as e:  # MemoryError included: the next dataset starts with the memory freed
+            failures.append(dataset_failure(spec.id, e, root))
+    return summaries, failures

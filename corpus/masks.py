@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from medlvr.corpus.records import SourceROI
+from medlvr.corpus.records import RecordError, SourceROI
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 _TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)
@@ -89,7 +89,14 @@ def mask_rois(mask: np.ndarray, label: str, *, instances: bool = True, min_area:
 
 def labelmap_rois(labelmap: np.ndarray, rules: Iterable[LabelRule], min_area: int | None = None,
                   origin: str = "mask") -> list[SourceROI]:
-    """Apply the hierarchy rules to a 2-D label map; each rule sees the union of its values."""
+    """Apply the hierarchy rules to a 2-D label map; each rule sees the union of its values. A value that no
+    rule names (and is not the background 0) rejects the map: it would otherwise vanish without a trace (a
+    wrong release, a damaged file); the reason gives counts, not the values."""
+    rules = list(rules)
+    unnamed = ~np.isin(labelmap, [0, *(v for r in rules for v in r.values)])
+    if unnamed.any():
+        raise RecordError(f"label map has {int(unnamed.sum())} pixels of {np.unique(labelmap[unnamed]).size} "
+                          "values no label rule names")
     out: list[SourceROI] = []
     for rule in rules:
         m = np.isin(labelmap, rule.values)

@@ -99,6 +99,20 @@ def publish_dir(tmp: Path, final: Path) -> Path:
     return final
 
 
+def escape_undecodable(text: str) -> str:
+    """`text` with the bytes of a file name that is not valid UTF-8 written as `\\xNN`.
+
+    Python reads such a name (Linux allows any bytes but / and NUL) as lone surrogates (PEP 383
+    surrogateescape), which Parquet's UTF-8 strings cannot hold: writing one raised UnicodeEncodeError and lost
+    the whole dataset. The record is kept, not rejected: its pixels were read through the real name, and only
+    the provenance columns (source_path, record_key, reasons) carry the escaped spelling, e.g.
+    `images/case_\\xff.png`. The escape is one-way (a name that really contains a backslash followed by
+    `xff` reads the same), which is fine for provenance: no later step reopens a file by these columns."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _Table:
     """Buffers rows and writes a row group every `flush_rows` rows or `flush_bytes` of binary data (encoded
     images), whichever comes first, so memory stays flat whatever the dataset size."""
@@ -106,12 +120,16 @@ class _Table:
     def __init__(self, path: Path, schema: pa.Schema, flush_rows: int, flush_bytes: int = 16 << 20):
         self.path, self.schema, self.flush_rows, self.flush_bytes = path, schema, flush_rows, flush_bytes
         self.binary = [f.name for f in schema if pa.types.is_binary(f.type)]
+        self.strings = [f.name for f in schema if pa.types.is_string(f.type)]
         self.rows: list[dict[str, Any]] = []
         self.buffered = 0
         self.count = 0
         self.writer = pq.ParquetWriter(path, schema, **parquet_options(schema))
 
     def add(self, row: dict[str, Any]) -> None:
+        for c in self.strings:  # a non-UTF-8 file name in any text column: escaped, never a lost dataset
+            if isinstance(row.get(c), str):
+                row[c] = escape_undecodable(row[c])
         self.rows.append(row)
         self.count += 1
         self.buffered += sum(len(row[c]) for c in self.binary)

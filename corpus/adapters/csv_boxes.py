@@ -6,8 +6,11 @@ One record per image. Options (catalog `options`):
   columns:      replaces the header row (NIH's header is `Image Index,Finding Label,Bbox [x,y,w,h],,,`)
   image_col, label_col, box_cols [4 names], convention xyxy | xywh
   label:        fixed label when the table has no label column (RSNA: every box is a lung opacity)
-  negative_labels: labels whose rows mark a negative image ("No finding"); rows with all four box fields
-                empty are negative too (RSNA Target=0, VinDr class 14)
+  negative_labels: labels whose rows mark a negative image ("No finding", VinDr class 14). Only these are
+                negatives when the table has a label column: a row naming a finding with all four box fields
+                empty is an ROI reject ("finding without a box"), never a negative image. A table without a
+                label column (RSNA: every row is the fixed `label`) marks a negative by empty box fields
+                (RSNA Target=0).
   reader_col, min_readers (2), fusion mean | union, fusion_iou (0.4): multi-reader fusion (VinDr)
   image_path:   template or list of templates, `{id}` = image column value (YOLO: `{stem}`), first existing wins
   image_mode:   PIL conversion ("L" for NIH, whose few RGBA/2-channel PNGs must become grey)
@@ -228,7 +231,8 @@ def missing_columns_reason(file_name: str, missing: list[str], header) -> str:
 
 
 def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
-    """{image id: [[label, reader, source box or None], ...]} in file order; None = a negative row."""
+    """{image id: [[label, reader, source box or None], ...]} in file order; None = a negative row, [] = a
+    finding whose box fields are all empty (an ROI reject in `load`)."""
     o = spec.options
     image_col, label_col = o.get("image_col", "image"), o.get("label_col")
     box_cols = o.get("box_cols")
@@ -244,8 +248,10 @@ def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
         for r in rows:
             label = r.get(label_col, "") if label_col else o.get("label", "finding")
             raw = [r.get(c, "") for c in box_cols]
-            if label in negatives or all(v == "" for v in raw):
+            if label in negatives or (not label_col and all(v == "" for v in raw)):
                 box = None
+            elif all(v == "" for v in raw):
+                box = []  # a named finding with no box: not evidence that the image is negative
             else:
                 box = [to_float(v) for v in raw]  # as the file gives it: converted (and checked) in load
             groups.setdefault(r[image_col], []).append([label, r.get(reader_col) if reader_col else None, box])
@@ -328,6 +334,9 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     rows = ref.annotations["rows"]
     findings = [r for r in rows if r[2] is not None]
     attrs = {"negative": True} if not findings else {}
+    rejects += [(label, "finding without a box (its box columns are empty)") for label, _, vals in findings
+                if not vals]
+    findings = [r for r in findings if r[2]]
     if o.get("reader_col"):
         attrs["readers"] = len({r[1] for r in rows})
         by_label: dict[str, list] = {}

@@ -17,6 +17,18 @@ Decoders:
                classes [{label: optic disc, max: 150}, {label: optic cup, max: 100, parent: optic disc}].
   label_map    integer label map + label_rules (corpus.masks.LabelRule): AROI layers and fluids.
                A colour-coded map is turned into values first with colour_map: [[r, g, b, value], ...].
+
+Values a rule does not name reject the record, in every decoder (a stray 77 in a REFUGE mask used to pass the
+<=150 disc threshold and stretch the disc box to the image corner). The named values (`values`, the codes of
+the mask format) are:
+  value_coded  the entry's `values` (required): REFUGE [0, 128, 255].
+  label_map    the entry's `values`, else 0 and the values of its label rules; no value in between is a code.
+  binary, inverted, outline_fill, rgb_any
+               the entry's `values`, else the mask's darkest and brightest grey (a two-level mask: 0/255, 0/1);
+               `values: any` for a lossy format (TN3K's JPEG masks, whose noise takes every grey value).
+Between codes, a pixel that lies strictly between the darkest and brightest value of its 3x3 neighbourhood
+is an interpolated edge (a resized mask) and is accepted; any other value is counted, and the reject names the
+counts (pixels, distinct values), never the pixel data.
 """
 
 from __future__ import annotations
@@ -51,22 +63,57 @@ def grey(arr: np.ndarray) -> np.ndarray:
     return arr.max(axis=2)
 
 
+def unnamed_values(g: np.ndarray, codes, edges: bool = True) -> tuple[int, int]:
+    """(pixels, distinct values) of `g` that are not in `codes`; with `edges`, a pixel strictly between the
+    lowest and highest value of its 3x3 neighbourhood (an interpolated edge between two regions) counts as
+    named. (0, 0) when every value is named."""
+    odd = ~np.isin(g, np.asarray(list(codes), dtype=g.dtype if g.dtype.kind != "b" else np.int64))
+    if not odd.any():
+        return 0, 0
+    if edges:
+        lo = ndimage.grey_erosion(g, size=(3, 3), mode="nearest")
+        hi = ndimage.grey_dilation(g, size=(3, 3), mode="nearest")
+        odd &= ~((lo < g) & (g < hi))
+    return int(odd.sum()), int(np.unique(g[odd]).size)
+
+
+def check_named(entry: Mapping[str, Any], g: np.ndarray, default_codes=None, edges: bool = True) -> None:
+    """Reject (RecordError) a mask with values its entry does not name; see the module docstring."""
+    codes = entry.get("values", default_codes)
+    if codes is None or codes == "any":
+        return
+    pixels, values = unnamed_values(g, codes, edges)
+    if pixels:
+        raise RecordError(f"mask has {pixels} pixels of {values} values the rule does not name "
+                          f"(codes {sorted(codes)}; only edges between them may differ)")
+
+
+def _two_levels(g: np.ndarray) -> tuple:
+    """The codes of a thresholded mask that names none: its darkest and brightest value."""
+    return (g.min(), g.max()) if g.size else ()
+
+
 def _single(entry: Mapping[str, Any], mask: np.ndarray) -> list[Decoded]:
     return [Decoded(entry["label"], mask, bool(entry.get("instances", True)), entry.get("parent"))]
 
 
 def binary(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
-    return _single(entry, grey(arr) > float(entry.get("threshold", 127)))
+    g = grey(arr)
+    check_named(entry, g, _two_levels(g))
+    return _single(entry, g > float(entry.get("threshold", 127)))
 
 
 def inverted(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
-    return _single(entry, grey(arr) <= float(entry.get("threshold", 127)))
+    g = grey(arr)
+    check_named(entry, g, _two_levels(g))
+    return _single(entry, g <= float(entry.get("threshold", 127)))
 
 
 def rgb_any(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
     t = float(entry.get("threshold", 0))
-    m = (arr > t).any(axis=2) if arr.ndim == 3 else arr > t
-    return _single(entry, m)
+    g = arr.max(axis=2) if arr.ndim == 3 else arr  # the strongest channel: pure red (255, 0, 0) is 255
+    check_named(entry, g, _two_levels(g))
+    return _single(entry, g > t)
 
 
 def _ellipse_side(outline: np.ndarray) -> np.ndarray | None:
@@ -89,7 +136,9 @@ def _ellipse_side(outline: np.ndarray) -> np.ndarray | None:
 
 
 def outline_fill(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
-    outline = grey(arr) > float(entry.get("threshold", 127))
+    g = grey(arr)
+    check_named(entry, g, _two_levels(g))
+    outline = g > float(entry.get("threshold", 127))
     # 4-connected background cannot cross an 8-connected outline, so a closed ellipse drawn with diagonal
     # steps still encloses its interior
     filled = ndimage.binary_fill_holes(outline)
@@ -113,7 +162,11 @@ def outline_fill(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
 
 
 def value_coded(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
-    g = grey(arr).astype(np.float64)
+    if "values" not in entry:  # ranges alone accept any value inside them: the codes must be named
+        raise RecordError("value_coded mask entry names no `values` (the codes of the mask format)")
+    g = grey(arr)
+    check_named(entry, g)
+    g = g.astype(np.float64)
     out = []
     for c in entry["classes"]:
         m = np.ones(g.shape, dtype=bool)
@@ -147,12 +200,15 @@ def label_map(entry: Mapping[str, Any], arr: np.ndarray) -> list[Decoded]:
         if not np.array_equal(arr, np.round(arr)):
             raise RecordError("label map has non-integer values")
     vals = arr.astype(np.int64)
+    rules = rules_from_options(entry)
     allowed = entry.get("values")
     if allowed is not None:
         bad = np.setdiff1d(np.unique(vals), np.asarray(allowed, dtype=np.int64))
         if bad.size:
             raise RecordError(f"label map has values {bad[:8].tolist()} outside the documented {list(allowed)}")
-    return [Decoded(r.label, np.isin(vals, r.values), r.instances, r.parent) for r in rules_from_options(entry)]
+    else:  # labels are discrete: no value between two labels is an edge
+        check_named(entry, vals, {0, *(v for r in rules for v in r.values)}, edges=False)
+    return [Decoded(r.label, np.isin(vals, r.values), r.instances, r.parent) for r in rules]
 
 
 DECODERS: dict[str, Callable[[Mapping[str, Any], np.ndarray], list[Decoded]]] = {

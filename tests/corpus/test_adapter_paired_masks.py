@@ -158,7 +158,7 @@ def test_hc18_sample_has_heads_cut_off_by_the_top_and_bottom_edge(tmp_path):
 
 def test_value_coded_refuge_hierarchy_with_interpolated_values():
     arr = np.array([[255, 200, 151, 150, 140, 128, 101, 100, 90, 0]], np.uint8)
-    entry = {"decoder": "value_coded", "classes": [{"label": "optic disc", "max": 150},
+    entry = {"decoder": "value_coded", "values": [0, 128, 255], "classes": [{"label": "optic disc", "max": 150},
                                                    {"label": "optic cup", "max": 100, "parent": "optic disc"}]}
     disc, cup = decode(entry, arr)
     assert disc.mask.tolist() == [[False, False, False, True, True, True, True, True, True, True]]
