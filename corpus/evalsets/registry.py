@@ -80,22 +80,6 @@ def get_benchmark(name: str) -> Benchmark:
     return benches[name]
 
 
-class _Loaders(Mapping):
-    """{benchmark name: loader}, live over the registry (the form older callers use)."""
-
-    def __getitem__(self, name: str) -> Loader:
-        return all_benchmarks()[name].loader
-
-    def __iter__(self):
-        return iter(all_benchmarks())
-
-    def __len__(self) -> int:
-        return len(all_benchmarks())
-
-
-LOADERS: Mapping[str, Loader] = _Loaders()
-
-
 def sample_writers() -> dict[str, tuple[str, SampleWriter]]:
     """{folder name: (benchmark name, writer)} over every registered benchmark, in table order."""
     out: dict[str, tuple[str, SampleWriter]] = {}

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medlvr.corpus.evalsets.base import BenchmarkError, open_image
-from medlvr.corpus.evalsets.registry import LOADERS
+from medlvr.corpus.evalsets.registry import all_benchmarks
 from medlvr.corpus.evalsets.medxpertqa import load_medxpertqa
 from medlvr.corpus.evalsets.mmmu import SUBJECTS, load_mmmu
 from medlvr.corpus.evalsets.pmc_vqa import load_pmc_vqa, strip_choice
@@ -49,7 +49,7 @@ def _check(samples, count=None):
 
 
 def test_registered():
-    assert {"slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm"} <= set(LOADERS)
+    assert {"slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm"} <= set(all_benchmarks())
 
 
 def test_sample_writer_is_deterministic(data, tmp_path):
@@ -247,13 +247,13 @@ def test_medxpertqa(data, copy):
 
 def test_slake_detection_boxes_become_rois(tmp_path):
     from medlvr.corpus.evalsets.base import open_image
-    from medlvr.corpus.evalsets.registry import LOADERS
+    from medlvr.corpus.evalsets.registry import get_benchmark
     from medlvr.corpus.evalsets.registry import write_benchmark_samples
 
     import numpy as np
 
     write_benchmark_samples(tmp_path, ["slake"])
-    samples = list(LOADERS["slake"](tmp_path / "slake"))
+    samples = list(get_benchmark("slake").loader(tmp_path / "slake"))
     assert samples and all(s.tags.get("rois") for s in samples)
     for s in samples:
         (x0, y0, x1, y1), = s.tags["rois"]

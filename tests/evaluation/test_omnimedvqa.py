@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from medlvr.corpus.evalsets.base import BenchmarkError, open_image
-from medlvr.corpus.evalsets.registry import LOADERS
+from medlvr.corpus.evalsets.registry import get_benchmark
 from medlvr.corpus.evalsets.omnimedvqa import load_omnimedvqa, parse_medr1_problem
 from medlvr.corpus.evalsets.omnimedvqa import write_omnimedvqa
 
@@ -17,7 +17,7 @@ def root(tmp_path_factory):
 
 
 def test_registered_and_samples_well_formed(root):
-    assert LOADERS["omnimedvqa"] is load_omnimedvqa
+    assert get_benchmark("omnimedvqa").loader is load_omnimedvqa
     allv = list(load_omnimedvqa(root, "all"))
     assert len(allv) == 80
     s = allv[0]

@@ -133,7 +133,7 @@ def test_end_to_end_on_sample_benchmarks(tmp_path):
     """Gold answers written as outputs score 100% on every sample benchmark, through the JSONL file."""
     import importlib
 
-    from medlvr.corpus.evalsets.registry import LOADERS
+    from medlvr.corpus.evalsets.registry import get_benchmark
     from medlvr.corpus.evalsets.registry import write_benchmark_samples
 
     dirs = {"slake": "slake", "vqa_rad": "vqa_rad", "pmc_vqa": "pmc_vqa", "mmmu_hm": "mmmu",
@@ -143,7 +143,7 @@ def test_end_to_end_on_sample_benchmarks(tmp_path):
     write_benchmark_samples(tmp_path / "data", list(dirs.values()))
     records = []
     for bench, d in dirs.items():
-        for s in LOADERS[bench](tmp_path / "data" / d):
+        for s in get_benchmark(bench).loader(tmp_path / "data" / d):
             records.append(make_record(s, f"<Medlvr_Start><Medlvr_Latent><Medlvr_End><answer>{s.answer}</answer>",
                                        n_tokens=5, model="gold", k_latent=1))
     write_records(tmp_path / "p.jsonl", records)
