@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlvr.corpus.config import config_to_dict, load_config
+from medlvr.training.bottleneck import BottleneckConfig, check_attn_implementation
 from medlvr.training.checkpoints import resolve_model_path
 from medlvr.training.engine import EngineConfig
 
@@ -61,6 +62,9 @@ class LatentConfig:
     no_box: str = "none"  # rows without boxes: none (no ROI loss on them) | full_image
     roi_loss: str = "mse"  # mse (per dimension) | cosine (1 - cos)
     roi_weight: float = 0.1  # lambda in L = L_ans + lambda * L_roi
+    # visual bottleneck: per batch with probability p (or p -> p_end linearly), <Medlvr_End> and the answer may
+    # not attend to the visual tokens (training/bottleneck.py); p = 0 (default) is the paper's recipe
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class SFTConfig:
             # HF drops the KV cache inside checkpointed layers (modeling_layers.py), which breaks the K+2 passes
             raise ValueError("latent.grad=bptt needs the KV cache with gradients: use engine.gradient_checkpointing="
                              "false, or latent.grad=detach (identical forward, GC-compatible)")
+        if lt.bottleneck.enabled:
+            if lt.k_latent == 0:
+                raise ValueError("latent.bottleneck needs a latent segment: set latent.k_latent > 0 or bottleneck.p=0")
+            check_attn_implementation(self.model.attn_implementation)
         if not self.data.corpus:
             raise ValueError("data.corpus is required (a folder written by `medlvr build-corpus`)")
         if self.run.micro_batch_size < 1:

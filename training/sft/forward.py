@@ -16,6 +16,10 @@ Latent modes (column L holds `<Medlvr_Start>`, latent k sits at L + k, z_k is fe
 * ``teacher_forced``: one pass with the ROI targets z*_k as the latent inputs (LVR-style); rows without a
   target get the full-image target as input.
 
+With `closed=True` (the visual bottleneck, `medlvr.training.bottleneck`) `<Medlvr_End>` and the answer (columns
+from L + K + 1 on) attend through a 4-D mask that hides the visual tokens; the prefix, Start and the latent
+steps are unchanged.
+
 In every mode h_k = H[L + k - 1] (the indexing rule) and token t of the completion is predicted from H[L + t - 1];
 the policy distribution bans `<Medlvr_Latent>` as in decoding (`medlvr.training.sampling.token_logprobs`).
 """
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask
 from medlvr.training.model import LatentTokenIds
 from medlvr.training.roi_targets import batch_roi_targets
 from medlvr.training.sampling import token_logprobs
@@ -69,7 +74,7 @@ def _cached_prefix_and_latents(lm, embeds, attn, pos, L: int, K: int, detach: bo
 
 
 def sft_forward(model, batch: SFTBatch, ids: LatentTokenIds, image_processor, *, mode: str = "self_fed",
-                grad: str = "bptt", vision_grad: bool = False) -> SFTForward:
+                grad: str = "bptt", vision_grad: bool = False, closed: bool = False) -> SFTForward:
     dev = model.device
     lm = model.model.language_model
     p = batch.prompts
@@ -95,13 +100,25 @@ def sft_forward(model, batch: SFTBatch, ids: LatentTokenIds, image_processor, *,
     mm = torch.cat([p_mm, torch.zeros_like(seq)], dim=1)  # completion positions are text
     pos, _ = rope_positions(model, full_ids, mm, attn, grid)
     embeds = embed_with_images(model, full_ids, img)
+    if closed and K == 0:
+        raise ValueError("the visual bottleneck needs a latent segment (k_latent > 0)")
+
+    def answer_mask(q: int):
+        """Attention mask for the last q columns: 2-D padding mask, or the bottleneck's 4-D mask."""
+        if not closed:
+            return attn
+        col = torch.arange(full_ids.shape[1], device=dev)[-q:]
+        query_closed = (col >= L + K + 1)[None].expand(N, -1)  # <Medlvr_End> and the answer
+        return closed_attention_mask(attn, full_ids == model.config.image_token_id, query_closed,
+                                     attn_implementation_of(model), embeds.dtype)
 
     if K == 0:
         hidden = lm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     elif mode == "self_fed" and grad == "bptt":
         head, cache = _cached_prefix_and_latents(lm, embeds, attn, pos, L, K, detach=False)
         c = L + K + 1
-        tail = lm(inputs_embeds=embeds[:, c:], attention_mask=attn, position_ids=pos[:, :, c:], cache=cache,
+        tail = lm(inputs_embeds=embeds[:, c:], attention_mask=answer_mask(embeds.shape[1] - c),
+                  position_ids=pos[:, :, c:], cache=cache,
                   use_cache=True).last_hidden_state
         hidden = torch.cat([head, tail], dim=1)
     else:
@@ -113,7 +130,8 @@ def sft_forward(model, batch: SFTBatch, ids: LatentTokenIds, image_processor, *,
             z = targets
         else:
             raise ValueError(f"unknown latent mode {mode!r}")
-        hidden = lm(inputs_embeds=_patch_latents(embeds, L, z), attention_mask=attn, position_ids=pos,
+        hidden = lm(inputs_embeds=_patch_latents(embeds, L, z), attention_mask=answer_mask(embeds.shape[1]),
+                    position_ids=pos,
                     use_cache=False).last_hidden_state
 
     logits = model.lm_head(hidden[:, L - 1:L + T - 1])  # (N, T, V): position j predicts token j + 1

@@ -89,11 +89,13 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
                        for _ in range(ec.grad_accum)]
             n_label = eng.all_reduce_sum(sum(b.n_label for b in batches))
             n_roi = eng.all_reduce_sum(sum(b.n_roi for b in batches)) if lt.roi_weight > 0 else 0.0
+            # one bottleneck draw per optimizer step, a pure function of (seed, step): resume-proof
+            closed = lt.bottleneck.closed(ec.seed, eng.global_step, steps)
             sums = dict(nll=0.0, roi=0.0, cos=0.0, tokens=0, seq=0, rows=0, patches=0, extra=0)
             for b in batches:
                 with eng.autocast():
                     out = sft_forward(eng.model, b, ids, processor.image_processor, mode=lt.mode, grad=lt.grad,
-                                      vision_grad=vision_grad)
+                                      vision_grad=vision_grad, closed=closed)
                     nll = answer_nll_sum(out.token_logprobs, b.label_mask.to(eng.device))
                     roi = roi_loss_sum(out.h, out.targets, b.roi_mask, lt.roi_loss) if lt.k_latent > 0 else nll * 0
                     loss = sft_loss(nll, n_label / W, roi, n_roi / W, lt.roi_weight)
@@ -118,7 +120,7 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
             metrics = {"loss": ce + (lt.roi_weight * roi_m if n_roi else 0.0), "ce": ce, "roi": roi_m,
                        "latent_cos": g["cos"] / n_roi if n_roi else 0.0, "grad_norm": res.grad_norm, "lr": res.lr,
                        "tokens_per_s": g["tokens"] / dt, "samples_per_s": g["rows"] / dt, "step_s": dt,
-                       "label_tokens": n_label, "roi_rows": n_roi, "epoch": stream.position.epoch}
+                       "closed": float(closed), "label_tokens": n_label, "roi_rows": n_roi, "epoch": stream.position.epoch}
             if peak:
                 flops = train_flops(n_dec, n_vis, tc.num_hidden_layers, tc.hidden_size, int(g["tokens"]),
                                     int(g["seq"] / max(1, len(batches) * W)), int(g["patches"]), int(g["extra"]))
