@@ -23,6 +23,10 @@ One function, `latent_generate`. Per prompt batch:
    2-position forward. A K-latent answer then costs K extra decoder forwards over a plain one, not K + 2.
 
 The lm_head runs only on rows that sample a token this step (not on latent or forced rows).
+
+7. `closed=True` (the visual bottleneck, `medlvr.training.bottleneck`): from a row's first `<Medlvr_End>` on, its
+   queries attend through a 4-D mask that hides the prompt's visual tokens, so the answer sees the image only
+   through the latent slots (and the prompt text). The same rule as `replay(..., closed=...)`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from medlvr.training.bottleneck import attn_implementation_of, check_attn_implementation, closed_attention_mask
 from medlvr.training.model import LatentTokenIds, eos_token_ids
 from medlvr.training.sampling import sample_tokens, token_logprobs
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
@@ -56,6 +61,7 @@ class DecodeConfig:
     time_steps: bool = False  # record per-step wall time (synchronises the device every step)
     banned_ids: tuple[int, ...] = ()  # excluded from sampling besides <Medlvr_Latent> (RL: the vision tokens)
     fuse_control: bool = True  # forced <Medlvr_Start> rides in the prefill, <Medlvr_End> with the last latent
+    closed: bool = False  # visual bottleneck: <Medlvr_End> and the answer may not attend to the visual tokens
 
     def __post_init__(self):
         if self.k_latent < 0 or self.max_new_tokens < 1 or self.num_samples < 1:
@@ -97,6 +103,7 @@ class LatentDecodeOutput:
     n_latent: torch.Tensor
     prompt_index: torch.Tensor
     logprob_temperature: float
+    closed: bool  # decoded under the visual bottleneck (replay must use the same mask)
     n_steps: int  # generated positions T
     n_prefill_forwards: int  # decoder forwards over the prompts (1)
     n_decode_forwards: int  # incremental decoder forwards (T - 1: the last token needs none)
@@ -170,6 +177,11 @@ def latent_generate(
         input_ids = torch.cat([input_ids, input_ids.new_full((B, 1), ids.start)], dim=1)
         attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)
         mm_types = torch.cat([mm_types.to(dev), mm_types.new_zeros(B, 1).to(dev)], dim=1)
+
+    if cfg.closed:
+        check_attn_implementation(attn_implementation_of(model))
+        key_img = (input_ids == model.config.image_token_id).repeat_interleave(G, dim=0)  # (N, S) visual keys
+        past_end = torch.zeros(N, dtype=torch.bool, device=dev)  # the row fed a <Medlvr_End>: its queries closed
 
     # ---- prefill: once per prompt ----
     _sync(dev)
@@ -263,16 +275,30 @@ def latent_generate(
                 v[keep] for v in (act, x, attn, deltas, kind, k_done, can_open)
             )
         x = x[:, None]
+        if cfg.closed:
+            fed = tok
+            if bool(finished.any()):
+                fed, key_img, past_end = tok[keep], key_img[keep], past_end[keep]
+            past_end = past_end | (fed == ids.end)
+            q_closed = past_end[:, None]
         # every row feeds its last latent now and a text step follows <Medlvr_End>: [z_K, End] in one forward
         if cfg.fuse_control and t + 2 < T_max and bool((kind == FORCE_END).all()):
             x = torch.cat([x, embed(torch.full_like(act, ids.end))[:, None]], dim=1)
             t += 1
             seq[act, t], gen_mask[act, t] = ids.end, True
             kind = torch.full_like(kind, SAMPLE)
+            if cfg.closed:
+                q_closed = torch.cat([q_closed, torch.ones_like(q_closed)], dim=1)
+                past_end = torch.ones_like(past_end)
         attn = torch.cat([attn, attn.new_ones(attn.shape[0], x.shape[1])], dim=1)
+        step_mask = attn
+        if cfg.closed:
+            key_img = torch.cat([key_img, key_img.new_zeros(key_img.shape[0], x.shape[1])], dim=1)
+            if bool(q_closed.any()):
+                step_mask = closed_attention_mask(attn, key_img, q_closed, attn_implementation_of(model), x.dtype)
         out = lm(
             inputs_embeds=x,
-            attention_mask=attn,
+            attention_mask=step_mask,
             position_ids=step_positions(attn, deltas, x.shape[1]),
             cache=cache,
             use_cache=True,
@@ -299,6 +325,7 @@ def latent_generate(
         n_latent=latent_mask[:, :T].sum(-1),
         prompt_index=torch.arange(B, device=dev).repeat_interleave(G),
         logprob_temperature=lp_temp,
+        closed=cfg.closed,
         n_steps=T,
         n_prefill_forwards=1,
         n_decode_forwards=n_forwards,

@@ -8,6 +8,10 @@ as input embeddings. From that single pass it returns what VLPO needs:
 * latent means `mu_theta,k = H[p_k - 1]`, the final-norm hidden state at the position BEFORE latent slot p_k
   (the indexing rule; `H[p_k]` would be the off-by-one that pulls consecutive latents together).
 
+With `closed=True` (the visual bottleneck) every query from a row's first `<Medlvr_End>` on is barred from the
+visual tokens by a 4-D mask: the rule `latent_generate(..., DecodeConfig(closed=True))` decodes with, so replay
+log-probs equal rollout log-probs under the mask too.
+
 Gradients flow to the model and to `z` (if it requires grad). Images are encoded once per prompt and reused for
 the G samples of that prompt; the vision tower runs under no_grad unless `vision_grad=True` (it is frozen in
 both training stages).
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask
 from medlvr.training.latent_decode import LatentDecodeOutput
 from medlvr.training.model import LatentTokenIds
 from medlvr.training.sampling import token_logprobs
@@ -49,6 +54,7 @@ def replay(
     prompt_index: torch.Tensor | None = None,
     banned_ids: Sequence[int] | None = None,
     vision_grad: bool = False,
+    closed: bool = False,
 ) -> ReplayOutput:
     """prompts: the B-row left-padded processor batch the rollouts came from (input_ids (B, L),
     attention_mask (B, L), mm_token_type_ids (B, L), optional pixel_values / image_grid_thw).
@@ -85,8 +91,14 @@ def replay(
     # out-of-place write keeps autograd intact for both the model and z
     embeds = embeds.index_put((rows, cols), z.to(dev)[rows, slot].to(embeds.dtype))
 
+    mask = full_attn
+    if closed:  # queries from the first generated <Medlvr_End> on may not see the visual keys
+        after_end = ((sequences.to(dev) == ids.end) & gen_mask.to(dev)).long().cumsum(-1) > 0
+        q_closed = torch.cat([torch.zeros_like(p_attn[idx], dtype=torch.bool), after_end], dim=1)
+        mask = closed_attention_mask(full_attn, full_ids == model.config.image_token_id, q_closed,
+                                     attn_implementation_of(model), embeds.dtype)
     hidden = model.model.language_model(
-        inputs_embeds=embeds, attention_mask=full_attn, position_ids=pos, use_cache=False
+        inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
     ).last_hidden_state  # (N, L + T, D), post final norm
 
     # position j predicts token j + 1: the generated tokens L..L+T-1 come from hidden L-1..L+T-2
@@ -104,5 +116,5 @@ def replay_rollout(model, prompts: Mapping[str, torch.Tensor], out: LatentDecode
     """`replay` of a `latent_generate` result at its own log-prob temperature."""
     return replay(
         model, prompts, out.sequences, out.gen_mask, out.z, ids, out.logprob_temperature,
-        prompt_index=out.prompt_index, **kwargs,
+        prompt_index=out.prompt_index, closed=out.closed, **kwargs,
     )

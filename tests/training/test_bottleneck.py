@@ -12,15 +12,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from medlvr.corpus.config import build_config  # noqa: E402
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
 from medlvr.training.bottleneck import BottleneckConfig, closed_attention_mask  # noqa: E402
+from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
 from medlvr.training.model import set_pixel_budget  # noqa: E402
+from medlvr.training.replay import replay, replay_rollout  # noqa: E402
 from medlvr.training.sft.collate import collate  # noqa: E402
 from medlvr.training.sft.data import ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft import forward as sft_forward_module  # noqa: E402
 from medlvr.training.sft.forward import sft_forward  # noqa: E402
 from medlvr.training.sft.recipe import train  # noqa: E402
 from medlvr.training.tiny import TinyConfig, build_tiny  # noqa: E402
+from medlvr.training.vlpo.config import VLPORunConfig  # noqa: E402
+from medlvr.training.vlpo.trainer import train_vlpo  # noqa: E402
+from tests.training.conftest import random_image  # noqa: E402
 from tests.training.helpers import tiny_config  # noqa: E402
 
 K = 3
@@ -160,3 +166,68 @@ def test_config_errors(corpus, tmp_path):
         tiny_config(corpus, tmp_path, "latent.k_latent=0", "latent.bottleneck.p=1.0")
     with pytest.raises(ValueError, match="sdpa or eager"):
         tiny_config(corpus, tmp_path, "latent.bottleneck.p=0.5", "model.attn_implementation=flash_attention_2")
+
+
+# --------------------------------------------------------------------------------------------- decoding / VLPO
+
+SIZES = [(224, 224), (168, 308)]
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_replay_equals_rollout_under_the_mask(tiny, make_batch, fuse):
+    """Sampled closed rollouts (G = 3 per prompt, rows of different lengths, fused or separate control steps)
+    replay to the same log-probs with the mask; replayed open they do not."""
+    batch = make_batch(SIZES)
+    cfg = DecodeConfig(k_latent=3, max_new_tokens=10, num_samples=3, temperature=0.9, closed=True,
+                       fuse_control=fuse, noise="relative", noise_scale=0.05)
+    out = latent_generate(tiny.model, batch, tiny.ids, cfg, generator=torch.Generator().manual_seed(0))
+    assert out.closed
+    m = out.sampled_mask
+    assert m.sum() > 0
+    with torch.no_grad():
+        rep = replay_rollout(tiny.model, batch, out, tiny.ids)
+        opened = replay(tiny.model, batch, out.sequences, out.gen_mask, out.z, tiny.ids, out.logprob_temperature,
+                        prompt_index=out.prompt_index)
+    torch.testing.assert_close(rep.token_logprobs[m], out.logprobs[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rep.mu, out.mu, atol=1e-5, rtol=1e-4)  # latents see the image either way
+    assert (opened.token_logprobs[m] - out.logprobs[m]).abs().max() > 1e-3
+
+
+def test_closed_decoding_answer_ignores_pixels():
+    """One-layer decoder, latent inputs replaced by a constant (latent_transform): closed, the answer's
+    log-probs are the same for two different images while the latent states differ; open, they differ."""
+    bundle = build_tiny(seed=1, cfg=TinyConfig(layers=1))
+    proc = bundle.processor
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                     "text": "Describe the scan."}]}], tokenize=False, add_generation_prompt=True)
+    imgs = [random_image(112, 112, seed=s) for s in (0, 1)]
+    batches = [proc(text=[text], images=[im], padding=True, return_tensors="pt") for im in imgs]
+    const = torch.randn(bundle.model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(0))
+    for closed in (True, False):
+        cfg = DecodeConfig(k_latent=2, max_new_tokens=8, eos_token_ids=(), closed=closed)
+        a, b = (latent_generate(bundle.model, x, bundle.ids, cfg,
+                                latent_transform=lambda z, rows, slots: const.expand_as(z)) for x in batches)
+        assert not torch.allclose(a.mu, b.mu, atol=1e-4)
+        same = torch.equal(a.sequences, b.sequences) and torch.allclose(a.logprobs, b.logprobs, atol=1e-6)
+        assert same == closed
+
+
+def test_vlpo_run_under_the_bottleneck(tmp_path):
+    """Rollout and replay share each step's draw (p anneals 1 -> 0 over 2 steps); on-policy the text ratio is 1,
+    so nothing is clipped."""
+    cfg = build_config(VLPORunConfig, {
+        "model": {"path": "tiny"},
+        "data": {"source": "synthetic", "synthetic_size": 4},
+        "rollout": {"num_generations": 4, "max_new_tokens": 7, "k_latent": 2,
+                    "bottleneck": {"p": 1.0, "p_end": 0.0}},
+        "algo": {"variant": "vlpo", "beta": 0.04},
+        "engine": {"device": "cpu", "lr": 1e-3, "warmup_ratio": 0.0, "schedule": "constant"},
+        "run": {"out_dir": str(tmp_path), "max_steps": 2, "prompts_per_step": 2, "micro_batch_size": 8,
+                "save_every": 0, "threads": 1, "tensorboard": False, "progress": False, "resume": ""},
+    })
+    res = train_vlpo(cfg)
+    assert [m["closed"] for m in res["metrics"]] == [1.0, 0.0]
+    assert all(m["clip_frac_text"] == 0.0 for m in res["metrics"])
+    with pytest.raises(ValueError, match="needs a latent variant"):
+        build_config(VLPORunConfig, {"model": {"path": "tiny"}, "algo": {"variant": "grpo"},
+                                     "rollout": {"bottleneck": {"p": 1.0}}})

@@ -28,6 +28,7 @@ from typing import Any
 
 from medlvr.corpus.config import ConfigError, config_to_dict
 from medlvr.corpus.prompts import MC_INSTRUCTION
+from medlvr.training.bottleneck import BottleneckConfig, check_attn_implementation
 from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 from medlvr.training.engine import EngineConfig
 from medlvr.training.vlpo.algos import POLICY_LOSSES, RL_VARIANTS, LossConfig
@@ -80,6 +81,9 @@ class RolloutConfig:
     force_start: bool = True
     noise: str = "relative"  # none | absolute | relative (docs/method.md §4.1 Beyond; none = the paper)
     noise_scale: float = 0.05
+    # visual bottleneck per rollout batch (p, or p -> p_end over training; training/bottleneck.py): <Medlvr_End>
+    # and the answer may not attend to the visual tokens, in the rollout and in its replay alike. 0: off (paper)
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,10 @@ class VLPORunConfig:
         k = self.rollout.k_latent
         if RL_VARIANTS[self.algo.variant].latent and k is not None and k < 1:
             raise ValueError(f"variant {self.algo.variant!r} needs rollout.k_latent >= 1, got {k}")
+        if self.rollout.bottleneck.enabled:
+            if not RL_VARIANTS[self.algo.variant].latent:
+                raise ValueError(f"rollout.bottleneck needs a latent variant; {self.algo.variant!r} decodes without one")
+            check_attn_implementation(self.model.attn_implementation)
         if self.rollout.num_generations < 2:
             raise ValueError("rollout.num_generations must be >= 2 (group-normalised advantages)")
         if self.data.source not in sample_sources():

@@ -79,7 +79,7 @@ def reference_logprobs(ref_model, batch: PromptBatch, out: LatentDecodeOutput, i
         for idx in torch.arange(out.sequences.shape[0]).split(micro_batch):
             r = replay(ref_model, batch.inputs, out.sequences[idx], out.gen_mask[idx], out.z[idx], ids,
                        out.logprob_temperature, prompt_index=out.prompt_index[idx],
-                       banned_ids=(ids.latent, *vision_token_ids(ref_model)))
+                       banned_ids=(ids.latent, *vision_token_ids(ref_model)), closed=out.closed)
             parts.append(r.token_logprobs)
         return torch.cat(parts)
     finally:
@@ -134,7 +134,7 @@ def microbatch_loss(policy, exp: Experience, idx: torch.Tensor, ids: LatentToken
     with timed(times, "replay", policy.device):
         r = replay(policy, exp.batch.inputs, out.sequences[idx], out.gen_mask[idx], out.z[idx], ids,
                    out.logprob_temperature, prompt_index=out.prompt_index[idx],
-                   banned_ids=(ids.latent, *vision_token_ids(policy)))
+                   banned_ids=(ids.latent, *vision_token_ids(policy)), closed=out.closed)
     lm = exp.latent_mask[idx]
     return vlpo_loss(
         r.token_logprobs, out.logprobs[idx].to(r.token_logprobs.device), out.sampled_mask[idx], exp.advantages[idx],
@@ -157,6 +157,7 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
     sampled = out.sampled_mask
     n_sampled = sampled.sum().clamp(min=1)
     return {
+        "closed": float(out.closed),
         "reward_mean": float(rew["reward"].mean()),
         "reward_std": float(rew["reward"].std()) if rew["reward"].numel() > 1 else 0.0,
         "accuracy": float(rew["accuracy"].mean()),

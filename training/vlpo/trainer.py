@@ -128,7 +128,10 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         t_step = time.perf_counter()
         idx = sampler.next_indices()[eng.rank * B:(eng.rank + 1) * B]
         batch = build_prompt_batch(processor, [samples[i] for i in idx], cfg.data.instruction)
-        exp = collect(policy, ref, engine_rollout, batch, ids, dcfg, cfg.algo, processor.tokenizer,
+        # one bottleneck draw per rollout batch, a pure function of (seed, step): rollout and replay share it
+        closed = cfg.rollout.bottleneck.closed(seed, step(), run.max_steps)
+        exp = collect(policy, ref, engine_rollout, batch, ids, dataclasses.replace(dcfg, closed=closed), cfg.algo,
+                      processor.tokenizer,
                       micro_batch=run.micro_batch_size, generator=gen, ref_offload=cfg.model.ref_offload,
                       need_ref=cfg.algo.beta != 0)
         local = global_denominators(exp, cfg.algo.aggregation)
