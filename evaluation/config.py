@@ -68,6 +68,9 @@ class DecodeSettings:
     attn_implementation: str = "sdpa"
     seed: int = 0
     threads: int = 0  # torch intra-op threads on CPU; 0 = leave as is
+    # `closed` inference (visual bottleneck, training/bottleneck.py): <Medlvr_End> and the answer may not attend
+    # to the visual tokens, so a latent model's answer sees the image only through its latents. K = 0: no effect
+    closed: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ class EvalConfig:
     fig5: dict[str, Any] | None = None  # {model, k_values, benchmark}
     fig3: dict[str, Any] | None = None  # {models, benchmark, n_samples, max_new_tokens}
     ablation: dict[str, Any] | None = None  # {model, kinds, noise_scale, benchmarks, seed}
+    # causal latent diagnostics (evaluation/latent_diagnostics.py) for every latent model (or `models`):
+    # {models, benchmarks (default: main), limit, k_values, probe_fraction, seed}
+    latent_diagnostics: dict[str, Any] | None = None
     title: str = "MedLVR evaluation"
     sample_data: bool = False  # write the bundled sample benchmarks into data_root first (if not there)
     data_root: Path | None = None
@@ -123,6 +129,17 @@ class EvalConfig:
             for n in sec.get("models", []):
                 if n not in names:
                     raise ConfigError(f"{section}.models: unknown model {n!r}")
+        if self.latent_diagnostics is not None:
+            sec = self.latent_diagnostics
+            bad = set(sec) - {"models", "benchmarks", "limit", "k_values", "probe_fraction", "seed"}
+            if bad:
+                raise ConfigError(f"latent_diagnostics: unknown keys {sorted(bad)}")
+            for n in sec.get("models") or []:
+                if n not in names:
+                    raise ConfigError(f"latent_diagnostics.models: unknown model {n!r}")
+            for b in sec.get("benchmarks") or []:
+                if b not in self.benchmarks:
+                    raise ConfigError(f"latent_diagnostics.benchmarks: {b!r} is not configured under benchmarks")
         for section in ("fig5", "ablation"):
             sec = getattr(self, section)
             if sec and sec.get("model") not in names:

@@ -7,7 +7,7 @@
 * Records: one JSON line per sample, appended and flushed as each batch finishes:
   {"benchmark", "sample_id", "output", "n_tokens", "latency_s", "model", "k_latent", "variant", "rank",
    "world_size", "n_text_tokens", "n_latent", "finish_reason", "batch_size", "batch_latency_s", "prompt_hash",
-   "ablation" (None, or zero / shuffle / noise)}
+   "ablation" (None, or zero / shuffle / noise), "closed" (decoded under the visual bottleneck)}
   `n_tokens` counts every generated position (text, control tokens, latent slots, the EOS token);
   `latency_s` is the sample's share of its batch's wall time (batch time / rows), so sums give total time.
 * Resume: ids already in the output file (or in the merged file of a sharded run) are skipped.
@@ -238,7 +238,9 @@ def run_predictions(
     tok = lm.processor.tokenizer
     eos = set(eos_token_ids(lm.model))
     drop = eos | {tok.pad_token_id}
-    cfg = DecodeConfig(k_latent=k, max_new_tokens=settings.max_new_tokens, force_start=k > 0, temperature=0.0)
+    closed = settings.closed and k > 0
+    cfg = DecodeConfig(k_latent=k, max_new_tokens=settings.max_new_tokens, force_start=k > 0, temperature=0.0,
+                       closed=closed)
     gen = torch.Generator(device=lm.model.device).manual_seed(settings.seed)
     bs = max(1, settings.batch_size)
     with my_path.open("a") as f:
@@ -263,7 +265,7 @@ def run_predictions(
                     "finish_reason": "stop" if last in eos else "length",
                     "batch_size": len(batch), "batch_latency_s": dt,
                     "prompt_hash": hashlib.sha1(texts[r].encode()).hexdigest()[:12],
-                    "ablation": ablation,
+                    "ablation": ablation, "closed": closed,
                 }
                 f.write(json.dumps(rec) + "\n")
                 stats.n_tokens += n_tok

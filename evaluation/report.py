@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import html
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from medlvr.evaluation.ablations import ablation_table
 from medlvr.evaluation.attention import attention_profiles, mean_visual_share, sample_rois
 from medlvr.evaluation.figures import plot_accuracy_vs_k, plot_heatmaps, plot_visual_share
 from medlvr.evaluation.inference import load_for_eval
+from medlvr.evaluation.latent_diagnostics import ZERO_SHUFFLE_NOTE, diagnostics_path, report_tables
 from medlvr.evaluation.predictions import job_records
 
 
@@ -137,7 +139,8 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> lis
     d = cfg.decode
     setup = Section("Setup", (
         f"Greedy decoding, max_new_tokens {d.max_new_tokens}, batch size {d.batch_size}, pixel budget "
-        f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}. Scoring: docs/benchmarks.md §3 "
+        f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}"
+        f"{', closed inference (the answer sees the image only through the latents)' if d.closed else ''}. Scoring: docs/benchmarks.md §3 "
         "(no random or similarity fallbacks; unparseable counts as wrong). Tokens count every generated position "
         "(text, control tokens, latent slots, EOS). Times are generate wall time, model load excluded."),
         [Table("Models", ["model", "checkpoint", "K", "prompt"],
@@ -226,6 +229,24 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> lis
         sections.append(Section("Latent ablation", (
             f"{name} with its latent inputs zeroed, shuffled across samples, or noised "
             f"(relative, alpha={cfg.ablation.get('noise_scale', 1.0)}) at inference; drop = base - ablated "
-            "accuracy in points. A large drop means the answers depend on the latent evidence."),
+            "accuracy in points. A large drop means the answers depend on the latent evidence. " + ZERO_SHUFFLE_NOTE),
             [Table("Accuracy % and drop per benchmark", h, cells)]))
+
+    if cfg.latent_diagnostics is not None and diagnostics_path(cfg.out_dir).is_file():
+        sections.append(_latent_section(json.loads(diagnostics_path(cfg.out_dir).read_text())))
     return sections
+
+
+def _latent_section(diag: dict) -> Section:
+    """The report's latent section: causal diagnostics of every latent model (evaluation/latent_diagnostics.py)."""
+    head, rows, khead, krows = report_tables(diag)
+    return Section("Latent diagnostics", (
+        "For every latent model: accuracy with normal (open) inference and with closed inference (the answer side "
+        "may not attend to the visual tokens, so it sees the image only through the latents and the prompt text); "
+        "donor-following = share of answers that become the donor row's answer when each row is fed another row's "
+        "latents (over rows whose two answers differ); zeroed = latents set to zero; probe = held-out accuracy of a "
+        "linear probe from the latent states to the gold answer, next to the majority-class baseline. The K sweep "
+        "shows accuracy / accuracy with zeroed latents at each K, separating slot count from latent content. "
+        + ZERO_SHUFFLE_NOTE),
+        [Table("Causal latent diagnostics (%)", head, rows),
+         Table("Accuracy % / with zeroed latents, per inference K", khead, krows)])

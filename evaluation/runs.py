@@ -21,6 +21,7 @@ from medlvr.corpus.evalsets.base import Sample
 from medlvr.corpus.evalsets.registry import get_benchmark, write_benchmark_samples
 from medlvr.evaluation.ablations import make_transform_factory
 from medlvr.evaluation.config import ABLATIONS, EvalConfig
+from medlvr.evaluation.latent_diagnostics import run_for_config
 from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
 from medlvr.evaluation.predictions import Job, pred_path
 from medlvr.evaluation.report import build_sections, write_report
@@ -143,6 +144,10 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
     if rank != 0:
         return result
     merge_all(cfg, jobs, world_size)
+    if cfg.latent_diagnostics is not None:
+        t_diag = time.perf_counter()
+        run_for_config(cfg, samples, progress)
+        timings["latent_diagnostics_s"] = time.perf_counter() - t_diag
     sections = build_sections(cfg, samples, jobs, manifest)
     md, page = write_report(cfg.out_dir, cfg.title, sections)
     meta = {"config": config_to_dict(cfg), "world_size": world_size,
