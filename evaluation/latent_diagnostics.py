@@ -158,12 +158,13 @@ def linear_probe(features: torch.Tensor, labels: Sequence[str], test: Sequence[b
 
 
 def diagnose(decoder: SampleDecoder, k: int, k_values: Sequence[int] = (), *, probe_fraction: float = 0.5,
-             seed: int = 0, closed_swap: bool = True) -> dict:
-    """All diagnostics of one latent model at its trained K (module docstring). Accuracies in %."""
+             seed: int = 0, closed_swap: bool = True, opened: Decoded | None = None) -> dict:
+    """All diagnostics of one latent model at its trained K (module docstring). Accuracies in %.
+    `opened`: the open pass at K if the caller already ran it (`decoder.run(k)`)."""
     if k < 1:
         raise ValueError("latent diagnostics need a latent model (K >= 1)")
     sizes = [len(b) for b in decoder.batches]
-    opened = decoder.run(k)
+    opened = decoder.run(k) if opened is None else opened
     res: dict = {"k": k, "n": len(decoder.samples), "accuracy_open": opened.accuracy}
     closed = decoder.run(k, closed=True)
     res["accuracy_closed"] = closed.accuracy

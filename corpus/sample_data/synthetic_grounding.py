@@ -64,26 +64,41 @@ def _fill(pattern: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return a + rng.normal(0, 8, a.shape)
 
 
-def render(rng: np.random.Generator, size: int = 112, cell: int = 28, n_structures: int = 4, frame: int = 3):
-    """(RGB uint8 image, lesion box xyxy, lesion pattern index, distractor boxes)."""
+def render(rng: np.random.Generator, size: int = 112, cell: int = 28, n_structures: int = 4, frame: int = 3,
+           lesion_cells: int = 1):
+    """(RGB uint8 image, lesion box xyxy, lesion pattern index, distractor boxes).
+
+    lesion_cells: 1 (one cell, the original task), 2 (a 1 x 2 block) or 4 (a 2 x 2 block): the lesion then spans
+    several merged visual tokens, so the K ROI-bucket targets of its box differ from each other."""
     g = size // cell
     img = np.clip(rng.normal(110, 12, (size, size)), 0, 255)
     rgb = np.stack([img, img, img], -1)
-    cells = rng.choice(g * g, size=n_structures, replace=False)
+    if lesion_cells == 1:
+        cells = rng.choice(g * g, size=n_structures, replace=False)
+        blocks = [(int(c // g), int(c % g), 1, 1) for c in cells]
+    elif lesion_cells in (2, 4):
+        bh, bw = (1, 2) if lesion_cells == 2 else (2, 2)
+        r0, c0 = int(rng.integers(0, g - bh + 1)), int(rng.integers(0, g - bw + 1))
+        taken = {(r0 + i) * g + c0 + j for i in range(bh) for j in range(bw)}
+        free = [c for c in range(g * g) if c not in taken]
+        others = rng.choice(free, size=n_structures - 1, replace=False)
+        blocks = [(r0, c0, bh, bw)] + [(int(c // g), int(c % g), 1, 1) for c in others]
+    else:
+        raise ValueError(f"lesion_cells must be 1, 2 or 4, got {lesion_cells}")
     pats = rng.permutation(len(PATTERNS))[:n_structures]
-    inner = cell - 2 * frame
-    box = None
-    for j, (c, p) in enumerate(zip(cells, pats)):
-        y0, x0 = (c // g) * cell, (c % g) * cell
+    box, others_boxes = None, []
+    for j, ((r, c, bh, bw), p) in enumerate(zip(blocks, pats)):
+        y0, x0, h, w = r * cell, c * cell, bh * cell, bw * cell
         color = (230, 30, 30) if j == 0 else (150, 150, 150)
-        rgb[y0:y0 + cell, x0:x0 + cell] = color
-        f = _fill(PATTERNS[p], inner, rng)
-        rgb[y0 + frame:y0 + frame + inner, x0 + frame:x0 + frame + inner] = f[..., None]
+        rgb[y0:y0 + h, x0:x0 + w] = color
+        f = _fill(PATTERNS[p], max(h, w) - 2 * frame, rng)[:h - 2 * frame, :w - 2 * frame]
+        rgb[y0 + frame:y0 + h - frame, x0 + frame:x0 + w - frame] = f[..., None]
+        b = [float(x0), float(y0), float(x0 + w), float(y0 + h)]
         if j == 0:
-            box = [float(x0), float(y0), float(x0 + cell), float(y0 + cell)]
-    others = [[float((c % g) * cell), float((c // g) * cell), float((c % g) * cell + cell), float((c // g) * cell + cell)]
-              for c in cells[1:]]
-    return np.clip(rgb, 0, 255).astype(np.uint8), box, int(pats[0]), others
+            box = b
+        else:
+            others_boxes.append(b)
+    return np.clip(rgb, 0, 255).astype(np.uint8), box, int(pats[0]), others_boxes
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -112,7 +127,7 @@ def shard_row(it: dict) -> dict:
 
 
 def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
-                         size: int = 112, n_structures: int = 4) -> dict:
+                         size: int = 112, n_structures: int = 4, lesion_cells: int = 1) -> dict:
     """Write every format (module docstring); returns the task summary (also `<out>/task.json`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -121,7 +136,7 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        items = make_items(n, seed, split, size=size, n_structures=n_structures)
+        items = make_items(n, seed, split, size=size, n_structures=n_structures, lesion_cells=lesion_cells)
         d = out / "shards" / split
         d.mkdir(parents=True, exist_ok=True)
         rows = [shard_row(it) for it in items]
@@ -145,7 +160,7 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
         counts[split] = n
         counts[f"{split}_answer_hist"] = np.bincount([it["answer_index"] for it in items],
                                                      minlength=len(PATTERNS)).tolist()
-    summary = dict(seed=seed, size=size, n_structures=n_structures, patterns=list(PATTERNS), question=QUESTION,
+    summary = dict(seed=seed, size=size, n_structures=n_structures, lesion_cells=lesion_cells, patterns=list(PATTERNS), question=QUESTION,
                    instruction=INSTRUCTION, counts=counts)
     (out / "task.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -77,23 +77,43 @@ def test_quick_experiment(tmp_path):
                "--set", f"docs_dir={tmp_path / 'docs'}"])
     assert rc == 0
     res = json.loads(out.read_text())
-    variants = res["config"]["variants"]
-    assert set(res["runs"]) == set(variants) == {"vanilla_grpo", "noroi_grpo", "roi_grpo", "roi_vlpo"}
-    for v in variants:
-        a = res["aggregate"][v]
-        assert 0 <= a["accuracy"]["mean"] <= 100 and 0 <= a["stage1_accuracy"]["mean"] <= 100
-        rec = next(iter(res["runs"][v].values()))
-        assert Path(rec["rl"]["model_dir"]).is_dir() and rec["sft"]["curve"]
-        if v == "vanilla_grpo":
-            assert "cos_roi" not in a
-            continue
-        for k in ("cos_roi", "cos_distractor", "cos_full"):
-            assert -1.0 <= a[k]["mean"] <= 1.0
-        for ab in ("zero", "shuffle"):
-            assert a[f"drop_{ab}"]["mean"] == pytest.approx(a["accuracy"]["mean"] - a[f"acc_{ab}"]["mean"])
-        assert sorted(a["k_sweep"], key=int) == ["2", "4"]
-    assert "roi_k2" in res["extra"] and res["k_train_sweep"]
-    assert "| roi_vlpo |" in res["table_md"]
-    assert len(res["plots"]) == 5
+    tasks = res["config"]["tasks"]
+    assert set(res["tasks"]) == {"single", "multi"} and res["main_task"] == "single"
+    assert res["task_info"]["multi"]["lesion_cells"] == 4 and res["task_info"]["single"]["lesion_cells"] == 1
+    for task, spec in tasks.items():
+        runs, agg = res["tasks"][task]["runs"], res["tasks"][task]["aggregate"]
+        assert set(runs) == set(spec["variants"])
+        for v in spec["variants"]:
+            a = agg[v]
+            assert 0 <= a["accuracy"]["mean"] <= 100 and 0 <= a["stage1_accuracy"]["mean"] <= 100
+            rec = next(iter(runs[v].values()))
+            assert Path(rec["model_dir"]).is_dir() and rec["sft"]["curve"]
+            if v == "vanilla_grpo":
+                assert "cos_roi" not in a and "accuracy_closed" not in a
+                continue
+            for k in ("cos_roi", "cos_distractor", "cos_full"):
+                assert -1.0 <= a[k]["mean"] <= 1.0
+            assert a["drop_zero"]["mean"] == pytest.approx(a["accuracy"]["mean"] - a["accuracy_zero"]["mean"])
+            assert 0 <= a["accuracy_closed"]["mean"] <= 100 and "probe_accuracy" in a
+            assert sorted(a["k_sweep"], key=int) == ["2", "4"]
+            assert set(a["k_sweep"]["2"]) == {"accuracy", "accuracy_zero"}
+    # the bottleneck schedules reached the trainers: annealed 1 -> 0, constant 1
+    curves = {v: next(iter(res["runs"][v].values()))["sft"]["curve"] for v in ("roi_anneal_vlpo", "noroi_bn1_grpo")}
+    assert curves["roi_anneal_vlpo"][0]["closed"] == 1.0 and curves["roi_anneal_vlpo"][-1]["closed"] == 0.0
+    assert {c["closed"] for c in curves["noroi_bn1_grpo"]} == {1.0}
+    assert {c["closed"] for c in next(iter(res["runs"]["roi_vlpo"].values()))["sft"]["curve"]} == {0.0}
+    assert "| roi_anneal_vlpo |" in res["table_md"] and "Task `multi`" in res["table_md"]
+    assert len(res["plots"]) >= 3
     for p in res["plots"]:
         assert Path(p).is_file() and Path(p).stat().st_size > 1000
+
+
+def test_multi_cell_lesion_spans_a_block():
+    for it in make_items(10, seed=2, split="train", lesion_cells=4):
+        x0, y0, x1, y1 = it["box"]
+        assert (x1 - x0, y1 - y0) == (56.0, 56.0)
+        for b in it["distractor_boxes"]:  # distractors are single cells outside the lesion block
+            assert b[2] - b[0] == 28.0 and (b[2] <= x0 or b[0] >= x1 or b[3] <= y0 or b[1] >= y1)
+        assert (it["image"][int(y0), int(x0):int(x1), 0] > 180).all()  # red frame along the whole block
+    with pytest.raises(ValueError, match="lesion_cells"):
+        make_items(1, seed=0, split="train", lesion_cells=3)
