@@ -27,6 +27,9 @@ K sweep with zeroed latents at every K) and the cosines of the latent states to 
 full-image targets. Aggregates: mean, sample std, 95 % t-interval over seeds, every per-seed value. Jobs
 (task x seed x stage-1 recipe) run in `workers` processes of `threads` threads.
 
+Every finished job is kept in `work_dir/jobs/` (atomic JSON): a rerun after a kill, or with more seeds, redoes
+only the missing jobs (delete `work_dir` to start over after changing settings).
+
 Outputs: `results` (JSON) and `docs_dir/<prefix>_*.png`. `python experiments/mechanism/attention.py` adds where
 the answer position attends (image / lesion token / latent slots) to the results JSON.
 """
@@ -345,11 +348,26 @@ def run_job(cfg: dict, task: str, seed: int, stage1: str, extra: dict | None = N
     return out
 
 
+def job_file(cfg: dict, task: str, seed: int, stage1: str, extra: dict | None) -> Path:
+    """Where a finished job's records live: a rerun (after a kill, or with more seeds) reuses them."""
+    name = extra["name"] if extra else stage1
+    return Path(cfg["work_dir"]) / "jobs" / f"{task}-seed{seed}-{name}.json"
+
+
 def _job_entry(args):
     cfg, task, seed, stage1, extra = args
+    path = job_file(cfg, task, seed, stage1, extra)
+    if path.is_file():
+        done = json.loads(path.read_text())
+        return task, seed, stage1, extra, done["records"], done["seconds"]
     t0 = time.perf_counter()
     res = run_job(cfg, task, seed, stage1, extra)
-    return task, seed, stage1, extra, res, time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"records": res, "seconds": dt}))
+    tmp.replace(path)  # atomic: a killed job leaves no file and is redone
+    return task, seed, stage1, extra, res, dt
 
 
 def summary_stats(xs: list) -> dict | None:
@@ -636,10 +654,11 @@ def run_experiment(cfg: dict) -> dict:
     dirs = {t: prepare_data(cfg, t) for t in cfg["tasks"]}
     for s in cfg["seeds"]:
         init_checkpoint(cfg, s)
-    jobs = []
-    for t, spec in cfg["tasks"].items():
-        stage1s = sorted({cfg["variants"][v]["stage1"] for v in spec["variants"]})
-        jobs += [(cfg, t, s, st, None) for st in stage1s for s in cfg["seeds"]]
+    jobs = []  # seed-major: a run stopped early has whole seeds done (finished jobs are kept in work_dir/jobs)
+    for s in cfg["seeds"]:
+        for t, spec in cfg["tasks"].items():
+            stage1s = sorted({cfg["variants"][v]["stage1"] for v in spec["variants"]})
+            jobs += [(cfg, t, s, st, None) for st in stage1s]
     jobs += [(cfg, main_task(cfg), s, e["stage1"], e) for e in cfg["extra"] for s in cfg["extra_seeds"]]
     done = []
 

@@ -10,7 +10,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from medlvr.evaluation.config import ConfigError, load_eval_config  # noqa: E402
 from medlvr.evaluation.inference import encode_batch, load_for_eval  # noqa: E402
@@ -18,6 +17,7 @@ from medlvr.evaluation.latent_diagnostics import (  # noqa: E402
     ZERO_SHUFFLE_NOTE, SampleDecoder, SwapLatents, diagnose, donor_following, heldout_split, linear_probe)
 from medlvr.evaluation.runs import load_all  # noqa: E402
 from medlvr.training.model import eos_token_ids  # noqa: E402
+from tests.evaluation.test_cli import _write as write_config  # noqa: E402
 
 CONFIG = {
     "out_dir": "out", "data_root": "bench", "sample_data": True, "limit": 4,
@@ -39,9 +39,7 @@ def _in_tmp_path(tmp_path, monkeypatch):
 
 
 def _write(tmp_path, cfg=CONFIG):
-    p = tmp_path / "eval.yaml"
-    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return p
+    return write_config(tmp_path, cfg)
 
 
 def test_donor_following_counts_only_rows_whose_answers_differ():
