@@ -428,11 +428,14 @@ def goals(cfg: dict, runs: dict, agg: dict) -> dict:
     van = (agg.get("vanilla_grpo") or {}).get("accuracy", {}).get("mean")
     out: dict = {"vanilla_accuracy": van, "variants": {}}
     for v, a in agg.items():
-        if "donor_following" not in a:
+        if "drop_zero" not in a:  # not a latent model
             continue
+        # donor-following is undefined when every answer is the same (no row's donor answers differently): the
+        # latents then decide nothing, which fails (b)
+        df = a.get("donor_following")
         out["variants"][v] = {
             "a_open_ge_vanilla": None if van is None else a["accuracy"]["mean"] >= van,
-            "b_donor_following_ge_80": a["donor_following"]["mean"] >= 80,
+            "b_donor_following_ge_80": bool(df and df["mean"] >= 80),
             "c_zero_drop_ge_30": a["drop_zero"]["mean"] >= 30,
         }
     pairs = cfg["goal_pairs"]
@@ -484,7 +487,7 @@ def plot(results: dict, docs_dir: Path, prefix: str) -> list[str]:
     fig.tight_layout()
     files.append(_save(fig, docs_dir / f"{prefix}_accuracy.png"))
 
-    lat = [v for v in variants if "donor_following" in agg[v]]
+    lat = [v for v in variants if "drop_zero" in agg[v]]
     if lat:
         # 2. causal diagnostics
         fig, ax = plt.subplots(figsize=(9, 3.8))
@@ -626,7 +629,7 @@ def markdown_tables(results: dict) -> str:
                       "| variant | (a) open >= vanilla | (b) donor-following >= 80 | (c) zero drop >= 30 |",
                       "| --- | --- | --- | --- |"]
             for v, g_ in gl["variants"].items():
-                lines.append(f"| {v} | " + " | ".join("yes" if g_[k] else "no" for k in
+                lines.append(f"| {v} | " + " | ".join({True: "yes", False: "no", None: "–"}[g_[k]] for k in
                                                       ("a_open_ge_vanilla", "b_donor_following_ge_80",
                                                        "c_zero_drop_ge_30")) + " |")
         if gl["d"]:
