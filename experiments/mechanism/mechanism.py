@@ -625,7 +625,9 @@ def markdown_tables(results: dict) -> str:
                         for k in ks) + " |")
         gl = tr["goals"]
         if gl["variants"]:
-            lines += ["", f"Goal (issue 16) per variant, vanilla open accuracy {gl['vanilla_accuracy'] or 0:.1f}:", "",
+            van = "no vanilla run on this task" if gl["vanilla_accuracy"] is None else \
+                f"vanilla open accuracy {gl['vanilla_accuracy']:.1f}"
+            lines += ["", f"Goal (issue 16) per variant ({van}):", "",
                       "| variant | (a) open >= vanilla | (b) donor-following >= 80 | (c) zero drop >= 30 |",
                       "| --- | --- | --- | --- |"]
             for v, g_ in gl["variants"].items():
