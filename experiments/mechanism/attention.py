@@ -7,7 +7,7 @@ last prompt position when K = 0) on (a) all image tokens, (b) the lesion cell's 
 per layer, averaged over heads and samples.
 
     python experiments/mechanism/attention.py --results experiments/mechanism/results.json \
-        [--variants roi_grpo noroi_grpo vanilla_grpo] [--n 50]
+        [--variants roi_vlpo noroi_grpo vanilla_grpo] [--n 50]
 writes `attention` into the results JSON (and prints a table).
 """
 
@@ -64,7 +64,7 @@ def answer_attention(model_dir: str, items: list[dict], k: int, pixels: dict) ->
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="experiments/mechanism/results.json")
-    ap.add_argument("--variants", nargs="+", default=["vanilla_grpo", "noroi_grpo", "roi_grpo", "roi_vlpo"])
+    ap.add_argument("--variants", nargs="+", default=["vanilla_grpo", "noroi_grpo", "roi_vlpo", "roi_anneal_vlpo"])
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
