@@ -40,7 +40,9 @@ Checkpoint layout (`save`)::
     dir/optim/               single: optimizer.pt, scheduler.pt | deepspeed: the engine's own (per-rank ZeRO shards)
     dir/rng/rank-<r>.pt      python, numpy, torch (and CUDA) RNG states per rank
     dir/trainer_state.json   counters + extra_state (data position, ...);  dir/config.json: the run's config
-The directory is written as ``dir.tmp`` and renamed when complete, so a killed save never looks complete.
+    dir/manifest.json        every other file with size and sha256, written last (`training/checkpoints.py`)
+The directory is written as ``dir.tmp`` and renamed when complete, so a killed save never looks complete; resume
+verifies the manifest and falls back to an older checkpoint when it does not (`resolve_resume`).
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from medlvr.training.checkpoints import write_manifest
 from medlvr.training.model import save_checkpoint
 
 BACKENDS = ("single", "deepspeed")
@@ -307,10 +310,13 @@ class Engine:
 
     # ------------------------------------------------------------------------------------ checkpointing
     def save(self, directory: str | Path, extra_state: dict[str, Any] | None = None, *, processor=None,
-             config: dict | None = None, k_latent: int | None = None) -> Path:
+             config: dict | None = None, k_latent: int | None = None,
+             write_extra: Callable[[Path], None] | None = None) -> Path:
         """Write a complete, resumable checkpoint (all ranks must call it). Returns the final directory.
 
-        `k_latent`: K recorded next to the weights (`model/medlvr_latent.json`, needs `processor`)."""
+        `k_latent`: K recorded next to the weights (`model/medlvr_latent.json`, needs `processor`).
+        `write_extra(tmp_dir)`: every rank adds its own files (VLPO: the rollout generator) before the manifest.
+        The manifest (`medlvr.training.checkpoints.write_manifest`) is written last, then the folder renamed."""
         final = Path(directory)
         tmp = final.with_name(final.name + ".tmp")
         if self.is_main:
@@ -334,6 +340,8 @@ class Engine:
             torch.save(self.optimizer.state_dict(), tmp / "optim" / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "optim" / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng" / f"rank-{self.rank}.pt")
+        if write_extra is not None:
+            write_extra(tmp)
         self.barrier()
         if self.is_main:
             state = {"global_step": self.global_step, "micro_step": self.micro_step, "world_size": self.world_size,
@@ -341,6 +349,7 @@ class Engine:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str))
             if config is not None:
                 (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+            write_manifest(tmp)  # last: a folder with a manifest that verifies is complete
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

@@ -215,7 +215,18 @@ def test_resume_is_exact(tmp_path, sft_ckpt):
     full = train_vlpo(_cfg(tmp_path / "full", sft_ckpt))
     part = train_vlpo(_cfg(tmp_path / "part", sft_ckpt, run__stop_after=2))
     assert part["steps"] == 2 and part["final_dir"] is None
-    rest = train_vlpo(_cfg(tmp_path / "part", sft_ckpt))  # resumes from step 2
+    manifest = json.loads((tmp_path / "part" / "checkpoints" / "step-0000002" / "manifest.json").read_text())
+    assert "rollout_rng/rank-0.pt" in manifest["files"]  # written inside the folder before its manifest
+
+    class Killed(BaseException):
+        pass
+
+    def kill(step, m):  # resumed from 2, step 3 logged, then killed before any checkpoint of step 3
+        raise Killed
+
+    with pytest.raises(Killed):
+        train_vlpo(_cfg(tmp_path / "part", sft_ckpt), log_fn=kill)
+    rest = train_vlpo(_cfg(tmp_path / "part", sft_ckpt))  # resumes from step 2 again: step 3 is not logged twice
     assert rest["steps"] == 4 and [h["step"] for h in rest["metrics"]] == [3, 4]
     for a, b in zip(full["metrics"][2:], rest["metrics"]):
         for k in ("reward_mean", "loss", "kl", "grad_norm", "entropy"):

@@ -142,7 +142,7 @@ def save(eng: Engine, out_dir: Path, step: int, stream: ShardStream, processor, 
     path = eng.save(checkpoint_dir(out_dir, step), {"data_position": stream.position.to_dict(), "metrics": metrics},
                     processor=processor, config=cfg.to_dict(), k_latent=cfg.latent.k_latent)
     if eng.is_main:
-        prune_checkpoints(out_dir, cfg.run.keep_last)
+        prune_checkpoints(out_dir, cfg.run.keep_last, upto=step)
     return path
 
 

@@ -76,12 +76,12 @@ def load_reference(cfg: VLPORunConfig, device: torch.device):
 
 def _save(eng: Engine, cfg: VLPORunConfig, step: int, sampler: PromptSampler, gen: torch.Generator,
           processor) -> Path:
-    final = eng.save(checkpoint_dir(cfg.run.out_dir, step), {"sampler": sampler.state_dict()}, processor=processor,
-                     config=cfg.to_dict(), k_latent=cfg.k_latent)
-    (final / "rollout_rng").mkdir(exist_ok=True)
-    torch.save(gen.get_state(), final / "rollout_rng" / f"rank-{eng.rank}.pt")
-    eng.barrier()
-    return final
+    def rollout_state(tmp: Path) -> None:  # inside the folder before its manifest is written
+        (tmp / "rollout_rng").mkdir(exist_ok=True)
+        torch.save(gen.get_state(), tmp / "rollout_rng" / f"rank-{eng.rank}.pt")
+
+    return eng.save(checkpoint_dir(cfg.run.out_dir, step), {"sampler": sampler.state_dict()}, processor=processor,
+                    config=cfg.to_dict(), k_latent=cfg.k_latent, write_extra=rollout_state)
 
 
 def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
@@ -168,7 +168,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         if run.save_every and step() % run.save_every == 0 and step() < run.max_steps:
             _save(eng, cfg, step(), sampler, gen, processor)
             if eng.is_main:
-                prune_checkpoints(out_dir, run.keep_last)
+                prune_checkpoints(out_dir, run.keep_last, upto=step())
     logger.close()
     result = {"steps": step(), "metrics": history, "final_dir": None, "checkpoint": None}
     if step() > 0:
@@ -182,7 +182,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
                 shutil.copytree(ck_dir / "model", final / "model")
             result["final_dir"] = str(final / "model")
         if eng.is_main:
-            prune_checkpoints(out_dir, run.keep_last)
+            prune_checkpoints(out_dir, run.keep_last, upto=step())
     return result
 
 
