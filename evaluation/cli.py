@@ -1,7 +1,9 @@
 """`medlvr evaluate --config FILE [--set key=value ...] [--out DIR] [--limit N]` and `medlvr evaluate-merge`.
 
-`--out DIR` and `--limit N` are shorthands for `--set out_dir=DIR` and `--set limit=N`. A config error reaches the
-root CLI (`medlvr: error: ...`, exit 2).
+`--out DIR` and `--limit N` are shorthands for `--set out_dir=DIR` and `--set limit=N`. A config error, or a
+benchmark error (a malformed benchmark file; an image that is missing, truncated or not an image, named by its
+file relative to the benchmark root and its record id), reaches the root CLI: one line `medlvr: error: ...`,
+exit 2, no traceback.
 
 Data parallel: `torchrun --nproc-per-node N -m medlvr.evaluation.cli --config FILE` (or the `medlvr` entry point under
 torchrun): each rank generates its shard, rank 0 merges the rank files and writes the report.
@@ -13,7 +15,8 @@ import argparse
 import os
 import sys
 
-from medlvr.corpus.config import add_config_arguments
+from medlvr.corpus.config import ConfigError, add_config_arguments
+from medlvr.corpus.evalsets.base import BenchmarkError
 
 
 def _cmd_evaluate(args) -> int:
@@ -72,7 +75,16 @@ def main(argv=None) -> int:
     if not argv or argv[0] not in ("evaluate", "evaluate-merge"):
         argv = ["evaluate", *argv]
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (ConfigError, BenchmarkError) as e:  # as the root CLI does: one line, no traceback
+        print(f"medlvr: error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (a message listing several problems joins them with "; ")."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

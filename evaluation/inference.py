@@ -18,17 +18,21 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
 
 import torch
+from PIL import Image, UnidentifiedImageError
 
-from medlvr.corpus.evalsets.base import Sample, open_image
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, image_bytes
 from medlvr.corpus.prompts import MC_INSTRUCTION, OPEN_INSTRUCTION, YESNO_INSTRUCTION, option_lines
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
@@ -74,10 +78,53 @@ def chat_text(processor, sample: Sample, style: str) -> str:
                                          add_generation_prompt=True)
 
 
-def encode_batch(processor, samples: Sequence[Sample], style: str):
-    """Left-padded processor batch for `samples` (images opened lazily, one batch at a time)."""
+def image_location(uri: str, root: Path | None = None) -> str:
+    """Where an image URI points, for an error line: the file relative to the benchmark root (when under it), plus
+    the zip member or the Parquet cell."""
+    u = urlparse(uri)
+    path = Path(unquote(u.path))
+    if root is not None and path.is_relative_to(Path(root).resolve()):
+        path = path.relative_to(Path(root).resolve())
+    if u.scheme == "zip":
+        return f"{path.as_posix()} member {unquote(u.fragment)}"
+    if u.scheme == "parquet":
+        q = parse_qs(u.fragment)
+        return f"{path.as_posix()} row {q.get('row', ['?'])[0]} column {q.get('col', ['?'])[0]}"
+    return path.as_posix()
+
+
+def open_sample_image(sample: Sample, uri: str, root: Path | None = None):
+    """The PIL RGB image of a sample, or ONE BenchmarkError line naming the benchmark, the file (relative to `root`,
+    the benchmark root) and the record. A broken image stops the run rather than being skipped: a skipped sample
+    would silently change the denominator of every score of that benchmark."""
+    where = f"benchmark {sample.benchmark}: record {sample.sample_id}: image {image_location(uri, root)}"
+    try:
+        data = image_bytes(uri)
+    except FileNotFoundError:
+        raise BenchmarkError(f"{where} is missing") from None
+    except KeyError:  # zipfile: no such member
+        raise BenchmarkError(f"{where} is not in the archive") from None
+    except (OSError, BenchmarkError, zipfile.BadZipFile) as e:
+        raise BenchmarkError(f"{where} cannot be read ({type(e).__name__}: {_first_line(e)})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except UnidentifiedImageError:  # PIL names only <_io.BytesIO object>: say what it means
+        raise BenchmarkError(f"{where} is not an image") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file makes PIL raise OSError, SyntaxError, struct.error, ...
+        raise BenchmarkError(f"{where} is truncated or damaged ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def encode_batch(processor, samples: Sequence[Sample], style: str, root: Path | None = None):
+    """Left-padded processor batch for `samples` (images opened lazily, one batch at a time); `root`: the
+    benchmark root, to name a broken image's file relative to it."""
     texts = [chat_text(processor, s, style) for s in samples]
-    images = [open_image(u) for s in samples for u in s.images]
+    images = [open_sample_image(s, u, root) for s in samples for u in s.images]
     kw = {"images": images} if images else {}
     return processor(text=texts, padding=True, return_tensors="pt", **kw), texts
 
@@ -218,9 +265,12 @@ def run_predictions(
     transform_factory: TransformFactory | None = None,
     ablation: str | None = None,
     progress: Callable[[str], None] | None = None,
+    benchmark_root: Path | None = None,
 ) -> RunStats:
     """Generate for this rank's shard of `samples` not yet in `out_path` (or its rank file); append records.
 
+    A sample whose image cannot be read stops the run with one `BenchmarkError` line (`open_sample_image`); the
+    records of the batches before it are kept, so the rerun after the fix resumes there.
     transform_factory(batch_samples) -> optional `latent_transform` for that batch (latent ablations).
     """
     k = lm.spec.k_latent if k_latent is None else k_latent
@@ -244,7 +294,7 @@ def run_predictions(
     with my_path.open("a") as f:
         for i in range(0, len(todo), bs):
             batch = todo[i:i + bs]
-            enc, texts = encode_batch(lm.processor, batch, lm.spec.prompt_style)
+            enc, texts = encode_batch(lm.processor, batch, lm.spec.prompt_style, benchmark_root)
             transform = transform_factory(batch) if transform_factory else None
             t0 = time.perf_counter()
             out = latent_generate(lm.model, enc, lm.ids, cfg, generator=gen, latent_transform=transform)

@@ -36,6 +36,12 @@ def load_benchmark(cfg: EvalConfig, name: str) -> list[Sample]:
     return samples[: cfg.limit] if cfg.limit else samples
 
 
+def benchmark_root(cfg: EvalConfig, name: str) -> Path | None:
+    """The configured folder of a benchmark (error lines name files relative to it)."""
+    spec = cfg.benchmarks.get(name)
+    return Path(spec["path"]) if spec and spec.get("path") else None
+
+
 def load_all(cfg: EvalConfig) -> dict[str, list[Sample]]:
     if cfg.sample_data and cfg.data_root is not None:
         missing = [b for b in cfg.benchmarks if not Path(cfg.benchmarks[b]["path"]).is_dir()]
@@ -98,7 +104,7 @@ def run_jobs(cfg: EvalConfig, jobs: list[Job], samples: dict[str, list[Sample]],
             st = run_predictions(lm, subset, pred_path(cfg.out_dir, j), k_latent=j.k_latent, variant=j.variant,
                                  settings=cfg.decode, rank=rank, world_size=world_size,
                                  transform_factory=factory, ablation=j.ablation or None,
-                                 progress=progress)
+                                 progress=progress, benchmark_root=benchmark_root(cfg, j.benchmark))
             info[f"{j.model}/k{j.k_latent}/{j.variant}/{j.benchmark}"] = {"done": st.n_done, "skipped": st.n_skipped,
                                                                           "gen_s": st.gen_s}
         del lm

@@ -19,10 +19,14 @@ from pathlib import Path
 from medlvr.corpus import cli as corpus_cli
 from medlvr.corpus.catalog import CatalogError
 from medlvr.corpus.config import ConfigError
+from medlvr.corpus.evalsets.base import BenchmarkError
+from medlvr.corpus.kg.graph import KGError
 from medlvr.corpus.ingest import DatasetSummary
 from medlvr.corpus.shards import MANIFEST_NAME
 from medlvr.evaluation import cli as evaluation_cli
+from medlvr.evaluation.cli import one_line
 from medlvr.training import cli as training_cli
+from medlvr.training.checkpoints import CheckpointError
 
 
 def _cmd_demo(args) -> int:
@@ -61,12 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors about the user's input whose message already says what is wrong where (a config key, a catalog or
+# knowledge-graph entry, a benchmark file and record, a damaged checkpoint, a missing file): printed as ONE line,
+# exit 2, no traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (CatalogError, ConfigError, BenchmarkError, CheckpointError, KGError, KeyError, FileNotFoundError)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (CatalogError, ConfigError, KeyError, FileNotFoundError) as e:
-        print(f"medlvr: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"medlvr: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

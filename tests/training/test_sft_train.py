@@ -190,3 +190,17 @@ def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
     model, proc, ids = load_checkpoint(ck / "model")
     assert ids.start == proc.tokenizer.convert_tokens_to_ids("<Medlvr_Start>")
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(ck)
+
+
+def test_cli_explicit_damaged_resume_is_one_line(corpus, tmp_path, capsys):
+    from medlvr.pipelines.cli import main
+
+    damaged = tmp_path / "run" / "checkpoints" / "step-0000002"
+    damaged.mkdir(parents=True)
+    (damaged / "trainer_state.json").write_text("{}")  # what used to pass for complete: no manifest
+    rc = main(["train-sft", "--config", "configs/sft_tiny.yaml", "--set", f"data.corpus={corpus}",
+               "--set", f"run.out_dir={tmp_path / 'run'}", "--set", f"run.resume={damaged}",
+               "--set", "run.progress=false"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and err == [f"medlvr: error: run.resume: checkpoint {damaged} cannot be resumed: missing "
+                               "manifest.json (the save did not finish)"], err
