@@ -18,21 +18,19 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from medlvr.corpus.evalsets.base import BenchmarkError, Sample, image_bytes
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, open_image
 from medlvr.corpus.prompts import MC_INSTRUCTION, OPEN_INSTRUCTION, YESNO_INSTRUCTION, option_lines
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
@@ -94,25 +92,22 @@ def image_location(uri: str, root: Path | None = None) -> str:
 
 
 def open_sample_image(sample: Sample, uri: str, root: Path | None = None):
-    """The PIL RGB image of a sample, or ONE BenchmarkError line naming the benchmark, the file (relative to `root`,
-    the benchmark root) and the record. A broken image stops the run rather than being skipped: a skipped sample
-    would silently change the denominator of every score of that benchmark."""
+    """The PIL RGB image of a sample (through `open_image`, the one reader of benchmark images), or ONE
+    BenchmarkError line naming the benchmark, the file (relative to `root`, the benchmark root) and the record. A
+    broken image stops the run rather than being skipped: a skipped sample would silently change the denominator
+    of every score of that benchmark."""
     where = f"benchmark {sample.benchmark}: record {sample.sample_id}: image {image_location(uri, root)}"
     try:
-        data = image_bytes(uri)
+        return open_image(uri)
     except FileNotFoundError:
         raise BenchmarkError(f"{where} is missing") from None
     except KeyError:  # zipfile: no such member
         raise BenchmarkError(f"{where} is not in the archive") from None
-    except (OSError, BenchmarkError, zipfile.BadZipFile) as e:
-        raise BenchmarkError(f"{where} cannot be read ({type(e).__name__}: {_first_line(e)})") from None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
     except UnidentifiedImageError:  # PIL names only <_io.BytesIO object>: say what it means
         raise BenchmarkError(f"{where} is not an image") from None
     except Exception as e:  # noqa: BLE001 - a damaged file makes PIL raise OSError, SyntaxError, struct.error, ...
-        raise BenchmarkError(f"{where} is truncated or damaged ({type(e).__name__}: {_first_line(e)})") from None
+        raise BenchmarkError(f"{where} is truncated, damaged or unreadable ({type(e).__name__}: "
+                             f"{_first_line(e)})") from None
 
 
 def _first_line(e: BaseException) -> str:

@@ -7,13 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri, parquet_uri, zip_uri
 from medlvr.corpus.evalsets.registry import get_benchmark, write_benchmark_samples
 from medlvr.evaluation import runs
+from medlvr.evaluation.inference import image_location, open_sample_image
 from medlvr.pipelines.cli import main
 
 MEDLVR = str(Path(sys.executable).parent / "medlvr")
@@ -40,7 +43,7 @@ def _medlvr(*args: str, cwd: Path) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("damage,why", [
     ("not an image", "is not an image"),
-    ("truncated", "is truncated or damaged"),
+    ("truncated", "is truncated, damaged or unreadable"),
 ])
 def test_evaluate_a_broken_image_is_one_line_naming_file_and_record(tmp_path, damage, why):
     config, image, record = _setup(tmp_path)
@@ -75,3 +78,20 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "evaluate", bug)
     with pytest.raises(ZeroDivisionError):
         main(["evaluate", "--config", str(config), "--quiet"])
+
+
+def test_the_error_line_names_zip_members_and_parquet_cells(tmp_path):
+    root = tmp_path / "bench"
+    (root / "sub").mkdir(parents=True)
+    with zipfile.ZipFile(root / "sub" / "images.zip", "w") as zf:
+        zf.writestr("images/a.jpg", b"not a jpeg")
+    sample = Sample(benchmark="medxpertqa_mm", sample_id="MM-7", question="?", kind="open", answer="x")
+    member = zip_uri(root / "sub" / "images.zip", "images/a.jpg")
+    assert image_location(member, root) == "sub/images.zip member images/a.jpg"
+    assert image_location(parquet_uri(root / "t.parquet", 3, "image_1"), root) == "t.parquet row 3 column image_1"
+    assert image_location(file_uri(tmp_path / "elsewhere.png"), root) == str(tmp_path / "elsewhere.png")
+    with pytest.raises(BenchmarkError) as e:
+        open_sample_image(sample, member, root)
+    assert str(e.value) == "benchmark medxpertqa_mm: record MM-7: image sub/images.zip member images/a.jpg is not an image"
+    with pytest.raises(BenchmarkError, match="image sub/images.zip member images/b.jpg is not in the archive$"):
+        open_sample_image(sample, zip_uri(root / "sub" / "images.zip", "images/b.jpg"), root)
