@@ -26,15 +26,16 @@ import numpy as np
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import image_size, source_image
 from medlvr.corpus.adapters.images import read_2d
-from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
 from medlvr.corpus.masks import box_of, polygon_mask
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 
-def parse_regions(path: Path) -> list[tuple[str, np.ndarray | str]]:
+def parse_regions(path: Path, data_root: Path | None = None) -> list[tuple[str, np.ndarray | str]]:
     """[(region id, (N, 2) x,y vertices) or (region id, reason it is unusable)] in file order."""
     try:
-        root = ET.parse(path).getroot()
+        with open_confined(data_root or path.parent, path) as f:
+            root = ET.parse(f).getroot()
     except (ET.ParseError, OSError) as e:
         raise RecordError(f"cannot parse Aperio XML {path.name}: {e}")
     out: list[tuple[str, np.ndarray | str]] = []
@@ -98,11 +99,11 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     label = spec.options.get("label", "nucleus")
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"))
+    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"), root=root)
     shape = image_size(px)
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []
-    for rid, pts in parse_regions(require_file(root, ref.paths["annotation"])):
+    for rid, pts in parse_regions(require_file(root, ref.paths["annotation"]), root):
         if isinstance(pts, str):
             rejects.append((label, f"Region {rid}: {pts}"))
             continue
