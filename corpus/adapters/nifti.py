@@ -78,12 +78,14 @@ def _load_confined(root: Path, rel: str):
     else:
         raise ImageFileError(f"cannot work out the file type of {Path(rel).name}")
     file_map = klass.filespec_to_file_map(str(safe_path(root, rel)))
-    for holder in file_map.values():
+    for role, holder in file_map.items():
         try:
             holder.filename = str(confined(root, Path(holder.filename)))
         except RecordError as e:
             if "missing" not in e.reason:
                 raise
+            if role not in ("image", "header"):
+                continue  # an optional part that is absent (SPM's .mat beside an Analyze pair)
             name = Path(holder.filename).relative_to(root).as_posix()
             raise RecordError(f"cannot read NIfTI {rel}: its data file {name} is missing") from None
     return klass.from_file_map(file_map)
