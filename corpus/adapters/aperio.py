@@ -69,6 +69,10 @@ def region_mask(shape: tuple[int, int], pts: np.ndarray) -> tuple[np.ndarray, in
     return polygon_mask((y1 - y0, x1 - x0), pts - [x0, y0]), x0, y0
 
 
+def escaped(reason: str) -> bool:
+    return "outside the dataset root" in reason or "escapes" in reason or "absolute" in reason
+
+
 def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     o = spec.options
     globs = o["image_glob"] if isinstance(o["image_glob"], list) else [o["image_glob"]]
@@ -89,7 +93,10 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
                     xml_rel = cand
                     break
                 except RecordError as e:
-                    reason = e.reason if "missing" not in e.reason else f"annotation XML missing: {cand}"
+                    if "missing" not in e.reason:  # a path out of the root is worse news than a missing file
+                        reason = e.reason
+                    elif not escaped(reason):
+                        reason = f"annotation XML missing: {cand}"
             if xml_rel is None:
                 yield Reject(spec.id, rel, "discover", reason, img.stem)
                 continue
