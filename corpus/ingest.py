@@ -19,7 +19,7 @@ import traceback
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -385,7 +385,17 @@ def iter_discover(spec: DatasetSpec, root: Path, rejects: list[Reject]) -> Itera
     except RecordError as e:  # the dataset as a whole is unreadable (e.g. its annotation file is corrupt)
         rejects.append(Reject(spec.id, ".", e.stage, e.reason, "<dataset>"))
     for rel in take_escapes():  # files `walk` refused: each is a record that could not be read
-        rejects.append(Reject(spec.id, rel, "discover", f"symlink resolves outside the dataset root: {rel}", rel))
+        why = f"symlink resolves outside the dataset root: {rel}"
+        # an adapter that indexes files by a walk already reported the record, as missing (its file was not
+        # offered) or as escaping (its own check): say why once, on that reject
+        name, stem = PurePosixPath(rel).name, PurePosixPath(rel).stem
+        same = [r for r in rejects if r.source_path == rel or rel in r.reason or
+                ("missing" in r.reason and (name in r.reason or r.reason.endswith(stem)))]
+        for r in same:
+            if "missing" in r.reason:
+                r.reason = why
+        if not same:
+            rejects.append(Reject(spec.id, rel, "discover", why, rel))
 
 
 def discover(spec: DatasetSpec, root: Path) -> tuple[list[RecordRef], list[Reject]]:

@@ -40,10 +40,12 @@ def _stem(name: str) -> str:
 def read_box_table(path: Path, root: Path | None = None) -> list[dict[str, str]]:
     try:
         with open_confined(root or path.parent, path, "r", "discover", newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RecordError(f"cannot read {path.name}: {e}", stage="discover")
-    if rows and (missing := [c for c in HEADER if c not in rows[0]]):
+    # an empty file has no header either: not a table without boxes (that would make every volume a negative)
+    if missing := [c for c in HEADER if c not in header]:
         raise RecordError(f"{path.name}: missing columns {missing}", stage="discover")
     return rows
 

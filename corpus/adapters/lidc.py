@@ -134,8 +134,8 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
             if p.name.startswith(".") or p.suffix.lower() != ".dcm":
                 continue
             if not is_within(root, p) or not p.is_file():
-                yield Reject(spec.id, rel_path(root, p), "discover", "slice resolves outside the dataset root "
-                             "(symlink?) or is not a file", rel)
+                yield Reject(spec.id, rel_path(root, p), "discover", f"slice {rel_path(root, p)} resolves outside "
+                             f"the dataset root (symlink?) or is not a file", rel)
                 slices = None
                 break
             slices.append(rel_path(root, p))
