@@ -386,14 +386,16 @@ def iter_discover(spec: DatasetSpec, root: Path, rejects: list[Reject]) -> Itera
         rejects.append(Reject(spec.id, ".", e.stage, e.reason, "<dataset>"))
     for rel in take_escapes():  # files `walk` refused: each is a record that could not be read
         why = f"symlink resolves outside the dataset root: {rel}"
-        # an adapter that indexes files by a walk already reported the record, as missing (its file was not
-        # offered) or as escaping (its own check): say why once, on that reject
+        # an adapter that indexes files by a walk may already have reported the record (its file was not offered:
+        # "missing", "no file matches") or the escape itself: say why once, on that reject
         name, stem = PurePosixPath(rel).name, PurePosixPath(rel).stem
         same = [r for r in rejects if r.source_path == rel or rel in r.reason or
                 ("missing" in r.reason and (name in r.reason or r.reason.endswith(stem)))]
         for r in same:
             if "missing" in r.reason:
                 r.reason = why
+            elif "outside the dataset root" not in r.reason:
+                r.reason = f"{why}; {r.reason}"
         if not same:
             rejects.append(Reject(spec.id, rel, "discover", why, rel))
 

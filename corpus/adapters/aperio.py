@@ -69,7 +69,8 @@ def region_mask(shape: tuple[int, int], pts: np.ndarray) -> tuple[np.ndarray, in
     return polygon_mask((y1 - y0, x1 - x0), pts - [x0, y0]), x0, y0
 
 
-def escaped(reason: str) -> bool:
+def _escapes_root(reason: str) -> bool:
+    """A reason that says the path leaves the dataset root (worse news than a missing file)."""
     return "outside the dataset root" in reason or "escapes" in reason or "absolute" in reason
 
 
@@ -95,7 +96,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
                 except RecordError as e:
                     if "missing" not in e.reason:  # a path out of the root is worse news than a missing file
                         reason = e.reason
-                    elif not escaped(reason):
+                    elif not _escapes_root(reason):
                         reason = f"annotation XML missing: {cand}"
             if xml_rel is None:
                 yield Reject(spec.id, rel, "discover", reason, img.stem)

@@ -144,12 +144,15 @@ def test_annotation_file_symlinked_out_of_the_root_is_refused(samples, tmp_path,
 
 # ---------------------------------------------------------------- the confinement function itself
 
+def _files(base: Path, texts: dict[str, str]) -> Path:
+    for rel, text in texts.items():
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_text(text)
+    return base
+
+
 def test_confined_resolves_every_level_and_checks_size(tmp_path):
-    root = tmp_path / "ds"
-    (root / "a").mkdir(parents=True)
-    (root / "a" / "f.txt").write_text("hello")
-    (tmp_path / "secret").mkdir()
-    (tmp_path / "secret" / "f.txt").write_text("secret")
+    root = _files(tmp_path, {"ds/a/f.txt": "hello", "secret/f.txt": "secret"}) / "ds"
     assert confined(root, "a/f.txt") == Path(os.path.realpath(root / "a" / "f.txt"))
     assert confined(root, root / "a" / "f.txt") == confined(root, "a/f.txt")  # a joined Path or a relative str
     with open_confined(root, "a/f.txt", "r") as f:
@@ -170,11 +173,7 @@ def test_confined_resolves_every_level_and_checks_size(tmp_path):
 
 
 def test_walk_yields_no_file_that_leaves_the_root(tmp_path):
-    root = tmp_path / "ds"
-    (root / "in").mkdir(parents=True)
-    (root / "in" / "x.xml").write_text("<a/>")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "y.xml").write_text("<a/>")
+    root = _files(tmp_path, {"ds/in/x.xml": "<a/>", "out/y.xml": "<a/>"}) / "ds"
     os.symlink(tmp_path / "out" / "y.xml", root / "in" / "y.xml")  # a file link out
     os.symlink(tmp_path / "out", root / "linked")  # a folder link out
     os.symlink(root / "in" / "x.xml", root / "in" / "z.xml")  # a link that stays inside: fine
