@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors about the user's input whose message already says what is wrong where (a config key, a catalog or
 # knowledge-graph entry, a benchmark file and record, a damaged checkpoint, a missing file): printed as ONE line,
 # exit 2, no traceback. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (CatalogError, ConfigError, BenchmarkError, CheckpointError, KGError, KeyError, FileNotFoundError)
+USER_ERRORS = (CatalogError, ConfigError, BenchmarkError, CheckpointError, KGError, FileNotFoundError)
 
 
 def main(argv=None) -> int:

@@ -39,7 +39,7 @@ def test_partitions_and_sample_evaluation_follow_the_registry():
 def test_a_benchmark_name_selects_its_data_dir_writer(tmp_path):
     counts = write_benchmark_samples(tmp_path, ["mmmu_hm"])
     assert counts == {"mmmu": 6} and (tmp_path / "mmmu").is_dir() and not (tmp_path / "mmmu_hm").exists()
-    with pytest.raises(KeyError, match="no benchmark sample writer"):
+    with pytest.raises(BenchmarkError, match="no benchmark sample writer"):
         write_benchmark_samples(tmp_path, ["nonexistent"])
 
 
