@@ -55,8 +55,9 @@ def sample_tokens(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-# Positions (rows x time) per chunk of `chunked_token_logprobs`: 1024 x V=152,064 fp32 is 0.6 GB at 7B.
-LOGPROB_CHUNK = 1024
+# Positions (rows x time) per chunk of `chunked_token_logprobs`: 512 x V=152,064 x (bf16 + fp32 + fp32 grad) is
+# 0.8 GB at 7B (benchmarks/RESULTS.md, memory model).
+LOGPROB_CHUNK = 512
 
 
 def _chunk_logprobs(hidden: torch.Tensor, tokens: torch.Tensor, lm_head: torch.nn.Module, temperature: float,

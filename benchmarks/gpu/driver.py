@@ -9,9 +9,9 @@ Figures (every one lands in the JSON, with the device name and the settings):
 (b) decode: K = 8 latent generation / plain generation, 64 answer tokens, B = 1 and 16  goal <= 1.10 (paper 1.15)
 (c) ROI-SFT step (micro-batch 4, 1280*28^2 pixels, gradient checkpointing, self-fed latents, AdamW): tokens/s,
     model FLOPs utilisation of the language model and of the vision tower separately, peak memory   goal >= 40%
-(d) VLPO step vs GRPO step on the same rollouts (G = 8, 2 prompts, 512 new tokens, reference model): phase times,
-    peak memory, ratio (goal <= 1.15); replay forward+backward peak memory chunked vs unchunked log-softmax
-    (goal: chunked <= 1/4)
+(d) VLPO step vs GRPO step on the same rollouts (G = 8, 2 prompts, 512 new tokens, reference model; updates in
+    micro-batches of 4 trajectories with gradient checkpointing): phase times, peak memory, ratio (goal <= 1.15);
+    peak memory of one replay forward + backward, chunked vs unchunked log-softmax (goal: chunked <= 1/4)
 Full width everywhere. When a training step at full depth does not fit the GPU (weights + gradients + AdamW state in
 bf16), (c)/(d) halve the number of decoder layers until it does and record `layers` (utilisation per layer is what
 counts). EOS is disabled: every run generates exactly the asked length.
@@ -77,6 +77,7 @@ class Settings:
     vlpo_g: int = 8
     vlpo_new_tokens: int = 512
     vlpo_image: int = 448
+    vlpo_micro_batch: int = 4  # trajectories per replay forward/backward (gradient checkpointing on)
 
 
 DRY_RUN = Settings(shape="tiny", device="cpu", dtype="float32", repeats=1, answer_tokens=16, decode_image=112,
@@ -199,6 +200,7 @@ def bench_sft(b, s: Settings, corpus: Path) -> dict:
 # ------------------------------------------------------------------------------------------------------ (d)
 def _update(policy, exp, ids, lcfg, micro, times):
     eng = Engine(policy, EngineConfig(device=str(policy.device), lr=1e-7, warmup_ratio=0.0,
+                                      gradient_checkpointing=True,
                                       grad_accum=(exp.out.sequences.shape[0] + micro - 1) // micro),
                  total_steps=10, micro_batch_size=micro)
     denoms = global_denominators(exp, lcfg.aggregation)
@@ -210,13 +212,14 @@ def _update(policy, exp, ids, lcfg, micro, times):
             eng.step()
 
 
-def _replay_peak(policy, exp, ids, chunk: int) -> float | None:
+def _replay_peak(policy, exp, ids, chunk: int, micro: int) -> float | None:
+    """Peak memory above the resting state of one replay forward + backward over `micro` trajectories."""
     dev = policy.device
     base = _peak_reset(dev)
-    out = exp.out
-    r = replay(policy, exp.batch.inputs, out.sequences, out.gen_mask, out.z, ids, out.logprob_temperature,
-               prompt_index=out.prompt_index, banned_ids=(ids.latent, *vision_token_ids(policy)),
-               logprob_chunk=chunk)
+    out, idx = exp.out, torch.arange(micro)
+    r = replay(policy, exp.batch.inputs, out.sequences[idx], out.gen_mask[idx], out.z[idx], ids,
+               out.logprob_temperature, prompt_index=out.prompt_index[idx],
+               banned_ids=(ids.latent, *vision_token_ids(policy)), logprob_chunk=chunk)
     (r.token_logprobs.sum() + r.mu.float().sum()).backward()
     policy.zero_grad(set_to_none=True)
     return None if base is None else (torch.cuda.max_memory_allocated(dev) - base) / 2**30
@@ -231,7 +234,7 @@ def bench_vlpo(b, s: Settings, image_dir: Path) -> dict:
     dcfg = dataclasses.replace(decode_config(rcfg, s.k, banned_ids=vision_token_ids(model)), eos_token_ids=())
     ref = copy.deepcopy(model).requires_grad_(False)
     N = s.vlpo_prompts * s.vlpo_g
-    micro = N
+    micro = s.vlpo_micro_batch
     vlpo_cfg = LossConfig(beta=0.04, lambda_lat=1.0, latent_sigma=0.1, latent_sigma_relative=True)
     grpo_cfg = dataclasses.replace(vlpo_cfg, lambda_lat=0.0)
     rollout = LocalLatentRollout(model, ids)
@@ -272,9 +275,10 @@ def bench_vlpo(b, s: Settings, image_dir: Path) -> dict:
         rec.setdefault("vlpo_over_grpo_step", []).append((before + res["vlpo"][0]) / (before + res["grpo"][0]))
     out = {k: statistics.median(v) for k, v in rec.items()}
     model.train()
-    chunked, unchunked = _replay_peak(model, exp, ids, LOGPROB_CHUNK), None
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    chunked, unchunked = _replay_peak(model, exp, ids, LOGPROB_CHUNK, micro), None
     with contextlib.suppress(torch.cuda.OutOfMemoryError):
-        unchunked = _replay_peak(model, exp, ids, 10**12)
+        unchunked = _replay_peak(model, exp, ids, 10**12, micro)
     out.update(trajectories=N, generated_positions=int(exp.out.sequences.shape[1]),
                replay_peak_chunked_gib=chunked, replay_peak_unchunked_gib=unchunked,
                replay_chunked_over_unchunked=None if not (chunked and unchunked) else chunked / unchunked,
