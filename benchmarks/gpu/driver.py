@@ -39,8 +39,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmark scripts beside this folder
+from bench_vlpo import update  # noqa: E402
+
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
-from medlvr.training.engine import Engine, EngineConfig  # noqa: E402
 from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
 from medlvr.training.metrics import decoder_params, peak_flops, train_flops  # noqa: E402
 from medlvr.training.model import set_pixel_budget  # noqa: E402
@@ -53,8 +55,7 @@ from medlvr.training.sft.losses import answer_nll_sum, roi_loss_sum, sft_loss  #
 from medlvr.training.tiny import SHAPES, build_tiny  # noqa: E402
 from medlvr.training.vlpo.algos import LossConfig  # noqa: E402
 from medlvr.training.vlpo.config import AlgoConfig, RolloutConfig  # noqa: E402
-from medlvr.training.vlpo.core import (collect, decode_config, global_denominators, microbatch_loss,  # noqa: E402
-                                       timed, vision_token_ids)
+from medlvr.training.vlpo.core import collect, decode_config, vision_token_ids  # noqa: E402
 from medlvr.training.vlpo.data import build_prompt_batch, synthetic_samples  # noqa: E402
 from medlvr.training.vlpo.rollout import LocalLatentRollout  # noqa: E402
 
@@ -198,20 +199,6 @@ def bench_sft(b, s: Settings, corpus: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ (d)
-def _update(policy, exp, ids, lcfg, micro, times):
-    eng = Engine(policy, EngineConfig(device=str(policy.device), lr=1e-7, warmup_ratio=0.0,
-                                      gradient_checkpointing=True,
-                                      grad_accum=(exp.out.sequences.shape[0] + micro - 1) // micro),
-                 total_steps=10, micro_batch_size=micro)
-    denoms = global_denominators(exp, lcfg.aggregation)
-    for mb in torch.arange(exp.out.sequences.shape[0]).split(micro):
-        lo = microbatch_loss(policy, exp, mb, ids, lcfg, denoms, times)
-        with timed(times, "backward", policy.device):
-            eng.backward(lo.loss)
-        with timed(times, "optim", policy.device):
-            eng.step()
-
-
 def _replay_peak(policy, exp, ids, chunk: int, micro: int) -> float | None:
     """Peak memory above the resting state of one replay forward + backward over `micro` trajectories."""
     dev = policy.device
@@ -251,10 +238,8 @@ def bench_vlpo(b, s: Settings, image_dir: Path) -> dict:
             policy = copy.deepcopy(model)
             times: dict[str, float] = {}
             _peak_reset(dev)
-            t0 = time.perf_counter()
-            _update(policy, exp, ids, lcfg, micro, times)
-            _sync(dev)
-            res[name] = (time.perf_counter() - t0, times, _peak_gib(dev))
+            total = update(policy, exp, ids, lcfg, micro, times, gradient_checkpointing=True)
+            res[name] = (total, times, _peak_gib(dev))
             del policy
             gc.collect()
         if r == 0:

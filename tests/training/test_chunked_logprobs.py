@@ -37,8 +37,25 @@ class LargestLogits(TorchDispatchMode):
         return out
 
 
-def _grads(params):
-    return [p.grad.clone() for p in params]
+def _check_chunked_run(model, run, chunk: int, n_positions: int) -> None:
+    """run(chunk) -> (log-probs, parameter gradients) of one forward + backward. Chunked equals unchunked, and
+    the largest vocabulary-wide tensor holds one chunk's logits, never all n_positions x V."""
+    params = [p for p in model.model.language_model.parameters()] + [model.lm_head.weight]
+
+    def grads_of(c):
+        model.zero_grad(set_to_none=True)
+        lp = run(c)
+        return lp, [p.grad.clone() for p in params]
+
+    ref_lp, ref_g = grads_of(UNCHUNKED)
+    probe = LargestLogits(model.lm_head)
+    with probe:
+        lp, grads = grads_of(chunk)
+    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
+    for a, b in zip(grads, ref_g):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    V = model.lm_head.weight.shape[0]
+    assert probe.max_numel == chunk * V < n_positions * V
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 40, UNCHUNKED])
@@ -71,24 +88,13 @@ def test_replay_chunked_equals_unchunked_and_never_holds_full_logits(tiny, make_
     cfg = DecodeConfig(k_latent=3, max_new_tokens=12, num_samples=2, temperature=0.9, eos_token_ids=())
     out = latent_generate(tiny.model, batch, tiny.ids, cfg, generator=torch.Generator().manual_seed(0))
     model = copy.deepcopy(tiny.model)
-    params = [p for p in model.model.language_model.parameters()] + [model.lm_head.weight]
 
-    def loss_and_grads(chunk):
-        model.zero_grad(set_to_none=True)
+    def run(chunk):
         rep = replay_rollout(model, batch, out, tiny.ids, logprob_chunk=chunk)
         (rep.token_logprobs.sum() + rep.mu.sum()).backward()
-        return rep.token_logprobs.detach(), _grads(params)
+        return rep.token_logprobs.detach()
 
-    ref_lp, ref_g = loss_and_grads(UNCHUNKED)
-    probe = LargestLogits(model.lm_head)
-    with probe:
-        lp, grads = loss_and_grads(5)
-    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
-    for a, b in zip(grads, ref_g):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    N, T = out.sequences.shape
-    V = model.lm_head.weight.shape[0]
-    assert probe.max_numel == 5 * V < N * T * V  # one chunk's logits at a time, never (N, T, V)
+    _check_chunked_run(model, run, 5, out.sequences.numel())
 
 
 def test_sft_answer_loss_chunked_equals_unchunked(tiny, tmp_path_factory):
@@ -99,21 +105,11 @@ def test_sft_answer_loss_chunked_equals_unchunked(tiny, tmp_path_factory):
     set_pixel_budget(proc, **budget)
     batch = collate(rows, proc, tiny.ids, 2, **budget)
     model = copy.deepcopy(tiny.model)
-    params = [p for p in model.model.language_model.parameters()] + [model.lm_head.weight]
 
     def run(chunk):
-        model.zero_grad(set_to_none=True)
         f = sft_forward(model, batch, tiny.ids, proc.image_processor, mode="self_fed", grad="bptt",
                         logprob_chunk=chunk)
         (f.token_logprobs * batch.label_mask).sum().backward()
-        return f.token_logprobs.detach(), _grads(params)
+        return f.token_logprobs.detach()
 
-    ref_lp, ref_g = run(UNCHUNKED)
-    probe = LargestLogits(model.lm_head)
-    with probe:
-        lp, grads = run(4)
-    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
-    for a, b in zip(grads, ref_g):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    N, T = batch.sequences.shape
-    assert probe.max_numel == 4 * model.lm_head.weight.shape[0] < N * T * model.lm_head.weight.shape[0]
+    _check_chunked_run(model, run, 4, batch.sequences.numel())

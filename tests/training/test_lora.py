@@ -21,7 +21,7 @@ from medlvr.training.sft.data import ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft.forward import sft_forward  # noqa: E402
 from medlvr.training.sft.losses import answer_nll_sum, roi_loss_sum, sft_loss  # noqa: E402
 from medlvr.training.sft.recipe import build_model, train  # noqa: E402
-from tests.training.helpers import tiny_config  # noqa: E402
+from tests.training.helpers import Killed, kill_at, tiny_config  # noqa: E402
 
 BUDGET = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 16)
 K = 2
@@ -116,15 +116,8 @@ def test_sft_recipe_with_lora_saves_adapter_and_merged_model_and_resumes_exactly
 
     b = tmp_path / "b"
 
-    class Killed(Exception):
-        pass
-
-    def kill(step, m):
-        if step == 2:
-            raise Killed
-
     with pytest.raises(Killed):
-        train(tiny_config(corpus, b, *over), on_step=kill)
+        train(tiny_config(corpus, b, *over), on_step=kill_at(2))
     train(tiny_config(corpus, b, *over, "run.resume=auto"))
     resumed = [json.loads(x)["loss"] for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert resumed[2:] == pytest.approx(ref[2:], rel=1e-6, abs=1e-7)
