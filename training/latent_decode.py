@@ -241,8 +241,8 @@ def latent_generate(
                 z = latent_transform(z, rows, slot).to(mu.dtype)
             mu_all[rows, slot], z_all[rows, slot], noise_all[rows, slot] = mu, z, eps
             latent_mask[rows, t] = True
-        seq[act[live], t] = tok[live]
-        gen_mask[act[live], t] = True
+        seq[act, t] = tok  # finished rows still in the cache write pad over pad
+        gen_mask[act, t] = live
 
         # transitions to the next input's mode
         opens = (kind == FORCE_START) | (need & can_open & (tok == ids.start))
@@ -257,7 +257,8 @@ def latent_generate(
         if cfg.time_steps:
             step_rows.append(int(act.numel()))
             step_latent_rows.append(int(lat.sum()))
-        if t == T_max - 1 or not bool(live.any()):
+        n_live = int(live.sum())  # the step's one host sync for row bookkeeping
+        if t == T_max - 1 or n_live == 0:
             if cfg.time_steps:
                 _sync(dev)
                 step_times.append(time.perf_counter() - t_step)
@@ -268,7 +269,6 @@ def latent_generate(
         if lat.any():
             x[lat] = z.to(x.dtype)
         kind = next_kind
-        n_live = int(live.sum())
         if n_live < act.numel() and n_live <= cfg.compact_ratio * act.numel():  # one gather for many finished rows
             keep = live.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
@@ -278,10 +278,10 @@ def latent_generate(
             )
         x = x[:, None]
         # every live row feeds its last latent now and a text step follows <Medlvr_End>: [z_K, End] in one forward
-        if cfg.fuse_control and t + 2 < T_max and bool((kind[live] == FORCE_END).all()):
+        if cfg.fuse_control and t + 2 < T_max and bool(((kind == FORCE_END) | ~live).all()):
             x = torch.cat([x, embed(torch.full_like(act, ids.end))[:, None]], dim=1)
             t += 1
-            seq[act[live], t], gen_mask[act[live], t] = ids.end, True
+            seq[act, t], gen_mask[act, t] = torch.where(live, ids.end, pad_id), live
             kind = torch.where(live, SAMPLE, DONE)
         attn = torch.cat([attn, attn.new_ones(attn.shape[0], x.shape[1])], dim=1)
         out = lm(
