@@ -35,3 +35,17 @@ DAMAGE = {  # how a checkpoint folder gets damaged (issue 15 point 5) -> what th
     "garbage manifest": (lambda d: (d / MANIFEST).write_text("{\"files\": [1"), f"{MANIFEST} is unreadable"),
     "file deleted": (lambda d: (d / "optim" / "optimizer.pt").unlink(), "optim/optimizer.pt is missing"),
 }
+
+
+class Killed(Exception):
+    """Raised by `kill_at`: a run killed right after a step (and its checkpoint)."""
+
+
+def kill_at(step: int):
+    """An `on_step` callback of the SFT recipe that kills the run after optimizer step `step`."""
+
+    def on_step(s, metrics):
+        if s == step:
+            raise Killed
+
+    return on_step

@@ -62,7 +62,8 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
                          shuffle=cfg.data.shuffle, world=world, question_types=cfg.data.question_types)
     rows_per_step = run.micro_batch_size * ec.grad_accum * world
     steps = run.max_steps or max(1, math.ceil(run.epochs * stream.rows_per_epoch / rows_per_step))
-    eng = Engine(model, ec, total_steps=steps, micro_batch_size=run.micro_batch_size)
+    eng = Engine(model, ec, total_steps=steps, micro_batch_size=run.micro_batch_size,
+                 token_ids=(ids.start, ids.latent, ids.end))
     stream.rank, stream.world = eng.rank, eng.world_size
     resume_dir = resolve_resume(out_dir, run.resume)
     if resume_dir is not None:

@@ -99,7 +99,8 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
     n_micro = math.ceil(B * G / run.micro_batch_size)
     ecfg = dataclasses.replace(cfg.engine, grad_accum=n_micro)
     mu = cfg.algo.updates_per_rollout
-    eng = Engine(policy, ecfg, total_steps=run.max_steps * mu, micro_batch_size=run.micro_batch_size)
+    eng = Engine(policy, ecfg, total_steps=run.max_steps * mu, micro_batch_size=run.micro_batch_size,
+                 token_ids=(ids.start, ids.latent, ids.end))
     policy = eng.model
     lcfg = loss_config(cfg)
     ref = load_reference(cfg, eng.device) if cfg.algo.beta != 0 else None
@@ -180,6 +181,8 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
                 shutil.rmtree(final, ignore_errors=True)
                 final.mkdir(parents=True)
                 shutil.copytree(ck_dir / "model", final / "model")
+                if (ck_dir / "adapter").is_dir():  # engine.lora: the adapter next to the merged model
+                    shutil.copytree(ck_dir / "adapter", final / "adapter")
             result["final_dir"] = str(final / "model")
         if eng.is_main:
             prune_checkpoints(out_dir, run.keep_last, upto=step())
