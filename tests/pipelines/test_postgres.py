@@ -2,7 +2,6 @@
 with Postgres storage, and the daemon, the webserver and the code server as separate processes, a backfill that
 survives the daemon being killed. Skipped only where no PostgreSQL binaries exist (CI installs them: .ci/run)."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,25 +17,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("postgres_dev", ROOT / "scripts" / "postgres_dev.py")
-postgres_dev = importlib.util.module_from_spec(_spec)
-sys.modules["postgres_dev"] = postgres_dev  # its dataclass looks its module up while the module executes
-_spec.loader.exec_module(postgres_dev)
 
-pytestmark = pytest.mark.skipif(postgres_dev.find_bin_dir() is None,
-                                reason="needs PostgreSQL binaries (Debian: apt-get install postgresql)")
 BIN = Path(sys.executable).parent
 # Four small sample datasets: enough for two concurrent runs and a queue behind them on a 2-core machine.
 PARTITIONS = ["busi", "hc18", "ph2", "bccd"]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = postgres_dev.start()
-    try:
-        yield server
-    finally:
-        postgres_dev.stop(server.folder)
 
 
 def write_instance(home: Path, server, max_concurrent_runs: int) -> dict:
@@ -69,7 +53,7 @@ def test_project_instance_config_on_postgres(postgres, tmp_path):
         assert other.fetch_materializations(dg.AssetKey("qa_pairs"), limit=5).records
 
 
-def test_postgres_dev_script_start_stop():
+def test_postgres_dev_script_start_stop(postgres):  # (the fixture: skipped where no PostgreSQL exists)
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "postgres_dev.py"), "start"],
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
