@@ -103,6 +103,11 @@ def start(folder: str | Path | None = None) -> PostgresServer:
     return server
 
 
+def create_database(server: PostgresServer, name: str) -> None:
+    """Another empty database on the running server (e.g. one per test, so that no test sees another's history)."""
+    _run(server, "createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", name)
+
+
 def _mkdir_as(server: PostgresServer, path: Path) -> None:
     path.mkdir(exist_ok=True)
     if server.user:

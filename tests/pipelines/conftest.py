@@ -1,7 +1,5 @@
-import importlib.util
-import sys
+import uuid
 import warnings
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -10,12 +8,9 @@ with warnings.catch_warnings():  # partitioned asset checks are a 1.13 preview f
     warnings.simplefilter("ignore", dg.PreviewWarning)
     import medlvr.pipelines.definitions  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[2]
-# scripts/postgres_dev.py is a script, not a package module: load it from its file
-_spec = importlib.util.spec_from_file_location("postgres_dev", ROOT / "scripts" / "postgres_dev.py")
-postgres_dev = importlib.util.module_from_spec(_spec)
-sys.modules["postgres_dev"] = postgres_dev  # its dataclass looks its module up while the module executes
-_spec.loader.exec_module(postgres_dev)
+from tests.pipelines.helpers import load_script  # noqa: E402
+
+postgres_dev = load_script("postgres_dev")
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +32,16 @@ def pytest_collection_modifyitems(items):
         if "tests/pipelines" in str(item.fspath):
             item.add_marker(pytest.mark.filterwarnings("ignore::pydantic.PydanticDeprecatedSince20"))
             item.add_marker(pytest.mark.filterwarnings("ignore::dagster.PreviewWarning"))
+
+
+@pytest.fixture
+def pg_env(postgres, monkeypatch) -> dict:
+    """A fresh database on the session's server for one test (nothing left by another test), as the DAGSTER_PG_*
+    variables that the project's and deploy/'s dagster.yaml read; also set in this process's environment."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    postgres_dev.create_database(postgres, name)
+    env = {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port), "DAGSTER_PG_USER": "postgres",
+           "DAGSTER_PG_PASSWORD": "unused-with-trust-auth", "DAGSTER_PG_DB": name}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env

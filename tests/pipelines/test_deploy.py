@@ -27,12 +27,7 @@ DEPLOY = ROOT / "deploy"
 
 
 @pytest.fixture
-def instance_env(monkeypatch, postgres):
-    monkeypatch.setenv("DAGSTER_PG_HOST", "127.0.0.1")
-    monkeypatch.setenv("DAGSTER_PG_PORT", str(postgres.port))
-    monkeypatch.setenv("DAGSTER_PG_USER", "postgres")
-    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "unused-with-trust-auth")
-    monkeypatch.setenv("DAGSTER_PG_DB", "dagster")
+def instance_env(monkeypatch, pg_env):
     monkeypatch.setenv("DAGSTER_K8S_NAMESPACE", "medlvr")
 
 

@@ -2,21 +2,21 @@
 with Postgres storage, and the daemon, the webserver and the code server as separate processes, a backfill that
 survives the daemon being killed. Skipped only where no PostgreSQL binaries exist (CI installs them: .ci/run)."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
 
+from tests.pipelines.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
+free_port, graphql = load_script("ui_check").free_port, load_script("ui_check").graphql  # the UI check's client
 
 BIN = Path(sys.executable).parent
 # Four small sample datasets: enough for two concurrent runs and a queue behind them on a 2-core machine.
@@ -25,7 +25,8 @@ PARTITIONS = ["busi", "hc18", "ph2", "bccd"]
 
 def write_instance(home: Path, max_concurrent_runs: int) -> dict:
     """The project's dagster.yaml (pools, run queue, retries, monitoring) with its commented Postgres block switched
-    on, as pipelines/README.md tells a team to do. The server comes from the DAGSTER_PG_* variables (`pg_env`)."""
+    on, as pipelines/README.md tells a team to do. The server comes from the DAGSTER_PG_* variables (the `pg_env`
+    fixture: a fresh database per test)."""
     text = (ROOT / "pipelines" / "dagster_home" / "dagster.yaml").read_text()
     block = text[text.index("# storage:"):]
     config = yaml.safe_load(text)
@@ -36,15 +37,9 @@ def write_instance(home: Path, max_concurrent_runs: int) -> dict:
     return config
 
 
-def pg_env(server) -> dict:
-    return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(server.port), "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "unused-with-trust-auth"}
-
-
-def test_project_instance_config_on_postgres(postgres, tmp_path, monkeypatch):
-    for k, v in pg_env(postgres).items():
-        monkeypatch.setenv(k, v)
-    assert write_instance(tmp_path / "home", 2)["storage"]["postgres"]["postgres_db"]["db_name"] == "dagster"
+def test_project_instance_config_on_postgres(pg_env, tmp_path):
+    assert write_instance(tmp_path / "home", 2)["storage"]["postgres"]["postgres_db"]["scheme"] == (
+        "postgresql+psycopg2")
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
@@ -79,6 +74,14 @@ def test_postgres_dev_script_start_stop(postgres):  # (the fixture: skipped wher
         psycopg2.connect(url, connect_timeout=3).close()
 
 
+def test_postgres_dev_script_stop_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "data").mkdir()  # not made by `start`: nothing is stopped or deleted
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "postgres_dev.py"), "stop", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "postgres_dev.json" in r.stderr
+    assert (tmp_path / "data").is_dir()
+
+
 # --- the team deployment: three services on one Postgres instance ------------------------------------------------
 
 BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
@@ -90,21 +93,6 @@ RUNS = """query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { _
   ... on Runs { results { runId status startTime endTime tags { key value } } } } }"""
 MATERIALIZATIONS = """query($p: [String!]) { assetOrError(assetKey: {path: ["qa_pairs"]}) { __typename
   ... on Asset { assetMaterializations(partitions: $p) { partition runId } } } }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def graphql(base: str, query: str, variables: dict) -> dict:
-    req = urllib.request.Request(f"{base}/graphql", json.dumps({"query": query, "variables": variables}).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        body = json.loads(r.read())
-    assert not body.get("errors"), body["errors"]
-    return body["data"]
 
 
 def poll(what: str, fn, timeout: float, every: float = 2.0):
@@ -170,16 +158,14 @@ def max_overlap(runs: list[dict]) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_backfill_survives_daemon_kill(postgres, tmp_path, monkeypatch):
-    for k, v in pg_env(postgres).items():  # this process reads the same instance at the end
-        monkeypatch.setenv(k, v)
+def test_backfill_survives_daemon_kill(pg_env, tmp_path):
     home = tmp_path / "dagster_home"
     write_instance(home, max_concurrent_runs=2)
     code_port, web_port = free_port(), free_port()
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": {
         "host": "127.0.0.1", "port": code_port, "location_name": "medlvr"}}]}))
-    env = {**os.environ, **pg_env(postgres), "DAGSTER_HOME": str(home), "MEDLVR_HOME": str(tmp_path / "medlvr"),
+    env = {**os.environ, **pg_env, "DAGSTER_HOME": str(home), "MEDLVR_HOME": str(tmp_path / "medlvr"),
            "DAGSTER_DISABLE_TELEMETRY": "1"}
     env.pop("MEDLVR_DATA_ROOT", None)
     logs = tmp_path / "logs"
@@ -203,7 +189,7 @@ def test_backfill_survives_daemon_kill(postgres, tmp_path, monkeypatch):
                     # steps inside each run's process: the concurrency under test is between runs, and a process
                     # per step would triple the load on a 2-core machine
                     "runConfigData": {"execution": {"config": {"in_process": {}}}}}})["launchPartitionBackfill"]
-            except OSError:  # webserver not up yet
+            except (OSError, RuntimeError):  # webserver not up yet, or its GraphQL schema still loading
                 return None
             # the code location may still be loading right after the webserver answers
             return res["backfillId"] if res["__typename"] == "LaunchBackfillSuccess" else None
@@ -238,9 +224,12 @@ def test_backfill_survives_daemon_kill(postgres, tmp_path, monkeypatch):
     for r in done:
         part = next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition")
         by_partition.setdefault(part, []).append(r["status"])
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # why a run failed, should one have
+        failures = {r["runId"]: [e.message for e in instance.all_logs(
+            r["runId"], of_type=dg.DagsterEventType.RUN_FAILURE)] for r in done if r["status"] != "SUCCESS"}
     # every partition ran, and exactly one run of each finished successfully (none twice, none lost)
     assert sorted(by_partition) == sorted(PARTITIONS)
-    assert all(s == ["SUCCESS"] for s in by_partition.values()), by_partition
+    assert all(s == ["SUCCESS"] for s in by_partition.values()), (by_partition, failures)
     assert unfinished, "the daemon was killed after the backfill's work was done: nothing was tested"
     # partitions ran side by side (the queue allows two at a time), never more than the limit
     assert max_overlap([r for r in done if r["status"] == "SUCCESS"]) == 2
