@@ -260,7 +260,7 @@ def test_openai_good_server_request_shape(server, monkeypatch):
     # Qwen2.5-VL default resize of 100x200 is 112x196 (both multiples of 28): box in those pixels
     assert parts[1]["type"] == "text" and "Describe [49, 28, 98, 56] (record 0)" in parts[1]["text"]
     assert srv.bodies[1]["messages"][-1]["content"] == [{"type": "text", "text": "Paraphrase: Where is the liver?"}]
-    assert srv.headers_seen[0]["Authorization"] == "Bearer sk-test"
+    assert {k.lower(): v for k, v in srv.headers_seen[0].items()}["authorization"] == "Bearer sk-test"
 
 
 def test_openai_retries_5xx_then_succeeds(server):
@@ -349,7 +349,7 @@ def test_openai_trickling_server_hits_the_overall_deadline(trickle_headers, capl
             assert be.generate([para_req("Where is the liver?")]) == [None]
         assert be.stats["attempts"] == 2 and be.stats["retries"] == 1 and be.stats["failures"] == 1
         [record] = caplog.records
-        assert "failed after 2 attempts" in record.message and "deadline" in record.message
+        assert "after 2 attempts" in record.message and "deadline" in record.message
         assert "\n" not in record.message
         for _ in range(100):  # the handlers notice the hang-up at their next write (0.3 s later)
             with srv.lock:
