@@ -72,6 +72,7 @@ class ChatReply:
     finish_reason: str  # "stop" | "length" | whatever the server says; "" when it says nothing
     completion_tokens: int | None  # the server's usage count, when it reports one
     attempts: int
+    latency_s: float = 0.0  # wall time of the request, retries and their waits included
 
 
 class EndpointError(Exception):
@@ -256,6 +257,7 @@ class ChatEndpoint:
 
     def complete(self, messages: list[dict], max_tokens: int) -> ChatReply:
         retries = self.settings.max_retries
+        t0 = time.perf_counter()
         for n in range(retries + 1):
             try:
                 reply = self._attempt(messages, max_tokens)
@@ -274,7 +276,8 @@ class ChatEndpoint:
                 self._sleep(self._wait(n, e.retry_after))
                 continue
             self._count("successes")
-            return ChatReply(reply.text, reply.finish_reason, reply.completion_tokens, n + 1)
+            return ChatReply(reply.text, reply.finish_reason, reply.completion_tokens, n + 1,
+                             time.perf_counter() - t0)
         raise AssertionError("unreachable: the loop returns or raises")
 
     def complete_each(self, items: Sequence[T], build: Callable[[T], tuple[list[dict], int]]

@@ -24,11 +24,18 @@ def _cmd_evaluate(args) -> int:
     from medlvr.evaluation.config import load_eval_config
     from medlvr.evaluation.runs import evaluate
 
+    from transformers.utils import logging as hf_logging
+
     cfg = load_eval_config(args.config, _overrides(args))
-    res = evaluate(cfg, progress=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    hf_logging.disable_progress_bar()  # one bar per model (ours), not one per weight file loaded
+    res = evaluate(cfg, progress=None, bars=not args.quiet)
     if "report_md" in res:
         print(f"report: {res['report_md']}\nreport: {res['report_html']}")
-    return 0
+        print(f"results: {res['results_json']}")
+    for job, st in res.get("failed", {}).items():
+        print(f"medlvr: error: {job}: {st['failed']} endpoint requests failed ({st['last_error']}); rerun the same "
+              "command to ask only those again", file=sys.stderr)
+    return 1 if res.get("failed") else 0
 
 
 def _cmd_merge(args) -> int:

@@ -218,10 +218,13 @@ def run_predictions(
     transform_factory: TransformFactory | None = None,
     ablation: str | None = None,
     progress: Callable[[str], None] | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> RunStats:
     """Generate for this rank's shard of `samples` not yet in `out_path` (or its rank file); append records.
 
     transform_factory(batch_samples) -> optional `latent_transform` for that batch (latent ablations).
+    progress(message) after every batch (a log line); advance(n) with the samples just finished (a progress bar;
+    samples already in the file count as finished at once).
     """
     k = lm.spec.k_latent if k_latent is None else k_latent
     out_path = Path(out_path)
@@ -233,6 +236,8 @@ def run_predictions(
     mine = shard(list(by_id), rank, world_size)
     todo = [by_id[i] for i in mine if i not in done]
     stats = RunStats(n_skipped=len(mine) - len(todo))
+    if advance and stats.n_skipped:
+        advance(stats.n_skipped)
     if not todo:
         return stats
     tok = lm.processor.tokenizer
@@ -269,6 +274,8 @@ def run_predictions(
                 stats.n_tokens += n_tok
             f.flush()
             stats.n_done += len(batch)
+            if advance:
+                advance(len(batch))
             if progress:
                 progress(f"{lm.spec.name} {variant} k={k} {batch[0].benchmark}: {stats.n_done}/{len(todo)}")
     return stats
