@@ -148,7 +148,9 @@ class EvalConfig:
         # these need the model's weights (latent states, attention maps): an endpoint has none to give
         served = {m.name for m in self.models if m.endpoint is not None}
         for section, key in (("fig5", "model"), ("ablation", "model"), ("fig3", "models")):
-            sec = getattr(self, section) or {}
+            sec = getattr(self, section)
+            if not sec:
+                continue
             chosen = sec.get(key, [m.name for m in self.models] if key == "models" else None)
             for n in [chosen] if isinstance(chosen, str) else chosen or []:
                 if n in served:

@@ -159,6 +159,19 @@ def _barrier(world_size: int) -> None:
     dist.barrier()
 
 
+def write_outputs(cfg: EvalConfig, samples: dict[str, list[Sample]], jobs: list[Job],
+                  manifest: dict[str, list[str]] | None) -> tuple[Path, Path, Path]:
+    """Score the merged predictions; write the report (md + html), a CSV per table, results.json and the
+    per-sample records. Returns (report.md, report.html, results.json)."""
+    scored = score_jobs(cfg, samples, jobs)
+    sections = build_sections(cfg, samples, jobs, manifest, scored)
+    n_tables = len(table_files(sections))  # names each table's CSV, so the report links it
+    sections.append(links_section(n_tables))
+    results = write_results(cfg, sections, write_sample_records(cfg, samples, scored))
+    md, page = write_report(cfg.out_dir, cfg.title, sections)
+    return md, page, results
+
+
 def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = None,
              progress: Callable[[str], None] | None = print, bars: bool = False) -> dict:
     """The whole evaluation. Under torchrun every rank generates its shard; rank 0 merges and writes the report.
@@ -183,12 +196,7 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
     if rank != 0:
         return result
     merge_all(cfg, jobs, world_size)
-    scored = score_jobs(cfg, samples, jobs)
-    sections = build_sections(cfg, samples, jobs, manifest, scored)
-    n_tables = len(table_files(sections))  # names each table's CSV, so the report links it
-    sections.append(links_section(n_tables))
-    results = write_results(cfg, sections, write_sample_records(cfg, samples, scored))
-    md, page = write_report(cfg.out_dir, cfg.title, sections)
+    md, page, results = write_outputs(cfg, samples, jobs, manifest)
     meta = {"config": config_to_dict(cfg), "world_size": world_size,
             "host": platform.node(), "torch": torch.__version__, "wall_s": time.perf_counter() - t0,
             "timings": timings}
