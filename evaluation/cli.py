@@ -60,14 +60,17 @@ def _overrides(args) -> list[str]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="run benchmark inference and write the evaluation report")
     add_config_arguments(p, "configs/eval_sample.yaml, configs/eval_demo.yaml", "decode.batch_size=4")
-    p.add_argument("--out", default=None, help="override out_dir")
-    p.add_argument("--limit", type=int, default=None, help="at most N samples per benchmark (smoke runs)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (shorthand for --set out_dir=DIR)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="at most N samples per benchmark (smoke runs; shorthand for --set limit=N)")
+    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(fn=_cmd_evaluate)
     m = subparsers.add_parser("evaluate-merge", help="merge the per-rank prediction files of a sharded run")
     add_config_arguments(m, "the config of the sharded run", "out_dir=eval_out")
-    m.add_argument("--out", default=None)
-    m.add_argument("--world-size", type=int, required=True)
+    m.add_argument("--out", default=None, metavar="DIR",
+                   help="the sharded run's output folder (shorthand for --set out_dir=DIR)")
+    m.add_argument("--world-size", type=int, required=True, metavar="N",
+                   help="number of ranks the sharded run had (the N of its .rankR-of-N.jsonl files)")
     m.set_defaults(fn=_cmd_merge)
 
 
