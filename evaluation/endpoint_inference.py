@@ -28,7 +28,7 @@ from PIL import Image
 from medlvr.corpus.chat_endpoint import ChatEndpoint, EndpointError, image_part
 from medlvr.corpus.evalsets.base import Sample, open_image
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
-from medlvr.evaluation.inference import drop_torn_tail, finished_ids, prompt_text, rank_path, shard
+from medlvr.evaluation.inference import pending_samples, prompt_text
 
 
 @dataclass
@@ -72,15 +72,8 @@ def run_endpoint_predictions(
 ) -> EndpointRunStats:
     """Ask the endpoint for this rank's shard of `samples` not yet in `out_path`; append one record per reply.
     `advance(n)` is called with the number of samples just finished (answered, failed, or already in the file)."""
-    out_path = Path(out_path)
-    my_path = rank_path(out_path, rank, world_size)
-    my_path.parent.mkdir(parents=True, exist_ok=True)
-    drop_torn_tail(my_path)
-    done = finished_ids({out_path, my_path})
-    by_id = {s.sample_id: s for s in samples}
-    mine = shard(list(by_id), rank, world_size)
-    todo = [by_id[i] for i in mine if i not in done]
-    stats = EndpointRunStats(n_skipped=len(mine) - len(todo))
+    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size)
+    stats = EndpointRunStats(n_skipped=n_skipped)
     if advance and stats.n_skipped:
         advance(stats.n_skipped)
     if not todo:

@@ -1,10 +1,12 @@
 """A fake OpenAI-compatible chat server on 127.0.0.1 (threaded `http.server`) for the endpoint client tests: each
-request is answered by `behaviour(server, n, body)` -> (status, payload, headers), where payload is a dict (sent
-as JSON) or raw bytes (garbage). `chat_reply(text)` is a well-formed chat completion."""
+request is answered by `behaviour(server, n, body)` -> (status, payload) or (status, payload, headers), where
+payload is a dict (sent as JSON) or raw bytes (garbage). `chat_reply(text)` is a well-formed chat completion. The
+server counts calls, keeps every body and header set, and the most requests it saw in flight at once."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +29,8 @@ class FakeChatServer(ThreadingHTTPServer):
         self.behaviour = behaviour
         self.lock = threading.Lock()
         self.calls = 0
+        self.active = 0
+        self.max_active = 0
         self.bodies: list[dict] = []
         self.headers_seen: list[dict] = []  # lower-cased header names
         self.release = threading.Event()  # set at shutdown so hanging handlers exit
@@ -49,14 +53,21 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.calls += 1
             n = srv.calls
+            srv.active += 1
+            srv.max_active = max(srv.max_active, srv.active)
             srv.bodies.append(body)
             srv.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
-        status, payload, headers = srv.behaviour(srv, n, body)
+        try:
+            status, payload, *rest = srv.behaviour(srv, n, body)
+        finally:
+            with srv.lock:
+                srv.active -= 1
+        headers = rest[0] if rest else {}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
@@ -72,3 +83,10 @@ def fake_chat_server(behaviour):
         srv.release.set()
         srv.shutdown()
         srv.server_close()
+
+
+def unused_port() -> int:
+    """A loopback port that was free a moment ago: nothing listens there (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ one-line reason; waits are jittered exponential backoff or the server's Retry-Af
 
 import logging
 import random
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,7 +11,7 @@ import pytest
 
 from medlvr.corpus.chat_endpoint import (ChatEndpoint, EndpointError, EndpointSettings, image_part,
                                          retry_after_seconds)
-from tests.fake_chat_server import chat_reply, fake_chat_server
+from tests.fake_chat_server import chat_reply, fake_chat_server, unused_port
 
 SECRET = "sk-test-secret-0123456789"
 MESSAGES = [{"role": "user", "content": [{"type": "text", "text": "Is there a fracture?"}]}]
@@ -188,10 +187,7 @@ def test_trickling_server_cannot_defeat_timeout_s():
 
 
 def test_connection_refused_is_retried_and_bounded():
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    c = _client(f"http://127.0.0.1:{port}/v1", [], max_retries=2)
+    c = _client(f"http://127.0.0.1:{unused_port()}/v1", [], max_retries=2)
     with pytest.raises(EndpointError) as e:
         c.complete(MESSAGES, 8)
     assert e.value.attempts == 3 and e.value.reason.startswith("connection error")
