@@ -62,6 +62,11 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
     samples = load_all(cfg)
     jobs = [j for j in plan_jobs(cfg, efficiency_manifest(cfg, samples)) if j.benchmark == bench]
     timings = run_jobs(cfg, jobs, samples, progress=context.log.debug)
+    failed = {k: v for k, v in timings.items() if isinstance(v, dict) and v.get("failed")}
+    if failed:  # endpoint requests that failed for good: fail the partition; a rerun asks only those again
+        job, st = next(iter(failed.items()))
+        raise dg.Failure(description=f"{sum(v['failed'] for v in failed.values())} endpoint requests failed "
+                                     f"(first job {job}: {st['last_error']}); materialise again to ask only those")
     n = sum(len(job_records(cfg, j)) for j in jobs)
     return dg.MaterializeResult(metadata={
         "configured": True, "samples": len(samples[bench]), "prediction_files": len(jobs), "records": n,

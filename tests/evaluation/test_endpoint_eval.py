@@ -241,3 +241,24 @@ def test_readme_endpoint_line(tmp_path):
     assert srv.calls > 0 and srv.headers_seen[0]["authorization"] == f"Bearer {SECRET}"
     assert len(proc.stderr.splitlines()) == 1 and "samples in" in proc.stderr  # one line per model in a pipe
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_dagster_predictions_partition_fails_on_endpoint_errors_and_resumes(tmp_path):
+    import dagster as dg
+
+    from medlvr.pipelines.evaluation.assets import EvaluationSettings, evaluation_predictions
+
+    state = {"down": True}
+    with fake_chat_server(lambda srv, n, body: (503, {"error": "down"}, {}) if state["down"] else
+                          (200, chat_reply(_answer(body)), {})) as srv:
+        path = tmp_path / "eval.yaml"
+        path.write_text(yaml.safe_dump({**_config(srv.base_url), "table4": None}, sort_keys=False))
+        res = {"evaluation": EvaluationSettings(config_path=str(path))}
+        r = dg.materialize([evaluation_predictions], partition_key="slake", resources=res, raise_on_error=False)
+        assert not r.success and srv.calls == 4
+        [failure] = [e for e in r.all_events if e.is_step_failure]
+        assert "4 endpoint requests failed" in failure.step_failure_data.error.message
+        state["down"] = False
+        r = dg.materialize([evaluation_predictions], partition_key="slake", resources=res)
+        assert r.success and srv.calls == 8
+        assert r.asset_materializations_for_node("evaluation_predictions")[0].metadata["records"].value == 4
