@@ -27,11 +27,18 @@ def _cmd_evaluate(args) -> int:
     from medlvr.evaluation.config import load_eval_config
     from medlvr.evaluation.runs import evaluate
 
+    from transformers.utils import logging as hf_logging
+
     cfg = load_eval_config(args.config, _overrides(args))
-    res = evaluate(cfg, progress=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    hf_logging.disable_progress_bar()  # one bar per model (ours), not one per weight file loaded
+    res = evaluate(cfg, progress=None, bars=not args.quiet)
     if "report_md" in res:
         print(f"report: {res['report_md']}\nreport: {res['report_html']}")
-    return 0
+        print(f"results: {res['results_json']}")
+    for job, st in res.get("failed", {}).items():
+        print(f"medlvr: error: {job}: {st['failed']} endpoint requests failed ({st['last_error']}); rerun the same "
+              "command to ask only those again", file=sys.stderr)
+    return 1 if res.get("failed") else 0
 
 
 def _cmd_merge(args) -> int:
@@ -56,14 +63,17 @@ def _overrides(args) -> list[str]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="run benchmark inference and write the evaluation report")
     add_config_arguments(p, "configs/eval_sample.yaml, configs/eval_demo.yaml", "decode.batch_size=4")
-    p.add_argument("--out", default=None, help="override out_dir")
-    p.add_argument("--limit", type=int, default=None, help="at most N samples per benchmark (smoke runs)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (shorthand for --set out_dir=DIR)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="at most N samples per benchmark (smoke runs; shorthand for --set limit=N)")
+    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(fn=_cmd_evaluate)
     m = subparsers.add_parser("evaluate-merge", help="merge the per-rank prediction files of a sharded run")
     add_config_arguments(m, "the config of the sharded run", "out_dir=eval_out")
-    m.add_argument("--out", default=None)
-    m.add_argument("--world-size", type=int, required=True)
+    m.add_argument("--out", default=None, metavar="DIR",
+                   help="the sharded run's output folder (shorthand for --set out_dir=DIR)")
+    m.add_argument("--world-size", type=int, required=True, metavar="N",
+                   help="number of ranks the sharded run had (the N of its .rankR-of-N.jsonl files)")
     m.set_defaults(fn=_cmd_merge)
 
 

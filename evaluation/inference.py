@@ -236,6 +236,21 @@ def decode_text(tokenizer, seq: torch.Tensor, mask: torch.Tensor, drop: set[int]
     return tokenizer.decode(toks, skip_special_tokens=False)
 
 
+def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, world_size: int = 1
+                    ) -> tuple[Path, list[Sample], int]:
+    """(this rank's file, its samples not yet there or in the merged file, how many already are): the resume rule
+    of every prediction writer (local models and endpoints). The file's torn last line, if any, is cut."""
+    out_path = Path(out_path)
+    my_path = rank_path(out_path, rank, world_size)
+    my_path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(my_path)
+    done = finished_ids({out_path, my_path})
+    by_id = {s.sample_id: s for s in samples}
+    mine = shard(list(by_id), rank, world_size)
+    todo = [by_id[i] for i in mine if i not in done]
+    return my_path, todo, len(mine) - len(todo)
+
+
 @dataclass
 class RunStats:
     n_done: int = 0
@@ -261,23 +276,21 @@ def run_predictions(
     ablation: str | None = None,
     progress: Callable[[str], None] | None = None,
     benchmark_root: Path | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> RunStats:
     """Generate for this rank's shard of `samples` not yet in `out_path` (or its rank file); append records.
 
     A sample whose image cannot be read stops the run with one `BenchmarkError` line (`open_sample_image`); the
     records of the batches before it are kept, so the rerun after the fix resumes there.
     transform_factory(batch_samples) -> optional `latent_transform` for that batch (latent ablations).
+    progress(message) after every batch (a log line); advance(n) with the samples just finished (a progress bar;
+    samples already in the file count as finished at once).
     """
     k = lm.spec.k_latent if k_latent is None else k_latent
-    out_path = Path(out_path)
-    my_path = rank_path(out_path, rank, world_size)
-    my_path.parent.mkdir(parents=True, exist_ok=True)
-    drop_torn_tail(my_path)
-    done = finished_ids({out_path, my_path})
-    by_id = {s.sample_id: s for s in samples}
-    mine = shard(list(by_id), rank, world_size)
-    todo = [by_id[i] for i in mine if i not in done]
-    stats = RunStats(n_skipped=len(mine) - len(todo))
+    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size)
+    stats = RunStats(n_skipped=n_skipped)
+    if advance and stats.n_skipped:
+        advance(stats.n_skipped)
     if not todo:
         return stats
     tok = lm.processor.tokenizer
@@ -314,6 +327,8 @@ def run_predictions(
                 stats.n_tokens += n_tok
             f.flush()
             stats.n_done += len(batch)
+            if advance:
+                advance(len(batch))
             if progress:
                 progress(f"{lm.spec.name} {variant} k={k} {batch[0].benchmark}: {stats.n_done}/{len(todo)}")
     return stats

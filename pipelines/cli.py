@@ -53,16 +53,30 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medlvr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    for package_cli in (corpus_cli, training_cli, evaluation_cli):  # each package registers its own subcommands
-        package_cli.register(sub)
+    p = argparse.ArgumentParser(prog="medlvr", formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: list[tuple[str, list[str]]] = []
+    for label, package_cli in (("corpus", corpus_cli), ("training", training_cli), ("evaluation", evaluation_cli)):
+        before = set(sub.choices)
+        package_cli.register(sub)  # each package registers its own subcommands
+        groups.append((label, [name for name in sub.choices if name not in before]))
     d = sub.add_parser("demo", help="the main job: the whole asset graph through Dagster, on the bundled sample data")
     d.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME, else ./pipelines/dagster_home)")
     d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: all 31)")
     d.add_argument("--force", action="store_true", help="rerun every step even if it is up to date")
     d.set_defaults(fn=_cmd_demo)
+    groups.append(("main job", ["demo"]))
+    p.description = overview(groups)
     return p
+
+
+def overview(groups: list[tuple[str, list[str]]]) -> str:
+    """The top-level help's list of every subcommand by package, built from what was registered (never stale)."""
+    width = max(len(label) for label, _ in groups)
+    lines = ["MedLVR: corpus building, latent-reasoning training and evaluation for medical VQA.", "",
+             "Commands by package (`medlvr COMMAND --help` for a command's options):"]
+    lines += [f"  {label:<{width}}  {' | '.join(names)}" for label, names in groups if names]
+    return "\n".join(lines)
 
 
 # Errors about the user's input whose message already says what is wrong where (a config key, a catalog or

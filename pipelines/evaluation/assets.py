@@ -62,6 +62,11 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
     samples = load_all(cfg)
     jobs = [j for j in plan_jobs(cfg, efficiency_manifest(cfg, samples)) if j.benchmark == bench]
     timings = run_jobs(cfg, jobs, samples, progress=context.log.debug)
+    failed = {k: v for k, v in timings.items() if isinstance(v, dict) and v.get("failed")}
+    if failed:  # endpoint requests that failed for good: fail the partition; a rerun asks only those again
+        job, st = next(iter(failed.items()))
+        raise dg.Failure(description=f"{sum(v['failed'] for v in failed.values())} endpoint requests failed "
+                                     f"(first job {job}: {st['last_error']}); materialise again to ask only those")
     n = sum(len(job_records(cfg, j)) for j in jobs)
     return dg.MaterializeResult(metadata={
         "configured": True, "samples": len(samples[bench]), "prediction_files": len(jobs), "records": n,
@@ -73,17 +78,18 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
 @dg.asset(deps=[evaluation_predictions, *CHECKPOINTS], group_name="evaluation", pool="gpu", kinds={"html"},
           description="Tables 1-4, Figs. 3 and 5 and the latent ablation as report.md + report.html")
 def evaluation_report(context: dg.AssetExecutionContext, evaluation: EvaluationSettings) -> dg.MaterializeResult:
-    from medlvr.evaluation.report import build_sections, write_report  # imports torch: only when the step runs
-    from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
+    # imports torch: only when the step runs
+    from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs, write_outputs
 
     cfg = evaluation.load()
     samples = load_all(cfg)
     manifest = efficiency_manifest(cfg, samples)
     jobs = plan_jobs(cfg, manifest)
     merge_all(cfg, jobs, 1)
-    md, page = write_report(cfg.out_dir, cfg.title, build_sections(cfg, samples, jobs, manifest))
+    md, page, results = write_outputs(cfg, samples, jobs, manifest)
     return dg.MaterializeResult(metadata={"report_md": dg.MetadataValue.path(str(md)),
                                           "report_html": dg.MetadataValue.path(str(page)),
+                                          "results_json": dg.MetadataValue.path(str(results)),
                                           "preview": dg.MetadataValue.md(md.read_text()[:4000])})
 
 

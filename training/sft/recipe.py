@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from medlvr.corpus.config import add_config_arguments
+from medlvr.corpus.config import add_config_arguments, exit_on_config_error
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
@@ -150,7 +150,7 @@ def save(eng: Engine, out_dir: Path, step: int, stream: ShardStream, processor, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="medlvr train-sft", description="ROI-SFT (Stage 1) on corpus shards")
     add_config_arguments(p, "configs/sft_tiny.yaml, configs/sft_qwen25vl_7b.yaml", "engine.lr=1e-5")
-    return run_from_args(p.parse_args(argv))
+    return exit_on_config_error("medlvr train-sft", run_from_args, p.parse_args(argv))
 
 
 def run_from_args(args) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from medlvr.corpus.config import add_config_arguments, load_config
+from medlvr.corpus.config import add_config_arguments, exit_on_config_error, load_config
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
@@ -206,7 +206,7 @@ def summary_metadata(result: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="train-vlpo", description="Stage-2 VLPO / GRPO training (docs/method.md §4-5)")
     add_config_arguments(p, "configs/vlpo_tiny.yaml, configs/vlpo_qwen25vl_7b.yaml", "algo.variant=grpo")
-    return run_cli(p.parse_args(argv))
+    return exit_on_config_error("medlvr train-vlpo", run_cli, p.parse_args(argv))
 
 
 def run_cli(args) -> int:
