@@ -135,7 +135,7 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> lis
     by_bench = {b: {s.sample_id: s for s in v} for b, v in samples.items()}
     scored = {j: T.score_records(job_records(cfg, j), by_bench[j.benchmark]) for j in jobs}
     d = cfg.decode
-    setup = Section("Setup", (
+    setup = Section("Setup", (cfg.note.strip() + "\n\n" if cfg.note.strip() else "") + (
         f"Greedy decoding, max_new_tokens {d.max_new_tokens}, batch size {d.batch_size}, pixel budget "
         f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}. Scoring: docs/benchmarks.md §3 "
         "(no random or similarity fallbacks; unparseable counts as wrong). Tokens count every generated position "
