@@ -36,7 +36,7 @@ class EvaluationSettings(dg.ConfigurableResource):
     overrides: list[str] = Field(default_factory=list, description="dotted overrides, e.g. out_dir=/x, limit=4, "
                                                                    "data_root=/benchmarks, decode.batch_size=4")
     model_paths: dict[str, str] = Field(default_factory=dict, description="model name -> checkpoint dir")
-    max_parse_fail_rate: float = Field(default=0.5, description="the evaluation_report check: highest share of "
+    max_parse_fail_rate: float = Field(default=0.25, description="the evaluation_report check: highest share of "
                                        "unparseable answers a trained model (not `path: tiny`) may give, per model")
 
     def load(self):
