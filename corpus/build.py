@@ -10,7 +10,8 @@ same read/write lists from remote storage. Both write the same files, `work/data
     decontaminate all          -> work/contaminated.parquet + decontamination.json
     splits        all          -> work/splits.parquet + splits.json         (patient/group disjoint)
     shards        all          -> shards/<split>/part-*.parquet + _manifest.json
-    card          all          -> card/README.md + PNG plots (also in shards/: a Hugging Face dataset card), build_report.json
+    card          all          -> card/README.md + PNG plots, also in shards/ (a Hugging Face dataset card),
+                                  build_report.json
 
 Every step streams Parquet in batches; only ids, hashes and boxes are held in memory.
 """

@@ -236,7 +236,8 @@ def corpus_card(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.M
         lines = len(readme.read_text().splitlines())
     return dg.MaterializeResult(metadata={
         "card": _where(storage, layout.CARD_README), "lines": lines,
-        "samples": _where(storage, f"{layout.CARD}/samples.png"), "counts": _where(storage, f"{layout.CARD}/counts.png"),
+        "samples": _where(storage, f"{layout.CARD}/samples.png"),
+        "counts": _where(storage, f"{layout.CARD}/counts.png"),
         "build_report": _where(storage, layout.BUILD_REPORT)})
 
 
