@@ -141,13 +141,13 @@ EXPAND_GROUPS = """(async () => { for (const t of [document, window]) {
 
 def check_asset_pages(base: str) -> str:
     """The qa_pairs checks passed; thumbnails are a linked PNG file, no entry embeds an image. Returns a summary."""
-    nodes = graphql(base, CHECKS, {"key": {"path": ["qa_pairs"]}})["data"]["assetNodes"]
+    nodes = graphql(base, CHECKS, {"key": {"path": ["qa_pairs"]}})["assetNodes"]
     checks = {c["name"]: (c["executionForLatestMaterialization"] or {}).get("status")
               for c in nodes[0]["assetChecksOrError"]["checks"]}
     if any(checks.get(name) != "SUCCEEDED" for name in QA_CHECKS):
         raise RuntimeError(f"qa_pairs checks did not all succeed: {checks}")
     for key in ("normalized_images", "qa_pairs"):
-        asset = graphql(base, METADATA, {"key": {"path": [key]}})["data"]["assetOrError"]
+        asset = graphql(base, METADATA, {"key": {"path": [key]}})["assetOrError"]
         entries = {e["label"]: e for e in asset["assetMaterializations"][0]["metadataEntries"]}
         thumbs = entries.get("thumbnails", {})
         if thumbs.get("__typename") != "PathMetadataEntry" or not Path(thumbs["path"]).read_bytes().startswith(

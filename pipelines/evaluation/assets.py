@@ -109,7 +109,7 @@ def parse_fail_rates(cfg) -> dict[str, tuple[int, int]]:
     return out
 
 
-@dg.asset_check(asset=evaluation_report, description="Every trained model's share of unparseable answers (main "
+@dg.asset_check(asset=evaluation_report, blocking=True, description="Every trained model's share of unparseable answers (main "
                 "runs, all benchmarks) is at most `evaluation.max_parse_fail_rate`; random `tiny` models are "
                 "listed, not judged.")
 def parse_fail_rate_below_threshold(evaluation: EvaluationSettings) -> dg.AssetCheckResult:
