@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from medlvr.corpus.catalog import load_catalog
-from medlvr.corpus.evalsets.registry import write_benchmark_samples
+from medlvr.corpus.evalsets.registry import sample_writers, write_benchmark_samples
 from medlvr.corpus.sample_data import write_samples
 from medlvr.corpus.sample_data.synthetic_grounding import DATASET as GROUNDING
 from medlvr.corpus.sample_data.synthetic_grounding import write_grounding_task
@@ -187,13 +187,15 @@ class MainJob:
         return self.home / "evaluation" / "benchmarks"
 
     def _bench_root_written(self) -> None:
-        grounding = self._bench_root() / DATA_DIRS.get(GROUNDING, GROUNDING)
+        root = self._bench_root()
+        grounding = root / DATA_DIRS.get(GROUNDING, GROUNDING)
         if not grounding.is_dir():  # the held-out split the report scores: more items than the bundled sample
             write_grounding_task(grounding, n_train=0, n_test=GROUNDING_TEST_ITEMS, seed=0)
-        # only the missing folders: a home written before a benchmark was registered gets just the new one
-        missing = [b for b in BENCHMARKS if not (self._bench_root() / DATA_DIRS.get(b, b)).is_dir()]
+        # the bundled samples of the others, only the missing folders (a home written before a benchmark was
+        # registered gets just the new one)
+        missing = [f for f in sample_writers() if f != grounding.name and not (root / f).is_dir()]
         if missing:
-            write_benchmark_samples(self._bench_root(), missing)
+            write_benchmark_samples(root, missing)
 
     def _publish_config(self) -> dict:
         roots = [f"benchmark_roots.{b}={self._bench_root() / DATA_DIRS.get(b, b)}" for b in BENCHMARKS]
