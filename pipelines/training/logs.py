@@ -54,7 +54,7 @@ def log_tail(path: Path, n: int = TAIL_LINES) -> str:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - 64 * 1024))  # a tail needs the end of the file only
         text = f.read().decode("utf-8", errors="replace")
-    lines = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
+    lines = [ln.rsplit("\r", 1)[-1] for ln in text.split("\n")]  # not splitlines(): it splits at "\r" too
     return "\n".join([ln[:500] for ln in lines if ln.strip()][-n:])
 
 

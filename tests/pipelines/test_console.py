@@ -78,7 +78,7 @@ CHILD = """
 import sys
 for i in range(30):
     print('{"step": %d, "loss": 1.0}' % i)
-print("Loading weights: 100%|#####| 57/57", file=sys.stderr)
+print("Loading weights:   0%|     | 0/57\\rLoading weights: 100%|#####| 57/57", file=sys.stderr)
 if len(sys.argv) > 1:
     print("RuntimeError: the trainer broke at step 30", file=sys.stderr)
     sys.exit(3)
