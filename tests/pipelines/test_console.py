@@ -129,3 +129,15 @@ def test_a_failing_trainer_shows_its_log_tail_and_path(tmp_path, capfd):
     assert '{"step": 0, "loss": 1.0}' not in captured.out + captured.err
     assert log_tail(log_path, 2).splitlines() == ["Loading weights: 100%|#####| 57/57",
                                                   "RuntimeError: the trainer broke at step 30"]
+
+
+def test_a_failed_stage_ends_medlvr_demo_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    import medlvr.pipelines.main_job as main_job
+    from medlvr.pipelines.cli import main
+
+    def failing_run_main(*args, **kwargs):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(main_job, "run_main", failing_run_main)
+    assert main(["demo", "--dagster-home", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "medlvr demo: training failed\n"
