@@ -103,6 +103,7 @@ class EvalConfig:
     fig3: dict[str, Any] | None = None  # {models, benchmark, n_samples, max_new_tokens}
     ablation: dict[str, Any] | None = None  # {model, kinds, noise_scale, benchmarks, seed}
     title: str = "MedLVR evaluation"
+    note: str = ""  # one line under the title: what the evaluated models are (and are not)
     sample_data: bool = False  # write the bundled sample benchmarks into data_root first (if not there)
     data_root: Path | None = None
 

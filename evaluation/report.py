@@ -150,7 +150,7 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored
     fig_dir = cfg.out_dir / "figures"
     scored = score_jobs(cfg, samples, jobs) if scored is None else scored
     d = cfg.decode
-    setup = Section("Setup", (
+    setup = Section("Setup", (cfg.note.strip() + "\n\n" if cfg.note.strip() else "") + (
         f"Greedy decoding, max_new_tokens {d.max_new_tokens}, batch size {d.batch_size}, pixel budget "
         f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}. Scoring: docs/benchmarks.md §3 "
         "(no random or similarity fallbacks; unparseable counts as wrong). Tokens count every generated position "

@@ -35,7 +35,11 @@ def _cmd_demo(args) -> int:
 
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
     print(f"Dagster instance: {home.resolve()} (browse it afterwards with `make dagster-dev`)")
-    res = run_main(home, args.datasets, force=args.force)
+    try:
+        res = run_main(home, args.datasets, force=args.force)
+    except RuntimeError as e:  # a failed stage: its step's error (a trainer's log tail and path) is printed above
+        print(f"medlvr demo: {e}", file=sys.stderr)
+        return 1
     corpus = Path(res["home"]) / "corpus"
     summaries = [DatasetSummary(**json.loads(p.read_text())) for p in sorted(corpus.glob("ingest/*/summary.json"))
                  if not p.parent.name.startswith(".")]

@@ -18,7 +18,9 @@ import dagster as dg
 from pydantic import Field
 
 from medlvr.evaluation.config import BENCHMARKS, load_eval_config
+from medlvr.pipelines.corpus.metadata import md_table
 from medlvr.pipelines.corpus.resources import medlvr_home
+from medlvr.training.checkpoints import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_PARTITIONS = dg.StaticPartitionsDefinition(list(BENCHMARKS))
@@ -34,6 +36,8 @@ class EvaluationSettings(dg.ConfigurableResource):
     overrides: list[str] = Field(default_factory=list, description="dotted overrides, e.g. out_dir=/x, limit=4, "
                                                                    "data_root=/benchmarks, decode.batch_size=4")
     model_paths: dict[str, str] = Field(default_factory=dict, description="model name -> checkpoint dir")
+    max_parse_fail_rate: float = Field(default=0.25, description="the evaluation_report check: highest share of "
+                                       "unparseable answers a trained model (not `path: tiny`) may give, per model")
 
     def load(self):
         path, defaults = self.config_path, []
@@ -93,5 +97,39 @@ def evaluation_report(context: dg.AssetExecutionContext, evaluation: EvaluationS
                                           "preview": dg.MetadataValue.md(md.read_text()[:4000])})
 
 
+def parse_fail_rates(cfg) -> dict[str, tuple[int, int]]:
+    """{model: (unparseable answers, answers)} over the main runs of every benchmark, from the prediction files."""
+    from medlvr.evaluation import tables as T  # imports torch: only when the check runs
+    from medlvr.evaluation.predictions import job_records
+    from medlvr.evaluation.runs import load_all, plan_jobs
+
+    samples = load_all(cfg)
+    by_bench = {b: {s.sample_id: s for s in v} for b, v in samples.items()}
+    out: dict[str, tuple[int, int]] = {}
+    for j in plan_jobs(cfg):
+        if j.variant != "main" or j.k_latent != cfg.model(j.model).k_latent:
+            continue
+        rows = T.score_records(job_records(cfg, j), by_bench[j.benchmark])
+        fails, n = out.get(j.model, (0, 0))
+        out[j.model] = (fails + sum(bool(r["parse_fail"]) for r in rows), n + len(rows))
+    return out
+
+
+@dg.asset_check(asset=evaluation_report, blocking=True, description="Every trained model's share of unparseable answers (main "
+                "runs, all benchmarks) is at most `evaluation.max_parse_fail_rate`; random `tiny` models are "
+                "listed, not judged.")
+def parse_fail_rate_below_threshold(evaluation: EvaluationSettings) -> dg.AssetCheckResult:
+    cfg = evaluation.load()
+    rates = parse_fail_rates(cfg)
+    judged = {m.name for m in cfg.models if m.path != TINY}
+    rows = [{"model": m, "judged": m in judged, "parse_fail": f, "answers": n, "rate": round(f / max(1, n), 4)}
+            for m, (f, n) in rates.items()]
+    bad = [r for r in rows if r["judged"] and r["rate"] > evaluation.max_parse_fail_rate]
+    return dg.AssetCheckResult(passed=not bad and any(r["judged"] for r in rows), metadata={
+        "max_parse_fail_rate": evaluation.max_parse_fail_rate, "over_threshold": len(bad),
+        "rates": md_table(rows)})
+
+
 ASSETS = [evaluation_predictions, evaluation_report]
+CHECKS = [parse_fail_rate_below_threshold]
 RESOURCES = {"evaluation": EvaluationSettings()}

@@ -9,13 +9,14 @@ import dagster as dg
 
 from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
 from medlvr.pipelines.corpus.checks import CORPUS_CHECKS
+from medlvr.pipelines.corpus.qa_checks import QA_CHECKS
 
 DATASET_ASSETS = dg.AssetSelection.assets("raw_dataset", "normalized_images", "roi_annotations", "qa_pairs")
 PUBLISH = dg.AssetSelection.groups("corpus_publish")
 
 
 def materialize_corpus(resources: dict, datasets: list[str], instance: dg.DagsterInstance) -> list:
-    everything = [*CORPUS_ASSETS, *CORPUS_CHECKS]
+    everything = [*CORPUS_ASSETS, *CORPUS_CHECKS, *QA_CHECKS]
     results = [dg.materialize(everything, selection=dg.AssetSelection.assets("knowledge_graph"),
                               resources=resources, instance=instance)]
     for ds in datasets:

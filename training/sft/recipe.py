@@ -58,7 +58,8 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
     set_pixel_budget(processor, cfg.data.min_pixels, cfg.data.max_pixels)
 
     world = int(os.environ.get("WORLD_SIZE", 1))
-    stream = ShardStream(shard_files(cfg.data.corpus, cfg.data.split), seed=cfg.data.seed,
+    files = [f for corpus in (cfg.data.corpus, *cfg.data.mix) for f in shard_files(corpus, cfg.data.split)]
+    stream = ShardStream(files, seed=cfg.data.seed,
                          shuffle=cfg.data.shuffle, world=world, question_types=cfg.data.question_types)
     rows_per_step = run.micro_batch_size * ec.grad_accum * world
     steps = run.max_steps or max(1, math.ceil(run.epochs * stream.rows_per_epoch / rows_per_step))
