@@ -105,13 +105,14 @@ def _is_dicom(path: Path) -> bool:
         return f.read(4) == b"DICM"
 
 
-def _read_volume_slice(path: Path, slice_index: int | None, window: str | None) -> tuple[SourceImage, dict]:
+def _read_volume_slice(path: Path, slice_index: int | None, window: str | None, axis_order: str
+                       ) -> tuple[SourceImage, dict]:
     arr, zooms = read_nifti(path.parent, path.name)
     while arr.ndim > 3 and arr.shape[-1] == 1:  # NIfTI pads dims with 1
         arr = arr[..., 0]
     if arr.ndim != 3:
         raise AskError(f"{path.name}: a {arr.ndim}-D array of shape {arr.shape}; ask reads a 3-D volume")
-    vol, _ = to_zyx(arr, zooms, "XYZ")  # NIfTI's on-disk order; slices along Z as the corpus takes them
+    vol, _ = to_zyx(arr, zooms, axis_order)  # slices along Z, as the corpus takes them
     n = vol.shape[0]
     z = n // 2 if slice_index is None else slice_index
     if not 0 <= z < n:
@@ -128,17 +129,20 @@ def _read_volume_slice(path: Path, slice_index: int | None, window: str | None) 
 
 
 def read_image(path: str | Path, slice_index: int | None = None, window: str | None = None,
-               cfg: NormaliseConfig = NormaliseConfig()) -> AskImage:
+               axis_order: str = "XYZ", cfg: NormaliseConfig = NormaliseConfig()) -> AskImage:
     """The image as the corpus would store it (module docstring); `slice_index`: a NIfTI slice (default the
-    middle one) or a multi-frame DICOM frame."""
+    middle one) or a multi-frame DICOM frame; `axis_order`: the NIfTI array's axes on disk (the NIfTI convention
+    XYZ; KiTS stores ZYX), as the catalog's `axis_order`."""
     path = Path(path).expanduser()
+    if sorted(axis_order.upper()) != sorted("XYZ"):
+        raise AskError(f"--axis-order {axis_order}: give the three letters X, Y, Z in the array's order (XYZ, ZYX)")
     if window is not None and window not in CT_WINDOWS:
         raise AskError(f"--window {window}: not a CT window; one of {', '.join(CT_WINDOWS)}")
     if not path.is_file():
         raise AskError(f"--image {path}: no such file")
     try:
         if _suffix(path) in NIFTI_SUFFIXES:
-            src, info = _read_volume_slice(path, slice_index, window)
+            src, info = _read_volume_slice(path, slice_index, window, axis_order.upper())
         else:
             dicom = _is_dicom(path)
             if slice_index is not None and not dicom:

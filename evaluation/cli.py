@@ -1,5 +1,6 @@
 """`medlvr evaluate --config FILE [--set key=value ...] [--out DIR] [--limit N]`, `medlvr evaluate-merge` and
-`medlvr ask --model CKPT --image FILE --question TEXT [--k K] [--slice N] [--window NAME] [--out DIR]`.
+`medlvr ask --model CKPT --image FILE --question TEXT [--k K] [--slice N] [--axis-order ORDER] [--window NAME]
+[--out DIR]`.
 
 `--out DIR` and `--limit N` are shorthands for `--set out_dir=DIR` and `--set limit=N`. A config error reaches the
 root CLI (`medlvr: error: ...`, exit 2).
@@ -55,7 +56,7 @@ def _cmd_ask(args) -> int:
     hf_logging.disable_progress_bar()  # one answer, no "Loading weights" bar around it
     hf_logging.set_verbosity_error()
     try:
-        image = read_image(args.image, args.slice, args.window)
+        image = read_image(args.image, args.slice, args.window, args.axis_order)
         name = Path(args.image).name.split(".")[0] or "ask"
         res = ask(args.model, image, args.question, k_latent=args.k, out_dir=args.out, name=name)
     except AskError as e:
@@ -100,6 +101,8 @@ def _register_ask(subparsers) -> None:
                    help="latent steps (default: the checkpoint's K from medlvr_latent.json, else 0)")
     a.add_argument("--slice", type=int, default=None, metavar="N",
                    help="NIfTI slice along Z (default: the middle one) or multi-frame DICOM frame")
+    a.add_argument("--axis-order", default="XYZ", metavar="ORDER",
+                   help="a NIfTI array's axes on disk (default XYZ, the NIfTI convention; KiTS stores ZYX)")
     a.add_argument("--window", default=None, metavar="NAME",
                    help="read CT values in HU with this preset window (abdomen, lung, bone, brain, ...)")
     a.add_argument("--out", default=".", metavar="DIR",

@@ -138,3 +138,11 @@ def test_resolve_checkpoint_accepts_model_step_and_run_folders(ckpt):
     assert resolve_checkpoint(model) == model
     assert resolve_checkpoint(model.parent) == model
     assert resolve_checkpoint(ckpt) == model
+
+
+def test_axis_order_names_the_slice_axis():
+    shape = nib.load(str(NIFTI)).shape  # (X, Y, Z) on disk
+    zyx = read_image(NIFTI, 0, axis_order="ZYX")  # read as if the first axis were Z (KiTS stores ZYX)
+    assert zyx.n_slices == shape[0] and zyx.pixels.shape == (shape[1], shape[2])
+    with pytest.raises(AskError, match="--axis-order XY:"):
+        read_image(NIFTI, axis_order="XY")
