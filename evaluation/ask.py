@@ -32,6 +32,7 @@ from medlvr.corpus.records import RecordError, SourceImage
 from medlvr.corpus.volumes import volume_window
 from medlvr.evaluation.attention import grid_heatmap
 from medlvr.evaluation.figures import plot_latent_overlay
+from medlvr.evaluation.inference import resolve_device
 from medlvr.training.checkpoints import latest_checkpoint, read_latent_info
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
 from medlvr.training.loading import load_model_or_tiny
@@ -153,6 +154,8 @@ def read_image(path: str | Path, slice_index: int | None = None, window: str | N
         img8, _, done = normalise_image(src, {"window": window} if window else {}, cfg)
     except RecordError as e:
         raise AskError(f"cannot read {path.name}: {e}") from None
+    except OSError as e:  # unreadable (permissions, a device): the reason, never a traceback
+        raise AskError(f"cannot read {path.name}: {e.strerror or type(e).__name__}") from None
     how = done.get("window_name") or done["intensity"]
     return AskImage(img8, info["kind"], str(how), info.get("slice_index"), info.get("n_slices"))
 
@@ -172,8 +175,10 @@ def ask(model_path: str | Path, image: AskImage, question: str, k_latent: int | 
         k_latent = info["k_latent"] if info else 0
     if k_latent < 0:
         raise AskError(f"--k must be >= 0, got {k_latent}")
+    device = resolve_device("auto")  # the GPU when there is one (bf16 there: a 7B model in fp32 is 30 GB)
     try:
-        model, processor, ids = load_model_or_tiny(str(ckpt))
+        model, processor, ids = load_model_or_tiny(str(ckpt), dtype="bfloat16" if device.type == "cuda" else "float32",
+                                                   device=device)
     except (OSError, ValueError) as e:
         raise AskError(f"--model {model_path}: cannot load the checkpoint: {' '.join(str(e).split())}") from None
     pil = Image.fromarray(image.pixels).convert("RGB")
