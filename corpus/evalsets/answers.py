@@ -18,8 +18,8 @@ similarity fallbacks; an output that no rule parses gives None, which scoring co
    compared case-, space- and hyphen-insensitively ("complement-mediated" = "Complement mediated"). A letter or
    option text the output rejects ("not A", "option B is incorrect", "C can be ruled out") does not count for
    any rule, so a text that rejects every option it names parses to None.
-4. Yes/no (`parse_yesno`): whole words only; a yes/no after a hedge ("maybe", "perhaps", "possibly", "either",
-   "or", "could be", "might be") or before "or" is hedged. First word yes/no (unhedged) -> it; else the unhedged
+4. Yes/no (`parse_yesno`): whole words only; a yes/no within two words after a hedge ("maybe", "perhaps",
+   "possibly", "either", "could", "might", "may") or right before or after "or" is hedged. First word yes/no (unhedged) -> it; else the unhedged
    matches: one polarity -> it, both -> the last; only hedged matches of both polarities ("maybe yes, maybe no")
    -> None; hedged matches of one polarity -> it.
 5. Open (`parse_open`): the normalised span (lowercase, collapsed spaces, no edge punctuation), compared exactly.
@@ -149,7 +149,7 @@ def strip_echoed_options(span: str, options: Sequence[tuple[str, str]]) -> str:
         hits.extend((letter, m.span()) for m in re.finditer(pat, span))
     if len({letter for letter, _ in hits}) < max(2, min(3, len(options))):
         return span
-    for _, (a, b) in sorted((h for h in hits), key=lambda h: -h[1][0]):  # from the end: offsets stay valid
+    for _, (a, b) in sorted(hits, key=lambda h: -h[1][0]):  # from the end: earlier offsets stay valid
         span = span[:a] + " " + span[b:]
     return span.strip()
 
@@ -187,7 +187,7 @@ def parse_mc(output: str | None, options: Sequence[tuple[str, str]]) -> str | No
     return None
 
 
-_HEDGES = {"maybe", "perhaps", "possibly", "either", "or", "could", "might", "may"}
+_HEDGES = {"maybe", "perhaps", "possibly", "either", "could", "might", "may"}  # within two words before
 
 
 def parse_yesno(output: str | None) -> str | None:
@@ -199,8 +199,8 @@ def parse_yesno(output: str | None) -> str | None:
     hits = []  # (polarity, hedged)
     for i, w in enumerate(words):
         if w in ("yes", "no"):
-            before = words[max(0, i - 2):i]
-            hedged = any(b in _HEDGES for b in before) or words[i + 1:i + 2] == ["or"]
+            # "or" right before or after: one side of an alternative ("yes or no"), not an answer
+            hedged = any(b in _HEDGES for b in words[max(0, i - 2):i]) or "or" in (words[i - 1:i] + words[i + 1:i + 2])
             hits.append((w, hedged))
     if not hits:
         return None

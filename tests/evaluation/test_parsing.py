@@ -188,6 +188,7 @@ HEDGES = [
     ("Either yes or no, the finding is equivocal.", None),
     ("I cannot say yes or no from this view.", None),
     ("Yes or no? Looking closer, I would say no.", "no"),  # a hedge, then a firm answer
+    ("Is there a pleural effusion, yes or no? No.", "no"),  # the question echoed, then the answer
     ("It could be yes but on balance no", "no"),
     ("Possibly yes.", "yes"),  # one polarity, hedged: still that answer
 ]
