@@ -83,6 +83,14 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         kwargs.pop("video_processor", None)
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
+    def save_pretrained(self, save_directory, **kwargs):
+        files = super().save_pretrained(save_directory, **kwargs)
+        # ProcessorMixin stamped the tokenizer with this class's name (tokenizer_config.json's processor_class):
+        # a checkpoint names the standard class there too
+        self.tokenizer._set_processor_class(STANDARD_PROCESSOR_CLASS)
+        self.tokenizer.save_pretrained(save_directory)
+        return files
+
     def to_dict(self) -> dict:
         out = super().to_dict()
         out["processor_class"] = STANDARD_PROCESSOR_CLASS

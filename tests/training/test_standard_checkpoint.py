@@ -47,7 +47,9 @@ def test_processor_config_names_the_standard_classes(ckpt):
     assert cfg["processor_class"] == "Qwen2_5_VLProcessor"
     assert cfg["image_processor"]["image_processor_type"] == "Qwen2VLImageProcessor"
     assert cfg["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
-    assert "ImageOnly" not in (ckpt / "processor_config.json").read_text()
+    tok_cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    assert tok_cfg["processor_class"] == "Qwen2_5_VLProcessor"
+    assert not [p.name for p in ckpt.iterdir() if b"ImageOnly" in p.read_bytes()]  # our class is internal
 
 
 def test_auto_image_processor_turns_an_image_into_patches(tiny, ckpt):
