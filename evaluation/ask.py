@@ -82,14 +82,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
         raise AskError(f"--model {path}: no such folder (give a checkpoint folder with config.json)")
-    for cand in (p, p / "model"):
-        if (cand / "config.json").is_file():
-            return cand
     newest = latest_checkpoint(p)
-    if newest is not None and (newest / "model" / "config.json").is_file():
-        return newest / "model"
-    raise AskError(f"--model {path} is not a checkpoint: no config.json in it, in model/, or in a complete "
-                   f"checkpoints/step-* folder")
+    for cand in (p, p / "model", *([newest / "model"] if newest is not None else [])):
+        if _is_model_folder(cand):
+            return cand
+    raise AskError(f"--model {path} is not a checkpoint: no config.json with safetensors weights in it, in model/, "
+                   f"or in a complete checkpoints/step-* folder")
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """config.json AND weights: run and checkpoint folders hold a config.json too (the training config)."""
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors*"))
 
 
 def _suffix(path: Path) -> str:

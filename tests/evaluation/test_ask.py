@@ -34,6 +34,8 @@ def ckpt(tmp_path_factory):
     b = build_tiny(seed=0)
     save_checkpoint(b.model, b.processor, step / "model", k_latent=2)
     (step / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    for folder in (run, step):  # the engine writes the training config as config.json there: not a model
+        (folder / "config.json").write_text(json.dumps({"run": {"out_dir": str(run)}}))
     return run
 
 
@@ -68,7 +70,7 @@ def test_ask_on_a_nifti_slice_with_k(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "{tmp}", "--image", str(CT_DICOM)], "is not a checkpoint: no config.json"),
+    (["--model", "{tmp}", "--image", str(CT_DICOM)], "is not a checkpoint: no config.json with safetensors"),
     (["--model", "{ckpt}", "--image", "{tmp}/broken.png"], "cannot read broken.png: not a readable image"),
     (["--model", "{ckpt}", "--image", str(NIFTI), "--slice", "25"], "--slice 25 is outside anatomical.nii's 25 "
                                                                     "slices (0..24)"),
@@ -92,8 +94,8 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, args, message, capsys)
 def test_console_script_error_is_one_line(tmp_path):
     rc, out, err = medlvr_ask("--model", tmp_path, "--image", CT_DICOM, "--question", "q", cwd=tmp_path)
     assert (rc, out) == (2, "")
-    assert err == f"medlvr ask: error: --model {tmp_path} is not a checkpoint: no config.json in it, in model/, " \
-                  f"or in a complete checkpoints/step-* folder\n"
+    assert err == f"medlvr ask: error: --model {tmp_path} is not a checkpoint: no config.json with safetensors " \
+                  f"weights in it, in model/, or in a complete checkpoints/step-* folder\n"
 
 
 def test_nifti_slice_is_windowed_over_the_whole_volume():
