@@ -29,7 +29,7 @@ from medlvr.corpus.limits import DEFAULT_MAX_RECORD_BYTES, record_limit
 from medlvr.corpus.paths import clear_path_cache, take_escapes
 from medlvr.corpus.adapters.sidecar import whitelist
 from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, select
-from medlvr.corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize, shrink_scalar, to_uint8
+from medlvr.corpus.normalize import NormaliseConfig, check_box, normalise_image
 from medlvr.corpus.png import encode_png
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, reason_kind, relative_reason
 from medlvr.corpus.tables import DatasetWriter, escape_undecodable
@@ -158,9 +158,7 @@ class RecordResult:
 def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: IngestConfig, salt: str,
                      result: RecordResult) -> None:
     h, w = np.asarray(src.pixels).shape[:2]
-    geo = plan_geometry(w, h, cfg.normalise)
-    img8, info = to_uint8(shrink_scalar(src, geo), spec.normalise, cfg.normalise)
-    out = resize(img8, geo)
+    out, geo, info = normalise_image(src, spec.normalise, cfg.normalise)
     image_id = image_hash(out)
     raw_patient = src.patient if src.patient is not None else ref.patient
     patient = patient_of(spec, src.source_path, raw_patient, ref.key)

@@ -1,4 +1,6 @@
-"""`medlvr evaluate --config FILE [--set key=value ...] [--out DIR] [--limit N]` and `medlvr evaluate-merge`.
+"""`medlvr evaluate --config FILE [--set key=value ...] [--out DIR] [--limit N]`, `medlvr evaluate-merge` and
+`medlvr ask --model CKPT --image FILE --question TEXT [--k K] [--slice N] [--axis-order ORDER] [--window NAME]
+[--out DIR]`.
 
 `--out DIR` and `--limit N` are shorthands for `--set out_dir=DIR` and `--set limit=N`. A config error, or a
 benchmark error (a malformed benchmark file; an image that is missing, truncated or not an image, named by its
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from medlvr.corpus.config import ConfigError, add_config_arguments
 from medlvr.corpus.evalsets.base import BenchmarkError
@@ -52,6 +55,27 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _cmd_ask(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # imported here, as in _cmd_evaluate: offline switches first, and `medlvr --help` does not pay for torch
+    from transformers.utils import logging as hf_logging
+
+    from medlvr.evaluation.ask import AskError, ask, format_result, read_image
+
+    hf_logging.disable_progress_bar()  # one answer, no "Loading weights" bar around it
+    hf_logging.set_verbosity_error()
+    try:
+        image = read_image(args.image, args.slice, args.window, args.axis_order)
+        name = Path(args.image).name.split(".")[0] or "ask"
+        res = ask(args.model, image, args.question, k_latent=args.k, out_dir=args.out, name=name)
+    except AskError as e:
+        print(f"medlvr ask: error: {e}", file=sys.stderr)
+        return 2
+    print(format_result(res, Path(args.image).name))
+    return 0
+
+
 def _overrides(args) -> list[str]:
     """The `--set` overrides, after the `--out` / `--limit` shorthands (an explicit --set wins)."""
     short = [f"out_dir={args.out}"] if args.out else []
@@ -75,6 +99,28 @@ def register(subparsers) -> None:
     m.add_argument("--world-size", type=int, required=True, metavar="N",
                    help="number of ranks the sharded run had (the N of its .rankR-of-N.jsonl files)")
     m.set_defaults(fn=_cmd_merge)
+    _register_ask(subparsers)
+
+
+def _register_ask(subparsers) -> None:
+    a = subparsers.add_parser(
+        "ask", help="one question on one image (PNG/JPEG, DICOM, NIfTI slice): the answer, the latent segment and "
+                    "an overlay of where each latent state points")
+    a.add_argument("--model", required=True, metavar="CKPT",
+                   help="checkpoint folder (its model/ or a run's out_dir: the newest checkpoint)")
+    a.add_argument("--image", required=True, metavar="FILE", help="PNG/JPEG, DICOM (.dcm or DICM header) or NIfTI")
+    a.add_argument("--question", required=True, metavar="TEXT", help="the question, sent as typed after the image")
+    a.add_argument("--k", type=int, default=None, metavar="K",
+                   help="latent steps (default: the checkpoint's K from medlvr_latent.json, else 0)")
+    a.add_argument("--slice", type=int, default=None, metavar="N",
+                   help="NIfTI slice along Z (default: the middle one) or multi-frame DICOM frame")
+    a.add_argument("--axis-order", default="XYZ", metavar="ORDER",
+                   help="a NIfTI array's axes on disk (default XYZ, the NIfTI convention; KiTS stores ZYX)")
+    a.add_argument("--window", default=None, metavar="NAME",
+                   help="read CT values in HU with this preset window (abdomen, lung, bone, brain, ...)")
+    a.add_argument("--out", default=".", metavar="DIR",
+                   help="folder for the overlay PNG <image name>_latents.png (default: the current folder)")
+    a.set_defaults(fn=_cmd_ask)
 
 
 def main(argv=None) -> int:
