@@ -29,18 +29,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
-from medlvr.training.tiny import TinyConfig, build_tiny  # noqa: E402
+from medlvr.training.tiny import SHAPES, build_tiny  # noqa: E402
 
-# Real Qwen2.5-VL text/vision shapes [mem: the published config.json files]; weights are random.
-_QWEN_VISION = dict(vision_depth=32, vision_hidden=1280, vision_intermediate=3420, vision_heads=16,
-                    vision_fullatt=(7, 15, 23, 31), vocab_size=152064)
-SHAPES = {
-    "tiny": TinyConfig(),
-    "3b": TinyConfig(hidden=2048, intermediate=11008, layers=36, heads=16, kv_heads=2, mrope_section=(16, 24, 24),
-                     tie_word_embeddings=True, **_QWEN_VISION),
-    "7b": TinyConfig(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, mrope_section=(16, 24, 24),
-                     **_QWEN_VISION),
-}
 QUESTIONS = ["Describe the scan.", "What is the most likely diagnosis? Answer briefly.",
              "Which organ is abnormal? A. liver B. kidney C. spleen D. lung.", "Is there a pleural effusion?"]
 

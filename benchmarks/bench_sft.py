@@ -26,7 +26,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from bench_latent_decode import SHAPES  # noqa: E402  (the script beside this one)
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
 from medlvr.training.engine import apply_freeze  # noqa: E402
 from medlvr.training.metrics import decoder_params, peak_flops, train_flops  # noqa: E402
@@ -35,7 +34,7 @@ from medlvr.training.sft.collate import collate  # noqa: E402
 from medlvr.training.sft.data import ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft.forward import sft_forward  # noqa: E402
 from medlvr.training.sft.losses import answer_nll_sum, roi_loss_sum, sft_loss  # noqa: E402
-from medlvr.training.tiny import build_tiny  # noqa: E402
+from medlvr.training.tiny import SHAPES, build_tiny  # noqa: E402
 
 VARIANTS = {  # name: (mode, grad, roi on)
     "self_fed_bptt": ("self_fed", "bptt", True),

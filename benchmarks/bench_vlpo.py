@@ -40,8 +40,10 @@ from medlvr.training.vlpo.data import build_prompt_batch, synthetic_samples  # n
 from medlvr.training.vlpo.rollout import LocalLatentRollout  # noqa: E402
 
 
-def update(policy, exp, ids, lcfg, micro, times):
+def update(policy, exp, ids, lcfg, micro, times, gradient_checkpointing=False):
+    """One optimizer step over the rollouts in micro-batches of `micro` trajectories; returns its wall time."""
     eng = Engine(policy, EngineConfig(device=str(policy.device), lr=1e-7, warmup_ratio=0.0,
+                                      gradient_checkpointing=gradient_checkpointing,
                                       grad_accum=(exp.out.sequences.shape[0] + micro - 1) // micro),
                  total_steps=10, micro_batch_size=micro)
     denoms = global_denominators(exp, lcfg.aggregation)

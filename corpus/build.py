@@ -10,7 +10,8 @@ same read/write lists from remote storage. Both write the same files, `work/data
     decontaminate all          -> work/contaminated.parquet + decontamination.json
     splits        all          -> work/splits.parquet + splits.json         (patient/group disjoint)
     shards        all          -> shards/<split>/part-*.parquet + _manifest.json
-    card          all          -> card/README.md + PNG plots, build_report.json
+    card          all          -> card/README.md + PNG plots, also in shards/ (a Hugging Face dataset card),
+                                  build_report.json
 
 Every step streams Parquet in batches; only ids, hashes and boxes are held in memory.
 """
@@ -385,7 +386,7 @@ STEPS: dict[str, Step] = {s.name: s for s in (
     Step("splits", splits_step, (L.INGEST, L.DATASETS, L.DUP_GROUPS), (L.SPLITS, L.SPLITS_REPORT)),
     Step("shards", shards_step, (L.INGEST, L.QA, L.DATASETS, L.DUP_GROUPS, L.DEDUP_REPORT, L.CONTAMINATED,
                                  L.DECONTAM_REPORT, L.SPLITS, L.SPLITS_REPORT), (L.SHARDS,)),
-    Step("card", card_step, (L.SHARDS, L.DATASETS), (L.CARD, L.BUILD_REPORT)),
+    Step("card", card_step, (L.SHARDS, L.DATASETS), (L.CARD, L.SHARDS, L.BUILD_REPORT)),  # + the card in shards/
 )}
 del L
 

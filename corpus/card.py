@@ -1,6 +1,13 @@
-"""The corpus card: a Markdown page with PNG plots describing a built shard set.
+"""The corpus card, a Hugging Face dataset card: YAML header + Markdown + PNG plots describing a built shard set.
 
-    <out>/card/README.md, counts.png, box_sizes.png, samples.png
+    <out>/card/README.md, counts.png, box_sizes.png, samples.png      the corpus card
+    <out>/shards/README.md + the same plots                            the same card in the shard folder
+
+The header (`license`, `task_categories`, `configs` with one `data_files` entry per split, `dataset_info.features`
+from the shard schema with `image_png` as an `image`) makes `datasets.load_dataset("<out>/shards")` return the
+splits with decoded images, no casting by the user, and lets the shard folder be uploaded to the Hub as it is.
+The body: what the corpus is, counts as Markdown tables, the licence and citation of every source dataset (from
+the catalog), the build's dedup / split / decontamination figures, and the plots.
 """
 
 from __future__ import annotations
@@ -10,9 +17,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
-from medlvr.corpus.shards import MANIFEST_NAME
+from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.shards import MANIFEST_NAME, QA_SCHEMA
+
+PLOTS = ("counts.png", "box_sizes.png", "samples.png")
+HF_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # folder -> the Hub's split name
+# Hub task categories of the pairs: grounded VQA (answers and boxes) with images in, text out
+TASK_CATEGORIES = ["visual-question-answering", "image-text-to-text"]
+_ARROW_DTYPES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.bool_(): "bool",
+                 pa.float64(): "float64", pa.binary(): "binary"}
+IMAGE_COLUMN = "image_png"
 
 
 def _plt():
@@ -93,7 +111,133 @@ def collect_from_shards(shard_dir: Path, max_samples: int = 12) -> tuple[np.ndar
     return np.asarray(areas), [samples[k] for k in sorted(samples)]
 
 
+def hf_feature(t: pa.DataType) -> dict:
+    """An Arrow type as a `dataset_info.features` entry of a dataset card (`{"dtype": ...}` or `{"list": ...}`)."""
+    if pa.types.is_list(t):
+        inner = hf_feature(t.value_type)
+        return {"list": inner["dtype"] if set(inner) == {"dtype"} else inner}
+    return {"dtype": _ARROW_DTYPES[t]}
+
+
+def hf_features(schema: pa.Schema = QA_SCHEMA) -> list[dict]:
+    """The shard schema as card features; the PNG bytes column is an `image` (decoded by `datasets`)."""
+    return [{"name": f.name, **({"dtype": "image"} if f.name == IMAGE_COLUMN else hf_feature(f.type))}
+            for f in schema]
+
+
+def size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return name
+    return "n>1M"
+
+
+def card_header(manifest: dict) -> dict:
+    """The YAML header: licences, task categories, and one config whose splits are the shard folders."""
+    split_dirs = sorted({Path(s["path"]).parts[0] for s in manifest["shards"]},
+                        key=lambda d: list(HF_SPLIT_NAMES).index(d) if d in HF_SPLIT_NAMES else len(HF_SPLIT_NAMES))
+    return {
+        "pretty_name": "MedLVR grounding corpus",
+        "license": "other",  # the union of the source datasets' licences (table below); no single licence applies
+        "license_name": "source-dataset-licences",
+        "language": ["en"],
+        "task_categories": TASK_CATEGORIES,
+        "tags": ["medical", "visual-grounding", "bounding-boxes"],
+        "size_categories": [size_category(manifest["rows"])],
+        "configs": [{"config_name": "default", "default": True,
+                     "data_files": [{"split": HF_SPLIT_NAMES.get(d, d), "path": f"{d}/*.parquet"}
+                                    for d in split_dirs]}],
+        "dataset_info": {"features": hf_features(), "config_name": "default"},
+    }
+
+
+def _table(headers: list[str], rows: list[list], align: str = "") -> list[str]:
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    out = ["| " + " | ".join(headers) + " |", "|" + (align or "---|" * len(headers))]
+    return out + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows] + [""]
+
+
+def _counts_table(title: str, key: str, counts: dict) -> list[str]:
+    total = sum(counts.values()) or 1
+    rows = [[k, v, f"{100 * v / total:.1f}"] for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return [f"### {title}", ""] + _table([key, "pairs", "%"], rows, "---|---:|---:|")
+
+
+def _sources(manifest: dict) -> list[str]:
+    """Licence and citation of every catalog dataset, marking those with pairs in this build."""
+    catalog = load_catalog()
+    per_dataset = manifest["counts"]["dataset"]
+    rows = [[f"[{spec.name}]({spec.homepage})" if spec.homepage else spec.name, f"`{ds}`", spec.modality,
+             per_dataset.get(ds, 0), spec.licence, spec.citation] for ds, spec in sorted(catalog.items())]
+    return ["## Source datasets, licences and citations", "",
+            "Every pair comes from one of these datasets and stays under its licence: check each before you "
+            "redistribute or use the corpus commercially. Cite the datasets you use.", ""] + \
+        _table(["dataset", "id", "modality", "pairs", "licence", "citation"], rows)
+
+
+def _inline(value) -> str:
+    """A figure for a table cell: a mapping as "key value, ...", a list comma-separated."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _build_figures(manifest: dict, report: dict | None) -> list[str]:
+    out = ["## How it was built", ""]
+    dedup, splits, decon = manifest.get("dedup", {}), manifest.get("splits", {}), manifest.get("decontamination", {})
+    facts = []
+    for label, value in (("images hashed for deduplication", dedup.get("images")),
+                         ("duplicate groups (exact or near)", dedup.get("groups_with_duplicates")),
+                         ("images in duplicate groups", dedup.get("images_in_duplicate_groups")),
+                         ("split components (patients joined with their duplicate groups)", splits.get("components")),
+                         ("images per split", splits.get("per_split")),
+                         ("benchmarks decontaminated against (images matched)", decon.get("matched")),
+                         ("corpus images removed by decontamination", decon.get("removed_images"))):
+        if value not in (None, "", {}, []):
+            facts.append([label, _inline(value)])
+    if report and report.get("skipped"):
+        facts.append(["catalog datasets not built", _inline(report["skipped"])])
+    out += _table(["", "value"], facts) if facts else []
+    out += ["Splits are patient- and duplicate-group-disjoint; the full machine-readable figures are in the shard "
+            f"manifest (`{MANIFEST_NAME}`).", ""]
+    return out
+
+
+def card_markdown(manifest: dict, report: dict | None = None) -> str:
+    c = manifest["counts"]
+    lines = ["---", yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True).strip(), "---", "",
+             "# MedLVR grounding corpus", "",
+             f"{manifest['rows']} question–answer pairs with boxes in {len(manifest['shards'])} Parquet shards "
+             f"(schema version {manifest['schema_version']}), built from {len(c['dataset'])} public medical imaging "
+             "datasets by `medlvr build-corpus`.", "",
+             "```python", "import datasets", "", 'corpus = datasets.load_dataset("path/to/shards")  # this folder',
+             'corpus["train"][0]["image_png"]  # a PIL image; boxes are xyxy pixels in it', "```", "",
+             "## Counts", ""]
+    lines += _counts_table("Pairs per split", "split", c["split"])
+    for key, title in (("modality", "Pairs per modality"), ("question_type", "Pairs per question type"),
+                       ("dataset", "Pairs per dataset")):
+        lines += _counts_table(title, key.replace("_", " "), c[key])
+    lines += _sources(manifest)
+    lines += _build_figures(manifest, report)
+    lines += ["## Plots", "", "![counts](counts.png)", "", "![box sizes](box_sizes.png)", "",
+              "![samples](samples.png)", "",
+              "## Format", "",
+              "Boxes are absolute xyxy in the normalised image; questions refer to them as `{boxN}` and are rendered "
+              "in the target model's syntax at export (`medlvr.corpus.qa.export`). Knowledge-only questions are tagged "
+              "`knowledge_only`.", ""]
+    return "\n".join(lines)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_card(shard_dir: Path, out_dir: Path, report: dict | None = None) -> Path:
+    """The card in `out_dir` and, with its plots, in `shard_dir` (module docstring); returns out_dir/README.md."""
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((shard_dir / MANIFEST_NAME).read_text())
@@ -101,23 +245,9 @@ def write_card(shard_dir: Path, out_dir: Path, report: dict | None = None) -> Pa
     plot_counts(manifest, out_dir / "counts.png")
     plot_box_sizes(areas, out_dir / "box_sizes.png")
     plot_samples(samples, out_dir / "samples.png")
-    c = manifest["counts"]
-    lines = ["# MedLVR grounding corpus", "",
-             f"{manifest['rows']} question–answer pairs in {len(manifest['shards'])} shards "
-             f"(schema version {manifest['schema_version']}).", ""]
-    for key in ("split", "modality", "dataset", "question_type"):
-        lines += [f"## Pairs per {key.replace('_', ' ')}", "", f"| {key} | pairs |", "|---|---:|"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(c[key].items())] + [""]
-    for key, title in (("dedup", "Deduplication"), ("splits", "Splits"), ("decontamination", "Decontamination"),
-                       ("generation", "Generated text")):
-        if key in manifest:
-            lines += [f"## {title}", "", "```json", json.dumps(manifest[key], indent=1, sort_keys=True), "```", ""]
-    if report:
-        lines += ["## Build report", "", "```json", json.dumps(report, indent=1, sort_keys=True), "```", ""]
-    lines += ["## Plots", "", "![counts](counts.png)", "", "![box sizes](box_sizes.png)", "",
-              "![samples](samples.png)", "",
-              "Boxes are absolute xyxy in the normalised image; questions refer to them as `{boxN}` and are rendered "
-              "in the target model's syntax at export (`medlvr.corpus.qa.export`). Knowledge-only questions are tagged "
-              "`knowledge_only`.", ""]
-    (out_dir / "README.md").write_text("\n".join(lines))
+    text = card_markdown(manifest, report)
+    _write_text_atomic(out_dir / "README.md", text)
+    for name in PLOTS:  # the shard folder is what gets uploaded: the card's images travel with it
+        (shard_dir / name).write_bytes((out_dir / name).read_bytes())
+    _write_text_atomic(shard_dir / "README.md", text)
     return out_dir / "README.md"

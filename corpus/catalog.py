@@ -51,6 +51,9 @@ class DatasetSpec:
     # a 2-D multi-frame DICOM (cine loop, multi-frame secondary capture) stands for this frame (0-based), or
     # "reject"; multi-frame volumes (enhanced CT/MR, RT dose) are never a 2-D image (see adapters.images)
     multi_frame: int | str = 0
+    # bytes one record of this dataset may make a reader decode (corpus.limits); None: the run's
+    # IngestConfig.max_record_bytes. An entry sets it when its records are legitimately larger than that default
+    max_record_bytes: int | None = None
 
     def concept(self, raw_label: str) -> str | None:
         return self.labels.get(raw_label)
@@ -88,6 +91,10 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
     if multi_frame != "reject" and (isinstance(multi_frame, bool) or not isinstance(multi_frame, int)
                                     or multi_frame < 0):
         raise CatalogError(f"{source}: multi_frame must be a frame index >= 0 or 'reject', got {multi_frame!r}")
+    max_record_bytes = raw.get("max_record_bytes")
+    if max_record_bytes is not None and (isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int)
+                                         or max_record_bytes < 1):
+        raise CatalogError(f"{source}: max_record_bytes must be a positive number of bytes, got {max_record_bytes!r}")
     return DatasetSpec(
         id=raw["id"], name=raw["name"], modality=raw["modality"], body_region=raw["body_region"],
         adapter=raw["adapter"], options=dict(raw.get("options") or {}),
@@ -95,7 +102,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
         patient_key=dict(pk), official_split=dict(split) if split else None,
         normalise=dict(raw.get("normalise") or {}), attributes=tuple(raw.get("attributes") or ()),
         licence=raw["licence"], citation=raw["citation"], homepage=raw["homepage"],
-        sample=dict(raw.get("sample") or {}), multi_frame=multi_frame,
+        sample=dict(raw.get("sample") or {}), multi_frame=multi_frame, max_record_bytes=max_record_bytes,
     )
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +43,16 @@ def add_config_arguments(p: argparse.ArgumentParser, examples: str, override_exa
     p.add_argument("--config", required=required, help=f"YAML config ({examples})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config value, e.g. --set {override_example} (repeatable; values parsed as YAML)")
+
+
+def exit_on_config_error(prog: str, fn: Callable[..., int], *args: Any) -> int:
+    """`fn(*args)`, with a ConfigError printed as ONE line (`prog: error: ...`, no traceback) and exit status 2,
+    as the root CLI does: for the entry points a launcher runs as a subprocess (`python -m ...`, torchrun)."""
+    try:
+        return fn(*args)
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 def read_yaml(path: str | Path) -> dict:

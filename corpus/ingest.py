@@ -19,16 +19,17 @@ import traceback
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from medlvr.corpus.adapters import ADAPTERS
-from medlvr.corpus.paths import clear_path_cache
+from medlvr.corpus.limits import DEFAULT_MAX_RECORD_BYTES, record_limit
+from medlvr.corpus.paths import clear_path_cache, take_escapes
 from medlvr.corpus.adapters.sidecar import whitelist
 from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, select
-from medlvr.corpus.normalize import NormaliseConfig, check_box, plan_geometry, resize, shrink_scalar, to_uint8
+from medlvr.corpus.normalize import NormaliseConfig, check_box, normalise_image
 from medlvr.corpus.png import encode_png
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, reason_kind, relative_reason
 from medlvr.corpus.tables import DatasetWriter, escape_undecodable
@@ -64,6 +65,13 @@ class IngestConfig:
     records_per_task: int = 4  # at most; fewer when records are slow (see _TaskSizer)
     flush_rows: int = 32  # images per Parquet row group (also capped at 8 MB of PNG bytes): bounds memory
     keep_heap: bool = True  # tune glibc malloc in the processes that decode images (see keep_heap)
+    # bytes one record may make the readers decode, and the largest file they open (corpus.limits); a catalog
+    # entry's own max_record_bytes wins for its dataset
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+
+    def __post_init__(self):
+        if self.max_record_bytes < 1:
+            raise ValueError(f"max_record_bytes must be a positive number of bytes, got {self.max_record_bytes}")
 
 
 @dataclass
@@ -125,9 +133,15 @@ def image_hash(img: np.ndarray) -> str:
 
 
 def with_slice_options(spec: DatasetSpec, cfg: IngestConfig) -> DatasetSpec:
-    """Volume adapters read SliceConfig.from_dict(spec.options['slices']): the run's caps, dataset overrides win."""
+    """Volume adapters read SliceConfig.from_dict(spec.options['slices']): the run's caps, dataset overrides win.
+    The record limit is settled here too: the catalog entry's max_record_bytes, else the run's."""
     slices = {**dataclasses.asdict(cfg.slices), **(spec.options.get("slices") or {})}
-    return dataclasses.replace(spec, options={**spec.options, "slices": slices})
+    return dataclasses.replace(spec, options={**spec.options, "slices": slices},
+                               max_record_bytes=spec.max_record_bytes or cfg.max_record_bytes)
+
+
+def _limit_of(spec: DatasetSpec) -> int:
+    return spec.max_record_bytes or DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclass
@@ -144,9 +158,7 @@ class RecordResult:
 def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: IngestConfig, salt: str,
                      result: RecordResult) -> None:
     h, w = np.asarray(src.pixels).shape[:2]
-    geo = plan_geometry(w, h, cfg.normalise)
-    img8, info = to_uint8(shrink_scalar(src, geo), spec.normalise, cfg.normalise)
-    out = resize(img8, geo)
+    out, geo, info = normalise_image(src, spec.normalise, cfg.normalise)
     image_id = image_hash(out)
     raw_patient = src.patient if src.patient is not None else ref.patient
     patient = patient_of(spec, src.source_path, raw_patient, ref.key)
@@ -197,13 +209,17 @@ def process_record(spec: DatasetSpec, root: Path, ref: RecordRef, cfg: IngestCon
     """Load and normalise one record. Never raises for bad input: problems become rejects."""
     first_path = next(iter(ref.paths.values()), ref.key)
     result = RecordResult(ref.key, first_path)
+    limit = _limit_of(spec)
     try:
-        images = ADAPTERS[spec.adapter].load(spec, root, ref)
+        with record_limit(limit):  # every declared size the readers meet is charged against it
+            images = ADAPTERS[spec.adapter].load(spec, root, ref)
     except RecordError as e:
         result.record_reject = (e.stage, e.reason)
         return result
-    except MemoryError:
-        raise
+    except MemoryError:  # a size no header declared (a decoder's own buffers): this record only
+        result.record_reject = ("load", f"out of memory while loading the record (record limit {limit} bytes, "
+                                        f"max_record_bytes)")
+        return result
     except Exception as e:  # an adapter bug or an input we did not foresee: keep going, keep the reason
         result.record_reject = ("load", f"unexpected {type(e).__name__}: {e}")
         return result
@@ -346,8 +362,16 @@ def iter_discover(spec: DatasetSpec, root: Path, rejects: list[Reject]) -> Itera
     be read at all) are appended to `rejects`."""
     seen: set[str] = set()
     clear_path_cache()
+    take_escapes()  # forget files refused by an earlier discovery
     try:
-        for item in ADAPTERS[spec.adapter].discover(spec, root):
+        items = iter(ADAPTERS[spec.adapter].discover(spec, root))
+        while True:
+            # annotation tables are files too: none larger than the record limit is opened. The limit is set
+            # around each step of the adapter only: this generator must not hold it while suspended in `yield`
+            with record_limit(_limit_of(spec)):
+                item = next(items, None)
+            if item is None:
+                break
             if isinstance(item, Reject):
                 rejects.append(item)
             elif item.key in seen:
@@ -358,6 +382,20 @@ def iter_discover(spec: DatasetSpec, root: Path, rejects: list[Reject]) -> Itera
                 yield item
     except RecordError as e:  # the dataset as a whole is unreadable (e.g. its annotation file is corrupt)
         rejects.append(Reject(spec.id, ".", e.stage, e.reason, "<dataset>"))
+    for rel in take_escapes():  # files `walk` refused: each is a record that could not be read
+        why = f"symlink resolves outside the dataset root: {rel}"
+        # an adapter that indexes files by a walk may already have reported the record (its file was not offered:
+        # "missing", "no file matches") or the escape itself: say why once, on that reject
+        name, stem = PurePosixPath(rel).name, PurePosixPath(rel).stem
+        same = [r for r in rejects if r.source_path == rel or rel in r.reason or
+                ("missing" in r.reason and (name in r.reason or r.reason.endswith(stem)))]
+        for r in same:
+            if "missing" in r.reason:
+                r.reason = why
+            elif "outside the dataset root" not in r.reason:
+                r.reason = f"{why}; {r.reason}"
+        if not same:
+            rejects.append(Reject(spec.id, rel, "discover", why, rel))
 
 
 def discover(spec: DatasetSpec, root: Path) -> tuple[list[RecordRef], list[Reject]]:

@@ -15,6 +15,7 @@ remote store); join them to a local folder with `out / layout.X`.
     work/splits.parquet, splits.json
     shards/<split>/part-*.parquet + _manifest.json
     card/README.md + PNG plots
+    previews/<id>/{images,qa_pairs}.png          thumbnails with boxes that Dagster's metadata links to
     build_report.json                            every step's report in one file
 """
 
@@ -37,6 +38,7 @@ SHARDS = "shards"
 CARD = "card"
 CARD_README = "card/README.md"
 BUILD_REPORT = "build_report.json"
+PREVIEWS = "previews"
 
 DATASET = "{dataset}"  # placeholder in per-dataset paths; `for_dataset` fills it
 
@@ -68,3 +70,8 @@ def for_dataset(paths: tuple[str, ...], dataset: str | None) -> list[str]:
             raise ValueError(f"{paths} are per-dataset paths: name the dataset")
         return list(paths)
     return [p.replace(DATASET, dataset) for p in paths]
+
+
+def preview(dataset_id: str, name: str) -> str:
+    """A thumbnail grid of one dataset's asset (`name`: images | qa_pairs), linked from the Dagster metadata."""
+    return f"{PREVIEWS}/{dataset_id}/{name}.png"

@@ -9,13 +9,13 @@ DimSize "X Y Z" -> numpy (Z, Y, X), so a RETOUCH B-scan is `arr[i]` (depth x A-s
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from medlvr.corpus.paths import safe_path
+from medlvr.corpus.limits import charge, inflate_bounded
+from medlvr.corpus.paths import confined, open_confined
 from medlvr.corpus.records import RecordError
 
 
@@ -45,9 +45,8 @@ def _bool(v: str) -> bool:
 
 
 def parse_header(root: Path, rel: str) -> MhdHeader:
-    path = safe_path(root, rel)
     try:
-        with open(path, "rb") as f:
+        with open_confined(root, rel) as f:
             head = f.read(_HEADER_MAX)
     except OSError as e:
         raise RecordError(f"cannot read MetaImage header {rel}: {e}")
@@ -122,31 +121,30 @@ def _data_size_ok(h: MhdHeader, rel: str, available: int) -> None:
 def check_mhd(root: Path, rel: str) -> MhdHeader:
     """Header and data-file checks without reading the data (for discovery)."""
     h = parse_header(root, rel)
-    data = safe_path(root, h.data_rel)
-    if not data.is_file():
-        raise RecordError(f"{rel}: ElementDataFile missing: {h.data_rel}")
+    try:
+        data = confined(root, h.data_rel)
+    except RecordError as e:
+        raise RecordError(f"{rel}: ElementDataFile missing: {h.data_rel}" if "missing" in e.reason
+                          else f"{rel}: ElementDataFile {e.reason}") from None
     size = data.stat().st_size
     _data_size_ok(h, rel, size - max(h.offset, 0))
     return h
 
 
 def read_mhd(root: Path, rel: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """(array with axes reversed from DimSize, spacing in the same axis order)."""
+    """(array with axes reversed from DimSize, spacing in the same axis order). DimSize x element size is
+    charged against the record limit before any data is read; compressed data never inflates past it."""
     h = check_mhd(root, rel)
+    charge(h.nbytes, f"{rel}: DimSize {'x'.join(map(str, h.dims))} of {h.dtype.name}")
     try:
-        raw = safe_path(root, h.data_rel).read_bytes()
+        with open_confined(root, h.data_rel) as f:
+            if h.compressed:
+                f.seek(max(h.offset, 0))
+                raw = inflate_bounded(f.read(), h.nbytes, f"{rel}: data {h.data_rel}")
+            else:  # exactly nbytes (checked by check_mhd), at the end of the file for HeaderSize -1
+                f.seek(-h.nbytes if h.offset < 0 else h.offset, 2 if h.offset < 0 else 0)
+                raw = f.read(h.nbytes)
     except OSError as e:
         raise RecordError(f"cannot read {h.data_rel}: {e}")
-    if h.compressed:
-        try:
-            raw = zlib.decompress(raw[max(h.offset, 0):], 47)  # 47: zlib or gzip header, auto-detected
-        except zlib.error as e:
-            raise RecordError(f"{rel}: corrupt compressed data in {h.data_rel}: {e}")
-        if len(raw) != h.nbytes:
-            raise RecordError(f"{rel}: decompressed data is {len(raw)} bytes but DimSize needs {h.nbytes}")
-    elif h.offset < 0:
-        raw = raw[len(raw) - h.nbytes:]
-    else:
-        raw = raw[h.offset:]
     arr = np.frombuffer(raw, dtype=h.dtype, count=int(np.prod(h.dims))).reshape(h.dims[::-1])
     return arr.astype(h.dtype.newbyteorder("="), copy=True), tuple(h.spacing[::-1])

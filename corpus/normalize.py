@@ -190,6 +190,15 @@ def _to_uint8(src: SourceImage, spec_norm: Mapping, cfg: NormaliseConfig) -> tup
     raise RecordError(f"unknown intensity kind {kind!r}", stage="normalise")
 
 
+def normalise_image(src: SourceImage, spec_norm: Mapping, cfg: NormaliseConfig) -> tuple[np.ndarray, Geometry, dict]:
+    """The corpus image of `src`: geometry planned on the source size, scalar images shrunk before windowing,
+    8-bit conversion, resize. Returns (8-bit pixels, geometry, what `to_uint8` did)."""
+    h, w = np.asarray(src.pixels).shape[:2]
+    geo = plan_geometry(w, h, cfg)
+    img8, info = to_uint8(shrink_scalar(src, geo), spec_norm, cfg)
+    return resize(img8, geo), geo, info
+
+
 def shrink_scalar(src: SourceImage, geo: Geometry) -> SourceImage:
     """Downscale a scalar (HU, 16-bit, float) image in float32 *before* windowing, so the window, percentiles
     and 8-bit conversion run on the output size (a 2048-px radiograph: 16x fewer pixels). 8-bit and colour

@@ -3,7 +3,7 @@
     <out>/shards/_manifest.json
     <out>/shards/<split>/part-00000.parquet ...
 
-The shard set is written into a hidden temporary folder and published with renames, so a rebuild never
+The shard set is written into a hidden temporary folder and published in one atomic step (`publish_dir`), so a rebuild never
 exposes half a shard set. Rows are written in the order given (deterministic upstream), files carry no
 timestamps, so unchanged inputs and config give byte-identical shards.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medlvr.corpus.tables import publish_dir
+from medlvr.corpus.tables import leftover_name, publish_dir, recover_published
 
 SHARD_SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"  # leading "_": pyarrow.dataset and HF datasets skip it when reading the folder
@@ -64,8 +63,10 @@ class ShardWriter:
     def __init__(self, out_dir: Path, row_group_bytes: int = 128 * 2**20, shard_rows: int = 200_000):
         self.out_dir = Path(out_dir)
         self.final = self.out_dir / "shards"
-        self.tmp = self.out_dir / f".shards.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir(parents=True)
+        self.tmp = leftover_name(self.final, "tmp")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        recover_published(self.final)  # a kill in an earlier publish: restore the old version, drop leftovers
+        self.tmp.mkdir()
         self.row_group_bytes, self.shard_rows = row_group_bytes, shard_rows
         self._open: dict[str, dict[str, Any]] = {}
         self.files: list[dict[str, Any]] = []

@@ -9,8 +9,12 @@ Layout of an ingest output directory (one folder per dataset, replaced atomicall
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -87,15 +91,99 @@ def parquet_options(schema: pa.Schema) -> dict:
             "use_dictionary": others, "write_statistics": others}
 
 
+# Publishing a folder. `final` is replaced by a complete temporary sibling in ONE atomic step where the OS allows:
+# Linux renameat2(RENAME_EXCHANGE) swaps the two directory entries, so a reader (or a kill -9) sees either the old
+# complete folder or the new one, never none; the old version then sits under the temporary name and is removed.
+# The alternative, a versioned folder behind a symlink swapped with os.replace, was not taken: `final` would stop
+# being a real directory, and Python 3.11's Path.rglob / os.walk do not descend into a symlinked directory (the
+# Dagster storage sync walks the corpus folder that way) while HF `datasets` would cache by the resolved version
+# path. Where renameat2 is missing (not glibc, not Linux) or the file system refuses the exchange, the switch is
+# two renames (final -> .old-*, tmp -> final), and `recover_published` at the next start restores `final` from
+# the `.old-*` copy a kill between them left. Leftovers are named `.<name>.tmp-<pid>-<hex8>` and
+# `.<name>.old-<pid>-<hex8>`: only names of exactly that form are ever removed, and only when the process that made
+# them is gone (another live writer's folder is left alone).
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def leftover_name(final: Path, kind: str) -> Path:
+    """A fresh `.<name>.tmp-<pid>-<hex8>` (kind "tmp") or `.<name>.old-...` sibling of `final`."""
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover from an earlier, failed publish in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directory entries; False where the OS or file system cannot (caller falls back)."""
+    fn = getattr(_libc(), "renameat2", None)
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, f"cannot swap {b.name} with its new version: {os.strerror(err)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def recover_published(final: Path, keep: Path | None = None) -> list[str]:
+    """Put back `final` if a kill between the two renames of the fallback left only its `.old-*` copy, then remove
+    the dead leftovers of earlier publishes of `final` (never `keep`, the folder being written now). Returns what
+    was done, one line each (for logs and tests)."""
+    final = Path(final)
+    done: list[str] = []
+    if not final.parent.is_dir():
+        return done
+    stale: dict[str, list[Path]] = {"tmp": [], "old": []}
+    for p in final.parent.iterdir():
+        m = _LEFTOVER.fullmatch(p.name)
+        if m and m["name"] == final.name and p != keep and not _owner_alive(int(m["pid"])):
+            stale[m["kind"]].append(p)
+    if not final.exists() and stale["old"]:
+        newest = max(stale["old"], key=lambda p: p.stat().st_mtime)
+        os.replace(newest, final)
+        stale["old"].remove(newest)
+        done.append(f"restored {final.name} from {newest.name}")
+    for p in stale["tmp"] + stale["old"]:
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(f"removed {p.name}")
+    return done
+
+
 def publish_dir(tmp: Path, final: Path) -> Path:
-    """Replace `final` by the complete folder `tmp` with two renames; the old version is removed afterwards."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
+    """Replace `final` by the complete folder `tmp` (see the comment above: one atomic exchange, else two renames
+    with recovery at the next start); the old version is removed afterwards."""
+    tmp, final = Path(tmp), Path(final)
+    recover_published(final, keep=tmp)
+    if not final.exists():
+        os.replace(tmp, final)  # nothing to replace: a plain rename is already atomic
+        return final
+    if _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old version; a kill here leaves a dead .tmp-* leftover
+        return final
+    old = leftover_name(final, "old")
+    os.replace(final, old)
     os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -147,7 +235,7 @@ class _Table:
 
 
 class DatasetWriter:
-    """Writes one dataset's tables into a hidden temporary folder and publishes it with renames.
+    """Writes one dataset's tables into a hidden temporary folder and publishes it atomically (`publish_dir`).
 
     A reader of `<out>/<id>` sees either the previous complete version or the new complete one, never a
     half-written table. On error the temporary folder is removed and the previous version stays.
@@ -156,8 +244,10 @@ class DatasetWriter:
     def __init__(self, out_dir: Path, dataset_id: str, flush_rows: int = 32):
         self.out_dir = Path(out_dir)
         self.final = self.out_dir / dataset_id
-        self.tmp = self.out_dir / f".{dataset_id}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir(parents=True)
+        self.tmp = leftover_name(self.final, "tmp")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        recover_published(self.final)  # a kill in an earlier publish: restore the old version, drop leftovers
+        self.tmp.mkdir()
         self.images = _Table(self.tmp / "images.parquet", IMAGES_SCHEMA, flush_rows, flush_bytes=8 << 20)
         self.rois = _Table(self.tmp / "rois.parquet", ROIS_SCHEMA, flush_rows * 8)
         self.rejects = _Table(self.tmp / "rejects.parquet", REJECTS_SCHEMA, flush_rows * 8)

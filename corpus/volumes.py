@@ -113,6 +113,16 @@ def slice_areas(lab3d: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def volume_window(arr: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5), name: str = "") -> tuple[float, float]:
+    """The intensity window of a non-CT volume: percentiles of its non-zero voxels over the WHOLE volume, so that
+    every slice of it is windowed alike (never per slice, never shared between sequences)."""
+    nz = arr[arr != 0]
+    if nz.size == 0:
+        raise RecordError(f"volume {name or 'image'} is all zeros")
+    lo, hi = np.percentile(nz, percentiles)
+    return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
+
+
 def volume_images(
     channels: Mapping[str, np.ndarray],
     labels: np.ndarray | None,
@@ -168,14 +178,7 @@ def volume_images(
     chosen = select_slices(instance_areas, foreground, cfg)
     windows: dict[str, tuple[float, float] | None] = {}
     for name, arr in channels.items():
-        if intensity == "percentile":
-            nz = arr[arr != 0]
-            if nz.size == 0:
-                raise RecordError(f"volume {name or 'image'} is all zeros")
-            lo, hi = np.percentile(nz, percentiles)
-            windows[name] = (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
-        else:
-            windows[name] = None
+        windows[name] = volume_window(arr, percentiles, name) if intensity == "percentile" else None
     out: list[SourceImage] = []
     area_min = min_speck_px(labels.shape[1:]) if min_area is None and labels is not None else min_area
     for zi, why in chosen:

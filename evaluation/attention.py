@@ -109,13 +109,20 @@ def attention_profile(lm: LoadedModel, sample: Sample, k_latent: int | None = No
         maps.append(aq[..., is_img].mean(dim=(0, 1)))  # (n_img_tokens,)
     heat, size = None, None
     if img is not None:
-        t, gh, gw = (int(v) for v in grid[0])
-        n_first = t * (gh // 2) * (gw // 2)
-        m = torch.stack(maps).mean(0)[:n_first].reshape(t, gh // 2, gw // 2).mean(0).cpu().numpy()
-        rng = m.max() - m.min()
-        heat = (m - m.min()) / rng if rng > 0 else np.zeros_like(m)
+        heat = grid_heatmap(torch.stack(maps).mean(0), grid[0])
         size = open_image(sample.images[0]).size
     return AttentionResult(sample.sample_id, np.array(shares), heat, size, sample_rois(sample), n_gen)
+
+
+def grid_heatmap(values: torch.Tensor, grid_thw: torch.Tensor) -> np.ndarray:
+    """One value per visual token of an image (merger order; extra values of later images are ignored) as a
+    (grid_h / 2, grid_w / 2) map over the image, averaged over its t frames, min-max normalised to [0, 1] (a flat
+    map is all zeros)."""
+    t, gh, gw = (int(v) for v in grid_thw)
+    n_first = t * (gh // 2) * (gw // 2)
+    m = values[:n_first].float().reshape(t, gh // 2, gw // 2).mean(0).cpu().numpy()
+    rng = m.max() - m.min()
+    return (m - m.min()) / rng if rng > 0 else np.zeros_like(m)
 
 
 def attention_profiles(lm: LoadedModel, samples: Sequence[Sample], k_latent: int | None = None,

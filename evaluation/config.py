@@ -5,6 +5,10 @@ directory, like every other recipe).
 Every section but `models` and `benchmarks` is optional; a missing section switches that table / figure off.
 A model is `path: tiny` (+ `tiny_seed`) or a checkpoint directory; its K (`k_latent`) is read from the checkpoint
 (`model/medlvr_latent.json`, written by ROI-SFT and VLPO) unless the entry sets it. See `configs/eval_sample.yaml`.
+Or a model is an OpenAI-compatible chat endpoint (`endpoint: {base_url, model, api_key_env, max_concurrency,
+timeout_s, max_retries, ...}`, `medlvr.corpus.chat_endpoint.EndpointSettings`): a baseline served by vLLM / SGLang
+or a hosted API, asked the same prompts, scored by the same parser, in the same tables (K = 0: plain decoding on
+the server). See `configs/eval_endpoint.yaml`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medlvr.corpus.chat_endpoint import EndpointSettings
 from medlvr.corpus.config import ConfigError, apply_overrides, build_config, read_yaml
 from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 
@@ -39,14 +44,22 @@ ABLATIONS = ("zero", "shuffle", "noise")
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # label in tables and prediction files
-    path: str  # "tiny" (offline random tiny model), a checkpoint dir of ours, or a base Qwen2.5-VL dir
+    path: str = ""  # "tiny" (offline random tiny model), a checkpoint dir of ours, or a base Qwen2.5-VL dir
     tiny_seed: int = 0  # seed of the tiny model (path: tiny)
     k_latent: int | None = None  # latent budget K; None: the checkpoint's; 0 = plain decoding (the base model)
     prompt_style: str = "tags"  # "tags": <answer> tags (reasoning model); "direct": standard direct-answer prompt
     variant: str = ""  # training variant label for Table 4 (default: the name)
+    endpoint: EndpointSettings | None = None  # an OpenAI-compatible chat endpoint instead of local weights
 
     def __post_init__(self):
-        object.__setattr__(self, "path", resolve_model_path(self.path))
+        if self.endpoint is not None:
+            if self.path:
+                raise ValueError("give either path (local weights) or endpoint (a served model), not both")
+            if self.k_latent:
+                raise ValueError("an endpoint model decodes plainly on its server: k_latent must be 0 or unset")
+            object.__setattr__(self, "k_latent", 0)
+        else:
+            object.__setattr__(self, "path", resolve_model_path(self.path))
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
         if self.k_latent is not None and self.k_latent < 0:
@@ -55,6 +68,11 @@ class ModelSpec:
     @property
     def label(self) -> str:
         return self.variant or self.name
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from, for tables: the checkpoint path, or the endpoint's model @ base_url."""
+        return f"{self.endpoint.model} @ {self.endpoint.base_url}" if self.endpoint else self.path
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,7 @@ class EvalConfig:
     # {models, benchmarks (default: main), limit, k_values, probe_fraction, seed}
     latent_diagnostics: dict[str, Any] | None = None
     title: str = "MedLVR evaluation"
+    note: str = ""  # one line under the title: what the evaluated models are (and are not)
     sample_data: bool = False  # write the bundled sample benchmarks into data_root first (if not there)
     data_root: Path | None = None
 
@@ -144,6 +163,16 @@ class EvalConfig:
             sec = getattr(self, section)
             if sec and sec.get("model") not in names:
                 raise ConfigError(f"{section}.model: unknown model {sec.get('model')!r}")
+        # these need the model's weights (latent states, attention maps): an endpoint has none to give
+        served = {m.name for m in self.models if m.endpoint is not None}
+        for section, key in (("fig5", "model"), ("ablation", "model"), ("fig3", "models")):
+            sec = getattr(self, section)
+            if not sec:
+                continue
+            chosen = sec.get(key, [m.name for m in self.models] if key == "models" else None)
+            for n in [chosen] if isinstance(chosen, str) else chosen or []:
+                if n in served:
+                    raise ConfigError(f"{section}.{key}: {n!r} is an endpoint model; {section} needs local weights")
         if self.ablation:
             bad = set(self.ablation.get("kinds", ABLATIONS)) - set(ABLATIONS)
             if bad:

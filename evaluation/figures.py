@@ -1,8 +1,10 @@
 """PNG plots for the report (matplotlib, Agg backend): Fig. 5 (accuracy vs K per modality) and Fig. 3 (visual
-attention share per layer, attention heatmaps over the image with the ROI boxes drawn)."""
+attention share per layer, attention heatmaps over the image with the ROI boxes drawn); `medlvr ask`'s overlay of
+where each latent state points (`plot_latent_overlay`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,11 +20,24 @@ from medlvr.corpus.evalsets.base import open_image  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the figure atomically (a temp file renamed over `path`: a reader never sees half a PNG)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # the suffix tells matplotlib the format
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def overlay_heatmap(ax, image: np.ndarray, heatmap: np.ndarray) -> None:
+    """`heatmap` (any grid over the whole image, values in [0, 1]) stretched over `image` on `ax`."""
+    h, w = image.shape[:2]
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    ax.imshow(heatmap, cmap="jet", alpha=0.45, extent=(0, w, h, 0), interpolation="bilinear")
 
 
 def plot_accuracy_vs_k(series: Mapping[str, Mapping[int, float]], path: Path, title: str = "") -> Path:
@@ -74,11 +89,22 @@ def plot_heatmaps(results: Mapping[str, Sequence[AttentionResult]], images: Mapp
             if r.heatmap is None:
                 ax.set_title(f"{m}: {r.sample_id}\n(no image)", fontsize=8)
                 continue
-            im = np.asarray(open_image(images[r.sample_id]))
-            h, w = im.shape[:2]
-            ax.imshow(im)
-            ax.imshow(r.heatmap, cmap="jet", alpha=0.45, extent=(0, w, h, 0), interpolation="bilinear")
+            overlay_heatmap(ax, np.asarray(open_image(images[r.sample_id])), r.heatmap)
             for x0, y0, x1, y1 in r.roi:
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=2))
             ax.set_title(f"{m}: {r.sample_id}", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_latent_overlay(image: np.ndarray, heatmaps: Sequence[np.ndarray], titles: Sequence[str], path: Path) -> Path:
+    """`medlvr ask`: the image, then one panel per latent state with its similarity map over the image."""
+    n = len(heatmaps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
+    axes[0][0].imshow(image, cmap="gray" if image.ndim == 2 else None)
+    axes[0][0].set_title("image (as the model sees it)", fontsize=8)
+    for ax, heat, title in zip(axes[0][1:], heatmaps, titles):
+        overlay_heatmap(ax, image, heat)
+        ax.set_title(title, fontsize=8)
+    for ax in axes[0]:
+        ax.axis("off")
     return _save(fig, path)

@@ -25,10 +25,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
 
 import torch
+from PIL import UnidentifiedImageError
 
-from medlvr.corpus.evalsets.base import Sample, open_image
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, open_image
 from medlvr.corpus.prompts import MC_INSTRUCTION, OPEN_INSTRUCTION, YESNO_INSTRUCTION, option_lines
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
@@ -74,10 +76,50 @@ def chat_text(processor, sample: Sample, style: str) -> str:
                                          add_generation_prompt=True)
 
 
-def encode_batch(processor, samples: Sequence[Sample], style: str):
-    """Left-padded processor batch for `samples` (images opened lazily, one batch at a time)."""
+def image_location(uri: str, root: Path | None = None) -> str:
+    """Where an image URI points, for an error line: the file relative to the benchmark root (when under it), plus
+    the zip member or the Parquet cell."""
+    u = urlparse(uri)
+    path = Path(unquote(u.path))
+    if root is not None and path.is_relative_to(Path(root).resolve()):
+        path = path.relative_to(Path(root).resolve())
+    if u.scheme == "zip":
+        return f"{path.as_posix()} member {unquote(u.fragment)}"
+    if u.scheme == "parquet":
+        q = parse_qs(u.fragment)
+        return f"{path.as_posix()} row {q.get('row', ['?'])[0]} column {q.get('col', ['?'])[0]}"
+    return path.as_posix()
+
+
+def open_sample_image(sample: Sample, uri: str, root: Path | None = None):
+    """The PIL RGB image of a sample (through `open_image`, the one reader of benchmark images), or ONE
+    BenchmarkError line naming the benchmark, the file (relative to `root`, the benchmark root) and the record. A
+    broken image stops the run rather than being skipped: a skipped sample would silently change the denominator
+    of every score of that benchmark."""
+    where = f"benchmark {sample.benchmark}: record {sample.sample_id}: image {image_location(uri, root)}"
+    try:
+        return open_image(uri)
+    except FileNotFoundError:
+        raise BenchmarkError(f"{where} is missing") from None
+    except KeyError:  # zipfile: no such member
+        raise BenchmarkError(f"{where} is not in the archive") from None
+    except UnidentifiedImageError:  # PIL names only <_io.BytesIO object>: say what it means
+        raise BenchmarkError(f"{where} is not an image") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file makes PIL raise OSError, SyntaxError, struct.error, ...
+        raise BenchmarkError(f"{where} is truncated, damaged or unreadable ({type(e).__name__}: "
+                             f"{_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def encode_batch(processor, samples: Sequence[Sample], style: str, root: Path | None = None):
+    """Left-padded processor batch for `samples` (images opened lazily, one batch at a time); `root`: the
+    benchmark root, to name a broken image's file relative to it."""
     texts = [chat_text(processor, s, style) for s in samples]
-    images = [open_image(u) for s in samples for u in s.images]
+    images = [open_sample_image(s, u, root) for s in samples for u in s.images]
     kw = {"images": images} if images else {}
     return processor(text=texts, padding=True, return_tensors="pt", **kw), texts
 
@@ -194,6 +236,21 @@ def decode_text(tokenizer, seq: torch.Tensor, mask: torch.Tensor, drop: set[int]
     return tokenizer.decode(toks, skip_special_tokens=False)
 
 
+def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, world_size: int = 1
+                    ) -> tuple[Path, list[Sample], int]:
+    """(this rank's file, its samples not yet there or in the merged file, how many already are): the resume rule
+    of every prediction writer (local models and endpoints). The file's torn last line, if any, is cut."""
+    out_path = Path(out_path)
+    my_path = rank_path(out_path, rank, world_size)
+    my_path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(my_path)
+    done = finished_ids({out_path, my_path})
+    by_id = {s.sample_id: s for s in samples}
+    mine = shard(list(by_id), rank, world_size)
+    todo = [by_id[i] for i in mine if i not in done]
+    return my_path, todo, len(mine) - len(todo)
+
+
 @dataclass
 class RunStats:
     n_done: int = 0
@@ -218,21 +275,22 @@ def run_predictions(
     transform_factory: TransformFactory | None = None,
     ablation: str | None = None,
     progress: Callable[[str], None] | None = None,
+    benchmark_root: Path | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> RunStats:
     """Generate for this rank's shard of `samples` not yet in `out_path` (or its rank file); append records.
 
+    A sample whose image cannot be read stops the run with one `BenchmarkError` line (`open_sample_image`); the
+    records of the batches before it are kept, so the rerun after the fix resumes there.
     transform_factory(batch_samples) -> optional `latent_transform` for that batch (latent ablations).
+    progress(message) after every batch (a log line); advance(n) with the samples just finished (a progress bar;
+    samples already in the file count as finished at once).
     """
     k = lm.spec.k_latent if k_latent is None else k_latent
-    out_path = Path(out_path)
-    my_path = rank_path(out_path, rank, world_size)
-    my_path.parent.mkdir(parents=True, exist_ok=True)
-    drop_torn_tail(my_path)
-    done = finished_ids({out_path, my_path})
-    by_id = {s.sample_id: s for s in samples}
-    mine = shard(list(by_id), rank, world_size)
-    todo = [by_id[i] for i in mine if i not in done]
-    stats = RunStats(n_skipped=len(mine) - len(todo))
+    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size)
+    stats = RunStats(n_skipped=n_skipped)
+    if advance and stats.n_skipped:
+        advance(stats.n_skipped)
     if not todo:
         return stats
     tok = lm.processor.tokenizer
@@ -246,7 +304,7 @@ def run_predictions(
     with my_path.open("a") as f:
         for i in range(0, len(todo), bs):
             batch = todo[i:i + bs]
-            enc, texts = encode_batch(lm.processor, batch, lm.spec.prompt_style)
+            enc, texts = encode_batch(lm.processor, batch, lm.spec.prompt_style, benchmark_root)
             transform = transform_factory(batch) if transform_factory else None
             t0 = time.perf_counter()
             out = latent_generate(lm.model, enc, lm.ids, cfg, generator=gen, latent_transform=transform)
@@ -271,6 +329,8 @@ def run_predictions(
                 stats.n_tokens += n_tok
             f.flush()
             stats.n_done += len(batch)
+            if advance:
+                advance(len(batch))
             if progress:
                 progress(f"{lm.spec.name} {variant} k={k} {batch[0].benchmark}: {stats.n_done}/{len(todo)}")
     return stats

@@ -26,6 +26,7 @@ class Table:
     caption: str
     headers: list[str]
     rows: list[list[str]]
+    csv: str = ""  # the table as CSV, relative to the report (medlvr.evaluation.results); linked from the caption
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Section:
     text: str = ""  # plain text paragraphs (blank-line separated); rendered escaped in HTML
     tables: list[Table] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)  # PNG files
+    links: list[tuple[str, str]] = field(default_factory=list)  # (label, href relative to the report)
 
 
 def _md_cell(s: str) -> str:
@@ -46,8 +48,10 @@ def render_markdown(title: str, sections: Sequence[Section], rel_to: Path) -> st
         out += [f"## {sec.title}", ""]
         if sec.text:
             out += [sec.text.strip(), ""]
+        out += [f"- [{label}]({href})" for label, href in sec.links] + ([""] if sec.links else [])
         for t in sec.tables:
-            out += [f"**{t.caption}**", "", "| " + " | ".join(map(_md_cell, t.headers)) + " |",
+            csv_link = f" ([CSV]({t.csv}))" if t.csv else ""
+            out += [f"**{t.caption}**{csv_link}", "", "| " + " | ".join(map(_md_cell, t.headers)) + " |",
                     "|" + "---|" * len(t.headers)]
             out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in t.rows]
             out.append("")
@@ -71,8 +75,12 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
         out.append(f"<h2>{e(sec.title)}</h2>")
         for para in [p for p in sec.text.strip().split("\n\n") if p.strip()]:
             out.append(f"<p>{e(para)}</p>")
+        if sec.links:
+            out.append("<ul>" + "".join(f"<li><a href='{e(href)}'>{e(label)}</a></li>" for label, href in sec.links)
+                       + "</ul>")
         for t in sec.tables:
-            out.append(f"<table><caption>{e(t.caption)}</caption><thead><tr>"
+            csv_link = f" <a class='csv' href='{e(t.csv)}'>CSV</a>" if t.csv else ""
+            out.append(f"<table><caption>{e(t.caption)}{csv_link}</caption><thead><tr>"
                        + "".join(f"<th>{e(str(h))}</th>" for h in t.headers) + "</tr></thead><tbody>")
             out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in t.rows]
             out.append("</tbody></table>")
@@ -131,20 +139,27 @@ def _has_roi(sample) -> bool:
     return bool(sample_rois(sample))
 
 
-def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None) -> list[Section]:
-    """Score the merged prediction files of `jobs` and lay out every configured table and figure."""
-    fig_dir = cfg.out_dir / "figures"
+def score_jobs(cfg, samples: dict, jobs: list) -> dict:
+    """job -> its scored rows (the merged prediction file against the benchmark's samples)."""
     by_bench = {b: {s.sample_id: s for s in v} for b, v in samples.items()}
-    scored = {j: T.score_records(job_records(cfg, j), by_bench[j.benchmark]) for j in jobs}
+    return {j: T.score_records(job_records(cfg, j), by_bench[j.benchmark]) for j in jobs}
+
+
+def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored: dict | None = None
+                   ) -> list[Section]:
+    """Lay out every configured table and figure from the scored prediction files of `jobs` (`score_jobs`,
+    computed here unless given)."""
+    fig_dir = cfg.out_dir / "figures"
+    scored = score_jobs(cfg, samples, jobs) if scored is None else scored
     d = cfg.decode
-    setup = Section("Setup", (
+    setup = Section("Setup", (cfg.note.strip() + "\n\n" if cfg.note.strip() else "") + (
         f"Greedy decoding, max_new_tokens {d.max_new_tokens}, batch size {d.batch_size}, pixel budget "
         f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}"
         f"{', closed inference (the answer sees the image only through the latents)' if d.closed else ''}. Scoring: docs/benchmarks.md §3 "
         "(no random or similarity fallbacks; unparseable counts as wrong). Tokens count every generated position "
         "(text, control tokens, latent slots, EOS). Times are generate wall time, model load excluded."),
-        [Table("Models", ["model", "checkpoint", "K", "prompt"],
-               [[m.name, m.path, str(m.k_latent), m.prompt_style] for m in cfg.models]),
+        [Table("Models", ["model", "checkpoint / endpoint", "K", "prompt"],
+               [[m.name, m.source, str(m.k_latent), m.prompt_style] for m in cfg.models]),
          Table("Benchmarks", ["benchmark", "samples"], [[b, str(len(v))] for b, v in samples.items()])])
     sections = [setup]
 

@@ -3,7 +3,8 @@
 Prediction files: `<out>/predictions/<model>/k<K>/<variant>/<benchmark>.jsonl` (rank files next to them while a
 data-parallel run is in flight). Variants: "main" (Tables 1/2/4, Fig. 5), "efficiency" (Table 3, the subset in
 `<out>/manifests/efficiency_subset.json`), "ablate_<kind>" (latent ablations). Figures go to `<out>/figures/`,
-the report to `<out>/report.md` and `<out>/report.html`.
+the report to `<out>/report.md` and `<out>/report.html`, its tables as CSV under `<out>/tables/`, all numbers in
+`<out>/results.json` and one record per scored sample under `<out>/samples/` (`medlvr.evaluation.results`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from pathlib import Path
 
 import torch
 
+from medlvr.corpus.chat_endpoint import ChatEndpoint
 from medlvr.corpus.config import config_to_dict
 from medlvr.corpus.evalsets.base import Sample
 from medlvr.corpus.evalsets.registry import get_benchmark, write_benchmark_samples
 from medlvr.evaluation.ablations import make_transform_factory
 from medlvr.evaluation.config import ABLATIONS, EvalConfig
 from medlvr.evaluation.latent_diagnostics import run_for_config
+from medlvr.evaluation.endpoint_inference import run_endpoint_predictions
 from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
 from medlvr.evaluation.predictions import Job, pred_path
-from medlvr.evaluation.report import build_sections, write_report
+from medlvr.evaluation.progress import StageBar
+from medlvr.evaluation.report import build_sections, score_jobs, write_report
+from medlvr.evaluation.results import links_section, table_files, write_results, write_sample_records
 from medlvr.evaluation.tables import efficiency_subset, write_manifest
 
 
@@ -35,6 +40,12 @@ def load_benchmark(cfg: EvalConfig, name: str) -> list[Sample]:
     root = Path(kw.pop("path"))
     samples = sorted(loader(root, **kw), key=lambda s: s.sample_id)
     return samples[: cfg.limit] if cfg.limit else samples
+
+
+def benchmark_root(cfg: EvalConfig, name: str) -> Path | None:
+    """The configured folder of a benchmark (error lines name files relative to it)."""
+    spec = cfg.benchmarks.get(name)
+    return Path(spec["path"]) if spec and spec.get("path") else None
 
 
 def load_all(cfg: EvalConfig) -> dict[str, list[Sample]]:
@@ -78,30 +89,65 @@ def plan_jobs(cfg: EvalConfig, manifest: dict[str, list[str]] | None = None) -> 
     return jobs
 
 
+def _job_samples(samples: dict[str, list[Sample]], job: Job) -> list[Sample]:
+    subset = samples[job.benchmark]
+    if job.ids is not None:
+        keep = set(job.ids)
+        subset = [s for s in subset if s.sample_id in keep]
+    return subset
+
+
 def run_jobs(cfg: EvalConfig, jobs: list[Job], samples: dict[str, list[Sample]], rank: int = 0,
-             world_size: int = 1, progress: Callable[[str], None] | None = None) -> dict:
-    """This rank's share of every job, one model load per model. Returns timing info per job."""
+             world_size: int = 1, progress: Callable[[str], None] | None = None, bars: bool = False) -> dict:
+    """This rank's share of every job, one model load (or one endpoint client) per model. Returns timing info per
+    job; an endpoint job also counts its requests that failed for good ("failed", with "last_error").
+
+    progress(message): a line per batch (logs); bars: one progress display per model on stderr (the CLI)."""
     if cfg.decode.threads:
         torch.set_num_threads(cfg.decode.threads)
     info = {}
     for model_name in dict.fromkeys(j.model for j in jobs):
-        lm = load_for_eval(cfg.model(model_name), cfg.decode)
+        spec = cfg.model(model_name)
+        mine = [j for j in jobs if j.model == model_name]
+        total = sum(len(shard_ids) for shard_ids in
+                    ([s.sample_id for s in _job_samples(samples, j)][rank::world_size] for j in mine))
+        bar = StageBar(f"{model_name}: inference", total) if bars else None
+        if spec.endpoint is not None:
+            client = ChatEndpoint(spec.endpoint)
+            for j in mine:
+                if bar:
+                    bar.note(f"{j.variant} {j.benchmark}")
+                st = run_endpoint_predictions(client, spec, _job_samples(samples, j), pred_path(cfg.out_dir, j),
+                                              variant=j.variant, settings=cfg.decode, rank=rank,
+                                              world_size=world_size, advance=bar.update if bar else None,
+                                              benchmark_root=benchmark_root(cfg, j.benchmark))
+                key = f"{j.model}/k{j.k_latent}/{j.variant}/{j.benchmark}"
+                info[key] = {"done": st.n_done, "skipped": st.n_skipped, "gen_s": st.gen_s, "failed": st.failed,
+                             "last_error": st.last_error}
+                if progress:
+                    progress(f"{model_name} {j.variant} {j.benchmark}: {st.n_done} answered, {st.failed} failed")
+            client.close()
+            if bar:
+                bar.close(f"{client.stats['retries']} retries, {client.stats['failures']} failed")
+            continue
+        lm = load_for_eval(spec, cfg.decode)
         info[f"load:{model_name}"] = lm.load_s
-        for j in (j for j in jobs if j.model == model_name):
-            subset = samples[j.benchmark]
-            if j.ids is not None:
-                keep = set(j.ids)
-                subset = [s for s in subset if s.sample_id in keep]
+        for j in mine:
             factory = None
             if j.ablation:
                 factory = make_transform_factory(j.ablation, float(cfg.ablation.get("noise_scale", 1.0)),
                                                  int(cfg.ablation.get("seed", 0)))
-            st = run_predictions(lm, subset, pred_path(cfg.out_dir, j), k_latent=j.k_latent, variant=j.variant,
-                                 settings=cfg.decode, rank=rank, world_size=world_size,
+            if bar:
+                bar.note(f"k={j.k_latent} {j.variant} {j.benchmark}")
+            st = run_predictions(lm, _job_samples(samples, j), pred_path(cfg.out_dir, j), k_latent=j.k_latent,
+                                 variant=j.variant, settings=cfg.decode, rank=rank, world_size=world_size,
                                  transform_factory=factory, ablation=j.ablation or None,
-                                 progress=progress)
+                                 progress=progress, advance=bar.update if bar else None,
+                                 benchmark_root=benchmark_root(cfg, j.benchmark))
             info[f"{j.model}/k{j.k_latent}/{j.variant}/{j.benchmark}"] = {"done": st.n_done, "skipped": st.n_skipped,
                                                                           "gen_s": st.gen_s}
+        if bar:
+            bar.close()
         del lm
     return info
 
@@ -122,11 +168,25 @@ def _barrier(world_size: int) -> None:
     dist.barrier()
 
 
+def write_outputs(cfg: EvalConfig, samples: dict[str, list[Sample]], jobs: list[Job],
+                  manifest: dict[str, list[str]] | None) -> tuple[Path, Path, Path]:
+    """Score the merged predictions; write the report (md + html), a CSV per table, results.json and the
+    per-sample records. Returns (report.md, report.html, results.json)."""
+    scored = score_jobs(cfg, samples, jobs)
+    sections = build_sections(cfg, samples, jobs, manifest, scored)
+    n_tables = len(table_files(sections))  # names each table's CSV, so the report links it
+    sections.append(links_section(n_tables))
+    results = write_results(cfg, sections, write_sample_records(cfg, samples, scored))
+    md, page = write_report(cfg.out_dir, cfg.title, sections)
+    return md, page, results
+
+
 def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = None,
-             progress: Callable[[str], None] | None = print) -> dict:
+             progress: Callable[[str], None] | None = print, bars: bool = False) -> dict:
     """The whole evaluation. Under torchrun every rank generates its shard; rank 0 merges and writes the report.
 
-    Returns {"jobs", "timings", "report_md", "report_html"} (report paths only on rank 0).
+    Returns {"jobs", "timings", "failed", "report_md", "report_html", "results_json"} (paths only on rank 0); "failed":
+    job -> {"failed": n, "last_error"} for endpoint requests that failed for good (a rerun asks only those again).
     """
     r0, w0 = dist_info()
     rank, world_size = (r0 if rank is None else rank), (w0 if world_size is None else world_size)
@@ -138,9 +198,10 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
     if world_size > 1 and rank == 0:
         _barrier(world_size)
     jobs = plan_jobs(cfg, manifest)
-    timings = run_jobs(cfg, jobs, samples, rank, world_size, progress)
+    timings = run_jobs(cfg, jobs, samples, rank, world_size, progress, bars)
     _barrier(world_size)
-    result = {"jobs": jobs, "timings": timings}
+    failed = {k: v for k, v in timings.items() if isinstance(v, dict) and v.get("failed")}
+    result = {"jobs": jobs, "timings": timings, "failed": failed}
     if rank != 0:
         return result
     merge_all(cfg, jobs, world_size)
@@ -148,13 +209,12 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
         t_diag = time.perf_counter()
         run_for_config(cfg, samples, progress)
         timings["latent_diagnostics_s"] = time.perf_counter() - t_diag
-    sections = build_sections(cfg, samples, jobs, manifest)
-    md, page = write_report(cfg.out_dir, cfg.title, sections)
+    md, page, results = write_outputs(cfg, samples, jobs, manifest)
     meta = {"config": config_to_dict(cfg), "world_size": world_size,
             "host": platform.node(), "torch": torch.__version__, "wall_s": time.perf_counter() - t0,
             "timings": timings}
     (cfg.out_dir / "run_meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    result.update(report_md=md, report_html=page)
+    result.update(report_md=md, report_html=page, results_json=results)
     return result
 
 

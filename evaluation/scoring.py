@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from medlvr.corpus.evalsets.answers import is_correct, parse_answer
+from medlvr.corpus.evalsets.base import BenchmarkError
 
 REQUIRED = ("benchmark", "sample_id", "output")
 GOLD = ("kind", "answer")
@@ -132,7 +133,7 @@ def score_records(records: Iterable[Mapping], samples: Mapping[tuple[str, str], 
         if samples is not None:
             key = (rec["benchmark"], rec["sample_id"])
             if key not in samples:
-                raise KeyError(f"no sample {key} for a prediction record")
+                raise BenchmarkError(f"no sample {key} for a prediction record (predictions from another benchmark version?)")
             sample = samples[key]
         out.append(score_record(rec, sample))
     return out

@@ -4,7 +4,7 @@ adds `demo`, the main job.
 
     medlvr catalog | sample-data | ingest | build-corpus     corpus
     medlvr train-sft | train-vlpo                            training
-    medlvr evaluate | evaluate-merge | ...                   evaluation
+    medlvr evaluate | evaluate-merge | ask                   evaluation
     medlvr demo [--dagster-home DIR] [--force]               the main job: the whole asset graph through Dagster
 """
 
@@ -19,10 +19,14 @@ from pathlib import Path
 from medlvr.corpus import cli as corpus_cli
 from medlvr.corpus.catalog import CatalogError
 from medlvr.corpus.config import ConfigError
+from medlvr.corpus.evalsets.base import BenchmarkError
+from medlvr.corpus.kg.graph import KGError
 from medlvr.corpus.ingest import DatasetSummary
 from medlvr.corpus.shards import MANIFEST_NAME
 from medlvr.evaluation import cli as evaluation_cli
+from medlvr.evaluation.cli import one_line
 from medlvr.training import cli as training_cli
+from medlvr.training.checkpoints import CheckpointError
 
 
 def _cmd_demo(args) -> int:
@@ -31,7 +35,11 @@ def _cmd_demo(args) -> int:
 
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
     print(f"Dagster instance: {home.resolve()} (browse it afterwards with `make dagster-dev`)")
-    res = run_main(home, args.datasets, force=args.force)
+    try:
+        res = run_main(home, args.datasets, force=args.force)
+    except RuntimeError as e:  # a failed stage: its step's error (a trainer's log tail and path) is printed above
+        print(f"medlvr demo: {e}", file=sys.stderr)
+        return 1
     corpus = Path(res["home"]) / "corpus"
     summaries = [DatasetSummary(**json.loads(p.read_text())) for p in sorted(corpus.glob("ingest/*/summary.json"))
                  if not p.parent.name.startswith(".")]
@@ -49,24 +57,44 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medlvr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    for package_cli in (corpus_cli, training_cli, evaluation_cli):  # each package registers its own subcommands
-        package_cli.register(sub)
+    p = argparse.ArgumentParser(prog="medlvr", formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: list[tuple[str, list[str]]] = []
+    for label, package_cli in (("corpus", corpus_cli), ("training", training_cli), ("evaluation", evaluation_cli)):
+        before = set(sub.choices)
+        package_cli.register(sub)  # each package registers its own subcommands
+        groups.append((label, [name for name in sub.choices if name not in before]))
     d = sub.add_parser("demo", help="the main job: the whole asset graph through Dagster, on the bundled sample data")
     d.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME, else ./pipelines/dagster_home)")
     d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: all 31)")
     d.add_argument("--force", action="store_true", help="rerun every step even if it is up to date")
     d.set_defaults(fn=_cmd_demo)
+    groups.append(("main job", ["demo"]))
+    p.description = overview(groups)
     return p
+
+
+def overview(groups: list[tuple[str, list[str]]]) -> str:
+    """The top-level help's list of every subcommand by package, built from what was registered (never stale)."""
+    width = max(len(label) for label, _ in groups)
+    lines = ["MedLVR: corpus building, latent-reasoning training and evaluation for medical VQA.", "",
+             "Commands by package (`medlvr COMMAND --help` for a command's options):"]
+    lines += [f"  {label:<{width}}  {' | '.join(names)}" for label, names in groups if names]
+    return "\n".join(lines)
+
+
+# Errors about the user's input whose message already says what is wrong where (a config key, a catalog or
+# knowledge-graph entry, a benchmark file and record, a damaged checkpoint, a missing file): printed as ONE line,
+# exit 2, no traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (CatalogError, ConfigError, BenchmarkError, CheckpointError, KGError, FileNotFoundError)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (CatalogError, ConfigError, KeyError, FileNotFoundError) as e:
-        print(f"medlvr: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"medlvr: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -26,6 +26,7 @@ with warnings.catch_warnings():
 
 from medlvr.pipelines.evaluation import evaluation_defs  # noqa: E402
 from medlvr.pipelines.training.assets import TRAINING_ASSETS  # noqa: E402
+from medlvr.pipelines.training.checks import TRAINING_CHECKS  # noqa: E402
 from medlvr.pipelines.training.vlpo_assets import VLPO_ASSETS  # noqa: E402
 
 # Jobs the main job (pipelines/main_job.py) launches; in the UI the same assets can be materialised from the graph.
@@ -38,7 +39,7 @@ evaluation_report_job = dg.define_asset_job(
     "evaluation_report_job", selection=dg.AssetSelection.assets("evaluation_report"),
     description="Scores every prediction file and writes report.md / report.html.")
 
-training_defs = dg.Definitions(assets=[*TRAINING_ASSETS, *VLPO_ASSETS],
+training_defs = dg.Definitions(assets=[*TRAINING_ASSETS, *VLPO_ASSETS], asset_checks=TRAINING_CHECKS,
                                jobs=[training_job, evaluation_predictions_job, evaluation_report_job],
                                resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
 # asset group -> the packages its assets run (an asset that declares its own code version keeps it)
@@ -60,4 +61,6 @@ def _with_code_version(spec: dg.AssetSpec) -> dg.AssetSpec:
     return spec.replace_attributes(code_version=f"{package_code_version(*packages)}-{files_version(*configs)}")
 
 
-defs = dg.Definitions.merge(corpus_defs, training_defs, evaluation_defs).map_asset_specs(func=_with_code_version)
+with warnings.catch_warnings():  # map_asset_specs is a 1.13 preview feature (it works; the warning is console noise)
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    defs = dg.Definitions.merge(corpus_defs, training_defs, evaluation_defs).map_asset_specs(func=_with_code_version)

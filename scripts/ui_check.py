@@ -4,9 +4,10 @@
 Starts `dagster dev` (workspace.yaml) on 127.0.0.1 with a free port, a temporary DAGSTER_HOME (holding a copy of
 pipelines/dagster_home/dagster.yaml) and a temporary MedLVR home (bundled sample data); waits for /server_info;
 materialises one dataset partition of `corpus_dataset_job` through the webserver's GraphQL API (launchRun with
-the partition tag) and polls until it succeeds; saves headless-Chromium screenshots of the asset graph and of
-the partition's `normalized_images` materialisation (thumbnails); then stops the process group it started, and
-only that.
+the partition tag) and polls until it succeeds; checks through GraphQL what the asset pages show (the qa_pairs
+checks passed, thumbnails linked as a PNG file on the corpus storage, no metadata entry embedding an image); saves
+headless-Chromium screenshots of the asset graph and of the partition's `normalized_images` materialisation; then
+stops the process group it started, and only that.
 
     python scripts/ui_check.py [--out docs/dagster-asset-graph.png] [--partition busi]
 Exit status 0 when everything worked.
@@ -32,6 +33,14 @@ LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
   __typename ... on LaunchRunSuccess { run { runId status } } ... on PythonError { message }
   ... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }"""
 STATUS = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
+# What the asset pages show after the run: the qa_pairs checks' results and the metadata of a materialisation
+CHECKS = """query($key: AssetKeyInput!) { assetNodes(assetKeys: [$key]) { assetChecksOrError {
+  __typename ... on AssetChecks { checks { name executionForLatestMaterialization { status } } } } } }"""
+METADATA = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { __typename ... on Asset {
+  assetMaterializations(limit: 1) { metadataEntries { __typename label
+    ... on PathMetadataEntry { path } ... on MarkdownMetadataEntry { mdStr } } } } } }"""
+QA_CHECKS = ("qa_pairs_schema", "qa_answer_among_options", "qa_boxes_inside_images")
+MAX_MARKDOWN_CHARS = 16_000  # a metadata entry the UI renders: tables of a few rows, never embedded images
 
 
 def find_chromium() -> str | None:
@@ -128,11 +137,27 @@ EXPAND_GROUPS = """(async () => { for (const t of [document, window]) {
   t.dispatchEvent(new KeyboardEvent('keydown', {altKey: true, code: 'KeyE', key: 'e', bubbles: true}));
   await new Promise(r => setTimeout(r, 800));
   if (!document.querySelector('[class*="CollapsedGroupNode_collapsedGroupNodeBox"]')) break; } })()"""  # Alt+E
-# Open the Markdown metadata value of the thumbnails row.
-SHOW_THUMBNAILS = """(async () => { const rows = [...document.querySelectorAll('tr')];
-  const row = rows.find(r => r.textContent.trim().startsWith('thumbnails'));
-  const links = row ? [...row.querySelectorAll('*')].filter(e => e.textContent === '[Show Markdown]') : [];
-  if (links.length) links[links.length - 1].click(); await new Promise(r => setTimeout(r, 1500)); })()"""
+
+
+def check_asset_pages(base: str) -> str:
+    """The qa_pairs checks passed; thumbnails are a linked PNG file, no entry embeds an image. Returns a summary."""
+    nodes = graphql(base, CHECKS, {"key": {"path": ["qa_pairs"]}})["assetNodes"]
+    checks = {c["name"]: (c["executionForLatestMaterialization"] or {}).get("status")
+              for c in nodes[0]["assetChecksOrError"]["checks"]}
+    if any(checks.get(name) != "SUCCEEDED" for name in QA_CHECKS):
+        raise RuntimeError(f"qa_pairs checks did not all succeed: {checks}")
+    for key in ("normalized_images", "qa_pairs"):
+        asset = graphql(base, METADATA, {"key": {"path": [key]}})["assetOrError"]
+        entries = {e["label"]: e for e in asset["assetMaterializations"][0]["metadataEntries"]}
+        thumbs = entries.get("thumbnails", {})
+        if thumbs.get("__typename") != "PathMetadataEntry" or not Path(thumbs["path"]).read_bytes().startswith(
+                b"\x89PNG"):
+            raise RuntimeError(f"{key}: thumbnails is not a linked PNG file: {thumbs}")
+        for e in entries.values():
+            md = e.get("mdStr") or ""
+            if "data:image" in md or len(md) > MAX_MARKDOWN_CHARS:
+                raise RuntimeError(f"{key}: metadata entry {e['label']} embeds an image or is {len(md)} chars")
+    return f"qa_pairs checks {sorted(checks)} succeeded; thumbnails linked ({thumbs['path']})"
 
 
 def start_dagster(port: int, home: Path, log) -> subprocess.Popen:
@@ -235,13 +260,14 @@ def main(argv=None) -> int:
             print(f"webserver {info.get('dagster_webserver_version')} on {base} after {time.time() - t0:.1f}s")
             run_id = run_partition(base, args.partition, args.timeout)
             print(f"run {run_id} ({args.partition}) succeeded after {time.time() - t0:.1f}s")
+            print(check_asset_pages(base))
             graphql(base, "mutation { setNuxSeen }", {})  # no first-visit "join the community" dialog
             cdp_screenshot(chromium, f"{base}/asset-groups", args.out, tmp / "chrome-profile", size=(1800, 1000),
                            js=EXPAND_GROUPS, reload=True)
             print(f"asset graph screenshot: {args.out}")
             if args.asset_out:
                 cdp_screenshot(chromium, f"{base}/assets/normalized_images?partition={args.partition}",
-                               args.asset_out, tmp / "chrome-profile", size=(1600, 1000), js=SHOW_THUMBNAILS)
+                               args.asset_out, tmp / "chrome-profile", size=(1600, 1000))
                 print(f"asset page screenshot: {args.asset_out}")
         except Exception as e:
             print(f"UI check failed: {e}\n--- dagster dev log (tail) ---", file=sys.stderr)

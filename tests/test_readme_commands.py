@@ -17,6 +17,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import shutil
 import struct
 import subprocess
@@ -43,6 +44,7 @@ EXPECT = {
     "train-vlpo": ['"mean_reward'],
     "evaluate": ["report:", "report.html"],
     "demo": ["QA pairs:", "steps run:", "evaluation report:"],
+    "ask": ["latent segment:", "latent 1: points at", "answer:", "overlay: ask_out/imaging_latents.png"],
 }
 # printed commands (or alternatives) that this test does not run, and why
 NOT_RUN = {
@@ -51,6 +53,9 @@ NOT_RUN = {
                       "script after two ranks' inference",
     "transformers": "the transformers QA back end needs a real local checkpoint directory",
     "openai": "the openai QA back end needs an OpenAI-compatible endpoint",
+    "configs/eval_endpoint.yaml": "needs an OpenAI-compatible server at the config's base_url: "
+                                  "tests/evaluation/test_endpoint_eval.py::test_readme_endpoint_line runs the printed "
+                                  "line through the console script against a fake server",
 }
 
 
@@ -59,7 +64,7 @@ def printed_commands() -> list[str]:
     commands: list[str] = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
         for raw in block.splitlines():
-            line = re.sub(r"(^|\s+)#.*$", "", raw).rstrip()
+            line = re.sub(r"(^|\s+)#.*$", "", raw).rstrip().removesuffix("\\").rstrip()  # `\` continues
             if not line:
                 continue
             if raw[:1].isspace() and commands and commands[-1].startswith("medlvr "):
@@ -70,10 +75,11 @@ def printed_commands() -> list[str]:
 
 
 def covered_by_examples(command: str, commands: list[str]) -> bool:
-    """A synopsis whose config is a placeholder (`--config FILE`) runs as the README's concrete example lines of the
-    same subcommand (`medlvr train-sft --config configs/sft_tiny.yaml --set data.corpus=...`)."""
+    """A synopsis whose config or model is a placeholder (`--config FILE`, `--model CKPT`) runs as the README's
+    concrete example lines of the same subcommand (`medlvr train-sft --config configs/sft_tiny.yaml ...`)."""
     sub = command.split()[1]
-    return "--config FILE" in command and any(c.split()[1] == sub and "--config FILE" not in c for c in commands)
+    return any(p in command and any(c.split()[1] == sub and p not in c for c in commands)
+               for p in ("--config FILE", "--model CKPT"))
 
 
 def forms(command: str) -> list[str]:
@@ -209,10 +215,11 @@ def test_readme_commands_as_printed(tmp_path, mode):
     printed_all = printed_commands()
     for printed in printed_all:
         sub = printed.split()[1]
-        if sub in NOT_RUN or covered_by_examples(printed, printed_all):
+        if sub in NOT_RUN or covered_by_examples(printed, printed_all) or any(
+                "/" in key and key in printed.split() for key in NOT_RUN):
             continue
         for form in forms(printed):
-            argv = ws.fill(rejoin(form.split()))
+            argv = ws.fill(rejoin(shlex.split(form)))  # a quoted question is one argument
             rc, out, err = run(argv, tmp_path, env)
             shown = f"$ {' '.join(argv)}\n{out}\n{err}"
             assert rc == 0, shown
@@ -229,5 +236,5 @@ def test_readme_commands_as_printed(tmp_path, mode):
                     assert err.startswith(f"skipped 29 datasets not under {ws.data}:"), shown
             ran += 1
     # catalog, sample-data, ingest, build-corpus, demo: 2 forms each; train-sft, train-vlpo: their examples;
-    # evaluate: its 2 examples
-    assert ran == 14
+    # evaluate: its 2 examples; ask: its example (on the first demo's checkpoint and sample volume)
+    assert ran == 15

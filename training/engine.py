@@ -33,6 +33,9 @@ then yields the exact global mean, so micro-batch 1 x accumulation 4 equals micr
 
 Freeze rules: `freeze_vision_tower` (patch embedding + blocks) and `freeze_merger` set `requires_grad=False`;
 frozen parameters are not given to the optimizer. Weight decay applies to >= 2-D parameters only.
+With `lora.r > 0` (`medlvr.training.lora`) everything is frozen except the LoRA adapters on the language model
+and the control-token rows (`token_ids`) of the embedding and lm_head; a checkpoint then also holds
+`dir/adapter/` (peft `save_pretrained`), `dir/model/` is the MERGED model, and resume reloads the adapter.
 
 Checkpoint layout (`save`)::
 
@@ -40,7 +43,9 @@ Checkpoint layout (`save`)::
     dir/optim/               single: optimizer.pt, scheduler.pt | deepspeed: the engine's own (per-rank ZeRO shards)
     dir/rng/rank-<r>.pt      python, numpy, torch (and CUDA) RNG states per rank
     dir/trainer_state.json   counters + extra_state (data position, ...);  dir/config.json: the run's config
-The directory is written as ``dir.tmp`` and renamed when complete, so a killed save never looks complete.
+    dir/manifest.json        every other file with size and sha256, written last (`training/checkpoints.py`)
+The directory is written as ``dir.tmp`` and renamed when complete, so a killed save never looks complete; resume
+verifies the manifest and falls back to an older checkpoint when it does not (`resolve_resume`).
 """
 
 from __future__ import annotations
@@ -51,13 +56,16 @@ import math
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from medlvr.training.checkpoints import write_manifest
+from medlvr.training.lora import LoraConfig, apply_lora, load_adapter_weights, merged_model
 from medlvr.training.model import save_checkpoint
 
 BACKENDS = ("single", "deepspeed")
@@ -86,6 +94,7 @@ class EngineConfig:
     offload_optimizer: bool = False  # ZeRO optimizer offload to CPU (DeepSpeedCPUAdam, JIT-built)
     dist_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
     seed: int = 0
+    lora: LoraConfig = field(default_factory=LoraConfig)  # r > 0: LoRA adapters + control-token rows only
 
     def __post_init__(self):
         if self.backend not in BACKENDS or self.precision not in PRECISIONS or self.schedule not in SCHEDULES:
@@ -123,6 +132,11 @@ def apply_freeze(model, freeze_vision_tower: bool, freeze_merger: bool) -> dict[
     for name, p in visual.named_parameters():
         is_merger = name.startswith("merger.")
         p.requires_grad_(not (freeze_merger if is_merger else freeze_vision_tower))
+    return parameter_counts(model)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameter counts {trainable, frozen} as the requires_grad flags stand."""
     counts = {"trainable": 0, "frozen": 0}
     for p in model.parameters():
         counts["trainable" if p.requires_grad else "frozen"] += p.numel()
@@ -189,7 +203,8 @@ def seed_everything(seed: int) -> None:
 class Engine:
     """See the module docstring for the API and contracts."""
 
-    def __init__(self, model, cfg: EngineConfig, total_steps: int, micro_batch_size: int = 1):
+    def __init__(self, model, cfg: EngineConfig, total_steps: int, micro_batch_size: int = 1,
+                 token_ids: Sequence[int] = ()):
         self.cfg = cfg
         self.total_steps = max(1, int(total_steps))
         self.warmup_steps = math.ceil(cfg.warmup_ratio * self.total_steps)
@@ -201,6 +216,10 @@ class Engine:
         self.global_step = 0
         self.micro_step = 0
         self.param_counts = apply_freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger)
+        self.peft = None
+        if cfg.lora.enabled:  # adapters injected into `model` in place; the PeftModel saves and merges
+            self.peft = apply_lora(model, cfg.lora, token_ids)
+            self.param_counts = parameter_counts(model)
         if cfg.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -307,10 +326,13 @@ class Engine:
 
     # ------------------------------------------------------------------------------------ checkpointing
     def save(self, directory: str | Path, extra_state: dict[str, Any] | None = None, *, processor=None,
-             config: dict | None = None, k_latent: int | None = None) -> Path:
+             config: dict | None = None, k_latent: int | None = None,
+             write_extra: Callable[[Path], None] | None = None) -> Path:
         """Write a complete, resumable checkpoint (all ranks must call it). Returns the final directory.
 
-        `k_latent`: K recorded next to the weights (`model/medlvr_latent.json`, needs `processor`)."""
+        `k_latent`: K recorded next to the weights (`model/medlvr_latent.json`, needs `processor`).
+        `write_extra(tmp_dir)`: every rank adds its own files (VLPO: the rollout generator) before the manifest.
+        The manifest (`medlvr.training.checkpoints.write_manifest`) is written last, then the folder renamed."""
         final = Path(directory)
         tmp = final.with_name(final.name + ".tmp")
         if self.is_main:
@@ -321,7 +343,9 @@ class Engine:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
-            unwrapped = self.model
+            unwrapped = self.model if self.peft is None else merged_model(self.peft)
+            if self.peft is not None:
+                self.peft.save_pretrained(str(tmp / "adapter"))
             if processor is not None:
                 save_checkpoint(unwrapped, processor, tmp / "model", k_latent=k_latent)
             else:
@@ -334,6 +358,8 @@ class Engine:
             torch.save(self.optimizer.state_dict(), tmp / "optim" / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "optim" / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng" / f"rank-{self.rank}.pt")
+        if write_extra is not None:
+            write_extra(tmp)
         self.barrier()
         if self.is_main:
             state = {"global_step": self.global_step, "micro_step": self.micro_step, "world_size": self.world_size,
@@ -341,6 +367,7 @@ class Engine:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str))
             if config is not None:
                 (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+            write_manifest(tmp)  # last: a folder with a manifest that verifies is complete
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -357,7 +384,10 @@ class Engine:
             self._ds.load_checkpoint(str(directory / "optim"), tag="ds", load_optimizer_states=True,
                                      load_lr_scheduler_states=True)
         else:
-            load_weights(self.model, directory / "model")
+            if self.peft is not None:  # the frozen base is the starting model; only adapter weights trained
+                load_adapter_weights(self.peft, directory / "adapter")
+            else:
+                load_weights(self.model, directory / "model")
             self.optimizer.load_state_dict(torch.load(directory / "optim" / "optimizer.pt", weights_only=False))
             self.scheduler.load_state_dict(torch.load(directory / "optim" / "scheduler.pt", weights_only=False))
         rng_file = directory / "rng" / f"rank-{self.rank}.pt"

@@ -14,8 +14,13 @@ One function, `latent_generate`. Per prompt batch:
 4. Latent input at position p is `z = mu + noise` with `mu = H[p-1]`, the final-norm last-layer hidden state of
    the previous position (docs/method.md#indexing-rule); noise is none, absolute (`scale * eps`) or relative to the
    hidden norm (`scale * ||mu|| * eps / ||eps||`), and recorded.
-5. A row that emits EOS drops out of the batch and of the KV cache (`batch_select_indices`), so finished rows
-   cost no further compute; the last token of a row never needs a forward.
+5. A row that emits EOS stops being sampled at once and is dropped from the batch and the KV cache
+   (`batch_select_indices`) lazily: only when the live rows fall to `compact_ratio` of the rows in the cache.
+   Each drop gathers (copies) the whole cache, so dropping at every EOS copied it up to N - 1 times; with the
+   default 0.5 it is copied at most log2(N) times, and finished rows still in the cache cost at most as many
+   row-forwards as the live ones (decode steps are bound by reading the weights, not by rows). 1.0 drops at
+   every EOS (finished rows cost no forward); 0 never copies. Outputs are the same for every value. The last
+   token of a row never needs a forward.
 
 6. Forced control tokens cost no forward of their own (`fuse_control`, default on): when every prompt forces
    `<Medlvr_Start>`, it is appended to the prompts and prefilled with them; when every active row feeds its
@@ -43,7 +48,7 @@ from medlvr.training.sampling import sample_tokens, token_logprobs
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
 
 # per-row mode of the NEXT input
-SAMPLE, LATENT, FORCE_END, FORCE_START = 0, 1, 2, 3
+SAMPLE, LATENT, FORCE_END, FORCE_START, DONE = 0, 1, 2, 3, 4  # DONE: finished, still in the KV cache
 NOISE_KINDS = ("none", "absolute", "relative")
 
 
@@ -62,12 +67,15 @@ class DecodeConfig:
     banned_ids: tuple[int, ...] = ()  # excluded from sampling besides <Medlvr_Latent> (RL: the vision tokens)
     fuse_control: bool = True  # forced <Medlvr_Start> rides in the prefill, <Medlvr_End> with the last latent
     closed: bool = False  # visual bottleneck: <Medlvr_End> and the answer may not attend to the visual tokens
+    compact_ratio: float = 0.5  # drop finished rows from the cache when live rows <= ratio * cache rows (item 5)
 
     def __post_init__(self):
         if self.k_latent < 0 or self.max_new_tokens < 1 or self.num_samples < 1:
             raise ValueError(f"need k_latent >= 0, max_new_tokens >= 1, num_samples >= 1: {self}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1: {self}")
+        if not 0 <= self.compact_ratio <= 1:
+            raise ValueError(f"compact_ratio must be in [0, 1]: {self}")
         if self.noise not in NOISE_KINDS or self.noise_scale < 0:
             raise ValueError(f"noise must be one of {NOISE_KINDS} with noise_scale >= 0: {self}")
 
@@ -109,7 +117,8 @@ class LatentDecodeOutput:
     n_decode_forwards: int  # incremental decoder forwards (T - 1: the last token needs none)
     timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, total_s
     step_times: list[float] = field(default_factory=list)  # per step (time_steps=True), seconds
-    step_rows: list[int] = field(default_factory=list)  # active rows per step
+    step_rows: list[int] = field(default_factory=list)  # rows in the forward per step (live + finished in cache)
+    n_cache_compactions: int = 0  # KV-cache gathers that dropped finished rows
     step_latent_rows: list[int] = field(default_factory=list)  # rows fed a latent input per step
 
 
@@ -200,7 +209,7 @@ def latent_generate(
     _sync(dev)
     t_prefill = time.perf_counter()
 
-    # ---- per-row state (aligned with the active rows `act`) ----
+    # ---- per-row state (aligned with the rows in the cache `act`; finished ones are DONE until compaction) ----
     fs = fs.repeat_interleave(G)
     act = torch.arange(N, device=dev)
     kind = torch.where(fs & (K > 0), FORCE_START, SAMPLE)
@@ -216,7 +225,7 @@ def latent_generate(
     z_all, mu_all, noise_all = (torch.zeros(N, K, D, dtype=h.dtype, device=dev) for _ in range(3))
     embed = model.get_input_embeddings()
     step_times, step_rows, step_latent_rows = [], [], []
-    n_forwards, t = 0, 0
+    n_forwards, n_compactions, t = 0, 0, 0
     if fuse_start:  # position 0 is the prefilled <Medlvr_Start>; h is its hidden state, the first latent's mu
         seq[:, 0], gen_mask[:, 0] = ids.start, True
         kind, can_open, t = torch.full_like(kind, LATENT), torch.zeros_like(can_open), 1
@@ -228,6 +237,7 @@ def latent_generate(
         tok = torch.where(kind == FORCE_START, ids.start, tok)
         tok = torch.where(kind == FORCE_END, ids.end, tok)
         tok = torch.where(lat, ids.latent, tok)
+        live = kind != DONE
         if need.any():
             logits = model.lm_head(h[need])  # (n_need, V)
             new = sample_tokens(logits, cfg.temperature, cfg.top_p, banned, generator)
@@ -243,8 +253,8 @@ def latent_generate(
                 z = latent_transform(z, rows, slot).to(mu.dtype)
             mu_all[rows, slot], z_all[rows, slot], noise_all[rows, slot] = mu, z, eps
             latent_mask[rows, t] = True
-        seq[act, t] = tok
-        gen_mask[act, t] = True
+        seq[act, t] = tok  # finished rows still in the cache write pad over pad
+        gen_mask[act, t] = live
 
         # transitions to the next input's mode
         opens = (kind == FORCE_START) | (need & can_open & (tok == ids.start))
@@ -254,10 +264,13 @@ def latent_generate(
         next_kind = torch.where(lat & (k_done == K), FORCE_END, next_kind)
         can_open = can_open & ~opens
         finished = need & torch.isin(tok, eos)
+        next_kind = torch.where(finished | ~live, DONE, next_kind)
+        live = next_kind != DONE
         if cfg.time_steps:
             step_rows.append(int(act.numel()))
             step_latent_rows.append(int(lat.sum()))
-        if t == T_max - 1 or bool(finished.all()):
+        n_live = int(live.sum())  # the step's one host sync for row bookkeeping
+        if t == T_max - 1 or n_live == 0:
             if cfg.time_steps:
                 _sync(dev)
                 step_times.append(time.perf_counter() - t_step)
@@ -268,25 +281,26 @@ def latent_generate(
         if lat.any():
             x[lat] = z.to(x.dtype)
         kind = next_kind
-        if bool(finished.any()):  # drop finished rows from the batch and the KV cache
-            keep = (~finished).nonzero().squeeze(1)
+        fed = tok  # the token each row in the cache is fed now (closed mode: who has passed <Medlvr_End>)
+        if n_live < act.numel() and n_live <= cfg.compact_ratio * act.numel():  # one gather for many finished rows
+            keep = live.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            act, x, attn, deltas, kind, k_done, can_open = (
-                v[keep] for v in (act, x, attn, deltas, kind, k_done, can_open)
+            n_compactions += 1
+            act, x, attn, deltas, kind, k_done, can_open, live, fed = (
+                v[keep] for v in (act, x, attn, deltas, kind, k_done, can_open, live, tok)
             )
+            if cfg.closed:
+                key_img, past_end = key_img[keep], past_end[keep]
         x = x[:, None]
         if cfg.closed:
-            fed = tok
-            if bool(finished.any()):
-                fed, key_img, past_end = tok[keep], key_img[keep], past_end[keep]
             past_end = past_end | (fed == ids.end)
             q_closed = past_end[:, None]
-        # every row feeds its last latent now and a text step follows <Medlvr_End>: [z_K, End] in one forward
-        if cfg.fuse_control and t + 2 < T_max and bool((kind == FORCE_END).all()):
+        # every live row feeds its last latent now and a text step follows <Medlvr_End>: [z_K, End] in one forward
+        if cfg.fuse_control and t + 2 < T_max and bool(((kind == FORCE_END) | ~live).all()):
             x = torch.cat([x, embed(torch.full_like(act, ids.end))[:, None]], dim=1)
             t += 1
-            seq[act, t], gen_mask[act, t] = ids.end, True
-            kind = torch.full_like(kind, SAMPLE)
+            seq[act, t], gen_mask[act, t] = torch.where(live, ids.end, pad_id), live
+            kind = torch.where(live, SAMPLE, DONE)
             if cfg.closed:
                 q_closed = torch.cat([q_closed, torch.ones_like(q_closed)], dim=1)
                 past_end = torch.ones_like(past_end)
@@ -337,4 +351,5 @@ def latent_generate(
         step_times=step_times,
         step_rows=step_rows,
         step_latent_rows=step_latent_rows,
+        n_cache_compactions=n_compactions,
     )

@@ -2,7 +2,8 @@
 
 `MetricsLogger(out_dir, enabled=eng.is_main, total_steps=S)`; `log(step, {...})` writes one JSON line to
 `out_dir/metrics.jsonl` and scalars to TensorBoard (`out_dir/tb`), and updates the progress bar; ranks other
-than 0 pass `enabled=False` and log nothing. `close()` flushes.
+than 0 pass `enabled=False` and log nothing. `close()` flushes. `start_step` (the resumed checkpoint's step, 0 for
+a fresh run) cuts `metrics.jsonl` and TensorBoard at that step, so a resumed run never repeats a step.
 
 MFU (model FLOPs utilisation, nanoGPT / llm-foundry convention): training FLOPs per token
 `6 * N + 12 * L * H * S` (N: trainable decoder parameters without the input embedding, L layers, H hidden size,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +52,25 @@ def train_flops(n_dec: int, n_vis: int, layers: int, hidden: int, tokens: int, s
             + 2 * n_dec * extra_forward_tokens)
 
 
+def cut_metrics(path: Path, last_step: int) -> None:
+    """Keep only the lines of `path` with step <= `last_step` (atomic rewrite): a run resumed from the checkpoint
+    of `last_step` (0: a fresh start) logs the later steps again, and no step may appear twice. A torn last line
+    (killed mid-write) is dropped too."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(step, int) and step <= last_step:
+            keep.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
 class MetricsLogger:
     def __init__(self, out_dir: str | Path, enabled: bool = True, total_steps: int = 0, tensorboard: bool = True,
                  progress: bool = True, start_step: int = 0):
@@ -59,11 +80,13 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut_metrics(self.path, start_step)
         self._file = open(self.path, "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
+            # purge_step: TensorBoard hides the events of steps > start_step that an interrupted run wrote
+            self._tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=start_step + 1)
         if progress:
             from tqdm import tqdm
 

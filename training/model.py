@@ -15,6 +15,7 @@ Attention defaults to `sdpa` (works on CPU); `flash_attention_2` is opt-in and o
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,11 +149,30 @@ def load_checkpoint(
 def save_checkpoint(model: Qwen2_5_VLForConditionalGeneration, processor, path: str | Path,
                     k_latent: int | None = None) -> Path:
     """Write model weights (safetensors), config, processor, tokenizer and chat template into `path`, and K
-    (`medlvr_latent.json`) when given, so that evaluation and VLPO read it from the checkpoint."""
+    (`medlvr_latent.json`) when given, so that evaluation and VLPO read it from the checkpoint.
+
+    The folder has the file set of a Qwen2.5-VL checkpoint saved by transformers (the processor saves the standard
+    layout, `medlvr.corpus.qwen.processor`), so `AutoModelForImageTextToText`, `AutoTokenizer`,
+    `AutoImageProcessor` and (with torchvision) `AutoProcessor` load it; every file gets the same mode.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
     processor.save_pretrained(str(path))
     if k_latent is not None:
         write_latent_info(path, k_latent)
+    apply_umask(path)
     return path
+
+
+def apply_umask(folder: str | Path) -> None:
+    """Give the files of `folder` the mode a plain `open()` creates (0666 minus the umask).
+
+    transformers writes `model.safetensors` through an atomic temp file, which `mkstemp` creates 0600 while the
+    json files are 0644: a checkpoint copied to a shared location would be half unreadable to the group.
+    """
+    mask = os.umask(0)  # the only way to read the umask is to set it; restored at once
+    os.umask(mask)
+    for f in Path(folder).iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~mask)

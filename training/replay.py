@@ -28,7 +28,7 @@ import torch
 from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask
 from medlvr.training.latent_decode import LatentDecodeOutput
 from medlvr.training.model import LatentTokenIds
-from medlvr.training.sampling import token_logprobs
+from medlvr.training.sampling import LOGPROB_CHUNK, chunked_token_logprobs
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, select_rows_vision
 
 
@@ -55,12 +55,14 @@ def replay(
     banned_ids: Sequence[int] | None = None,
     vision_grad: bool = False,
     closed: bool = False,
+    logprob_chunk: int = LOGPROB_CHUNK,
 ) -> ReplayOutput:
     """prompts: the B-row left-padded processor batch the rollouts came from (input_ids (B, L),
     attention_mask (B, L), mm_token_type_ids (B, L), optional pixel_values / image_grid_thw).
     sequences (N, T), gen_mask (N, T): generated ids (latent slots hold `<Medlvr_Latent>`), right-padded.
     z: (N, K, D) latent inputs in slot order. prompt_index: (N,) prompt row of each sample (default: N == B).
     banned_ids: ids excluded from the policy distribution (default: the latent placeholder, as in decoding).
+    logprob_chunk: positions per lm_head + log-softmax chunk (`chunked_token_logprobs`; never (N, T, V) logits).
     """
     dev = model.device
     N, T = sequences.shape
@@ -102,8 +104,8 @@ def replay(
     ).last_hidden_state  # (N, L + T, D), post final norm
 
     # position j predicts token j + 1: the generated tokens L..L+T-1 come from hidden L-1..L+T-2
-    logits = model.lm_head(hidden[:, L - 1 : L + T - 1])  # (N, T, V)
-    lp = token_logprobs(logits, sequences.to(dev), temperature, banned)
+    lp = chunked_token_logprobs(hidden[:, L - 1 : L + T - 1], model.lm_head, sequences.to(dev), temperature, banned,
+                                logprob_chunk)
     lp = lp.masked_fill(~(gen_mask.to(dev) & ~lat[:, L:]), 0.0)
 
     mu = torch.zeros(N, z.shape[1], hidden.shape[-1], dtype=hidden.dtype, device=dev)

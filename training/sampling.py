@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def policy_log_softmax(logits: torch.Tensor, temperature: float, banned_ids: Sequence[int] = ()) -> torch.Tensor:
@@ -52,3 +53,46 @@ def sample_tokens(
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# Positions (rows x time) per chunk of `chunked_token_logprobs`: 512 x V=152,064 x (bf16 + fp32 + fp32 grad) is
+# 0.8 GB at 7B (benchmarks/RESULTS.md, memory model).
+LOGPROB_CHUNK = 512
+
+
+def _chunk_logprobs(hidden: torch.Tensor, tokens: torch.Tensor, lm_head: torch.nn.Module, temperature: float,
+                    banned_ids: tuple[int, ...]) -> torch.Tensor:
+    return token_logprobs(lm_head(hidden), tokens, temperature, banned_ids)
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    tokens: torch.Tensor,
+    temperature: float,
+    banned_ids: Sequence[int] = (),
+    chunk: int = LOGPROB_CHUNK,
+) -> torch.Tensor:
+    """`token_logprobs(lm_head(hidden), tokens, ...)` without ever holding the full (N, T, V) logits.
+
+    hidden (N, T, D), tokens (N, T) -> (N, T) float32. The N*T positions are processed `chunk` at a time; with
+    autograd on, each chunk runs under non-reentrant activation checkpointing, so the forward keeps only its
+    (chunk, D) input and the backward recomputes one chunk's logits at a time: peak (chunk, V), not (N, T, V).
+    Same numbers as the unchunked call (every position's log-softmax is over its own V logits).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    N, T, D = hidden.shape
+    flat_h, flat_t = hidden.reshape(N * T, D), tokens.reshape(N * T)
+    banned = tuple(banned_ids)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
+    parts = []
+    for s in range(0, N * T, chunk):
+        h, t = flat_h[s:s + chunk], flat_t[s:s + chunk]
+        if grad:
+            parts.append(checkpoint(_chunk_logprobs, h, t, lm_head, temperature, banned, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(h, t, lm_head, temperature, banned))
+    if not parts:
+        return hidden.new_zeros(N, T, dtype=torch.float32)
+    return torch.cat(parts).reshape(N, T)

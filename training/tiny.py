@@ -57,6 +57,24 @@ class TinyConfig:
     vision_intermediate: int = 0  # 0: 2 * vision_hidden
     vision_fullatt: tuple[int, ...] = ()  # (): the last vision block
     tie_word_embeddings: bool = False  # Qwen2.5-VL-7B: False, 3B: True
+    # published Qwen2.5-VL values (both sizes); transformers' class defaults differ (1e-5, 4, 32768)
+    rms_norm_eps: float = 1e-6
+    tokens_per_second: int = 2
+    max_position_embeddings: int = 128000
+
+
+# The shape factory: Qwen2.5-VL-3B/7B-Instruct as published in their Hugging Face model repos' config.json (copied
+# into tests/fixtures/qwen25_vl/, which tests/training/test_shapes.py checks these against). Weights stay random.
+_QWEN_VISION = dict(vision_depth=32, vision_hidden=1280, vision_intermediate=3420, vision_heads=16,
+                    vision_fullatt=(7, 15, 23, 31))
+SHAPES = {
+    "tiny": TinyConfig(),
+    # 3B ties lm_head to the embedding and has the unpadded-to-7B vocabulary 151,936
+    "3b": TinyConfig(hidden=2048, intermediate=11008, layers=36, heads=16, kv_heads=2, mrope_section=(16, 24, 24),
+                     vocab_size=151936, tie_word_embeddings=True, **_QWEN_VISION),
+    "7b": TinyConfig(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, mrope_section=(16, 24, 24),
+                     vocab_size=152064, **_QWEN_VISION),
+}
 
 
 @dataclass
@@ -86,7 +104,8 @@ def build_tokenizer(cfg: TinyConfig = TinyConfig()) -> PreTrainedTokenizerFast:
     return hf_tok
 
 
-def _model_config(tokenizer, cfg: TinyConfig, n_extra: int) -> Qwen2_5_VLConfig:
+def model_config(tokenizer, cfg: TinyConfig, n_extra: int = 3) -> Qwen2_5_VLConfig:
+    """The Qwen2_5_VLConfig of shape `cfg` with the special-token ids of `tokenizer` (n_extra: tokens to be added)."""
     tid = tokenizer.convert_tokens_to_ids
     vocab = cfg.vocab_size or ((len(tokenizer) + n_extra + 63) // 64) * 64  # padded: room for added tokens
     return Qwen2_5_VLConfig(
@@ -97,7 +116,10 @@ def _model_config(tokenizer, cfg: TinyConfig, n_extra: int) -> Qwen2_5_VLConfig:
             num_hidden_layers=cfg.layers,
             num_attention_heads=cfg.heads,
             num_key_value_heads=cfg.kv_heads,
-            max_position_embeddings=8192,
+            max_position_embeddings=cfg.max_position_embeddings,
+            rms_norm_eps=cfg.rms_norm_eps,
+            hidden_act="silu",
+            use_sliding_window=False,
             rope_parameters={
                 "rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": list(cfg.mrope_section)
             },
@@ -115,6 +137,8 @@ def _model_config(tokenizer, cfg: TinyConfig, n_extra: int) -> Qwen2_5_VLConfig:
             spatial_merge_size=2,
             temporal_patch_size=2,
             window_size=112,
+            tokens_per_second=cfg.tokens_per_second,
+            hidden_act="silu",
             # the defaults (7, 15, 23, 31) lie outside a shallow tower
             fullatt_block_indexes=list(cfg.vision_fullatt) or [cfg.vision_depth - 1],
         ),
@@ -132,15 +156,18 @@ def build_tiny(
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> TinyBundle:
     """Tokenizer + processor + random model with MedLVR tokens; same seed (and device) -> identical weights.
 
     dtype / device let benchmarks build a random model at a real Qwen2.5-VL shape directly on the GPU in bf16.
+    tokenizer: a Qwen-layout tokenizer to use instead of the in-process BPE (tests pass the real Qwen2.5 one);
+    it gets the MedLVR tokens added in place.
     """
-    tokenizer = build_tokenizer(cfg)
+    tokenizer = build_tokenizer(cfg) if tokenizer is None else tokenizer
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels})
     processor = build_processor(tokenizer, image_processor)
-    config = _model_config(tokenizer, cfg, n_extra=3)
+    config = model_config(tokenizer, cfg, n_extra=3)
     config._attn_implementation = resolve_attn_implementation(attn_implementation)
     # fork_rng: seeding must not disturb the caller's global RNG stream
     config.dtype = dtype

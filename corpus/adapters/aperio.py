@@ -26,15 +26,16 @@ import numpy as np
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import image_size, source_image
 from medlvr.corpus.adapters.images import read_2d
-from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
 from medlvr.corpus.masks import box_of, polygon_mask
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 
-def parse_regions(path: Path) -> list[tuple[str, np.ndarray | str]]:
+def parse_regions(path: Path, data_root: Path | None = None) -> list[tuple[str, np.ndarray | str]]:
     """[(region id, (N, 2) x,y vertices) or (region id, reason it is unusable)] in file order."""
     try:
-        root = ET.parse(path).getroot()
+        with open_confined(data_root or path.parent, path) as f:
+            root = ET.parse(f).getroot()
     except (ET.ParseError, OSError) as e:
         raise RecordError(f"cannot parse Aperio XML {path.name}: {e}")
     out: list[tuple[str, np.ndarray | str]] = []
@@ -68,6 +69,11 @@ def region_mask(shape: tuple[int, int], pts: np.ndarray) -> tuple[np.ndarray, in
     return polygon_mask((y1 - y0, x1 - x0), pts - [x0, y0]), x0, y0
 
 
+def _escapes_root(reason: str) -> bool:
+    """A reason that says the path leaves the dataset root (worse news than a missing file)."""
+    return "outside the dataset root" in reason or "escapes" in reason or "absolute" in reason
+
+
 def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     o = spec.options
     globs = o["image_glob"] if isinstance(o["image_glob"], list) else [o["image_glob"]]
@@ -88,7 +94,10 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
                     xml_rel = cand
                     break
                 except RecordError as e:
-                    reason = e.reason if "missing" not in e.reason else f"annotation XML missing: {cand}"
+                    if "missing" not in e.reason:  # a path out of the root is worse news than a missing file
+                        reason = e.reason
+                    elif not _escapes_root(reason):
+                        reason = f"annotation XML missing: {cand}"
             if xml_rel is None:
                 yield Reject(spec.id, rel, "discover", reason, img.stem)
                 continue
@@ -98,11 +107,11 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     label = spec.options.get("label", "nucleus")
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"))
+    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"), root=root)
     shape = image_size(px)
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []
-    for rid, pts in parse_regions(require_file(root, ref.paths["annotation"])):
+    for rid, pts in parse_regions(require_file(root, ref.paths["annotation"]), root):
         if isinstance(pts, str):
             rejects.append((label, f"Region {rid}: {pts}"))
             continue

@@ -95,7 +95,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     attr_res = {k: re.compile(v) for k, v in (o.get("attribute_regex") or {}).items()}
     seen: set[str] = set()
     for split, rel_json in o["files"].items():
-        d = read_json(require_file(root, rel_json))
+        d = read_json(require_file(root, rel_json), root)
         if not isinstance(d, dict) or "images" not in d or "annotations" not in d:
             raise RecordError(f"{rel_json}: not a COCO file (needs images and annotations)", stage="discover")
         anns = d["annotations"]
@@ -142,7 +142,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"))
+    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"), root=root)
     shape = image_size(px)
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []

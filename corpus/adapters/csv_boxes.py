@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.images import Pixels, read_2d
-from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 NAN = float("nan")
@@ -61,8 +61,9 @@ def split_lists(root: Path, lists: dict[str, str] | None) -> dict[str, str]:
     whole split unknown, which is a dataset-level error: raise."""
     out: dict[str, str] = {}
     for split, rel in (lists or {}).items():
-        p = require_file(root, rel)
-        for line in p.read_text(errors="replace").splitlines():
+        with open_confined(root, rel, "r", "discover", errors="replace") as f:
+            text = f.read()
+        for line in text.splitlines():
             name = line.strip()
             if name:
                 out[name] = split
@@ -184,9 +185,9 @@ def _combine(boxes: list[list[float]], how: str) -> list[float]:
 
 
 # ---------------------------------------------------------------- table reading
-def sniff_format(path: Path) -> str:
+def sniff_format(path: Path, root: Path | None = None) -> str:
     """'yolo' when the first non-empty line is `int float float float float` (whitespace separated), else 'csv'."""
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
+    with open_confined(root or path.parent, path, "r", "discover", encoding="utf-8-sig", errors="replace") as f:
         for line in f:
             toks = line.split()
             if not toks:
@@ -202,12 +203,13 @@ def sniff_format(path: Path) -> str:
     return "csv"
 
 
-def read_csv_rows(path: Path, columns: list[str] | None) -> list[dict[str, str]]:
+def read_csv_rows(path: Path, columns: list[str] | None, root: Path | None = None) -> list[dict[str, str]]:
     """Rows as dicts keyed by stripped header names (or by `columns`, which then replaces the header)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        with open_confined(root or path.parent, path, "r", "discover", newline="", encoding="utf-8-sig",
+                           errors="replace") as f:
             rows = list(csv.reader(f))
-    except OSError as e:
+    except (OSError, csv.Error) as e:
         raise RecordError(f"cannot read annotation table {path.name}: {e}", stage="discover")
     if not rows:
         raise RecordError(f"annotation table {path.name} is empty", stage="discover")
@@ -240,7 +242,7 @@ def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
     negatives = set(o.get("negative_labels", []))
     groups: dict[str, list] = {}
     for path in files:
-        rows = read_csv_rows(path, o.get("columns"))
+        rows = read_csv_rows(path, o.get("columns"), root)
         need = [image_col] + ([label_col] if label_col else []) + list(box_cols or []) + (
             [reader_col] if reader_col else [])
         if rows and (missing := [c for c in need if c not in rows[0]]):
@@ -262,7 +264,13 @@ def _yolo_groups(root: Path, files: list[Path]) -> Iterator[tuple[str, list] | R
     """{stem: [[class index, cx, cy, w, h], ...]} per label file; an unparseable line rejects its file."""
     for path in files:
         rows, bad = [], None
-        for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        try:
+            with open_confined(root, path, "r", "discover", errors="replace") as f:
+                text = f.read()
+        except RecordError as e:
+            yield Reject("", rel_path(root, path), "discover", e.reason, path.stem)
+            continue
+        for n, line in enumerate(text.splitlines(), start=1):
             toks = line.split()
             if not toks:
                 continue
@@ -283,7 +291,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
         raise RecordError(f"no annotation file matches {o['annotations']!r}", stage="discover")
     fmt = o.get("format", "auto")
     if fmt == "auto":
-        fmt = sniff_format(files[0])
+        fmt = sniff_format(files[0], root)
     splits = split_lists(root, o.get("split_lists"))
     templates = o.get("image_path", "{id}")
     if fmt == "yolo":
@@ -316,7 +324,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=o.get("image_mode"), multi_frame=spec.multi_frame)
+    px = read_2d(require_file(root, rel), mode=o.get("image_mode"), multi_frame=spec.multi_frame, root=root)
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []
     if ref.annotations["format"] == "yolo":

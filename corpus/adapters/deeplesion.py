@@ -23,7 +23,7 @@ import numpy as np
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import pixel_box
 from medlvr.corpus.adapters.images import read_pil
-from medlvr.corpus.paths import require_file
+from medlvr.corpus.paths import open_confined, require_file
 from medlvr.corpus.normalize import HU_CLIP
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
@@ -59,7 +59,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     o = spec.options
     table = require_file(root, o.get("csv", "DL_info.csv"))
     try:
-        with open(table, newline="", encoding="utf-8-sig") as f:
+        with open_confined(root, table, "r", "discover", newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RecordError(f"cannot read {table.name}: {e}", stage="discover")
@@ -92,7 +92,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
     types = {int(k): v for k, v in (o.get("lesion_types") or DEFAULT_TYPES).items()}
     rel = ref.paths["image"]
-    arr = read_pil(require_file(root, rel))
+    arr = read_pil(require_file(root, rel), root=root)
     if arr.dtype != np.uint16 or arr.ndim != 2:
         raise RecordError(f"{Path(rel).name}: expected a single-channel 16-bit PNG, got {arr.dtype} {arr.shape}")
     hu = np.clip(arr.astype(np.float32) - 32768.0, *HU_CLIP)

@@ -23,7 +23,9 @@ import numpy as np
 
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import pixel_box
-from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.adapters.images import one_line_cause
+from medlvr.corpus.limits import charge
+from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
 
 HEADER = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
@@ -35,21 +37,23 @@ def _stem(name: str) -> str:
     return name[:-3] if name.endswith(".h5") else name
 
 
-def read_box_table(path: Path) -> list[dict[str, str]]:
+def read_box_table(path: Path, root: Path | None = None) -> list[dict[str, str]]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+        with open_confined(root or path.parent, path, "r", "discover", newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RecordError(f"cannot read {path.name}: {e}", stage="discover")
-    if rows and (missing := [c for c in HEADER if c not in rows[0]]):
+    # an empty file has no header either: not a table without boxes (that would make every volume a negative)
+    if missing := [c for c in HEADER if c not in header]:
         raise RecordError(f"{path.name}: missing columns {missing}", stage="discover")
     return rows
 
 
-def read_file_list(path: Path) -> list[str]:
+def read_file_list(path: Path, root: Path | None = None) -> list[str]:
     """File stems of a `*_file_list.csv` (first column; a `file` header line is skipped)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_confined(root or path.parent, path, "r", "discover", newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r and r[0].strip()]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RecordError(f"cannot read {path.name}: {e}", stage="discover")
@@ -66,7 +70,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
         index[p.stem] = rel_path(root, p)
     reviewed: dict[str, dict[str, Any]] = {}  # stem -> {"rows": [...], "study": [...]}
     for t in o.get("tables") or []:
-        for r in read_box_table(require_file(root, t["csv"])):
+        for r in read_box_table(require_file(root, t["csv"]), root):
             entry = reviewed.setdefault(_stem(r["file"] or ""), {"rows": [], "study": []})
             label = (r["label"] or "").strip()
             if (r["study_level"] or "").strip().lower() == "yes":
@@ -75,7 +79,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
             else:
                 entry["rows"].append({k: (r[k] or "").strip() for k in HEADER})
         if t.get("file_list"):
-            for stem in read_file_list(require_file(root, t["file_list"])):
+            for stem in read_file_list(require_file(root, t["file_list"]), root):
                 reviewed.setdefault(stem, {"rows": [], "study": []})
     for stem, entry in reviewed.items():
         if not stem:
@@ -90,26 +94,37 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
         yield RecordRef(key=stem, paths={"image": index[stem]}, annotations=entry)
 
 
-def read_volume(path: Path, names=DATASETS) -> tuple[np.ndarray, str]:
-    """The reconstruction as (slices, H, W) float32, flipped up-down to the annotated orientation."""
+def read_volume(path: Path, names=DATASETS, root: Path | None = None) -> tuple[np.ndarray, str]:
+    """The reconstruction as (slices, H, W) float32, flipped up-down to the annotated orientation. The dataset's
+    declared shape (as float32) is charged against the record limit before anything is read; it is then read
+    slice by slice into that one array (the whole volume is needed: its window is a volume percentile). h5py
+    is given the confined Python file object, so no file is opened past corpus.paths."""
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with open_confined(root or path.parent, path) as fobj, h5py.File(fobj, "r") as f:
             name = next((n for n in names if n in f), None)
             if name is None:
                 raise RecordError(f"{path.name}: no reconstruction dataset (looked for {list(names)}; "
                                   f"found {sorted(f.keys())})")
-            arr = np.asarray(f[name][()], dtype=np.float32)
+            ds = f[name]
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 3 or min(ds.shape) < 1:
+                raise RecordError(f"{path.name}: {name} must be (slices, H, W), got shape "
+                                  f"{getattr(ds, 'shape', None)}")
+            if ds.dtype.kind not in "fiu":
+                raise RecordError(f"{path.name}: {name} holds {ds.dtype} values, not real numbers")
+            charge(int(np.prod(ds.shape, dtype=np.int64)) * 4,
+                   f"{path.name}: {name} of shape {'x'.join(map(str, ds.shape))} (as float32)")
+            arr = np.empty(ds.shape, dtype=np.float32)
+            for z in range(ds.shape[0]):
+                arr[z] = ds[z][::-1, :]
     except RecordError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
-        raise RecordError(f"cannot read HDF5 {path.name}: {e}")
-    if arr.ndim != 3 or min(arr.shape) < 1:
-        raise RecordError(f"{path.name}: {name} must be (slices, H, W), got shape {arr.shape}")
+        raise RecordError(f"cannot read HDF5 {path.name}: {one_line_cause(e)}")
     if not np.isfinite(arr).all():
         raise RecordError(f"{path.name}: {name} contains NaN or infinite values")
-    return np.ascontiguousarray(arr[:, ::-1, :]), name
+    return arr, name
 
 
 def _num(v: str) -> float:
@@ -121,7 +136,7 @@ def _num(v: str) -> float:
 
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
-    vol, dsname = read_volume(require_file(root, ref.paths["image"]), tuple(o.get("datasets") or DATASETS))
+    vol, dsname = read_volume(require_file(root, ref.paths["image"]), tuple(o.get("datasets") or DATASETS), root)
     hi = float(np.percentile(vol, float(o.get("percentile", 99.5))))
     if not hi > 0:
         raise RecordError(f"volume {ref.key} has no positive intensities (99.5th percentile {hi:g})")

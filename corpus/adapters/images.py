@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medlvr.corpus.limits import charge
+from medlvr.corpus.paths import open_confined
 from medlvr.corpus.records import RecordError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -42,11 +44,21 @@ def one_line_cause(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def read_pil(path: Path, *, mode: str | None = None) -> np.ndarray:
+# bytes per pixel of the PIL modes as decoded (unknown modes count 4 per band)
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4,
+               "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def read_pil(path: Path, *, mode: str | None = None, root: Path | None = None) -> np.ndarray:
     """Pixels of a PIL-readable file. 8-bit stays uint8; 16-bit stays uint16; palette/alpha images are
-    converted (RGBA -> RGB, LA -> L, P -> RGB), `mode` forces a conversion ("L", "RGB")."""
+    converted (RGBA -> RGB, LA -> L, P -> RGB), `mode` forces a conversion ("L", "RGB"). The file is opened
+    confined to `root` (default: its own folder); its declared size (width x height x bytes per pixel, read
+    from the header) is charged against the record limit before any pixel is decoded."""
     try:
-        with Image.open(path) as im:
+        with open_confined(root or path.parent, path) as f, Image.open(f) as im:
+            w, h = im.size
+            charge(w * h * _MODE_BYTES.get(im.mode, 4 * len(im.getbands())),
+                   f"{path.name}: {w}x{h} {im.mode} image")
             im.load()
             if mode:
                 im = im.convert(mode)
@@ -142,14 +154,29 @@ def _is_volume(ds, n_frames: int) -> bool:
     return str(getattr(ds, "SOPClassUID", "")) in VOLUME_SOP_CLASSES
 
 
-def _decode(path: Path):
+def charge_dicom(ds, name: str) -> None:
+    """Rows x Columns x frames x samples x bits, as the header declares them, against the record limit: before
+    pixel_array allocates (a compressed frame can claim any size)."""
+    rows, cols = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
+    bits, samples = _int_tag(ds, "BitsAllocated", 8), _int_tag(ds, "SamplesPerPixel", 1)
+    frames = _int_tag(ds, "NumberOfFrames", 1)
+    # pixel_array holds at least one byte per sample; the modality LUT then makes float32 values
+    nbytes = rows * cols * frames * samples * max(1, (bits + 7) // 8)
+    charge(nbytes, f"{name}: {rows}x{cols}, {frames} frame(s) of {samples} sample(s) at {bits} bits")
+
+
+def _decode(path: Path, root: Path | None = None):
     """(dataset, decoded array) or a RecordError whose reason says why: not DICOM, no pixel data, no transfer
-    syntax, truncated (N of M bytes), or the decoder's own cause (missing plugin, broken stream, ...)."""
+    syntax, truncated (N of M bytes), too large for the record limit, or the decoder's own cause (missing
+    plugin, broken stream, ...). The file is opened confined to `root` (default: its own folder)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        with open_confined(root or path.parent, path) as f:
+            ds = pydicom.dcmread(f)
+    except RecordError:
+        raise
     except FileNotFoundError:
         raise RecordError(f"file referenced but missing: {path.name}")
     except InvalidDicomError:
@@ -163,6 +190,7 @@ def _decode(path: Path):
     ts = _transfer_syntax(ds)
     if ts is None:
         raise RecordError(f"DICOM without a transfer syntax (file meta has no (0002,0010)): {path.name}")
+    charge_dicom(ds, path.name)
     if str(ts) in NATIVE_SYNTAXES and "PixelData" in ds:
         _check_native_length(ds, path.name)
     try:
@@ -208,7 +236,7 @@ def _pick_frame(ds, raw: np.ndarray, name: str, multi_frame: int | str) -> tuple
     return raw[int(multi_frame)], {"frame": int(multi_frame), "frames": n}
 
 
-def read_dicom(path: Path, *, ct: bool = False, multi_frame: int | str = 0) -> Pixels:
+def read_dicom(path: Path, *, ct: bool = False, multi_frame: int | str = 0, root: Path | None = None) -> Pixels:
     """A DICOM image: modality LUT (slope/intercept), then either HU for CT (window chosen later)
     or the header's VOI window / VOI LUT for X-ray, with MONOCHROME1 inverted. Colour: RGB as stored, YBR
     converted to RGB, PALETTE COLOR through its palette. A 2-D multi-frame file gives the frame the catalog
@@ -216,7 +244,7 @@ def read_dicom(path: Path, *, ct: bool = False, multi_frame: int | str = 0) -> P
     rejected here and read by `read_dicom_volume`."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-    ds, raw = _decode(path)
+    ds, raw = _decode(path, root)
     raw, frame_attrs = _pick_frame(ds, raw, path.name, multi_frame)
     if raw.ndim not in (2, 3):
         raise RecordError(f"DICOM pixel array of shape {raw.shape} is not one 2-D image: {path.name}")
@@ -296,12 +324,12 @@ class DicomVolume:
     sop_uid: str
 
 
-def read_dicom_volume(path: Path) -> DicomVolume:
+def read_dicom_volume(path: Path, root: Path | None = None) -> DicomVolume:
     """The frames of a multi-frame volume (enhanced CT/MR/PET, RT dose) as slices sorted by their position:
     the volume path's reader for one file holding a whole series."""
     from pydicom.pixels import apply_modality_lut
 
-    ds, raw = _decode(path)
+    ds, raw = _decode(path, root)
     n = _int_tag(ds, "NumberOfFrames", 1)
     if n <= 1 or raw.ndim != 3 or str(getattr(ds, "PhotometricInterpretation", "")).startswith(("RGB", "YBR", "PAL")):
         raise RecordError(f"not a grey multi-frame volume (shape {raw.shape}): {path.name}")
@@ -315,11 +343,13 @@ def read_dicom_volume(path: Path) -> DicomVolume:
                        str(getattr(ds, "SOPInstanceUID", "")))
 
 
-def read_2d(path: Path, *, ct: bool = False, mode: str | None = None, multi_frame: int | str = 0) -> Pixels:
-    """Any 2-D image file: DICOM by suffix, everything else through PIL (8-bit as uint8, 16-bit percentile)."""
+def read_2d(path: Path, *, ct: bool = False, mode: str | None = None, multi_frame: int | str = 0,
+            root: Path | None = None) -> Pixels:
+    """Any 2-D image file: DICOM by suffix, everything else through PIL (8-bit as uint8, 16-bit percentile).
+    Adapters pass their dataset `root`: the file is opened confined to it (corpus.paths.open_confined)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return read_dicom(path, ct=ct, multi_frame=multi_frame)
-    arr = read_pil(path, mode=mode)
+        return read_dicom(path, ct=ct, multi_frame=multi_frame, root=root)
+    arr = read_pil(path, mode=mode, root=root)
     if arr.dtype == np.uint8:
         return Pixels(arr, "uint8")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():

@@ -52,7 +52,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     o = spec.options
     seen: set[str] = set()
     for split, rel_json in o["files"].items():
-        data = read_json(require_file(root, rel_json))
+        data = read_json(require_file(root, rel_json), root)
         if not isinstance(data, list):
             raise RecordError(f"{rel_json}: expected a JSON list of records, got {type(data).__name__}",
                               stage="discover")
@@ -81,7 +81,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
     tol = float(o.get("box_tolerance_px", 2))
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=o.get("image_mode"))
+    px = read_2d(require_file(root, rel), mode=o.get("image_mode"), root=root)
     shape = image_size(px)
     a = ref.annotations
     rois: list[SourceROI] = []

@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.images import one_line_cause, read_dicom_volume
-from medlvr.corpus.paths import is_within, rel_path, safe_path, walk
+from medlvr.corpus.adapters.images import charge_dicom, one_line_cause, read_dicom_volume
+from medlvr.corpus.paths import is_within, open_confined, rel_path, safe_path, walk
 from medlvr.corpus.masks import LabelRule, polygon_mask
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 from medlvr.corpus.volumes import SliceConfig, volume_images
@@ -72,10 +72,11 @@ def _roi(el) -> dict[str, Any]:
         return {"error": f"outline with a missing or non-numeric coordinate (z={z})"}
 
 
-def parse_lidc_xml(path: Path) -> dict[str, Any] | None:
+def parse_lidc_xml(path: Path, root: Path | None = None) -> dict[str, Any] | None:
     """Plain-data reads of one LIDC XML file; None for the radiograph schema (IdriReadMessage)."""
     try:
-        tree = ET.parse(path)
+        with open_confined(root or path.parent, path, "rb", "discover") as f:
+            tree = ET.parse(f)
     except (ET.ParseError, OSError) as e:
         raise RecordError(f"cannot parse LIDC XML {path.name}: {e}", stage="discover")
     top = tree.getroot()
@@ -121,7 +122,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     for xp in walk(root, spec.options.get("xml_glob", "LIDC-IDRI/*/*/*/*.xml")):
         rel = rel_path(root, xp)
         try:
-            parsed = parse_lidc_xml(xp)
+            parsed = parse_lidc_xml(xp, root)
         except RecordError as e:
             yield Reject(spec.id, rel, "discover", e.reason, rel)
             continue
@@ -133,8 +134,8 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
             if p.name.startswith(".") or p.suffix.lower() != ".dcm":
                 continue
             if not is_within(root, p) or not p.is_file():
-                yield Reject(spec.id, rel_path(root, p), "discover", "slice resolves outside the dataset root "
-                             "(symlink?) or is not a file", rel)
+                yield Reject(spec.id, rel_path(root, p), "discover", f"slice {rel_path(root, p)} resolves outside "
+                             f"the dataset root (symlink?) or is not a file", rel)
                 slices = None
                 break
             slices.append(rel_path(root, p))
@@ -162,17 +163,19 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
     for rel in slices:
         p = safe_path(root, rel)
         try:
-            ds = pydicom.dcmread(p)
+            with open_confined(root, rel) as f:
+                ds = pydicom.dcmread(f)
             if str(getattr(ds, "NumberOfFrames", "1")).strip() not in ("", "1"):
                 # an enhanced CT (one file holding the series): its frames are the slices, in their positions
-                vol = read_dicom_volume(p)
+                vol = read_dicom_volume(p, root)
                 items.extend((z, vol.sop_uid, hu, vol.spacing_mm or (1.0, 1.0))
                              for z, hu in zip(vol.positions, vol.values))
                 continue
+            charge_dicom(ds, Path(rel).name)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 raw = ds.pixel_array
-        except RecordError:
+        except (RecordError, MemoryError):
             raise
         except Exception as e:  # pydicom raises many types for broken or unsupported files
             ts = getattr(getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None),

@@ -41,7 +41,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.paths import rel_path, require_file, safe_path, walk
+from medlvr.corpus.limits import charge
+from medlvr.corpus.paths import confined, rel_path, require_file, safe_path, walk
 from medlvr.corpus.adapters.sidecar import read_json, read_kv, whitelist
 from medlvr.corpus.masks import LabelRule
 from medlvr.corpus.mhd import check_mhd, read_mhd
@@ -60,17 +61,51 @@ def _one_line(e: BaseException, root: Path) -> str:
     return re.sub(r"(?<![\w.])/(?:[^/\s'\"]+/)+([^/\s'\"]+)", r"\1", text)
 
 
+def _load_confined(root: Path, rel: str):
+    """nibabel.load, with every file of the image (a NIfTI pair's .img too) approved by corpus.paths.confined and
+    opened by its resolved path: nibabel's own sniffing of the type, then its file map with confined names."""
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.imageclasses import all_image_classes
+
+    real = confined(root, rel)
+    if real.stat().st_size == 0:
+        raise RecordError(f"cannot read NIfTI {rel}: empty file")
+    sniff = None
+    for klass in all_image_classes:
+        is_image, sniff = klass.path_maybe_image(str(real), sniff)
+        if is_image:
+            break
+    else:
+        raise ImageFileError(f"cannot work out the file type of {Path(rel).name}")
+    file_map = klass.filespec_to_file_map(str(safe_path(root, rel)))
+    for role, holder in file_map.items():
+        try:
+            holder.filename = str(confined(root, Path(holder.filename)))
+        except RecordError as e:
+            if "missing" not in e.reason:
+                raise
+            if role not in ("image", "header"):
+                continue  # an optional part that is absent (SPM's .mat beside an Analyze pair)
+            name = Path(holder.filename).relative_to(root).as_posix()
+            raise RecordError(f"cannot read NIfTI {rel}: its data file {name} is missing") from None
+    return klass.from_file_map(file_map)
+
+
 def read_nifti(root: Path, rel: str, canonical: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
     """Array in on-disk axis order and the header zooms in the same order. Reads whatever nibabel reads as a
-    voxel image (NIfTI-1/2, Analyze and NIfTI pairs, MGH/MGZ); anything else is a one-line RecordError."""
+    voxel image (NIfTI-1/2, Analyze and NIfTI pairs, MGH/MGZ); anything else is a one-line RecordError. The
+    header's shape x element size is charged against the record limit before the data is read."""
     import nibabel as nib
 
-    path = safe_path(root, rel)
     try:
-        img = nib.load(str(path))
+        img = _load_confined(root, rel)
         if not isinstance(img, nib.spatialimages.SpatialImage):
             # CIFTI-2 holds a matrix over brain grayordinates, not voxels: there is no slice to take
             raise RecordError(f"{rel} is a {type(img).__name__} (not a voxel volume): not supported")
+        shape, dtype = img.shape, np.dtype(img.get_data_dtype())
+        scaled = getattr(img.dataobj, "slope", 1) != 1 or getattr(img.dataobj, "inter", 0) != 0
+        charge(int(np.prod(shape, dtype=np.int64)) * (max(dtype.itemsize, 4) if scaled else dtype.itemsize),
+               f"{rel}: header shape {'x'.join(map(str, shape))} of {dtype}{' (scaled)' if scaled else ''}")
         if canonical:
             img = nib.as_closest_canonical(img)
         arr = np.asanyarray(img.dataobj)  # keeps int16/uint8 when there is no scaling
@@ -209,7 +244,7 @@ def _make_ref(spec, root: Path, var: dict, anchor: str, rules: list[dict], extra
             check_mhd(root, rel)  # header + data-file checks are cheap: reject here, not in a worker
     attrs: dict[str, Any] = {k: groups[k] for k in var.get("group_attributes") or () if k in groups}
     if "sidecar" in paths:
-        kv = read_kv(safe_path(root, paths["sidecar"]))
+        kv = read_kv(safe_path(root, paths["sidecar"]), root=root)
         ph = var.get("phase_from_sidecar")
         if ph:
             frame = int(groups[ph["group"]])
@@ -249,7 +284,7 @@ def _discover_json(spec, root: Path, var: dict) -> Iterator[RecordRef | Reject]:
         if var.get("tasks") and task_dir.name not in var["tasks"]:
             continue  # a task the catalog leaves out (MSD Liver duplicates LiTS): not a record of this dataset
         try:
-            js = read_json(jp)
+            js = read_json(jp, root)
             labels, training = js["labels"], js["training"]
             if not isinstance(labels, dict) or not isinstance(training, list):
                 raise TypeError("labels must be a mapping and training a list")

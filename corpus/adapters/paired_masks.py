@@ -39,7 +39,7 @@ import numpy as np
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.images import read_2d, read_pil
 from medlvr.corpus.adapters.mask_decoders import decode
-from medlvr.corpus.paths import rel_path, require_file, safe_path, walk
+from medlvr.corpus.paths import open_confined, rel_path, require_file, safe_path, walk
 from medlvr.corpus.adapters.sidecar import read_json, read_table, whitelist
 from medlvr.corpus.masks import mask_rois, min_speck_px
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
@@ -49,12 +49,13 @@ PH2_COLUMNS = ("Name", "Histological Diagnosis", "Clinical Diagnosis", "Asymmetr
 
 
 # ----------------------------------------------------------------------------------------------- sidecars
-def read_ph2_txt(path: Path) -> list[dict[str, Any]]:
+def read_ph2_txt(path: Path, root: Path | None = None) -> list[dict[str, Any]]:
     """PH2_dataset.txt: `|| IMD003 || <histology> || 0 || 0 | T | A | A | A | A || 4 5 ||`.
     Fields are separated by `||` and the six dermoscopic criteria by `|`; columns are positional, so the
     header is checked to name the first column and every data row must have exactly ten fields."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        with open_confined(root or path.parent, path, "r", "discover", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
     except OSError as e:
         raise RecordError(f"cannot read sidecar {path.name}: {e}", stage="discover")
     rows = [ln for ln in lines if ln.strip().startswith("||")]
@@ -91,7 +92,7 @@ def _load_table(root: Path, t: dict) -> dict[str, list[dict]]:
     """Rows keyed by the key column; the whole dataset fails when a declared sidecar is missing or corrupt."""
     path = require_file(root, t["path"])
     fmt = t.get("format") or path.suffix.lower().lstrip(".")
-    rows = read_ph2_txt(path) if fmt == "ph2_txt" else read_table(path, t.get("sheet"))
+    rows = read_ph2_txt(path, root) if fmt == "ph2_txt" else read_table(path, t.get("sheet"), root)
     if rows and t["key_col"] not in rows[0]:
         raise RecordError(f"{t['path']}: key column {t['key_col']!r} not in header {sorted(rows[0])}",
                           stage="discover")
@@ -106,7 +107,7 @@ def _folds(root: Path, f: dict) -> dict[int, int]:
     out: dict[int, int] = {}
     for p in walk(root, f["glob"]):
         m = re.search(r"fold(\d+)", p.name)
-        data = read_json(p)
+        data = read_json(p, root)
         if not m or not isinstance(data, dict) or not isinstance(data.get("val"), list):
             raise RecordError(f"{p.name}: not a fold file with a 'val' list", stage="discover")
         for v in data["val"]:
@@ -267,7 +268,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     opts = spec.options
     fields = ref.annotations["fields"]
-    px = read_2d(safe_path(root, ref.paths["image"]), mode=opts.get("image_mode"))
+    px = read_2d(safe_path(root, ref.paths["image"]), mode=opts.get("image_mode"), root=root)
     img = px.array
     if img.ndim not in (2, 3) or min(img.shape[:2]) < 2:
         raise RecordError(f"image has unusable shape {img.shape}")
@@ -283,7 +284,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         path = safe_path(root, rel)
         if not path.is_file():
             raise RecordError(f"mask file referenced but missing: {rel}")
-        arr = read_pil(path)
+        arr = read_pil(path, root=root)
         if arr.shape[:2] != (h, w):
             raise RecordError(f"mask {PurePosixPath(rel).name} is {arr.shape[1]}x{arr.shape[0]} "
                               f"but the image is {w}x{h}")

@@ -32,6 +32,7 @@ from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import (image_size, missing_columns_reason, read_csv_rows, resolve_image,
                                               source_image)
 from medlvr.corpus.adapters.images import read_2d
+from medlvr.corpus.limits import charge
 from medlvr.corpus.paths import rel_path, require_file, walk
 from medlvr.corpus.masks import box_of, mask_rois
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
@@ -107,7 +108,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
         raise RecordError(f"options.encoding must be one of {sorted(DECODERS)}", stage="discover")
     table = require_file(root, o["table"])
     image_col, rle_col = o.get("image_col", "ImageId"), o.get("rle_col", "EncodedPixels")
-    rows = read_csv_rows(table, o.get("columns"))
+    rows = read_csv_rows(table, o.get("columns"), root)
     if rows and (missing := [c for c in (image_col, rle_col) if c not in rows[0]]):
         raise RecordError(missing_columns_reason(table.name, missing, rows[0]), stage="discover")
     groups: dict[str, list[str]] = {}
@@ -142,11 +143,12 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=o.get("image_mode"), multi_frame=spec.multi_frame)
+    px = read_2d(require_file(root, rel), mode=o.get("image_mode"), multi_frame=spec.multi_frame, root=root)
     h, w = image_size(px)
     decode = DECODERS[o["encoding"]]
     label, negative = o.get("label", "finding"), str(o.get("negative", "-1"))
     runs = [r for r in ref.annotations if r.strip() not in (negative, "")]
+    charge(h * w * len(runs), f"{rel}: {len(runs)} run-length masks of {w}x{h}")  # each decodes to a full mask
     masks = [decode(r, h, w) for r in runs]  # raises on any out-of-bounds run: the record is rejected
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []

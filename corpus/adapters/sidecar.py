@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medlvr.corpus.paths import open_confined
 from medlvr.corpus.records import RecordError
 
 
@@ -24,10 +25,11 @@ def _num(v: str) -> Any:
     return s
 
 
-def read_kv(path: Path, sep: str = ":") -> dict[str, Any]:
+def read_kv(path: Path, sep: str = ":", root: Path | None = None) -> dict[str, Any]:
     """`key: value` lines (ACDC/CAMUS Info.cfg). Blank lines and lines without the separator are skipped."""
     try:
-        text = path.read_text(errors="replace")
+        with open_confined(root or path.parent, path, "r", errors="replace") as f:
+            text = f.read()
     except OSError as e:
         raise RecordError(f"cannot read sidecar {path.name}: {e}")
     out: dict[str, Any] = {}
@@ -39,18 +41,20 @@ def read_kv(path: Path, sep: str = ":") -> dict[str, Any]:
     return out
 
 
-def read_table(path: Path, sheet: str | None = None) -> list[dict[str, Any]]:
+def read_table(path: Path, sheet: str | None = None, root: Path | None = None) -> list[dict[str, Any]]:
     """Rows of an .xlsx (first sheet unless named) or .csv file as dicts keyed by stripped header names."""
     try:
         if path.suffix.lower() in (".xlsx", ".xlsm"):
             import openpyxl
 
-            wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-            ws = wb[sheet] if sheet else wb.worksheets[0]
-            rows = list(ws.iter_rows(values_only=True))
-            wb.close()
+            with open_confined(root or path.parent, path, "rb", "discover") as f:
+                wb = openpyxl.load_workbook(f, read_only=True, data_only=True)
+                ws = wb[sheet] if sheet else wb.worksheets[0]
+                rows = list(ws.iter_rows(values_only=True))
+                wb.close()
         else:
-            with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            with open_confined(root or path.parent, path, "r", "discover", newline="", encoding="utf-8-sig",
+                               errors="replace") as f:
                 rows = list(csv.reader(f))
     except RecordError:
         raise
@@ -67,9 +71,10 @@ def read_table(path: Path, sheet: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, root: Path | None = None) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open_confined(root or path.parent, path, "r", "discover", encoding="utf-8") as f:
+            return json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"cannot parse JSON {path.name}: {e}", stage="discover")
 

@@ -22,15 +22,16 @@ from typing import Iterator
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import box_rois, image_size, source_image, split_lists, to_float
 from medlvr.corpus.adapters.images import read_2d
-from medlvr.corpus.paths import rel_path, require_file, walk
+from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 
 
-def parse_voc(path: Path) -> dict:
+def parse_voc(path: Path, data_root: Path | None = None) -> dict:
     """{filename, size: (w, h) or None, objects: [[name, [xmin, ymin, xmax, ymax] as written]]}; RecordError if
     unreadable. Boxes are converted in load (pixel_box), where a bad one is an ROI reject."""
     try:
-        root = ET.parse(path).getroot()
+        with open_confined(data_root or path.parent, path, "rb", "discover") as f:
+            root = ET.parse(f).getroot()
     except (ET.ParseError, OSError) as e:
         raise RecordError(f"cannot parse VOC XML {path.name}: {e}", stage="discover")
     if root.tag != "annotation":
@@ -58,7 +59,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     for xml in files:
         xrel = rel_path(root, xml)
         try:
-            ann = parse_voc(xml)
+            ann = parse_voc(xml, root)
         except RecordError as e:
             yield Reject(spec.id, xrel, "discover", e.reason, xml.stem)
             continue
@@ -81,7 +82,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     rel = ref.paths["image"]
-    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"))
+    px = read_2d(require_file(root, rel), mode=spec.options.get("image_mode"), root=root)
     h, w = image_size(px)
     ann = ref.annotations
     attrs = {}

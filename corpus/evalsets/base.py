@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from medlvr.corpus.paths import is_within, safe_path
+from medlvr.corpus.records import RecordError
+
 KINDS = ("mc", "yesno", "open")
 
 
@@ -127,6 +130,22 @@ def zip_members_by_name(archive: Path, what: str) -> dict[str, str]:
             return {m.rsplit("/", 1)[-1]: m for m in zf.namelist() if not m.endswith("/")}
     except zipfile.BadZipFile as e:
         raise BenchmarkError(f"{what}: {archive} is not a valid zip ({e})") from e
+
+
+def file_in_root(root: Path, rel: str, what: str) -> Path:
+    """`root/rel` for a file a benchmark record names: an absolute path, a `..` component or a symlink (at any
+    level) that resolves outside the benchmark root is a BenchmarkError naming the reference, as the loaders do
+    for a missing file (corpus.paths.safe_path, the rule the ingest readers follow)."""
+    try:
+        path = safe_path(Path(root), str(rel))
+    except RecordError as e:
+        raise BenchmarkError(f"{what}: {e.reason} (refused: outside the benchmark root)") from None
+    return path
+
+
+def files_in_root(folder: Path, root: Path) -> list[Path]:
+    """Files under `folder` (recursively) that resolve inside `root`: a symlink out of the root is not offered."""
+    return [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and is_within(root, p)]
 
 
 def require_dir(root: Path, what: str) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 from medlvr.corpus.evalsets import sample_files
-from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, require_dir, zip_members_by_name,
-                                        zip_uri)
+from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, files_in_root, require_dir,
+                                        zip_members_by_name, zip_uri)
 from medlvr.corpus.evalsets.registry import register_benchmark
 
 NAME = "medxpertqa_mm"
@@ -29,7 +29,7 @@ TAG_KEYS = ("medical_task", "body_system", "question_type")
 def _image_resolver(root: Path):
     if (root / "images").is_dir():
         base = root / "images"
-        index = {p.name: p for p in base.rglob("*") if p.is_file()}
+        index = {p.name: p for p in files_in_root(base, root)}
         return lambda name: file_uri(index[Path(name).name]) if Path(name).name in index else None
     archive = root / "images.zip"
     if not archive.is_file():

@@ -33,7 +33,7 @@ from typing import Iterator
 from PIL import Image
 import numpy as np
 
-from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri, read_json_list, require_dir
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_in_root, file_uri, read_json_list, require_dir
 from medlvr.corpus.evalsets.registry import register_benchmark
 
 NAME = "omnimedvqa"
@@ -194,7 +194,7 @@ def load_omnimedvqa(
         if (wanted is not None and mod not in wanted) or r["sample_id"] in seen:
             continue
         seen.add(r["sample_id"])
-        path = root / r["image"]
+        path = file_in_root(root, r["image"], f"OmniMedVQA: image_path {r['image']!r}")
         if check_images and not path.is_file():
             raise BenchmarkError(f"OmniMedVQA: image {r['image']} not found under {root}")
         yield Sample(

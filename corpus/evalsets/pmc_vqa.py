@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 from medlvr.corpus.evalsets import sample_files
-from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, require_dir, zip_members_by_name,
-                                        zip_uri)
+from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_in_root, file_uri, require_dir,
+                                        zip_members_by_name, zip_uri)
 from medlvr.corpus.evalsets.registry import register_benchmark
 
 NAME = "pmc_vqa"
@@ -48,7 +48,12 @@ def _source(root: Path, name: str):
         return lambda fig: zip_uri(path, index[Path(fig).name]) if Path(fig).name in index else None
     if not path.is_dir():
         return None
-    return lambda fig: file_uri(path / fig) if (path / fig).is_file() else None
+
+    def in_folder(fig: str) -> str | None:
+        file = file_in_root(root, f"{name}/{fig}", f"PMC-VQA: Figure_path {fig!r}")
+        return file_uri(file) if file.is_file() else None
+
+    return in_folder
 
 
 def _image_resolver(root: Path, version: str):

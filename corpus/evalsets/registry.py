@@ -109,7 +109,7 @@ def write_benchmark_samples(out_dir: Path, names: list[str] | None = None, seed:
             elif n in BENCHMARK_REGISTRY and BENCHMARK_REGISTRY[n].data_dir in ws:
                 key = BENCHMARK_REGISTRY[n].data_dir
             else:
-                raise KeyError(f"no benchmark sample writer {n!r} (have {sorted(ws)})")
+                raise BenchmarkError(f"no benchmark sample writer {n!r} (have {sorted(ws)})")
             if key not in keys:
                 keys.append(key)
     counts = {}

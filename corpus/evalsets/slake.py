@@ -20,6 +20,7 @@ from medlvr.corpus.evalsets import sample_files
 from medlvr.corpus.evalsets.base import (
     BenchmarkError,
     Sample,
+    file_in_root,
     file_uri,
     image_bytes,
     read_json_list,
@@ -46,7 +47,11 @@ def _records(path: Path) -> list[dict]:
 
 def _image_resolver(root: Path):
     if (root / "imgs").is_dir():
-        return lambda name: file_uri(root / "imgs" / name) if (root / "imgs" / name).is_file() else None
+        def in_folder(name: str) -> str | None:
+            path = file_in_root(root, f"imgs/{name}", f"SLAKE: img_name {name!r}")
+            return file_uri(path) if path.is_file() else None
+
+        return in_folder
     archive = root / "imgs.zip"
     if archive.is_file():
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medlvr.corpus.evalsets import sample_files
-from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_uri, parquet_uri, read_json_list,
+from medlvr.corpus.evalsets.base import (BenchmarkError, Sample, file_in_root, file_uri, parquet_uri, read_json_list,
                                         read_parquet_checked, require_dir)
 from medlvr.corpus.evalsets.registry import register_benchmark
 
@@ -76,7 +76,7 @@ def _load_osf(root: Path, split: str) -> list[Sample]:
         if sid in seen:
             raise BenchmarkError(f"VQA-RAD: duplicate qid {rec['qid']} in {path}")
         seen.add(sid)
-        img = images / rec["image_name"]
+        img = file_in_root(root, f"{OSF_IMAGES}/{rec['image_name']}", f"VQA-RAD: image_name {rec['image_name']!r}")
         if not img.is_file():
             raise BenchmarkError(f"VQA-RAD: image {img} of qid {rec['qid']} not found")
         tags = {"split": split, "release": "osf", "qid": rec["qid"],

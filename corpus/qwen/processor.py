@@ -5,8 +5,13 @@ transformers 5.x pitfalls handled here (see docs/training.md §6.1 items 1–2):
 * `Qwen2_5_VLProcessor.__init__` type-checks every attribute named in its signature, including
   `video_processor`; without torchvision that check crashes. `ImageOnlyQwen2_5_VLProcessor` drops the video
   processor from the signature, so `get_attributes()` no longer lists it.
-* `AutoProcessor.from_pretrained(dir)` on such a directory silently returns only the tokenizer, so loading always
-  goes through the concrete processor class (`load_processor`).
+* A checkpoint must still look like any Qwen2.5-VL checkpoint to plain transformers, so the image-only processor
+  SAVES the standard layout (`standard_processor_dict`): `processor_class: Qwen2_5_VLProcessor`, the image
+  processor under its standard name `Qwen2VLImageProcessor` (which `AutoImageProcessor` resolves to the PIL
+  backend when torchvision is missing) and a `Qwen2VLVideoProcessor` section. `AutoProcessor.from_pretrained`
+  then behaves exactly as on a released Qwen2.5-VL checkpoint: the full processor with torchvision, a loud
+  "requires the Torchvision library" error without it (never a bare tokenizer that drops images). Our own loader
+  (`load_processor`) reads the same files through the concrete class.
 * `Qwen2VLImageProcessor` now means the torchvision backend; the PIL backend is imported explicitly.
 """
 
@@ -36,15 +41,61 @@ CHAT_TEMPLATE = (
 )
 
 
+STANDARD_PROCESSOR_CLASS = "Qwen2_5_VLProcessor"
+STANDARD_VIDEO_PROCESSOR_CLASS = "Qwen2VLVideoProcessor"
+
+
+def standard_video_processor_dict(image_processor) -> dict:
+    """The `video_processor` section `Qwen2_5_VLProcessor.save_pretrained` writes, built without torchvision.
+
+    `Qwen2VLVideoProcessor` cannot be instantiated here (it imports torchvision), so its saved form is spelled out:
+    the class defaults for the frame budget (videos are never trained on), the patch geometry and normalisation
+    of `image_processor` so that a video frame would be patched like an image.
+    """
+    return {
+        "video_processor_type": STANDARD_VIDEO_PROCESSOR_CLASS,
+        "size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768},  # Qwen2VLVideoProcessor.size
+        "patch_size": image_processor.patch_size,
+        "temporal_patch_size": image_processor.temporal_patch_size,
+        "merge_size": image_processor.merge_size,
+        "image_mean": list(image_processor.image_mean),
+        "image_std": list(image_processor.image_std),
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": image_processor.rescale_factor,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "do_sample_frames": False,
+    }
+
+
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """`Qwen2_5_VLProcessor` without a video processor (works without torchvision).
 
     Omitting `video_processor` from the `__init__` signature removes it from `get_attributes()`, which is what
-    `ProcessorMixin` type-checks, saves and loads.
+    `ProcessorMixin` type-checks and loads. What it saves is the standard Qwen2.5-VL layout (`to_dict`), so the
+    class name never reaches a checkpoint.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        # the saved standard `video_processor` section comes back as a keyword on load; it is not used here (and
+        # naming it in the signature would make `ProcessorMixin` type-check it, which needs torchvision)
+        kwargs.pop("video_processor", None)
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        files = super().save_pretrained(save_directory, **kwargs)
+        # ProcessorMixin stamped the tokenizer with this class's name (tokenizer_config.json's processor_class):
+        # a checkpoint names the standard class there too
+        self.tokenizer._set_processor_class(STANDARD_PROCESSOR_CLASS)
+        self.tokenizer.save_pretrained(save_directory)
+        return files
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["processor_class"] = STANDARD_PROCESSOR_CLASS
+        out["video_processor"] = standard_video_processor_dict(self.image_processor)
+        return out
 
 
 def has_torchvision() -> bool:

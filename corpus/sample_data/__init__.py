@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.catalog import CatalogError, load_catalog
 
 SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
 SAMPLE_WRITERS: dict[str, SampleWriter] = {}
@@ -65,7 +65,7 @@ def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 
     ids = datasets or list(cat)
     missing = [i for i in ids if i not in ws]
     if missing:
-        raise KeyError(f"no sample writer for {missing}")
+        raise CatalogError(f"no sample writer for {missing} (have {sorted(ws)})")
     (out_dir / "_truth").mkdir(parents=True, exist_ok=True)
     counts = {}
     for ds_id in ids:

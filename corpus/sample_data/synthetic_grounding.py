@@ -17,9 +17,11 @@ Written (deterministic in `seed`; train and held-out splits come from independen
                                                   the options and the instruction, the answer is the letter, so
                                                   SFT, RL and evaluation see exactly the same prompt.
     <out>/images/{train,test}/<id>.png            the images
-    <out>/prompts_{train,test}.jsonl              {id, image, question, options, answer}: what VLPO reads through
-                                                  its own sample source (data.source=synthetic_grounding,
-                                                  data.root=<out>); `load_grounding_task(out, split)` -> Samples
+    <out>/prompts_{train,test}.jsonl              {id, image, question, options, answer, box}: what VLPO reads
+                                                  through its own sample source (data.source=synthetic_grounding,
+                                                  data.root=<out>) and the `synthetic_grounding` benchmark
+                                                  evaluates (`medlvr.corpus.evalsets.synthetic_grounding`:
+                                                  `load_grounding_task(out, split)` -> Samples)
     <out>/heldout.jsonl                           the held-out split with boxes (evaluation)
     <out>/task.json                               parameters + counts
 """
@@ -33,7 +35,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medlvr.corpus.evalsets.base import BenchmarkError, Sample, file_uri
 from medlvr.corpus.prompts import MC_INSTRUCTION, mc_prompt_text
 from medlvr.corpus.shards import QA_SCHEMA
 
@@ -148,7 +149,7 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
             rel = f"images/{split}/{it['id']}.png"
             (out / rel).write_bytes(row["image_png"])
             recs.append(dict(id=it["id"], image=rel, question=it["question"], options=it["options"],
-                             answer=it["answer"]))
+                             answer=it["answer"], box=it["box"]))
         (out / f"prompts_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
         if split == "test":
             with open(out / "heldout.jsonl", "w") as f:
@@ -164,20 +165,6 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
                    instruction=INSTRUCTION, counts=counts)
     (out / "task.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def load_grounding_task(root: str | Path, split: str = "train", limit: int | None = None) -> list[Sample]:
-    """The task's multiple-choice prompts of one split as Samples, in written order (what VLPO trains on)."""
-    path = Path(root) / f"prompts_{split}.jsonl"
-    if not path.is_file():
-        raise BenchmarkError(f"synthetic grounding task: {path} not found (write it with write_grounding_task)")
-    out = []
-    for line in path.read_text().splitlines()[:limit]:
-        r = json.loads(line)
-        out.append(Sample(benchmark=DATASET, sample_id=r["id"], question=r["question"], kind="mc", answer=r["answer"],
-                          options=tuple(zip(LETTERS, r["options"])), images=(file_uri(Path(root) / r["image"]),),
-                          tags={"modality": "synthetic", "split": split}))
-    return out
 
 
 if __name__ == "__main__":

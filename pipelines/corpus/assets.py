@@ -13,6 +13,7 @@ a changed raw file, a code change or a new upstream data version marks exactly t
 """
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,19 @@ CODE_VERSION = package_code_version("medlvr.corpus", "medlvr.pipelines.corpus")
 def _where(storage: CorpusStorage, rel: str) -> dg.MetadataValue:
     loc = storage.location().rstrip("/") + "/" + rel
     return dg.MetadataValue.url(loc) if storage.remote else dg.MetadataValue.path(loc)
+
+
+def _preview(storage: CorpusStorage, rel: str, png: bytes | None) -> dg.MetadataValue:
+    """Write a thumbnail PNG to the storage at `rel` and link it (metadata.py: never embedded in the event)."""
+    if png is None:
+        return dg.MetadataValue.text("no image with boxes")
+    with storage.workdir(push_paths=[rel]) as out:
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # atomic: a reader never sees half a PNG
+        tmp.write_bytes(png)
+        tmp.replace(path)
+    return _where(storage, rel)
 
 
 @contextlib.contextmanager
@@ -107,13 +121,14 @@ def ingest_dataset_assets(context: dg.AssetExecutionContext, dataset_roots: Data
                                                                               "source_path"])),
             "preview": md.md_table(md.head(out / layout.images(ds), ["image_id", "source_path", "suffix", "width",
                                                                      "height", "intensity", "official_split"])),
-            "thumbnails": md.ingest_thumbnails(out / layout.ingest(ds)), "path": _where(storage, layout.images(ds)),
-            "seconds": s["seconds"]}
+            "path": _where(storage, layout.images(ds)), "seconds": s["seconds"]}
+        thumbnails = md.ingest_thumbnails(out / layout.ingest(ds))
         rois_meta = {
             "dagster/row_count": s["rois_out"], "rois_rejected": s["rois_rejected"],
             "preview": md.md_table(md.head(out / layout.rois(ds), ["image_id", "label", "concept_id", "box",
                                                                    "origin"])),
             "path": _where(storage, layout.rois(ds))}
+    images_meta["thumbnails"] = _preview(storage, layout.preview(ds, "images"), thumbnails)
     yield dg.MaterializeResult(asset_key="normalized_images", metadata=images_meta)
     yield dg.MaterializeResult(asset_key="roi_annotations", metadata=rois_meta)
 
@@ -145,8 +160,9 @@ def qa_pairs(context: dg.AssetExecutionContext, storage: CorpusStorage, kg: Know
                 "generation": dg.MetadataValue.json(stats["generation"]),
                 "backend": corpus_settings.build_config().generator.backend,
                 "preview": md.md_table(md.head(p, ["question_type", "question", "answer", "boxes"])),
-                "thumbnails": md.qa_thumbnails(p, out / layout.images(ds)),
                 "path": _where(storage, layout.pairs(ds))}
+        thumbnails = md.qa_thumbnails(p, out / layout.images(ds))
+    meta["thumbnails"] = _preview(storage, layout.preview(ds, "qa_pairs"), thumbnails)
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -217,12 +233,12 @@ def corpus_shards(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg
 def corpus_card(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
     with run_step("card", storage, corpus_settings) as (rep, out):
         readme = Path(rep["card"])
-        samples = (out / layout.CARD / "samples.png").read_bytes()
-        counts = (out / layout.CARD / "counts.png").read_bytes()
         lines = len(readme.read_text().splitlines())
     return dg.MaterializeResult(metadata={
-        "card": _where(storage, layout.CARD_README), "lines": lines, "samples": md.png_markdown(samples, "samples"),
-        "counts": md.png_markdown(counts, "counts"), "build_report": _where(storage, layout.BUILD_REPORT)})
+        "card": _where(storage, layout.CARD_README), "lines": lines,
+        "samples": _where(storage, f"{layout.CARD}/samples.png"),
+        "counts": _where(storage, f"{layout.CARD}/counts.png"),
+        "build_report": _where(storage, layout.BUILD_REPORT)})
 
 
 CORPUS_ASSETS = [raw_dataset, ingest_dataset_assets, knowledge_graph, qa_pairs, dedup_groups, decontamination,

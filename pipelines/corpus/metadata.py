@@ -1,9 +1,12 @@
-"""Materialisation metadata helpers: preview tables and a thumbnail grid with boxes (a PNG embedded in Markdown
-as a data URL, so the Dagster UI shows it without a file server). Reads Parquet with pyarrow, a few rows only."""
+"""Materialisation metadata helpers: preview tables (a few rows, cells capped) and thumbnail grids with boxes.
+
+Metadata stays small and bounded: a thumbnail grid is a PNG written to the corpus storage (`layout.preview`) and
+linked (a path, or a URL for remote storage), never embedded in the event; Dagster keeps every event's metadata in
+its event log, so embedding ~200 KB per partition grew the history by tens of MB per main job. Reads Parquet with
+pyarrow, a few rows only."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from pathlib import Path
@@ -64,12 +67,8 @@ def thumbnail_grid(items: list[tuple[bytes, list[list[float]], str]], tile: int 
     return buf.getvalue()
 
 
-def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
-
-
-def ingest_thumbnails(ingest_dir: Path, n: int = 8) -> dg.MetadataValue:
-    """First `n` images that have ROIs, with their boxes."""
+def ingest_thumbnails(ingest_dir: Path, n: int = 8) -> bytes | None:
+    """PNG grid of the first `n` images that have ROIs, with their boxes (None: no image has one)."""
     boxes: dict[str, list] = {}
     labels: dict[str, list] = {}
     for r in pq.read_table(ingest_dir / "rois.parquet", columns=["image_id", "box", "label"]).to_pylist():
@@ -83,13 +82,11 @@ def ingest_thumbnails(ingest_dir: Path, n: int = 8) -> dg.MetadataValue:
                 items.append((r["png"], boxes[r["image_id"]], ", ".join(sorted(set(labels[r["image_id"]])))))
         if len(items) >= n:
             break
-    if not items:
-        return dg.MetadataValue.md("_no image with boxes_")
-    return png_markdown(thumbnail_grid(items), "images with boxes")
+    return thumbnail_grid(items) if items else None
 
 
-def qa_thumbnails(qa_path: Path, images_path: Path, n: int = 8) -> dg.MetadataValue:
-    """Grounding pairs (question -> boxes) drawn on their images."""
+def qa_thumbnails(qa_path: Path, images_path: Path, n: int = 8) -> bytes | None:
+    """PNG grid of grounding pairs (question -> boxes) drawn on their images (None: no pair has boxes)."""
     pairs = {}
     for batch in pq.ParquetFile(qa_path).iter_batches(batch_size=1024, columns=["image_id", "question_type",
                                                                                  "boxes", "answer"]):
@@ -103,9 +100,7 @@ def qa_thumbnails(qa_path: Path, images_path: Path, n: int = 8) -> dg.MetadataVa
         for r in batch.to_pylist():
             if r["image_id"] in pairs:
                 items.append((r["png"], *pairs[r["image_id"]]))
-    if not items:
-        return dg.MetadataValue.md("_no pair with boxes_")
-    return png_markdown(thumbnail_grid(items), "QA pairs with boxes")
+    return thumbnail_grid(items) if items else None
 
 
 def manifest_path(shard_dir: Path) -> Path:

@@ -4,8 +4,8 @@
 
 import dagster as dg
 
-from medlvr.pipelines.evaluation.assets import ASSETS, BENCHMARK_PARTITIONS, RESOURCES, EvaluationSettings
+from medlvr.pipelines.evaluation.assets import ASSETS, BENCHMARK_PARTITIONS, CHECKS, RESOURCES, EvaluationSettings
 
-evaluation_defs = dg.Definitions(assets=ASSETS, resources=RESOURCES)
+evaluation_defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=RESOURCES)
 
 __all__ = ["ASSETS", "RESOURCES", "BENCHMARK_PARTITIONS", "EvaluationSettings", "evaluation_defs"]

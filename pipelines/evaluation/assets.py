@@ -18,7 +18,9 @@ import dagster as dg
 from pydantic import Field
 
 from medlvr.evaluation.config import BENCHMARKS, load_eval_config
+from medlvr.pipelines.corpus.metadata import md_table
 from medlvr.pipelines.corpus.resources import medlvr_home
+from medlvr.training.checkpoints import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_PARTITIONS = dg.StaticPartitionsDefinition(list(BENCHMARKS))
@@ -34,6 +36,8 @@ class EvaluationSettings(dg.ConfigurableResource):
     overrides: list[str] = Field(default_factory=list, description="dotted overrides, e.g. out_dir=/x, limit=4, "
                                                                    "data_root=/benchmarks, decode.batch_size=4")
     model_paths: dict[str, str] = Field(default_factory=dict, description="model name -> checkpoint dir")
+    max_parse_fail_rate: float = Field(default=0.25, description="the evaluation_report check: highest share of "
+                                       "unparseable answers a trained model (not `path: tiny`) may give, per model")
 
     def load(self):
         path, defaults = self.config_path, []
@@ -62,6 +66,11 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
     samples = load_all(cfg)
     jobs = [j for j in plan_jobs(cfg, efficiency_manifest(cfg, samples)) if j.benchmark == bench]
     timings = run_jobs(cfg, jobs, samples, progress=context.log.debug)
+    failed = {k: v for k, v in timings.items() if isinstance(v, dict) and v.get("failed")}
+    if failed:  # endpoint requests that failed for good: fail the partition; a rerun asks only those again
+        job, st = next(iter(failed.items()))
+        raise dg.Failure(description=f"{sum(v['failed'] for v in failed.values())} endpoint requests failed "
+                                     f"(first job {job}: {st['last_error']}); materialise again to ask only those")
     n = sum(len(job_records(cfg, j)) for j in jobs)
     return dg.MaterializeResult(metadata={
         "configured": True, "samples": len(samples[bench]), "prediction_files": len(jobs), "records": n,
@@ -73,19 +82,54 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
 @dg.asset(deps=[evaluation_predictions, *CHECKPOINTS], group_name="evaluation", pool="gpu", kinds={"html"},
           description="Tables 1-4, Figs. 3 and 5 and the latent ablation as report.md + report.html")
 def evaluation_report(context: dg.AssetExecutionContext, evaluation: EvaluationSettings) -> dg.MaterializeResult:
-    from medlvr.evaluation.report import build_sections, write_report  # imports torch: only when the step runs
-    from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs
+    # imports torch: only when the step runs
+    from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs, write_outputs
 
     cfg = evaluation.load()
     samples = load_all(cfg)
     manifest = efficiency_manifest(cfg, samples)
     jobs = plan_jobs(cfg, manifest)
     merge_all(cfg, jobs, 1)
-    md, page = write_report(cfg.out_dir, cfg.title, build_sections(cfg, samples, jobs, manifest))
+    md, page, results = write_outputs(cfg, samples, jobs, manifest)
     return dg.MaterializeResult(metadata={"report_md": dg.MetadataValue.path(str(md)),
                                           "report_html": dg.MetadataValue.path(str(page)),
+                                          "results_json": dg.MetadataValue.path(str(results)),
                                           "preview": dg.MetadataValue.md(md.read_text()[:4000])})
 
 
+def parse_fail_rates(cfg) -> dict[str, tuple[int, int]]:
+    """{model: (unparseable answers, answers)} over the main runs of every benchmark, from the prediction files."""
+    from medlvr.evaluation import tables as T  # imports torch: only when the check runs
+    from medlvr.evaluation.predictions import job_records
+    from medlvr.evaluation.runs import load_all, plan_jobs
+
+    samples = load_all(cfg)
+    by_bench = {b: {s.sample_id: s for s in v} for b, v in samples.items()}
+    out: dict[str, tuple[int, int]] = {}
+    for j in plan_jobs(cfg):
+        if j.variant != "main" or j.k_latent != cfg.model(j.model).k_latent:
+            continue
+        rows = T.score_records(job_records(cfg, j), by_bench[j.benchmark])
+        fails, n = out.get(j.model, (0, 0))
+        out[j.model] = (fails + sum(bool(r["parse_fail"]) for r in rows), n + len(rows))
+    return out
+
+
+@dg.asset_check(asset=evaluation_report, blocking=True, description="Every trained model's share of unparseable answers (main "
+                "runs, all benchmarks) is at most `evaluation.max_parse_fail_rate`; random `tiny` models are "
+                "listed, not judged.")
+def parse_fail_rate_below_threshold(evaluation: EvaluationSettings) -> dg.AssetCheckResult:
+    cfg = evaluation.load()
+    rates = parse_fail_rates(cfg)
+    judged = {m.name for m in cfg.models if m.path != TINY}
+    rows = [{"model": m, "judged": m in judged, "parse_fail": f, "answers": n, "rate": round(f / max(1, n), 4)}
+            for m, (f, n) in rates.items()]
+    bad = [r for r in rows if r["judged"] and r["rate"] > evaluation.max_parse_fail_rate]
+    return dg.AssetCheckResult(passed=not bad and any(r["judged"] for r in rows), metadata={
+        "max_parse_fail_rate": evaluation.max_parse_fail_rate, "over_threshold": len(bad),
+        "rates": md_table(rows)})
+
+
 ASSETS = [evaluation_predictions, evaluation_report]
+CHECKS = [parse_fail_rate_below_threshold]
 RESOURCES = {"evaluation": EvaluationSettings()}

@@ -6,7 +6,8 @@ The asset body only builds a command line and hands it to `PipesSubprocessClient
 `torchrun` / `deepspeed` for several GPUs and nodes. Every rank inherits the Pipes environment, but only RANK 0
 opens the connection: it streams a log line every `run.log_every` steps and reports the final metrics and the
 checkpoint path, which become this materialisation's metadata. A non-zero exit of the trainer fails the asset;
-the trainer's traceback is in the step's stderr (captured) and in the raised error.
+the trainer's output (stdout/stderr) is in `<run folder>/logs/` (pipelines/training/logs.py), its traceback's last
+line, the log's path and its last lines are in the raised error.
 
 Config (launchpad): the library's own config, i.e. the YAML path plus dotted `key=value` overrides (validated by
 the trainer's loader before anything is launched), and the launcher. The asset only wires its upstream: the corpus
@@ -23,6 +24,7 @@ from pydantic import Field
 
 from medlvr.pipelines.corpus.resources import CorpusStorage, medlvr_home
 from medlvr.pipelines.training.launch import LaunchConfig, launch_command
+from medlvr.pipelines.training.logs import run_trainer, trainer_log_path
 from medlvr.training.pipes import ERROR_FILE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,18 +67,10 @@ def roi_sft_checkpoint(context: dg.AssetExecutionContext, config: RoiSftConfig, 
         except ValueError as e:
             raise dg.Failure(description=f"ROI-SFT config: {e}") from None
         cmd = trainer_command(config, overrides)
-        context.log.info("launching: " + " ".join(cmd))
         err_file = Path(trainer_cfg.run.out_dir) / ERROR_FILE
         err_file.unlink(missing_ok=True)
-        try:
-            invocation = pipes_subprocess_client.run(command=cmd, context=context, cwd=str(REPO),
-                                                     env={"TOKENIZERS_PARALLELISM": "false"})
-        except dg.DagsterPipesExecutionError as e:
-            tb = err_file.read_text() if err_file.is_file() else ""
-            last = tb.strip().splitlines()[-1] if tb.strip() else str(e)
-            raise dg.Failure(description=f"ROI-SFT trainer failed: {last}",
-                             metadata={"traceback": dg.MetadataValue.md(f"```\n{tb[-8000:]}\n```"),
-                                       "command": " ".join(cmd)}) from e
+        invocation = run_trainer(pipes_subprocess_client, context, cmd, REPO, {"TOKENIZERS_PARALLELISM": "false"},
+                                 trainer_log_path(trainer_cfg.run.out_dir, context), "ROI-SFT", err_file)
         results = invocation.get_results()
     if not results:
         raise dg.Failure("the trainer exited without reporting a materialisation (was RANK 0 launched?)")

@@ -21,6 +21,8 @@ from pydantic import Field
 from medlvr.corpus.config import load_config
 from medlvr.pipelines.corpus.resources import medlvr_home
 from medlvr.pipelines.training.launch import LaunchConfig, launch_command
+from medlvr.pipelines.training.logs import run_trainer, trainer_log_path
+from medlvr.training.pipes import ERROR_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 ROI_SFT_CHECKPOINT = dg.AssetKey("roi_sft_checkpoint")
@@ -60,8 +62,9 @@ def trainer_command(cfg: VlpoConfig, overrides: list[str]) -> list[str]:
 
 
 @dg.asset(group_name="training", pool="gpu", kinds={"pytorch"}, deps=[ROI_SFT_CHECKPOINT],
-          description="Stage-2 VLPO checkpoint (policy after RL on OmniMedVQA, starting from and regularised "
-                      "towards the ROI-SFT checkpoint); metadata: last-step metrics and the checkpoint paths.")
+          description="Stage-2 VLPO checkpoint (policy after RL on the configured prompts, starting from and "
+                      "regularised towards the ROI-SFT checkpoint); metadata: last-step metrics and the checkpoint "
+                      "paths.")
 def vlpo_checkpoint(context: dg.AssetExecutionContext, config: VlpoConfig,
                     pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent  # torch: only when the asset runs
@@ -72,13 +75,16 @@ def vlpo_checkpoint(context: dg.AssetExecutionContext, config: VlpoConfig,
         raise dg.Failure("no ROI-SFT checkpoint: materialise roi_sft_checkpoint first or set model.path=...")
     overrides = trainer_overrides(config, model_path)
     try:  # a config error (or a checkpoint without K) fails here, in one line, before a process is launched
-        resolve_k_latent(load_config(VLPORunConfig, config.config_path, overrides))
+        trainer_cfg = load_config(VLPORunConfig, config.config_path, overrides)
+        resolve_k_latent(trainer_cfg)
     except ValueError as e:
         raise dg.Failure(description=f"VLPO config: {e}") from None
     cmd = trainer_command(config, overrides)
-    context.log.info("launching: " + " ".join(cmd))
-    invocation = pipes_subprocess_client.run(command=cmd, context=context, cwd=str(REPO),
-                                             env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+    err_file = Path(trainer_cfg.run.out_dir) / ERROR_FILE
+    err_file.unlink(missing_ok=True)
+    invocation = run_trainer(pipes_subprocess_client, context, cmd, REPO,
+                             {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+                             trainer_log_path(trainer_cfg.run.out_dir, context), "VLPO", err_file)
     results = invocation.get_results()
     if not results:
         raise dg.Failure("the trainer exited without reporting a materialisation (was RANK 0 launched?)")

@@ -7,9 +7,12 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from medlvr.corpus import build as build_mod
 from medlvr.corpus.build import BuildConfig, build_corpus
+from medlvr.corpus.card import HF_SPLIT_NAMES
+from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.config import ConfigError, build_config, config_to_dict, load_config
 from medlvr.corpus.qa.questions import QUESTION_TYPES
 from medlvr.corpus.sample_data import write_samples
@@ -27,7 +30,7 @@ def built(tmp_path_factory):
 
 
 def _rows(out: Path) -> list[dict]:
-    return pads.dataset(out / "shards", format="parquet").to_table(
+    return pads.dataset(out / "shards", format="parquet", exclude_invalid_files=True).to_table(
         columns=["qa_id", "image_id", "dataset", "split", "question_type", "boxes", "width", "height", "patient_key",
                  "dup_group", "answer", "options", "answer_index", "concept_ids", "question"]).to_pylist()
 
@@ -59,14 +62,20 @@ def test_no_patient_or_duplicate_group_in_two_splits(built):
         assert seen_g.setdefault(r["dup_group"], r["split"]) == r["split"]
 
 
-def test_loads_with_huggingface_datasets(built):
-    from datasets import load_dataset
+def test_shard_folder_loads_with_huggingface_datasets(built, tmp_path):
+    """`load_dataset(shard_folder)`: the card's YAML gives the splits and decodes images, no casting by the user."""
+    from datasets import Image, load_dataset
 
     root, _ = built
-    files = sorted(str(p) for p in (root / "out" / "shards").rglob("*.parquet"))
-    ds = load_dataset("parquet", data_files=files, split="train")
-    assert len(ds) == json.loads((root / "out" / "shards" / "_manifest.json").read_text())["rows"]
-    assert {"question", "answer", "boxes", "image_png"} <= set(ds.column_names)
+    shards = root / "out" / "shards"
+    manifest = json.loads((shards / "_manifest.json").read_text())
+    ds = load_dataset(str(shards), cache_dir=str(tmp_path / "hf_cache"))
+    assert {split: len(d) for split, d in ds.items()} == {HF_SPLIT_NAMES[k]: v for k, v in
+                                                           manifest["counts"]["split"].items()}
+    assert isinstance(ds["train"].features["image_png"], Image)
+    row = ds["train"][0]
+    assert row["image_png"].size == (row["width"], row["height"])  # a decoded PIL image, the normalised size
+    assert {"question", "answer", "boxes", "options", "answer_index"} <= set(ds["train"].column_names)
 
 
 def test_rebuild_is_byte_identical_and_reuses_generation_cache(built, tmp_path):
@@ -80,13 +89,27 @@ def test_rebuild_is_byte_identical_and_reuses_generation_cache(built, tmp_path):
     assert m1 == m2
 
 
-def test_card_written_with_plots(built):
+def test_card_is_a_dataset_card_with_sources_tables_and_plots(built):
     root, report = built
     card = Path(report["card"])
     text = card.read_text()
+    assert text.startswith("---\n")
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert header["license"] == "other" and "visual-question-answering" in header["task_categories"]
+    assert [f["split"] for f in header["configs"][0]["data_files"]] == ["train", "validation", "test"]
+    assert {"name": "image_png", "dtype": "image"} in header["dataset_info"]["features"]
+    catalog = load_catalog()
+    for ds_id, spec in catalog.items():  # every source dataset of the catalog, with its licence and citation
+        assert f"`{ds_id}`" in text and spec.licence in text and spec.citation.replace("|", "\\|") in text
+    assert "```json" not in text  # counts as tables, not raw dumps
+    assert "| split | pairs | % |" in text and "| dataset | id | modality | pairs | licence | citation |" in text
+    assert len(text.splitlines()) < 300
     assert "question–answer pairs" in text and "![samples](samples.png)" in text
+    shards = root / "out" / "shards"
+    assert (shards / "README.md").read_text() == text  # the shard folder carries the same card, with its plots
     for png in ("counts.png", "box_sizes.png", "samples.png"):
         assert (card.parent / png).stat().st_size > 1000
+        assert (shards / png).read_bytes() == (card.parent / png).read_bytes()
 
 
 def test_decontamination_removes_benchmark_images(built, tmp_path):

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +28,7 @@ from medlvr.corpus.qwen.format import model_box, smart_resize
 from medlvr.corpus.qa.openai_backend import OpenAIBackend  # noqa: E402
 from medlvr.corpus.qa.template_backend import TemplateBackend  # noqa: E402
 from medlvr.corpus.qa.verify import EntityMatcher, find_boxes, verify  # noqa: E402
+from tests.fake_chat_server import fake_chat_server, unused_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -161,51 +163,6 @@ def test_transformers_refuses_non_local_paths(tmp_path):
 # openai backend against real HTTP servers on loopback
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, behaviour):
-        super().__init__(("127.0.0.1", 0), _Handler)  # port 0: the OS picks a free port
-        self.behaviour = behaviour
-        self.lock = threading.Lock()
-        self.calls = 0
-        self.active = 0
-        self.max_active = 0
-        self.bodies: list[dict] = []
-        self.headers_seen: list[dict] = []
-        self.release = threading.Event()  # set at teardown so hanging handlers exit
-
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out closes its socket; the BrokenPipe is expected, not test noise
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        srv: _Server = self.server  # type: ignore[assignment]
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with srv.lock:
-            srv.calls += 1
-            n = srv.calls
-            srv.active += 1
-            srv.max_active = max(srv.max_active, srv.active)
-            srv.bodies.append(body)
-            srv.headers_seen.append(dict(self.headers))
-        try:
-            status, payload = srv.behaviour(srv, n, body)
-        finally:
-            with srv.lock:
-                srv.active -= 1
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 def _ok(text: str) -> dict:
     return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
                                                                                       "content": text}}]}
@@ -213,20 +170,13 @@ def _ok(text: str) -> dict:
 
 @pytest.fixture
 def server():
-    """server(behaviour) -> (_Server, base_url); every server is shut down at teardown."""
-    started: list[_Server] = []
+    """server(behaviour) -> (FakeChatServer, base_url); every server is shut down at teardown."""
+    with ExitStack() as stack:
+        def start(behaviour):
+            srv = stack.enter_context(fake_chat_server(behaviour))
+            return srv, srv.base_url
 
-    def start(behaviour):
-        srv = _Server(behaviour)
-        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        started.append(srv)
-        return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
-
-    yield start
-    for srv in started:
-        srv.release.set()
-        srv.shutdown()
-        srv.server_close()
+        yield start
 
 
 @pytest.fixture(autouse=True)
@@ -260,7 +210,7 @@ def test_openai_good_server_request_shape(server, monkeypatch):
     # Qwen2.5-VL default resize of 100x200 is 112x196 (both multiples of 28): box in those pixels
     assert parts[1]["type"] == "text" and "Describe [49, 28, 98, 56] (record 0)" in parts[1]["text"]
     assert srv.bodies[1]["messages"][-1]["content"] == [{"type": "text", "text": "Paraphrase: Where is the liver?"}]
-    assert srv.headers_seen[0]["Authorization"] == "Bearer sk-test"
+    assert srv.headers_seen[0]["authorization"] == "Bearer sk-test"
 
 
 def test_openai_retries_5xx_then_succeeds(server):
@@ -349,7 +299,7 @@ def test_openai_trickling_server_hits_the_overall_deadline(trickle_headers, capl
             assert be.generate([para_req("Where is the liver?")]) == [None]
         assert be.stats["attempts"] == 2 and be.stats["retries"] == 1 and be.stats["failures"] == 1
         [record] = caplog.records
-        assert "failed after 2 attempts" in record.message and "deadline" in record.message
+        assert "after 2 attempts" in record.message and "deadline" in record.message
         assert "\n" not in record.message
         for _ in range(100):  # the handlers notice the hang-up at their next write (0.3 s later)
             with srv.lock:
@@ -364,12 +314,7 @@ def test_openai_trickling_server_hits_the_overall_deadline(trickle_headers, capl
 
 
 def test_openai_connection_refused_is_retried_and_bounded():
-    import socket
-
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    be = OpenAIBackend(_cfg(f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.01, timeout_s=1.0))
+    be = OpenAIBackend(_cfg(f"http://127.0.0.1:{unused_port()}/v1", max_retries=2, backoff_s=0.01, timeout_s=1.0))
     assert be.generate([para_req("Where is the liver?")]) == [None]
     assert be.stats["attempts"] == 3
 

@@ -15,7 +15,9 @@ from medlvr.corpus.evalsets.registry import all_benchmarks, register_benchmark, 
 def test_paper_benchmarks_register_what_evaluation_used_to_hard_code():
     from medlvr.evaluation import config
 
-    assert config.BENCHMARKS == ("omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
+    # the six paper benchmarks, then the main job's synthetic grounding task (last, in-domain)
+    assert config.BENCHMARKS == ("omnimedvqa", "slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm",
+                                 "synthetic_grounding")
     assert config.EXTERNAL == ("slake", "vqa_rad", "pmc_vqa", "mmmu_hm", "medxpertqa_mm")
     assert config.EFFICIENCY_QUOTAS == {"slake": 100, "vqa_rad": 100, "pmc_vqa": 100, "mmmu_hm": 100,
                                         "medxpertqa_mm": 85}
@@ -23,7 +25,7 @@ def test_paper_benchmarks_register_what_evaluation_used_to_hard_code():
     assert config.EFFICIENCY_KINDS == {"slake": "yesno", "vqa_rad": "yesno", "mmmu_hm": "mc"}
     assert {b: d for b, d in config.DATA_DIRS.items() if b != d} == {"mmmu_hm": "mmmu", "medxpertqa_mm": "medxpertqa"}
     assert list(registry.sample_writers()) == ["omnimedvqa", "slake", "vqa_rad", "vqa_rad_osf", "pmc_vqa", "mmmu",
-                                               "medxpertqa"]
+                                               "medxpertqa", "synthetic_grounding"]
 
 
 def test_partitions_and_sample_evaluation_follow_the_registry():
@@ -39,7 +41,7 @@ def test_partitions_and_sample_evaluation_follow_the_registry():
 def test_a_benchmark_name_selects_its_data_dir_writer(tmp_path):
     counts = write_benchmark_samples(tmp_path, ["mmmu_hm"])
     assert counts == {"mmmu": 6} and (tmp_path / "mmmu").is_dir() and not (tmp_path / "mmmu_hm").exists()
-    with pytest.raises(KeyError, match="no benchmark sample writer"):
+    with pytest.raises(BenchmarkError, match="no benchmark sample writer"):
         write_benchmark_samples(tmp_path, ["nonexistent"])
 
 

@@ -19,6 +19,7 @@ from medlvr.evaluation.inference import (  # noqa: E402
 )
 from medlvr.training.model import set_pixel_budget  # noqa: E402
 from medlvr.training.latent_decode import DecodeConfig, latent_generate  # noqa: E402
+from tests.qwen_real import real_qwen_processor  # noqa: E402
 
 SETTINGS = DecodeSettings(batch_size=2, max_new_tokens=8, max_pixels=56 * 56 * 4)
 
@@ -71,6 +72,35 @@ def test_prompt_appends_options_only_when_not_embedded():
     assert yn == "Is it normal?\nAnswer the question with yes or no."
     with pytest.raises(ValueError):
         prompt_text(s, "nope")
+
+
+@pytest.fixture(scope="module")
+def real_processor():
+    proc = real_qwen_processor()
+    set_pixel_budget(proc, SETTINGS.min_pixels, SETTINGS.max_pixels)
+    return proc
+
+
+@pytest.mark.parametrize("which", ["tiny", "real_qwen"])
+def test_encode_batch_token_layout(which, tiny_lm, real_processor, samples):
+    """The evaluation prompt, tokenised by the tiny BPE and by the real Qwen2.5 tokenizer: left padding, the chat
+    text exactly, and one <|vision_start|> + N x <|image_pad|> + <|vision_end|> block per image."""
+    proc = tiny_lm.processor if which == "tiny" else real_processor
+    tok = proc.tokenizer
+    enc, texts = encode_batch(proc, samples[:3], "tags")
+    start, pad_img, end = tok.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"])
+    if which == "real_qwen":
+        assert (start, pad_img, end) == (151652, 151655, 151653)
+    for i, text in enumerate(texts):
+        ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
+        assert enc["attention_mask"][i, -1] == 1  # left padded
+        t, h, w = enc["image_grid_thw"][i].tolist()
+        n = t * h * w // 4
+        s = ids.index(start)
+        assert ids[s:s + n + 2] == [start] + [pad_img] * n + [end] and ids.count(pad_img) == n
+        assert tok.decode(ids) == text.replace("<|image_pad|>", "<|image_pad|>" * n)
+        tail = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        assert ids[-len(tail):] == tail
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])

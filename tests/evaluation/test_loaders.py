@@ -56,7 +56,7 @@ def test_sample_writer_is_deterministic(data, tmp_path):
     write_benchmark_samples(tmp_path, ["pmc_vqa", "medxpertqa", "vqa_rad"])
     for rel in ("pmc_vqa/test_clean.csv", "pmc_vqa/images_2.zip", "medxpertqa/images.zip", "medxpertqa/MM/test.jsonl"):
         assert (tmp_path / rel).read_bytes() == (data[0] / rel).read_bytes()
-    with pytest.raises(KeyError):
+    with pytest.raises(BenchmarkError):
         write_benchmark_samples(tmp_path, ["nonexistent"])
 
 

@@ -124,3 +124,76 @@ def test_parse_answer_dispatch_and_correctness():
 def test_keyword_needs_word_start():
     assert parse_mc("Reanswer B or C", OPTS) is None
     assert parse_mc("Options B and C are wrong, so choice A", OPTS) == "A"
+
+
+# ---------------------------------------------------------------- misreadings on real model outputs (issue 17.9)
+COMPLEMENT = (("A", "Complement-mediated lysis"), ("B", "Antibody-dependent cellular cytotoxicity"),
+              ("C", "T cell mediated cytotoxicity"), ("D", "Immune complex deposition"))
+
+# Each class: outputs of that shape (phrasing as public models write it) -> the letter a reader takes from them.
+BRACKETED_ARTICLE = [  # "(A)" before a lowercase word names option A, it is not the article
+    ("I would choose (A) because the lesion is hypodense and well circumscribed.", OPTS, "A"),
+    ("Looking at the scan, (A) seems most consistent with the hypodense lesion.", OPTS, "A"),
+    ("My answer would be (A) since the other organs look normal.", OPTS, "A"),
+    ("[A] fits the findings best.", OPTS, "A"),
+    ("The best choice here is A) liver, given the location.", OPTS, "A"),
+    ("A lesion in the spleen is seen.", OPTS, "C"),  # still the article
+]
+ECHOED_LIST = [  # the model repeats the options: not an answer, or the answer is what follows them
+    ("A. liver\nB. kidney\nC. spleen\nD. lung", OPTS, None),
+    ("A) liver B) kidney C) spleen D) lung", OPTS, None),
+    ("(A) liver (B) kidney (C) spleen (D) lung", OPTS, None),
+    ("A. Pneumothorax B. Pleural effusion C. Pneumonia D. Atelectasis E. Normal", OPTS5, None),
+    ("A. liver\nB. kidney\nC. spleen\nD. lung\nC", OPTS, "C"),
+    ("A. liver B. kidney C. spleen D. lung. The spleen is enlarged with a wedge-shaped infarct.", OPTS, "C"),
+    ("B. kidney", OPTS, "B"),  # one option with its text is an answer, not an echo
+]
+REJECTS_ALL = [  # a text that rejects every option it names picks none of them
+    ("Option A is incorrect, option B is incorrect, option C is incorrect, option D is incorrect.", OPTS, None),
+    ("It is not A. Choice B is wrong as well, and option C can be ruled out; D is also unlikely.", OPTS, None),
+    ("None of the options fit: the answer is not A, not B, not C and not D.", OPTS, None),
+    ("A is not correct.", OPTS, None),
+    ("The organ shown is not the liver.", OPTS, None),
+    # ... while a rejection next to a choice leaves the choice
+    ("Option A is incorrect, option B is incorrect, so the answer is option C.", OPTS, "C"),
+    ("The answer is C, not D.", OPTS, "C"),
+    ("The liver is unlikely here; the kidney shows the mass.", OPTS, "B"),
+    ("Malignancy in (C) cannot be excluded.", OPTS, "C"),
+]
+HYPHENS = [  # option texts match regardless of hyphens, case and spacing
+    ("The mechanism is complement mediated lysis.", COMPLEMENT, "A"),
+    ("COMPLEMENT-MEDIATED LYSIS", COMPLEMENT, "A"),
+    ("This is antibody dependent  cellular cytotoxicity.", COMPLEMENT, "B"),
+    ("T-cell-mediated cytotoxicity", COMPLEMENT, "C"),
+    ("<answer>immune-complex deposition</answer>", COMPLEMENT, "D"),
+]
+CJK = [  # a letter next to CJK characters or full-width punctuation
+    ("答案是D。", OPTS, "D"),
+    ("正确答案为：B", OPTS, "B"),
+    ("我选择C，因为病灶位于左上腹。", OPTS, "C"),
+    ("根据影像表现，最可能的是A。", OPTS, "A"),
+    ("答案：（Ｂ）", OPTS, "B"),
+]
+
+
+@pytest.mark.parametrize("output,options,expected", BRACKETED_ARTICLE + ECHOED_LIST + REJECTS_ALL + HYPHENS + CJK)
+def test_parse_mc_misreadings(output, options, expected):
+    assert parse_mc(output, options) == expected
+
+
+HEDGES = [
+    ("maybe yes, maybe no", None),
+    ("Perhaps yes, perhaps no; the image quality is too poor to say.", None),
+    ("It is hard to tell: possibly yes or possibly no.", None),
+    ("Either yes or no, the finding is equivocal.", None),
+    ("I cannot say yes or no from this view.", None),
+    ("Yes or no? Looking closer, I would say no.", "no"),  # a hedge, then a firm answer
+    ("Is there a pleural effusion, yes or no? No.", "no"),  # the question echoed, then the answer
+    ("It could be yes but on balance no", "no"),
+    ("Possibly yes.", "yes"),  # one polarity, hedged: still that answer
+]
+
+
+@pytest.mark.parametrize("output,expected", HEDGES)
+def test_parse_yesno_hedges(output, expected):
+    assert parse_yesno(output) == expected

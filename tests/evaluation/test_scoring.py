@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from medlvr.corpus.evalsets.base import Sample
+from medlvr.corpus.evalsets.base import BenchmarkError, Sample
 from medlvr.evaluation.scoring import (make_record, read_records, score_file, score_records, summarize, table1, table2,
                                 write_records)
 
@@ -103,7 +103,7 @@ def test_gold_from_samples_overrides_record():
     assert r["correct"] and r["parsed"] == "B"
     with pytest.raises(ValueError, match="gold"):
         score_records([rec])
-    with pytest.raises(KeyError):
+    with pytest.raises(BenchmarkError, match="no sample"):
         score_records([rec], {})
 
 

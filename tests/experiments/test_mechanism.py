@@ -37,7 +37,7 @@ def test_items_deterministic_and_grounded():
 def test_written_formats(tmp_path):
     from medlvr.corpus.shards import QA_SCHEMA
     from medlvr.corpus.evalsets.base import Sample
-    from medlvr.corpus.sample_data.synthetic_grounding import load_grounding_task
+    from medlvr.corpus.evalsets.synthetic_grounding import load_grounding_task
     from medlvr.training.sft.collate import roi_boxes
     from medlvr.training.vlpo.data import prompt_text
     from medlvr.corpus.qa.export import render_qwen

@@ -6,7 +6,7 @@ import sys
 import zipfile
 from importlib.metadata import version
 
-from medlvr.pipelines.code_version import folder_fingerprint, package_code_version
+from medlvr.pipelines.code_version import folder_fingerprint, package_code_version, quick_folder_fingerprint
 
 
 def test_code_version_follows_the_package_source(tmp_path, monkeypatch):
@@ -51,6 +51,28 @@ def test_folder_fingerprint_sees_a_touched_file(tmp_path):
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert folder_fingerprint(tmp_path) != before
+
+
+def test_quick_folder_fingerprint_sees_structure_changes(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for i in range(600):  # more files than the sample: most are never statted
+        (tmp_path / "a" / "b" / f"{i:03d}.png").write_bytes(b"1")
+    seen = {quick_folder_fingerprint(tmp_path)}
+    assert quick_folder_fingerprint(tmp_path) in seen  # stable while nothing changes
+
+    def changed() -> bool:
+        fp = quick_folder_fingerprint(tmp_path)
+        new = fp not in seen
+        seen.add(fp)
+        return new
+
+    (tmp_path / "a" / "empty").mkdir()  # a new folder
+    assert changed()
+    (tmp_path / "a" / "b" / "301.png").rename(tmp_path / "a" / "b" / "301b.png")  # a rename deep down
+    assert changed()
+    os.symlink(tmp_path / "a", tmp_path / "link")  # a link to a folder is an entry, not walked (no loop)
+    assert changed()
+    assert quick_folder_fingerprint(tmp_path / "missing") == quick_folder_fingerprint(tmp_path / "missing2")
 
 
 def test_files_version_follows_the_shipped_default_configs(tmp_path):

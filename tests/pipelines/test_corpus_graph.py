@@ -1,10 +1,12 @@
 """The whole corpus graph materialised on the bundled sample data in an ephemeral instance."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+from dagster._serdes import serialize_value
 
 from medlvr.corpus.catalog import load_catalog
 from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
@@ -15,7 +17,8 @@ from tests.pipelines.helpers import check_evaluations, materialize_corpus
 
 HANDFUL = ["busi", "kits23", "lidc_idri", "vindr_cxr", "isic2018"]  # ultrasound, CT volume, DICOM+XML, X-ray, derm
 ALL_CHECKS = {"boxes_inside_images", "no_empty_images", "rejects_below_share", "no_patient_or_group_across_splits",
-              "shard_checksums_match_manifest", "zero_decontamination_matches_left"}
+              "shard_checksums_match_manifest", "zero_decontamination_matches_left", "qa_pairs_schema",
+              "qa_answer_among_options", "qa_boxes_inside_images"}
 
 
 @pytest.fixture
@@ -63,16 +66,24 @@ def test_handful_materialises_with_passing_checks(handful_run):
 
 
 def test_materialisation_metadata(handful_run):
-    _, instance, _, _ = handful_run
+    home, instance, _, _ = handful_run
     ev = instance.get_latest_materialization_event(dg.AssetKey("normalized_images"))
     meta = ev.asset_materialization.metadata
-    assert meta["thumbnails"].value.startswith("![images with boxes](data:image/png;base64,")
+    # thumbnails are files on the corpus storage, linked: no image bytes in the event log
+    thumbs = Path(meta["thumbnails"].value)
+    assert isinstance(meta["thumbnails"], dg.PathMetadataValue) and thumbs.read_bytes().startswith(b"\x89PNG")
+    assert thumbs == home / "corpus" / "previews" / HANDFUL[-1] / "images.png"
     assert meta["dagster/row_count"].value > 0
     assert "reject_reasons" in meta and "preview" in meta and "rejects_preview" in meta
     raw = instance.get_latest_materialization_event(dg.AssetKey("raw_dataset")).asset_materialization.metadata
     assert raw["files"].value > 0 and "layout_missing" in raw
     qa = instance.get_latest_materialization_event(dg.AssetKey("qa_pairs")).asset_materialization.metadata
-    assert qa["thumbnails"].value.startswith("![QA pairs with boxes](data:image/png;base64,")
+    assert Path(qa["thumbnails"].value).read_bytes().startswith(b"\x89PNG")
+    card = instance.get_latest_materialization_event(dg.AssetKey("corpus_card")).asset_materialization.metadata
+    assert Path(card["samples"].value).read_bytes().startswith(b"\x89PNG")
+    for key in ("normalized_images", "qa_pairs", "corpus_card"):  # small and bounded, whatever the images
+        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+        assert len(serialize_value(event.asset_materialization)) < 16_000, key
     shards = instance.get_latest_materialization_event(dg.AssetKey("corpus_shards")).asset_materialization.metadata
     assert shards["dagster/row_count"].value > 0
     partitions = instance.get_materialized_partitions(dg.AssetKey("roi_annotations"))

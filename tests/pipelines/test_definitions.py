@@ -29,15 +29,18 @@ def test_definitions_load():
     parts = graph.get(dg.AssetKey("qa_pairs")).partitions_def
     assert parts.get_partition_keys() == list(load_catalog()) and len(parts.get_partition_keys()) == 31
     assert graph.get(dg.AssetKey("corpus_shards")).partitions_def is None
-    for job in ("corpus_dataset_job", "corpus_publish_job", "training_job", "evaluation_predictions_job",
-                "evaluation_report_job"):
+    for job in ("knowledge_graph_job", "corpus_dataset_job", "corpus_publish_job", "training_job",
+                "evaluation_predictions_job", "evaluation_report_job"):
         assert defs.resolve_job_def(job)
     assert defs.resolve_schedule_def("weekly_corpus_rebuild").default_status == dg.DefaultScheduleStatus.STOPPED
     for name in ("raw_dataset_sensor", "corpus_publish_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.STOPPED
     checks = {k.name for k in graph.asset_check_keys}
     assert {"boxes_inside_images", "no_empty_images", "rejects_below_share", "no_patient_or_group_across_splits",
-            "shard_checksums_match_manifest", "zero_decontamination_matches_left"} <= checks
+            "shard_checksums_match_manifest", "zero_decontamination_matches_left", "qa_pairs_schema",
+            "qa_answer_among_options", "qa_boxes_inside_images", "roi_sft_checkpoint_metrics_finite",
+            "roi_sft_checkpoint_loads", "vlpo_checkpoint_metrics_finite", "vlpo_checkpoint_loads",
+            "parse_fail_rate_below_threshold"} <= checks
     assert all(graph.get_check_spec(k).blocking for k in graph.asset_check_keys)
     from medlvr.pipelines.corpus.assets import corpus_shards, ingest_dataset_assets, raw_dataset
 

@@ -14,9 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from dagster._serdes import serialize_value
+
+from medlvr.pipelines.console import CLEAR_LINE
 from medlvr.pipelines.main_job import run_main
+from tests.pipelines.test_console import _read_pty
 
 REPO = Path(__file__).resolve().parents[2]
+LEARNED = 90.0  # accuracy % on the synthetic grounding task that counts as learned (chance: 25 %)
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +38,69 @@ def home(tmp_path_factory):
             os.environ[k] = v
 
 
+def report_accuracy(report_md: Path, benchmark: str) -> dict[str, float]:
+    """{model: accuracy %} of `benchmark` from the report's "Accuracy per benchmark" table."""
+    out = {}
+    for line in report_md.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[1] == benchmark:
+            out[cells[0]] = float(cells[3])
+    return out
+
+
 @pytest.mark.slow
-def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home):
+def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home, capfd):
     import dagster as dg
 
-    first = run_main(home, ["busi", "refuge"], log=lambda *_: None)
+    lines = []
+    first = run_main(home, ["busi", "refuge"], log=lines.append)
     assert not first["failed"] and not first["reused"]
-    assert {"corpus_dataset_job[busi]", "corpus_dataset_job[refuge]", "corpus_publish_job", "training_job",
-            "evaluation_report_job"} <= set(first["ran"])
+    assert {"knowledge_graph_job", "corpus_dataset_job[busi]", "corpus_dataset_job[refuge]", "corpus_publish_job",
+            "training_job", "evaluation_report_job"} <= set(first["ran"])
     report = Path(first["report"])
-    assert report.exists() and "Table 1" in report.with_suffix(".md").read_text()
+    md = report.with_suffix(".md").read_text()
+    assert report.exists() and "Table 1" in md and "it is not a medical model" in md
+    # the tiny models learn the synthetic grounding task (chance 25 %); the untrained base does not
+    acc = report_accuracy(report.with_suffix(".md"), "synthetic_grounding")
+    assert acc["roi_sft"] >= LEARNED and acc["medlvr"] >= LEARNED and acc["base"] < 50, acc
     instance = dg.DagsterInstance.get()
-    for key in ("qa_pairs", "corpus_shards", "roi_sft_checkpoint", "vlpo_checkpoint", "evaluation_report"):
+    for key in ("knowledge_graph", "qa_pairs", "corpus_shards", "roi_sft_checkpoint", "vlpo_checkpoint",
+                "evaluation_report"):
         assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+    # every check of the graph ran in the main job's runs and passed (qa_pairs, training, evaluation included)
+    checks = {}
+    for run in instance.get_runs():
+        for ev in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            data = ev.dagster_event.event_specific_data
+            checks.setdefault(data.check_name, []).append(data.passed)
+    assert {"qa_pairs_schema", "qa_answer_among_options", "qa_boxes_inside_images", "roi_sft_checkpoint_loads",
+            "roi_sft_checkpoint_metrics_finite", "vlpo_checkpoint_loads", "vlpo_checkpoint_metrics_finite",
+            "parse_fail_rate_below_threshold"} <= set(checks)
+    assert all(all(v) for v in checks.values()), checks
+    # small, bounded event history: no image bytes in metadata, each event's metadata capped
+    sizes = [len(serialize_value(ev)) for run in instance.get_runs() for ev in instance.all_logs(run.run_id)]
+    assert max(sizes) < 64_000 and sum(sizes) < 4_000_000, (max(sizes), sum(sizes))
+    # the console: stage lines, no child output (the trainers' JSON lines, library progress bars)
+    captured = capfd.readouterr()
+    console = "\n".join(lines) + captured.out + captured.err
+    assert '"loss"' not in console and "Loading weights" not in console and "\r" not in console
+    assert any(ln.startswith("[training] 1/1 done: 1 ran") for ln in lines), lines
+    logs = list((Path(first["home"]) / "runs").glob("*/logs/*.log"))
+    assert {p.parent.parent.name for p in logs} == {"roi_sft", "vlpo"}
+    assert any('"loss"' in p.read_text() for p in logs)
 
-    second = run_main(home, ["busi", "refuge"], log=lambda *_: None)
+    # on a terminal (a real pty): each stage is one status line rewritten in place, then its summary line
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "w")
+    second = run_main(home, ["busi", "refuge"], log=lambda line: print(line, file=tty, flush=True), stream=tty)
+    tty.close()
+    screen = _read_pty(master)
+    os.close(master)
     assert second["ran"] == [] and set(second["reused"]) == set(first["ran"])
+    assert f"{CLEAR_LINE}[corpus] 3/3 corpus_dataset_job[refuge]" in screen
+    kept = [ln.split(CLEAR_LINE)[-1] for ln in screen.replace("\r\n", "\n").split("\n") if ln.split(CLEAR_LINE)[-1]]
+    assert [ln.split(" ")[0] for ln in kept] == ["[corpus]", "[corpus]", "[publish]", "[publish]", "[training]",
+                                                  "[training]", "[evaluation]", "[evaluation]"], kept
 
     raw = next(p for p in (Path(first["home"]) / "sample_data" / "busi").rglob("*.png"))
     os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # a modified raw file

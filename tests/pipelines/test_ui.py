@@ -1,5 +1,6 @@
 """`dagster dev` as a user sees it: scripts/ui_check.py (webserver up, one partition materialised through GraphQL,
-asset-graph screenshot, only its own process group stopped). Skipped without Debian's chromium."""
+its qa_pairs checks passed and thumbnails linked, asset-graph screenshot, only its own process group stopped).
+Skipped without Debian's chromium."""
 
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ def test_ui_check(tmp_path):
                        timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "succeeded" in r.stdout and "stopped dagster dev" in r.stdout
+    assert "qa_pairs checks" in r.stdout and "thumbnails linked" in r.stdout
     from PIL import Image
 
     with Image.open(out) as im:

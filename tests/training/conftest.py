@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medlvr.training.tiny import build_tiny  # noqa: E402
+from medlvr.training.tiny import TinyConfig, build_tiny  # noqa: E402
+from tests.qwen_real import real_qwen_tokenizer  # noqa: E402
 
 QUESTIONS = [
     "Describe the scan.",
@@ -59,3 +60,19 @@ def make_batch(tiny):
         return proc(text=texts, images=images, padding=True, return_tensors="pt")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def real_qwen():
+    """TinyBundle with the REAL Qwen2.5 tokenizer (tests/qwen_real.py) and the padded 7B vocabulary 152,064; the
+    decoder and vision tower are tiny. Shared like `tiny`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield build_tiny(seed=0, cfg=TinyConfig(vocab_size=152064), tokenizer=real_qwen_tokenizer())
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["tiny", "real_qwen"])
+def any_tokenizer_bundle(request):
+    """Runs a test with the tiny BPE and with the real Qwen2.5 tokenizer."""
+    return request.getfixturevalue(request.param)

@@ -1,20 +1,31 @@
 """Checkpoint folders shared by ROI-SFT and VLPO: naming, listing, pruning, resume, and K saved with the weights."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from medlvr.training.checkpoints import (TINY, checkpoint_dir, latest_checkpoint, list_checkpoints,
-                                         prune_checkpoints, read_latent_info, resolve_model_path, resolve_resume,
-                                         write_latent_info)
+from medlvr.training.checkpoints import (MANIFEST, TINY, CheckpointError, checkpoint_dir, checkpoint_problem,
+                                         latest_checkpoint, list_checkpoints, prune_checkpoints, read_latent_info,
+                                         resolve_model_path, resolve_resume, write_latent_info, write_manifest)
+from tests.training.helpers import DAMAGE
 
 
 def _fake(out: Path, step: int, complete: bool = True) -> Path:
+    """A checkpoint folder with the engine's files (real safetensors / torch.save / JSON); `complete=False`: killed
+    before the manifest was written."""
+    import torch
+    from safetensors.torch import save_file
+
     d = checkpoint_dir(out, step)
-    d.mkdir(parents=True)
+    (d / "model").mkdir(parents=True)
+    (d / "optim").mkdir()
+    save_file({"w": torch.arange(64, dtype=torch.float32) * step}, str(d / "model" / "model.safetensors"))
+    torch.save({"state": {0: {"exp_avg": torch.ones(32) * step}}}, d / "optim" / "optimizer.pt")
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": step, "extra_state": {"pad": "x" * 64}}))
     if complete:
-        (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        write_manifest(d)
     return d
 
 
@@ -26,15 +37,52 @@ def test_naming_listing_pruning_and_resume(tmp_path):
     _fake(tmp_path, 12, complete=False)  # an interrupted save
     (tmp_path / "checkpoints" / "step-0000014.tmp").mkdir()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000002", "step-0000004", "step-0000010"]
-    assert resolve_resume(tmp_path, "auto") == checkpoint_dir(tmp_path, 10)
+    lines = []
+    assert resolve_resume(tmp_path, "auto", log=lines.append) == checkpoint_dir(tmp_path, 10)
+    assert lines == [f"resume: skipping damaged checkpoint step-0000012: missing {MANIFEST} (the save did not finish)"]
     assert resolve_resume(tmp_path, "") is None
     assert resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 4))) == checkpoint_dir(tmp_path, 4)
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match=f"cannot be resumed: missing {MANIFEST}"):
         resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 12)))
     prune_checkpoints(tmp_path, 0)  # keep all
     assert len(list_checkpoints(tmp_path)) == 3
     prune_checkpoints(tmp_path, 2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000004", "step-0000010"]
+    assert (tmp_path / "checkpoints" / "step-0000012").is_dir()  # newer than every complete one: left alone
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_auto_resume_names_the_damaged_checkpoint_and_falls_back(tmp_path, damage):
+    hurt, reason = DAMAGE[damage]
+    for step in (2, 4, 6):
+        _fake(tmp_path, step)
+    hurt(checkpoint_dir(tmp_path, 6))
+    hurt(checkpoint_dir(tmp_path, 4))
+    lines = []
+    assert resolve_resume(tmp_path, "auto", log=lines.append) == checkpoint_dir(tmp_path, 2)
+    assert len(lines) == 2 and [line.split(": ")[1] for line in lines] == [
+        "skipping damaged checkpoint step-0000006", "skipping damaged checkpoint step-0000004"]
+    assert all(reason in line for line in lines), lines
+    with pytest.raises(CheckpointError) as e:  # named explicitly: one line, the file and why
+        resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 6)))
+    assert reason in str(e.value) and "\n" not in str(e.value)
+    # pruning counts complete checkpoints up to the step just saved: the newest good one is never deleted, even
+    # when a newer folder passes the cheap size check (garbage of the same size)
+    prune_checkpoints(tmp_path, 1, upto=2)
+    assert checkpoint_problem(checkpoint_dir(tmp_path, 2)) is None
+    shutil.rmtree(checkpoint_dir(tmp_path, 4))  # the resumed run saves step 4 again (Engine.save replaces it)
+    _fake(tmp_path, 4)
+    prune_checkpoints(tmp_path, 1, upto=4)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
+    assert checkpoint_problem(checkpoint_dir(tmp_path, 4)) is None  # step 6 waits to be overwritten
+
+
+def test_no_good_checkpoint_starts_fresh(tmp_path):
+    _fake(tmp_path, 2, complete=False)
+    lines = []
+    assert resolve_resume(tmp_path, "auto", log=lines.append) is None and len(lines) == 1
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_resume(tmp_path, str(tmp_path / "nowhere"))
 
 
 def test_latent_info_round_trip_and_model_paths(tmp_path):

@@ -1,5 +1,6 @@
 """Batched KV-cached latent decoding: parity with generate, batching, call counts, state machine, noise."""
 
+import math
 import copy
 
 import pytest
@@ -154,7 +155,8 @@ def test_fused_control_tokens_change_nothing_but_the_forward_count(tiny, make_ba
 
 
 def test_finished_rows_cost_no_forward(tiny, make_batch):
-    """Rows leave the batch (and cache) at EOS: forward rows summed over steps == sum over rows of (len - 1)."""
+    """compact_ratio=1: rows leave the batch (and cache) at EOS: forward rows summed over steps == sum over rows
+    of (len - 1)."""
     batch = make_batch(SIZES)
     free = latent_generate(tiny.model, batch, tiny.ids, DecodeConfig(k_latent=2, max_new_tokens=16))
     eos = int(free.sequences[0, 6])  # a text token of row 0, after its latent segment
@@ -162,7 +164,7 @@ def test_finished_rows_cost_no_forward(tiny, make_batch):
     hook = _count_calls(tiny.model.model.language_model, lm_calls)
     try:
         out = latent_generate(tiny.model, batch, tiny.ids,
-                              DecodeConfig(k_latent=2, max_new_tokens=16, eos_token_ids=(eos,)))
+                              DecodeConfig(k_latent=2, max_new_tokens=16, eos_token_ids=(eos,), compact_ratio=1.0))
     finally:
         hook.remove()
     lengths = out.gen_mask.sum(-1)
@@ -173,6 +175,36 @@ def test_finished_rows_cost_no_forward(tiny, make_batch):
     for r in range(len(SIZES)):  # a stopped row's tokens are a prefix of its free run
         n = int(lengths[r])
         assert torch.equal(out.sequences[r, :n], free.sequences[r, :n])
+
+
+def test_lazy_cache_compaction_gives_the_same_outputs_with_fewer_copies(tiny, make_batch):
+    """Rows finishing at different steps: dropping them at every EOS (1.0, the old behaviour), lazily (0.5, the
+    default) or never (0.0) decodes the same tokens, log-probs and latents; only the number of cache gathers
+    differs (<= log2 of the rows for 0.5, none for 0.0)."""
+    batch = make_batch(SIZES)
+    base = dict(k_latent=2, max_new_tokens=16, num_samples=3, temperature=1.0, top_p=0.9)
+    free = latent_generate(tiny.model, batch, tiny.ids, DecodeConfig(**base),
+                           generator=torch.Generator().manual_seed(1))
+    text = free.sequences[:, 4:]  # after Start, 2 latents, End
+
+    def first_steps(tok):
+        return {int((row == tok).nonzero()[0]) for row in text if (row == tok).any()}
+
+    eos = max(set(text.flatten().tolist()), key=lambda tok: len(first_steps(tok)))  # rows stop at varied steps
+    outs = {r: latent_generate(tiny.model, batch, tiny.ids, DecodeConfig(**base, eos_token_ids=(eos,),
+                                                                         compact_ratio=r),
+                               generator=torch.Generator().manual_seed(1)) for r in (1.0, 0.5, 0.0)}
+    every, lazy, never = outs[1.0], outs[0.5], outs[0.0]
+    finish_steps = set(every.gen_mask.sum(-1).tolist()) - {every.n_steps}
+    assert len(finish_steps) >= 2  # rows really finished at several different steps
+    for o in (lazy, never):
+        assert torch.equal(o.sequences, every.sequences) and torch.equal(o.gen_mask, every.gen_mask)
+        for name in ("logprobs", "z", "mu"):
+            torch.testing.assert_close(getattr(o, name), getattr(every, name), atol=2e-5, rtol=1e-4)
+    n_rows = every.sequences.shape[0]
+    assert every.n_cache_compactions == len(finish_steps)
+    assert lazy.n_cache_compactions <= math.log2(n_rows) and lazy.n_cache_compactions < every.n_cache_compactions
+    assert never.n_cache_compactions == 0
 
 
 def test_g_samples_differ_and_are_reproducible(tiny, make_batch):

@@ -12,7 +12,8 @@ import torch  # noqa: E402
 
 from medlvr.training.sft.recipe import build_model, train  # noqa: E402
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
-from tests.training.helpers import tiny_config  # noqa: E402
+from medlvr.training import engine as engine_mod  # noqa: E402
+from tests.training.helpers import DAMAGE, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,58 @@ def test_killed_after_checkpoint_resumes_exactly(corpus, tmp_path):
     assert resumed[2:] == pytest.approx(ref[2:], rel=1e-6, abs=1e-7)  # the same next-step loss (and the one after)
 
 
+RESUME_RUN = ("run.max_steps=6", "run.save_every=2", "run.micro_batch_size=2")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(tiny_config(corpus, out, *RESUME_RUN))
+    return _losses(out)
+
+
+class Killed(BaseException):
+    """Stands for kill -9 (not an Exception: no cleanup handler runs)."""
+
+
+@pytest.mark.parametrize("damage", ["truncated safetensors", "garbage optimizer.pt", "truncated trainer_state.json",
+                                    "killed before the manifest"])
+def test_resume_falls_back_past_a_damaged_checkpoint_bit_exactly(corpus, tmp_path, monkeypatch, capsys,
+                                                                  uninterrupted, damage):
+    """Killed at step 5 (steps 1-5 logged, checkpoints 2 and 4), step 4 damaged: resume names it, takes step 2,
+    and the run ends with exactly the uninterrupted losses, each step logged once."""
+    def kill(step, m):
+        if step == 5:
+            raise Killed
+
+    if damage == "killed before the manifest":  # a real kill inside the save of step 4, before its manifest
+        real = engine_mod.write_manifest
+
+        def write_manifest(d):
+            if d.name.startswith("step-0000004"):
+                raise Killed
+            return real(d)
+
+        monkeypatch.setattr(engine_mod, "write_manifest", write_manifest)
+        kill = None
+    with pytest.raises(Killed):
+        train(tiny_config(corpus, tmp_path, *RESUME_RUN), on_step=kill)
+    monkeypatch.undo()
+    if damage != "killed before the manifest":
+        hurt, reason = DAMAGE[damage]
+        hurt(tmp_path / "checkpoints" / "step-0000004")
+    capsys.readouterr()
+    res = train(tiny_config(corpus, tmp_path, *RESUME_RUN, "run.resume=auto"))
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resume:")]
+    if damage == "killed before the manifest":
+        assert skipped == []  # the half-written step-0000004.tmp never counts as a checkpoint
+    else:
+        assert len(skipped) == 1 and "step-0000004" in skipped[0] and reason in skipped[0], skipped
+    log = _losses(tmp_path)
+    assert [m["step"] for m in log] == [1, 2, 3, 4, 5, 6] and res["steps"] == 6  # no step twice
+    assert [m["loss"] for m in log] == [m["loss"] for m in uninterrupted]  # bit-exact from the fallback
+
+
 def test_micro_batch_times_accumulation_invariance(corpus, tmp_path):
     runs = {}
     for name, mbs, ga in (("mbs4", 4, 1), ("mbs1", 1, 4)):
@@ -137,3 +190,17 @@ def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
     model, proc, ids = load_checkpoint(ck / "model")
     assert ids.start == proc.tokenizer.convert_tokens_to_ids("<Medlvr_Start>")
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(ck)
+
+
+def test_cli_explicit_damaged_resume_is_one_line(corpus, tmp_path, capsys):
+    from medlvr.pipelines.cli import main
+
+    damaged = tmp_path / "run" / "checkpoints" / "step-0000002"
+    damaged.mkdir(parents=True)
+    (damaged / "trainer_state.json").write_text("{}")  # what used to pass for complete: no manifest
+    rc = main(["train-sft", "--config", "configs/sft_tiny.yaml", "--set", f"data.corpus={corpus}",
+               "--set", f"run.out_dir={tmp_path / 'run'}", "--set", f"run.resume={damaged}",
+               "--set", "run.progress=false"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and err == [f"medlvr: error: run.resume: checkpoint {damaged} cannot be resumed: missing "
+                               "manifest.json (the save did not finish)"], err

@@ -15,6 +15,7 @@ from medlvr.training.sft.collate import FULL_IMAGE, collate, roi_boxes  # noqa: 
 from medlvr.training.sft.config import load_sft_config as load_config  # noqa: E402
 from medlvr.training.sft.data import DataPosition, ShardStream, shard_files  # noqa: E402
 from medlvr.training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_rows, roi_loss_sum, sft_loss  # noqa: E402
+from medlvr.corpus.qa.export import render_qwen  # noqa: E402
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
 from tests.training.helpers import TINY_CONFIG  # noqa: E402
 
@@ -144,7 +145,9 @@ def test_stream_deterministic_resumable_and_sharded(corpus):
 
 
 # --------------------------------------------------------------------------------------------- collation
-def test_collate_layout_labels_and_budget(tiny, corpus):
+def test_collate_layout_labels_and_budget(any_tokenizer_bundle, corpus):
+    """With the tiny BPE and with the real Qwen2.5 tokenizer (ids 151665-151667 for the control tokens)."""
+    tiny = any_tokenizer_bundle
     rows = ShardStream(shard_files(corpus, "train"), shuffle=False).next_rows(6)
     proc, ids, K = tiny.processor, tiny.ids, 3
     b = collate(rows, proc, ids, K, min_pixels=56 * 56, max_pixels=28 * 28 * 16)
@@ -157,6 +160,10 @@ def test_collate_layout_labels_and_budget(tiny, corpus):
         n = int(b.gen_mask[i].sum())
         assert seq[i, n - 1] == eos and lab[i, K + 2:n].all() and not lab[i, n:].any()
         assert b.prompts["attention_mask"][i, -1] == 1  # prompts left-padded: Start at column L for every row
+        # the labels select exactly <Medlvr_Start>, the answer's own token ids and <|im_end|>
+        answer = render_qwen(rows[i], 56 * 56, 28 * 28 * 16)[1]
+        answer_ids = proc.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        assert seq[i][lab[i]].tolist() == [ids.start] + answer_ids + [eos]
     ip = proc.image_processor
     for thw, (h, w) in zip(b.prompts["image_grid_thw"], b.image_sizes):
         g = token_grid(ip, h, w)

@@ -3,6 +3,7 @@ trainable parameters, exact resume, and a short run that raises the mean reward.
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,7 +216,18 @@ def test_resume_is_exact(tmp_path, sft_ckpt):
     full = train_vlpo(_cfg(tmp_path / "full", sft_ckpt))
     part = train_vlpo(_cfg(tmp_path / "part", sft_ckpt, run__stop_after=2))
     assert part["steps"] == 2 and part["final_dir"] is None
-    rest = train_vlpo(_cfg(tmp_path / "part", sft_ckpt))  # resumes from step 2
+    manifest = json.loads((tmp_path / "part" / "checkpoints" / "step-0000002" / "manifest.json").read_text())
+    assert "rollout_rng/rank-0.pt" in manifest["files"]  # written inside the folder before its manifest
+
+    class Killed(BaseException):
+        pass
+
+    def kill(step, m):  # resumed from 2, step 3 logged, then killed before any checkpoint of step 3
+        raise Killed
+
+    with pytest.raises(Killed):
+        train_vlpo(_cfg(tmp_path / "part", sft_ckpt), log_fn=kill)
+    rest = train_vlpo(_cfg(tmp_path / "part", sft_ckpt))  # resumes from step 2 again: step 3 is not logged twice
     assert rest["steps"] == 4 and [h["step"] for h in rest["metrics"]] == [3, 4]
     for a, b in zip(full["metrics"][2:], rest["metrics"]):
         for k in ("reward_mean", "loss", "kl", "grad_norm", "entropy"):
@@ -251,3 +263,36 @@ def test_variants_run(tmp_path, sft_ckpt, variant):
         assert m["format_rate"] == 0.0 and m["latent_loss"] == 0.0 and m["response_length"] <= K + 4
     else:  # latents present, text-only loss
         assert m["format_rate"] == 1.0 and m["latent_loss"] == 0.0 and m["latent_abs_log_ratio"] >= 0.0
+
+
+def test_lora_vlpo_changes_adapters_and_control_rows_only_and_resumes_exactly(tmp_path, sft_ckpt):
+    """engine.lora: the merged policy differs from the starting checkpoint only in the language model's targeted
+    linear layers and the control-token rows; a run stopped after step 1 and resumed ends with the same weights."""
+    from safetensors.torch import load_file
+
+    from medlvr.training.model import load_checkpoint
+
+    lora = {"r": 4, "alpha": 8.0}
+    full = train_vlpo(_cfg(tmp_path / "full", sft_ckpt, engine__lora=lora, run__max_steps=2, run__save_every=1))
+    part = train_vlpo(_cfg(tmp_path / "part", sft_ckpt, engine__lora=lora, run__max_steps=2, run__save_every=1,
+                           run__stop_after=1))
+    assert part["steps"] == 1
+    rest = train_vlpo(_cfg(tmp_path / "part", sft_ckpt, engine__lora=lora, run__max_steps=2, run__save_every=1))
+    wa = load_file(f"{full['final_dir']}/model.safetensors")
+    wb = load_file(f"{rest['final_dir']}/model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (Path(full["final_dir"]).parent / "adapter" / "adapter_model.safetensors").is_file()
+
+    start, _, ids = load_checkpoint(sft_ckpt)
+    final, _, _ = load_checkpoint(full["final_dir"])
+    before = dict(start.named_parameters())
+    targets = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight",
+               "up_proj.weight", "down_proj.weight")
+    changed = [n for n, p in final.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.endswith(targets) for n in changed)
+    for n in changed:
+        if n.endswith(("embed_tokens.weight", "lm_head.weight")):
+            rows = (final.state_dict()[n] != start.state_dict()[n]).any(-1).nonzero().squeeze(1).tolist()
+            assert set(rows) <= {ids.start, ids.latent, ids.end}, (n, rows)
+        else:
+            assert n.endswith(targets) and "visual" not in n, n

@@ -44,6 +44,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     corpus: Path | None = None  # corpus folder (with shards/) or the shards folder itself (required)
+    # more corpus (or shards) folders whose `split` shards join the same stream: a training mix, e.g. the main job's
+    # corpus + the synthetic grounding task (corpus/sample_data/synthetic_grounding.py); rows mix by block shuffle
+    mix: tuple[Path, ...] = ()
     split: str = "train"
     min_pixels: int = 56 * 56  # processor budget; also used to render boxes in the text (render_qwen)
     max_pixels: int = 28 * 28 * 1280

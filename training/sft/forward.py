@@ -34,7 +34,7 @@ import torch
 from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask
 from medlvr.training.model import LatentTokenIds
 from medlvr.training.roi_targets import batch_roi_targets
-from medlvr.training.sampling import token_logprobs
+from medlvr.training.sampling import LOGPROB_CHUNK, chunked_token_logprobs
 from medlvr.training.sft.collate import FULL_IMAGE, SFTBatch
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions
 
@@ -74,7 +74,8 @@ def _cached_prefix_and_latents(lm, embeds, attn, pos, L: int, K: int, detach: bo
 
 
 def sft_forward(model, batch: SFTBatch, ids: LatentTokenIds, image_processor, *, mode: str = "self_fed",
-                grad: str = "bptt", vision_grad: bool = False, closed: bool = False) -> SFTForward:
+                grad: str = "bptt", vision_grad: bool = False, closed: bool = False,
+                logprob_chunk: int = LOGPROB_CHUNK) -> SFTForward:
     dev = model.device
     lm = model.model.language_model
     p = batch.prompts
@@ -134,8 +135,8 @@ def sft_forward(model, batch: SFTBatch, ids: LatentTokenIds, image_processor, *,
                     position_ids=pos,
                     use_cache=False).last_hidden_state
 
-    logits = model.lm_head(hidden[:, L - 1:L + T - 1])  # (N, T, V): position j predicts token j + 1
-    lp = token_logprobs(logits, seq, 1.0, (ids.latent,))
+    # position j predicts token j + 1; chunked: the (N, T, V) logits never exist at once
+    lp = chunked_token_logprobs(hidden[:, L - 1:L + T - 1], model.lm_head, seq, 1.0, (ids.latent,), logprob_chunk)
     lp = lp.masked_fill(~gen | (seq == ids.latent), 0.0)
     h = hidden[:, L:L + K]  # h_k = H[L + k - 1], k = 1..K
     return SFTForward(token_logprobs=lp, h=h, targets=targets.to(h.dtype), patch_tokens=int(p["pixel_values"].shape[0]))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from medlvr.corpus.config import add_config_arguments
+from medlvr.corpus.config import add_config_arguments, exit_on_config_error
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
@@ -58,11 +58,13 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
     set_pixel_budget(processor, cfg.data.min_pixels, cfg.data.max_pixels)
 
     world = int(os.environ.get("WORLD_SIZE", 1))
-    stream = ShardStream(shard_files(cfg.data.corpus, cfg.data.split), seed=cfg.data.seed,
+    files = [f for corpus in (cfg.data.corpus, *cfg.data.mix) for f in shard_files(corpus, cfg.data.split)]
+    stream = ShardStream(files, seed=cfg.data.seed,
                          shuffle=cfg.data.shuffle, world=world, question_types=cfg.data.question_types)
     rows_per_step = run.micro_batch_size * ec.grad_accum * world
     steps = run.max_steps or max(1, math.ceil(run.epochs * stream.rows_per_epoch / rows_per_step))
-    eng = Engine(model, ec, total_steps=steps, micro_batch_size=run.micro_batch_size)
+    eng = Engine(model, ec, total_steps=steps, micro_batch_size=run.micro_batch_size,
+                 token_ids=(ids.start, ids.latent, ids.end))
     stream.rank, stream.world = eng.rank, eng.world_size
     resume_dir = resolve_resume(out_dir, run.resume)
     if resume_dir is not None:
@@ -144,14 +146,14 @@ def save(eng: Engine, out_dir: Path, step: int, stream: ShardStream, processor, 
     path = eng.save(checkpoint_dir(out_dir, step), {"data_position": stream.position.to_dict(), "metrics": metrics},
                     processor=processor, config=cfg.to_dict(), k_latent=cfg.latent.k_latent)
     if eng.is_main:
-        prune_checkpoints(out_dir, cfg.run.keep_last)
+        prune_checkpoints(out_dir, cfg.run.keep_last, upto=step)
     return path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="medlvr train-sft", description="ROI-SFT (Stage 1) on corpus shards")
     add_config_arguments(p, "configs/sft_tiny.yaml, configs/sft_qwen25vl_7b.yaml", "engine.lr=1e-5")
-    return run_from_args(p.parse_args(argv))
+    return exit_on_config_error("medlvr train-sft", run_from_args, p.parse_args(argv))
 
 
 def run_from_args(args) -> int:

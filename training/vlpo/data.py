@@ -25,7 +25,7 @@ from PIL import Image
 
 from medlvr.corpus.evalsets.base import Sample, file_uri, open_image
 from medlvr.corpus.evalsets.registry import all_benchmarks
-from medlvr.corpus.sample_data.synthetic_grounding import load_grounding_task
+from medlvr.corpus.evalsets.synthetic_grounding import load_grounding_task
 from medlvr.training.vlpo.algos import register_into
 from medlvr.corpus.prompts import MC_INSTRUCTION, mc_prompt_text
 

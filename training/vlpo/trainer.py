@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from medlvr.corpus.config import add_config_arguments, load_config
+from medlvr.corpus.config import add_config_arguments, exit_on_config_error, load_config
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
@@ -76,12 +76,12 @@ def load_reference(cfg: VLPORunConfig, device: torch.device):
 
 def _save(eng: Engine, cfg: VLPORunConfig, step: int, sampler: PromptSampler, gen: torch.Generator,
           processor) -> Path:
-    final = eng.save(checkpoint_dir(cfg.run.out_dir, step), {"sampler": sampler.state_dict()}, processor=processor,
-                     config=cfg.to_dict(), k_latent=cfg.k_latent)
-    (final / "rollout_rng").mkdir(exist_ok=True)
-    torch.save(gen.get_state(), final / "rollout_rng" / f"rank-{eng.rank}.pt")
-    eng.barrier()
-    return final
+    def rollout_state(tmp: Path) -> None:  # inside the folder before its manifest is written
+        (tmp / "rollout_rng").mkdir(exist_ok=True)
+        torch.save(gen.get_state(), tmp / "rollout_rng" / f"rank-{eng.rank}.pt")
+
+    return eng.save(checkpoint_dir(cfg.run.out_dir, step), {"sampler": sampler.state_dict()}, processor=processor,
+                    config=cfg.to_dict(), k_latent=cfg.k_latent, write_extra=rollout_state)
 
 
 def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
@@ -99,7 +99,8 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
     n_micro = math.ceil(B * G / run.micro_batch_size)
     ecfg = dataclasses.replace(cfg.engine, grad_accum=n_micro)
     mu = cfg.algo.updates_per_rollout
-    eng = Engine(policy, ecfg, total_steps=run.max_steps * mu, micro_batch_size=run.micro_batch_size)
+    eng = Engine(policy, ecfg, total_steps=run.max_steps * mu, micro_batch_size=run.micro_batch_size,
+                 token_ids=(ids.start, ids.latent, ids.end))
     policy = eng.model
     lcfg = loss_config(cfg)
     ref = load_reference(cfg, eng.device) if cfg.algo.beta != 0 else None
@@ -171,7 +172,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         if run.save_every and step() % run.save_every == 0 and step() < run.max_steps:
             _save(eng, cfg, step(), sampler, gen, processor)
             if eng.is_main:
-                prune_checkpoints(out_dir, run.keep_last)
+                prune_checkpoints(out_dir, run.keep_last, upto=step())
     logger.close()
     result = {"steps": step(), "metrics": history, "final_dir": None, "checkpoint": None}
     if step() > 0:
@@ -183,9 +184,11 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
                 shutil.rmtree(final, ignore_errors=True)
                 final.mkdir(parents=True)
                 shutil.copytree(ck_dir / "model", final / "model")
+                if (ck_dir / "adapter").is_dir():  # engine.lora: the adapter next to the merged model
+                    shutil.copytree(ck_dir / "adapter", final / "adapter")
             result["final_dir"] = str(final / "model")
         if eng.is_main:
-            prune_checkpoints(out_dir, run.keep_last)
+            prune_checkpoints(out_dir, run.keep_last, upto=step())
     return result
 
 
@@ -206,7 +209,7 @@ def summary_metadata(result: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="train-vlpo", description="Stage-2 VLPO / GRPO training (docs/method.md §4-5)")
     add_config_arguments(p, "configs/vlpo_tiny.yaml, configs/vlpo_qwen25vl_7b.yaml", "algo.variant=grpo")
-    return run_cli(p.parse_args(argv))
+    return exit_on_config_error("medlvr train-vlpo", run_cli, p.parse_args(argv))
 
 
 def run_cli(args) -> int:

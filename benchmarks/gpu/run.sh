@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The prepared GPU benchmark of issue 18 §3, on ONE GPU, in <= 8 minutes including setup:
+# Qwen2.5-VL-7B shapes with random bf16 weights, sdpa (and flash-attention when `flash_attn` imports there);
+# (a) latent vs text decode step, (b) K=8 latent vs plain generation, (c) ROI-SFT step tokens/s, MFU, peak memory,
+# (d) VLPO vs GRPO step and chunked vs unchunked replay memory. Writes ONE JSON file (device name, every figure).
+#
+#   bash benchmarks/gpu/run.sh              # GPU: writes benchmarks/gpu/results/gpu.json (OUT=dir to change)
+#   bash benchmarks/gpu/run.sh --dry-run    # CPU, tiny shape, the same code paths (tests/test_gpu_benchmark.py)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python}
+OUT=${OUT:-benchmarks/gpu/results}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+if [[ "${1:-}" == "--dry-run" ]]; then
+  exec "$PY" benchmarks/gpu/driver.py --dry-run --out "$OUT/dry_run.json"
+fi
+
+# setup: the package from this checkout (dependencies are the machine's), the device on record
+"$PY" -c "import medlvr.training" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c "import flash_attn" 2>/dev/null || echo "flash_attn does not import: sdpa only"
+exec "$PY" benchmarks/gpu/driver.py --attn sdpa,flash_attention_2 --out "$OUT/gpu.json"

@@ -1,0 +1,84 @@
+"""The `medlvr` console: every option of every subcommand has a help text, the top-level help lists every
+subcommand, a config error of a training command is ONE line and exit 2 (also from the module entry points a
+launcher runs as a subprocess), and `medlvr evaluate`'s progress display: a bar on a terminal, one line in a pipe."""
+
+import argparse
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medlvr.evaluation.progress import StageBar
+from medlvr.pipelines.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+MEDLVR = Path(sys.executable).parent / "medlvr"
+
+
+def _walk(parser: argparse.ArgumentParser, path: str):
+    """(command path, action) for every argument of every (sub)parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(sub.choices)
+
+
+def test_every_option_of_every_subcommand_has_help():
+    missing = [f"{path} {'/'.join(a.option_strings) or a.dest}" for path, a in _walk(build_parser(), "medlvr")
+               if not (a.help or "").strip() or a.help == argparse.SUPPRESS]
+    assert not missing, f"options without a help text: {missing}"
+
+
+def test_top_level_help_lists_every_subcommand():
+    parser = build_parser()
+    names = _subcommands(parser)
+    assert len(names) >= 9
+    overview = parser.description
+    for name in names:
+        assert f" {name}" in overview, (name, overview)
+    text = parser.format_help()
+    assert all(name in text for name in names)
+
+
+@pytest.mark.parametrize("argv", [
+    [str(MEDLVR), "train-sft", "--config", "configs/sft_tiny.yaml", "--set", "engine.lrr=1"],
+    [str(MEDLVR), "train-vlpo", "--config", "configs/vlpo_tiny.yaml", "--set", "engine.lrr=1"],
+    [sys.executable, "-m", "medlvr.training.sft.recipe", "--config", "configs/sft_tiny.yaml", "--set", "engine.lrr=1"],
+    [sys.executable, "-m", "medlvr.training.vlpo.trainer", "--config", "configs/vlpo_tiny.yaml", "--set",
+     "engine.lrr=1"],
+], ids=["train-sft", "train-vlpo", "sft-module", "vlpo-module"])
+def test_training_config_error_is_one_line_and_exit_2(argv):
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "error: unknown config key engine.lrr (did you mean engine.lr?)" in lines[0], lines
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_stage_bar_is_a_bar_on_a_terminal_and_one_line_in_a_pipe():
+    pipe = io.StringIO()
+    with StageBar("medlvr: inference", 50, stream=pipe) as bar:
+        for _ in range(50):
+            bar.note("main slake")
+            bar.update(1)
+    assert pipe.getvalue().count("\n") == 1 and pipe.getvalue().startswith("medlvr: inference: 50/50 samples in")
+    tty = _Terminal()
+    with StageBar("medlvr: inference", 50, stream=tty) as bar:
+        for _ in range(50):
+            bar.update(1)
+    out = tty.getvalue()
+    assert "\r" in out and "50/50" in out and out.count("\n") <= 1  # redrawn in place, one line left behind

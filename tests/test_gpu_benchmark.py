@@ -1,0 +1,37 @@
+"""The prepared GPU benchmark (benchmarks/gpu/run.sh + driver.py, issue 18 §3) in --dry-run: the same code on the
+tiny shape on CPU, one JSON file with the device and every figure of (a)-(d)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_sh_dry_run_writes_every_figure(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "benchmarks/gpu/run.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "dry_run.json").read_text())
+    assert res["device"].startswith("cpu") and "--dry-run" in res["command"]
+    assert list(res["runs"]) == ["sdpa"]
+    run = res["runs"]["sdpa"]
+    assert run["settings"]["shape"] == "tiny" and run["settings"]["device"] == "cpu"
+    for B in ("B1", "B16"):
+        d = run["decode"][B]
+        for key in ("latent_step_s", "text_step_s", "a_latent_over_text_step", "plain_generate_s",
+                    "latent_generate_s", "b_latent_over_plain"):
+            assert d[key] > 0, (B, key)
+    sft = run["sft"]
+    assert sft["tokens_per_s"] > 0 and sft["lm_flops"] > sft["vision_flops"] > 0 and sft["patch_tokens"] > 0
+    assert sft["layers"] == sft["full_layers"] == 2
+    assert sft["peak_memory_gib"] is None and "mfu_lm" not in sft  # CPU: no peak FLOP/s, no CUDA allocator
+    v = run["vlpo"]
+    for key in ("time_rollout_s", "time_ref_s", "vlpo_update_s", "grpo_update_s", "vlpo_replay_s", "grpo_replay_s",
+                "vlpo_step_s", "grpo_step_s", "vlpo_over_grpo_step"):
+        assert v[key] > 0, key
+    assert v["trajectories"] == 16 and v["generated_positions"] == run["settings"]["vlpo_new_tokens"]
+    assert "replay_chunked_over_unchunked" in v and run["total_s"] > 0
