@@ -25,7 +25,8 @@ MR_DICOM = Path(get_testdata_file("MR_small.dcm"))
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A run folder as training leaves it: checkpoints/step-0000002/{model/, trainer_state.json}."""
+    """A run folder as training leaves it: checkpoints/step-0000002/{model/, trainer_state.json, manifest.json}."""
+    from medlvr.training.checkpoints import write_manifest
     from medlvr.training.model import save_checkpoint
     from medlvr.training.tiny import build_tiny
 
@@ -36,6 +37,7 @@ def ckpt(tmp_path_factory):
     (step / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
     for folder in (run, step):  # the engine writes the training config as config.json there: not a model
         (folder / "config.json").write_text(json.dumps({"run": {"out_dir": str(run)}}))
+    write_manifest(step)  # last, as the engine does: only a checkpoint with a manifest is complete
     return run
 
 
