@@ -57,7 +57,11 @@ def test_auto_image_processor_turns_an_image_into_patches(tiny, ckpt):
     out = ip(images=[random_image(70, 90, seed=1)], return_tensors="pt")
     ours = tiny.processor.image_processor(images=[random_image(70, 90, seed=1)], return_tensors="pt")
     assert out["image_grid_thw"].tolist() == ours["image_grid_thw"].tolist()  # the saved pixel budget is kept
-    assert torch.equal(out["pixel_values"], ours["pixel_values"])
+    if type(ip).__name__ != type(tiny.processor.image_processor).__name__:  # torchvision backend: its resize, not PIL's
+        diff = (out["pixel_values"] - ours["pixel_values"]).abs()
+        assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.25
+    else:
+        assert torch.equal(out["pixel_values"], ours["pixel_values"])
 
 
 def test_auto_tokenizer_has_control_tokens_and_chat_template(tiny, ckpt):
