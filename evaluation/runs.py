@@ -181,6 +181,15 @@ def write_outputs(cfg: EvalConfig, samples: dict[str, list[Sample]], jobs: list[
     return md, page, results
 
 
+def run_latent_diagnostics(cfg: EvalConfig, samples: dict[str, list[Sample]],
+                           progress: Callable[[str], None] | None = None) -> float:
+    """The config's causal latent diagnostics (`latent_diagnostics:` section; the report's "Latent diagnostics"
+    section reads what this writes), for `medlvr evaluate` and the Dagster `evaluation_report` alike. Seconds."""
+    t0 = time.perf_counter()
+    run_for_config(cfg, samples, progress)
+    return time.perf_counter() - t0
+
+
 def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = None,
              progress: Callable[[str], None] | None = print, bars: bool = False) -> dict:
     """The whole evaluation. Under torchrun every rank generates its shard; rank 0 merges and writes the report.
@@ -206,9 +215,7 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
         return result
     merge_all(cfg, jobs, world_size)
     if cfg.latent_diagnostics is not None:
-        t_diag = time.perf_counter()
-        run_for_config(cfg, samples, progress)
-        timings["latent_diagnostics_s"] = time.perf_counter() - t_diag
+        timings["latent_diagnostics_s"] = run_latent_diagnostics(cfg, samples, progress)
     md, page, results = write_outputs(cfg, samples, jobs, manifest)
     meta = {"config": config_to_dict(cfg), "world_size": world_size,
             "host": platform.node(), "torch": torch.__version__, "wall_s": time.perf_counter() - t0,

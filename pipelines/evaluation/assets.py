@@ -83,13 +83,17 @@ def evaluation_predictions(context: dg.AssetExecutionContext, evaluation: Evalua
           description="Tables 1-4, Figs. 3 and 5 and the latent ablation as report.md + report.html")
 def evaluation_report(context: dg.AssetExecutionContext, evaluation: EvaluationSettings) -> dg.MaterializeResult:
     # imports torch: only when the step runs
-    from medlvr.evaluation.runs import efficiency_manifest, load_all, merge_all, plan_jobs, write_outputs
+    from medlvr.evaluation.runs import (efficiency_manifest, load_all, merge_all, plan_jobs, run_latent_diagnostics,
+                                        write_outputs)
 
     cfg = evaluation.load()
     samples = load_all(cfg)
     manifest = efficiency_manifest(cfg, samples)
     jobs = plan_jobs(cfg, manifest)
     merge_all(cfg, jobs, 1)
+    if cfg.latent_diagnostics is not None:  # the report's "Latent diagnostics" section, as `medlvr evaluate` writes it
+        seconds = run_latent_diagnostics(cfg, samples, context.log.debug)
+        context.log.info(f"latent diagnostics: {seconds:.1f}s")
     md, page, results = write_outputs(cfg, samples, jobs, manifest)
     return dg.MaterializeResult(metadata={"report_md": dg.MetadataValue.path(str(md)),
                                           "report_html": dg.MetadataValue.path(str(page)),

@@ -63,6 +63,9 @@ def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home, cap
     # the tiny models learn the synthetic grounding task (chance 25 %); the untrained base does not
     acc = report_accuracy(report.with_suffix(".md"), "synthetic_grounding")
     assert acc["roi_sft"] >= LEARNED and acc["medlvr"] >= LEARNED and acc["base"] < 50, acc
+    # the causal latent diagnostics of both latent models, on the task they learned
+    diag = md.split("## Latent diagnostics", 1)[1]
+    assert "| roi_sft | synthetic_grounding |" in diag and "| medlvr | synthetic_grounding |" in diag, diag[:2000]
     instance = dg.DagsterInstance.get()
     for key in ("knowledge_graph", "qa_pairs", "corpus_shards", "roi_sft_checkpoint", "vlpo_checkpoint",
                 "evaluation_report"):
