@@ -37,5 +37,6 @@ dagster-dev: install
 ui-check: install
 	$(PY) scripts/ui_check.py
 
+# Forget the main job: its outputs and the instance's run history (keeps pipelines/dagster_home/dagster.yaml).
 clean-demo:
-	rm -rf demo_out
+	cd pipelines/dagster_home && find . -mindepth 1 -maxdepth 1 ! -name dagster.yaml ! -name .gitignore -exec rm -rf {} +
