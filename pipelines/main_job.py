@@ -78,6 +78,8 @@ class MainJob:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         # the evaluation steps load models in this process: no "Loading weights" bar per load on the console
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # imported before us (a test, an embedding program): the variable is read
+            sys.modules["transformers"].utils.logging.disable_progress_bar()  # at import, so switch it off directly
         import warnings
 
         import dagster as dg

@@ -169,3 +169,19 @@ def test_main_job_runs_are_listed_on_the_job_pages(home):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_no_loading_bars_even_when_transformers_was_imported_first(tmp_path, monkeypatch):
+    """HF_HUB_DISABLE_PROGRESS_BARS is read when transformers is imported: a process that imported it before the
+    main job (the test suite, a notebook) must still get no "Loading weights" bar from the in-process steps."""
+    from transformers.utils import logging as hf_logging
+
+    from medlvr.pipelines.main_job import MainJob
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))  # restored after the test
+    hf_logging.enable_progress_bar()
+    try:
+        MainJob(tmp_path / "home", log=lambda line: None)
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
