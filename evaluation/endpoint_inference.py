@@ -74,10 +74,8 @@ def run_endpoint_predictions(
 ) -> EndpointRunStats:
     """Ask the endpoint for this rank's shard of `samples` not yet in `out_path`; append one record per reply.
     `advance(n)` is called with the number of samples just finished (answered, failed, or already in the file)."""
-    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size)
+    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size, advance)
     stats = EndpointRunStats(n_skipped=n_skipped)
-    if advance and stats.n_skipped:
-        advance(stats.n_skipped)
     if not todo:
         return stats
     texts = {s.sample_id: prompt_text(s, spec.prompt_style) for s in todo}

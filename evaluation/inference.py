@@ -236,10 +236,11 @@ def decode_text(tokenizer, seq: torch.Tensor, mask: torch.Tensor, drop: set[int]
     return tokenizer.decode(toks, skip_special_tokens=False)
 
 
-def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, world_size: int = 1
-                    ) -> tuple[Path, list[Sample], int]:
+def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, world_size: int = 1,
+                    advance: Callable[[int], None] | None = None) -> tuple[Path, list[Sample], int]:
     """(this rank's file, its samples not yet there or in the merged file, how many already are): the resume rule
-    of every prediction writer (local models and endpoints). The file's torn last line, if any, is cut."""
+    of every prediction writer (local models and endpoints). The file's torn last line, if any, is cut; samples
+    already written count as finished at once for a progress bar (`advance(n)`)."""
     out_path = Path(out_path)
     my_path = rank_path(out_path, rank, world_size)
     my_path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +249,8 @@ def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, wo
     by_id = {s.sample_id: s for s in samples}
     mine = shard(list(by_id), rank, world_size)
     todo = [by_id[i] for i in mine if i not in done]
+    if advance and len(mine) > len(todo):
+        advance(len(mine) - len(todo))
     return my_path, todo, len(mine) - len(todo)
 
 
@@ -287,10 +290,8 @@ def run_predictions(
     samples already in the file count as finished at once).
     """
     k = lm.spec.k_latent if k_latent is None else k_latent
-    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size)
+    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size, advance)
     stats = RunStats(n_skipped=n_skipped)
-    if advance and stats.n_skipped:
-        advance(stats.n_skipped)
     if not todo:
         return stats
     tok = lm.processor.tokenizer
