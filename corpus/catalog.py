@@ -11,6 +11,7 @@ an error. That is how a site adds private datasets, and how the tests add a 32nd
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -54,19 +55,33 @@ class DatasetSpec:
     # bytes one record of this dataset may make a reader decode (corpus.limits); None: the run's
     # IngestConfig.max_record_bytes. An entry sets it when its records are legitimately larger than that default
     max_record_bytes: int | None = None
+    # raw labels of the real release deliberately not used -> why (an ROI with one becomes a reject that says
+    # so); together with `labels` this is the release's complete vocabulary, so any other label is a finding
+    ignored_labels: dict[str, str] = field(default_factory=dict)
 
     def concept(self, raw_label: str) -> str | None:
         return self.labels.get(raw_label)
 
+    def ignored(self, raw_label: str) -> str | None:
+        """Why the catalog deliberately leaves `raw_label` out, or None when it does not."""
+        return self.ignored_labels.get(raw_label)
+
 
 _REQUIRED = ("id", "name", "modality", "body_region", "adapter", "labels", "layout", "patient_key",
              "licence", "citation", "homepage")
+_OPTIONAL = ("options", "official_split", "normalise", "attributes", "sample", "multi_frame", "max_record_bytes",
+             "ignored_labels")
 
 
 def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise CatalogError(f"{source}: missing keys {missing}")
+    for key in raw:
+        if key not in _REQUIRED + _OPTIONAL:
+            close = difflib.get_close_matches(str(key), _REQUIRED + _OPTIONAL, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise CatalogError(f"{source}: unknown key {key!r}{hint}")
     if not _ID_RE.match(str(raw["id"])):
         raise CatalogError(f"{source}: id {raw['id']!r} must be lowercase letters, digits and '_'")
     if raw["modality"] not in MODALITIES:
@@ -77,6 +92,14 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
     for k, v in labels.items():
         if not isinstance(v, str) or not v.startswith("kg:"):
             raise CatalogError(f"{source}: label {k!r} maps to {v!r}; concept ids look like 'kg:name'")
+    ignored = raw.get("ignored_labels") or {}
+    if not isinstance(ignored, dict):
+        raise CatalogError(f"{source}: ignored_labels must be a mapping raw label -> reason it is not used")
+    for k, v in ignored.items():
+        if not isinstance(v, str) or not v.strip():
+            raise CatalogError(f"{source}: ignored label {k!r} needs a reason (a non-empty string), got {v!r}")
+        if str(k) in {str(x) for x in labels}:
+            raise CatalogError(f"{source}: label {k!r} is both mapped and ignored")
     pk = raw["patient_key"]
     if not isinstance(pk, dict) or pk.get("source") not in ("record", "path_regex", "image"):
         raise CatalogError(f"{source}: patient_key.source must be record, path_regex or image")
@@ -103,6 +126,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
         normalise=dict(raw.get("normalise") or {}), attributes=tuple(raw.get("attributes") or ()),
         licence=raw["licence"], citation=raw["citation"], homepage=raw["homepage"],
         sample=dict(raw.get("sample") or {}), multi_frame=multi_frame, max_record_bytes=max_record_bytes,
+        ignored_labels={str(k): v.strip() for k, v in ignored.items()},
     )
 
 

@@ -172,7 +172,9 @@ def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: I
     for roi in src.rois:
         concept = spec.concept(roi.label)
         if concept is None:
-            rejects.append(("roi", "roi", f"label {roi.label!r} is not in the catalog label map", src.source_path))
+            why = spec.ignored(roi.label)  # deliberately left out (a reason) or unknown (a finding to report)
+            rejects.append(("roi", "roi", f"label {roi.label!r} is ignored by the catalog: {why}" if why else
+                            f"label {roi.label!r} is not in the catalog label map", src.source_path))
             continue
         box, reason, clipped = check_box(roi.box, w, h)
         if reason:

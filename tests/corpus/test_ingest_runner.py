@@ -239,3 +239,22 @@ def test_reasons_group_by_kind_and_carry_no_absolute_path(tmp_path, monkeypatch)
     blob = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "summary.json")
     blob += json.dumps({k: v for k, v in s.as_dict().items() if k != "out_dir"}).encode()
     assert str(tmp_path).encode() not in blob and b"/elsewhere" not in blob
+
+
+def test_an_ignored_label_is_a_reject_with_the_catalogs_reason_and_an_unknown_one_a_finding(tmp_path, fake_adapter):
+    """`ignored_labels` turns an ROI of a deliberately unused label into a reject that says why; a label the
+    catalog neither maps nor ignores keeps the 'not in the catalog label map' reason (something to report)."""
+    spec = parse_spec({**{k: getattr(SPEC, k) for k in ("id", "name", "modality", "body_region", "adapter",
+                                                         "labels", "licence", "citation", "homepage")},
+                       "layout": ["*.txt"], "patient_key": {"source": "record"},
+                       "ignored_labels": {"tumour?": "an uncertain reading, not a finding"}})
+    (tmp_path / "ds").mkdir()
+    s = ingest_dataset(spec, tmp_path / "ds", tmp_path / "out", IngestConfig(patient_salt="s"))
+    roi_reasons = [r["reason"] for r in _rejects(tmp_path / "out") if r["level"] == "roi"]
+    assert "label 'tumour?' is ignored by the catalog: an uncertain reading, not a finding" in roi_reasons
+    assert not any("not in the catalog label map" in r for r in roi_reasons)
+    assert s.rois_rejected == 5
+    (tmp_path / "ds2").mkdir()
+    ingest_dataset(SPEC, tmp_path / "ds2", tmp_path / "out2", IngestConfig(patient_salt="s"))
+    reasons2 = [r["reason"] for r in _rejects(tmp_path / "out2") if r["level"] == "roi"]
+    assert "label 'tumour?' is not in the catalog label map" in reasons2
