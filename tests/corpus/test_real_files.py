@@ -329,3 +329,33 @@ def test_nih_bbox_real_table_every_box_exact(tmp_path):
     summary, tables = ingest("nih_bbox", root, tmp_path / "out")
     assert_objects_accounted("nih_bbox", objs, summary, tables)
     assert summary.rois_out == len(objs) == 16 and summary.rois_rejected == 0
+
+
+# --------------------------------------------------------------------------------------------- HC18
+# Real (CC BY 4.0): 3 training images with their ellipse-outline annotations (000_HC, 010_HC, 010_2HC: one subject
+# imaged twice) and their 3 rows of training_set_pixel_size_and_HC.csv (CRLF line ends, as released).
+
+def mask_box(path: Path) -> tuple[float, float, float, float]:
+    """Pixel-edge box of the nonzero pixels of a mask image (any channel)."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(path))
+    on = a.any(axis=-1) if a.ndim == 3 else a > 0
+    ys, xs = np.nonzero(on)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def test_hc18_real_outlines_every_box_exact(tmp_path):
+    root = REAL / "hc18"
+    with open(root / "training_set_pixel_size_and_HC.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # one object per annotated image: the head outline (filled, its box is the outline's box)
+    objs = [Obj(f"training_set/{r['filename']}", r["filename"], "fetal head",
+                mask_box(root / "training_set" / r["filename"].replace(".png", "_Annotation.png"))) for r in rows]
+    assert_vocabulary_complete("hc18", Counter(o.label for o in objs))
+    summary, tables = ingest("hc18", root, tmp_path / "out")
+    assert_objects_accounted("hc18", objs, summary, tables)
+    assert summary.rois_out == 3
+    spacing = {im["source_path"]: im["spacing_mm"] for im in tables["images"]}
+    for r in rows:  # the table's pixel size is the image's spacing
+        assert spacing[f"training_set/{r['filename']}"][-1] == pytest.approx(float(r["pixel size(mm)"]))
