@@ -453,3 +453,57 @@ def test_kits23_real_segmentation_no_component_lost_on_written_slices(kits_inges
     # (this case has no component under the 2-D speck size on a written slice; issue 23 §1's silent drops of such
     # components are the accounting branch's)
     assert written + rejects == objects and summary.rois_out == written
+
+
+# --------------------------------------------------------------------------------------------- DSB2018
+# Real (CC0): 2 stage1_train folders as released (images/<id>.png RGBA and one masks/*.png per nucleus, 44 nuclei)
+# from the commit that added the original stage1_train to a fixes repository. The release's stage1_train_labels.csv
+# is "redundant with the mask image files" (its own description); no public copy of it could be fetched, so the
+# test writes it from the released masks with Kaggle's encoding (1-based starts, column-major), independently of
+# the project's decoder.
+
+def kaggle_rle(mask: np.ndarray) -> str:
+    flat = np.concatenate([[0], mask.T.ravel().astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(flat))
+    starts, ends = edges[::2], edges[1::2]
+    return " ".join(f"{s + 1} {e - s}" for s, e in zip(starts, ends))
+
+
+def test_dsb2018_real_masks_every_nucleus_exact(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "dsb2018"
+    shutil.copytree(REAL / "dsb2018", root)
+    objs, rows = [], ["ImageId,EncodedPixels"]
+    for folder in sorted((root / "stage1_train").iterdir()):
+        for i, m in enumerate(sorted((folder / "masks").glob("*.png"))):
+            mask = np.asarray(Image.open(m)) > 0
+            rows.append(f"{folder.name},{kaggle_rle(mask)}")
+            ys, xs = np.nonzero(mask)
+            objs.append(Obj(f"stage1_train/{folder.name}/images/{folder.name}.png", f"masks/{m.name}", "nucleus",
+                            (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))))
+    (root / "stage1_train_labels.csv").write_text("\n".join(rows) + "\n")
+    assert_vocabulary_complete("dsb2018", Counter(o.label for o in objs))
+    summary, tables = ingest("dsb2018", root, tmp_path / "out")
+    assert_objects_accounted("dsb2018", objs, summary, tables)
+    assert summary.rois_out == len(objs) == 44
+
+
+# --------------------------------------------------------------------------------------------- MSD Task05 Prostate
+# Real (CC BY-SA 4.0): Task05_Prostate/dataset.json as released (its `labels` name the label map's values; the
+# adapter reads them from there). The volumes (4-D T2 + ADC, ~30 MB each) are not vendored: this checks the
+# vocabulary of the release.
+
+def test_msd_prostate_real_dataset_json_vocabulary():
+    import json
+
+    d = json.loads((REAL / "msd_prostate" / "Task05_Prostate" / "dataset.json").read_text())
+    names = Counter(v for k, v in d["labels"].items() if k != "0")
+    assert set(names) == {"PZ", "TZ"}
+    assert_vocabulary_complete("msd_prostate", names)
+    raw = yaml.safe_load((CATALOG_YAML / "msd_prostate.yaml").read_text())
+    assert set(raw["options"]["json_labels"]["organs"]) <= set(names)
+    # the release names its files ./imagesTr/*.nii.gz, which the catalog layout takes
+    assert all(t["image"].startswith("./imagesTr/prostate_") and t["image"].endswith(".nii.gz") for t in d["training"])
