@@ -10,8 +10,10 @@ One ROI per annotation (cell/nucleus instance): counting questions need every in
 dropped for size; QA generation decides what to ask about them.
 
 Options:
-  files:      {split: COCO JSON}; the split becomes the record's official split
-  image_dirs: {split: folder the file_name values are relative to}
+  files:      {split: COCO JSON or a list of the places it may be, first existing wins}; the split becomes the
+              record's official split (LIVECell: the dataset root, or annotations/LIVECell/ as the release's
+              bucket lays it out)
+  image_dirs: {split: folder the file_name values are relative to, or a list of folders, first holding it wins}
   label:      fixed raw label (default: the category name)
   attribute_regex: {attribute: regex with one group applied to the file name} (LIVECell cell line)
 """
@@ -25,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.csv_boxes import image_size, pixel_box, source_image, to_float
+from medlvr.corpus.adapters.csv_boxes import image_size, pixel_box, resolve_image, source_image, to_float
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import require_file
 from medlvr.corpus.adapters.sidecar import read_json
@@ -94,8 +96,11 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     o = spec.options
     attr_res = {k: re.compile(v) for k, v in (o.get("attribute_regex") or {}).items()}
     seen: set[str] = set()
-    for split, rel_json in o["files"].items():
+    for split, json_candidates in o["files"].items():
+        rel_json = resolve_image(root, json_candidates)  # the first of the documented places that holds it
         d = read_json(require_file(root, rel_json), root)
+        image_dirs = o["image_dirs"][split]
+        image_dirs = [image_dirs] if isinstance(image_dirs, str) else list(image_dirs)
         if not isinstance(d, dict) or "images" not in d or "annotations" not in d:
             raise RecordError(f"{rel_json}: not a COCO file (needs images and annotations)", stage="discover")
         anns = d["annotations"]
@@ -111,7 +116,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
             if not isinstance(name, str):
                 yield Reject(spec.id, rel_json, "discover", f"image entry without file_name: {im!r}"[:200])
                 continue
-            rel = f"{o['image_dirs'][split]}/{name}"
+            rel = f"{image_dirs[0]}/{name}"
             key = f"{split}/{name}"
             if key in seen or im.get("id") in image_ids:
                 yield Reject(spec.id, rel, "discover", f"duplicate image id/file_name {im.get('id')!r}/{name!r}",
@@ -120,7 +125,7 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
             seen.add(key)
             image_ids.add(im.get("id"))
             try:
-                require_file(root, rel)
+                rel = resolve_image(root, [f"{d}/{{name}}" for d in image_dirs], name=name)
             except RecordError as e:
                 yield Reject(spec.id, rel, "discover", e.reason, key)
                 continue

@@ -1,7 +1,8 @@
 """A7 `csv_boxes`: box tables (VinDr-CXR, RSNA Pneumonia, NIH ChestX-ray14 bbox, OCT5k boxes).
 
 One record per image. Options (catalog `options`):
-  annotations:  glob of the annotation file(s) relative to the root ("train.csv", "labels/*.txt")
+  annotations:  glob of the annotation file(s) relative to the root ("train.csv", "labels/*.txt"), or a list of
+                globs (OCT5k: its one box table, or YOLO files)
   format:       csv | yolo | auto (default: sniff the first annotation file; OCT5k's format is unverified)
   columns:      replaces the header row (NIH's header is `Image Index,Finding Label,Bbox [x,y,w,h],,,`)
   image_col, label_col, box_cols [4 names], convention xyxy | xywh
@@ -286,7 +287,8 @@ def _yolo_groups(root: Path, files: list[Path]) -> Iterator[tuple[str, list] | R
 
 def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     o = spec.options
-    files = list(walk(root, o["annotations"]))
+    globs = [o["annotations"]] if isinstance(o["annotations"], str) else list(o["annotations"])
+    files = sorted({p for g in globs for p in walk(root, g)})  # a list: the places a release may keep them
     if not files:
         raise RecordError(f"no annotation file matches {o['annotations']!r}", stage="discover")
     fmt = o.get("format", "auto")

@@ -57,8 +57,9 @@ def write_nih_bbox(root: Path, rng) -> list[dict]:
 
 
 def write_oct5k(root: Path, rng) -> list[dict]:
-    specs = {"CNV-1234-1.jpeg": [("Fluid", 10, 20, 40, 36), ("Soft drusen", 60, 50, 80, 58)],
-             "DRUSEN-1234-2.jpeg": [("Hard drusen", 30, 40, 44, 48)],
+    # the release's table: Detection/all_bounding_boxes.csv, class names spelled without spaces ("Softdrusen")
+    specs = {"CNV-1234-1.jpeg": [("Fluid", 10, 20, 40, 36), ("Softdrusen", 60, 50, 80, 58)],
+             "DRUSEN-1234-2.jpeg": [("Harddrusen", 30, 40, 44, 48)],
              "DME-5678-1.jpeg": [("Fluid", 5, 5, 25, 30)]}
     rows = ["image,class,xmin,ymin,xmax,ymax"]
     truth = []
@@ -69,7 +70,7 @@ def write_oct5k(root: Path, rng) -> list[dict]:
         truth.append({"source_path": f"Images/{name}", "suffix": None,
                       "boxes": [[lb, [float(x0), float(y0), float(x1), float(y1)]] for lb, x0, y0, x1, y1 in boxes]})
     (root / "Detection").mkdir(parents=True, exist_ok=True)
-    (root / "Detection" / "boxes.csv").write_text("\n".join(rows) + "\n")
+    (root / "Detection" / "all_bounding_boxes.csv").write_text("\n".join(rows) + "\n")
     return truth
 
 

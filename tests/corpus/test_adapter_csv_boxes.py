@@ -232,9 +232,37 @@ def test_oct5k_bad_yolo_file_rejected_and_duplicates(tmp_path):
 def test_oct5k_csv_mode_and_patient(tmp_path):
     _oct_images(tmp_path)
     (tmp_path / "Detection").mkdir()
-    (tmp_path / "Detection" / "b.csv").write_text("image,class,xmin,ymin,xmax,ymax\nDME-22-3.jpeg,Fluid,1,2,3,4\n")
-    assert sniff_format(tmp_path / "Detection" / "b.csv") == "csv"
+    (tmp_path / "Detection" / "all_bounding_boxes.csv").write_text(
+        "image,class,xmin,ymin,xmax,ymax\nDME-22-3.jpeg,Fluid,1,2,3,4\n")
+    (tmp_path / "Detection" / "all_classes.csv").write_text("class\nFluid\n")  # shipped alongside; not a box table
+    assert sniff_format(tmp_path / "Detection" / "all_bounding_boxes.csv") == "csv"
     imgs, _ = run(load_catalog()["oct5k"], tmp_path)
     assert boxes(imgs["DME-22-3.jpeg"]) == [["Fluid", [1.0, 2.0, 3.0, 4.0]]]
     from medlvr.corpus.catalog import patient_of
     assert patient_of(load_catalog()["oct5k"], "Images/CNV-11-1.jpeg", None, "k") == "11"
+
+
+def test_oct5k_release_layout_folders_and_class_spelling(tmp_path):
+    """As public loaders read the release: one all_bounding_boxes.csv whose `image` is a path under an image folder
+    (Images/Images_Manual, Detection/Photo), classes spelled without spaces; the patient is the Kermany id or the
+    patient folder ("AMD (7)")."""
+    from medlvr.corpus.catalog import patient_of
+
+    names = {"Images/Images_Manual": "DRUSEN/DRUSEN-9884539-8.png",
+             "Detection/Photo": "AMD Part1/AMD (7).E2E/2-25-2017/Image.png"}
+    for k, (folder, name) in enumerate(names.items()):
+        (tmp_path / folder / name).parent.mkdir(parents=True)
+        Image.fromarray(np.full((50, 100), 40 * k + 10, np.uint8)).save(tmp_path / folder / name)
+    (tmp_path / "Detection" / "all_bounding_boxes.csv").write_text(
+        "image,xmin,ymin,xmax,ymax,class\n"
+        "DRUSEN/DRUSEN-9884539-8.png,1,2,30,40,Softdrusen\n"
+        "AMD Part1/AMD (7).E2E/2-25-2017/Image.png,5,6,20,30,PRlayerdisruption\n")
+    spec = load_catalog()["oct5k"]
+    imgs, rej = run(spec, tmp_path)
+    assert not rej
+    assert boxes(imgs["DRUSEN/DRUSEN-9884539-8.png"]) == [["Softdrusen", [1.0, 2.0, 30.0, 40.0]]]
+    assert imgs["AMD Part1/AMD (7).E2E/2-25-2017/Image.png"].source_path == \
+        "Detection/Photo/AMD Part1/AMD (7).E2E/2-25-2017/Image.png"
+    assert spec.concept("Softdrusen") == spec.concept("Soft drusen") and spec.concept("PRlayerdisruption")
+    assert patient_of(spec, "Images/Images_Manual/DRUSEN/DRUSEN-9884539-8.png", None, "k") == "9884539"
+    assert patient_of(spec, "Detection/Photo/AMD Part1/AMD (7).E2E/2-25-2017/Image.png", None, "k") == "AMD (7)"

@@ -152,3 +152,24 @@ def test_coco_duplicates_missing_and_group(tmp_path):
     assert_reconciles(s)
     assert (s.records_in, s.records_out, s.records_rejected) == (3, 1, 2)
     assert patient_of(spec, f"images/livecell_train_val_images/{name}", None, "k") == "A172_Phase_A7_1"
+
+
+def test_livecell_release_bucket_layout(tmp_path):
+    """The release's bucket keeps the COCO files under LIVECell_dataset_2021/annotations/LIVECell/ and the images
+    (images.zip) under LIVECell_dataset_2021/images/: the catalog finds both there, and the layout globs match."""
+    from medlvr.corpus.ingest import check_layout
+
+    spec = dataclasses.replace(load_catalog()["livecell"], options={
+        **load_catalog()["livecell"].options, "files": {
+            k: v for k, v in load_catalog()["livecell"].options["files"].items() if k == "train"}})
+    bucket = tmp_path / "LIVECell_dataset_2021"
+    _livecell(bucket, [{"id": 1, "image_id": 7, "category_id": 1, "segmentation": [[10, 10, 20, 10, 20, 18]]}])
+    (bucket / "annotations" / "LIVECell").mkdir(parents=True)
+    (bucket / "livecell_coco_train.json").rename(bucket / "annotations" / "LIVECell" / "livecell_coco_train.json")
+    imgs, rej = run(spec, tmp_path)
+    assert not rej
+    img = imgs["train/A172_Phase_A7_1_00d00h00m_1.tif"]
+    assert img.source_path == "LIVECell_dataset_2021/images/livecell_train_val_images/A172_Phase_A7_1_00d00h00m_1.tif"
+    assert boxes(img) == [["cell", [10.0, 10.0, 21.0, 19.0]]]
+    assert check_layout(load_catalog()["livecell"], tmp_path) == [
+        "**/livecell_coco_val.json", "**/livecell_coco_test.json", "**/livecell_test_images/*.tif"]
