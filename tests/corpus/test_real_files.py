@@ -507,3 +507,64 @@ def test_msd_prostate_real_dataset_json_vocabulary():
     assert set(raw["options"]["json_labels"]["organs"]) <= set(names)
     # the release names its files ./imagesTr/*.nii.gz, which the catalog layout takes
     assert all(t["image"].startswith("./imagesTr/prostate_") and t["image"].endswith(".nii.gz") for t in d["training"])
+
+
+# --------------------------------------------------------------------------------------------- not copyable
+# Releases whose terms forbid redistribution: the test reads the user's own copy from MEDLVR_REAL_<DATASET> and
+# is skipped without it. It crops the table to its first rows (whole images) and writes placeholder pixels where
+# the images are absent, so a copy of the annotation table alone is enough.
+
+def real_copy(dataset: str) -> Path:
+    var = f"MEDLVR_REAL_{dataset.upper()}"
+    value = os.environ.get(var)
+    if not value:
+        pytest.skip(f"{var} (a local copy of the real release) not set")
+    return Path(value)
+
+
+def first_rows(path: Path, key: str, n_keys: int, delimiter: str = ",") -> tuple[list[str], list[dict[str, str]]]:
+    """The header and every row of the first `n_keys` distinct `key` values, in file order."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        keys: list[str] = []
+        rows = []
+        for r in reader:
+            if r[key] not in keys:
+                if len(keys) == n_keys:
+                    break
+                keys.append(r[key])
+            rows.append(r)
+        return list(reader.fieldnames or []), rows
+
+
+def test_rsna_pneumonia_real_table_every_box_exact(tmp_path):
+    """stage_2_train_labels.csv (patientId,x,y,width,height,Target; Target 0 rows have no box): the first 40
+    patients; placeholder 1024 x 1024 DICOMs where the user's copy has no image."""
+    from medlvr.corpus.sample_data.dicom_sets import write_dicom
+
+    src = real_copy("rsna_pneumonia")
+    header, rows = first_rows(src / "stage_2_train_labels.csv", "patientId", 40)
+    assert header == ["patientId", "x", "y", "width", "height", "Target"]
+    assert {r["Target"] for r in rows} <= {"0", "1"}
+    root = tmp_path / "rsna_pneumonia"
+    (root / "stage_2_train_images").mkdir(parents=True)
+    with open(root / "stage_2_train_labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+    for i, pid in enumerate(dict.fromkeys(r["patientId"] for r in rows)):
+        real = src / "stage_2_train_images" / f"{pid}.dcm"
+        if real.is_file():
+            (root / "stage_2_train_images" / f"{pid}.dcm").write_bytes(real.read_bytes())
+        else:
+            yy, xx = np.mgrid[0:1024, 0:1024]
+            write_dicom(root / "stage_2_train_images" / f"{pid}.dcm",
+                        ((xx // 8 + 3 * (yy // 8) + 17 * i) % 251).astype(np.uint8), modality="CR")
+    objs = [Obj(f"stage_2_train_images/{r['patientId']}.dcm", f"row {i}", "Lung Opacity",
+                (float(r["x"]), float(r["y"]), float(r["x"]) + float(r["width"]), float(r["y"]) + float(r["height"])))
+            for i, r in enumerate(rows) if r["Target"] == "1"]
+    summary, tables = ingest("rsna_pneumonia", root, tmp_path / "out")
+    assert_objects_accounted("rsna_pneumonia", objs, summary, tables)
+    negatives = {r["patientId"] for r in rows if r["Target"] == "0"}
+    flagged = {Path(im["source_path"]).stem for im in tables["images"] if '"negative": true' in im["attributes"]}
+    assert flagged == negatives and summary.records_out == 40
