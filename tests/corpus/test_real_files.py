@@ -568,3 +568,67 @@ def test_rsna_pneumonia_real_table_every_box_exact(tmp_path):
     negatives = {r["patientId"] for r in rows if r["Target"] == "0"}
     flagged = {Path(im["source_path"]).stem for im in tables["images"] if '"negative": true' in im["attributes"]}
     assert flagged == negatives and summary.records_out == 40
+
+
+# --------------------------------------------------------------------------------------------- ISIC 2018
+# Real (CC BY-NC 4.0): ISIC2018_Task1_Training_GroundTruth/ISIC_0000050_segmentation.png (8-bit, 1504 x 1129, values
+# 0/255). The dermoscopic JPEG is a placeholder of that size; the Task 2 attribute masks are absent ("missing:
+# absent" in the catalog: no attribute).
+
+def test_isic2018_real_lesion_mask_box_exact(tmp_path):
+    import shutil
+
+    root = tmp_path / "isic2018"
+    shutil.copytree(REAL / "isic2018", root)
+    mask_path = root / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000050_segmentation.png"
+    write_placeholder_png(root / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000050.png", 1504, 1129, 0, "RGB")
+    from PIL import Image
+
+    Image.open(root / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000050.png").save(
+        root / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000050.jpg", quality=95)
+    (root / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000050.png").unlink()
+    objs = [Obj("ISIC2018_Task1-2_Training_Input/ISIC_0000050.jpg", "lesion mask", "skin lesion", mask_box(mask_path))]
+    assert_vocabulary_complete("isic2018", Counter(o.label for o in objs))
+    summary, tables = ingest("isic2018", root, tmp_path / "out")
+    assert_objects_accounted("isic2018", objs, summary, tables)
+    assert summary.rois_out == 1
+
+
+# --------------------------------------------------------------------------------------------- DeepLesion
+# DL_info.csv (NIH Clinical Center terms; the test reads the user's copy, MEDLVR_REAL_DEEPLESION): the first 12
+# key slices, placeholder 16-bit PNGs of each row's Image_size where the copy has no Images_png/.
+
+def test_deeplesion_real_table_every_box_exact(tmp_path):
+    src = real_copy("deeplesion")
+    header, rows = first_rows(src / "DL_info.csv", "File_name", 12)
+    raw = yaml.safe_load((CATALOG_YAML / "deeplesion.yaml").read_text())
+    types = {int(k): v for k, v in raw["options"]["lesion_types"].items()}
+    assert {int(r["Coarse_lesion_type"]) for r in rows} <= set(types)
+    root = tmp_path / "deeplesion"
+    root.mkdir()
+    with open(root / "DL_info.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+    from PIL import Image
+
+    objs = []
+    for i, r in enumerate(rows):
+        series, slice_png = r["File_name"].rsplit("_", 1)
+        rel = f"Images_png/{series}/{slice_png}"
+        target = root / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            real = src / rel
+            if real.is_file():
+                target.write_bytes(real.read_bytes())
+            else:
+                w_, h_ = (int(float(v)) for v in r["Image_size"].split(","))
+                yy, xx = np.mgrid[0:h_, 0:w_]
+                Image.fromarray((32768 - 1000 + (xx + 3 * yy + 7 * i) % 1500).astype(np.uint16)).save(target)
+        box = tuple(float(v) for v in r["Bounding_boxes"].split(","))
+        objs.append(Obj(rel, f"row {i}", types[int(r["Coarse_lesion_type"])], box))
+    assert_vocabulary_complete("deeplesion", Counter(o.label for o in objs))
+    summary, tables = ingest("deeplesion", root, tmp_path / "out")
+    assert_objects_accounted("deeplesion", objs, summary, tables)
+    assert summary.records_out == 12
