@@ -632,3 +632,56 @@ def test_deeplesion_real_table_every_box_exact(tmp_path):
     summary, tables = ingest("deeplesion", root, tmp_path / "out")
     assert_objects_accounted("deeplesion", objs, summary, tables)
     assert summary.records_out == 12
+
+
+# --------------------------------------------------------------------------------------------- SIIM-ACR
+# train-rle.csv (Kaggle / SIIM terms; the user's copy, MEDLVR_REAL_SIIM_ACR): header `ImageId, EncodedPixels`
+# (with the space), stage-1 relative RLE over the column-major 1024 x 1024 mask, `-1` = no pneumothorax, several
+# rows of one image OR'ed. The first 20 images; placeholder DICOMs where the copy has no dicom-images-train/.
+
+def siim_mask(rles: list[str], size: int = 1024) -> np.ndarray:
+    """SIIM's own rle2mask: starts relative to the end of the previous run, over the transposed flat mask."""
+    flat = np.zeros(size * size, dtype=bool)
+    for rle in rles:
+        vals = [int(v) for v in rle.split()]
+        pos = 0
+        for start, length in zip(vals[0::2], vals[1::2]):
+            pos += start
+            flat[pos:pos + length] = True
+            pos += length
+    return flat.reshape(size, size).T
+
+
+def test_siim_acr_real_rle_every_component_exact(tmp_path):
+    from medlvr.corpus.sample_data.dicom_sets import write_dicom
+
+    src = real_copy("siim_acr")
+    with open(src / "train-rle.csv", newline="") as f:
+        reader = csv.reader(f, skipinitialspace=True)
+        header = next(reader)
+        rows = []
+        for r in reader:
+            if r[0] not in {x[0] for x in rows} and len({x[0] for x in rows}) == 20:
+                break
+            rows.append(r)
+    assert [h.strip() for h in header] == ["ImageId", "EncodedPixels"]
+    root = tmp_path / "siim_acr"
+    root.mkdir()
+    (root / "train-rle.csv").write_text("ImageId, EncodedPixels\n" + "".join(f"{a}, {b}\n" for a, b in rows))
+    existing = {p.stem: p for p in src.glob("dicom-images-train/*/*/*.dcm")}
+    objs = []
+    for i, sop in enumerate(dict.fromkeys(r[0] for r in rows)):
+        rel = f"dicom-images-train/1.2.826.0.1.{i}/1.2.826.0.2.{i}/{sop}.dcm"
+        (root / rel).parent.mkdir(parents=True)
+        if sop in existing:
+            (root / rel).write_bytes(existing[sop].read_bytes())
+        else:
+            yy, xx = np.mgrid[0:1024, 0:1024]
+            write_dicom(root / rel, ((xx // 8 + 3 * (yy // 8) + 17 * i) % 251).astype(np.uint8), modality="CR")
+        rles = [b for a, b in rows if a == sop and b.strip() != "-1"]
+        if rles:
+            objs += [Obj(rel, f"component {k}", "pneumothorax", b)
+                     for k, b in enumerate(slice_component_boxes(siim_mask(rles).astype(np.uint8), [1]))]
+    summary, tables = ingest("siim_acr", root, tmp_path / "out")
+    assert_objects_accounted("siim_acr", objs, summary, tables)
+    assert summary.records_out == len({r[0] for r in rows})
