@@ -640,16 +640,10 @@ def test_deeplesion_real_table_every_box_exact(tmp_path):
 # rows of one image OR'ed. The first 20 images; placeholder DICOMs where the copy has no dicom-images-train/.
 
 def siim_mask(rles: list[str], size: int = 1024) -> np.ndarray:
-    """SIIM's own rle2mask: starts relative to the end of the previous run, over the transposed flat mask."""
-    flat = np.zeros(size * size, dtype=bool)
-    for rle in rles:
-        vals = [int(v) for v in rle.split()]
-        pos = 0
-        for start, length in zip(vals[0::2], vals[1::2]):
-            pos += start
-            flat[pos:pos + length] = True
-            pos += length
-    return flat.reshape(size, size).T
+    """SIIM's own rle2mask (the independent decoder of the adapter tests), rows of one image OR'ed."""
+    from tests.corpus.test_adapter_dicom import _decode_relative
+
+    return np.logical_or.reduce([_decode_relative(rle, size, size) for rle in rles])
 
 
 def test_siim_acr_real_rle_every_component_exact(tmp_path):
