@@ -39,7 +39,8 @@ def _cmd_catalog(args) -> int:
     cat = load_catalog()
     if args.json:
         rows = [{"id": s.id, "name": s.name, "modality": s.modality, "body_region": s.body_region,
-                 "adapter": s.adapter, "labels": s.labels, "layout": list(s.layout), "licence": s.licence,
+                 "adapter": s.adapter, "labels": s.labels, "ignored_labels": s.ignored_labels,
+                 "layout": list(s.layout), "licence": s.licence,
                  "citation": s.citation, "homepage": s.homepage,
                  "official_split": s.official_split, "patient_key": s.patient_key} for s in cat.values()]
         print(json.dumps(rows, indent=1))

@@ -265,6 +265,8 @@ def write_fastmri_plus(root: Path, rng) -> list[dict]:
         wr.writerow(header)
         for z, lab, (x, y, bw, bh) in boxes:
             wr.writerow(["file1000001", z, "No", x, y, bw, bh, lab])
+        # a box of a label the catalog ignores on purpose (as the real tables have): an ROI reject with its reason
+        wr.writerow(["file1000001", 1, "No", 20, 20, 30, 20, "Possible artifact"])
         wr.writerow(["file1000001", 0, "Yes", "", "", "", "", "Periarticular cysts "])
     with open(ann / "brain.csv", "w", newline="") as f:
         wr = csv.writer(f)

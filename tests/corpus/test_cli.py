@@ -6,7 +6,9 @@ from medlvr.pipelines.cli import main
 def test_catalog_json_lists_31(capsys):
     assert main(["catalog", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 31 and {"id", "modality", "adapter", "layout", "licence"} <= set(rows[0])
+    assert len(rows) == 31 and {"id", "modality", "adapter", "layout", "licence", "ignored_labels"} <= set(rows[0])
+    fastmri = next(r for r in rows if r["id"] == "fastmri_plus")
+    assert fastmri["ignored_labels"]["Possible artifact"].startswith("an image artifact")
 
 
 def test_catalog_table(capsys):
