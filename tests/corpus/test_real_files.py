@@ -10,8 +10,9 @@ For every dataset:
   * every label of the real files is mapped by the catalog or listed in its `ignored_labels` (the vocabulary is
     complete, so an unknown label is always a finding);
   * every box equals the independent parse (as the stored original box);
-  * no object is lost silently: ROIs written + ROI rejects == the objects counted here, file by file
-    (`objects_by_file` gives the per-file identities, so a `source_object` column can be asserted the same way).
+  * no object is lost silently: ROIs written + ROI rejects == the objects counted here, file by file. Each
+    independently parsed object (`Obj`) carries its file and its identity there (`ident`: row, object index,
+    finding, mask, component), so a per-ROI `source_object` column can be asserted against the same list.
 Where a release's images may not be copied (or are too large), the annotation files are real and the test writes
 placeholder pixels of the documented size at the documented paths; that is said per dataset.
 """
