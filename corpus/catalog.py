@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from medlvr.corpus.config import did_you_mean
+
 MODALITIES = ("CT", "MRI", "X-ray", "ultrasound", "dermoscopy", "fundus", "OCT", "microscopy")
 CATALOG_DIR = Path(__file__).with_name("catalog")
 CATALOG_PATH_ENV = "MEDLVR_CATALOG_PATH"  # extra catalog folders (module docstring)
@@ -157,7 +159,8 @@ def select(ids: list[str] | None, catalog: dict[str, DatasetSpec] | None = None)
         return list(cat.values())
     unknown = [i for i in ids if i not in cat]
     if unknown:
-        raise CatalogError(f"unknown dataset ids {unknown}; see `medlvr catalog`")
+        raise CatalogError("; ".join(f"unknown dataset id {i!r}{did_you_mean(i, cat)}" for i in unknown)
+                           + "; see `medlvr catalog`")
     return [cat[i] for i in ids]
 
 

@@ -25,17 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-from medlvr.corpus.adapters import ADAPTERS
-from medlvr.corpus.build import BuildConfig, build_corpus
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.config import add_config_arguments, load_config
 from medlvr.corpus import layout
-from medlvr.corpus.ingest import (DatasetSummary, IngestConfig, empty_dataset_reason, locate_datasets,
-                                   run_ingest)
-from medlvr.corpus.sample_data import write_samples
+
+# The readers, the build and the sample writers are imported by the commands that run them: `medlvr` itself starts
+# in a fraction of a second (an argument error of any subcommand is reported before they load).
 
 
 def _cmd_catalog(args) -> int:
+    from medlvr.corpus.adapters import ADAPTERS
+
     cat = load_catalog()
     if args.json:
         rows = [{"id": s.id, "name": s.name, "modality": s.modality, "body_region": s.body_region,
@@ -54,6 +54,8 @@ def _cmd_catalog(args) -> int:
 
 
 def _cmd_sample_data(args) -> int:
+    from medlvr.corpus.sample_data import write_samples
+
     t0 = time.perf_counter()
     counts = write_samples(Path(args.out_dir), args.datasets, seed=args.seed)
     print(f"wrote {len(counts)} sample datasets ({sum(counts.values())} truth records) to {args.out_dir} "
@@ -84,6 +86,8 @@ def datasets_to_run(data_root: Path, requested: list[str] | None) -> list[str] |
     A dataset named with --datasets but absent is an error (one line per such dataset). Without --datasets the
     run takes what the data root holds: a missing data root is one error line, a data root with no dataset
     folder another, and the absent datasets of a partial root are listed on one line, not one line each."""
+    from medlvr.corpus.ingest import locate_datasets
+
     present, absent = locate_datasets(data_root, requested)
     if requested and absent:
         for spec, root in absent:
@@ -102,6 +106,8 @@ def datasets_to_run(data_root: Path, requested: list[str] | None) -> list[str] |
 
 def report_empty_datasets(summaries) -> int:
     """Exit status of a run: 1 (with one line each) if a dataset yielded no image at all."""
+    from medlvr.corpus.ingest import empty_dataset_reason
+
     empty = [r for r in map(empty_dataset_reason, summaries) if r]
     for line in empty:
         print(f"medlvr: error: {line}", file=sys.stderr)
@@ -109,6 +115,8 @@ def report_empty_datasets(summaries) -> int:
 
 
 def _cmd_ingest(args) -> int:
+    from medlvr.corpus.ingest import IngestConfig, run_ingest
+
     shortcuts = [f"workers={args.workers}"] if args.workers is not None else []
     cfg = load_config(IngestConfig, args.config, [*args.overrides, *shortcuts])
     ids = datasets_to_run(Path(args.data_root), args.datasets)
@@ -123,6 +131,9 @@ def _cmd_ingest(args) -> int:
 
 
 def _cmd_build_corpus(args) -> int:
+    from medlvr.corpus.build import BuildConfig, build_corpus
+    from medlvr.corpus.ingest import DatasetSummary
+
     shortcuts = [f"ingest.workers={args.workers}"] if args.workers is not None else []
     shortcuts += [f"generator.backend={args.qa_backend}"] if args.qa_backend else []
     cfg = load_config(BuildConfig, args.config, [*args.overrides, *shortcuts])

@@ -4,6 +4,7 @@ launcher runs as a subprocess), and `medlvr evaluate`'s progress display: a bar 
 
 import argparse
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,38 @@ def test_stage_bar_is_a_bar_on_a_terminal_and_one_line_in_a_pipe():
             bar.update(1)
     out = tty.getvalue()
     assert "\r" in out and "50/50" in out and out.count("\n") <= 1  # redrawn in place, one line left behind
+
+
+@pytest.mark.parametrize("argv", [["catalog", "--json"], ["catalog"], ["--help"]])
+def test_a_closed_pipe_ends_the_command_quietly(argv):
+    """`medlvr catalog --json | head -c 600`: a reader that stops early ends the command as it ends Unix tools:
+    no traceback, the status a shell shows for SIGPIPE (141). Through a real pipe whose read end is closed
+    before the command writes (so the write fails every time, not only when the output outgrows the pipe)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([str(MEDLVR), *argv], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "", proc.stderr
+    assert proc.returncode == (0 if argv == ["--help"] else 141)  # argparse's help exits itself
+
+
+def test_head_of_the_catalog_json_in_a_shell_pipeline():
+    proc = subprocess.run(f"'{MEDLVR}' catalog --json | head -c 600; echo \" status=${{PIPESTATUS[0]}}\"",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=300)
+    assert proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("[") and proc.stdout.split()[-1] in ("status=0", "status=141")
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["catalgo"], "medlvr: error: unknown command 'catalgo' (did you mean catalog?); see `medlvr --help`"),
+    (["trian-sft", "--config", "x.yaml"], "medlvr: error: unknown command 'trian-sft' (did you mean train-sft?); "
+                                          "see `medlvr --help`"),
+    (["sample-data", "out", "--datasets", "kits32"], "medlvr: error: unknown dataset id 'kits32' "
+                                                     "(did you mean kits23?); see `medlvr catalog`"),
+])
+def test_a_mistyped_command_or_dataset_gets_a_did_you_mean(tmp_path, argv, line):
+    proc = subprocess.run([str(MEDLVR), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.splitlines() == [line]
