@@ -158,12 +158,17 @@ def print_build_report(report: dict, file=None) -> None:
     print(f"QA pairs: {sum(qa.values())} from {dd['images']} images of {len(report['ingest'])} datasets", file=file)
     print(f"duplicates: {dd['images_in_duplicate_groups']} images in {dd['groups_with_duplicates']} groups; "
           f"decontamination removed {dc['removed_images']} images", file=file)
-    print(f"images per split: {json.dumps(sp['per_split'])}; {sp['moved']} images moved to keep groups together",
-          file=file)
-    gen = report.get("generation", {})
+    print(f"images per split: {counts_text(sp['per_split'])}; {sp['moved']} images moved to keep duplicate and "
+          "patient groups in one split", file=file)
+    gen = {k: v for k, v in report.get("generation", {}).items() if ":" not in k}
     if gen:
-        print("generated text: " + ", ".join(f"{k}={v}" for k, v in gen.items() if ":" not in k), file=file)
+        print(f"generated text: {counts_text(gen)}", file=file)
     print(f"shards: {report['shards']}  card: {report['card']}  ({report['seconds']}s)", file=file)
+
+
+def counts_text(counts: dict) -> str:
+    """`{"train": 60, "val": 8}` as a person reads it: `train 60, val 8`."""
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) or "none"
 
 
 def register(sub) -> None:

@@ -49,7 +49,7 @@ def _cmd_demo(args) -> int:
     corpus_cli.print_summary(summaries)
     manifest = json.loads((corpus / "shards" / MANIFEST_NAME).read_text())
     print(f"\nQA pairs: {manifest['rows']} in {len(manifest['shards'])} shards; per split "
-          f"{json.dumps(manifest['counts']['split'])}; decontamination removed "
+          f"{corpus_cli.counts_text(manifest['counts']['split'])}; decontamination removed "
           f"{manifest['decontamination'].get('removed_images', 0)} images")
     print(f"steps run: {len(res['ran'])}, reused (up to date): {len(res['reused'])}, failed: {len(res['failed'])}")
     print(f"corpus card: {corpus / 'card' / 'README.md'}")

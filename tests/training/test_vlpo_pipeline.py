@@ -15,6 +15,7 @@ def test_asset_definition():
     assert ROI_SFT_CHECKPOINT in spec.dependency_keys
     assert spec.op.pool == "gpu"
     cfg = VlpoConfig(launcher="torchrun", nproc_per_node=2, overrides=["run.out_dir=/out"])
+    assert "run.replace=true" in trainer_overrides(cfg, "/ck/model")  # re-materialising writes over, on purpose
     cmd = trainer_command(cfg, trainer_overrides(cfg, "/ck/model"))
     assert "torch.distributed.run" in cmd and "model.path=/ck/model" in cmd and "engine.backend=deepspeed" in cmd
     assert cmd.index("run.out_dir=/out") > cmd.index("model.path=/ck/model")  # the user's overrides come last
