@@ -52,10 +52,16 @@ def test_asset_fails_without_upstream(tmp_path):
                        instance=dg.DagsterInstance.ephemeral())
 
 
-def test_cli_train_vlpo(tmp_path, tiny_ckpt):
+def test_cli_train_vlpo(tmp_path, tiny_ckpt, capsys):
+    import json
+
     from medlvr.pipelines.cli import main
 
     rc = main(["train-vlpo", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "vlpo_tiny.yaml"), "--set", f"model.path={tiny_ckpt}",
                "--set", f"run.out_dir={tmp_path}", "--set", "run.max_steps=1", "--set", "run.progress=false"])
     assert rc == 0 and (tmp_path / "final" / "model" / "config.json").is_file()
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    reward = json.loads((tmp_path / "metrics.jsonl").read_text())["reward_mean"]  # the run's one step, read apart
+    [last] = capsys.readouterr().out.strip().splitlines()  # one readable line, not a JSON dict
+    assert last == (f"VLPO: 1 steps: mean reward {reward:.3f} over the run, last step reward {reward:.3f}, accuracy "
+                    f"{last.split('accuracy ')[1].split(';')[0]}; final model: {tmp_path / 'final' / 'model'}"), last
