@@ -114,6 +114,8 @@ def test_head_of_the_catalog_json_in_a_shell_pipeline():
                                           "see `medlvr --help`"),
     (["sample-data", "out", "--datasets", "kits32"], "medlvr: error: unknown dataset id 'kits32' "
                                                      "(did you mean kits23?); see `medlvr catalog`"),
+    (["demo", "--datasets", "busi", "bcdd"], "medlvr: error: unknown dataset id 'bcdd' (did you mean bccd?); "
+                                             "see `medlvr catalog`"),
 ])
 def test_a_mistyped_command_or_dataset_gets_a_did_you_mean(tmp_path, argv, line):
     proc = subprocess.run([str(MEDLVR), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
