@@ -72,6 +72,14 @@ def cut_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def quiet_loading_bars() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers in a training command: the run's own
+    progress (`MetricsLogger`) is the one display, and a pipe or log file gets no carriage-return animation."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 class MetricsLogger:
     def __init__(self, out_dir: str | Path, enabled: bool = True, total_steps: int = 0, tensorboard: bool = True,
                  progress: bool = True, start_step: int = 0):

@@ -29,7 +29,7 @@ from medlvr.corpus.config import add_config_arguments, exit_on_config_error
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, refuse_silent_overwrite, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.metrics import MetricsLogger, decoder_params, peak_flops, train_flops
+from medlvr.training.metrics import MetricsLogger, decoder_params, peak_flops, quiet_loading_bars, train_flops
 from medlvr.training.model import set_pixel_budget
 from medlvr.training.pipes import format_step, open_pipes, report_failure, scalar_metrics
 from medlvr.training.sft.collate import collate
@@ -162,6 +162,7 @@ def run_from_args(args) -> int:
     is (the root CLI prints it as one line and exits 2)."""
     cfg = load_sft_config(args.config, args.overrides)
     refuse_silent_overwrite(cfg.run.out_dir, cfg.run.resume, cfg.run.replace)  # before anything is written there
+    quiet_loading_bars()
     with open_pipes() as pipes:
         try:
             return _run(cfg, pipes)

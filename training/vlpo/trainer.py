@@ -39,7 +39,7 @@ from medlvr.corpus.config import add_config_arguments, exit_on_config_error, loa
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, refuse_silent_overwrite, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.metrics import MetricsLogger
+from medlvr.training.metrics import MetricsLogger, quiet_loading_bars
 from medlvr.training.model import set_pixel_budget
 from medlvr.training.pipes import is_rank0, open_pipes, report_failure
 from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent
@@ -218,6 +218,7 @@ def run_cli(args) -> int:
     is (the root CLI prints it as one line and exits 2)."""
     cfg = load_config(VLPORunConfig, args.config, args.overrides)
     refuse_silent_overwrite(cfg.run.out_dir, cfg.run.resume, cfg.run.replace)  # before anything is written there
+    quiet_loading_bars()
     with open_pipes() as pipes:
         log_fn = None
         if pipes is not None:
