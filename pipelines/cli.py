@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from medlvr.corpus import cli as corpus_cli
-from medlvr.corpus.catalog import CatalogError, select
+from medlvr.corpus.catalog import CatalogError
+from medlvr.corpus.catalog import select as select_datasets
 from medlvr.corpus.config import ConfigError, did_you_mean
 from medlvr.corpus.evalsets.base import BenchmarkError
 from medlvr.corpus.kg.graph import KGError
@@ -36,7 +37,7 @@ def _cmd_demo(args) -> int:
     from medlvr.pipelines.main_job import run_main  # imports Dagster: only when the main job runs
 
     if args.datasets:
-        select(args.datasets)  # a mistyped id: one line with a did-you-mean, before Dagster starts
+        select_datasets(args.datasets)  # a mistyped id: one line with a did-you-mean, before Dagster starts
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
     print(f"Dagster instance: {home.resolve()} (browse it afterwards with `make dagster-dev`)")
     try:
