@@ -11,15 +11,16 @@ an error. That is how a site adds private datasets, and how the tests add a 32nd
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from medlvr.corpus.config import ConfigError, build_config, did_you_mean
 
 MODALITIES = ("CT", "MRI", "X-ray", "ultrasound", "dermoscopy", "fundus", "OCT", "microscopy")
 CATALOG_DIR = Path(__file__).with_name("catalog")
@@ -69,19 +70,16 @@ class DatasetSpec:
 
 _REQUIRED = ("id", "name", "modality", "body_region", "adapter", "labels", "layout", "patient_key",
              "licence", "citation", "homepage")
-_OPTIONAL = ("options", "official_split", "normalise", "attributes", "sample", "multi_frame", "max_record_bytes",
-             "ignored_labels")
 
 
 def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
+    known = [f.name for f in fields(DatasetSpec)]
+    for key in raw:  # before the required keys: a mistyped one is the reason one is missing
+        if key not in known:
+            raise CatalogError(f"{source}: unknown config key {key}{did_you_mean(key, known)}")
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise CatalogError(f"{source}: missing keys {missing}")
-    for key in raw:
-        if key not in _REQUIRED + _OPTIONAL:
-            close = difflib.get_close_matches(str(key), _REQUIRED + _OPTIONAL, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise CatalogError(f"{source}: unknown key {key!r}{hint}")
     if not _ID_RE.match(str(raw["id"])):
         raise CatalogError(f"{source}: id {raw['id']!r} must be lowercase letters, digits and '_'")
     if raw["modality"] not in MODALITIES:
@@ -118,16 +116,26 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
     if max_record_bytes is not None and (isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int)
                                          or max_record_bytes < 1):
         raise CatalogError(f"{source}: max_record_bytes must be a positive number of bytes, got {max_record_bytes!r}")
-    return DatasetSpec(
-        id=raw["id"], name=raw["name"], modality=raw["modality"], body_region=raw["body_region"],
-        adapter=raw["adapter"], options=dict(raw.get("options") or {}),
-        labels={str(k): v for k, v in labels.items()}, layout=tuple(raw["layout"]),
-        patient_key=dict(pk), official_split=dict(split) if split else None,
-        normalise=dict(raw.get("normalise") or {}), attributes=tuple(raw.get("attributes") or ()),
-        licence=raw["licence"], citation=raw["citation"], homepage=raw["homepage"],
-        sample=dict(raw.get("sample") or {}), multi_frame=multi_frame, max_record_bytes=max_record_bytes,
-        ignored_labels={str(k): v.strip() for k, v in ignored.items()},
-    )
+    # every key through the one config loader, typed by DatasetSpec's fields: an unknown key (`atributes:`) is an
+    # error with a did-you-mean, never a silently empty default (a new catalog key is one field of DatasetSpec)
+    empty = {"options": {}, "normalise": {}, "attributes": (), "sample": {}, "official_split": None}
+    data = {**raw, **{k: v for k, v in empty.items() if raw.get(k) is None},
+            "labels": {str(k): v for k, v in labels.items()},
+            "ignored_labels": {str(k): v.strip() for k, v in ignored.items()}}
+    try:
+        return build_config(DatasetSpec, data)
+    except ConfigError as e:
+        raise CatalogError(f"{source}: {e}") from None
+
+
+def check_options(spec: DatasetSpec, source: str) -> None:
+    """The entry's `options:` (and each of its `variants`) against the adapter's declared options dataclass."""
+    from medlvr.corpus.adapters import ADAPTERS  # local import: adapters import this module
+
+    try:
+        build_config(ADAPTERS[spec.adapter].options, spec.options, "options")
+    except ConfigError as e:
+        raise CatalogError(f"{source}: {e}") from None
 
 
 def catalog_dirs() -> tuple[Path, ...]:
@@ -170,7 +178,8 @@ def _load_catalog(dirs: tuple[Path, ...]) -> dict[str, DatasetSpec]:
             if spec.id in specs:
                 raise CatalogError(f"{path}: duplicate dataset id {spec.id!r}")
             if spec.adapter not in ADAPTERS:
-                raise CatalogError(f"{path.name}: unknown adapter {spec.adapter!r}; known: {sorted(ADAPTERS)}")
+                raise CatalogError(f"{path.name}: unknown adapter {spec.adapter!r}{did_you_mean(spec.adapter, ADAPTERS)}")
+            check_options(spec, path.name)
             specs[spec.id] = spec
     return specs
 
@@ -181,7 +190,8 @@ def select(ids: list[str] | None, catalog: dict[str, DatasetSpec] | None = None)
         return list(cat.values())
     unknown = [i for i in ids if i not in cat]
     if unknown:
-        raise CatalogError(f"unknown dataset ids {unknown}; see `medlvr catalog`")
+        raise CatalogError("; ".join(f"unknown dataset id {i!r}{did_you_mean(i, cat)}" for i in unknown)
+                           + "; see `medlvr catalog`")
     return [cat[i] for i in ids]
 
 

@@ -25,17 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-from medlvr.corpus.adapters import ADAPTERS
-from medlvr.corpus.build import BuildConfig, build_corpus
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.config import add_config_arguments, load_config
 from medlvr.corpus import layout
-from medlvr.corpus.ingest import (DatasetSummary, IngestConfig, empty_dataset_reason, locate_datasets,
-                                   run_ingest)
-from medlvr.corpus.sample_data import write_samples
+
+# The readers, the build and the sample writers are imported by the commands that run them: `medlvr` itself starts
+# in a fraction of a second (an argument error of any subcommand is reported before they load).
 
 
 def _cmd_catalog(args) -> int:
+    from medlvr.corpus.adapters import ADAPTERS
+
     cat = load_catalog()
     if args.json:
         rows = [{"id": s.id, "name": s.name, "modality": s.modality, "body_region": s.body_region,
@@ -55,6 +55,8 @@ def _cmd_catalog(args) -> int:
 
 
 def _cmd_sample_data(args) -> int:
+    from medlvr.corpus.sample_data import write_samples
+
     t0 = time.perf_counter()
     counts = write_samples(Path(args.out_dir), args.datasets, seed=args.seed)
     print(f"wrote {len(counts)} sample datasets ({sum(counts.values())} truth records) to {args.out_dir} "
@@ -85,6 +87,8 @@ def datasets_to_run(data_root: Path, requested: list[str] | None) -> list[str] |
     A dataset named with --datasets but absent is an error (one line per such dataset). Without --datasets the
     run takes what the data root holds: a missing data root is one error line, a data root with no dataset
     folder another, and the absent datasets of a partial root are listed on one line, not one line each."""
+    from medlvr.corpus.ingest import locate_datasets
+
     present, absent = locate_datasets(data_root, requested)
     if requested and absent:
         for spec, root in absent:
@@ -103,6 +107,8 @@ def datasets_to_run(data_root: Path, requested: list[str] | None) -> list[str] |
 
 def report_empty_datasets(summaries) -> int:
     """Exit status of a run: 1 (with one line each) if a dataset yielded no image at all."""
+    from medlvr.corpus.ingest import empty_dataset_reason
+
     empty = [r for r in map(empty_dataset_reason, summaries) if r]
     for line in empty:
         print(f"medlvr: error: {line}", file=sys.stderr)
@@ -110,6 +116,8 @@ def report_empty_datasets(summaries) -> int:
 
 
 def _cmd_ingest(args) -> int:
+    from medlvr.corpus.ingest import IngestConfig, run_ingest
+
     shortcuts = [f"workers={args.workers}"] if args.workers is not None else []
     cfg = load_config(IngestConfig, args.config, [*args.overrides, *shortcuts])
     ids = datasets_to_run(Path(args.data_root), args.datasets)
@@ -124,6 +132,9 @@ def _cmd_ingest(args) -> int:
 
 
 def _cmd_build_corpus(args) -> int:
+    from medlvr.corpus.build import BuildConfig, build_corpus
+    from medlvr.corpus.ingest import DatasetSummary
+
     shortcuts = [f"ingest.workers={args.workers}"] if args.workers is not None else []
     shortcuts += [f"generator.backend={args.qa_backend}"] if args.qa_backend else []
     cfg = load_config(BuildConfig, args.config, [*args.overrides, *shortcuts])
@@ -148,12 +159,17 @@ def print_build_report(report: dict, file=None) -> None:
     print(f"QA pairs: {sum(qa.values())} from {dd['images']} images of {len(report['ingest'])} datasets", file=file)
     print(f"duplicates: {dd['images_in_duplicate_groups']} images in {dd['groups_with_duplicates']} groups; "
           f"decontamination removed {dc['removed_images']} images", file=file)
-    print(f"images per split: {json.dumps(sp['per_split'])}; {sp['moved']} images moved to keep groups together",
-          file=file)
-    gen = report.get("generation", {})
+    print(f"images per split: {counts_text(sp['per_split'])}; {sp['moved']} images moved to keep duplicate and "
+          "patient groups in one split", file=file)
+    gen = {k: v for k, v in report.get("generation", {}).items() if ":" not in k}
     if gen:
-        print("generated text: " + ", ".join(f"{k}={v}" for k, v in gen.items() if ":" not in k), file=file)
+        print(f"generated text: {counts_text(gen)}", file=file)
     print(f"shards: {report['shards']}  card: {report['card']}  ({report['seconds']}s)", file=file)
+
+
+def counts_text(counts: dict) -> str:
+    """`{"train": 60, "val": 8}` as a person reads it: `train 60, val 8`."""
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) or "none"
 
 
 def register(sub) -> None:

@@ -107,6 +107,29 @@ def build_config(cls: type[T], data: Mapping[str, Any] | None, where: str = "") 
     return _build(cls, {} if data is None else data, where)
 
 
+def did_you_mean(word: Any, known: Sequence[str] | Mapping[str, Any], where: str = "") -> str:
+    """" (did you mean X?)" for the nearest known name, else " (known: a, b, ...)": the hint every unknown name
+    gets (a config key, a subcommand, a dataset id, a catalog or adapter option)."""
+    names = [str(k) for k in known]
+    close = difflib.get_close_matches(str(word), names, n=1)
+    return f" (did you mean {_join(where, close[0])}?)" if close else f" (known: {', '.join(sorted(names))})"
+
+
+def signature_config(fn: Callable, skip: int = 1) -> type:
+    """A config dataclass of `fn`'s parameters after the first `skip` (their annotations and defaults), so the
+    keyword arguments a config passes to a function (a benchmark loader's `split`, ...) go through this loader:
+    an unknown one is a `ConfigError` with a did-you-mean, a value of the wrong type too."""
+    import inspect
+
+    hints = typing.get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    fields = [(p.name, hints.get(p.name, Any), dataclasses.field(default=p.default))
+              if p.default is not inspect.Parameter.empty else (p.name, hints.get(p.name, Any))
+              for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    fields.sort(key=lambda f: len(f) == 3)  # required ones first, as a dataclass needs
+    return dataclasses.make_dataclass(f"{getattr(fn, '__name__', 'call')}_arguments", fields, frozen=True)
+
+
 def config_to_dict(cfg: Any) -> dict:
     """A plain, YAML/JSON-safe mapping of a config (tuples as lists, paths as strings); `build_config` of it gives
     the same config back."""
@@ -123,9 +146,7 @@ def _build(cls, data, where: str):
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {_join(where, close[0])}?)" if close else f" (known: {', '.join(sorted(fields))})"
-            raise ConfigError(f"unknown config key {_join(where, key)}{hint}")
+            raise ConfigError(f"unknown config key {_join(where, key)}{did_you_mean(key, fields, where)}")
     kwargs = {k: _value(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -20,26 +20,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image
 
-from medlvr.corpus.adapters.images import DICOM_SUFFIXES, read_2d, read_dicom
-from medlvr.corpus.adapters.nifti import read_nifti, to_zyx
 from medlvr.corpus.normalize import CT_WINDOWS, NormaliseConfig, normalise_image
 from medlvr.corpus.records import RecordError, SourceImage
-from medlvr.corpus.volumes import volume_window
-from medlvr.evaluation.attention import grid_heatmap
-from medlvr.evaluation.figures import plot_latent_overlay
-from medlvr.evaluation.inference import resolve_device
 from medlvr.training.checkpoints import latest_checkpoint, read_latent_info
-from medlvr.training.latent_decode import DecodeConfig, latent_generate
-from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.model import eos_token_ids
-from medlvr.training.vlm_inputs import image_embeddings
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, transformers and the model code are imported by `ask` itself, after every input has been checked: a
+# missing file, an empty question or a slice out of range is reported in a fraction of a second, not after the
+# ~10 s it takes to import them (tests/evaluation/test_ask.py checks that the error paths never import torch)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")  # as the corpus readers take them (corpus.adapters.images; not imported
+# here: importing it loads every adapter, and ask checks its arguments before that)
 TOP_TOKENS = 3  # tokens printed per latent state
 
 
@@ -52,8 +50,9 @@ class AskImage:
     pixels: np.ndarray  # 8-bit HxW or HxWx3, as the corpus would store it
     kind: str  # png/jpeg..., dicom, nifti
     window: str  # how intensities became 8-bit
-    slice_index: int | None = None
-    n_slices: int | None = None
+    slice_index: int | None = None  # the NIfTI slice or DICOM frame that was read
+    n_slices: int | None = None  # slices of the volume, frames of the DICOM file
+    default_slice: bool = False  # slice_index was chosen by default (no --slice)
 
 
 @dataclass
@@ -109,34 +108,12 @@ def _is_dicom(path: Path) -> bool:
         return f.read(4) == b"DICM"
 
 
-def _read_volume_slice(path: Path, slice_index: int | None, window: str | None, axis_order: str
-                       ) -> tuple[SourceImage, dict]:
-    arr, zooms = read_nifti(path.parent, path.name)
-    while arr.ndim > 3 and arr.shape[-1] == 1:  # NIfTI pads dims with 1
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise AskError(f"{path.name}: a {arr.ndim}-D array of shape {arr.shape}; ask reads a 3-D volume")
-    vol, _ = to_zyx(arr, zooms, axis_order)  # slices along Z, as the corpus takes them
-    n = vol.shape[0]
-    z = n // 2 if slice_index is None else slice_index
-    if not 0 <= z < n:
-        raise AskError(f"--slice {slice_index} is outside {path.name}'s {n} slices (0..{n - 1})")
-    if not np.isfinite(vol).all():
-        vol = np.nan_to_num(vol.astype(np.float32), nan=float(np.nanmin(vol)), posinf=0.0, neginf=0.0)
-    info = {"kind": "nifti", "slice_index": z, "n_slices": n}
-    if window:
-        return SourceImage(path.name, vol[z], "ct_hu"), info
-    if vol.dtype == np.uint8:
-        return SourceImage(path.name, vol[z], "uint8"), info
-    lo, hi = volume_window(vol, name=path.name)
-    return SourceImage(path.name, vol[z], "window", window=(lo, hi), window_name="p0.5-99.5 of the volume"), info
-
-
-def read_image(path: str | Path, slice_index: int | None = None, window: str | None = None,
-               axis_order: str = "XYZ", cfg: NormaliseConfig = NormaliseConfig()) -> AskImage:
-    """The image as the corpus would store it (module docstring); `slice_index`: a NIfTI slice (default the
-    middle one) or a multi-frame DICOM frame; `axis_order`: the NIfTI array's axes on disk (the NIfTI convention
-    XYZ; KiTS stores ZYX), as the catalog's `axis_order`."""
+def check_image(path: str | Path, slice_index: int | None = None, window: str | None = None,
+                axis_order: str = "XYZ") -> dict:
+    """Every check on --image, --slice, --window and --axis-order that the file's header can answer, before any
+    pixel is decoded: {"kind", "slice_index", "n_slices", "default_slice"} (the slice or frame that will be read).
+    A --slice outside the volume's slices or the DICOM file's frames (a single-frame file has frame 0 only), or a
+    --slice on a 2-D image, is an error."""
     path = Path(path).expanduser()
     if sorted(axis_order.upper()) != sorted("XYZ"):
         raise AskError(f"--axis-order {axis_order}: give the three letters X, Y, Z in the array's order (XYZ, ZYX)")
@@ -146,38 +123,130 @@ def read_image(path: str | Path, slice_index: int | None = None, window: str | N
         raise AskError(f"--image {path}: no such file")
     try:
         if _suffix(path) in NIFTI_SUFFIXES:
-            src, info = _read_volume_slice(path, slice_index, window, axis_order.upper())
+            kind, n, default = "nifti", _nifti_slices(path, axis_order.upper()), None
+        elif _is_dicom(path):
+            kind, n, default = "dicom", _dicom_frames(path), 0
         else:
-            dicom = _is_dicom(path)
-            if slice_index is not None and not dicom:
+            if slice_index is not None:
                 raise AskError(f"--slice is for a NIfTI volume or a multi-frame DICOM; {path.name} is one image")
-            px = read_dicom(path, ct=window is not None, multi_frame=slice_index or 0) if dicom else read_2d(path)
+            return {"kind": _suffix(path).lstrip(".") or "image"}
+    except OSError as e:  # unreadable (permissions, a device): the reason, never a traceback
+        raise AskError(f"cannot read {path.name}: {e.strerror or type(e).__name__}") from None
+    chosen = (n // 2 if default is None else default) if slice_index is None else slice_index
+    if not 0 <= chosen < n:
+        what = "slices along Z" if kind == "nifti" else "frames"
+        raise AskError(f"--slice {slice_index} is outside {path.name}'s "
+                       + ("single frame (0)" if n == 1 and kind == "dicom" else f"{n} {what} (0..{n - 1})"))
+    return {"kind": kind, "slice_index": chosen, "n_slices": n, "default_slice": slice_index is None}
+
+
+def _nifti_slices(path: Path, axis_order: str) -> int:
+    """Slices along Z, from the header alone."""
+    import nibabel as nib
+
+    try:
+        shape = list(nib.load(str(path)).shape)
+    except Exception as e:  # nibabel raises several types for a damaged header
+        raise AskError(f"cannot read {path.name}: not a readable NIfTI file ({type(e).__name__})") from None
+    while len(shape) > 3 and shape[-1] == 1:  # NIfTI pads dims with 1
+        shape.pop()
+    if len(shape) != 3:
+        raise AskError(f"{path.name}: a {len(shape)}-D array of shape {tuple(shape)}; ask reads a 3-D volume")
+    return int(shape[axis_order.index("Z")])
+
+
+def _read_volume_slice(path: Path, z: int, window: str | None, axis_order: str) -> SourceImage:
+    from medlvr.corpus.adapters.nifti import read_nifti, to_zyx
+    from medlvr.corpus.volumes import volume_window
+
+    arr, zooms = read_nifti(path.parent, path.name)
+    vol, _ = to_zyx(arr, zooms, axis_order)  # slices along Z, as the corpus takes them
+    if not np.isfinite(vol).all():
+        vol = np.nan_to_num(vol.astype(np.float32), nan=float(np.nanmin(vol)), posinf=0.0, neginf=0.0)
+    if window:
+        return SourceImage(path.name, vol[z], "ct_hu")
+    if vol.dtype == np.uint8:
+        return SourceImage(path.name, vol[z], "uint8")
+    lo, hi = volume_window(vol, name=path.name)
+    return SourceImage(path.name, vol[z], "window", window=(lo, hi), window_name="p0.5-99.5 of the volume")
+
+
+def read_image(path: str | Path, slice_index: int | None = None, window: str | None = None,
+               axis_order: str = "XYZ", cfg: NormaliseConfig = NormaliseConfig()) -> AskImage:
+    """The image as the corpus would store it (module docstring); `slice_index`: a NIfTI slice (default the
+    middle one) or a multi-frame DICOM frame (default 0); `axis_order`: the NIfTI array's axes on disk (the NIfTI
+    convention XYZ; KiTS stores ZYX), as the catalog's `axis_order`. `check_image` runs first."""
+    info = check_image(path, slice_index, window, axis_order)
+    path = Path(path).expanduser()
+    from medlvr.corpus.adapters.images import read_2d, read_dicom  # the corpus readers, once the inputs are good
+
+    try:
+        if info["kind"] == "nifti":
+            src = _read_volume_slice(path, info["slice_index"], window, axis_order.upper())
+        else:
+            px = read_dicom(path, ct=window is not None, multi_frame=info["slice_index"]) if info["kind"] == "dicom" \
+                else read_2d(path)
             src = SourceImage(path.name, px.array, px.intensity, window=px.window, window_name=px.window_name)
-            info = {"kind": "dicom" if dicom else (_suffix(path).lstrip(".") or "image")}
         img8, _, done = normalise_image(src, {"window": window} if window else {}, cfg)
     except RecordError as e:
         raise AskError(f"cannot read {path.name}: {e}") from None
     except OSError as e:  # unreadable (permissions, a device): the reason, never a traceback
         raise AskError(f"cannot read {path.name}: {e.strerror or type(e).__name__}") from None
     how = done.get("window_name") or done["intensity"]
-    return AskImage(img8, info["kind"], str(how), info.get("slice_index"), info.get("n_slices"))
+    return AskImage(img8, info["kind"], str(how), info.get("slice_index"), info.get("n_slices"),
+                    info.get("default_slice", False))
+
+
+def _dicom_frames(path: Path) -> int:
+    """NumberOfFrames from the header alone (1 when absent), so a --slice out of range is refused before decoding."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except (InvalidDicomError, EOFError, ValueError) as e:
+        raise AskError(f"cannot read {path.name}: not a readable DICOM file ({type(e).__name__})") from None
+    try:
+        return max(1, int(getattr(ds, "NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 # --------------------------------------------------------------------------------------------------- asking
 
 
-@torch.no_grad()
+def check_question(question: str, k_latent: int | None) -> None:
+    """The question and K, checked before anything is loaded."""
+    if not question.strip():
+        raise AskError("--question is empty")
+    if k_latent is not None and k_latent < 0:
+        raise AskError(f"--k must be >= 0, got {k_latent}")
+
+
 def ask(model_path: str | Path, image: AskImage, question: str, k_latent: int | None = None,
         out_dir: str | Path | None = None, max_new_tokens: int = 64, name: str = "ask") -> AskResult:
     """Answer `question` about `image` with the checkpoint at `model_path`; write the overlay PNG into `out_dir`."""
+    check_question(question, k_latent)
     ckpt = resolve_checkpoint(model_path)
-    if not question.strip():
-        raise AskError("--question is empty")
+    import torch  # the inputs are good: now pay for torch and the model code
+
+    with torch.no_grad():
+        return _ask(ckpt, model_path, image, question, k_latent, out_dir, max_new_tokens, name)
+
+
+def _ask(ckpt: Path, model_path, image: AskImage, question: str, k_latent: int | None, out_dir, max_new_tokens: int,
+         name: str) -> AskResult:
+    from PIL import Image
+
+    from medlvr.evaluation.figures import plot_latent_overlay
+    from medlvr.evaluation.inference import resolve_device
+    from medlvr.training.latent_decode import DecodeConfig, latent_generate
+    from medlvr.training.loading import load_model_or_tiny
+    from medlvr.training.model import eos_token_ids
+
     if k_latent is None:
         info = read_latent_info(ckpt)
         k_latent = info["k_latent"] if info else 0
-    if k_latent < 0:
-        raise AskError(f"--k must be >= 0, got {k_latent}")
     device = resolve_device("auto")  # the GPU when there is one (bf16 there: a 7B model in fp32 is 30 GB)
     try:
         model, processor, ids = load_model_or_tiny(str(ckpt), dtype="bfloat16" if device.type == "cuda" else "float32",
@@ -210,6 +279,11 @@ def ask(model_path: str | Path, image: AskImage, question: str, k_latent: int | 
 
 def _latent_steps(model, processor, enc, z: torch.Tensor, hw: tuple[int, int]) -> list[LatentStep]:
     """Per fed-back latent state: its similarity map over the image, the peak, and the tokens it reads as."""
+    import torch
+
+    from medlvr.evaluation.attention import grid_heatmap
+    from medlvr.training.vlm_inputs import image_embeddings
+
     if z.shape[0] == 0:
         return []
     dev = model.device
@@ -236,7 +310,13 @@ def format_result(res: AskResult, image_name: str) -> str:
     """What `medlvr ask` prints: the image as read, the latent segment (one line per state), the answer."""
     img = res.image
     h, w = img.pixels.shape[:2]
-    where = f", slice {img.slice_index} of {img.n_slices}" if img.slice_index is not None else ""
+    where = ""  # which slice or frame was read, and whether by default
+    if img.kind == "nifti":
+        where = f", slice {img.slice_index} of {img.n_slices} along Z"
+    elif img.kind == "dicom":
+        where = ", single frame" if img.n_slices == 1 else f", frame {img.slice_index} of {img.n_slices}"
+    if img.default_slice and img.n_slices and img.n_slices > 1:
+        where += " (by default; --slice N picks another)"
     lines = [f"image: {image_name} ({img.kind}{where}; {w}x{h} px after normalisation, window {img.window})"]
     if res.steps:
         lines.append(f"latent segment: <Medlvr_Start> {len(res.steps)} latent states <Medlvr_End>")

@@ -58,15 +58,20 @@ def _cmd_merge(args) -> int:
 def _cmd_ask(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # imported here, as in _cmd_evaluate: offline switches first, and `medlvr --help` does not pay for torch
-    from transformers.utils import logging as hf_logging
+    # ask.py imports no torch: every argument and file is checked first (one line, exit 2, in well under a
+    # second); torch and transformers load only for a question that will be asked
+    from medlvr.evaluation.ask import AskError, ask, check_question, format_result, read_image, resolve_checkpoint
 
-    from medlvr.evaluation.ask import AskError, ask, format_result, read_image
-
-    hf_logging.disable_progress_bar()  # one answer, no "Loading weights" bar around it
-    hf_logging.set_verbosity_error()
     try:
+        check_question(args.question, args.k)
+        resolve_checkpoint(args.model)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise AskError(f"--out {args.out} is a file, not a folder")
         image = read_image(args.image, args.slice, args.window, args.axis_order)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one answer, no "Loading weights" bar around it
+        hf_logging.set_verbosity_error()
         name = Path(args.image).name.split(".")[0] or "ask"
         res = ask(args.model, image, args.question, k_latent=args.k, out_dir=args.out, name=name)
     except AskError as e:

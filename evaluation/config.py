@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from medlvr.corpus.chat_endpoint import EndpointSettings
-from medlvr.corpus.config import ConfigError, apply_overrides, build_config, read_yaml
+from medlvr.corpus.config import (ConfigError, apply_overrides, build_config, did_you_mean, read_yaml,
+                                  signature_config)
 from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 
 __all__ = ["ConfigError", "DecodeSettings", "EvalConfig", "ModelSpec", "load_eval_config", "resolve_k_latents"]
@@ -91,6 +92,60 @@ class DecodeSettings:
     closed: bool = False
 
 
+# The optional sections' keys, typed: a section is checked against its dataclass by the one loader (an unknown
+# key is an error with a did-you-mean) and kept as the mapping the config gave, which the tables and figures read
+# with these defaults.
+@dataclass(frozen=True)
+class EfficiencySection:  # Table 3: the efficiency subset
+    seed: int = 0
+    models: tuple[str, ...] | None = None  # default: every model
+    quotas: dict[str, int] | None = None  # benchmark -> items; default: the registry's quotas
+
+
+@dataclass(frozen=True)
+class Table4Section:
+    models: tuple[str, ...] | None = None  # default: every model
+    benchmarks: tuple[str, ...] | None = None  # default: main_benchmarks
+
+
+@dataclass(frozen=True)
+class Fig5Section:  # accuracy vs K
+    model: str | None = None  # required
+    k_values: tuple[int, ...] = (2, 4, 8, 14, 16)
+    benchmark: str = "omnimedvqa"
+
+
+@dataclass(frozen=True)
+class Fig3Section:  # attention on visual tokens
+    models: tuple[str, ...] | None = None  # default: every model
+    benchmark: str | None = None  # default: the first configured benchmark
+    n_samples: int = 4
+    max_new_tokens: int = 32
+
+
+@dataclass(frozen=True)
+class AblationSection:  # latent ablations at inference
+    model: str | None = None  # required
+    kinds: tuple[str, ...] = ABLATIONS
+    noise_scale: float = 1.0
+    benchmarks: tuple[str, ...] | None = None  # default: main_benchmarks
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LatentDiagnosticsSection:
+    models: tuple[str, ...] | None = None  # default: every latent model
+    benchmarks: tuple[str, ...] | None = None  # default: main_benchmarks
+    limit: int | None = None
+    k_values: tuple[int, ...] = ()
+    probe_fraction: float = 0.5
+    seed: int = 0
+
+
+SECTIONS = {"efficiency": EfficiencySection, "table4": Table4Section, "fig5": Fig5Section, "fig3": Fig3Section,
+            "ablation": AblationSection, "latent_diagnostics": LatentDiagnosticsSection}
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     models: tuple[ModelSpec, ...] = ()
@@ -114,6 +169,9 @@ class EvalConfig:
     data_root: Path | None = None
 
     def __post_init__(self):
+        for section, cls in SECTIONS.items():  # typed through the one loader (keys and values)
+            if getattr(self, section) is not None:
+                build_config(cls, getattr(self, section), section)
         if not self.models:
             raise ValueError("models: the config needs a non-empty `models` list")
         if len({m.name for m in self.models}) != len(self.models):
@@ -121,8 +179,15 @@ class EvalConfig:
         benches: dict[str, dict] = {}
         # no `benchmarks` section: every registered benchmark under data_root (a new benchmark module needs no edit
         # of the sample configs to be evaluated)
+        registered = all_benchmarks()
         for name, kw in (self.benchmarks or dict.fromkeys(BENCHMARKS)).items():
+            if name not in registered:
+                raise ConfigError(f"unknown config key benchmarks.{name}{did_you_mean(name, registered, 'benchmarks')}")
             kw = dict(kw or {})
+            # the loader's own keyword arguments (`split`, `source`, ...), typed from its signature
+            args = build_config(signature_config(registered[name].loader), {k: v for k, v in kw.items() if k != "path"},
+                                f"benchmarks.{name}")
+            kw.update({k: getattr(args, k) for k in kw if k != "path"})
             if "path" not in kw:
                 if self.data_root is None:
                     raise ValueError(f"benchmarks.{name}: no path and the config has no data_root")
@@ -150,9 +215,6 @@ class EvalConfig:
                     raise ConfigError(f"{section}.models: unknown model {n!r}")
         if self.latent_diagnostics is not None:
             sec = self.latent_diagnostics
-            bad = set(sec) - {"models", "benchmarks", "limit", "k_values", "probe_fraction", "seed"}
-            if bad:
-                raise ConfigError(f"latent_diagnostics: unknown keys {sorted(bad)}")
             for n in sec.get("models") or []:
                 if n not in names:
                     raise ConfigError(f"latent_diagnostics.models: unknown model {n!r}")

@@ -1,5 +1,6 @@
 """One progress display per long stage of `medlvr evaluate` (one per model's inference): a tqdm bar on stderr when
-stderr is a terminal; in a pipe or a log file no bar redraws at all, one summary line when the stage ends."""
+stderr is a terminal; in a pipe or a log file no bar redraws at all. Either way a line per benchmark as it
+completes (`job_done`), and in a pipe one summary line when the stage ends."""
 
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ class StageBar:
         """What the stage is doing now (the current job), shown after the bar; nothing in a pipe."""
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)
+
+    def job_done(self, text: str) -> None:
+        """One finished piece of the stage (a benchmark of this model): a line as it completes, in a pipe as on a
+        terminal (there above the bar, which stays at the bottom)."""
+        line = f"{self.desc}: {text}"
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def close(self, summary: str = "") -> None:
         if self.bar is not None:

@@ -126,6 +126,9 @@ def run_jobs(cfg: EvalConfig, jobs: list[Job], samples: dict[str, list[Sample]],
                              "last_error": st.last_error}
                 if progress:
                     progress(f"{model_name} {j.variant} {j.benchmark}: {st.n_done} answered, {st.failed} failed")
+                if bar:
+                    bar.job_done(f"{j.variant} {j.benchmark}: {st.n_done} answered, {st.n_skipped} already done, "
+                                 f"{st.failed} failed")
             client.close()
             if bar:
                 bar.close(f"{client.stats['retries']} retries, {client.stats['failures']} failed")
@@ -146,6 +149,9 @@ def run_jobs(cfg: EvalConfig, jobs: list[Job], samples: dict[str, list[Sample]],
                                  benchmark_root=benchmark_root(cfg, j.benchmark))
             info[f"{j.model}/k{j.k_latent}/{j.variant}/{j.benchmark}"] = {"done": st.n_done, "skipped": st.n_skipped,
                                                                           "gen_s": st.gen_s}
+            if bar:
+                bar.job_done(f"k={j.k_latent} {j.variant} {j.benchmark}: {st.n_done} answered, {st.n_skipped} already "
+                             f"done ({st.gen_s:.1f}s)")
         if bar:
             bar.close()
         del lm

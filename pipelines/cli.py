@@ -13,16 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import signal
 import sys
 from pathlib import Path
 
 from medlvr.corpus import cli as corpus_cli
 from medlvr.corpus.catalog import CatalogError
-from medlvr.corpus.config import ConfigError
+from medlvr.corpus.catalog import select as select_datasets
+from medlvr.corpus.config import ConfigError, did_you_mean
 from medlvr.corpus.evalsets.base import BenchmarkError
 from medlvr.corpus.kg.graph import KGError
-from medlvr.corpus.ingest import DatasetSummary
-from medlvr.corpus.shards import MANIFEST_NAME
 from medlvr.evaluation import cli as evaluation_cli
 from medlvr.evaluation.cli import one_line
 from medlvr.training import cli as training_cli
@@ -31,8 +32,12 @@ from medlvr.training.checkpoints import CheckpointError
 
 def _cmd_demo(args) -> int:
     """The main job: the whole asset graph materialised through Dagster (pipelines/main_job.py)."""
+    from medlvr.corpus.ingest import DatasetSummary
+    from medlvr.corpus.shards import MANIFEST_NAME
     from medlvr.pipelines.main_job import run_main  # imports Dagster: only when the main job runs
 
+    if args.datasets:
+        select_datasets(args.datasets)  # a mistyped id: one line with a did-you-mean, before Dagster starts
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or Path.cwd() / "pipelines" / "dagster_home")
     print(f"Dagster instance: {home.resolve()} (browse it afterwards with `make dagster-dev`)")
     try:
@@ -47,7 +52,7 @@ def _cmd_demo(args) -> int:
     corpus_cli.print_summary(summaries)
     manifest = json.loads((corpus / "shards" / MANIFEST_NAME).read_text())
     print(f"\nQA pairs: {manifest['rows']} in {len(manifest['shards'])} shards; per split "
-          f"{json.dumps(manifest['counts']['split'])}; decontamination removed "
+          f"{corpus_cli.counts_text(manifest['counts']['split'])}; decontamination removed "
           f"{manifest['decontamination'].get('removed_images', 0)} images")
     print(f"steps run: {len(res['ran'])}, reused (up to date): {len(res['reused'])}, failed: {len(res['failed'])}")
     print(f"corpus card: {corpus / 'card' / 'README.md'}")
@@ -90,12 +95,46 @@ USER_ERRORS = (CatalogError, ConfigError, BenchmarkError, CheckpointError, KGErr
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    unknown = unknown_command(parser, argv)
+    if unknown:
+        print(f"medlvr: error: {unknown}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # inside the try: a reader that went away shows up here, not at interpreter exit
+        return status
     except USER_ERRORS as e:
         print(f"medlvr: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        if not stdout_is_broken():
+            raise  # a socket or a child's pipe: a real error
+        # `medlvr catalog --json | head`: the reader has what it wanted. Quiet, as Unix tools are, with the status
+        # a shell shows for a process ended by SIGPIPE; stdout goes to /dev/null so the exit flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """One line with a did-you-mean for a mistyped subcommand (argparse's own message lists every choice)."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    [commands] = [a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if word is None or word in commands or argv.index(word) != 0:  # options before it: argparse says what is wrong
+        return None
+    return f"unknown command {word!r}{did_you_mean(word, commands)}; see `medlvr --help`"
+
+
+def stdout_is_broken() -> bool:
+    """stdout is a pipe whose reader has closed it (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError):  # stdout closed or replaced by something without a descriptor
+        return True
 
 
 if __name__ == "__main__":

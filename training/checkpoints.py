@@ -24,6 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from medlvr.corpus.config import ConfigError
 from medlvr.corpus.shards import sha256_file
 
 CHECKPOINTS = "checkpoints"
@@ -158,6 +159,22 @@ def prune_checkpoints(out_dir: str | Path, keep_last: int, upto: int | None = No
     dead = [p for p in _step_dirs(out_dir) if p not in complete and _step(p) < upto]
     for old in counted[:-keep_last] + dead:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_silent_overwrite(out_dir: str | Path, resume: str, replace: bool) -> None:
+    """A fresh run (`run.resume: ""`) into a run folder that already holds a run (a checkpoint or metrics.jsonl) is
+    refused with one line, unless `run.replace: true` says to write over it (the Dagster training assets do:
+    re-materialising an asset retrains it from scratch). Nothing is lost silently: the earlier run is continued
+    (`run.resume=auto`), kept (a new `run.out_dir`) or replaced on purpose."""
+    if resume or replace:
+        return
+    steps = _step_dirs(out_dir)
+    if not steps and not (Path(out_dir) / "metrics.jsonl").is_file():
+        return
+    held = f"{len(steps)} checkpoint(s), newest {steps[-1].name}" if steps else "metrics.jsonl, no checkpoint"
+    raise ConfigError(f"run.out_dir {out_dir} already holds a run ({held}): continue it with --set "
+                          "run.resume=auto, keep it with --set run.out_dir=NEW_FOLDER, or write over it with "
+                          "--set run.replace=true")
 
 
 def resolve_resume(out_dir: str | Path, resume: str, log=None) -> Path | None:

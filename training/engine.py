@@ -225,6 +225,9 @@ class Engine:
         model.train()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        else:  # the accelerator DeepSpeed picks without a GPU, named so it does not log a warning when it is
+            # imported: transformers' save_pretrained imports it at the first checkpoint, mid progress display
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         model.to(self.device)
         self.model = model
         self._ds = None

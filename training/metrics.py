@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -71,6 +72,14 @@ def cut_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def quiet_loading_bars() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers in a training command: the run's own
+    progress (`MetricsLogger`) is the one display, and a pipe or log file gets no carriage-return animation."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 class MetricsLogger:
     def __init__(self, out_dir: str | Path, enabled: bool = True, total_steps: int = 0, tensorboard: bool = True,
                  progress: bool = True, start_step: int = 0):
@@ -87,11 +96,14 @@ class MetricsLogger:
 
             # purge_step: TensorBoard hides the events of steps > start_step that an interrupted run wrote
             self._tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=start_step + 1)
-        if progress:
+        self._lines_every = 0  # in a pipe: a plain line every this many steps (0: none)
+        if progress and sys.stderr.isatty():  # a bar rewritten in place only on a terminal
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", file=sys.stderr,
                              dynamic_ncols=True, mininterval=1.0)
+        elif progress:  # a pipe or a log file: no carriage-return animation, about ten plain lines per run
+            self._lines_every, self._total, self._t0 = max(1, total_steps // 10), total_steps, time.perf_counter()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -103,11 +115,16 @@ class MetricsLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(f"train/{k}", v, step)
+        shown = {k: f"{metrics[k]:.4g}" for k in ("loss", "ce", "roi", "reward_mean", "accuracy", "kl", "lr")
+                 if isinstance(metrics.get(k), float)}
         if self._bar is not None:
             self._bar.n = step
-            self._bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "ce", "roi", "lr") if k in metrics},
-                                  refresh=False)
+            self._bar.set_postfix(shown, refresh=False)
             self._bar.refresh()
+        elif self._lines_every and (step % self._lines_every == 0 or step == self._total):
+            values = " ".join(f"{k} {v}" for k, v in shown.items())
+            print(f"train: step {step}/{self._total} {values} ({time.perf_counter() - self._t0:.0f}s)",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if not self.enabled:

@@ -15,11 +15,13 @@ Options:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 import posixpath
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -128,4 +130,15 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return [source_image(rel, px, rois, rejects)]
 
 
-register("aperio_xml", discover, load, "Aperio ImageScope XML: one polygon instance per Region")
+@dataclass(frozen=True)
+class AperioOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    image_glob: Any = None
+    annotation_dirs: Any = None
+    image_mode: Any = None
+    label: Any = None
+
+
+register("aperio_xml", discover, load, "Aperio ImageScope XML: one polygon instance per Region",
+         options=AperioOptions)

@@ -20,9 +20,11 @@ Options:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -177,4 +179,16 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return [source_image(rel, px, rois, rejects, dict(ref.attributes))]
 
 
-register("coco", discover, load, "COCO instance JSON; annotations as list or dict; polygons, RLE or xywh boxes")
+@dataclass(frozen=True)
+class CocoOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    files: Any = None
+    image_dirs: Any = None
+    attribute_regex: Any = None
+    image_mode: Any = None
+    label: Any = None
+
+
+register("coco", discover, load, "COCO instance JSON; annotations as list or dict; polygons, RLE or xywh boxes",
+         options=CocoOptions)

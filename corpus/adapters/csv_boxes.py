@@ -30,6 +30,8 @@ and clips them. Unparseable coordinates are reported as NaN so the runner reject
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import csv
 from pathlib import Path
 from typing import Any, Iterator
@@ -368,5 +370,29 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return [source_image(rel, px, rois, rejects, attrs)]
 
 
+@dataclass(frozen=True)
+class CsvBoxesOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    annotations: Any = None
+    box_cols: Any = None
+    columns: Any = None
+    convention: Any = None
+    format: Any = None
+    fusion: Any = None
+    fusion_iou: Any = None
+    image_col: Any = None
+    image_mode: Any = None
+    image_path: Any = None
+    label: Any = None
+    label_col: Any = None
+    min_readers: Any = None
+    negative_labels: Any = None
+    reader_col: Any = None
+    split_lists: Any = None
+    yolo_classes: Any = None
+
+
 register("csv_boxes", discover, load,
-         "box tables (CSV with column map, xyxy/xywh, reader fusion, negative rows) or YOLO txt, sniffed")
+         "box tables (CSV with column map, xyxy/xywh, reader fusion, negative rows) or YOLO txt, sniffed",
+         options=CsvBoxesOptions)

@@ -14,6 +14,8 @@ Options: csv (DL_info.csv), image_dir (Images_png), lesion_types {code: raw labe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import csv
 from pathlib import Path
 from typing import Any, Iterator
@@ -158,4 +160,15 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                         attributes={"key_slice_file": ref.key}, roi_rejects=rejects)]
 
 
-register("png16_csv", discover, load, "DeepLesion: uint16 PNG key slices (HU+32768) + DL_info.csv RECIST boxes")
+@dataclass(frozen=True)
+class DeepLesionOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    csv: Any = None
+    image_dir: Any = None
+    lesion_types: Any = None
+    splits: Any = None
+
+
+register("png16_csv", discover, load, "DeepLesion: uint16 PNG key slices (HU+32768) + DL_info.csv RECIST boxes",
+         options=DeepLesionOptions)

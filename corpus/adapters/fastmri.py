@@ -14,6 +14,8 @@ Options: tables [{csv, file_list}], h5_glob ("**/*.h5"), datasets ([reconstructi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import csv
 import math
 from pathlib import Path
@@ -187,4 +189,16 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return out
 
 
-register("hdf5_csv_boxes", discover, load, "fastMRI+: HDF5 reconstructions (flipped up-down) + xywh box CSV")
+@dataclass(frozen=True)
+class FastMriOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    datasets: Any = None
+    h5_glob: Any = None
+    negatives_per_volume: Any = None
+    percentile: Any = None
+    tables: Any = None
+
+
+register("hdf5_csv_boxes", discover, load, "fastMRI+: HDF5 reconstructions (flipped up-down) + xywh box CSV",
+         options=FastMriOptions)

@@ -18,8 +18,10 @@ Options:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -120,5 +122,16 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return [source_image(rel, px, rois, rejects, attrs)]
 
 
+@dataclass(frozen=True)
+class JsonBoxesOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    files: Any = None
+    image_dirs: Any = None
+    box_tolerance_px: Any = None
+    image_mode: Any = None
+
+
 register("json_list_boxes_polys", discover, load,
-         "JSON list of {file_name, syms, boxes, polygons}; polygons rasterised and checked against the boxes")
+         "JSON list of {file_name, syms, boxes, polygons}; polygons rasterised and checked against the boxes",
+         options=JsonBoxesOptions)

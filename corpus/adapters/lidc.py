@@ -23,6 +23,8 @@ Options: xml_glob, label (default "nodule"), cluster_tol_mm (10), consensus_leve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -324,5 +326,17 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return images
 
 
+@dataclass(frozen=True)
+class LidcOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    xml_glob: Any = None
+    label: Any = None
+    consensus_level: Any = None
+    cluster_tol_mm: Any = None
+    slices: Any = None
+
+
 register("dicom_series_lidc_xml", discover, load,
-         "LIDC-IDRI: DICOM CT series + reader XML; consensus nodule masks -> boxes per slice")
+         "LIDC-IDRI: DICOM CT series + reader XML; consensus nodule masks -> boxes per slice",
+         options=LidcOptions)

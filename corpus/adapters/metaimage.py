@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.nifti import discover_volumes, load_volume
+from medlvr.corpus.adapters.nifti import VolumeOptions, discover_volumes, load_volume
 from medlvr.corpus.records import RecordRef, SourceImage
 
 
@@ -23,4 +23,5 @@ def _load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
 
 
 register("metaimage", _discover, _load,
-         "MetaImage .mhd/.raw volumes (own parser; MET_UCHAR/USHORT/...; zlib; ED/ES frames; OCT B-scans)")
+         "MetaImage .mhd/.raw volumes (own parser; MET_UCHAR/USHORT/...; zlib; ED/ES frames; OCT B-scans)",
+         options=VolumeOptions)  # the options of A1, as the module docstring says

@@ -34,6 +34,8 @@ attribute `nan_voxels`; a label map with NaN is still rejected. Reasons never ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -465,5 +467,37 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return imgs
 
 
+@dataclass(frozen=True)
+class VolumeOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    anchor_glob: Any = None
+    anchor_regex: Any = None
+    axis_order: Any = None
+    canonical: Any = None
+    channel: Any = None
+    channel_names: Any = None
+    channels: Any = None
+    channels_from_json: Any = None
+    dataset_json: Any = None
+    group_attributes: Any = None
+    image: Any = None
+    intensity: Any = None
+    json_labels: Any = None
+    label: Any = None
+    label_rules: Any = None
+    name: Any = None
+    patient_group: Any = None
+    phase_from_sidecar: Any = None
+    reader: Any = None
+    sidecar: Any = None
+    slices: Any = None
+    strict_labels: Any = None
+    tasks: Any = None
+    volume_index: Any = None
+    variants: tuple[VolumeOptions, ...] | None = None  # one entry per sub-dataset; each overrides the others
+
+
 register("nifti_volume", discover_volumes, load_volume,
-         "NIfTI image + label-map volumes (3-D/4-D, axis order per dataset, dataset.json labels, ED/ES frames)")
+         "NIfTI image + label-map volumes (3-D/4-D, axis order per dataset, dataset.json labels, ED/ES frames)",
+         options=VolumeOptions)

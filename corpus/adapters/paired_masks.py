@@ -23,6 +23,8 @@ Template fields: path, dir, name, stem, ext and the image_regex groups.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import bisect
 import fnmatch
 import functools
@@ -309,6 +311,21 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return [src]
 
 
+@dataclass(frozen=True)
+class PairedMasksOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    folds: Any = None
+    image_mode: Any = None
+    key: Any = None
+    masks: Any = None
+    negative_regex: Any = None
+    path_attributes: Any = None
+    sets: Any = None
+    tables: Any = None
+
+
 register("paired_masks", discover, load,
          "image + mask file(s) by a file-name rule; binary, inverted, red-channel, value-coded, outline-fill "
-         "and label-map decoders; several files OR-ed; sidecar tables for attributes, spacing and patients")
+         "and label-map decoders; several files OR-ed; sidecar tables for attributes, spacing and patients",
+         options=PairedMasksOptions)

@@ -23,8 +23,10 @@ Options:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -166,4 +168,22 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return [source_image(rel, px, rois, rejects, attrs)]
 
 
-register("rle_csv", discover, load, "RLE masks in a CSV: SIIM relative (transposed) or Kaggle standard RLE")
+@dataclass(frozen=True)
+class RleOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    columns: Any = None
+    encoding: Any = None
+    image_col: Any = None
+    image_glob: Any = None
+    image_mode: Any = None
+    image_path: Any = None
+    label: Any = None
+    negative: Any = None
+    per_row_instances: Any = None
+    rle_col: Any = None
+    table: Any = None
+
+
+register("rle_csv", discover, load, "RLE masks in a CSV: SIIM relative (transposed) or Kaggle standard RLE",
+         options=RleOptions)

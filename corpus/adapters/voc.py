@@ -15,9 +15,11 @@ Options:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import box_rois, image_size, source_image, split_lists, to_float
@@ -96,4 +98,17 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     return [source_image(rel, px, rois, rejects, attrs)]
 
 
-register("voc_xml", discover, load, "Pascal VOC XML boxes (1-based inclusive coordinates)")
+@dataclass(frozen=True)
+class VocOptions:
+    """Catalog `options:` read by this module's adapter (None: its default; see corpus.adapters)."""
+
+    annotations: Any = None
+    image_dir: Any = None
+    image_ext: Any = None
+    image_mode: Any = None
+    one_based: Any = None
+    split_lists: Any = None
+
+
+register("voc_xml", discover, load, "Pascal VOC XML boxes (1-based inclusive coordinates)",
+         options=VocOptions)

@@ -5,12 +5,14 @@ A generated caption/paraphrase is accepted only if
 2. every locked string (label, answer slot) appears verbatim up to letter case (a model may capitalise a label
    that starts a sentence; it may not reword it),
 3. every box-like coordinate group in it equals one of the allowed boxes (within `box_tol`, written x1 y1 x2 y2
-   or x1 x2 y1 y2); with no allowed box, any coordinate group is an invented box and is rejected. "Box-like"
-   means however written (`find_boxes`): four numbers in one bracket pair, two bracketed pairs, or four numbers
-   chained by nothing but spaces, punctuation and coordinate words ("box: 12 30 40 50", "x1=12 y1=30 ...",
-   "x from 12 to 40 and y from 30 to 50", "12-40 x 30-50", "top-left (12, 30), bottom-right (40, 50)"). A chain
-   followed by a unit or a counted noun ("4 x 5 x 6 x 7 mm", "3, 4, 5 and 6 ribs") is a size or a count,
-   not coordinates,
+   or x1 x2 y1 y2, or x y width height when written with w/h/width/height words); with no allowed box, any
+   coordinate group is an invented box and is rejected. "Box-like" means however written (`find_boxes`), after
+   NFKC normalisation (full-width digits and brackets are ASCII) and with numbers in any notation (signs,
+   decimals, exponents "1e1"): four numbers in one bracket pair, two bracketed pairs, or four numbers chained by
+   nothing but spaces, punctuation, symbols and coordinate words ("box: 12 30 40 50", "x1=12 y1=30 ...",
+   "x=12,y=30 w=28,h=20", "x from 12 to 40 and y from 30 to 50", "12-40 x 30-50", "top-left (12, 30),
+   bottom-right (40, 50)"). A chain followed by a unit or a counted noun ("4 x 5 x 6 x 7 mm", "3, 4, 5 and 6
+   ribs") is a size or a count, not coordinates,
 4. every medical entity it mentions maps to a concept in `allowed` (the record's label, its ancestors and its
    graph neighbours, chosen by the caller).
 
@@ -23,27 +25,34 @@ case-insensitively, on whole words, longest term first: in "small pleural effusi
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-_NUM = r"-?\d+(?:\.\d+)?"
-_SEP = r"\s*,\s*"
+# A number as a model writes one: sign, decimals (also ".5" and "12."), exponent ("1e1", "2.5E+1"). The text is
+# NFKC-normalised first, so full-width digits and brackets ("［１２，３０，…］") read as ASCII.
+_NUM = r"[-+\u2212]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_SEP = r"\s*[,;]\s*"
 # A box-like group: four numbers inside one bracket/paren pair ("[12, 34, 56, 78]", "[[12,34,56,78]]",
 # "<box>12,34,56,78</box>" after tag stripping) or two coordinate pairs "(12,34),(56,78)" / "(12,34) to (56,78)".
-_BOX_FOUR = re.compile(rf"[\[\(]\s*({_NUM}){_SEP}({_NUM}){_SEP}({_NUM}){_SEP}({_NUM})\s*[\]\)]")
+_BOX_FOUR = re.compile(rf"[\[\(\{{]\s*({_NUM}){_SEP}({_NUM}){_SEP}({_NUM}){_SEP}({_NUM})\s*[\]\)\}}]")
 _BOX_PAIRS = re.compile(
     rf"\(\s*({_NUM}){_SEP}({_NUM})\s*\)\s*(?:,|to|-|and)?\s*\(\s*({_NUM}){_SEP}({_NUM})\s*\)", re.IGNORECASE
 )
-_BOX_TAG = re.compile(r"</?(?:box|ref|quad)>", re.IGNORECASE)
+_BOX_TAG = re.compile(r"</?(?:box|ref|quad)>|<\|(?:box|object_ref|quad)_(?:start|end)\|>", re.IGNORECASE)
 
 # Free-form coordinates: unsigned numbers that are not part of a word ("T2", "3D", "C3" are names, not numbers;
-# "12px" and "12x30" are numbers), chained when the text between two of them is only punctuation, spaces and
-# coordinate words. Four chained numbers are a box.
-_FREE_NUM = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\.?\d)(?=px\b|x|[^\w]|$)", re.IGNORECASE)
-_COORD_WORDS = (r"to|and|by|from|between|x|y|x1|y1|x2|y2|xmin|ymin|xmax|ymax|top|left|bottom|right|upper|lower"
-                r"|corner|px|pixels?|coordinates?|point|through|till|until|at")
-_JOINER = re.compile(rf"(?:[\s,;:()\[\]{{}}<>=\-\u2013\u2014/\u00d7*]|\b(?:{_COORD_WORDS})\b)*", re.IGNORECASE)
+# "12px" and "12x30" are numbers), chained when the text between two of them is only punctuation, symbols,
+# spaces and coordinate words. Four chained numbers are a box.
+_FREE_NUM = re.compile(r"(?<![\w.])(?:\d+(?:\.\d+)?|\.\d+)(?:e[-+]?\d+)?(?!\.?\d)(?=px\b|x|[^\w]|$)", re.IGNORECASE)
+_SIZE_WORDS = r"w|h|width|height|wide|high|size"  # the box written as x, y, width, height
+_COORD_WORDS = (r"to|and|by|from|between|x|y|x1|y1|x2|y2|x0|y0|xmin|ymin|xmax|ymax|top|left|bottom|right|upper"
+                rf"|lower|corner|px|pixels?|coordinates?|point|through|till|until|at|bbox|box|{_SIZE_WORDS}")
+# any character that is not a letter, digit or full stop joins (brackets and dashes of any script, `|`, `=`,
+# `:`, `×`, ...), as do the coordinate words; a full stop ends a sentence
+_JOINER = re.compile(rf"(?:[^\w.]|_|\b(?:{_COORD_WORDS})\b)*", re.IGNORECASE)
+_SIZE_RE = re.compile(rf"\b(?:{_SIZE_WORDS})\b", re.IGNORECASE)
 # A chain followed by one of these words is a measurement or a count ("4 x 5 x 6 x 7 mm", "3, 4, 5 and 6 ribs").
 _NOT_COORD_AFTER = re.compile(
     r"\s*(?:mm|cm|m|um|\u00b5m|nm|ml|cc|l|kg|g|mg|hu|%|ms|s|sec|seconds?|min|minutes?|hours?|days?|weeks?|months?"
@@ -126,21 +135,43 @@ def _matcher(entity_terms: Mapping[str, str] | EntityMatcher) -> EntityMatcher:
     return m
 
 
+@dataclass(frozen=True)
+class BoxMention:
+    values: tuple[float, float, float, float]  # the four numbers in the order written
+    start: int  # where it starts in the NFKC-normalised text
+    xywh: bool = False  # written with width/height words ("x=12, y=30, w=28, h=20"): x, y, width, height
+
+
 def find_boxes(text: str) -> list[tuple[float, float, float, float]]:
     """Every box-like coordinate group in `text`, as floats in the order written (module docstring, rule 3)."""
-    t = _BOX_TAG.sub(lambda m: "(" if not m.group(0).startswith("</") else ")", text)
+    return [m.values for m in box_mentions(text)]
+
+
+def box_mentions(text: str) -> list[BoxMention]:
+    """Every box-like coordinate group in `text` (NFKC-normalised: full-width digits and brackets are ASCII)."""
+    t = _BOX_TAG.sub(lambda m: ")" if m.group(0).startswith("</") or "_end" in m.group(0) else "(",
+                     unicodedata.normalize("NFKC", text))
     spans: list[tuple[int, int]] = []
-    boxes: list[tuple[int, tuple[float, ...]]] = []
+    boxes: list[BoxMention] = []
     for rx in (_BOX_PAIRS, _BOX_FOUR):
         for m in rx.finditer(t):
             if any(m.start() < e and s < m.end() for s, e in spans):
                 continue  # already counted by the other pattern
             spans.append((m.start(), m.end()))
-            boxes.append((m.start(), tuple(float(g) for g in m.groups())))
+            boxes.append(BoxMention(tuple(_float(g) for g in m.groups()), m.start()))  # type: ignore[arg-type]
     for chain in _free_chains(t, spans):
         for j in range(0, len(chain) - 3, 4):  # fewer than four left over: a point or a count, not a box
-            boxes.append((chain[j].start(), tuple(float(m.group(0)) for m in chain[j:j + 4])))
-    return [b for _, b in sorted(boxes)]  # type: ignore[misc]
+            four = chain[j:j + 4]
+            before = t[max(0, four[0].start() - _MAX_JOINER):four[0].start()]
+            lead = next(before[i:] for i in range(len(before) + 1) if _JOINER.fullmatch(before[i:]))  # "x=" ...
+            words = lead + "".join(t[a.end():b.start()] for a, b in zip(four, four[1:]))
+            boxes.append(BoxMention(tuple(_float(m.group(0)) for m in four), four[0].start(),  # type: ignore[arg-type]
+                                    bool(_SIZE_RE.search(words))))
+    return sorted(boxes, key=lambda b: b.start)
+
+
+def _float(written: str) -> float:
+    return float(written.replace("\u2212", "-"))
 
 
 def _free_chains(t: str, taken: list[tuple[int, int]]) -> list[list[re.Match]]:
@@ -159,11 +190,12 @@ def _free_chains(t: str, taken: list[tuple[int, int]]) -> list[list[re.Match]]:
     return [c for c in chains if len(c) >= 4 and not _NOT_COORD_AFTER.match(t, c[-1].end())]
 
 
-def _same_box(a: Sequence[float], b: Sequence[float], tol: float) -> bool:
-    """`a` (as written) is box `b` (xyxy) written x1 y1 x2 y2 or x1 x2 y1 y2 ("x from 12 to 40, y from 30 to 50")."""
+def _same_box(a: BoxMention, b: Sequence[float], tol: float) -> bool:
+    """`a` (as written) is box `b` (xyxy) written x1 y1 x2 y2 or x1 x2 y1 y2 ("x from 12 to 40, y from 30 to 50"),
+    or, when written with width/height words, x1 y1 width height."""
     x1, y1, x2, y2 = (float(v) for v in b)
-    return any(all(abs(float(x) - y) <= tol for x, y in zip(a, order))
-               for order in ((x1, y1, x2, y2), (x1, x2, y1, y2)))
+    orders = [(x1, y1, x2 - x1, y2 - y1)] if a.xywh else [(x1, y1, x2, y2), (x1, x2, y1, y2)]
+    return any(all(abs(x - y) <= tol for x, y in zip(a.values, order)) for order in orders)
 
 
 def verify(
@@ -187,8 +219,8 @@ def verify(
         return Verdict(False, "missing_locked", missing)
     allowed_boxes = [tuple(b) for b in boxes]
     foreign_boxes = tuple(
-        "[" + ", ".join(f"{v:g}" for v in b) + "]"
-        for b in find_boxes(text)
+        "[" + ", ".join(f"{v:g}" for v in b.values) + "]"
+        for b in box_mentions(text)
         if not any(_same_box(b, a, box_tol) for a in allowed_boxes)
     )
     if foreign_boxes:

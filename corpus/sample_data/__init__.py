@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from medlvr.corpus.catalog import CatalogError, load_catalog
+from medlvr.corpus.catalog import CatalogError, load_catalog, select
 
 SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
 SAMPLE_WRITERS: dict[str, SampleWriter] = {}
@@ -62,7 +62,7 @@ def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 
     out_dir = Path(out_dir)
     cat = load_catalog()
     ws = writers()
-    ids = datasets or list(cat)
+    ids = [s.id for s in select(datasets, cat)]  # an unknown id: one line with a did-you-mean
     missing = [i for i in ids if i not in ws]
     if missing:
         raise CatalogError(f"no sample writer for {missing} (have {sorted(ws)})")

@@ -42,8 +42,11 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import matplotlib
 
@@ -107,6 +110,130 @@ DEFAULTS: dict = {
     "quick": {},  # merged over everything with --quick
 }
 
+
+
+# The config's shape, every level typed through the one loader (`build_config`): an unknown key anywhere (a
+# table entry's `bottlenek:`, `sft.stpes`) is a ConfigError with a did-you-mean. The experiment reads the checked
+# mapping; the defaults are DEFAULTS' (table entries: the defaults the code applies).
+@dataclass(frozen=True)
+class BottleneckSpec:
+    p: float = 0.0
+    p_end: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    lesion_cells: int = 1
+    variants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage1Spec:
+    latent: bool = True
+    roi_target: Literal["box", "full_image"] = "box"
+    bottleneck: BottleneckSpec | None = None
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    stage1: str = ""
+    rl: Literal["grpo", "medlvr_grpo", "vlpo", "none"] = "none"
+    rl_bottleneck: BottleneckSpec | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    n_train: int
+    n_test: int
+    seed: int
+    size: int
+    n_structures: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+
+
+@dataclass(frozen=True)
+class PixelsSpec:
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class SFTSpec:  # every key optional: an `extra` run's `sft:` overrides a few
+    steps: int = 0
+    micro_batch: int = 0
+    lr: float = 0.0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    k: int = 0
+    mode: str = ""
+    grad: str = ""
+    roi_loss: str = ""
+    roi_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class RLSpec:
+    steps: int
+    prompts_per_step: int
+    num_generations: int
+    micro_batch: int
+    lr: float
+    temperature: float
+    beta: float
+    lambda_lat: float
+    latent_sigma: float
+    noise: str
+    noise_scale: float
+    answer_tokens: int
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    batch: int
+    k_sweep: tuple[int, ...]
+    probe_fraction: float
+
+
+@dataclass(frozen=True)
+class ExtraRun:
+    name: str
+    stage1: str
+    sft: SFTSpec | None = None
+
+
+@dataclass(frozen=True)
+class MechanismConfig:
+    work_dir: str
+    results: str
+    docs_dir: str
+    plot_prefix: str
+    seeds: tuple[int, ...]
+    workers: int
+    threads: int
+    tasks: dict[str, TaskSpec]
+    stage1: dict[str, Stage1Spec]
+    variants: dict[str, VariantSpec]
+    data: DataSpec
+    model: ModelShape
+    pixels: PixelsSpec
+    sft: SFTSpec
+    rl: RLSpec
+    eval: EvalSpec
+    extra: tuple[ExtraRun, ...]
+    extra_seeds: tuple[int, ...]
+    goal_pairs: tuple[tuple[str, str], ...]
+    quick: dict[str, Any] | None = None  # checked merged over the rest (load_config)
+
+
 # two-sided 95 % Student t quantiles by degrees of freedom (n - 1)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 RL_ALGOS = ("grpo", "medlvr_grpo", "vlpo", "none")
@@ -123,14 +250,13 @@ def load_config(path: str | Path | None, quick: bool = False, overrides=()) -> d
     """DEFAULTS <- the YAML file <- its `quick:` section (with --quick) <- `key.sub=value` overrides.
     `tasks`, `stage1` and `variants` given in the file replace the defaults' (they are tables, not settings)."""
     user = read_yaml(path) if path else {}
-    unknown = set(user) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown mechanism config keys {sorted(unknown)}")
     base = {k: v for k, v in DEFAULTS.items() if not (k in ("tasks", "stage1", "variants") and k in user)}
     cfg = _merge(base, user)
     if quick:
         cfg = _merge(cfg, cfg.get("quick") or {})
     cfg = apply_overrides(cfg, overrides)
+    build_config(MechanismConfig, cfg)  # an unknown key at any depth: one line with a did-you-mean
+    build_config(MechanismConfig, _merge(cfg, cfg.get("quick") or {}), "quick")  # and in the --quick overlay
     cfg["quick_mode"] = bool(quick)
     for t, spec in cfg["tasks"].items():
         for v in spec["variants"]:
@@ -212,7 +338,8 @@ def run_sft(cfg: dict, task: str, seed: int, stage1: str, init_dir: Path, extra:
                     warmup_ratio=float(s["warmup_ratio"]), schedule="cosine", min_lr_ratio=float(s["min_lr_ratio"]),
                     seed=seed),
         run=dict(out_dir=str(out), micro_batch_size=s["micro_batch"], max_steps=s["steps"], save_every=0, keep_last=1,
-                 log_every=max(1, s["steps"] // 10), tensorboard=False, progress=False, threads=cfg["threads"]),
+                 log_every=max(1, s["steps"] // 10), tensorboard=False, progress=False, threads=cfg["threads"],
+                 replace=True),  # a job that runs again (its results file missing) starts from scratch
     ))
     t0 = time.perf_counter()
     res = train_sft(sc)
@@ -243,7 +370,7 @@ def run_rl(cfg: dict, task: str, seed: int, variant: str, sft_model: str, k: int
         engine=dict(device="cpu", lr=float(r["lr"]), weight_decay=0.0, warmup_ratio=0.0, schedule="constant",
                     seed=seed),
         run=dict(out_dir=str(out), max_steps=r["steps"], prompts_per_step=r["prompts_per_step"],
-                 micro_batch_size=r["micro_batch"], save_every=0, keep_last=1, resume="",
+                 micro_batch_size=r["micro_batch"], save_every=0, keep_last=1, resume="", replace=True,
                  threads=cfg["threads"], tensorboard=False, progress=False),
     ))
     t0 = time.perf_counter()
@@ -723,7 +850,11 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set sft.steps=100 (repeatable; values parsed as YAML)")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, quick=args.quick, overrides=args.overrides)
+    try:
+        cfg = load_config(args.config, quick=args.quick, overrides=args.overrides)
+    except ConfigError as e:  # one line, exit 2, as every medlvr command
+        print(f"mechanism: error: {e}", file=sys.stderr)
+        return 2
     res = run_experiment(cfg)
     print(res["table_md"])
     print(f"results: {cfg['results']}  plots: {', '.join(res['plots'])}  wall: {res['wall_seconds']:.0f}s")

@@ -18,7 +18,7 @@ import dagster as dg
 from pydantic import Field
 
 from medlvr.corpus.build import BuildConfig
-from medlvr.corpus.catalog import load_catalog
+from medlvr.corpus.catalog import load_catalog, select
 from medlvr.corpus.config import load_config
 from medlvr.corpus.ingest import dataset_root
 from medlvr.corpus.kg.graph import load_graph
@@ -92,11 +92,7 @@ class DatasetRoots(dg.ConfigurableResource):
     sample_seed: int = 0
 
     def selected(self) -> list[str]:
-        cat = load_catalog()
-        unknown = [d for d in self.datasets if d not in cat]
-        if unknown:
-            raise ValueError(f"unknown dataset ids {unknown}; see `medlvr catalog`")
-        return list(self.datasets) if self.datasets else list(cat)
+        return [s.id for s in select(self.datasets)]  # an unknown id: one line with a did-you-mean
 
     def resolved_data_root(self) -> Path | None:
         root = self.data_root or os.environ.get("MEDLVR_DATA_ROOT", "")

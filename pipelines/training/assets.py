@@ -39,10 +39,11 @@ class RoiSftConfig(LaunchConfig):
 
 
 def trainer_overrides(cfg: RoiSftConfig, corpus: str) -> list[str]:
-    """The asset's defaults (corpus from storage, run folder under the MedLVR home, no progress bar), then the
-    user's overrides: the later one wins."""
+    """The asset's defaults (corpus from storage, run folder under the MedLVR home, no progress bar, and
+    `run.replace=true`: materialising the asset again retrains it from scratch in the same folder, on purpose),
+    then the user's overrides: the later one wins."""
     return [f"data.corpus={corpus}", f"run.out_dir={medlvr_home() / 'runs' / 'roi_sft'}", "run.progress=false",
-            *cfg.overrides]
+            "run.replace=true", *cfg.overrides]
 
 
 def trainer_command(cfg: RoiSftConfig, overrides: list[str]) -> list[str]:

@@ -48,10 +48,12 @@ def upstream_model_path(instance) -> str | None:
 
 
 def trainer_overrides(cfg: VlpoConfig, model_path: str | None) -> list[str]:
-    """The asset's defaults (the upstream model, run folder under the MedLVR home, no progress bar), then the
-    user's overrides: the later one wins."""
+    """The asset's defaults (the upstream model, run folder under the MedLVR home, no progress bar, and
+    `run.replace=true`: a fresh run may write over the asset's earlier one, on purpose), then the user's
+    overrides: the later one wins."""
     upstream = [f"model.path={model_path}"] if model_path else []
-    return [*upstream, f"run.out_dir={medlvr_home() / 'runs' / 'vlpo'}", "run.progress=false", *cfg.overrides]
+    return [*upstream, f"run.out_dir={medlvr_home() / 'runs' / 'vlpo'}", "run.progress=false", "run.replace=true",
+            *cfg.overrides]
 
 
 def trainer_command(cfg: VlpoConfig, overrides: list[str]) -> list[str]:

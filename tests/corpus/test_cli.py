@@ -30,7 +30,7 @@ def test_sample_data_then_ingest_prints_summary(tmp_path, capsys):
 
 def test_unknown_dataset_and_missing_root_are_errors(tmp_path, capsys):
     assert main(["ingest", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"), "--datasets", "nope"]) == 2
-    assert "unknown dataset ids ['nope']" in capsys.readouterr().err
+    assert "unknown dataset id 'nope'" in capsys.readouterr().err
     assert main(["ingest", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"), "--datasets", "busi"]) == 1
     assert "does not exist" in capsys.readouterr().err
 

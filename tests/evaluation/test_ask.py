@@ -51,7 +51,7 @@ def test_ask_on_a_dicom_prints_latents_and_writes_the_overlay(ckpt, tmp_path):
                               "--window", "abdomen", "--out", tmp_path / "o", cwd=tmp_path)
     assert rc == 0, err
     assert err == ""  # no progress bars or warnings around the answer
-    assert "image: CT_small.dcm (dicom; 128x128 px after normalisation, window abdomen)" in out
+    assert "image: CT_small.dcm (dicom, single frame; 128x128 px after normalisation, window abdomen)" in out
     assert "latent segment: <Medlvr_Start> 2 latent states <Medlvr_End>" in out  # K from the checkpoint
     assert out.count("  latent ") == 2 and "points at x=" in out
     assert "\nanswer: " in out and "generated: <Medlvr_Start><Medlvr_Latent><Medlvr_Latent><Medlvr_End>" in out
@@ -66,7 +66,7 @@ def test_ask_on_a_nifti_slice_with_k(ckpt, tmp_path):
     rc, out, err = medlvr_ask("--model", ckpt / "checkpoints" / "step-0000002", "--image", NIFTI, "--slice", 3,
                               "--k", 3, "--question", "Is there a mass?", cwd=tmp_path)
     assert rc == 0, err
-    assert "image: anatomical.nii (nifti, slice 3 of 25; 33x41 px after normalisation" in out
+    assert "image: anatomical.nii (nifti, slice 3 of 25 along Z; 33x41 px after normalisation" in out
     assert out.count("  latent ") == 3
     assert (tmp_path / "anatomical_latents.png").is_file()  # --out defaults to the current folder
 
@@ -75,7 +75,9 @@ def test_ask_on_a_nifti_slice_with_k(ckpt, tmp_path):
     (["--model", "{tmp}", "--image", str(CT_DICOM)], "is not a checkpoint: no config.json with safetensors"),
     (["--model", "{ckpt}", "--image", "{tmp}/broken.png"], "cannot read broken.png: not a readable image"),
     (["--model", "{ckpt}", "--image", str(NIFTI), "--slice", "25"], "--slice 25 is outside anatomical.nii's 25 "
-                                                                    "slices (0..24)"),
+                                                                    "slices along Z (0..24)"),
+    (["--model", "{ckpt}", "--image", str(CT_DICOM), "--slice", "5"], "--slice 5 is outside CT_small.dcm's single "
+                                                                      "frame (0)"),
     (["--model", "{ckpt}", "--image", "{tmp}/missing.dcm"], "no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, args, message, capsys):
@@ -150,3 +152,61 @@ def test_axis_order_names_the_slice_axis():
     assert zyx.n_slices == shape[0] and zyx.pixels.shape == (shape[1], shape[2])
     with pytest.raises(AskError, match="--axis-order XY:"):
         read_image(NIFTI, axis_order="XY")
+
+
+ERROR_PATHS = {  # a bad input of each kind, as typed on the command line, and its one line
+    "missing image": (["--image", "{tmp}/missing.dcm", "--question", "q"], "--image {tmp}/missing.dcm: no such file"),
+    "empty question": (["--image", str(CT_DICOM), "--question", "  "], "--question is empty"),
+    "negative k": (["--image", str(CT_DICOM), "--question", "q", "--k", "-1"], "--k must be >= 0, got -1"),
+    "slice on a single-frame DICOM": (["--image", str(CT_DICOM), "--question", "q", "--slice", "5"],
+                                      "--slice 5 is outside CT_small.dcm's single frame (0)"),
+    "slice past the volume": (["--image", str(NIFTI), "--question", "q", "--slice", "99"],
+                              "--slice 99 is outside anatomical.nii's 25 slices along Z (0..24)"),
+    "slice on a PNG": (["--image", "{tmp}/x.png", "--question", "q", "--slice", "1"],
+                       "--slice is for a NIfTI volume or a multi-frame DICOM; x.png is one image"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_PATHS))
+def test_console_script_error_paths_are_one_line_in_a_pipe(ckpt, tmp_path, case):
+    """Through the installed console script with stdout and stderr on pipes: one line, exit 2, nothing on stdout."""
+    _png(tmp_path)
+    args, message = ERROR_PATHS[case]
+    rc, out, err = medlvr_ask("--model", ckpt, *[a.format(tmp=tmp_path) for a in args], cwd=tmp_path)
+    assert (rc, out) == (2, ""), err
+    assert err == f"medlvr ask: error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_error_paths_never_import_torch(ckpt, tmp_path):
+    """The checks run before torch and transformers load (a bad input is reported in well under a second, not
+    after ~10 s of imports): each error path of the CLI, in a fresh interpreter, leaves torch out of sys.modules."""
+    _png(tmp_path)
+    cases = [[a.format(tmp=tmp_path) for a in args] for args, _ in ERROR_PATHS.values()]
+    script = (
+        "import json, sys\n"
+        "from medlvr.pipelines.cli import main\n"
+        f"for args in {cases!r}:\n"
+        f"    assert main(['ask', '--model', {str(ckpt)!r}, *args]) == 2, args\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules)))\n")
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1]) == []
+    assert len(p.stderr.strip().splitlines()) == len(cases)  # one line each
+
+
+def test_dicom_suffixes_are_the_corpus_readers():
+    from medlvr.corpus.adapters.images import DICOM_SUFFIXES
+    from medlvr.evaluation import ask
+
+    assert ask.DICOM_SUFFIXES == DICOM_SUFFIXES
+
+
+def test_the_slice_read_is_reported(ckpt):
+    """Which slice or frame was read, and whether by default, is in the first line of the output."""
+    from medlvr.evaluation.ask import AskResult, format_result
+
+    img = read_image(NIFTI)
+    first = format_result(AskResult("a", "a", 0, [], img, None), "anatomical.nii").splitlines()[0]
+    assert "slice 12 of 25 along Z (by default; --slice N picks another)" in first
+    img = read_image(CT_DICOM, 0)
+    assert "(dicom, single frame;" in format_result(AskResult("a", "a", 0, [], img, None), "CT_small.dcm")

@@ -239,7 +239,10 @@ def test_readme_endpoint_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "report.html" in proc.stdout and "results.json" in proc.stdout
     assert srv.calls > 0 and srv.headers_seen[0]["authorization"] == f"Bearer {SECRET}"
-    assert len(proc.stderr.splitlines()) == 1 and "samples in" in proc.stderr  # one line per model in a pipe
+    # in a pipe: a line per benchmark as it completes, then one summary line per model
+    *jobs, summary = proc.stderr.splitlines()
+    assert "samples in" in summary and jobs and all(re.match(r"qwen25vl_7b: inference: \S+ \S+: \d+ answered", j)
+                                                    for j in jobs), proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
 
 

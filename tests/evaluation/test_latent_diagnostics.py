@@ -100,7 +100,7 @@ def test_evaluate_with_latent_section_and_closed_inference(tmp_path):
 
 
 def test_config_errors(tmp_path):
-    for bad, msg in [({"latent_diagnostics": {"bogus": 1}}, "unknown keys"),
+    for bad, msg in [({"latent_diagnostics": {"bogus": 1}}, "unknown config key latent_diagnostics.bogus"),
                      ({"latent_diagnostics": {"models": ["nope"]}}, "unknown model"),
                      ({"latent_diagnostics": {"benchmarks": ["vqa_rad"]}}, "not configured")]:
         with pytest.raises(ConfigError, match=msg):

@@ -65,12 +65,36 @@ def test_written_formats(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_quick_experiment(tmp_path):
+def _mechanism_module():
     import importlib.util
+    import sys
 
     spec = importlib.util.spec_from_file_location("mechanism", ROOT / "experiments" / "mechanism" / "mechanism.py")
     mechanism = importlib.util.module_from_spec(spec)
+    sys.modules["mechanism"] = mechanism  # as an imported module is: its config dataclasses resolve their types
     spec.loader.exec_module(mechanism)
+    return mechanism
+
+
+@pytest.mark.parametrize("override, line", [
+    ("sft.stpes=3", "unknown config key sft.stpes (did you mean sft.steps?)"),
+    ("stage1.roi.bottlenek={p: 1}", "unknown config key stage1.roi.bottlenek (did you mean stage1.roi.bottleneck?)"),
+    ("tasks.single.lesion_cels=2", "unknown config key tasks.single.lesion_cels (did you mean "
+                                   "tasks.single.lesion_cells?)"),
+    ("quick.rl.stpes=2", "unknown config key quick.rl.stpes (did you mean quick.rl.steps?)"),
+    ("variants.roi_vlpo.rl=vlp", "variants.roi_vlpo.rl: must be one of 'grpo', 'medlvr_grpo', 'vlpo', 'none', "
+                                 "got str 'vlp'"),
+])
+def test_a_typo_below_the_top_level_is_one_line(override, line):
+    mechanism = _mechanism_module()
+    with pytest.raises(mechanism.ConfigError) as e:
+        mechanism.load_config(ROOT / "configs" / "mechanism.yaml", overrides=[override])
+    assert str(e.value) == line
+    assert mechanism.load_config(ROOT / "configs" / "mechanism.yaml", quick=True)["sft"]["steps"] == 4
+
+
+def test_quick_experiment(tmp_path):
+    mechanism = _mechanism_module()
     out = tmp_path / "results.json"
     rc = mechanism.main(["--config", str(ROOT / "configs" / "mechanism.yaml"), "--quick",
                "--set", f"work_dir={tmp_path / 'work'}", "--set", f"results={out}",
@@ -117,3 +141,13 @@ def test_multi_cell_lesion_spans_a_block():
         assert (it["image"][int(y0), int(x0):int(x1), 0] > 180).all()  # red frame along the whole block
     with pytest.raises(ValueError, match="lesion_cells"):
         make_items(1, seed=0, split="train", lesion_cells=3)
+
+
+def test_a_config_typo_as_run_from_the_command_line_is_one_line_and_exit_2():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "experiments/mechanism/mechanism.py", "--config", "configs/mechanism.yaml",
+                        "--set", "eval.k_swep=[2]"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr.splitlines() == ["mechanism: error: unknown config key eval.k_swep (did you mean eval.k_sweep?)"]

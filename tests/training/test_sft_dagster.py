@@ -58,6 +58,7 @@ def test_config_error_fails_before_launch(corpus, tmp_path):
 
 def test_launchers():
     cfg = RoiSftConfig(launcher="deepspeed", hostfile="/etc/hosts.ds", python="/env/bin/python")
+    assert "run.replace=true" in trainer_overrides(cfg, "/c")  # re-materialising retrains in its folder, on purpose
     cmd = trainer_command(cfg, trainer_overrides(cfg, "/c"))
     assert cmd[:5] == ["/env/bin/python", "-m", "deepspeed.launcher.runner", "--hostfile", "/etc/hosts.ds"]
     assert "--module" in cmd and cmd[-1] == "engine.backend=deepspeed"

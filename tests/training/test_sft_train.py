@@ -189,7 +189,8 @@ def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
     assert read_latent_info(ck / "model") == {"k_latent": 4, "latent": True}  # K saved with the weights
     model, proc, ids = load_checkpoint(ck / "model")
     assert ids.start == proc.tokenizer.convert_tokens_to_ids("<Medlvr_Start>")
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(ck)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("ROI-SFT: 2 steps: loss ") and last.endswith(f"; checkpoint: {ck}"), last
 
 
 def test_cli_explicit_damaged_resume_is_one_line(corpus, tmp_path, capsys):
@@ -204,3 +205,58 @@ def test_cli_explicit_damaged_resume_is_one_line(corpus, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2 and err == [f"medlvr: error: run.resume: checkpoint {damaged} cannot be resumed: missing "
                                "manifest.json (the save did not finish)"], err
+
+
+def test_console_script_in_a_pipe_on_a_terminal_and_run_twice(corpus, tmp_path):
+    """`medlvr train-sft` as a user runs it: in a pipe plain progress lines (no carriage returns) and no DeepSpeed
+    accelerator warning, a readable last line; the same command again is refused in one line and the earlier run
+    is untouched; `run.replace=true` writes over it on purpose, on a terminal with the bar rewritten in place."""
+    import hashlib
+    import re
+
+    from tests.test_readme_commands import MEDLVR, REPO, run_in_pty, run_piped
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TERM": "xterm"}
+    env.pop("DS_ACCELERATOR", None)
+    out = tmp_path / "run"
+    argv = [str(MEDLVR), "train-sft", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--set",
+            f"data.corpus={corpus}", "--set", f"run.out_dir={out}", "--set", "run.max_steps=4", "--set",
+            "run.save_every=2"]
+    rc, stdout, stderr = run_piped(argv, tmp_path, env)
+    assert rc == 0, stderr
+    assert "\r" not in stdout + stderr and "accelerator" not in stdout + stderr
+    steps = [re.fullmatch(r"train: step (\d+)/4 loss \S+ ce \S+ roi \S+ lr \S+ \(\d+s\)", line) for line in
+             stderr.splitlines()]
+    assert all(steps) and [int(m.group(1)) for m in steps] == [1, 2, 3, 4], stderr
+    ck = out / "checkpoints" / "step-0000004"
+    [last] = stdout.splitlines()
+    assert last.startswith("ROI-SFT: 4 steps: loss ") and last.endswith(f"checkpoint: {ck}"), last
+
+    def digest():
+        return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.rglob("*")) if p.is_file() and "tb" not in p.parts}
+
+    before = digest()
+    rc, stdout, stderr = run_piped(argv, tmp_path, env)  # the same command again
+    assert (rc, stdout) == (2, "")
+    assert stderr == (f"medlvr: error: run.out_dir {out} already holds a run (2 checkpoint(s), newest step-0000004): "
+                      "continue it with --set run.resume=auto, keep it with --set run.out_dir=NEW_FOLDER, or write "
+                      "over it with --set run.replace=true\n")
+    assert digest() == before  # nothing of the earlier run was touched
+
+    rc, tty, _ = run_in_pty([*argv, "--set", "run.replace=true"], tmp_path, env)
+    assert rc == 0, tty
+    assert "\r" in tty and "train:" in tty and "accelerator" not in tty  # the bar, rewritten in place
+    assert tty.rstrip().splitlines()[-1].startswith("ROI-SFT: 4 steps: loss ")
+
+
+def test_a_fresh_vlpo_run_into_an_earlier_run_is_refused_too(tmp_path):
+    from medlvr.corpus.config import ConfigError, load_config
+    from medlvr.training.vlpo.config import VLPORunConfig
+    from medlvr.training.vlpo.trainer import train_vlpo
+
+    (tmp_path / "checkpoints" / "step-0000004").mkdir(parents=True)
+    cfg = load_config(VLPORunConfig, "configs/vlpo_tiny.yaml", [f"run.out_dir={tmp_path}", 'run.resume=""'])
+    with pytest.raises(ConfigError, match="already holds a run .1 checkpoint.s., newest step-0000004.: continue it "
+                                          "with --set run.resume=auto"):
+        train_vlpo(cfg)

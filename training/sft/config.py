@@ -80,6 +80,7 @@ class RunConfig:
     keep_last: int = 2  # newest checkpoints kept in out_dir/checkpoints (0: keep all)
     log_every: int = 1
     resume: str = ""  # "" (start fresh) | auto (newest in out_dir/checkpoints, if any) | a checkpoint directory
+    replace: bool = False  # a fresh run may write over a run already in out_dir (else refused)
     tensorboard: bool = True
     progress: bool = True
     peak_flops: float = 0.0  # override the device's peak bf16 FLOP/s for MFU

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from medlvr.corpus.config import add_config_arguments, exit_on_config_error
-from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
+from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, refuse_silent_overwrite, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.metrics import MetricsLogger, decoder_params, peak_flops, train_flops
+from medlvr.training.metrics import MetricsLogger, decoder_params, peak_flops, quiet_loading_bars, train_flops
 from medlvr.training.model import set_pixel_budget
 from medlvr.training.pipes import format_step, open_pipes, report_failure, scalar_metrics
 from medlvr.training.sft.collate import collate
@@ -50,6 +50,7 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
     on_log(step, metrics): called on rank 0 every `log_every` steps (Pipes log lines).
     """
     run, lt, ec = cfg.run, cfg.latent, cfg.engine
+    refuse_silent_overwrite(run.out_dir, run.resume, run.replace)
     if run.threads > 0:
         torch.set_num_threads(run.threads)
     seed_everything(ec.seed)
@@ -160,6 +161,8 @@ def run_from_args(args) -> int:
     """`--config` + `--set` -> train, with Pipes reporting when launched by Dagster. A `ConfigError` is raised as
     is (the root CLI prints it as one line and exits 2)."""
     cfg = load_sft_config(args.config, args.overrides)
+    refuse_silent_overwrite(cfg.run.out_dir, cfg.run.resume, cfg.run.replace)  # before anything is written there
+    quiet_loading_bars()
     with open_pipes() as pipes:
         try:
             return _run(cfg, pipes)
@@ -180,8 +183,16 @@ def _run(cfg: SFTConfig, pipes) -> int:
                     metrics_jsonl=str(Path(result["out_dir"]) / "metrics.jsonl"))
         pipes.report_asset_materialization(metadata=meta)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({"checkpoint": result["checkpoint"], **result["metrics"]}))
+        print(summary_line(result))
     return 0
+
+
+def summary_line(result: dict) -> str:
+    """The console's last line: what was trained and where the checkpoint is (every metric is in metrics.jsonl)."""
+    m = result["metrics"]
+    losses = f": loss {m['loss']:.4g} (answer {m['ce']:.4g}, ROI {m['roi']:.4g})" if "loss" in m else ""
+    return (f"ROI-SFT: {result['steps']} steps{losses}; metrics: {Path(result['out_dir']) / 'metrics.jsonl'}; "
+            f"checkpoint: {result['checkpoint'] or 'none'}")
 
 
 if __name__ == "__main__":

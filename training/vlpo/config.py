@@ -119,6 +119,7 @@ class RunConfig:
     save_every: int = 50  # also saved at the end; 0: only at the end
     keep_last: int = 2  # newest checkpoints kept in out_dir/checkpoints (0: keep all)
     resume: str = "auto"  # "" (start fresh) | auto (newest in out_dir/checkpoints, if any) | a checkpoint directory
+    replace: bool = False  # a fresh run may write over a run already in out_dir (else refused)
     stop_after: int | None = None  # leave after this many optimizer steps in THIS invocation (preemption tests)
     threads: int = 0  # torch intra-op threads on CPU; 0: leave as is
     tensorboard: bool = True

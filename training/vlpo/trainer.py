@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from medlvr.corpus.config import add_config_arguments, exit_on_config_error, load_config
-from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
+from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, refuse_silent_overwrite, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.metrics import MetricsLogger
+from medlvr.training.metrics import MetricsLogger, quiet_loading_bars
 from medlvr.training.model import set_pixel_budget
 from medlvr.training.pipes import is_rank0, open_pipes, report_failure
 from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent
@@ -90,6 +90,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
     K is `rollout.k_latent`, or the starting checkpoint's when the config leaves it unset."""
     cfg = resolve_k_latent(cfg)
     run, seed = cfg.run, cfg.engine.seed
+    refuse_silent_overwrite(run.out_dir, run.resume, run.replace)
     if run.threads:
         torch.set_num_threads(run.threads)
     out_dir = Path(run.out_dir)
@@ -216,6 +217,8 @@ def run_cli(args) -> int:
     """`--config` + `--set` -> train, with Pipes reporting when launched by Dagster. A `ConfigError` is raised as
     is (the root CLI prints it as one line and exits 2)."""
     cfg = load_config(VLPORunConfig, args.config, args.overrides)
+    refuse_silent_overwrite(cfg.run.out_dir, cfg.run.resume, cfg.run.replace)  # before anything is written there
+    quiet_loading_bars()
     with open_pipes() as pipes:
         log_fn = None
         if pipes is not None:
@@ -232,8 +235,17 @@ def run_cli(args) -> int:
         if pipes is not None:
             pipes.report_asset_materialization(metadata=md)
         if is_rank0():
-            print(json.dumps(md, indent=1))
+            print(summary_line(md))
     return 0
+
+
+def summary_line(md: dict) -> str:
+    """The console's last line: what was trained and where the model is (every metric is in metrics.jsonl)."""
+    reward = (f": mean reward {md['mean_reward_run']:.3f} over the run, last step reward "
+              f"{md.get('last_reward_mean', float('nan')):.3f}, accuracy {md.get('last_accuracy', float('nan')):.3f}"
+              if "mean_reward_run" in md else "")
+    where = f"final model: {md['final_dir']}" if md["final_dir"] else f"checkpoint: {md['checkpoint'] or 'none'}"
+    return f"VLPO: {md['steps']} steps{reward}; {where}"
 
 
 if __name__ == "__main__":
