@@ -459,7 +459,7 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     imgs = volume_images(
         channels, labels, rules, source_path=next(iter(sources.values())), intensity=_intensity(var, first),
         spacing_zyx=spacing, percentiles=tuple(spec.normalise.get("percentiles", (0.5, 99.5))),
-        cfg=SliceConfig.from_dict(var.get("slices")), attributes=attributes)
+        cfg=SliceConfig.from_dict(var.get("slices")), attributes=attributes, label_source=ref.paths.get("label"))
     for im in imgs:  # BraTS: each sequence image names its own file
         im.source_path = sources.get(im.attributes.get("sequence", ""), im.source_path)
     return imgs

@@ -392,7 +392,10 @@ def test_specks_are_reported_not_boxed(tmp_path):
     Image.fromarray(m).save(root / "Dataset_BUSI_with_GT/benign/benign (1)_mask.png")
     _, im, rejects = run("busi", root)
     src = im["Dataset_BUSI_with_GT/benign/benign (1).png"][1]
-    assert not rejects and src.rois == [] and src.roi_rejects and "speck" in src.roi_rejects[0][1]
+    # the reason gives the size and the threshold, and names the object (mask file, label, component)
+    assert not rejects and src.rois == [] and src.roi_rejects == [
+        ("benign lesion", "component of 9 px below the minimum size 16 px",
+         "Dataset_BUSI_with_GT/benign/benign (1)_mask.png#label=benign lesion/component=1")]
 
 
 def test_load_of_a_mask_deleted_after_discovery_is_a_record_error(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.ingest import IngestConfig, ingest_dataset
 from medlvr.corpus.sample_data import load_truth, write_samples
-from tests.corpus.helpers import Ingested, assert_truth_recovered
+from tests.corpus.helpers import Ingested, assert_objects_accounted, assert_truth_recovered
 
 IDS = sorted(load_catalog())
 
@@ -26,6 +26,7 @@ def test_sample_ingests_with_exact_boxes(sample_root, tmp_path, dataset_id):
     assert not s.layout_missing, s.layout_missing
     ing = Ingested(s, sample_root, tmp_path, load_truth(sample_root, dataset_id))
     assert_truth_recovered(ing)
+    assert_objects_accounted(ing)
     concepts = set(ing.table("rois").column("concept_id").to_pylist())
     assert concepts <= set(spec.labels.values())
 
