@@ -40,7 +40,7 @@ def test_discover_load_recovers_consensus_boxes(sample):
     got = {im.suffix: [(r.label, list(r.box)) for r in im.rois] for im in images}
     for t in truth:
         assert got[t["suffix"]] == [tuple(b) for b in t["boxes"]]
-    assert sum(len(im.rois) for im in images) == 2  # points (small nodule, non-nodule) are never boxes
+    assert sum(len(im.rois) for im in images) == 3  # nodules A, B and the 9-px C; points (small nodule, non-nodule) are never boxes
     # reader 4's unknown SOP UID was matched by z position: no reject but the accounting ones (reads fused into
     # their nodule's first read, the < 3 mm point)
     assert all("fused with" in r[1] or "point" in r[1] for im in images for r in im.roi_rejects)
@@ -60,7 +60,7 @@ def test_discover_load_recovers_consensus_boxes(sample):
 def test_ingest_sample_exact_boxes(tmp_path):
     ing = ingest_sample(tmp_path, "lidc_idri")
     assert_reconciles(ing.summary)
-    assert assert_truth_recovered(ing) == 2
+    assert assert_truth_recovered(ing) == 3
     images = ing.table("images").to_pylist()
     assert {im["window_name"] for im in images} == {"lung"}
 
