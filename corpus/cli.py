@@ -30,8 +30,8 @@ from medlvr.corpus.build import BuildConfig, build_corpus
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.config import add_config_arguments, load_config
 from medlvr.corpus import layout
-from medlvr.corpus.ingest import (DatasetSummary, IngestConfig, empty_dataset_reason, locate_datasets,
-                                   run_ingest)
+from medlvr.corpus.ingest import (OBJECT_LOST, OBJECT_WRITTEN, DatasetSummary, IngestConfig, empty_dataset_reason,
+                                   locate_datasets, run_ingest)
 from medlvr.corpus.sample_data import write_samples
 
 
@@ -61,21 +61,40 @@ def _cmd_sample_data(args) -> int:
     return 0
 
 
+OBJECT_REASONS_SHOWN = 3  # object reject reasons printed under a dataset's row, the most common first
+
+
 def print_summary(summaries, file=None) -> None:
+    """The ingest table: records, images, ROI rows, and annotation objects (found, written as boxes, rejected)
+    with the most common reasons objects were rejected for, and a warning line where an object was lost."""
     file = file or sys.stdout
-    head = f"{'dataset':<16} {'modality':<11} {'records':>7} {'rejected':>8} {'images':>7} {'ROIs':>7} {'ROI rej':>7} {'s':>6}"
+    head = (f"{'dataset':<16} {'modality':<11} {'records':>7} {'rejected':>8} {'images':>7} {'ROIs':>7} "
+            f"{'ROI rej':>7} {'objects':>7} {'obj out':>7} {'obj rej':>7} {'s':>6}")
     print(head, file=file)
     print("-" * len(head), file=file)
-    tot = [0] * 5
+    tot = [0] * 8
     for s in summaries:
-        vals = (s.records_in, s.records_rejected, s.images_out, s.rois_out, s.rois_rejected)
+        vals = (s.records_in, s.records_rejected, s.images_out, s.rois_out, s.rois_rejected, s.objects_in,
+                s.objects_out, s.objects_rejected)
         tot = [a + b for a, b in zip(tot, vals)]
-        print(f"{s.dataset:<16} {s.modality:<11} {vals[0]:>7} {vals[1]:>8} {vals[2]:>7} {vals[3]:>7} {vals[4]:>7} "
-              f"{s.seconds:>6.1f}", file=file)
+        print(f"{s.dataset:<16} {s.modality:<11} " + " ".join(f"{v:>{w}}" for v, w in zip(vals, WIDTHS)) +
+              f" {s.seconds:>6.1f}", file=file)
+        rejected = [(k, n) for k, n in s.object_outcomes.items() if k != OBJECT_WRITTEN and k != OBJECT_LOST]
+        for reason, n in rejected[:OBJECT_REASONS_SHOWN]:
+            print(f"  objects rejected: {n:>6}  {reason}", file=file)
+        if len(rejected) > OBJECT_REASONS_SHOWN:
+            print(f"  objects rejected: {sum(n for _, n in rejected[OBJECT_REASONS_SHOWN:]):>6}  "
+                  f"({len(rejected) - OBJECT_REASONS_SHOWN} other reasons: rejects.parquet)", file=file)
+        if s.objects_lost:
+            print(f"  ! {s.objects_lost} objects with neither a box nor a reject row (a bug), e.g. "
+                  f"{s.objects_lost_examples[0] if s.objects_lost_examples else '?'}", file=file)
         if s.layout_missing:
             print(f"  ! layout: nothing matches {s.layout_missing}", file=file)
     print("-" * len(head), file=file)
-    print(f"{'total':<28} {tot[0]:>7} {tot[1]:>8} {tot[2]:>7} {tot[3]:>7} {tot[4]:>7}", file=file)
+    print(f"{'total':<28} " + " ".join(f"{v:>{w}}" for v, w in zip(tot, WIDTHS)), file=file)
+
+
+WIDTHS = (7, 8, 7, 7, 7, 7, 7, 7)
 
 
 def datasets_to_run(data_root: Path, requested: list[str] | None) -> list[str] | None:

@@ -374,8 +374,8 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                 box = _combine([marks[i][1] for i in c], o.get("fusion", "mean"))
                 rois.append(SourceROI(label, tuple(box), "box", int(first.rsplit("=", 1)[1]),
                                       attributes={"readers": n}, source_object=first))
-                rejects += [(label, f"fused with {first} by the reader-agreement rule ({n} readers)", marks[i][2])
-                            for i in c[1:]]
+                rejects += [(label, f"fused with {first.rsplit('#', 1)[1]} of the same table by the reader-agreement "
+                                    f"rule ({n} readers)", marks[i][2]) for i in c[1:]]
     else:
         rois, bad = box_rois([(label, vals, None, oid) for label, _, vals, oid in findings], conv)
         rejects += bad

@@ -316,8 +316,9 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     for gi, g in enumerate(groups[:254], start=1):
         # the group's boxes name its first read; the other reads are fused into it (reader-agreement rule)
         rules.append(LabelRule(label, (gi,), False, source_object=anns[g[0]]["object"]))  # one box a slice
-        problems += [(label, f"fused with {anns[g[0]]['object']} by the reader-agreement rule ({len(g)} reads of "
-                      f"one nodule)", anns[i]["object"]) for i in g[1:]]
+        first = anns[g[0]]["object"].rsplit("#", 1)[1]  # "reader=R/nodule=N" of the same XML
+        problems += [(label, f"fused with the read {first} by the reader-agreement rule ({len(g)} reads of one "
+                      f"nodule)", anns[i]["object"]) for i in g[1:]]
         votes = np.zeros(vol.shape, dtype=np.uint8)
         for i in g:
             for k, m in anns[i]["masks"].items():

@@ -108,7 +108,7 @@ def test_vindr_three_readers_and_no_finding(tmp_path):
     assert boxes(imgs["a1"]) == [["Nodule/Mass", [11.0, 11.0, 21.0, 21.0]]]
     assert imgs["a1"].rois[0].attributes["readers"] == 3
     # every row is an object: the two marks fused into row 1's box, and the single-reader finding, are rejects
-    fused = "fused with train.csv#row=1 by the reader-agreement rule (3 readers)"
+    fused = "fused with row=1 of the same table by the reader-agreement rule (3 readers)"
     assert imgs["a1"].roi_rejects == [("Nodule/Mass", fused, "train.csv#row=2"), ("Nodule/Mass", fused, "train.csv#row=3"),
                                       ("Pleural effusion", "marked by 1 reader(s), fewer than 2", "train.csv#row=4")]
     assert imgs["a1"].rois[0].source_object == "train.csv#row=1"

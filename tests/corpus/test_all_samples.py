@@ -2,6 +2,7 @@
 
 import pytest
 
+from medlvr.corpus.accounting import reconcile
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.ingest import IngestConfig, ingest_dataset
 from medlvr.corpus.sample_data import load_truth, write_samples
@@ -27,6 +28,8 @@ def test_sample_ingests_with_exact_boxes(sample_root, tmp_path, dataset_id):
     ing = Ingested(s, sample_root, tmp_path, load_truth(sample_root, dataset_id))
     assert_truth_recovered(ing)
     assert_objects_accounted(ing)
+    problems, counts = reconcile(tmp_path / dataset_id)  # what the blocking asset check runs
+    assert not problems and counts["objects"] == s.objects_in > 0, (problems, counts)
     concepts = set(ing.table("rois").column("concept_id").to_pylist())
     assert concepts <= set(spec.labels.values())
 
