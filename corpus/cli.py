@@ -2,6 +2,7 @@
 Subcommands stay thin: they parse arguments and call the library.
 
     medlvr catalog [--json]
+    medlvr catalog check --data-root DIR [--datasets ID ...] [--max-records N] [--config FILE] [--set KEY=VALUE]
     medlvr sample-data OUT_DIR [--datasets ID ...]
     medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE] [--set KEY=VALUE]
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
@@ -50,6 +51,30 @@ def _cmd_catalog(args) -> int:
     mods = sorted({s.modality for s in cat.values()})
     print(f"\n{len(cat)} datasets, {len(mods)} modalities, {len({s.adapter for s in cat.values()})} of "
           f"{len(ADAPTERS)} adapters in use")
+    return 0
+
+
+def _cmd_catalog_check(args) -> int:
+    """One line per fact and per problem ('!' first) for each dataset found; exit 1 when one would lose objects
+    (a layout glob matching nothing, a label neither mapped nor ignored, a record rejected, an object lost)."""
+    from medlvr.corpus.catalog_check import check_dataset
+    from medlvr.corpus.ingest import dataset_root
+
+    cfg = load_config(IngestConfig, args.config, args.overrides)
+    ids = datasets_to_run(Path(args.data_root), args.datasets)
+    if ids is None:
+        return 1
+    cat, losing = load_catalog(), []
+    for ds in ids:
+        chk = check_dataset(cat[ds], dataset_root(Path(args.data_root), cat[ds]), cfg, args.max_records)
+        for line in chk.lines():
+            print(line)
+        if chk.problems:
+            losing.append(ds)
+    if losing:
+        print(f"medlvr: error: {len(losing)} dataset(s) would lose annotation objects: {', '.join(losing)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -179,6 +204,18 @@ def register(sub) -> None:
     c = sub.add_parser("catalog", help="list the dataset catalog")
     c.add_argument("--json", action="store_true", help="print the catalog as a JSON list instead of a table")
     c.set_defaults(fn=_cmd_catalog)
+    cs = c.add_subparsers(dest="catalog_command", metavar="check")
+    k = cs.add_parser("check", help="read a download as ingest would, write nothing, and report per dataset what "
+                                    "would be lost (exit 1 if anything would)")
+    k.add_argument("--data-root", required=True, help="folder with one sub-folder per dataset id")
+    k.add_argument("--datasets", nargs="+", metavar="ID",
+                   help="only these catalog ids (default: every dataset found under --data-root)")
+    k.add_argument("--max-records", type=int, metavar="N",
+                   help="load only the first N records of each dataset (default: all; the layout and file "
+                        "checks always see every file)")
+    add_config_arguments(k, "IngestConfig fields (the slices and normalise settings the build will use)",
+                         "slices.max_slices_per_volume=20", required=False)
+    k.set_defaults(fn=_cmd_catalog_check)
     s = sub.add_parser("sample-data", help="write miniature sample datasets in their native formats")
     s.add_argument("out_dir", help="folder to write <out_dir>/<dataset id>/ into (created if missing)")
     s.add_argument("--datasets", nargs="+", metavar="ID", help="only these catalog ids (default: every dataset)")

@@ -32,7 +32,7 @@ from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, se
 from medlvr.corpus.normalize import NormaliseConfig, check_box, normalise_image
 from medlvr.corpus.png import encode_png
 from medlvr.corpus.records import (RecordError, RecordRef, Reject, SourceImage, object_id, reason_kind,
-                                   relative_reason)
+                                   relative_reason, unmapped_label_reason)
 from medlvr.corpus.tables import DatasetWriter, escape_undecodable
 from medlvr.corpus.volumes import SliceConfig
 
@@ -243,7 +243,7 @@ def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: I
         named.append(oid)
         concept = spec.concept(roi.label)
         if concept is None:
-            rejects.append(("roi", "roi", f"label {roi.label!r} is not in the catalog label map", src.source_path,
+            rejects.append(("roi", "roi", unmapped_label_reason(roi.label), src.source_path,
                             oid))
             continue
         box, reason, clipped = check_box(roi.box, w, h)

@@ -94,6 +94,22 @@ class SourceImage:
     objects: list[str] | None = None
 
 
+_UNMAPPED = re.compile(r"label ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") is not in the catalog label map")
+
+
+def unmapped_label_reason(label: str) -> str:
+    """The one wording of an object whose label the catalog does not map (the label's name is the finding)."""
+    return f"label {label!r} is not in the catalog label map"
+
+
+def unmapped_label_of(reason: str) -> str | None:
+    """The label named by an `unmapped_label_reason` inside a reject reason, else None."""
+    import ast
+
+    m = _UNMAPPED.search(reason)
+    return ast.literal_eval(m.group(1)) if m else None
+
+
 def object_id(path: str, **parts: Any) -> str:
     """The stable identity of one source annotation object: its file relative to the dataset root, then what
     picks the object out inside it, e.g. `annotations.csv#row=12` or `case_00002/seg.nii.gz#label=tumor/component=1`.

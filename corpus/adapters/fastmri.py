@@ -26,7 +26,8 @@ from medlvr.corpus.adapters.csv_boxes import pixel_box
 from medlvr.corpus.adapters.images import one_line_cause
 from medlvr.corpus.limits import charge
 from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id
+from medlvr.corpus.records import (RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id,
+                                   unmapped_label_reason)
 
 HEADER = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
 DATASETS = ("reconstruction_rss", "reconstruction_esc")
@@ -157,7 +158,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
             rejects.append((label, f"slice {z} outside the volume's {nz} slices", oid))
             continue
         if spec.concept(label) is None:  # decided before any image is made: a slice of unmapped boxes is no image
-            rejects.append((label, f"label {label!r} is not in the catalog label map", oid))
+            rejects.append((label, unmapped_label_reason(label), oid))
             continue
         x, y, w, h = (_num(r[k]) for k in ("x", "y", "width", "height"))
         key = (z, label, x, y, w, h)

@@ -295,6 +295,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
             cy, cx = (cyx * areas[:, None]).sum(axis=0) / areas.sum()
             cz = float((np.array([zs[k] for k in ks]) * areas).sum() / areas.sum())
             anns.append({"reader": r, "masks": masks, "ratings": nod["ratings"], "object": oid,
+                         "index": nod.get("index", 0),
                          "centroid": (cx * spacing[1], cy * spacing[0], cz)})
         for p in reader["points"]:
             k = _slice_of(p, by_sop, zs)
@@ -316,8 +317,8 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     for gi, g in enumerate(groups[:254], start=1):
         # the group's boxes name its first read; the other reads are fused into it (reader-agreement rule)
         rules.append(LabelRule(label, (gi,), False, source_object=anns[g[0]]["object"]))  # one box a slice
-        first = anns[g[0]]["object"].rsplit("#", 1)[1]  # "reader=R/nodule=N" of the same XML
-        problems += [(label, f"fused with the read {first} by the reader-agreement rule ({len(g)} reads of one "
+        first = f"reader {anns[g[0]]['reader'] + 1}, nodule read {anns[g[0]]['index']}"  # of the same XML
+        problems += [(label, f"fused with the read ({first}) by the reader-agreement rule ({len(g)} reads of one "
                       f"nodule)", anns[i]["object"]) for i in g[1:]]
         votes = np.zeros(vol.shape, dtype=np.uint8)
         for i in g:

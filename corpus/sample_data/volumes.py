@@ -37,12 +37,12 @@ def key_truth(labels, rules, source_path, suffix_fmt="z{z:04d}", sequences=None,
     out = []
     for z in sorted(keys):
         boxes = []
-        for label, values, _ in rules:
+        for label, values, instances in rules:
             lab2, n2 = ndimage.label(np.isin(labels[z], values), _EIGHT)
-            for i in range(1, n2 + 1):
-                comp = lab2 == i
-                if comp.sum() >= 16:
-                    boxes.append([label, synth.box(comp)])
+            comps = [lab2 == i for i in range(1, n2 + 1) if (lab2 == i).sum() >= 16]
+            if not instances and comps:  # one structure: one box over its pieces (docs/datasets.md §6.1)
+                comps = [np.logical_or.reduce(comps)]
+            boxes += [[label, synth.box(comp)] for comp in comps]
         for seq in sequences or [None]:
             sfx = f"{seq}_z{z:04d}" if seq else suffix_fmt.format(z=z)
             out.append({"source_path": (sources or {}).get(seq, source_path), "suffix": sfx, "boxes": boxes})
@@ -110,6 +110,9 @@ def write_kits23(root: Path, rng) -> list[dict]:
             lab[ellipsoid(shape, (5, 19, 13), (2, 3, 3))] = 2
             lab[ellipsoid(shape, (5, 29, 13), (2, 3, 3))] = 2
             lab[ellipsoid(shape, (4, 24, 35), (2, 3, 3))] = 3
+        else:  # a quirk of real label maps: a 19-voxel cyst of 9, 6 and 4 px a slice, under the 2-D speck size
+            # (16 px) on every slice: its mass and cyst objects are rejects with their size (they used to vanish)
+            lab[3, 23:26, 34:37], lab[4, 23:26, 34:36], lab[5, 23:25, 34:36] = 3, 3, 3
         vol = _ct(shape, rng)
         vol[lab == 1], vol[lab == 2], vol[lab == 3] = 160.0, 60.0, 10.0
         d = root / "dataset" / case
@@ -259,7 +262,9 @@ def write_msd_prostate(root: Path, rng) -> list[dict]:
     d = root / "Task05_Prostate"
     labels = {"0": "background", "1": "PZ", "2": "TZ"}
     lab = np.zeros(shape, np.uint8)
-    lab[ellipsoid(shape, (4, 26, 20), (3, 4, 10))] = 1
+    pz = ellipsoid(shape, (4, 26, 20), (3, 4, 10))
+    pz[:, :, 19:22] = False  # a quirk of real PZ labels: the zone split in two pieces (still ONE box a slice)
+    lab[pz] = 1
     lab[ellipsoid(shape, (4, 17, 20), (3, 5, 7))] = 2
     t2, adc = _mri(shape, rng, 400.0), _mri(shape, rng, 2000.0)  # very different ranges: normalised apart
     t2[lab == 1], t2[lab == 2], adc[lab == 1], adc[lab == 2] = 380.0, 150.0, 1900.0, 900.0

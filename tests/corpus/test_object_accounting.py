@@ -93,37 +93,32 @@ def test_structure_without_instances_is_one_box_per_slice():
 
 
 # ------------------------------------------------------------------ ingest rules
-def _busi_with(tmp_path, mask_edit):
+def test_conflicting_duplicates_get_their_own_reason(tmp_path):
+    """The BUSI sample's malignant (2) is pixel-identical to benign (1) with another mask (as two real BUSI
+    files are): the second used to be 'duplicate image id' naming the twin, not the label conflict."""
     write_samples(tmp_path / "data", ["busi"], seed=0)
     root = tmp_path / "data" / "busi"
-    return root
-
-
-def test_conflicting_duplicates_get_their_own_reason(tmp_path):
-    """Two pixel-identical BUSI images filed as benign and malignant with different masks: the second used to be
-    'duplicate image id' naming the twin, not the label conflict."""
-    root = _busi_with(tmp_path, None)
     d = root / "Dataset_BUSI_with_GT"
-    src = sorted((d / "benign").glob("* (1).png"))[0]
-    img = Image.open(src)
-    img.save(d / "malignant" / "malignant (9).png")
-    m = np.zeros(np.asarray(img).shape[:2], np.uint8)
-    m[5:25, 5:25] = 255
-    Image.fromarray(m).save(d / "malignant" / "malignant (9)_mask.png")
+    a, b = (np.asarray(Image.open(d / p)) for p in ("benign/benign (1).png", "malignant/malignant (2).png"))
+    assert np.array_equal(a, b)  # the quirk as written
     ing = _ingest(tmp_path, root, "busi")
     outcome = assert_objects_accounted(ing)
     rej = ing.table("rejects").to_pylist()
     conflict = [r for r in rej if "conflicting duplicate" in r["reason"]]
     assert {"image", "roi"} <= {r["level"] for r in conflict}
-    roi = next(r for r in conflict if r["level"] == "roi")
-    assert roi["source_object"] == "Dataset_BUSI_with_GT/malignant/malignant (9)_mask.png#label=malignant lesion/component=1"
-    assert outcome[roi["source_object"]].startswith("malignant lesion: on a conflicting duplicate image")
-    assert "malignant (9)" not in {r["source_path"] for r in ing.table("images").drop_columns(["png"]).to_pylist()}
+    (roi,) = [r for r in conflict if r["level"] == "roi"]
+    assert roi["source_object"] == "Dataset_BUSI_with_GT/malignant/malignant (2)_mask.png#label=malignant lesion/component=1"
+    assert outcome[roi["source_object"]] == "malignant lesion: on a conflicting duplicate image"
+    assert "benign/benign (1).png" in next(r for r in conflict if r["level"] == "image")["reason"]
+    kept = {r["source_path"] for r in ing.table("images").drop_columns(["png"]).to_pylist()}
+    assert "Dataset_BUSI_with_GT/benign/benign (1).png" in kept  # the first in path order is kept
+    assert "Dataset_BUSI_with_GT/malignant/malignant (2).png" not in kept
 
 
 def test_annotated_image_whose_objects_are_all_rejected_is_not_written(tmp_path):
     """BUSI image whose only mask component is a speck: it used to be written with 0 ROIs, reading as normal."""
-    root = _busi_with(tmp_path, None)
+    write_samples(tmp_path / "data", ["busi"], seed=0)
+    root = tmp_path / "data" / "busi"
     target = "Dataset_BUSI_with_GT/benign/benign (1)"
     m = np.zeros(np.asarray(Image.open(root / f"{target}_mask.png")).shape[:2], np.uint8)
     m[2:5, 2:5] = 255  # 9 px
@@ -153,7 +148,7 @@ def test_fastmri_unmapped_label_makes_no_empty_annotated_slice(tmp_path):
         nz = next(f[k].shape[0] for k in ("reconstruction_rss", "reconstruction_esc") if k in f)
     boxed_slices = {int(r[header.index("slice")]) for r in rows[1:] if r[0] == row["file"] and r[header.index("x")]}
     free = next(z for z in range(nz) if z not in boxed_slices)
-    row.update(slice=str(free), label="Posttreatment change", x="10", y="10", width="8", height="8")
+    row.update(slice=str(free), label="Unlisted finding", x="10", y="10", width="8", height="8")
     with table.open("a", newline="") as f:
         csv.writer(f).writerow([row[h] for h in header])
     n_data = len(rows)  # the new row's data-row number (the header is not a data row)
@@ -168,8 +163,8 @@ def test_fastmri_unmapped_label_makes_no_empty_annotated_slice(tmp_path):
     assert not any(im["record_key"] == row["file"] and im["suffix"] == f"z{free:04d}" for im in images)
     rej = ing.table("rejects").to_pylist()
     (r,) = [r for r in rej if r["source_object"] == f"Annotations/knee.csv#row={n_data}"]
-    assert "'Posttreatment change' is not in the catalog label map" in r["reason"]
-    assert ing.summary.object_outcomes.get("load: Posttreatment change: label '…' is not in the catalog label map") == 1
+    assert "'Unlisted finding' is not in the catalog label map" in r["reason"]
+    assert ing.summary.object_outcomes.get("load: Unlisted finding: label '…' is not in the catalog label map") == 1
 
 
 def test_rois_trace_to_their_source_rows(tmp_path):
