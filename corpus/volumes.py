@@ -238,6 +238,9 @@ def volume_images(
                     rois.append(SourceROI(rule.label, (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0), "mask",
                                           int(i) if rule.instances else 0, float(area), rule.parent, dict(extent),
                                           source_object=ids[i]))
+        if not rois and why != "negative":  # every piece on it is below the speck size: no image of it (an
+            volume_rejects.extend(slice_rejects)  # annotated slice without a box), its rejects go to the volume
+            continue
         for ci, (name, arr) in enumerate(channels.items()):
             suffix = f"{name}_z{zi:04d}" if name else f"z{zi:04d}"
             attrs = dict(attributes or {})

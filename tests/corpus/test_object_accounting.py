@@ -199,3 +199,17 @@ def test_lidc_small_outlined_nodule_gets_a_box(tmp_path):
     named = {r.source_object for im in images for r in im.rois} | {r[2] for im in images for r in im.roi_rejects}
     assert objects <= named
     assert not any("below the minimum size" in r[1] for im in images for r in im.roi_rejects)
+
+
+def test_a_slice_whose_pieces_are_all_specks_is_no_image_in_any_sequence():
+    """Multi-sequence volumes (BraTS, MSD prostate) copy a slice's boxes to every sequence: a key slice whose only
+    pieces are specks used to be rejected in its first sequence only and written empty in the others."""
+    lab = np.zeros((6, 128, 128), np.uint8)
+    lab[2:4, 10:13, 10:13] = 1  # 18 voxels, 9 px a slice (speck size 16 px)
+    chans = {"T2": np.ones(lab.shape, np.float32), "ADC": np.ones(lab.shape, np.float32)}
+    ims = volume_images(chans, lab, [LabelRule("lesion", (1,))], source_path="v.nii.gz", intensity="ct_hu",
+                        cfg=SliceConfig(negatives_per_volume=1, negative_gap=1))
+    assert ims and all(im.attributes["slice_role"] == "negative" for im in ims)
+    reasons = [r[1] for im in ims for r in im.roi_rejects]
+    assert reasons and all("component of 9 px below the minimum size 16 px" in r for r in reasons)
+    assert ims[0].objects == ["v.nii.gz#label=lesion/component=1"]
