@@ -25,6 +25,7 @@ from medlvr.corpus.records import Reject, relative_reason, unmapped_label_of
 from medlvr.corpus.tables import escape_undecodable
 
 EXAMPLES = 3  # file names shown per group of untaken files
+_COMPANIONS = {".mhd": (".raw", ".zraw"), ".hdr": (".img",)}  # a header's data file, read with it
 
 
 def label_is_known(spec: DatasetSpec, label: str) -> bool:
@@ -100,9 +101,14 @@ def _files(root: Path) -> list[str]:
 
 
 def _glob_set(root: Path, pattern: str) -> set[str]:
+    """Files under root a catalog string names as a glob; a string that is no relative glob (empty, ".",
+    absolute, leaving the root, a regex) names nothing."""
+    parts = PurePosixPath(pattern.strip()).parts
+    if not parts or pattern.strip() in (".", "./") or pattern.startswith("/") or ".." in parts:
+        return set()
     try:
         return {p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file()}
-    except (ValueError, NotImplementedError):  # not a glob (an absolute path, "..."): it names nothing here
+    except (ValueError, NotImplementedError, IndexError, OSError):
         return set()
 
 
@@ -136,12 +142,19 @@ def check_dataset(spec: DatasetSpec, root: Path, cfg: IngestConfig = IngestConfi
     for r in discover_rejects:
         chk.records += 1
         chk.records_rejected[reason_key(r.stage, relative_reason(r.reason, root))] += 1
+    for f in list(taken):  # the data files of headers taken (MetaImage .raw, Analyze/NIfTI pair .img)
+        p = PurePosixPath(f)
+        for ext in _COMPANIONS.get(p.suffix.lower(), ()):
+            taken.add(p.with_suffix(ext).as_posix())
     groups: dict[str, list[str]] = {}
     for f in files:
-        if f not in taken:
-            p = PurePosixPath(f)
-            groups.setdefault(f"*{p.suffix.lower() or '(no extension)'} in {p.parent.as_posix()}/",
-                              []).append(escape_undecodable(p.name))
+        if f in taken:
+            continue
+        p = PurePosixPath(f)
+        # one line per kind of file: folders with a number in their name (cases, patients) folded into '*'
+        where = "/".join("*" if any(ch.isdigit() for ch in part) else part for part in p.parent.parts)
+        groups.setdefault(f"*{p.suffix.lower() or '(no extension)'} in {where or '.'}/",
+                          []).append(escape_undecodable(p.name))
     chk.untaken = groups
     return chk
 
