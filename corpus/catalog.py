@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from medlvr.corpus.config import ConfigError, build_config, did_you_mean
+from medlvr.corpus.records import unmapped_label_reason
 
 MODALITIES = ("CT", "MRI", "X-ray", "ultrasound", "dermoscopy", "fundus", "OCT", "microscopy")
 CATALOG_DIR = Path(__file__).with_name("catalog")
@@ -66,6 +67,12 @@ class DatasetSpec:
     def ignored(self, raw_label: str) -> str | None:
         """Why the catalog deliberately leaves `raw_label` out, or None when it does not."""
         return self.ignored_labels.get(raw_label)
+
+    def label_reject_reason(self, raw_label: str) -> str:
+        """The reject reason of an object whose label the entry does not map: deliberately ignored (with the
+        catalog's reason) or unknown (the label's name is a finding to report)."""
+        why = self.ignored(raw_label)
+        return f"label {raw_label!r} is ignored by the catalog: {why}" if why else unmapped_label_reason(raw_label)
 
 
 _REQUIRED = ("id", "name", "modality", "body_region", "adapter", "labels", "layout", "patient_key",

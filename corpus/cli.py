@@ -2,6 +2,7 @@
 Subcommands stay thin: they parse arguments and call the library.
 
     medlvr catalog [--json]
+    medlvr catalog check --data-root DIR [--datasets ID ...] [--max-records N] [--config FILE] [--set KEY=VALUE]
     medlvr sample-data OUT_DIR [--datasets ID ...]
     medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE] [--set KEY=VALUE]
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
@@ -54,6 +55,30 @@ def _cmd_catalog(args) -> int:
     return 0
 
 
+def _cmd_catalog_check(args) -> int:
+    """One line per fact and per problem ('!' first) for each dataset found; exit 1 when one would lose objects
+    (a layout glob matching nothing, a label neither mapped nor ignored, a record rejected, an object lost)."""
+    from medlvr.corpus.catalog_check import check_dataset
+    from medlvr.corpus.ingest import IngestConfig, dataset_root
+
+    cfg = load_config(IngestConfig, args.config, args.overrides)
+    ids = datasets_to_run(Path(args.data_root), args.datasets)
+    if ids is None:
+        return 1
+    cat, losing = load_catalog(), []
+    for ds in ids:
+        chk = check_dataset(cat[ds], dataset_root(Path(args.data_root), cat[ds]), cfg, args.max_records)
+        for line in chk.lines():
+            print(line)
+        if chk.problems:
+            losing.append(ds)
+    if losing:
+        print(f"medlvr: error: {len(losing)} dataset(s) would lose annotation objects: {', '.join(losing)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_sample_data(args) -> int:
     from medlvr.corpus.sample_data import write_samples
 
@@ -64,21 +89,42 @@ def _cmd_sample_data(args) -> int:
     return 0
 
 
+OBJECT_REASONS_SHOWN = 3  # object reject reasons printed under a dataset's row, the most common first
+
+
 def print_summary(summaries, file=None) -> None:
+    """The ingest table: records, images, ROI rows, and annotation objects (found, written as boxes, rejected)
+    with the most common reasons objects were rejected for, and a warning line where an object was lost."""
+    from medlvr.corpus.ingest import OBJECT_LOST, OBJECT_WRITTEN
+
     file = file or sys.stdout
-    head = f"{'dataset':<16} {'modality':<11} {'records':>7} {'rejected':>8} {'images':>7} {'ROIs':>7} {'ROI rej':>7} {'s':>6}"
+    head = (f"{'dataset':<16} {'modality':<11} {'records':>7} {'rejected':>8} {'images':>7} {'ROIs':>7} "
+            f"{'ROI rej':>7} {'objects':>7} {'obj out':>7} {'obj rej':>7} {'s':>6}")
     print(head, file=file)
     print("-" * len(head), file=file)
-    tot = [0] * 5
+    tot = [0] * 8
     for s in summaries:
-        vals = (s.records_in, s.records_rejected, s.images_out, s.rois_out, s.rois_rejected)
+        vals = (s.records_in, s.records_rejected, s.images_out, s.rois_out, s.rois_rejected, s.objects_in,
+                s.objects_out, s.objects_rejected)
         tot = [a + b for a, b in zip(tot, vals)]
-        print(f"{s.dataset:<16} {s.modality:<11} {vals[0]:>7} {vals[1]:>8} {vals[2]:>7} {vals[3]:>7} {vals[4]:>7} "
-              f"{s.seconds:>6.1f}", file=file)
+        print(f"{s.dataset:<16} {s.modality:<11} " + " ".join(f"{v:>{w}}" for v, w in zip(vals, WIDTHS)) +
+              f" {s.seconds:>6.1f}", file=file)
+        rejected = [(k, n) for k, n in s.object_outcomes.items() if k != OBJECT_WRITTEN and k != OBJECT_LOST]
+        for reason, n in rejected[:OBJECT_REASONS_SHOWN]:
+            print(f"  objects rejected: {n:>6}  {reason}", file=file)
+        if len(rejected) > OBJECT_REASONS_SHOWN:
+            print(f"  objects rejected: {sum(n for _, n in rejected[OBJECT_REASONS_SHOWN:]):>6}  "
+                  f"({len(rejected) - OBJECT_REASONS_SHOWN} other reasons: rejects.parquet)", file=file)
+        if s.objects_lost:
+            print(f"  ! {s.objects_lost} objects with neither a box nor a reject row (a bug), e.g. "
+                  f"{s.objects_lost_examples[0] if s.objects_lost_examples else '?'}", file=file)
         if s.layout_missing:
             print(f"  ! layout: nothing matches {s.layout_missing}", file=file)
     print("-" * len(head), file=file)
-    print(f"{'total':<28} {tot[0]:>7} {tot[1]:>8} {tot[2]:>7} {tot[3]:>7} {tot[4]:>7}", file=file)
+    print(f"{'total':<28} " + " ".join(f"{v:>{w}}" for v, w in zip(tot, WIDTHS)), file=file)
+
+
+WIDTHS = (7, 8, 7, 7, 7, 7, 7, 7)
 
 
 def datasets_to_run(data_root: Path, requested: list[str] | None) -> list[str] | None:
@@ -177,6 +223,18 @@ def register(sub) -> None:
     c = sub.add_parser("catalog", help="list the dataset catalog")
     c.add_argument("--json", action="store_true", help="print the catalog as a JSON list instead of a table")
     c.set_defaults(fn=_cmd_catalog)
+    cs = c.add_subparsers(dest="catalog_command", metavar="check")
+    k = cs.add_parser("check", help="read a download as ingest would, write nothing, and report per dataset what "
+                                    "would be lost (exit 1 if anything would)")
+    k.add_argument("--data-root", required=True, help="folder with one sub-folder per dataset id")
+    k.add_argument("--datasets", nargs="+", metavar="ID",
+                   help="only these catalog ids (default: every dataset found under --data-root)")
+    k.add_argument("--max-records", type=int, metavar="N",
+                   help="load only the first N records of each dataset (default: all; the layout and file "
+                        "checks always see every file)")
+    add_config_arguments(k, "IngestConfig fields (the slices and normalise settings the build will use)",
+                         "slices.max_slices_per_volume=20", required=False)
+    k.set_defaults(fn=_cmd_catalog_check)
     s = sub.add_parser("sample-data", help="write miniature sample datasets in their native formats")
     s.add_argument("out_dir", help="folder to write <out_dir>/<dataset id>/ into (created if missing)")
     s.add_argument("--datasets", nargs="+", metavar="ID", help="only these catalog ids (default: every dataset)")

@@ -31,7 +31,8 @@ from medlvr.corpus.adapters.sidecar import whitelist
 from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, select
 from medlvr.corpus.normalize import NormaliseConfig, check_box, normalise_image
 from medlvr.corpus.png import encode_png
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, reason_kind, relative_reason
+from medlvr.corpus.records import (RecordError, RecordRef, Reject, SourceImage, object_id, reason_kind,
+                                   relative_reason)
 from medlvr.corpus.tables import DatasetWriter, escape_undecodable
 from medlvr.corpus.volumes import SliceConfig
 
@@ -90,9 +91,52 @@ class DatasetSummary:
     reasons: dict[str, int] = field(default_factory=dict)  # reason kind -> count, the 20 most common
     reason_examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # kind -> a few {path, reason}
     out_dir: str = ""
+    # object accounting (docs/datasets.md, "Every source object accounted for"): every annotation object the
+    # adapter found ends as written boxes (objects_out) or as ROI reject rows (objects_rejected, by reason);
+    # objects_lost counts objects with neither, which the blocking asset check refuses
+    objects_in: int = 0
+    objects_out: int = 0
+    objects_rejected: int = 0
+    objects_lost: int = 0
+    object_outcomes: dict[str, int] = field(default_factory=dict)  # "written" | "lost" | reason kind -> objects
+    objects_lost_examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+OBJECT_WRITTEN, OBJECT_LOST = "written", "lost: neither a box nor a reject row"
+LOST_EXAMPLES = 5
+
+
+def annotations_of(rois: list[dict]) -> list:
+    """What an image says, to tell a conflicting duplicate (same pixels, other labels or boxes) from a copy."""
+    return sorted((r["label"], tuple(round(v, 3) for v in r["box_orig"])) for r in rois)
+
+
+def writer_has(seen_ids: dict, img: dict) -> bool:
+    """Whether this image row is the one kept for its pixels (not a duplicate of an earlier one)."""
+    first = seen_ids.get(img["image_id"])
+    return first is not None and first[0] == f"{img['source_path']}#{img['suffix']}"
+
+
+def account_objects(res: RecordResult, written: set[str], outcomes: Counter, lost_examples: list[str],
+                    root: Path) -> None:
+    """Each object of one record gets exactly one outcome: written (a box of it is in rois.parquet), the kind of
+    its first ROI reject, or lost (the adapter found it and nothing names it)."""
+    rejected: dict[str, str] = {}
+    for level, stage, reason, _, oid in res.rejects:
+        if level == "roi" and oid and oid not in rejected:
+            rejected[oid] = reason_key(stage, relative_reason(reason, root))
+    for oid in dict.fromkeys([*res.objects, *rejected, *written]):
+        if oid in written:
+            outcomes[OBJECT_WRITTEN] += 1
+        elif oid in rejected:
+            outcomes[rejected[oid]] += 1
+        else:
+            outcomes[OBJECT_LOST] += 1
+            if len(lost_examples) < LOST_EXAMPLES:
+                lost_examples.append(escape_undecodable(relative_reason(oid, root)))
 
 
 def resolve_salt(out_dir: Path, explicit: str | None) -> str:
@@ -150,9 +194,31 @@ class RecordResult:
     source_path: str
     images: list[dict] = field(default_factory=list)
     rois: list[list[dict]] = field(default_factory=list)  # per image
-    rejects: list[tuple[str, str, str, str]] = field(default_factory=list)  # (level, stage, reason, path)
+    # (level, stage, reason, path, source_object); source_object is "" for record and image rows
+    rejects: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     record_reject: tuple[str, str] | None = None  # (stage, reason)
     rois_in: int = 0
+    objects: list[str] = field(default_factory=list)  # the source objects the adapter found (object accounting)
+
+
+def roi_reject_parts(item: tuple) -> tuple[str, str, str]:
+    """(label, reason[, source_object]) as adapters report an object they dropped -> (label, reason, object)."""
+    label, reason, *rest = item
+    return str(label), str(reason), str(rest[0]) if rest else ""
+
+
+def fallback_object(src: SourceImage, kind: str, k: int) -> str:
+    """The name of an object whose adapter named none: the image (and slice) and the k-th candidate box
+    ("object") or dropped object ("dropped") of it, stable for a given source."""
+    return object_id(src.source_path, **({"image": src.suffix} if src.suffix else {}), **{kind: k})
+
+
+def is_annotated(src: SourceImage) -> bool:
+    """An image that had annotation objects and is not an explicit negative: it must end with ROIs or be
+    rejected (never written as an empty image that reads as a negative)."""
+    if src.attributes.get("slice_role") == "negative" or src.attributes.get("negative"):
+        return False
+    return bool(src.rois or src.roi_rejects)
 
 
 def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: IngestConfig, salt: str,
@@ -166,29 +232,40 @@ def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: I
     spacing = list(src.spacing_mm) if src.spacing_mm else None
     in_plane = spacing[-2:] if spacing and len(spacing) >= 2 else None
     rois, rejects = [], []
-    result.rois_in += len(src.rois) + len(src.roi_rejects)
-    for label, reason in src.roi_rejects:
-        rejects.append(("roi", "load", f"{label}: {reason}", src.source_path))
-    for roi in src.rois:
+    named = []
+    for k, item in enumerate(src.roi_rejects):
+        label, reason, oid = roi_reject_parts(item)
+        oid = oid or fallback_object(src, "dropped", k)
+        rejects.append(("roi", "load", f"{label}: {reason}", src.source_path, oid))
+        named.append(oid)
+    for k, roi in enumerate(src.rois):
+        oid = roi.source_object or fallback_object(src, "object", k)
+        named.append(oid)
         concept = spec.concept(roi.label)
         if concept is None:
-            why = spec.ignored(roi.label)  # deliberately left out (a reason) or unknown (a finding to report)
-            rejects.append(("roi", "roi", f"label {roi.label!r} is ignored by the catalog: {why}" if why else
-                            f"label {roi.label!r} is not in the catalog label map", src.source_path))
+            rejects.append(("roi", "roi", spec.label_reject_reason(roi.label), src.source_path, oid))
             continue
         box, reason, clipped = check_box(roi.box, w, h)
         if reason:
-            rejects.append(("roi", "roi", f"{roi.label}: {reason}", src.source_path))
+            rejects.append(("roi", "roi", f"{roi.label}: {reason}", src.source_path, oid))
             continue
         area_orig = roi.area_px if roi.area_px is not None else (box[2] - box[0]) * (box[3] - box[1])
         rois.append({
             "image_id": image_id, "dataset": spec.id, "roi_index": len(rois), "label": roi.label,
             "concept_id": concept, "box": list(geo.to_normalised(box)), "box_orig": list(box), "clipped": clipped,
-            "origin": roi.origin, "instance": int(roi.instance), "area_px": float(area_orig * geo.scale_x * geo.scale_y),
+            "origin": roi.origin, "instance": int(roi.instance), "source_object": oid,
+            "area_px": float(area_orig * geo.scale_x * geo.scale_y),
             "area_mm2": float(area_orig * in_plane[0] * in_plane[1]) if in_plane else None,
             "parent_label": roi.parent,
             "attributes": json.dumps(whitelist(roi.attributes, SAFE_ROI_KEYS + spec.attributes), sort_keys=True),
         })
+    if not rois and is_annotated(src):  # every object rejected: not an image without findings
+        result.rois_in += len(src.rois) + len(src.roi_rejects)
+        result.objects.extend(dict.fromkeys([*(src.objects or []), *named]))
+        result.rejects.extend(rejects)
+        result.rejects.append(("image", "roi", f"{src.suffix or 'image'}: annotated image whose every annotation "
+                               f"object was rejected", src.source_path, ""))
+        return
     window = info.get("window")
     result.images.append({
         "image_id": image_id, "dataset": spec.id, "modality": spec.modality, "body_region": spec.body_region,
@@ -203,6 +280,9 @@ def _normalise_image(spec: DatasetSpec, ref: RecordRef, src: SourceImage, cfg: I
         "attributes": json.dumps(attrs, sort_keys=True), "png": encode_png(out, cfg.normalise.png_encoder,
                                                                           cfg.normalise.png_compress_level),
     })
+    # committed only now: an image that raised above is accounted by _objects_of_unread instead
+    result.rois_in += len(src.rois) + len(src.roi_rejects)
+    result.objects.extend(dict.fromkeys([*(src.objects or []), *named]))
     result.rois.append(rois)
     result.rejects.extend(rejects)
 
@@ -217,6 +297,11 @@ def process_record(spec: DatasetSpec, root: Path, ref: RecordRef, cfg: IngestCon
             images = ADAPTERS[spec.adapter].load(spec, root, ref)
     except RecordError as e:
         result.record_reject = (e.stage, e.reason)
+        for item in e.roi_rejects:  # objects the record had found: each keeps its own reason
+            label, reason, oid = roi_reject_parts(item)
+            result.rejects.append(("roi", e.stage, f"{label}: {reason}", first_path, oid))
+            result.objects.append(oid)
+        result.rois_in += len(e.roi_rejects)
         return result
     except MemoryError:  # a size no header declared (a decoder's own buffers): this record only
         result.record_reject = ("load", f"out of memory while loading the record (record limit {limit} bytes, "
@@ -233,16 +318,31 @@ def process_record(spec: DatasetSpec, root: Path, ref: RecordRef, cfg: IngestCon
             _normalise_image(spec, ref, src, cfg, salt, result)
         except RecordError as e:
             result.rejects.append(("image", e.stage if e.stage != "load" else "normalise",
-                                   f"{src.suffix or 'image'}: {e.reason}", src.source_path))
+                                   f"{src.suffix or 'image'}: {e.reason}", src.source_path, ""))
+            _objects_of_unread(src, result, e.reason)
         except MemoryError:
             raise
         except Exception as e:
             result.rejects.append(("image", "normalise", f"{src.suffix or 'image'}: unexpected "
-                                   f"{type(e).__name__}: {e}", src.source_path))
+                                   f"{type(e).__name__}: {e}", src.source_path, ""))
+            _objects_of_unread(src, result, f"unexpected {type(e).__name__}")
     if not result.images:
         reasons = "; ".join(r[2] for r in result.rejects if r[0] == "image")[:500]
         result.record_reject = ("normalise", f"all {len(images)} images rejected: {reasons}")
     return result
+
+
+def _objects_of_unread(src: SourceImage, result: RecordResult, why: str) -> None:
+    """An image that failed to normalise: its objects become ROI rejects naming the image's reason."""
+    items = [(label, reason, oid or fallback_object(src, "dropped", k))
+             for k, (label, reason, oid) in enumerate(map(roi_reject_parts, src.roi_rejects))]
+    items += [(roi.label, f"image rejected: {why}", roi.source_object or fallback_object(src, "object", k))
+              for k, roi in enumerate(src.rois)]
+    for label, reason, oid in items:
+        result.rejects.append(("roi", "normalise", f"{label}: {reason}"[:300], src.source_path, oid))
+        result.objects.append(oid)
+    result.objects.extend(src.objects or [])
+    result.rois_in += len(src.roi_rejects) + len(src.rois)
 
 
 # Worker-process state, set once per dataset by the pool initializer (avoids pickling it per record).
@@ -428,42 +528,53 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
     writer = DatasetWriter(out_dir, spec.id, cfg.flush_rows)
     examples: dict[str, list[dict[str, str]]] = {}
 
-    def add_reject(level: str, stage: str, reason: str, path: str, key: str) -> None:
+    def add_reject(level: str, stage: str, reason: str, path: str, key: str, source_object: str = "") -> None:
         """The one way into the rejects table and the summary: paths relative to the root, counted by kind."""
         # (a non-UTF-8 file name is escaped here too, so that summary.json shows what the tables hold)
         reason = escape_undecodable(relative_reason(reason, root))
         path = escape_undecodable(relative_reason(path, root))
         writer.rejects.add({"dataset": spec.id, "source_path": path, "record_key": key, "level": level,
-                            "stage": stage, "reason": reason})
+                            "stage": stage, "reason": reason,
+                            "source_object": escape_undecodable(relative_reason(source_object, root))})
         kind = reason_key(stage, reason)
         reasons[kind] += 1
         if len(shown := examples.setdefault(kind, [])) < REASON_EXAMPLES:
             shown.append({"path": path, "reason": reason})
 
     try:
-        seen_ids: dict[str, str] = {}
+        seen_ids: dict[str, tuple[str, list]] = {}  # image id -> (where first seen, its annotations)
         rois_in = 0
+        outcomes: Counter = Counter()  # object outcome -> objects
+        lost_examples: list[str] = []
         bar = _progress(None, spec.id) if progress else None
         for res in _results(spec, root, counted(iter_discover(spec, root, discover_rejects)), cfg, salt):
             wrote = 0
             for img, rois in zip(res.images, res.rois):
                 if img["image_id"] in seen_ids:
-                    res.rejects.append(("image", "dedup", f"{img['suffix'] or 'image'}: duplicate image id "
-                                        f"(same pixels as {seen_ids[img['image_id']]})", img["source_path"]))
-                    res.rois_in -= len(rois)
+                    first, first_ann = seen_ids[img["image_id"]]
+                    conflict = annotations_of(rois) != first_ann
+                    why = (f"conflicting duplicate: same pixels as {first} but different annotations; the image "
+                           f"found first (path order) is kept" if conflict else f"duplicate image id (same "
+                           f"pixels as {first})")
+                    res.rejects.append(("image", "dedup", f"{img['suffix'] or 'image'}: {why}", img["source_path"], ""))
+                    res.rejects.extend(("roi", "dedup", f"{roi['label']}: on a {why.split(':')[0]} image",
+                                        img["source_path"], roi["source_object"]) for roi in rois)
                     continue
-                seen_ids[img["image_id"]] = f"{img['source_path']}#{img['suffix']}"
+                seen_ids[img["image_id"]] = (f"{img['source_path']}#{img['suffix']}", annotations_of(rois))
                 writer.images.add(img)
                 for roi in rois:
                     writer.rois.add(roi)
                 summary.rois_out += len(rois)
                 wrote += 1
             summary.images_out += wrote
-            for level, stage, reason, path in res.rejects:
-                add_reject(level, stage, reason, path, res.key)
+            written_objects = {roi["source_object"] for img, rois in zip(res.images, res.rois)
+                               if writer_has(seen_ids, img) for roi in rois}
+            for level, stage, reason, path, oid in res.rejects:
+                add_reject(level, stage, reason, path, res.key, oid)
                 summary.images_rejected += level == "image"
                 summary.rois_rejected += level == "roi"
             rois_in += res.rois_in
+            account_objects(res, written_objects, outcomes, lost_examples, root)
             if res.record_reject is not None or wrote == 0:
                 dups = [r[2] for r in res.rejects if r[1] == "dedup"]
                 stage, reason = res.record_reject or ("dedup", f"every image duplicated an earlier one: {dups[0]}")
@@ -483,6 +594,12 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
             raise AssertionError(f"{spec.id}: records do not reconcile: {summary}")
         if rois_in != summary.rois_out + summary.rois_rejected:
             raise AssertionError(f"{spec.id}: ROIs do not reconcile: in={rois_in} {summary}")
+        summary.objects_in = sum(outcomes.values())
+        summary.objects_out = outcomes.get(OBJECT_WRITTEN, 0)
+        summary.objects_lost = outcomes.get(OBJECT_LOST, 0)
+        summary.objects_rejected = summary.objects_in - summary.objects_out - summary.objects_lost
+        summary.object_outcomes = dict(outcomes.most_common())
+        summary.objects_lost_examples = lost_examples
         summary.reasons = dict(reasons.most_common(20))
         summary.reason_examples = {k: examples[k] for k in summary.reasons}
         summary.seconds = round(time.perf_counter() - t0, 3)

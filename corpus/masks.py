@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from medlvr.corpus.records import RecordError, SourceROI
+from medlvr.corpus.records import RecordError, SourceROI, object_id
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 _TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)
@@ -24,12 +24,15 @@ class LabelRule:
     values: label-map values whose union forms this structure (hierarchy: kidney = {1,2,3}).
     instances: split into connected components (lesions, nuclei) or emit one union box (organs, diffuse).
     parent: the raw label of the enclosing structure, kept for relational questions.
+    source_object: the annotation object the structure comes from when it is not the label map itself (an LIDC
+      nodule read): its object ids become `<source_object>/component=k` instead of `<map>#label=L/component=k`.
     """
 
     label: str
     values: tuple[int, ...]
     instances: bool = True
     parent: str | None = None
+    source_object: str | None = None
 
 
 def rules_from_options(opt: Mapping) -> list[LabelRule]:
@@ -38,9 +41,15 @@ def rules_from_options(opt: Mapping) -> list[LabelRule]:
                       r.get("parent")) for r in opt["label_rules"]]
 
 
-def min_speck_px(shape: Sequence[int], min_px: int = 16, min_frac: float = 0.0002) -> int:
-    """Components smaller than this are specks: max(min_px, min_frac of the image area)."""
-    return int(max(min_px, min_frac * float(shape[0]) * float(shape[1])))
+def min_speck_px(shape: Sequence[int], min_px: int = 16, min_frac: float = 0.0002) -> float:
+    """Components smaller than this are specks: max(min_px, min_frac of the image area), kept as a float and
+    compared as one (0.02 % of 512² is 52.43 px: a 52-px component is a speck, as docs/datasets.md §6.1 says)."""
+    return float(max(min_px, min_frac * float(shape[0]) * float(shape[1])))
+
+
+def speck_reason(size: int, threshold: float, unit: str = "px", what: str = "component") -> str:
+    """The reject reason of an object dropped for its size: the size and the threshold, both in `unit`."""
+    return f"{what} of {size} {unit} below the minimum size {threshold:g} {unit}"
 
 
 def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -51,40 +60,70 @@ def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     return float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)
 
 
-def components(mask: np.ndarray, min_area: int) -> list[tuple[tuple[float, float, float, float], int]]:
-    """8-connected components of a 2-D binary mask as (box, pixel count), specks removed, in scan order."""
+def all_components(mask: np.ndarray) -> list[tuple[tuple[float, float, float, float], int]]:
+    """Every 8-connected component of a 2-D binary mask as (box, pixel count), in scan order (specks included)."""
     lab, n = ndimage.label(mask, structure=_EIGHT)
     if n == 0:
         return []
-    out = []
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None or sizes[i] < min_area:
-            continue
-        ys, xs = sl
-        out.append(((float(xs.start), float(ys.start), float(xs.stop), float(ys.stop)), int(sizes[i])))
-    return out
+    return [((float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop)), int(sizes[i]))
+            for i, sl in enumerate(ndimage.find_objects(lab), start=1) if sl is not None]
 
 
-def mask_rois(mask: np.ndarray, label: str, *, instances: bool = True, min_area: int | None = None,
-              parent: str | None = None) -> list[SourceROI]:
-    """ROIs of one binary mask: one per component, or one union box (instances=False)."""
+def components(mask: np.ndarray, min_area: float) -> list[tuple[tuple[float, float, float, float], int]]:
+    """8-connected components of a 2-D binary mask as (box, pixel count), specks removed, in scan order."""
+    return [c for c in all_components(mask) if c[1] >= min_area]
+
+
+def union_box(comps: Sequence[tuple[tuple[float, float, float, float], int]]
+              ) -> tuple[tuple[float, float, float, float], int]:
+    """One box around several components and their total pixel count (a structure that is not split)."""
+    boxes = np.array([c[0] for c in comps], dtype=float)
+    return ((float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())),
+            int(sum(c[1] for c in comps)))
+
+
+def mask_objects(mask: np.ndarray, label: str, *, source: str, instances: bool = True, min_area: float | None = None,
+                 parent: str | None = None, origin: str = "mask"
+                 ) -> tuple[list[SourceROI], list[tuple[str, str, str]], list[str]]:
+    """The source objects of one binary mask and what became of them: (ROIs, rejects (label, reason, object),
+    objects). instances=True: every component is an object `<source>#label=L/component=k` (k counts all
+    components in scan order, specks included; specks are rejects with their size). instances=False: the
+    structure is one object `<source>#label=L` with ONE union box over its non-speck components."""
     mask = np.asarray(mask).astype(bool, copy=False)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     min_area = min_speck_px(mask.shape) if min_area is None else min_area
-    comps = components(mask, min_area)
+    comps = all_components(mask)
+    rois: list[SourceROI] = []
+    rejects: list[tuple[str, str, str]] = []
     if not comps:
-        return []
+        return rois, rejects, []
     if not instances:
-        keep = np.zeros_like(mask)
-        lab, _ = ndimage.label(mask, structure=_EIGHT)
-        sizes = np.bincount(lab.ravel())
-        big = np.flatnonzero(sizes >= min_area)
-        keep = np.isin(lab, big[big > 0])
-        box = box_of(keep)
-        return [SourceROI(label, box, "mask", 0, float(keep.sum()), parent)]
-    return [SourceROI(label, box, "mask", i, float(area), parent) for i, (box, area) in enumerate(comps)]
+        oid = object_id(source, label=label)
+        big = [c for c in comps if c[1] >= min_area]
+        if not big:
+            rejects.append((label, speck_reason(max(c[1] for c in comps), min_area, what="largest component"), oid))
+        else:
+            box, area = union_box(big)
+            rois.append(SourceROI(label, box, origin, 0, float(area), parent, source_object=oid))
+        return rois, rejects, [oid]
+    objects = []
+    for k, (box, area) in enumerate(comps, start=1):
+        oid = object_id(source, label=label, component=k)
+        objects.append(oid)
+        if area < min_area:
+            rejects.append((label, speck_reason(area, min_area), oid))
+        else:
+            rois.append(SourceROI(label, box, origin, k, float(area), parent, source_object=oid))
+    return rois, rejects, objects
+
+
+def mask_rois(mask: np.ndarray, label: str, *, instances: bool = True, min_area: float | None = None,
+              parent: str | None = None, source: str = "") -> list[SourceROI]:
+    """ROIs of one binary mask: one per component, or one union box (instances=False); specks left out (use
+    mask_objects to have them as rejects)."""
+    return mask_objects(mask, label, source=source, instances=instances, min_area=min_area, parent=parent)[0]
 
 
 def labelmap_rois(labelmap: np.ndarray, rules: Iterable[LabelRule], min_area: int | None = None,
@@ -143,6 +182,17 @@ def instances_3d_in_box(mask3d: np.ndarray, min_voxels: int = 1) -> tuple[np.nda
             lab[np.isin(lab, small)] = 0
             lab, n = ndimage.label(lab > 0, structure=_TWENTY_SIX)
     return lab, int(n), box
+
+
+def components_3d_in_box(mask3d: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...] | None]:
+    """Every 26-connected 3-D component, labelled on the mask's bounding box only: (labels 0..n over the box, voxel
+    count per label (index 0 = background), the box's slices; None when the mask is empty). Ids are raster order
+    of the first voxel, specks included, so that an object keeps its id whatever is dropped later."""
+    box = bounding_slices(np.asarray(mask3d))
+    if box is None:
+        return np.zeros((0,) * np.ndim(mask3d), np.int32), np.zeros(1, np.int64), None
+    lab, n = ndimage.label(mask3d[box], structure=_TWENTY_SIX)
+    return lab, np.bincount(lab.ravel(), minlength=n + 1), box
 
 
 def instances_3d(mask3d: np.ndarray, min_voxels: int = 1) -> tuple[np.ndarray, int]:

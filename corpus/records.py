@@ -29,10 +29,13 @@ ROI_ORIGINS = ("box", "mask", "polygon")
 class RecordError(Exception):
     """A record cannot be used. The message is the reason written to the rejects table."""
 
-    def __init__(self, reason: str, stage: str = "load"):
+    def __init__(self, reason: str, stage: str = "load", roi_rejects: list[tuple[str, ...]] | None = None):
         super().__init__(reason)
         self.reason = reason
         self.stage = stage
+        # the source objects the record had found before it failed, each with its own reason: (label, reason,
+        # source_object). They become ROI reject rows, so that a rejected record still accounts for its objects.
+        self.roi_rejects = list(roi_rejects or [])
 
 
 @dataclass
@@ -61,10 +64,11 @@ class SourceROI:
     label: str  # raw label as the dataset names it (mapped to a concept id through the catalog)
     box: tuple[float, float, float, float]
     origin: str  # one of ROI_ORIGINS
-    instance: int = 0
+    instance: int = 0  # index of the source object in its source (row, object, component), never among kept boxes
     area_px: float | None = None  # mask/polygon area in original pixels, else box area
     parent: str | None = None  # raw label of the enclosing structure (hierarchy rules), if any
     attributes: dict[str, Any] = field(default_factory=dict)
+    source_object: str = ""  # the annotation object this box comes from (object_id); "" = the adapter names none
 
 
 @dataclass
@@ -83,7 +87,37 @@ class SourceImage:
     slice_axis: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     patient: str | None = None  # raw patient id found while loading (e.g. DICOM PatientID); hashed before output
-    roi_rejects: list[tuple[str, str]] = field(default_factory=list)  # (label, reason) dropped in load
+    # source objects dropped in load: (label, reason) or (label, reason, source_object)
+    roi_rejects: list[tuple[str, ...]] = field(default_factory=list)
+    # every annotation object the adapter found for this image, as object_id strings, enumerated from the source
+    # before any filter; None: the objects named by its ROIs and ROI rejects (see docs/datasets.md, accounting)
+    objects: list[str] | None = None
+
+
+_UNMAPPED = re.compile(r"label ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") is not in the catalog label map")
+
+
+def unmapped_label_reason(label: str) -> str:
+    """The one wording of an object whose label the catalog does not map (the label's name is the finding)."""
+    return f"label {label!r} is not in the catalog label map"
+
+
+def unmapped_label_of(reason: str) -> str | None:
+    """The label named by an `unmapped_label_reason` inside a reject reason, else None."""
+    import ast
+
+    m = _UNMAPPED.search(reason)
+    return ast.literal_eval(m.group(1)) if m else None
+
+
+def object_id(path: str, **parts: Any) -> str:
+    """The stable identity of one source annotation object: its file relative to the dataset root, then what
+    picks the object out inside it, e.g. `annotations.csv#row=12` or `case_00002/seg.nii.gz#label=tumor/component=1`.
+    Parts are positions, label names and indices, never a value copied from an identifying column."""
+    inner = "/".join(f"{k}={v}" for k, v in parts.items())
+    if not inner:
+        return path
+    return f"{path}/{inner}" if "#" in path else f"{path}#{inner}"  # parts of an object already named
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: source_object in rois and rejects
 
 IMAGES_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),  # sha1 of the normalised pixels (shape + bytes)
@@ -64,7 +64,10 @@ ROIS_SCHEMA = pa.schema([
     pa.field("box_orig", pa.list_(pa.float64(), 4), nullable=False),  # xyxy in original pixels (after clipping)
     pa.field("clipped", pa.bool_(), nullable=False),
     pa.field("origin", pa.string(), nullable=False),  # box | mask | polygon
-    pa.field("instance", pa.int32(), nullable=False),
+    pa.field("instance", pa.int32(), nullable=False),  # the source object's index in its source, not among kept boxes
+    # the annotation object the box comes from: relative file + position, e.g. "labels.csv#row=12",
+    # "case_00002/segmentation.nii.gz#label=tumor/component=1" (docs/datasets.md, object accounting)
+    pa.field("source_object", pa.string(), nullable=False),
     pa.field("area_px", pa.float64(), nullable=False),  # in the normalised image
     pa.field("area_mm2", pa.float64()),
     pa.field("parent_label", pa.string()),
@@ -78,6 +81,7 @@ REJECTS_SCHEMA = pa.schema([
     pa.field("level", pa.string(), nullable=False),  # record | image | roi
     pa.field("stage", pa.string(), nullable=False),  # discover | load | normalise | roi | dedup
     pa.field("reason", pa.string(), nullable=False),
+    pa.field("source_object", pa.string(), nullable=False),  # the annotation object of an ROI row, else ""
 ], metadata={"medlvr_schema_version": str(SCHEMA_VERSION), "table": "rejects"})
 
 

@@ -7,14 +7,16 @@ components of every 3-D instance present on it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medlvr.corpus.masks import LabelRule, bounding_slices, components, instances_3d_in_box, min_speck_px
-from medlvr.corpus.records import RecordError, SourceImage, SourceROI
+from medlvr.corpus.masks import (LabelRule, all_components, bounding_slices, components_3d_in_box, min_speck_px,
+                                 speck_reason, union_box)
+from medlvr.corpus.records import RecordError, SourceImage, SourceROI, object_id
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,14 @@ def volume_window(arr: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5
     return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
 
 
+def _object_of(rule: LabelRule, label_source: str, component: int | None) -> str:
+    if rule.source_object:
+        return rule.source_object + (f"/component={component}" if component is not None else "")
+    if component is None:
+        return object_id(label_source, label=rule.label)
+    return object_id(label_source, label=rule.label, component=component)
+
+
 def volume_images(
     channels: Mapping[str, np.ndarray],
     labels: np.ndarray | None,
@@ -133,8 +143,9 @@ def volume_images(
     spacing_zyx: Sequence[float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     cfg: SliceConfig = SliceConfig(),
-    min_area: int | None = None,
+    min_area: float | None = None,
     attributes: Mapping | None = None,
+    label_source: str | None = None,
 ) -> list[SourceImage]:
     """Slices of one volume as SourceImages sharing the same selection and ROIs across channels.
 
@@ -142,6 +153,11 @@ def volume_images(
     labels: (Z, Y, X) integer label map or None (no annotation: negatives only).
     intensity: "ct_hu" keeps HU for the normaliser's window; "percentile" clips each channel at its own
       percentiles over non-zero voxels of the whole volume (never shared between sequences).
+    label_source: the label map's path, which names its objects (`<label_source>#label=L/component=k`).
+
+    Every object (a rule's 3-D component, or the rule's whole structure when instances=False) ends as ROIs or as
+    reject rows with a reason: a 3-D speck (voxels and threshold), a slice cap (no kept slice shows it), a 2-D
+    piece below the speck size on a kept slice (pixels and threshold). The objects are listed on the first image.
     """
     shapes = {k: v.shape for k, v in channels.items()}
     for name, arr in channels.items():
@@ -153,29 +169,50 @@ def volume_images(
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise RecordError(f"volume {name or 'image'} contains NaN or infinite values")
     z = next(iter(channels.values())).shape[0]
-    # per rule: (rule, instance labels over the rule's own bounding box, n, areas[i, z], the box's (z, y, x) start)
-    per_rule: list[tuple[LabelRule, np.ndarray, int, np.ndarray, tuple[int, int, int]]] = []
+    label_source = label_source or source_path
+    # per rule: (rule, instance labels over the rule's own bounding box, n, areas[i, z], the box's (z, y, x) start,
+    # the object id of each instance)
+    per_rule: list[tuple[LabelRule, np.ndarray, int, np.ndarray, tuple[int, int, int], dict[int, str]]] = []
     instance_areas: list[np.ndarray] = []
     foreground = np.zeros(z, dtype=bool)
+    objects: list[str] = []
+    volume_rejects: list[tuple[str, str, str]] = []  # (label, reason, object): objects that reach no slice
     if labels is not None:
         box = bounding_slices(labels)  # everything below works on the label map's non-zero bounding box
         crop = labels[box] if box is not None else labels[:0]
         for rule in rules:
             m = rule_mask(crop, rule.values)
             if rule.instances:
-                lab, n, rbox = instances_3d_in_box(m, cfg.min_voxels)
+                lab, sizes, rbox = components_3d_in_box(m)
+                n = len(sizes) - 1
+                ids = {i: _object_of(rule, label_source, i) for i in range(1, n + 1)}
+                small = [i for i in range(1, n + 1) if sizes[i] < cfg.min_voxels]
+                for i in small:  # 3-D specks: rejected with their size, their ids kept for the others
+                    volume_rejects.append((rule.label, speck_reason(int(sizes[i]), cfg.min_voxels, "voxels",
+                                                                    "3-D component"), ids[i]))
+                if small:
+                    lab[np.isin(lab, small)] = 0
             else:
                 rbox = bounding_slices(m)
                 lab, n = (m[rbox] if rbox is not None else m), 1
+                ids = {1: _object_of(rule, label_source, None)}
             if rbox is None:
                 continue
+            objects.extend(ids.values())
             start = tuple(int(b.start) + int(r.start) for b, r in zip(box, rbox))
             areas = np.zeros((n + 1, z), dtype=np.int64)
             areas[:, start[0]:start[0] + lab.shape[0]] = slice_areas(lab, n)
-            per_rule.append((rule, lab, n, areas, start))
+            per_rule.append((rule, lab, n, areas, start, ids))
             instance_areas.extend(areas[1:])
             foreground[box[0]] |= m.any(axis=(1, 2))
     chosen = select_slices(instance_areas, foreground, cfg)
+    kept_z = [zi for zi, why in chosen if why != "negative"]
+    for rule, lab, n, areas, _, ids in per_rule:
+        for i in range(1, n + 1):
+            if areas[i].any() and not areas[i, kept_z].any():
+                volume_rejects.append((rule.label, f"slice cap: none of its {int(np.count_nonzero(areas[i]))} "
+                                       f"slices is among the {len(kept_z)} kept (max_slices_per_volume "
+                                       f"{cfg.max_slices_per_volume})", ids[i]))
     windows: dict[str, tuple[float, float] | None] = {}
     for name, arr in channels.items():
         windows[name] = volume_window(arr, percentiles, name) if intensity == "percentile" else None
@@ -183,18 +220,28 @@ def volume_images(
     area_min = min_speck_px(labels.shape[1:]) if min_area is None and labels is not None else min_area
     for zi, why in chosen:
         rois: list[SourceROI] = []
-        for rule, lab, n, areas, (z0, y0, x0) in per_rule:
+        slice_rejects: list[tuple[str, str, str]] = []
+        for rule, lab, n, areas, (z0, y0, x0), ids in per_rule:
             for i in np.flatnonzero(areas[1:, zi]) + 1:
                 m2 = lab[zi - z0] == i  # areas > 0 here, so zi lies inside the rule's box
                 zs = np.flatnonzero(areas[i])
                 extent = {"z_range": [int(zs[0]), int(zs[-1])]}
                 if spacing_zyx is not None:
                     extent["z_extent_mm"] = float((zs[-1] - zs[0] + 1) * spacing_zyx[0])
-                for (bx0, by0, bx1, by1), area in components(m2, area_min):
-                    box = (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0)
-                    rois.append(SourceROI(rule.label, box, "mask", i if rule.instances else 0, float(area),
-                                          rule.parent, dict(extent)))
-        for name, arr in channels.items():
+                comps = all_components(m2)
+                big = [c for c in comps if c[1] >= area_min]
+                if not rule.instances:  # one structure: ONE box per slice, the union of its pieces
+                    big = [union_box(big)] if big else []
+                for c_box, c_area in (c for c in comps if c[1] < area_min):
+                    slice_rejects.append((rule.label, f"slice {zi}: {speck_reason(c_area, area_min)}", ids[i]))
+                for (bx0, by0, bx1, by1), area in big:
+                    rois.append(SourceROI(rule.label, (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0), "mask",
+                                          int(i) if rule.instances else 0, float(area), rule.parent, dict(extent),
+                                          source_object=ids[i]))
+        if not rois and why != "negative":  # every piece on it is below the speck size: no image of it (an
+            volume_rejects.extend(slice_rejects)  # annotated slice without a box), its rejects go to the volume
+            continue
+        for ci, (name, arr) in enumerate(channels.items()):
             suffix = f"{name}_z{zi:04d}" if name else f"z{zi:04d}"
             attrs = dict(attributes or {})
             attrs["slice_role"] = why
@@ -203,9 +250,14 @@ def volume_images(
             out.append(SourceImage(
                 source_path=source_path, pixels=np.ascontiguousarray(arr[zi]), intensity=(
                     "window" if intensity == "percentile" else intensity),
-                rois=[SourceROI(r.label, r.box, r.origin, r.instance, r.area_px, r.parent, dict(r.attributes))
-                      for r in rois],
+                rois=[dataclasses.replace(r, attributes=dict(r.attributes)) for r in rois],
                 suffix=suffix, window=windows[name], spacing_mm=tuple(spacing_zyx) if spacing_zyx else None,
                 slice_index=zi, slice_axis=0, attributes=attrs,
+                roi_rejects=list(slice_rejects) if ci == 0 else [],  # one row per dropped piece, not per channel
             ))
+    if objects or volume_rejects:
+        if not out:
+            raise RecordError("no slice of the volume was kept", roi_rejects=volume_rejects)
+        out[0].roi_rejects.extend(volume_rejects)
+        out[0].objects = list(objects)
     return out

@@ -30,7 +30,7 @@ from medlvr.corpus.adapters.csv_boxes import image_size, source_image
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
 from medlvr.corpus.masks import box_of, polygon_mask
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id
 
 
 def parse_regions(path: Path, data_root: Path | None = None) -> list[tuple[str, np.ndarray | str]]:
@@ -113,21 +113,27 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     shape = image_size(px)
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []
-    for rid, pts in parse_regions(require_file(root, ref.paths["annotation"]), root):
+    objects = []
+    xml = ref.paths["annotation"]
+    for k, (rid, pts) in enumerate(parse_regions(require_file(root, xml), root), start=1):
+        oid = object_id(xml, region=k)  # the k-th Region of the XML, in file order
+        objects.append(oid)
         if isinstance(pts, str):
-            rejects.append((label, f"Region {rid}: {pts}"))
+            rejects.append((label, f"Region {rid}: {pts}", oid))
             continue
         got = region_mask(shape, pts)
         b = box_of(got[0]) if got else None
         if b is None:
-            rejects.append((label, f"Region {rid}: polygon lies outside the {shape[1]}x{shape[0]} image"))
+            rejects.append((label, f"Region {rid}: polygon lies outside the {shape[1]}x{shape[0]} image", oid))
             continue
         m, ox, oy = got
-        rois.append(SourceROI(label, (b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy), "polygon", len(rois),
-                              float(m.sum()), attributes={"region_id": rid}))
+        rois.append(SourceROI(label, (b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy), "polygon", k,
+                              float(m.sum()), attributes={"region_id": rid}, source_object=oid))
     if not rois and not rejects:
         raise RecordError(f"{Path(ref.paths['annotation']).name} has no Region")
-    return [source_image(rel, px, rois, rejects)]
+    src = source_image(rel, px, rois, rejects)
+    src.objects = objects
+    return [src]
 
 
 @dataclass(frozen=True)

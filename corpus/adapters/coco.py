@@ -34,7 +34,7 @@ from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import require_file
 from medlvr.corpus.adapters.sidecar import read_json
 from medlvr.corpus.masks import box_of, polygon_mask
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id
 
 
 def rle_counts(counts) -> list[int]:
@@ -109,9 +109,9 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
         anns = list(anns.values()) if isinstance(anns, dict) else list(anns)  # the LIVECell dict pitfall
         cats = {c.get("id"): str(c.get("name", c.get("id"))) for c in d.get("categories", [])}
         by_image: dict = {}
-        for a in anns:
+        for pos, a in enumerate(anns, start=1):
             if isinstance(a, dict):
-                by_image.setdefault(a.get("image_id"), []).append(a)
+                by_image.setdefault(a.get("image_id"), []).append((pos, a))
         image_ids: set = set()
         for im in d["images"]:
             name = im.get("file_name") if isinstance(im, dict) else None
@@ -132,15 +132,18 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
                 yield Reject(spec.id, rel, "discover", e.reason, key)
                 continue
             rows = [{"label": o.get("label") or cats.get(a.get("category_id"), str(a.get("category_id"))),
-                     "segmentation": a.get("segmentation"), "bbox": a.get("bbox"), "id": a.get("id")}
-                    for a in by_image.get(im.get("id"), [])]
+                     "segmentation": a.get("segmentation"), "bbox": a.get("bbox"), "id": a.get("id"),
+                     # the annotation's identity: the JSON and the annotation's id (its position when it has none)
+                     "object": object_id(rel_json, annotation=a.get("id") if isinstance(a.get("id"), int)
+                                         else f"#{pos}")}
+                    for pos, a in by_image.get(im.get("id"), [])]
             attrs = {}
             for k, rx in attr_res.items():
                 m = rx.search(Path(name).name)
                 if m:
                     attrs[k] = m.group(1)
             yield RecordRef(key=key, paths={"image": rel}, annotations=rows, split=split, attributes=attrs)
-        orphans = [a.get("id") for img_id, lst in by_image.items() if img_id not in image_ids for a in lst]
+        orphans = [a.get("id") for img_id, lst in by_image.items() if img_id not in image_ids for _, a in lst]
         if orphans:
             yield Reject(spec.id, rel_json, "discover",
                          f"{len(orphans)} annotation(s) reference unknown image ids (first: {orphans[0]})",
@@ -153,30 +156,32 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     shape = image_size(px)
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []
-    for a in ref.annotations:
-        seg, label = a["segmentation"], a["label"]
+    for k, a in enumerate(ref.annotations):
+        seg, label, oid = a["segmentation"], a["label"], a.get("object") or object_id(rel, annotation=k)
         if seg:
             try:
                 m = instance_mask(seg, shape)
             except (ValueError, TypeError, RecordError) as e:
-                rejects.append((label, f"annotation {a['id']}: {getattr(e, 'reason', e)}"))
+                rejects.append((label, f"annotation {a['id']}: {getattr(e, 'reason', e)}", oid))
                 continue
             b = box_of(m)
             if b is None:
-                rejects.append((label, f"annotation {a['id']}: empty mask (segmentation outside the image?)"))
+                rejects.append((label, f"annotation {a['id']}: empty mask (segmentation outside the image?)", oid))
                 continue
             origin = "mask" if isinstance(seg, dict) else "polygon"
-            rois.append(SourceROI(label, b, origin, len(rois), float(m.sum())))
+            rois.append(SourceROI(label, b, origin, k, float(m.sum()), source_object=oid))
         elif isinstance(a["bbox"], list) and len(a["bbox"]) == 4:
             try:  # unparseable -> NaN, rejected by the runner; zero width/height rejected here
                 box = pixel_box([to_float(v) for v in a["bbox"]], "xywh")
             except RecordError as e:
-                rejects.append((label, f"annotation {a['id']}: {e.reason}"))
+                rejects.append((label, f"annotation {a['id']}: {e.reason}", oid))
                 continue
-            rois.append(SourceROI(label, box, "box", len(rois)))
+            rois.append(SourceROI(label, box, "box", k, source_object=oid))
         else:
-            rejects.append((label, f"annotation {a['id']}: neither segmentation nor a 4-value bbox"))
-    return [source_image(rel, px, rois, rejects, dict(ref.attributes))]
+            rejects.append((label, f"annotation {a['id']}: neither segmentation nor a 4-value bbox", oid))
+    src = source_image(rel, px, rois, rejects, dict(ref.attributes))
+    src.objects = [a.get("object") or object_id(rel, annotation=k) for k, a in enumerate(ref.annotations)]
+    return [src]
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.images import Pixels, read_2d
 from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id
 
 NAN = float("nan")
 
@@ -131,16 +131,18 @@ def pixel_box(vals, convention: str, image_wh: tuple[int, int] | None = None) ->
 
 
 def box_rois(items, convention: str, image_wh: tuple[int, int] | None = None, start: int = 0,
-             ) -> tuple[list[SourceROI], list[tuple[str, str]]]:
-    """[(label, source box, attributes)] -> (ROIs with pixel-edge boxes, (label, reason) rejects)."""
+             ) -> tuple[list[SourceROI], list[tuple[str, ...]]]:
+    """[(label, source box, attributes[, source object])] -> (ROIs with pixel-edge boxes, (label, reason[,
+    source object]) rejects). An item's instance is its position in `items` (the source order), plus `start`."""
     rois, rejects = [], []
-    for label, vals, attrs in items:
+    for k, (label, vals, attrs, *oid) in enumerate(items):
         try:
             box = pixel_box(vals, convention, image_wh)
         except RecordError as e:
-            rejects.append((label, e.reason))
+            rejects.append((label, e.reason, *oid))
             continue
-        rois.append(SourceROI(label, box, "box", start + len(rois), attributes=dict(attrs or {})))
+        rois.append(SourceROI(label, box, "box", start + k, attributes=dict(attrs or {}),
+                              source_object=oid[0] if oid else ""))
     return rois, rejects
 
 
@@ -154,27 +156,32 @@ def iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def fuse_readers(marks: list[tuple[str, list[float]]], min_readers: int, how: str = "mean",
-                 iou_thr: float = 0.4) -> tuple[list[tuple[list[float], int]], list[int]]:
-    """Cluster one label's (reader, box) marks; returns ([(fused box, n readers)] kept, [n readers] dropped)."""
-    clusters: list[list[tuple[str, list[float]]]] = []
-    for reader, box in marks:
+def reader_clusters(marks: list[tuple[str, list[float]]], iou_thr: float = 0.4) -> list[list[int]]:
+    """Cluster one label's (reader, box) marks: lists of mark indices, each cluster one reader's mark at most."""
+    clusters: list[list[int]] = []
+    for k, (reader, box) in enumerate(marks):
         best, best_iou = None, iou_thr
         for c in clusters:
-            if any(r == reader for r, _ in c):
+            if any(marks[i][0] == reader for i in c):
                 continue
-            v = iou(_combine([b for _, b in c], "mean"), box)
+            v = iou(_combine([marks[i][1] for i in c], "mean"), box)
             if v >= best_iou:
                 best, best_iou = c, v
         if best is None:
-            clusters.append([(reader, box)])
+            clusters.append([k])
         else:
-            best.append((reader, box))
+            best.append(k)
+    return clusters
+
+
+def fuse_readers(marks: list[tuple[str, list[float]]], min_readers: int, how: str = "mean",
+                 iou_thr: float = 0.4) -> tuple[list[tuple[list[float], int]], list[int]]:
+    """Cluster one label's (reader, box) marks; returns ([(fused box, n readers)] kept, [n readers] dropped)."""
     kept, dropped = [], []
-    for c in clusters:
-        n = len({r for r, _ in c})
+    for c in reader_clusters(marks, iou_thr):
+        n = len({marks[i][0] for i in c})
         if n >= min_readers:
-            kept.append((_combine([b for _, b in c], how), n))
+            kept.append((_combine([marks[i][1] for i in c], how), n))
         else:
             dropped.append(n)
     return kept, dropped
@@ -246,11 +253,12 @@ def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
     groups: dict[str, list] = {}
     for path in files:
         rows = read_csv_rows(path, o.get("columns"), root)
+        rel = rel_path(root, path)
         need = [image_col] + ([label_col] if label_col else []) + list(box_cols or []) + (
             [reader_col] if reader_col else [])
         if rows and (missing := [c for c in need if c not in rows[0]]):
             raise RecordError(missing_columns_reason(path.name, missing, rows[0]), stage="discover")
-        for r in rows:
+        for row_no, r in enumerate(rows, start=1):
             label = r.get(label_col, "") if label_col else o.get("label", "finding")
             raw = [r.get(c, "") for c in box_cols]
             if label in negatives or (not label_col and all(v == "" for v in raw)):
@@ -259,7 +267,9 @@ def _csv_groups(spec, root: Path, files: list[Path]) -> dict[str, list]:
                 box = []  # a named finding with no box: not evidence that the image is negative
             else:
                 box = [to_float(v) for v in raw]  # as the file gives it: converted (and checked) in load
-            groups.setdefault(r[image_col], []).append([label, r.get(reader_col) if reader_col else None, box])
+            # the row's identity: table + its number among the data rows (never a value of the row: ids are PHI)
+            groups.setdefault(r[image_col], []).append([label, r.get(reader_col) if reader_col else None, box,
+                                                        object_id(rel, row=row_no)])
     return groups
 
 
@@ -280,7 +290,7 @@ def _yolo_groups(root: Path, files: list[Path]) -> Iterator[tuple[str, list] | R
             try:
                 if len(toks) != 5:
                     raise ValueError(f"{len(toks)} fields")
-                rows.append([int(toks[0])] + [float(t) for t in toks[1:]])
+                rows.append([int(toks[0])] + [float(t) for t in toks[1:]] + [object_id(rel_path(root, path), line=n)])
             except ValueError as e:
                 bad = f"YOLO line {n} is not `class cx cy w h`: {e}"
                 break
@@ -335,39 +345,47 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         h, w = image_size(px)
         classes = list(o.get("yolo_classes", []))
         items = []
-        for cls, *vals in ref.annotations["rows"]:
+        for cls, *vals, oid in ref.annotations["rows"]:
             if not 0 <= cls < len(classes):
-                rejects.append((f"class {cls}", f"YOLO class index {cls} not in options.yolo_classes"))
+                rejects.append((f"class {cls}", f"YOLO class index {cls} not in options.yolo_classes", oid))
                 continue
-            items.append((classes[cls], vals, None))
+            items.append((classes[cls], vals, None, oid))
         rois, bad = box_rois(items, "yolo", (w, h))
         return [source_image(rel, px, rois, rejects + bad)]
     conv = o.get("convention", "xyxy")
     rows = ref.annotations["rows"]
     findings = [r for r in rows if r[2] is not None]
+    objects = [r[3] for r in findings]
     attrs = {"negative": True} if not findings else {}
-    rejects += [(label, "finding without a box (its box columns are empty)") for label, _, vals in findings
+    rejects += [(label, "finding without a box (its box columns are empty)", oid) for label, _, vals, oid in findings
                 if not vals]
     findings = [r for r in findings if r[2]]
     if o.get("reader_col"):
         attrs["readers"] = len({r[1] for r in rows})
         by_label: dict[str, list] = {}
-        for label, reader, vals in findings:
+        for label, reader, vals, oid in findings:
             try:
-                by_label.setdefault(label, []).append((reader, list(pixel_box(vals, conv))))
+                by_label.setdefault(label, []).append((reader, list(pixel_box(vals, conv)), oid))
             except RecordError as e:  # a reader's degenerate box is not one of that reader's marks
-                rejects.append((label, e.reason))
+                rejects.append((label, e.reason, oid))
+        min_readers = int(o.get("min_readers", 2))
         for label, marks in by_label.items():
-            kept, dropped = fuse_readers(marks, int(o.get("min_readers", 2)), o.get("fusion", "mean"),
-                                         float(o.get("fusion_iou", 0.4)))
-            for box, n in kept:
-                rois.append(SourceROI(label, tuple(box), "box", len(rois), attributes={"readers": n}))
-            for n in dropped:
-                rejects.append((label, f"marked by {n} reader(s), fewer than {o.get('min_readers', 2)}"))
+            for c in reader_clusters([(r, b) for r, b, _ in marks], float(o.get("fusion_iou", 0.4))):
+                n, first = len({marks[i][0] for i in c}), marks[c[0]][2]
+                if n < min_readers:
+                    rejects += [(label, f"marked by {n} reader(s), fewer than {min_readers}", marks[i][2]) for i in c]
+                    continue
+                box = _combine([marks[i][1] for i in c], o.get("fusion", "mean"))
+                rois.append(SourceROI(label, tuple(box), "box", int(first.rsplit("=", 1)[1]),
+                                      attributes={"readers": n}, source_object=first))
+                rejects += [(label, f"fused with {first.rsplit('#', 1)[1]} of the same table by the reader-agreement "
+                                    f"rule ({n} readers)", marks[i][2]) for i in c[1:]]
     else:
-        rois, bad = box_rois([(label, vals, None) for label, _, vals in findings], conv)
+        rois, bad = box_rois([(label, vals, None, oid) for label, _, vals, oid in findings], conv)
         rejects += bad
-    return [source_image(rel, px, rois, rejects, attrs)]
+    src = source_image(rel, px, rois, rejects, attrs)
+    src.objects = objects
+    return [src]
 
 
 @dataclass(frozen=True)

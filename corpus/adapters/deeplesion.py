@@ -27,7 +27,7 @@ from medlvr.corpus.adapters.csv_boxes import pixel_box
 from medlvr.corpus.adapters.images import read_pil
 from medlvr.corpus.paths import open_confined, require_file
 from medlvr.corpus.normalize import HU_CLIP
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id
 
 REQUIRED = ("File_name", "Patient_index", "Bounding_boxes", "Coarse_lesion_type", "DICOM_windows", "Train_Val_Test")
 DEFAULT_TYPES = {1: "bone lesion", 2: "abdomen lesion", 3: "mediastinum lesion", 4: "liver lesion",
@@ -104,30 +104,34 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     windows: list[tuple[float, tuple[float, float]]] = []
     size = None
     spacing = None
+    table_rel = o.get("csv", "DL_info.csv")
+    objects: list[str] = []
     for les in ref.annotations:
-        row = les["_row"]
+        row = les["_row"]  # the file's line number; the object is the table's data row (line - 1)
+        oid = object_id(table_rel, row=row - 1)
+        objects.append(oid)
         try:
             code = int(float(les["Coarse_lesion_type"]))
         except (TypeError, ValueError):
             code = None
         label = types.get(code) if code is not None else None
         if label is None:
-            rejects.append((str(les.get("Coarse_lesion_type")), f"row {row}: unknown Coarse_lesion_type"))
+            rejects.append((str(les.get("Coarse_lesion_type")), f"row {row}: unknown Coarse_lesion_type", oid))
             continue
         try:
             box = floats(les["Bounding_boxes"])
             if len(box) != 4:
                 raise ValueError(f"{len(box)} values")
         except ValueError as e:
-            rejects.append((label, f"row {row}: Bounding_boxes is not four numbers ({e})"))
+            rejects.append((label, f"row {row}: Bounding_boxes is not four numbers ({e})", oid))
             continue
         try:
             pixel_box(box, "xyxy")  # DL_info boxes are pixel-edge xyxy already: only the degenerate check
         except RecordError as e:
-            rejects.append((label, f"row {row}: {e.reason}"))
+            rejects.append((label, f"row {row}: {e.reason}", oid))
             continue
         if tuple(box) + (label,) in seen:
-            rejects.append((label, f"row {row}: duplicate lesion row"))
+            rejects.append((label, f"row {row}: duplicate lesion row", oid))
             continue
         seen.add(tuple(box) + (label,))
         attrs: dict[str, Any] = {"lesion_type_code": code}
@@ -141,7 +145,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                 pass  # descriptive extras only; a malformed one is simply not kept
         if (les.get("Possibly_noisy") or "").strip() in ("0", "1"):
             attrs["possibly_noisy"] = les["Possibly_noisy"].strip() == "1"
-        rois.append(SourceROI(label, tuple(box), "box", len(rois), None, None, attrs))
+        rois.append(SourceROI(label, tuple(box), "box", row - 1, None, None, attrs, source_object=oid))
         try:
             win = floats(les.get("DICOM_windows"))
             if len(win) == 2 and win[1] > win[0]:
@@ -157,7 +161,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     window = max(windows)[1] if windows else None
     return [SourceImage(source_path=rel, pixels=hu, intensity="ct_hu", rois=rois, window=window,
                         window_name="dicom_windows" if window else None, spacing_mm=spacing,
-                        attributes={"key_slice_file": ref.key}, roi_rejects=rejects)]
+                        attributes={"key_slice_file": ref.key}, roi_rejects=rejects, objects=objects)]
 
 
 @dataclass(frozen=True)

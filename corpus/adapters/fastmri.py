@@ -28,7 +28,7 @@ from medlvr.corpus.adapters.csv_boxes import pixel_box
 from medlvr.corpus.adapters.images import one_line_cause
 from medlvr.corpus.limits import charge
 from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.records import (RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id)
 
 HEADER = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
 DATASETS = ("reconstruction_rss", "reconstruction_esc")
@@ -72,14 +72,16 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
         index[p.stem] = rel_path(root, p)
     reviewed: dict[str, dict[str, Any]] = {}  # stem -> {"rows": [...], "study": [...]}
     for t in o.get("tables") or []:
-        for r in read_box_table(require_file(root, t["csv"]), root):
+        for row_no, r in enumerate(read_box_table(require_file(root, t["csv"]), root), start=1):
             entry = reviewed.setdefault(_stem(r["file"] or ""), {"rows": [], "study": []})
             label = (r["label"] or "").strip()
             if (r["study_level"] or "").strip().lower() == "yes":
                 if label and label not in entry["study"]:
                     entry["study"].append(label)
             else:
-                entry["rows"].append({k: (r[k] or "").strip() for k in HEADER})
+                # the row's identity: the table and its data row number (1 = the first row under the header)
+                entry["rows"].append({**{k: (r[k] or "").strip() for k in HEADER},
+                                      "object": object_id(t["csv"], row=row_no), "row": row_no})
         if t.get("file_list"):
             for stem in read_file_list(require_file(root, t["file_list"]), root):
                 reviewed.setdefault(stem, {"rows": [], "study": []})
@@ -147,27 +149,30 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     rejects: list[tuple[str, str]] = []
     seen: set[tuple] = set()
     for r in ref.annotations["rows"]:
-        label = r["label"]
+        label, oid = r["label"], r["object"]
         try:
             z = int(r["slice"])
         except ValueError:
-            rejects.append((label, f"slice {r['slice']!r} is not an integer"))
+            rejects.append((label, f"slice {r['slice']!r} is not an integer", oid))
             continue
         if not 0 <= z < nz:
-            rejects.append((label, f"slice {z} outside the volume's {nz} slices"))
+            rejects.append((label, f"slice {z} outside the volume's {nz} slices", oid))
+            continue
+        if spec.concept(label) is None:  # decided before any image is made: a slice of unmapped boxes is no image
+            rejects.append((label, spec.label_reject_reason(label), oid))
             continue
         x, y, w, h = (_num(r[k]) for k in ("x", "y", "width", "height"))
         key = (z, label, x, y, w, h)
         if key in seen:
-            rejects.append((label, f"duplicate box row on slice {z}"))
+            rejects.append((label, f"duplicate box row on slice {z}", oid))
             continue
         seen.add(key)
         try:
             box = pixel_box((x, y, w, h), "xywh")
         except RecordError as e:
-            rejects.append((label, e.reason))
+            rejects.append((label, e.reason, oid))
             continue
-        by_slice.setdefault(z, []).append(SourceROI(label, box, "box", len(by_slice.get(z, []))))
+        by_slice.setdefault(z, []).append(SourceROI(label, box, "box", r["row"], source_object=oid))
     attrs = {"reconstruction": dsname}
     if ref.annotations["study"]:
         attrs["study_labels"] = list(ref.annotations["study"])
@@ -177,7 +182,8 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         mid = np.linspace(0, nz - 1, k + 2)[1:-1].round().astype(int) if nz > 2 else np.arange(nz)[:k]
         chosen = {int(z): "negative" for z in mid}
     elif not by_slice:
-        raise RecordError(f"no usable box row for {ref.key}: {rejects[0][1] if rejects else 'none'}")
+        raise RecordError(f"no usable box row for {ref.key}: {rejects[0][1] if rejects else 'none'}",
+                          roi_rejects=rejects)
     out = []
     for z, why in sorted(chosen.items()):
         out.append(SourceImage(source_path=ref.paths["image"], pixels=vol[z], intensity="window",
@@ -186,6 +192,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                                attributes=dict(attrs, slice_role=why)))
     if out:
         out[0].roi_rejects.extend(rejects)
+        out[0].objects = [r["object"] for r in ref.annotations["rows"]]
     return out
 
 

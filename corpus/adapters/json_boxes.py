@@ -31,7 +31,7 @@ from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import require_file
 from medlvr.corpus.adapters.sidecar import read_json
 from medlvr.corpus.masks import box_of, polygon_mask
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id
 
 
 def _check_record(rec) -> str | None:
@@ -76,7 +76,8 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
                 yield Reject(spec.id, rel, "discover", e.reason, key)
                 continue
             yield RecordRef(key=key, paths={"image": rel}, split=split,
-                            annotations={k: rec.get(k, []) for k in ("syms", "boxes", "polygons")})
+                            annotations={**{k: rec.get(k, []) for k in ("syms", "boxes", "polygons")},
+                                         "object": object_id(rel_json, record=n)})
 
 
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
@@ -88,38 +89,44 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     a = ref.annotations
     rois: list[SourceROI] = []
     rejects: list[tuple[str, str]] = []
-    for label, given, poly in zip(a["syms"], a["boxes"], a["polygons"]):
+    objects = []
+    for k, (label, given, poly) in enumerate(zip(a["syms"], a["boxes"], a["polygons"]), start=1):
+        # a finding: the JSON record and the finding's 1-based position in its lists
+        oid = f"{a['object']}/finding={k}" if a.get("object") else object_id(rel, finding=k)
+        objects.append(oid)
         given = [float(v) for v in given]
         try:
             given_edges = pixel_box(given, "inclusive")  # a zero-extent given box is rejected, polygon or not
         except RecordError as e:
-            rejects.append((label, e.reason))
+            rejects.append((label, e.reason, oid))
             continue
         try:
             pts = np.asarray(poly, dtype=float).reshape(-1, 2) if poly else np.zeros((0, 2))
         except (TypeError, ValueError):
-            rejects.append((label, "polygon is not a list of [x, y] points"))
+            rejects.append((label, "polygon is not a list of [x, y] points", oid))
             continue
         if len(pts) == 0:
-            rois.append(SourceROI(label, given_edges, "box", len(rois)))
+            rois.append(SourceROI(label, given_edges, "box", k, source_object=oid))
             continue
         if not np.isfinite(pts).all():
-            rejects.append((label, "polygon has NaN or infinite vertices"))
+            rejects.append((label, "polygon has NaN or infinite vertices", oid))
             continue
         m = polygon_mask(shape, pts)
         pbox = box_of(m)
         if pbox is None:
-            rejects.append((label, f"polygon lies outside the {shape[1]}x{shape[0]} image"))
+            rejects.append((label, f"polygon lies outside the {shape[1]}x{shape[0]} image", oid))
             continue
         diff = max(abs(g - p) for g, p in zip(given, (pbox[0], pbox[1], pbox[2] - 1, pbox[3] - 1)))
         if not diff <= tol:
             rejects.append((label, f"given box {given} disagrees with the polygon's box "
-                                   f"{[pbox[0], pbox[1], pbox[2] - 1, pbox[3] - 1]} by {diff:g} px"))
+                                   f"{[pbox[0], pbox[1], pbox[2] - 1, pbox[3] - 1]} by {diff:g} px", oid))
             continue
-        rois.append(SourceROI(label, pbox, "polygon", len(rois), float(m.sum()),
-                              attributes={"given_box": given}))
+        rois.append(SourceROI(label, pbox, "polygon", k, float(m.sum()),
+                              attributes={"given_box": given}, source_object=oid))
     attrs = {"negative": True} if not a["syms"] else {}
-    return [source_image(rel, px, rois, rejects, attrs)]
+    src = source_image(rel, px, rois, rejects, attrs)
+    src.objects = objects
+    return [src]
 
 
 @dataclass(frozen=True)

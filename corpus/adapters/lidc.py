@@ -18,11 +18,17 @@ One record per CT series: the `NNN.xml` file and the DICOM slices beside it.
     volume slice selector: the largest slice per nodule plus spaced extra slices.
   * Nodules < 3 mm (a single edgeMap point) and non-nodules (a locus) are points, never boxes: they are kept
     as the image attribute `point_annotations` (slice index, x, y in original pixels).
-Options: xml_glob, label (default "nodule"), cluster_tol_mm (10), consensus_level (0.5), slices (SliceConfig).
+  * Accounting: every nodule read is an object `<xml>#reader=R/nodule=N` (N: its position in the session).
+    A nodule (a group of reads) is one structure: one box per kept slice, named by its first read; the other
+    reads are rejects "fused with ... by the reader-agreement rule"; points are rejects that say where they went.
+    Readers outline nodules >= 3 mm, so no speck size applies (min_area_px 1, min_voxels 1).
+Options: xml_glob, label (default "nodule"), cluster_tol_mm (10), consensus_level (0.5), min_area_px (1),
+  slices (SliceConfig).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import warnings
@@ -36,7 +42,7 @@ from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.images import charge_dicom, one_line_cause, read_dicom_volume
 from medlvr.corpus.paths import is_within, open_confined, rel_path, safe_path, walk
 from medlvr.corpus.masks import LabelRule, polygon_mask
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, object_id
 from medlvr.corpus.volumes import SliceConfig, volume_images
 
 RATINGS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin", "lobulation",
@@ -90,13 +96,13 @@ def parse_lidc_xml(path: Path, root: Path | None = None) -> dict[str, Any] | Non
     readers = []
     for r, session in enumerate(_kids(top, "readingSession")):
         nodules, points = [], []
-        for n in _kids(session, "unblindedReadNodule"):
+        for index, n in enumerate(_kids(session, "unblindedReadNodule"), start=1):
             nid = _text(n, "noduleID") or ""
             rois = [_roi(x) for x in _kids(n, "roi")]
             good = [x for x in rois if "error" not in x and x["inclusion"]]
             if good and all(len(x["xy"]) < 3 for x in good):  # < 3 mm: one point, not an outline
                 points.append({"kind": "small nodule", "id": nid, "sop": good[0]["sop"], "z": good[0]["z"],
-                               "xy": good[0]["xy"][0] if good[0]["xy"] else None})
+                               "xy": good[0]["xy"][0] if good[0]["xy"] else None, "index": index})
                 continue
             chars: dict[str, float] = {}
             for c in _kids(n, "characteristics"):
@@ -104,7 +110,7 @@ def parse_lidc_xml(path: Path, root: Path | None = None) -> dict[str, Any] | Non
                     v = _text(c, k)
                     if v is not None and v.lstrip("-").isdigit():
                         chars[k] = int(v)
-            nodules.append({"id": nid, "rois": rois, "ratings": chars})
+            nodules.append({"id": nid, "rois": rois, "ratings": chars, "index": index})
         for n in _kids(session, "nonNodule"):
             z = _text(n, "imageZposition")
             try:
@@ -272,31 +278,50 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     vol, zs, sops, spacing = read_series(root, ref.annotations["slices"])
     shape = vol.shape[1:]
     by_sop = {s: k for k, s in enumerate(sops) if s}
-    anns, problems, points = [], [], []
+    anns, problems, points, objects = [], [], [], []
+    xml = ref.paths["xml"]
     for r, reader in enumerate(ref.annotations["readers"]):
         for nod in reader["nodules"]:
+            # a nodule read: the XML, the reading session and the read's position in it (never its id text)
+            oid = object_id(xml, reader=r + 1, nodule=nod.get("index", 0))
+            objects.append(oid)
             masks, probs = reader_masks(nod, shape, by_sop, zs)
-            problems += probs
+            problems += [(label, p, oid) for p in probs]
             if not masks:
                 if not probs:
-                    problems.append(f"reader {r + 1} nodule {nod['id']!r} has an empty outline")
+                    problems.append((label, f"reader {r + 1} nodule read has an empty outline", oid))
                 continue
             ks = sorted(masks)
             areas = np.array([masks[k].sum() for k in ks], dtype=float)
             cyx = np.array([np.argwhere(masks[k]).mean(axis=0) for k in ks])
             cy, cx = (cyx * areas[:, None]).sum(axis=0) / areas.sum()
             cz = float((np.array([zs[k] for k in ks]) * areas).sum() / areas.sum())
-            anns.append({"reader": r, "masks": masks, "ratings": nod["ratings"],
+            anns.append({"reader": r, "masks": masks, "ratings": nod["ratings"], "object": oid,
+                         "index": nod.get("index", 0),
                          "centroid": (cx * spacing[1], cy * spacing[0], cz)})
         for p in reader["points"]:
             k = _slice_of(p, by_sop, zs)
             if k is not None and p["xy"] is not None:
                 points.append({"kind": p["kind"], "reader": r + 1, "slice": k, "x": p["xy"][0], "y": p["xy"][1]})
+            if p["kind"] == "small nodule":  # an object of the XML too: accounted as a point, never a box
+                oid = object_id(xml, reader=r + 1, nodule=p.get("index", 0))
+                objects.append(oid)
+                problems.append((label, "nodule < 3 mm marked by one point: kept in the image attribute "
+                                 "point_annotations, not a box" if k is not None and p["xy"] is not None else
+                                 "nodule < 3 mm marked by one point on an unknown slice", oid))
     labels = np.zeros(vol.shape, dtype=np.uint8)
     nodule_attrs: dict[int, dict] = {}
     level = float(o.get("consensus_level", 0.5))
     groups = cluster_annotations(anns, float(o.get("cluster_tol_mm", 10.0)))
+    rules = []
+    for g in groups[254:]:
+        problems += [(label, "more than 254 nodules in one series", anns[i]["object"]) for i in g]
     for gi, g in enumerate(groups[:254], start=1):
+        # the group's boxes name its first read; the other reads are fused into it (reader-agreement rule)
+        rules.append(LabelRule(label, (gi,), False, source_object=anns[g[0]]["object"]))  # one box a slice
+        first = f"reader {anns[g[0]]['reader'] + 1}, nodule read {anns[g[0]]['index']}"  # of the same XML
+        problems += [(label, f"fused with the read ({first}) by the reader-agreement rule ({len(g)} reads of one "
+                      f"nodule)", anns[i]["object"]) for i in g[1:]]
         votes = np.zeros(vol.shape, dtype=np.uint8)
         for i in g:
             for k, m in anns[i]["masks"].items():
@@ -310,10 +335,15 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                    for k in RATINGS if any(k in anns[i]["ratings"] for i in g)}
         nodule_attrs[gi] = {"n_readers": len(g), "consensus": how, **{f"{k}_median": v for k, v in ratings.items()}}
     gap = float(np.median(np.diff(zs))) if len(zs) > 1 else 1.0
-    images = volume_images({"": vol}, labels, [LabelRule(label, tuple(range(1, len(groups) + 1)) or (1,), True)],
-                           source_path=ref.paths["series"], intensity="ct_hu",
-                           spacing_zyx=(gap, spacing[0], spacing[1]), cfg=SliceConfig.from_dict(o.get("slices")),
-                           attributes={"point_annotations": points} if points else None)
+    # readers outline nodules >= 3 mm (the dataset's own rule): every outlined voxel counts, no speck size
+    cfg = dataclasses.replace(SliceConfig.from_dict(o.get("slices")), min_voxels=1)
+    try:
+        images = volume_images({"": vol}, labels, rules, source_path=ref.paths["series"], intensity="ct_hu",
+                               spacing_zyx=(gap, spacing[0], spacing[1]), cfg=cfg,
+                               min_area=float(o.get("min_area_px", 1)),
+                               attributes={"point_annotations": points} if points else None)
+    except RecordError as e:
+        raise RecordError(e.reason, e.stage, e.roi_rejects + problems) from None
     for im in images:
         for roi in im.rois:  # the nodule's readers and median ratings, by the consensus label under the box
             x0, y0, x1, y1 = (int(v) for v in roi.box)
@@ -322,7 +352,10 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
             if vals.size:
                 roi.attributes.update(nodule_attrs[int(np.bincount(vals).argmax())])
     if images:
-        images[0].roi_rejects.extend((label, p) for p in problems)
+        images[0].roi_rejects.extend(problems)
+        images[0].objects = list(dict.fromkeys([*objects, *(images[0].objects or [])]))
+    elif objects:
+        raise RecordError("the series gave no slice", roi_rejects=problems)
     return images
 
 

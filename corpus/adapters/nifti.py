@@ -22,7 +22,10 @@ when a dataset ships in several releases whose file names differ; the first vari
   channels_from_json: bool     4-D channel names from dataset.json `modality` (MSD Prostate: T2, ADC)
   strict_labels: bool          (default true) a label value no rule names rejects the record (wrong release)
   label_rules: [..]            hierarchy rules (corpus.masks.rules_from_options) for glob datasets
-  axis_order: "XYZ" | "ZYX" | "XYZC" | "XY" ...  the on-disk array axes; never guessed from the shape
+  axis_order: "XYZ" | "ZYX" | "XYZC" | "XY" ...  the on-disk array axes; never guessed from the shape. For a
+                               3-D NIfTI the affine names the spatial axes (display_orientation); axis_order
+                               then only places the channels and marks 2-D files
+  orientation: display | as_stored   (default display) the one display convention, docs/datasets.md
   canonical: bool              reorient to RAS with nib.as_closest_canonical first (then axis_order XYZ)
   intensity: ct_hu | percentile | uint8 | auto (uint8 arrays -> uint8, else percentile)
   reader: nifti | metaimage    the file format of the images and labels
@@ -121,6 +124,31 @@ def read_nifti(root: Path, rel: str, canonical: bool = False) -> tuple[np.ndarra
     except Exception as e:  # truncated gzip, bad header, short data: nibabel raises many types
         raise RecordError(f"cannot read NIfTI {rel}: {_one_line(e, root)}")
     return arr, zooms
+
+
+def display_orientation(root: Path, rel: str, order: str, canonical: bool = False) -> tuple[str, tuple[int, ...]]:
+    """The display convention of every NIfTI volume (docs/datasets.md, "Orientation"), derived from the affine:
+    the array axis that points most along the patient's left-right axis is X, increasing towards the patient's
+    LEFT; the one along anterior-posterior is Y, increasing towards POSTERIOR; the third is Z, its slices kept in
+    the order they are stored (so a slice suffix is the stored slice index). Radiological display, as the
+    laterality rule (§6.4) assumes. Returns the axis order that names the array's axes and the axes to flip.
+    A non-spatial `order` (2-D, "XY") is returned as it is."""
+    import nibabel as nib
+    from nibabel.orientations import io_orientation
+
+    spatial = [c for c in order if c in "XYZ"]
+    if sorted(spatial) != sorted("XYZ") or ("C" in order and order.index("C") < 3):
+        return order, ()
+    img = _load_confined(root, rel)
+    if canonical:
+        img = nib.as_closest_canonical(img)
+    ornt = io_orientation(img.affine)  # per array axis: (world axis 0=R-L 1=A-P 2=S-I, +1 towards R/A/S)
+    letters, flips = [], []
+    for axis, (world, sign) in enumerate(ornt[:3]):
+        letters.append("XYZ"[int(world)])
+        if int(world) in (0, 1) and sign > 0:  # towards the right or anterior: reversed, to the left / posterior
+            flips.append(axis)
+    return "".join(letters) + order[3:], tuple(flips)
 
 
 def read_any(root: Path, rel: str, reader: str, canonical: bool) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -411,6 +439,16 @@ def nan_to_background(arr: np.ndarray, rel: str) -> tuple[np.ndarray, int]:
     return np.where(nan, finite.min(), arr), n
 
 
+def _displayed(root: Path, rel: str, arr: np.ndarray, order: str, reader: str, canon: bool, var: dict
+               ) -> tuple[np.ndarray, str]:
+    """A NIfTI array in the display convention (display_orientation) with the axis order that names it; other
+    readers (MetaImage: OCT B-scans and echo images have no patient axes) and `orientation: as_stored` as read."""
+    if reader != "nifti" or var.get("orientation", "display") == "as_stored":
+        return arr, order
+    shown, flips = display_orientation(root, rel, order, canon)
+    return (np.flip(arr, flips) if flips else arr), shown
+
+
 def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     var = _variant_by_name(spec, ref.annotations["variant"])
     reader, canon = _reader(spec, var), bool(var.get("canonical", False))
@@ -425,6 +463,7 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
             continue
         arr, zooms = read_any(root, rel, reader, canon)
         arr, zooms = pick_volume(arr, zooms, order, var, rel)
+        arr, order = _displayed(root, rel, arr, order, reader, canon, var)
         arr, n_nan = nan_to_background(arr, rel)
         nan_voxels += n_nan
         arr, sp = to_zyx(arr, zooms, order)
@@ -453,6 +492,7 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     if "label" in ref.paths:
         lab, lab_zooms = read_any(root, ref.paths["label"], reader, canon)
         lab, lab_zooms = pick_volume(lab, lab_zooms, order.replace("C", ""), var, ref.paths["label"])
+        lab, _ = _displayed(root, ref.paths["label"], lab, order.replace("C", ""), reader, canon, var)
         lab, _ = to_zyx(lab, lab_zooms, order.replace("C", ""))  # a label map has no channel axis
         known = {v for r in rules for v in r.values}
         labels = _labels_int(lab, ref.paths["label"], known, bool(var.get("strict_labels", True)))
@@ -461,7 +501,7 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     imgs = volume_images(
         channels, labels, rules, source_path=next(iter(sources.values())), intensity=_intensity(var, first),
         spacing_zyx=spacing, percentiles=tuple(spec.normalise.get("percentiles", (0.5, 99.5))),
-        cfg=SliceConfig.from_dict(var.get("slices")), attributes=attributes)
+        cfg=SliceConfig.from_dict(var.get("slices")), attributes=attributes, label_source=ref.paths.get("label"))
     for im in imgs:  # BraTS: each sequence image names its own file
         im.source_path = sources.get(im.attributes.get("sequence", ""), im.source_path)
     return imgs

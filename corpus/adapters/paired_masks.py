@@ -43,7 +43,7 @@ from medlvr.corpus.adapters.images import read_2d, read_pil
 from medlvr.corpus.adapters.mask_decoders import decode
 from medlvr.corpus.paths import open_confined, rel_path, require_file, safe_path, walk
 from medlvr.corpus.adapters.sidecar import read_json, read_table, whitelist
-from medlvr.corpus.masks import mask_rois, min_speck_px
+from medlvr.corpus.masks import mask_objects
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 
 PH2_COLUMNS = ("Name", "Histological Diagnosis", "Clinical Diagnosis", "Asymmetry", "Pigment Network",
@@ -292,8 +292,10 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                               f"but the image is {w}x{h}")
         for d in decode(entry, arr):
             label = d.label.format(**fields) if "{" in d.label else d.label
-            slot = merged.setdefault(label, [np.zeros((h, w), bool), d.instances, d.parent, entry.get("min_area")])
+            slot = merged.setdefault(label, [np.zeros((h, w), bool), d.instances, d.parent, entry.get("min_area"), []])
             slot[0] |= d.mask
+            if d.mask.any() and rel not in slot[4]:
+                slot[4].append(rel)  # the files that hold the label: its objects are named after them
             entry_any[eid] = entry_any.get(eid, False) or bool(d.mask.any())
     negative = bool(opts.get("negative_regex")) and re.search(opts["negative_regex"], ref.paths["image"])
     for role in ref.paths:
@@ -303,11 +305,13 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     src = SourceImage(source_path=ref.paths["image"], pixels=img, intensity=px.intensity, window=px.window,
                       window_name=px.window_name, spacing_mm=ref.annotations.get("spacing") or px.spacing_mm,
                       attributes=whitelist(ref.attributes, spec.attributes), patient=ref.patient)
-    for label, (mask, instances, parent, min_area) in merged.items():
-        rois = mask_rois(mask, label, instances=instances, parent=parent, min_area=min_area)
-        if not rois and mask.any():
-            src.roi_rejects.append((label, f"only specks below {min_area or min_speck_px(mask.shape)} px"))
+    src.objects = []
+    for label, (mask, instances, parent, min_area, rels) in merged.items():
+        rois, rejects, objects = mask_objects(mask, label, source="+".join(rels), instances=instances,
+                                              parent=parent, min_area=min_area)
         src.rois.extend(rois)
+        src.roi_rejects.extend(rejects)
+        src.objects.extend(objects)
     return [src]
 
 

@@ -36,8 +36,8 @@ from medlvr.corpus.adapters.csv_boxes import (image_size, missing_columns_reason
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.limits import charge
 from medlvr.corpus.paths import rel_path, require_file, walk
-from medlvr.corpus.masks import box_of, mask_rois
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI
+from medlvr.corpus.masks import box_of, mask_objects
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, SourceROI, object_id
 
 
 def _pairs(rle: str) -> np.ndarray:
@@ -114,8 +114,8 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
     if rows and (missing := [c for c in (image_col, rle_col) if c not in rows[0]]):
         raise RecordError(missing_columns_reason(table.name, missing, rows[0]), stage="discover")
     groups: dict[str, list[str]] = {}
-    for r in rows:
-        groups.setdefault(r[image_col], []).append(r[rle_col])
+    for row_no, r in enumerate(rows, start=1):  # a row's identity: the table and its data row number
+        groups.setdefault(r[image_col], []).append((r[rle_col], object_id(o["table"], row=row_no)))
     index: dict[str, str] | None = None
     dup_stems: set[str] = set()
     if o.get("image_glob"):
@@ -149,23 +149,29 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     h, w = image_size(px)
     decode = DECODERS[o["encoding"]]
     label, negative = o.get("label", "finding"), str(o.get("negative", "-1"))
-    runs = [r for r in ref.annotations if r.strip() not in (negative, "")]
-    charge(h * w * len(runs), f"{rel}: {len(runs)} run-length masks of {w}x{h}")  # each decodes to a full mask
-    masks = [decode(r, h, w) for r in runs]  # raises on any out-of-bounds run: the record is rejected
+    rows = [(r, oid) for r, oid in ref.annotations if r.strip() not in (negative, "")]
+    charge(h * w * len(rows), f"{rel}: {len(rows)} run-length masks of {w}x{h}")  # each decodes to a full mask
+    masks = [decode(r, h, w) for r, _ in rows]  # raises on any out-of-bounds run: the record is rejected
     rois: list[SourceROI] = []
-    rejects: list[tuple[str, str]] = []
+    rejects: list[tuple[str, ...]] = []
+    objects: list[str] = []
     if o.get("per_row_instances"):
         # one instance per row, kept even when small: nuclei below the speck size are real annotations
-        for m in masks:
+        for k, (m, (_, oid)) in enumerate(zip(masks, rows)):
+            objects.append(oid)
             b = box_of(m)
-            rois.append(SourceROI(label, b, "mask", len(rois), float(m.sum())))
+            if b is None:
+                rejects.append((label, "run-length mask covers no pixel", oid))
+                continue
+            rois.append(SourceROI(label, b, "mask", k, float(m.sum()), source_object=oid))
     elif masks:
-        union = np.logical_or.reduce(masks)
-        rois = mask_rois(union, label, instances=True)
-        if not rois:
-            rejects.append((label, "mask has only specks below the minimum size"))
-    attrs = {"negative": True} if not runs else {}
-    return [source_image(rel, px, rois, rejects, attrs)]
+        # the rows of one image are OR-ed and split into components: each component is an object of those rows
+        source = object_id(rows[0][1].split("#")[0], rows="+".join(oid.rsplit("=", 1)[1] for _, oid in rows))
+        rois, rejects, objects = mask_objects(np.logical_or.reduce(masks), label, source=source, instances=True)
+    attrs = {"negative": True} if not rows else {}
+    src = source_image(rel, px, rois, rejects, attrs)
+    src.objects = objects
+    return [src]
 
 
 @dataclass(frozen=True)

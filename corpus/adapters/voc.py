@@ -25,7 +25,7 @@ from medlvr.corpus.adapters import register
 from medlvr.corpus.adapters.csv_boxes import box_rois, image_size, source_image, split_lists, to_float
 from medlvr.corpus.adapters.images import read_2d
 from medlvr.corpus.paths import open_confined, rel_path, require_file, walk
-from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, object_id
 
 
 def parse_voc(path: Path, data_root: Path | None = None) -> dict:
@@ -92,10 +92,14 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         # the boxes refer to the XML's size; a different image means they may not fit it
         raise RecordError(f"XML size {ann['size'][0]}x{ann['size'][1]} differs from the image's {w}x{h}")
     conv = "voc" if spec.options.get("one_based", True) else "xyxy"
-    rois, rejects = box_rois([(name, vals, None) for name, vals in ann["objects"]], conv)
+    xml = ref.paths["annotation"]  # each <object> is a source object: the XML and its 1-based position
+    items = [(name, vals, None, object_id(xml, object=k)) for k, (name, vals) in enumerate(ann["objects"], start=1)]
+    rois, rejects = box_rois(items, conv, start=1)
     if not ann["objects"]:
         attrs["negative"] = True
-    return [source_image(rel, px, rois, rejects, attrs)]
+    src = source_image(rel, px, rois, rejects, attrs)
+    src.objects = [it[3] for it in items]
+    return [src]
 
 
 @dataclass(frozen=True)

@@ -115,9 +115,12 @@ def write_lidc_idri(root: Path, rng) -> list[dict]:
          2: {2: (22, 21, 27, 26), 3: (21, 19, 30, 28), 4: (22, 22, 28, 26)},
          3: {2: (21, 22, 27, 27), 3: (20, 21, 29, 29), 4: (23, 22, 27, 26)}}
     b = {2: {5: (40, 38, 49, 47), 6: (43, 41, 47, 45)}, 4: {5: (42, 40, 51, 49), 6: (43, 41, 48, 46)}}
+    # a quirk of the real archive: an outlined nodule of ~3 mm, 9 px a slice, under the 2-D speck size (16 px
+    # here, 52.43 at 512²); readers outline nodules >= 3 mm, so it must still be a box (it used to vanish)
+    c = {1: {1: (8, 8, 10, 10)}}
     hole = (24, 23, 26, 25)  # reader 1's inclusion=FALSE hole in nodule A on z index 3
     vol = np.stack([synth.body_ct(h, w, rng) for _ in range(nz)])
-    for nod in (a, b):
+    for nod in (a, b, c):
         for rects in nod.values():
             for z, r in rects.items():
                 vol[z][_rect_mask(h, w, r)] = 60.0
@@ -135,7 +138,8 @@ def write_lidc_idri(root: Path, rng) -> list[dict]:
                 f"<malignancy>{3 + len(nid) % 2}</malignancy></characteristics>{rois}{extra_rois}"
                 f"</unblindedReadNodule>")
 
-    sessions = {1: nodule_xml("Nodule 001", a[1], _roi_xml(sops[3], zpos[3], hole, inclusion=False)),
+    sessions = {1: nodule_xml("Nodule 001", a[1], _roi_xml(sops[3], zpos[3], hole, inclusion=False))
+                + nodule_xml("Nodule 002", c[1]),
                 2: nodule_xml("IL057_127364", a[2]) + nodule_xml("IL057_127365", b[2]),
                 3: nodule_xml("Nodule 1", a[3])
                 + (f"<unblindedReadNodule><noduleID>small-1</noduleID><roi><imageZposition>{zpos[1]:g}"
@@ -166,7 +170,8 @@ def write_lidc_idri(root: Path, rng) -> list[dict]:
         return synth.box(votes * 2 >= len(nod))
 
     return [{"source_path": sdir, "suffix": "z0003", "boxes": [["nodule", consensus_box(a, 3)]]},
-            {"source_path": sdir, "suffix": "z0005", "boxes": [["nodule", consensus_box(b, 5)]]}]
+            {"source_path": sdir, "suffix": "z0005", "boxes": [["nodule", consensus_box(b, 5)]]},
+            {"source_path": sdir, "suffix": "z0001", "boxes": [["nodule", consensus_box(c, 1)]]}]
 
 
 # --------------------------------------------------------------------------------------------- DeepLesion
@@ -268,6 +273,10 @@ def write_fastmri_plus(root: Path, rng) -> list[dict]:
         # a box of a label the catalog ignores on purpose (as the real tables have): an ROI reject with its reason
         wr.writerow(["file1000001", 1, "No", 20, 20, 30, 20, "Possible artifact"])
         wr.writerow(["file1000001", 0, "Yes", "", "", "", "", "Periarticular cysts "])
+        # a label the catalog neither maps nor ignores (a new release's label; the published tables once had 24),
+        # alone on its slice: an ROI reject naming the label, and the slice becomes no image (it used to be an
+        # `annotated` image with 0 ROIs); `medlvr catalog check` reports it as a finding
+        wr.writerow(["file1000001", 3, "No", 40, 40, 20, 20, "Unlisted finding"])
     with open(ann / "brain.csv", "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(header)

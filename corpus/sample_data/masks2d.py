@@ -54,7 +54,8 @@ def write_busi(root: Path, rng) -> list[dict]:
     truth = []
     # benign (1): one lesion, one mask file
     a = ellipse(h, w, 40, 30, 12, 16)
-    _save(base / "benign" / "benign (1).png", _shade(gray8(h, w, rng), a, -40))
+    benign1 = _shade(gray8(h, w, rng), a, -40)
+    _save(base / "benign" / "benign (1).png", benign1)
     _save(base / "benign" / "benign (1)_mask.png", _m255(a))
     truth.append({"source_path": "Dataset_BUSI_with_GT/benign/benign (1).png", "suffix": None,
                   "boxes": [["benign lesion", box(a)]]})
@@ -77,6 +78,11 @@ def write_busi(root: Path, rng) -> list[dict]:
     _save(base / "normal" / "normal (1).png", gray8(h, w, rng))
     _save(base / "normal" / "normal (1)_mask.png", np.zeros((h, w), np.uint8))
     truth.append({"source_path": "Dataset_BUSI_with_GT/normal/normal (1).png", "suffix": None, "boxes": []})
+    # a quirk of the real release: malignant (2) is pixel-identical to benign (1) but filed as malignant with
+    # another mask. A conflicting duplicate: the one found first in path order (benign (1)) is kept, this one is
+    # rejected with its object, so it has no truth
+    _save(base / "malignant" / "malignant (2).png", benign1)
+    _save(base / "malignant" / "malignant (2)_mask.png", _m255(ellipse(h, w, 30, 60, 10, 12)))
     return truth
 
 

@@ -26,8 +26,34 @@ def ellipsoid(shape_zyx, c, r) -> np.ndarray:
     return ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1.0
 
 
-def key_truth(labels, rules, source_path, suffix_fmt="z{z:04d}", sequences=None, sources=None) -> list[dict]:
-    """Truth dicts for the key slice of each 3-D instance. rules: [(label, values, instances)]."""
+def display_flips(affine: np.ndarray, disk_order: str = "XYZ") -> tuple[bool, bool]:
+    """Whether the display convention (x towards the patient's left, y towards posterior; docs/datasets.md,
+    "Orientation") reverses the x and the y axis of a NIfTI written with this affine and on-disk axis order:
+    from nibabel's own orientation of the affine, not from the adapter."""
+    from nibabel.orientations import aff2axcodes
+
+    codes = aff2axcodes(affine)  # per on-disk axis, the direction it increases towards: R/L, A/P, S/I
+    flip = {disk_order[i]: codes[i] in ("R", "A") for i in range(3)}
+    return flip["X"], flip["Y"]
+
+
+DEFAULT_AFFINE = np.eye(4)  # what _nifti writes without one: on-disk x towards R, y towards A (flipped for display)
+
+
+def key_truth(labels, rules, source_path, suffix_fmt="z{z:04d}", sequences=None, sources=None,
+              flips: tuple[bool, bool] = (False, False)) -> list[dict]:
+    """Truth dicts for the key slice of each 3-D instance. rules: [(label, values, instances)]. `flips` (x, y):
+    the boxes as displayed, for a NIfTI whose axes the display convention reverses (display_flips)."""
+    h, w = labels.shape[1:]
+
+    def shown(b):
+        x0, y0, x1, y1 = b
+        if flips[0]:
+            x0, x1 = w - x1, w - x0
+        if flips[1]:
+            y0, y1 = h - y1, h - y0
+        return [float(x0), float(y0), float(x1), float(y1)]
+
     keys: set[int] = set()
     for _, values, instances in rules:
         m = np.isin(labels, values)
@@ -37,12 +63,12 @@ def key_truth(labels, rules, source_path, suffix_fmt="z{z:04d}", sequences=None,
     out = []
     for z in sorted(keys):
         boxes = []
-        for label, values, _ in rules:
+        for label, values, instances in rules:
             lab2, n2 = ndimage.label(np.isin(labels[z], values), _EIGHT)
-            for i in range(1, n2 + 1):
-                comp = lab2 == i
-                if comp.sum() >= 16:
-                    boxes.append([label, synth.box(comp)])
+            comps = [lab2 == i for i in range(1, n2 + 1) if (lab2 == i).sum() >= 16]
+            if not instances and comps:  # one structure: one box over its pieces (docs/datasets.md §6.1)
+                comps = [np.logical_or.reduce(comps)]
+            boxes += [[label, shown(synth.box(comp))] for comp in comps]
         for seq in sequences or [None]:
             sfx = f"{seq}_z{z:04d}" if seq else suffix_fmt.format(z=z)
             out.append({"source_path": (sources or {}).get(seq, source_path), "suffix": sfx, "boxes": boxes})
@@ -110,6 +136,9 @@ def write_kits23(root: Path, rng) -> list[dict]:
             lab[ellipsoid(shape, (5, 19, 13), (2, 3, 3))] = 2
             lab[ellipsoid(shape, (5, 29, 13), (2, 3, 3))] = 2
             lab[ellipsoid(shape, (4, 24, 35), (2, 3, 3))] = 3
+        else:  # a quirk of real label maps: a 19-voxel cyst of 9, 6 and 4 px a slice, under the 2-D speck size
+            # (16 px) on every slice: its mass and cyst objects are rejects with their size (they used to vanish)
+            lab[3, 23:26, 34:37], lab[4, 23:26, 34:36], lab[5, 23:25, 34:36] = 3, 3, 3
         vol = _ct(shape, rng)
         vol[lab == 1], vol[lab == 2], vol[lab == 3] = 160.0, 60.0, 10.0
         d = root / "dataset" / case
@@ -117,7 +146,7 @@ def write_kits23(root: Path, rng) -> list[dict]:
         aff = np.array([[0, 0, -0.78, 0], [0, -0.78, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])
         _nifti(d / "imaging.nii.gz", vol.astype(np.int16), affine=aff)
         _nifti(d / "segmentation.nii.gz", lab, affine=aff)
-        truth += key_truth(lab, KITS_RULES, f"dataset/{case}/imaging.nii.gz")
+        truth += key_truth(lab, KITS_RULES, f"dataset/{case}/imaging.nii.gz", flips=display_flips(aff, "ZYX"))
         meta.append({"case_id": case, "tumor_histologic_subtype": "clear_cell_rcc" if with_masses else None})
     (root / "dataset" / "kits23.json").write_text(json.dumps(meta))
     return truth
@@ -136,7 +165,7 @@ def write_lits(root: Path, rng) -> list[dict]:
         vol[lab == 1], vol[lab == 2] = 110.0, 30.0
         _nifti(root / batch / f"volume-{n}.nii", _xyz(vol).astype(np.int16), (0.7, 0.7, 2.5))
         _nifti(root / batch / f"segmentation-{n}.nii", _xyz(lab), (0.7, 0.7, 2.5))
-        truth += key_truth(lab, rules, f"{batch}/volume-{n}.nii")
+        truth += key_truth(lab, rules, f"{batch}/volume-{n}.nii", flips=display_flips(DEFAULT_AFFINE))
     return truth
 
 
@@ -192,7 +221,7 @@ def write_msd_ct(root: Path, rng) -> list[dict]:
             if code != "0":
                 raw = f"{task}/{name}"
                 rules.append((raw, MSD_CT_QUALIFY.get(raw, [int(code)]), raw not in MSD_CT_ORGANS))
-        truth += key_truth(lab, rules, f"{task}/imagesTr/{case}.nii.gz")
+        truth += key_truth(lab, rules, f"{task}/imagesTr/{case}.nii.gz", flips=display_flips(DEFAULT_AFFINE))
     return truth
 
 
@@ -218,7 +247,7 @@ def write_brats2021(root: Path, rng, release: str = "2021") -> list[dict]:
         _nifti(root / rel, _xyz(vol).astype(np.int16))
         sources[seq] = rel
     _nifti(root / case / f"{case}{sep}seg.nii.gz", _xyz(lab))
-    return key_truth(lab, rules, "", sequences=list(sources), sources=sources)
+    return key_truth(lab, rules, "", sequences=list(sources), sources=sources, flips=display_flips(DEFAULT_AFFINE))
 
 
 def _heart(shape, lv_r: float) -> np.ndarray:
@@ -250,7 +279,8 @@ def write_acdc(root: Path, rng) -> list[dict]:
             stem = f"{pid}_frame{frame:02d}"
             _nifti(d / f"{stem}.nii.gz", _xyz(vol).astype(np.uint16), (1.5, 1.5, 10.0))
             _nifti(d / f"{stem}_gt.nii.gz", _xyz(lab), (1.5, 1.5, 10.0))
-            truth += key_truth(lab, rules, f"database/{split}/{pid}/{stem}.nii.gz")
+            truth += key_truth(lab, rules, f"database/{split}/{pid}/{stem}.nii.gz",
+                               flips=display_flips(DEFAULT_AFFINE))
     return truth
 
 
@@ -259,7 +289,9 @@ def write_msd_prostate(root: Path, rng) -> list[dict]:
     d = root / "Task05_Prostate"
     labels = {"0": "background", "1": "PZ", "2": "TZ"}
     lab = np.zeros(shape, np.uint8)
-    lab[ellipsoid(shape, (4, 26, 20), (3, 4, 10))] = 1
+    pz = ellipsoid(shape, (4, 26, 20), (3, 4, 10))
+    pz[:, :, 19:22] = False  # a quirk of real PZ labels: the zone split in two pieces (still ONE box a slice)
+    lab[pz] = 1
     lab[ellipsoid(shape, (4, 17, 20), (3, 5, 7))] = 2
     t2, adc = _mri(shape, rng, 400.0), _mri(shape, rng, 2000.0)  # very different ranges: normalised apart
     t2[lab == 1], t2[lab == 2], adc[lab == 1], adc[lab == 2] = 380.0, 150.0, 1900.0, 900.0
@@ -271,7 +303,8 @@ def write_msd_prostate(root: Path, rng) -> list[dict]:
     _apple_double(d / "labelsTr" / "prostate_00.nii.gz")
     _msd_json(d, labels, ["prostate_00"], {"0": "T2", "1": "ADC"}, "4D")
     rules = [("PZ", [1], False), ("TZ", [2], False)]
-    return key_truth(lab, rules, "Task05_Prostate/imagesTr/prostate_00.nii.gz", sequences=["T2", "ADC"])
+    return key_truth(lab, rules, "Task05_Prostate/imagesTr/prostate_00.nii.gz", sequences=["T2", "ADC"],
+                     flips=display_flips(DEFAULT_AFFINE))
 
 
 # ----------------------------------------------------------------------------------------------- US / OCT

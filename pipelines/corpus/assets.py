@@ -125,8 +125,11 @@ def ingest_dataset_assets(context: dg.AssetExecutionContext, dataset_roots: Data
         thumbnails = md.ingest_thumbnails(out / layout.ingest(ds))
         rois_meta = {
             "dagster/row_count": s["rois_out"], "rois_rejected": s["rois_rejected"],
+            # object accounting (docs/datasets.md): the objects_reconcile check verifies these against the tables
+            **{k: s.get(k, 0) for k in ("objects_in", "objects_out", "objects_rejected", "objects_lost")},
+            "object_outcomes": md.counts_table(dict(list(s.get("object_outcomes", {}).items())[:20]), "outcome"),
             "preview": md.md_table(md.head(out / layout.rois(ds), ["image_id", "label", "concept_id", "box",
-                                                                   "origin"])),
+                                                                   "origin", "source_object"])),
             "path": _where(storage, layout.rois(ds))}
     images_meta["thumbnails"] = _preview(storage, layout.preview(ds, "images"), thumbnails)
     yield dg.MaterializeResult(asset_key="normalized_images", metadata=images_meta)

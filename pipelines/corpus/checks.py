@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medlvr.corpus import layout
+from medlvr.corpus.accounting import reconcile
 from medlvr.corpus.build import publish_datasets
 from medlvr.corpus.shards import verify_manifest
 from medlvr.pipelines.corpus.metadata import md_table, read_manifest
@@ -38,6 +39,17 @@ def boxes_inside_images(context: dg.AssetCheckExecutionContext, storage: CorpusS
         if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
             bad.append({**r, "width": w, "height": h})
     return _result(bad, rois.num_rows)
+
+
+@dg.asset_check(asset="roi_annotations", blocking=True, partitions_def=DATASET_PARTITIONS,
+                description="Every source annotation object is accounted for: ROIs written + ROI reject rows name "
+                            "every object the adapter found, the tables agree with summary.json, and no image "
+                            "marked annotated is left without a box.")
+def objects_reconcile(context: dg.AssetCheckExecutionContext, storage: CorpusStorage) -> dg.AssetCheckResult:
+    ds = context.partition_key
+    with storage.workdir(pull_paths=[layout.ingest(ds)]) as out:
+        problems, counts = reconcile(out / layout.ingest(ds))
+    return _result(problems, counts["objects"], **{f"objects_{k}": v for k, v in counts.items() if k != "objects"})
 
 
 @dg.asset_check(asset="normalized_images", blocking=True, partitions_def=DATASET_PARTITIONS,
@@ -114,5 +126,5 @@ def zero_decontamination_matches_left(storage: CorpusStorage) -> dg.AssetCheckRe
     return _result(left, shards.count_rows(), contaminated_images=len(bad_ids))
 
 
-CORPUS_CHECKS = [boxes_inside_images, no_empty_images, rejects_below_share, no_patient_or_group_across_splits,
+CORPUS_CHECKS = [boxes_inside_images, objects_reconcile, no_empty_images, rejects_below_share, no_patient_or_group_across_splits,
                  shard_checksums_match_manifest, zero_decontamination_matches_left]

@@ -74,3 +74,26 @@ def assert_truth_recovered(ing: Ingested, tol: float = 1e-6) -> int:
 
 def assert_reconciles(s: DatasetSummary) -> None:
     assert s.records_in == s.records_out + s.records_rejected, s
+
+
+def assert_objects_accounted(ing: Ingested) -> dict[str, str]:
+    """The object invariant read from the tables themselves (not the summary's own counts): every object named by
+    an ROI row or an ROI reject row is either written or rejected with a reason, the summary counts the same
+    objects, and no object is lost. Returns {object: outcome} ('written' or the first reject reason)."""
+    rois = ing.table("rois").to_pylist()
+    rejects = [r for r in ing.table("rejects").to_pylist() if r["level"] == "roi"]
+    assert all(r["source_object"] for r in rois), "an ROI row without source_object"
+    assert all(r["source_object"] for r in rejects), [r for r in rejects if not r["source_object"]][:3]
+    assert all(r["reason"] for r in rejects)
+    outcome = {r["source_object"]: "written" for r in rois}
+    for r in rejects:
+        outcome.setdefault(r["source_object"], r["reason"])
+    s = ing.summary
+    assert s.objects_lost == 0, (s.objects_lost, s.objects_lost_examples)
+    assert s.objects_in == s.objects_out + s.objects_rejected, s
+    assert s.objects_out == sum(v == "written" for v in outcome.values()), (s.objects_out, s.object_outcomes)
+    assert s.objects_in == len(outcome), (s.objects_in, len(outcome), s.object_outcomes)
+    assert s.rois_out == len(rois) and s.rois_rejected == len(rejects)
+    for key in outcome:  # relative paths only
+        assert not key.startswith("/") and str(ing.data_root) not in key, key
+    return outcome

@@ -107,7 +107,11 @@ def test_vindr_three_readers_and_no_finding(tmp_path):
     assert not rej
     assert boxes(imgs["a1"]) == [["Nodule/Mass", [11.0, 11.0, 21.0, 21.0]]]
     assert imgs["a1"].rois[0].attributes["readers"] == 3
-    assert imgs["a1"].roi_rejects == [("Pleural effusion", "marked by 1 reader(s), fewer than 2")]
+    # every row is an object: the two marks fused into row 1's box, and the single-reader finding, are rejects
+    fused = "fused with row=1 of the same table by the reader-agreement rule (3 readers)"
+    assert imgs["a1"].roi_rejects == [("Nodule/Mass", fused, "train.csv#row=2"), ("Nodule/Mass", fused, "train.csv#row=3"),
+                                      ("Pleural effusion", "marked by 1 reader(s), fewer than 2", "train.csv#row=4")]
+    assert imgs["a1"].rois[0].source_object == "train.csv#row=1"
     assert imgs["b2"].rois == [] and imgs["b2"].attributes["negative"] is True
     assert imgs["a1"].attributes.get("inverted") is True  # MONOCHROME1 went through read_2d
 
@@ -119,12 +123,14 @@ def test_vindr_bad_rows_reject_not_abort(tmp_path):
                       "../../etc/passwd,Nodule/Mass,8,R8,1,1,5,5"])  # escapes the root
     s = ingest_dataset(load_catalog()["vindr_cxr"], tmp_path, tmp_path / "out", CFG)
     assert_reconciles(s)
-    assert (s.records_in, s.records_out, s.records_rejected) == (4, 2, 2)
+    # a1's findings are all rejected: an annotated image left without a box is rejected, never written empty
+    assert (s.records_in, s.records_out, s.records_rejected) == (4, 1, 3)
     reasons = " | ".join(f"{k}" for k in s.reasons)
     assert "file referenced but missing" in reasons and "escapes the dataset root" in reasons
     # NaN coordinates (a1) cannot match another reader's box: both marks are dropped as single-reader;
     # the box past the 64x64 image (b2) is clipped by the runner
-    assert s.rois_out == 1 and s.rois_rejected == 2
+    # (b2's second reader's mark is fused into the first: a reject row of its own)
+    assert s.rois_out == 1 and s.rois_rejected == 3
 
 
 # ------------------------------------------------------------------ RSNA

@@ -86,21 +86,20 @@ def test_kits_axis_order_spacing_and_hierarchy(tmp_path):
     assert {r.parent for r in by["kidney tumor"]} == {"kidney mass"}
     assert {r.parent for r in by["kidney mass"]} == {"kidney"}
     assert all("z_range" in r.attributes and "z_extent_mm" in r.attributes for r in im.rois)
-    # reading KiTS as if it were nibabel's (X,Y,Z) slices the wrong axis: different shapes and boxes
-    wrong, _ = run(spec_with("kits23", axis_order="XYZ"), tmp_path)
-    assert {i.pixels.shape for i in wrong} == {(48, 10)}
+    # the affine, not axis_order, names the spatial axes of a NIfTI: a wrong axis_order changes nothing
+    same, _ = run(spec_with("kits23", axis_order="XYZ"), tmp_path)
+    assert [(i.suffix, i.pixels.tobytes(), [r.box for r in i.rois]) for i in same] == \
+        [(i.suffix, i.pixels.tobytes(), [r.box for r in i.rois]) for i in images]
 
 
 def test_kits_ras_reorientation_flips_consistently(tmp_path):
     truth = sv.write_kits23(tmp_path, np.random.default_rng(0))
     images, rejects = run(spec_with("kits23", canonical=True, axis_order="XYZ"), tmp_path)
     assert not rejects
-    # the sample affine has negative diagonal terms: RAS reorientation reverses z, y and x
-    flipped = []
-    for t in truth:
-        z = int(t["suffix"][1:])
-        flipped.append({"source_path": t["source_path"], "suffix": f"z{9 - z:04d}",
-                        "boxes": [[lab, [48 - b[2], 48 - b[3], 48 - b[0], 48 - b[1]]] for lab, b in t["boxes"]]})
+    # the sample affine has negative diagonal terms: RAS reorientation reverses z, y and x; the display
+    # convention then shows x and y as before (left, posterior), and the slices in the canonical (reversed) order
+    flipped = [{"source_path": t["source_path"], "suffix": f"z{9 - int(t['suffix'][1:]):04d}", "boxes": t["boxes"]}
+               for t in truth]
     assert_direct_truth(images, flipped)
 
 
@@ -327,6 +326,46 @@ NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"  # ships inside the 
 NIBABEL_FILES = sorted(p.name for p in NIBABEL_DATA.iterdir() if p.name.endswith((".nii", ".nii.gz", ".hdr", ".mgz")))
 
 
+def displayed(img) -> np.ndarray:
+    """An image's array as the display convention shows it, computed with nibabel.orientations alone: x towards
+    the patient's left, y towards posterior, the slice axis in its stored direction; as (Z, Y, X[, ...])."""
+    from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    zcode = next(c for c in aff2axcodes(img.affine) if c in "SI")
+    ornt = ornt_transform(io_orientation(img.affine), axcodes2ornt(("L", "P", zcode)))
+    data = apply_orientation(np.asanyarray(img.dataobj), ornt)
+    return np.swapaxes(data, 0, 2)
+
+
+def test_display_convention_on_ras_and_lps_affines(tmp_path):
+    """One convention from the affine, whatever the file's own: the same anatomy written with a RAS and an LPS
+    affine (and with its axes permuted, as KiTS stores them) reads back as the same displayed slices."""
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 1000, (12, 10, 8)).astype(np.int16)  # (x, y, z) in RAS order
+    ras = np.diag([0.7, 0.8, 2.5, 1.0])
+    lps = np.diag([-0.7, -0.8, 2.5, 1.0])
+    perm = np.array([[0, 0, 0.7, 0], [0, 0.8, 0, 0], [2.5, 0, 0, 0], [0, 0, 0, 1.0]])  # stored (z, y, x)
+    files = {"ras.nii.gz": (vol, ras), "lps.nii.gz": (vol[::-1, ::-1, :], lps),
+             "zyx.nii.gz": (vol.transpose(2, 1, 0), perm)}
+    root = tmp_path / "o"
+    (root / "files").mkdir(parents=True)
+    for name, (arr, aff) in files.items():
+        nib.save(nib.Nifti1Image(arr, aff), str(root / "files" / name))
+    spec = spec_with("kits23", anchor_glob="files/*.nii.gz", anchor_regex=None, label=None, label_rules=[],
+                     axis_order="XYZ", intensity="percentile", slices={"negatives_per_volume": 12})
+    images, rejects = run(spec, root)
+    assert not rejects
+    got = {name: {i.slice_index: i.pixels for i in images if i.source_path == f"files/{name}"} for name in files}
+    for name in files:
+        want = displayed(nib.load(str(root / "files" / name)))
+        assert got[name] and all(np.array_equal(p, want[z]) for z, p in got[name].items()), name
+    # the same patient left is on the same image side in all three: compare with the RAS file's
+    assert all(np.array_equal(got["lps.nii.gz"][z], got["ras.nii.gz"][z]) for z in got["ras.nii.gz"])
+    # in the displayed slice, column 0 is the patient's right (RAS x index 11), row 0 anterior (y index 9)
+    z = next(iter(got["ras.nii.gz"]))
+    assert got["ras.nii.gz"][z][0, 0] == vol[11, 9, z]
+
+
 def _nibabel_dataset(tmp_path: Path, **options):
     """nibabel's bundled NIfTI-1/2, Analyze/NIfTI pairs (headers without their .img), MGH and CIFTI files as an
     unlabelled dataset read with axis_order XYZ."""
@@ -370,7 +409,7 @@ def test_volume_index_reads_one_volume_of_4d_files(tmp_path):
     images, rejects = run(spec, root)
     assert not [r for r in rejects if "4-D" in r.reason]
     for name in ("example4d.nii.gz", "example_nifti2.nii.gz", "functional.nii", "test.mgz"):
-        want = np.asanyarray(nib.load(str(NIBABEL_DATA / name)).dataobj)[..., 1].transpose(2, 1, 0)  # XYZ -> ZYX
+        want = displayed(nib.load(str(NIBABEL_DATA / name)))[:, :, :, 1]  # (Z, Y, X, volume)
         got = [i for i in images if i.source_path == f"files/{name}"]
         assert got and all(np.array_equal(i.pixels, want[i.slice_index]) for i in got), name
     spec, root = _nibabel_dataset(tmp_path / "far", volume_index=7)
@@ -403,7 +442,8 @@ def test_analyze_pair_with_its_img_reads(tmp_path):
                      axis_order="XYZ", intensity="percentile")
     images, rejects = run(spec, root)
     assert not rejects and images
-    assert all(np.array_equal(i.pixels, vol.transpose(2, 1, 0)[i.slice_index]) for i in images)
+    want = displayed(nib.load(str(root / "files" / "vol.hdr")))  # eye affine: x and y reversed for display
+    assert all(np.array_equal(i.pixels, want[i.slice_index]) for i in images)
 
 
 def test_reasons_never_carry_absolute_paths(tmp_path):

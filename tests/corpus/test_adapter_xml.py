@@ -56,8 +56,9 @@ def test_voc_one_based_inclusive(tmp_path):
     assert boxes(imgs["BloodImage_00001"]) == [["WBC", [0.0, 0.0, 10.0, 5.0]]]
     # xmin == xmax, ymin == ymax (two real BCCD boxes): degenerate in the file, rejected before the 1-based shift
     # (issue 14; it used to become a 1x1 box that passed every check)
-    (label, why), = imgs["BloodImage_00001"].roi_rejects
+    (label, why, oid), = imgs["BloodImage_00001"].roi_rejects
     assert label == "RBC" and why.startswith("degenerate source box [7.0, 7.0, 7.0, 7.0] (voc)")
+    assert oid == "BCCD/Annotations/BloodImage_00001.xml#object=2"  # the XML's second <object>
 
 
 def test_degenerate_source_boxes_rejected_by_every_box_adapter_through_ingest(tmp_path):
@@ -83,7 +84,8 @@ def test_voc_bad_files(tmp_path):
     }, images=("BloodImage_00001", "BloodImage_00005", "BloodImage_00006"))
     s = ingest_dataset(load_catalog()["bccd"], tmp_path, tmp_path / "out", CFG)
     assert_reconciles(s)
-    assert (s.records_in, s.records_out, s.records_rejected) == (6, 2, 4)
+    # 00006's only box is rejected: an annotated image without a box is rejected, not written as a negative
+    assert (s.records_in, s.records_out, s.records_rejected) == (6, 1, 5)
     reasons = [r["reason"] for r in pq.read_table(tmp_path / "out" / "bccd" / "rejects.parquet").to_pylist()]
     text = " | ".join(reasons)
     for why in ("cannot parse VOC XML", "escapes the dataset root", "already annotated", "differs from the image",
@@ -100,7 +102,7 @@ def test_monuseg_sample_three_regions(tmp_path):
     images = ing.table("images").drop_columns(["png"]).to_pylist()
     assert sorted(im["official_split"] for im in images) == ["test", "train"]
     rois = ing.table("rois").to_pylist()
-    assert sorted(r["instance"] for r in rois) == [0, 0, 1, 1, 2, 2]
+    assert sorted(r["instance"] for r in rois) == [1, 1, 2, 2, 3, 3]  # the Region's position in its XML
     assert {r["origin"] for r in rois} == {"polygon"}
 
 
@@ -130,8 +132,8 @@ def test_aperio_regions_each_an_instance_and_bad_regions(tmp_path):
     # the third polygon reaches past the image: its box is cut at the edge by rasterising on the image grid
     assert boxes(img) == [["nucleus", [2.0, 2.0, 9.0, 7.0]], ["nucleus", [20.0, 20.0, 31.0, 32.0]],
                           ["nucleus", [40.0, 40.0, 50.0, 50.0]]]
-    assert [r.instance for r in img.rois] == [0, 1, 2]
-    reasons = [why for _, why in img.roi_rejects]
+    assert [r.instance for r in img.rois] == [1, 2, 3]
+    reasons = [r[1] for r in img.roi_rejects]
     assert any("needs 3" in r for r in reasons) and any("outside" in r for r in reasons)
 
 

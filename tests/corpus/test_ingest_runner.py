@@ -77,8 +77,10 @@ def test_every_record_is_out_or_rejected_with_reason(tmp_path, fake_adapter):
     assert "no images" in rec["empty"]["reason"]
     assert "duplicate record id 'good'" in rec["good"]["reason"]
     roi_reasons = sorted(r["reason"] for r in rej if r["level"] == "roi")
-    assert len(roi_reasons) == 5 and s.rois_rejected == 5
-    for frag in ["NaN", "degenerate", "outside", "not in the catalog label map", "mask file unreadable"]:
+    # (the duplicate image's box is a reject row too: every object of every image is accounted for)
+    assert len(roi_reasons) == 6 and s.rois_rejected == 6
+    for frag in ["NaN", "degenerate", "outside", "not in the catalog label map", "mask file unreadable",
+                 "on a duplicate image"]:
         assert any(frag in r for r in roi_reasons), frag
     rois = pq.read_table(tmp_path / "out" / "fake" / "rois.parquet").to_pylist()
     assert s.rois_out == len(rois) == 3
@@ -217,7 +219,7 @@ def _missing_files(root, n):
         yield RecordRef("ok", {"image": "ok.png"}, patient="P")
 
     def load(spec, _root, ref):  # a library error naming the absolute path of a file inside and one outside the root
-        return [SourceImage("ok.png", _img(5), "uint8", roi_rejects=[
+        return [SourceImage("ok.png", _img(5), "uint8", [SourceROI("lesion", (1, 1, 9, 9), "box")], roi_rejects=[
             ("lesion", f"cannot read {root}/masks/ok_mask.png: no such file /elsewhere/tmp/ok_mask.img")])]
     return discover, load
 

@@ -147,7 +147,9 @@ def test_volume_rois_are_the_same_as_labelling_every_full_slice():
     inst3d, _ = instances_3d(lab == 2, cfg.min_voxels)
     for im in ims:
         z = im.slice_index
-        want = [("organ", b, 0, float(a)) for b, a in _comps(np.isin(lab[z], (1, 2)), 4)]
+        organ = _comps(np.isin(lab[z], (1, 2)), 4)  # instances=False: ONE box, the union of its pieces
+        want = [("organ", (min(b[0] for b, _ in organ), min(b[1] for b, _ in organ), max(b[2] for b, _ in organ),
+                           max(b[3] for b, _ in organ)), 0, float(sum(a for _, a in organ)))] if organ else []
         for i in np.unique(inst3d[z])[1:]:
             want += [("lesion", b, int(i), float(a)) for b, a in _comps(inst3d[z] == i, 4)]
         got = [(r.label, r.box, r.instance, r.area_px) for r in im.rois]

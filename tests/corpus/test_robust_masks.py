@@ -100,13 +100,15 @@ def test_vindr_finding_without_box_is_an_roi_reject_not_a_negative(tmp_path):
     imgs, rej = run(load_catalog()["vindr_cxr"], tmp_path)
     assert not rej
     assert imgs["a1"].rois == [] and "negative" not in imgs["a1"].attributes
-    assert imgs["a1"].roi_rejects == [("Nodule/Mass", "finding without a box (its box columns are empty)")] * 2
+    assert imgs["a1"].roi_rejects == [("Nodule/Mass", "finding without a box (its box columns are empty)",
+                                       f"train.csv#row={n}") for n in (1, 2)]
     assert imgs["b2"].rois == [] and imgs["b2"].attributes["negative"] is True  # explicit "No finding"
     s = ingest_dataset(load_catalog()["vindr_cxr"], tmp_path, tmp_path / "out", IngestConfig(patient_salt="t"))
     assert s.rois_rejected == 2 and s.rois_out == 0
+    assert s.images_rejected == 1  # a1: annotated, every finding rejected: not written as if it were negative
     rows = pq.read_table(tmp_path / "out" / "vindr_cxr" / "images.parquet", columns=["record_key", "attributes"])
     negative = {r["record_key"]: '"negative": true' in r["attributes"] for r in rows.to_pylist()}
-    assert negative == {"a1": False, "b2": True}
+    assert negative == {"b2": True}  # a1 is not there: neither a box nor a negative, but rejected
 
 
 def test_labelmap_rois_rejects_a_value_no_rule_names():

@@ -10,13 +10,13 @@ from dagster._serdes import serialize_value
 
 from medlvr.corpus.catalog import load_catalog
 from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
-from medlvr.pipelines.corpus.checks import CORPUS_CHECKS, shard_checksums_match_manifest
+from medlvr.pipelines.corpus.checks import CORPUS_CHECKS, objects_reconcile, shard_checksums_match_manifest
 from medlvr.pipelines.corpus.metadata import read_manifest
 from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, default_resources
 from tests.pipelines.helpers import check_evaluations, materialize_corpus
 
 HANDFUL = ["busi", "kits23", "lidc_idri", "vindr_cxr", "isic2018"]  # ultrasound, CT volume, DICOM+XML, X-ray, derm
-ALL_CHECKS = {"boxes_inside_images", "no_empty_images", "rejects_below_share", "no_patient_or_group_across_splits",
+ALL_CHECKS = {"boxes_inside_images", "objects_reconcile", "no_empty_images", "rejects_below_share", "no_patient_or_group_across_splits",
               "shard_checksums_match_manifest", "zero_decontamination_matches_left", "qa_pairs_schema",
               "qa_answer_among_options", "qa_boxes_inside_images"}
 
@@ -105,6 +105,31 @@ def test_tampered_shard_fails_checksum_check(handful_run):
         assert not ev.passed and ev.metadata["failures"].value == 2
     finally:
         shard.write_bytes(original)
+
+
+def test_doctored_partition_fails_object_reconciliation(handful_run):
+    """A box deleted from one dataset's rois.parquet (an object now named by nothing) fails the blocking
+    objects_reconcile check of that partition, with the count it found."""
+    import pyarrow as pa
+
+    home, instance, resources, _ = handful_run
+    path = home / "corpus" / "ingest" / "kits23" / "rois.parquet"
+    original = path.read_bytes()
+    try:
+        t = pq.read_table(path)
+        last = t.column("source_object")[t.num_rows - 1].as_py()
+        keep = pa.array([so != last for so in t.column("source_object").to_pylist()])
+        pq.write_table(t.filter(keep), path)
+        # the check with raw_dataset (an inventory of the raw folder: it does not rebuild the doctored table),
+        # which gives the run its partitions
+        r = dg.materialize([*CORPUS_ASSETS, *CORPUS_CHECKS], partition_key="kits23", resources=resources,
+                           selection=dg.AssetSelection.assets("raw_dataset") | dg.AssetSelection.checks(objects_reconcile),
+                           instance=instance, raise_on_error=False)
+        (ev,) = r.get_asset_check_evaluations()
+        assert not ev.passed and ev.metadata["failures"].value >= 1
+        assert "objects_out" in ev.metadata["examples"].value
+    finally:
+        path.write_bytes(original)
 
 
 def test_failing_blocking_check_stops_downstream(home):

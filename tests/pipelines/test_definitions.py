@@ -36,7 +36,7 @@ def test_definitions_load():
     for name in ("raw_dataset_sensor", "corpus_publish_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.STOPPED
     checks = {k.name for k in graph.asset_check_keys}
-    assert {"boxes_inside_images", "no_empty_images", "rejects_below_share", "no_patient_or_group_across_splits",
+    assert {"boxes_inside_images", "objects_reconcile", "no_empty_images", "rejects_below_share", "no_patient_or_group_across_splits",
             "shard_checksums_match_manifest", "zero_decontamination_matches_left", "qa_pairs_schema",
             "qa_answer_among_options", "qa_boxes_inside_images", "roi_sft_checkpoint_metrics_finite",
             "roi_sft_checkpoint_loads", "vlpo_checkpoint_metrics_finite", "vlpo_checkpoint_loads",
