@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from medlvr.corpus.catalog import CATALOG_DIR
 from medlvr.corpus.sample_data import write_samples
 
 MEDLVR = Path(sys.executable).parent / "medlvr"  # the venv's console script, as installed
@@ -41,11 +43,14 @@ def test_check_names_the_sample_quirks_and_writes_nothing(samples):
     # the fastMRI+ sample's deliberately unmapped label, counted, is a problem: exit 1 with one error line
     assert "! fastmri_plus: label 'Unlisted finding' on 1 object(s) is neither mapped nor ignored by the catalog" in lines
     assert rc == 1 and err.strip() == "medlvr: error: 1 dataset(s) would lose annotation objects: fastmri_plus"
-    # independent counts: the knee table's data rows with a box (csv), the BUSI sample's objects
+    # independent counts: the knee table's data rows with a box (csv), split by the catalog file's label map (yaml)
     with open(samples / "fastmri_plus" / "Annotations" / "knee.csv", newline="") as f:
         boxed = [r for r in csv.DictReader(f) if r["x"]]
-    assert (f"fastmri_plus: 3 record(s), {len(boxed)} annotation object(s): {len(boxed) - 1} written as boxes, "
-            f"1 rejected, 0 lost") in lines
+    entry = yaml.safe_load((CATALOG_DIR / "fastmri_plus.yaml").read_text())
+    unmapped = sum(r["label"].strip() not in entry["labels"] for r in boxed)
+    assert unmapped == 2  # the ignored 'Possible artifact' and the unknown 'Unlisted finding'
+    assert (f"fastmri_plus: 3 record(s), {len(boxed)} annotation object(s): {len(boxed) - unmapped} written as "
+            f"boxes, {unmapped} rejected, 0 lost") in lines
     assert "fastmri_plus: layout glob 'Annotations/knee.csv' matches 1 file(s)" in lines
     # the conflicting duplicate is not looked for (it needs the whole run): BUSI is ok
     assert "busi: ok" in lines and "lidc_idri: ok" in lines and "kits23: ok" in lines

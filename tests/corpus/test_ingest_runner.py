@@ -255,7 +255,7 @@ def test_an_ignored_label_is_a_reject_with_the_catalogs_reason_and_an_unknown_on
     roi_reasons = [r["reason"] for r in _rejects(tmp_path / "out") if r["level"] == "roi"]
     assert "label 'tumour?' is ignored by the catalog: an uncertain reading, not a finding" in roi_reasons
     assert not any("not in the catalog label map" in r for r in roi_reasons)
-    assert s.rois_rejected == 5
+    assert s.rois_rejected == 6
     (tmp_path / "ds2").mkdir()
     ingest_dataset(SPEC, tmp_path / "ds2", tmp_path / "out2", IngestConfig(patient_salt="s"))
     reasons2 = [r["reason"] for r in _rejects(tmp_path / "out2") if r["level"] == "roi"]

@@ -148,7 +148,7 @@ def test_fastmri_unmapped_label_makes_no_empty_annotated_slice(tmp_path):
         nz = next(f[k].shape[0] for k in ("reconstruction_rss", "reconstruction_esc") if k in f)
     boxed_slices = {int(r[header.index("slice")]) for r in rows[1:] if r[0] == row["file"] and r[header.index("x")]}
     free = next(z for z in range(nz) if z not in boxed_slices)
-    row.update(slice=str(free), label="Unlisted finding", x="10", y="10", width="8", height="8")
+    row.update(slice=str(free), label="Another unlisted finding", x="10", y="10", width="8", height="8")
     with table.open("a", newline="") as f:
         csv.writer(f).writerow([row[h] for h in header])
     n_data = len(rows)  # the new row's data-row number (the header is not a data row)
@@ -163,8 +163,9 @@ def test_fastmri_unmapped_label_makes_no_empty_annotated_slice(tmp_path):
     assert not any(im["record_key"] == row["file"] and im["suffix"] == f"z{free:04d}" for im in images)
     rej = ing.table("rejects").to_pylist()
     (r,) = [r for r in rej if r["source_object"] == f"Annotations/knee.csv#row={n_data}"]
-    assert "'Unlisted finding' is not in the catalog label map" in r["reason"]
-    assert ing.summary.object_outcomes.get("load: Unlisted finding: label '…' is not in the catalog label map") == 1
+    assert "'Another unlisted finding' is not in the catalog label map" in r["reason"]
+    assert ing.summary.object_outcomes.get(
+        "load: Another unlisted finding: label '…' is not in the catalog label map") == 1
 
 
 def test_rois_trace_to_their_source_rows(tmp_path):
