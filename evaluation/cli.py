@@ -178,8 +178,8 @@ def _register_serve(subparsers) -> None:
     s.add_argument("--max-batch", type=int, default=8, metavar="B", help="requests decoded together (default 8)")
     s.add_argument("--max-queue", type=int, default=64, metavar="Q",
                    help="requests waiting at most; more are answered 429 (default 64)")
-    s.add_argument("--batch-wait-ms", type=float, default=10.0, metavar="MS",
-                   help="an idle server waits this long after a request for others to batch with (default 10)")
+    s.add_argument("--batch-wait-ms", type=float, default=25.0, metavar="MS",
+                   help="before decoding, wait while requests keep arriving this close together (at most 5x; default 25)")
     s.add_argument("--request-timeout", type=float, default=300.0, metavar="S",
                    help="seconds a request may wait and decode before a 504 (default 300)")
     s.add_argument("--max-prompt-tokens", type=int, default=8192, metavar="N",

@@ -32,6 +32,7 @@ from PIL import UnidentifiedImageError
 
 from medlvr.corpus.evalsets.base import BenchmarkError, Sample, open_image
 from medlvr.corpus.prompts import MC_INSTRUCTION, OPEN_INSTRUCTION, YESNO_INSTRUCTION, option_lines
+from medlvr.evaluation import medevalkit_rules
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
 from medlvr.training.loading import load_model_or_tiny
@@ -58,6 +59,9 @@ def options_embedded(sample: Sample) -> bool:
 
 def prompt_text(sample: Sample, style: str = "tags") -> str:
     """The user text of the prompt (images go before it in the chat message)."""
+    if style == "medevalkit":  # the medevalkit protocol's prompts (medlvr.evaluation.medevalkit_rules)
+        return medevalkit_rules.prompt(sample.benchmark, sample.question.strip(), sample.kind, sample.options,
+                                       dict(sample.tags))
     parts = [sample.question.strip()]
     if sample.kind == "mc" and not options_embedded(sample):
         parts.append(option_lines(sample.options))

@@ -5,8 +5,9 @@ sugar on top of Starlette). Routes: `GET /v1/models`, `POST /v1/chat/completions
 
 * Dynamic batching (`Batcher`): requests wait in a bounded queue (`max_queue`; a full queue answers 429 with
   Retry-After); one decode thread takes up to `max_batch` queued requests of the same sampling group at once, so
-  requests that arrive while a batch decodes form the next batch. When the thread is idle it waits up to
-  `batch_wait_s` after the first request for others to join.
+  requests that arrive while a batch decodes form the next batch. Before it decodes, it waits while requests keep
+  arriving (each within `batch_wait_s` of the last, at most 5 x `batch_wait_s`), so clients that send together
+  are decoded together.
 * Each request has a deadline (`request_timeout_s`, 504 when it passes); a client that disconnects while its
   request is queued is dropped from the queue (never decoded); both are counted in /health.
 * Errors are OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}`, the message on one line.
@@ -103,12 +104,14 @@ class Batcher:
                 self.cv.wait()
             if not self.queue:
                 return None  # closing and drained
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(self.queue) < self.max_batch and not self.closing:  # let simultaneous requests join
-                left = deadline - time.monotonic()
-                if left <= 0:
+            # let simultaneous requests join: wait while they keep arriving (each within batch_wait_s of the one
+            # before), at most 5 x batch_wait_s in all
+            cap = time.monotonic() + 5 * self.batch_wait_s
+            while len(self.queue) < self.max_batch and not self.closing:
+                n = len(self.queue)
+                left = min(self.batch_wait_s, cap - time.monotonic())
+                if left <= 0 or (not self.cv.wait(left) and len(self.queue) == n):
                     break
-                self.cv.wait(left)
             group = self.queue[0].prepared.group
             batch, keep = [], deque()
             while self.queue:
@@ -148,7 +151,7 @@ def _set(future: asyncio.Future, result, exc) -> None:
         future.set_result(result)
 
 
-def build_app(backend: DecodeBackend, *, max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.01,
+def build_app(backend: DecodeBackend, *, max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.025,
               request_timeout_s: float = 300.0, allowed_media: Path | None = None) -> Starlette:
     stats = ServeStats()
     batcher = Batcher(backend, max_batch, max_queue, batch_wait_s, stats)
