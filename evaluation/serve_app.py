@@ -9,7 +9,8 @@ sugar on top of Starlette). Routes: `GET /v1/models`, `POST /v1/chat/completions
   arriving (each within `batch_wait_s` of the last, at most 5 x `batch_wait_s`), so clients that send together
   are decoded together.
 * Each request has a deadline (`request_timeout_s`, 504 when it passes); a client that disconnects while its
-  request is queued is dropped from the queue (never decoded); both are counted in /health.
+  request is queued is dropped from the queue (never decoded); both are counted in /health. A batch already
+  decoding runs to its end (the latent loop has no cancellation point), so shutdown waits for it.
 * Errors are OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}`, the message on one line.
 * Graceful shutdown (SIGINT / SIGTERM): uvicorn stops accepting connections and lets the requests in flight finish;
   the decode thread drains the queue, then the process exits 0.

@@ -258,3 +258,20 @@ def test_a_bad_command_line_is_one_line_and_exit_2(ckpt, tmp_path, args, message
     p = subprocess.run([str(MEDLVR), "serve", *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().startswith(message.format(tmp=tmp_path)) and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_request_past_its_deadline_is_a_504_and_the_server_carries_on(ckpt, tmp_path):
+    srv = start_server(ckpt, "--request-timeout", "0.2", "--max-tokens", "600", cwd=tmp_path)
+    global MODEL_ID
+    MODEL_ID = str(ckpt)
+    try:
+        with pytest.raises(openai.APIStatusError) as e:
+            ask(srv.client(), 0, max_tokens=600)  # 600 decode steps: well over 0.2 s even at 1 ms a step
+        assert e.value.status_code == 504
+        err = e.value.response.json()["error"]
+        assert err["code"] == "timeout" and err["message"] == \
+            "the request did not finish within 0.2 s (--request-timeout)"
+        assert srv.health()["timed_out"] == 1
+    finally:
+        rc, out, _ = srv.stop()
+    assert rc == 0 and "1 timed out" in out
