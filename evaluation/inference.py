@@ -241,7 +241,8 @@ def decode_text(tokenizer, seq: torch.Tensor, mask: torch.Tensor, drop: set[int]
 
 
 def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, world_size: int = 1,
-                    advance: Callable[[int], None] | None = None) -> tuple[Path, list[Sample], int]:
+                    advance: Callable[[int], None] | None = None,
+                    prompt_hash: Callable[[Sample], str] | None = None) -> tuple[Path, list[Sample], int]:
     """(this rank's file, its samples not yet there or in the merged file, how many already are): the resume rule
     of every prediction writer (local models and endpoints). The file's torn last line, if any, is cut; samples
     already written count as finished at once for a progress bar (`advance(n)`)."""
@@ -251,6 +252,14 @@ def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, wo
     drop_torn_tail(my_path)
     done = finished_ids({out_path, my_path})
     by_id = {s.sample_id: s for s in samples}
+    if prompt_hash is not None:  # a finished record counts only if this run would ask the same prompt
+        for path in (out_path, my_path):
+            for rec in read_records(path):
+                s = by_id.get(str(rec["sample_id"]))
+                if s is not None and rec.get("prompt_hash") and rec["prompt_hash"] != prompt_hash(s):
+                    raise BenchmarkError(
+                        f"{path.name}: sample {s.sample_id} was answered with another prompt (another protocol or "
+                        f"prompt_style); give this run its own out_dir, or delete {path}")
     mine = shard(list(by_id), rank, world_size)
     todo = [by_id[i] for i in mine if i not in done]
     if advance and len(mine) > len(todo):
@@ -294,7 +303,10 @@ def run_predictions(
     samples already in the file count as finished at once).
     """
     k = lm.spec.k_latent if k_latent is None else k_latent
-    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size, advance)
+    style = lm.spec.prompt_style
+    my_path, todo, n_skipped = pending_samples(
+        samples, out_path, rank, world_size, advance,
+        lambda s: hashlib.sha1(chat_text(lm.processor, s, style).encode()).hexdigest()[:12])
     stats = RunStats(n_skipped=n_skipped)
     if not todo:
         return stats

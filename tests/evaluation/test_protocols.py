@@ -115,3 +115,17 @@ def test_a_report_names_its_protocol_in_every_caption_and_in_results_json(tmp_pa
             r = json.loads(line)
             kinds.setdefault(r["benchmark"], set()).add(r["kind"])
     assert kinds["slake"] == {"yesno"} and kinds["vqa_rad"] == {"yesno"} and kinds["pmc_vqa"] == {"mc"}
+
+
+def test_another_protocol_in_the_same_out_dir_is_refused_not_mixed(tmp_path, capsys):
+    """Predictions resume by sample id: without the prompt check a medevalkit run would score the medlvr
+    predictions already in the folder (asked with other prompts) as its own."""
+    first = _write(tmp_path, limit=1, benchmarks={"vqa_rad": {}}, decode={"max_new_tokens": 4})
+    assert evaluation_cli.main(["evaluate", "--config", str(first), "--quiet"]) == 0
+    second = _write(tmp_path, protocol="medevalkit", limit=1, benchmarks={"vqa_rad": {}},
+                    decode={"max_new_tokens": 4})
+    capsys.readouterr()
+    assert evaluation_cli.main(["evaluate", "--config", str(second), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("medlvr: error: vqa_rad.jsonl: sample ")
+    assert "was answered with another prompt (another protocol or prompt_style)" in err
