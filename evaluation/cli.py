@@ -1,6 +1,7 @@
 """`medlvr evaluate --config FILE [--set key=value ...] [--out DIR] [--limit N]`, `medlvr evaluate-merge` and
 `medlvr ask --model CKPT --image FILE --question TEXT [--k K] [--slice N] [--axis-order ORDER] [--window NAME]
-[--out DIR]`.
+[--out DIR]` and `medlvr serve --model CKPT [--host H] [--port N] [--max-batch B] ...` (an OpenAI-compatible server
+with the latent loop: `medlvr.evaluation.serve_app`).
 
 `--out DIR` and `--limit N` are shorthands for `--set out_dir=DIR` and `--set limit=N`. A config error, or a
 benchmark error (a malformed benchmark file; an image that is missing, truncated or not an image, named by its
@@ -81,6 +82,65 @@ def _cmd_ask(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import signal
+    import socket
+
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from medlvr.evaluation.ask import AskError, resolve_checkpoint
+    from medlvr.evaluation.serve_app import build_app
+    from medlvr.evaluation.serve_backend import LatentTransformersBackend
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    for name, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
+                        ("--max-prompt-tokens", args.max_prompt_tokens), ("--max-tokens", args.max_tokens)):
+        if value < 1:
+            print(f"medlvr serve: error: {name} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    media = Path(args.allowed_local_media_path).resolve() if args.allowed_local_media_path else None
+    if media is not None and not media.is_dir():
+        print(f"medlvr serve: error: --allowed-local-media-path {args.allowed_local_media_path}: no such folder",
+              file=sys.stderr)
+        return 2
+    try:
+        folder = str(resolve_checkpoint(args.model))
+        backend = LatentTransformersBackend(folder, args.served_model_name or args.model, k_latent=args.k,
+                                            max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens,
+                                            dtype=args.dtype, device=args.device)
+    except AskError as e:
+        print(f"medlvr serve: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:
+        print(f"medlvr serve: error: --model {args.model}: cannot load the checkpoint: {' '.join(str(e).split())}",
+              file=sys.stderr)
+        return 2
+    try:  # bound here so that --port 0 (a free port) can be printed before serving
+        sock = socket.create_server((args.host, args.port), reuse_port=False)
+    except OSError as e:
+        print(f"medlvr serve: error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        return 2
+    app = build_app(backend, max_batch=args.max_batch, max_queue=args.max_queue, batch_wait_s=args.batch_wait_ms / 1000,
+                    request_timeout_s=args.request_timeout, allowed_media=media)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {folder} as {backend.model_id!r} (K = {backend.k}) on http://{host}:{port}/v1 "
+          f"(max batch {args.max_batch}, queue {args.max_queue})", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=args.request_timeout)
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully, under the handler that was
+    # there before it; a no-op one lets the command finish (print its summary, exit 0) instead of dying by it
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.Server(config).run(sockets=[sock])
+    st = app.state.stats
+    print(f"shut down: {st.served} requests served in {st.batches} batches, {st.rejected} rejected, "
+          f"{st.timed_out} timed out, {st.disconnected} disconnected", flush=True)
+    return 0
+
+
 def _overrides(args) -> list[str]:
     """The `--set` overrides, after the `--out` / `--limit` shorthands (an explicit --set wins)."""
     short = [f"out_dir={args.out}"] if args.out else []
@@ -105,14 +165,48 @@ def register(subparsers) -> None:
                    help="number of ranks the sharded run had (the N of its .rankR-of-N.jsonl files)")
     m.set_defaults(fn=_cmd_merge)
     _register_ask(subparsers)
+    _register_serve(subparsers)
+
+
+def _add_model_argument(parser) -> None:
+    parser.add_argument("--model", required=True, metavar="CKPT",
+                        help="checkpoint folder (its model/ or a run's out_dir: the newest checkpoint)")
+
+
+def _register_serve(subparsers) -> None:
+    s = subparsers.add_parser(
+        "serve", help="an OpenAI-compatible chat server (/v1/chat/completions, /v1/models) answering with the "
+                      "latent loop, concurrent requests batched")
+    _add_model_argument(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, metavar="N", help="port (default 8000; 0: a free one, printed)")
+    s.add_argument("--max-batch", type=int, default=8, metavar="B", help="requests decoded together (default 8)")
+    s.add_argument("--max-queue", type=int, default=64, metavar="Q",
+                   help="requests waiting at most; more are answered 429 (default 64)")
+    s.add_argument("--batch-wait-ms", type=float, default=25.0, metavar="MS",
+                   help="before decoding, wait while requests keep arriving this close together (at most 5x; default 25)")
+    s.add_argument("--request-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds a request may wait and decode before a 504 (default 300)")
+    s.add_argument("--max-prompt-tokens", type=int, default=8192, metavar="N",
+                   help="longer prompts are refused with a 400 (default 8192)")
+    s.add_argument("--max-tokens", type=int, default=512, metavar="N",
+                   help="answer tokens per request at most (the latent segment comes on top; default 512)")
+    s.add_argument("--k", type=int, default=None, metavar="K", help="latent steps (default: the checkpoint's K)")
+    s.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model id in /v1/models and requests (default: --model as given)")
+    s.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
+                   help="image parts may name local files under DIR (file:// or absolute paths), as in vLLM")
+    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="weights' dtype (default float32; bfloat16 on a GPU)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    s.set_defaults(fn=_cmd_serve)
 
 
 def _register_ask(subparsers) -> None:
     a = subparsers.add_parser(
         "ask", help="one question on one image (PNG/JPEG, DICOM, NIfTI slice): the answer, the latent segment and "
                     "an overlay of where each latent state points")
-    a.add_argument("--model", required=True, metavar="CKPT",
-                   help="checkpoint folder (its model/ or a run's out_dir: the newest checkpoint)")
+    _add_model_argument(a)
     a.add_argument("--image", required=True, metavar="FILE", help="PNG/JPEG, DICOM (.dcm or DICM header) or NIfTI")
     a.add_argument("--question", required=True, metavar="TEXT", help="the question, sent as typed after the image")
     a.add_argument("--k", type=int, default=None, metavar="K",

@@ -22,6 +22,7 @@ from typing import Any
 from medlvr.corpus.chat_endpoint import EndpointSettings
 from medlvr.corpus.config import (ConfigError, apply_overrides, build_config, did_you_mean, read_yaml,
                                   signature_config)
+from medlvr.evaluation.protocols import get_protocol
 from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 
 __all__ = ["ConfigError", "DecodeSettings", "EvalConfig", "ModelSpec", "load_eval_config", "resolve_k_latents"]
@@ -37,7 +38,7 @@ EFFICIENCY_QUOTAS = {b: spec.efficiency_quota for b, spec in _REGISTERED.items()
 EFFICIENCY_KINDS = {b: spec.efficiency_kind for b, spec in _REGISTERED.items() if spec.efficiency_kind}
 # folder of a benchmark under data_root (= the folder its sample writer fills)
 DATA_DIRS = {b: spec.data_dir for b, spec in _REGISTERED.items()}
-PROMPT_STYLES = ("direct", "tags")
+PROMPT_STYLES = ("direct", "tags", "medevalkit")
 ABLATIONS = ("zero", "shuffle", "noise")
 
 
@@ -163,6 +164,8 @@ class EvalConfig:
     # causal latent diagnostics (evaluation/latent_diagnostics.py) for every latent model (or `models`):
     # {models, benchmarks (default: main), limit, k_values, probe_fraction, seed}
     latent_diagnostics: dict[str, Any] | None = None
+    # scoring protocol (medlvr.evaluation.protocols): medlvr | medevalkit | paper; named in every table caption
+    protocol: str = "medlvr"
     title: str = "MedLVR evaluation"
     note: str = ""  # one line under the title: what the evaluated models are (and are not)
     sample_data: bool = False  # write the bundled sample benchmarks into data_root first (if not there)
@@ -196,6 +199,20 @@ class EvalConfig:
             benches[name] = kw
         if not benches:
             raise ValueError("benchmarks: the config needs at least one benchmark")
+        protocol = get_protocol(self.protocol)
+        for name, kw in benches.items():  # the protocol's splits, and the split arguments it needs from the config
+            for key, value in protocol.loader_kwargs.get(name, {}).items():
+                if key in kw and kw[key] != value:
+                    raise ValueError(f"benchmarks.{name}.{key}: protocol {self.protocol} scores {key} {value!r}, "
+                                     f"not {kw[key]!r}")
+                kw[key] = value
+            for key in protocol.required.get(name, ()):
+                if key not in kw:
+                    raise ValueError(f"benchmarks.{name}.{key} is required by protocol {self.protocol} "
+                                     f"({protocol.description})")
+        if protocol.prompt_style:  # every model asked the protocol's way
+            object.__setattr__(self, "models", tuple(dataclasses.replace(m, prompt_style=protocol.prompt_style)
+                                                     for m in self.models))
         object.__setattr__(self, "benchmarks", benches)
         object.__setattr__(self, "main_benchmarks", tuple(self.main_benchmarks or benches))
         self.validate()

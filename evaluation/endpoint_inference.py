@@ -74,7 +74,9 @@ def run_endpoint_predictions(
 ) -> EndpointRunStats:
     """Ask the endpoint for this rank's shard of `samples` not yet in `out_path`; append one record per reply.
     `advance(n)` is called with the number of samples just finished (answered, failed, or already in the file)."""
-    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size, advance)
+    my_path, todo, n_skipped = pending_samples(
+        samples, out_path, rank, world_size, advance,
+        lambda s: hashlib.sha1(prompt_text(s, spec.prompt_style).encode()).hexdigest()[:12])
     stats = EndpointRunStats(n_skipped=n_skipped)
     if not todo:
         return stats

@@ -32,6 +32,7 @@ from PIL import UnidentifiedImageError
 
 from medlvr.corpus.evalsets.base import BenchmarkError, Sample, open_image
 from medlvr.corpus.prompts import MC_INSTRUCTION, OPEN_INSTRUCTION, YESNO_INSTRUCTION, option_lines
+from medlvr.evaluation import medevalkit_rules
 from medlvr.evaluation.config import DecodeSettings, ModelSpec
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
 from medlvr.training.loading import load_model_or_tiny
@@ -58,6 +59,9 @@ def options_embedded(sample: Sample) -> bool:
 
 def prompt_text(sample: Sample, style: str = "tags") -> str:
     """The user text of the prompt (images go before it in the chat message)."""
+    if style == "medevalkit":  # the medevalkit protocol's prompts (medlvr.evaluation.medevalkit_rules)
+        return medevalkit_rules.prompt(sample.benchmark, sample.question.strip(), sample.kind, sample.options,
+                                       dict(sample.tags))
     parts = [sample.question.strip()]
     if sample.kind == "mc" and not options_embedded(sample):
         parts.append(option_lines(sample.options))
@@ -237,7 +241,8 @@ def decode_text(tokenizer, seq: torch.Tensor, mask: torch.Tensor, drop: set[int]
 
 
 def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, world_size: int = 1,
-                    advance: Callable[[int], None] | None = None) -> tuple[Path, list[Sample], int]:
+                    advance: Callable[[int], None] | None = None,
+                    prompt_hash: Callable[[Sample], str] | None = None) -> tuple[Path, list[Sample], int]:
     """(this rank's file, its samples not yet there or in the merged file, how many already are): the resume rule
     of every prediction writer (local models and endpoints). The file's torn last line, if any, is cut; samples
     already written count as finished at once for a progress bar (`advance(n)`)."""
@@ -247,6 +252,14 @@ def pending_samples(samples: Sequence[Sample], out_path: Path, rank: int = 0, wo
     drop_torn_tail(my_path)
     done = finished_ids({out_path, my_path})
     by_id = {s.sample_id: s for s in samples}
+    if prompt_hash is not None:  # a finished record counts only if this run would ask the same prompt
+        for path in (out_path, my_path):
+            for rec in read_records(path):
+                s = by_id.get(str(rec["sample_id"]))
+                if s is not None and rec.get("prompt_hash") and rec["prompt_hash"] != prompt_hash(s):
+                    raise BenchmarkError(
+                        f"{path.name}: sample {s.sample_id} was answered with another prompt (another protocol or "
+                        f"prompt_style); give this run its own out_dir, or delete {path}")
     mine = shard(list(by_id), rank, world_size)
     todo = [by_id[i] for i in mine if i not in done]
     if advance and len(mine) > len(todo):
@@ -290,7 +303,10 @@ def run_predictions(
     samples already in the file count as finished at once).
     """
     k = lm.spec.k_latent if k_latent is None else k_latent
-    my_path, todo, n_skipped = pending_samples(samples, out_path, rank, world_size, advance)
+    style = lm.spec.prompt_style
+    my_path, todo, n_skipped = pending_samples(
+        samples, out_path, rank, world_size, advance,
+        lambda s: hashlib.sha1(chat_text(lm.processor, s, style).encode()).hexdigest()[:12])
     stats = RunStats(n_skipped=n_skipped)
     if not todo:
         return stats

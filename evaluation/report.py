@@ -19,6 +19,7 @@ from medlvr.evaluation.figures import plot_accuracy_vs_k, plot_heatmaps, plot_vi
 from medlvr.evaluation.inference import load_for_eval
 from medlvr.evaluation.latent_diagnostics import ZERO_SHUFFLE_NOTE, diagnostics_path, report_tables
 from medlvr.evaluation.predictions import job_records
+from medlvr.evaluation.protocols import get_protocol
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _has_roi(sample) -> bool:
 def score_jobs(cfg, samples: dict, jobs: list) -> dict:
     """job -> its scored rows (the merged prediction file against the benchmark's samples)."""
     by_bench = {b: {s.sample_id: s for s in v} for b, v in samples.items()}
-    return {j: T.score_records(job_records(cfg, j), by_bench[j.benchmark]) for j in jobs}
+    return {j: T.score_records(job_records(cfg, j), by_bench[j.benchmark], cfg.protocol) for j in jobs}
 
 
 def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored: dict | None = None
@@ -155,8 +156,9 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored
     setup = Section("Setup", (cfg.note.strip() + "\n\n" if cfg.note.strip() else "") + (
         f"Greedy decoding, max_new_tokens {d.max_new_tokens}, batch size {d.batch_size}, pixel budget "
         f"{d.min_pixels}-{d.max_pixels} pixels, dtype {d.dtype}, device {d.device}"
-        f"{', closed inference (the answer sees the image only through the latents)' if d.closed else ''}. Scoring: docs/benchmarks.md §3 "
-        "(no random or similarity fallbacks; unparseable counts as wrong). Tokens count every generated position "
+        f"{', closed inference (the answer sees the image only through the latents)' if d.closed else ''}. "
+        f"Scoring protocol {cfg.protocol}: {get_protocol(cfg.protocol).description} (docs/benchmarks.md "
+        "§3.8). Tokens count every generated position "
         "(text, control tokens, latent slots, EOS). Times are generate wall time, model load excluded."),
         [Table("Models", ["model", "checkpoint / endpoint", "K", "prompt"],
                [[m.name, m.source, str(m.k_latent), m.prompt_style] for m in cfg.models]),
@@ -249,7 +251,15 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored
 
     if cfg.latent_diagnostics is not None and diagnostics_path(cfg.out_dir).is_file():
         sections.append(_latent_section(json.loads(diagnostics_path(cfg.out_dir).read_text())))
+    name_protocol(sections, cfg.protocol)
     return sections
+
+
+def name_protocol(sections: Sequence[Section], protocol: str) -> None:
+    """Every table's caption names the scoring protocol its numbers are under (medlvr.evaluation.protocols)."""
+    for sec in sections:
+        for t in sec.tables:
+            t.caption = f"{t.caption} [protocol: {protocol}]"
 
 
 def _latent_section(diag: dict) -> Section:

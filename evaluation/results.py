@@ -26,6 +26,7 @@ from medlvr.corpus.evalsets.answers import answer_span, clean
 from medlvr.corpus.evalsets.base import Sample
 from medlvr.evaluation.config import EvalConfig, ModelSpec
 from medlvr.evaluation.predictions import Job, pred_path
+from medlvr.evaluation.protocols import get_protocol
 from medlvr.evaluation.report import Section, Table
 from medlvr.training.checkpoints import STEP_PREFIX, TINY
 
@@ -157,7 +158,9 @@ def write_results(cfg: EvalConfig, sections: Sequence[Section], sample_files: Se
         _atomic_write(out_dir / rel, buf.getvalue())
         tables.append({"name": Path(rel).stem, "section": sec.title, "caption": t.caption, "csv": rel,
                        "columns": list(t.headers), "rows": [[cell_value(str(c)) for c in r] for r in t.rows]})
-    doc = {"title": cfg.title, "config": config_to_dict(cfg), "models": [model_identity(m) for m in cfg.models],
+    protocol = get_protocol(cfg.protocol)
+    doc = {"title": cfg.title, "protocol": {"name": protocol.name, "description": protocol.description},
+           "config": config_to_dict(cfg), "models": [model_identity(m) for m in cfg.models],
            "tables": tables, "samples": [str(Path(p).relative_to(out_dir)) for p in sample_files]}
     path = out_dir / RESULTS_JSON
     _atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False, default=str) + "\n")

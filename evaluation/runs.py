@@ -27,6 +27,7 @@ from medlvr.evaluation.latent_diagnostics import run_for_config
 from medlvr.evaluation.endpoint_inference import run_endpoint_predictions
 from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
 from medlvr.evaluation.predictions import Job, pred_path
+from medlvr.evaluation.protocols import get_protocol
 from medlvr.evaluation.progress import StageBar
 from medlvr.evaluation.report import build_sections, score_jobs, write_report
 from medlvr.evaluation.results import links_section, table_files, write_results, write_sample_records
@@ -38,7 +39,8 @@ def load_benchmark(cfg: EvalConfig, name: str) -> list[Sample]:
     loader = get_benchmark(name).loader
     kw = dict(cfg.benchmarks[name])
     root = Path(kw.pop("path"))
-    samples = sorted(loader(root, **kw), key=lambda s: s.sample_id)
+    keep = get_protocol(cfg.protocol).keep
+    samples = sorted((s for s in loader(root, **kw) if keep is None or keep(s)), key=lambda s: s.sample_id)
     return samples[: cfg.limit] if cfg.limit else samples
 
 

@@ -109,7 +109,10 @@ def write_records(path: Path, records: Iterable[Mapping]) -> None:
 # ---- per-sample scoring ------------------------------------------------------------------------------------
 
 
-def score_record(rec: Mapping, sample=None) -> dict:
+def score_record(rec: Mapping, sample=None, protocol: str = "medlvr") -> dict:
+    """The record with its verdict under `protocol` (medlvr.evaluation.protocols) added."""
+    from medlvr.evaluation.protocols import get_protocol  # protocols imports this module's neighbours, not it
+
     if sample is not None:
         kind, answer, options, tags = sample.kind, sample.answer, sample.options, dict(sample.tags)
     else:
@@ -119,13 +122,14 @@ def score_record(rec: Mapping, sample=None) -> dict:
                              f"sample was given")
         kind, answer = rec["kind"], rec["answer"]
         options, tags = tuple(tuple(o) for o in rec.get("options") or ()), dict(rec.get("tags") or {})
-    parsed = parse_answer(rec["output"], kind, options)
+    parsed, correct = get_protocol(protocol).judge(rec["benchmark"], rec["output"], kind, answer, options, tags)
     return {**rec, "kind": kind, "answer": answer, "options": [list(o) for o in options], "tags": tags,
-            "parsed": parsed, "correct": is_correct(parsed, kind, answer), "parse_failed": parsed is None,
+            "parsed": parsed, "correct": correct, "parse_failed": parsed is None,
             "truncated": rec.get("finish_reason") == "length"}
 
 
-def score_records(records: Iterable[Mapping], samples: Mapping[tuple[str, str], Any] | None = None) -> list[dict]:
+def score_records(records: Iterable[Mapping], samples: Mapping[tuple[str, str], Any] | None = None,
+                  protocol: str = "medlvr") -> list[dict]:
     """Score records; with `samples`, every record must have its (benchmark, sample_id) there."""
     out = []
     for rec in records:
@@ -135,7 +139,7 @@ def score_records(records: Iterable[Mapping], samples: Mapping[tuple[str, str], 
             if key not in samples:
                 raise BenchmarkError(f"no sample {key} for a prediction record (predictions from another benchmark version?)")
             sample = samples[key]
-        out.append(score_record(rec, sample))
+        out.append(score_record(rec, sample, protocol))
     return out
 
 

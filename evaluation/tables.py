@@ -20,7 +20,7 @@ from medlvr.evaluation.config import EFFICIENCY_KINDS, EFFICIENCY_QUOTAS
 from medlvr.evaluation.scoring import canonical_modality, in_subset, score_record
 
 
-def score_records(records: Iterable[dict], samples: Mapping[str, Sample]) -> list[dict]:
+def score_records(records: Iterable[dict], samples: Mapping[str, Sample], protocol: str = "medlvr") -> list[dict]:
     """Score records against their Samples (by sample_id, one benchmark) with `medlvr.evaluation.scoring.score_record`;
     records without a Sample are dropped. Adds "modality" (Table 1 spelling) and "parse_fail" (= parse_failed)."""
     rows = []
@@ -28,7 +28,7 @@ def score_records(records: Iterable[dict], samples: Mapping[str, Sample]) -> lis
         s = samples.get(str(rec["sample_id"]))
         if s is None:
             continue
-        r = score_record(rec, s)
+        r = score_record(rec, s, protocol)
         r["modality"] = canonical_modality(s.tags.get("modality")) or ""
         r["parse_fail"] = r["parse_failed"]
         rows.append(r)

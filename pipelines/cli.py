@@ -4,7 +4,7 @@ adds `demo`, the main job.
 
     medlvr catalog | sample-data | ingest | build-corpus     corpus
     medlvr train-sft | train-vlpo                            training
-    medlvr evaluate | evaluate-merge | ask                   evaluation
+    medlvr evaluate | evaluate-merge | ask | serve           evaluation
     medlvr demo [--dagster-home DIR] [--force]               the main job: the whole asset graph through Dagster
 """
 

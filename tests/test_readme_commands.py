@@ -53,6 +53,8 @@ NOT_RUN = {
                       "script after two ranks' inference",
     "transformers": "the transformers QA back end needs a real local checkpoint directory",
     "openai": "the openai QA back end needs an OpenAI-compatible endpoint",
+    "serve": "a server runs until it is stopped: test_readme_serve_as_printed starts each printed form, calls it "
+             "with the README's client code and stops it",
     "configs/eval_endpoint.yaml": "needs an OpenAI-compatible server at the config's base_url: "
                                   "tests/evaluation/test_endpoint_eval.py::test_readme_endpoint_line runs the printed "
                                   "line through the console script against a fake server",
@@ -203,7 +205,7 @@ def run_in_pty(argv: list[str], cwd: Path, env: dict) -> tuple[int, str, str]:
 
 def test_every_printed_command_is_known():
     subcommands = {c.split()[1] for c in printed_commands()}
-    assert subcommands == set(EXPECT) | {"evaluate-merge"}, subcommands
+    assert subcommands == set(EXPECT) | {"evaluate-merge", "serve"}, subcommands
     assert len(printed_commands()) >= 7
 
 
@@ -243,3 +245,92 @@ def test_readme_commands_as_printed(tmp_path, mode):
     # catalog, sample-data, ingest, build-corpus, demo: 2 forms each; train-sft, train-vlpo: their examples;
     # evaluate: its 2 examples; ask: its example (on the first demo's checkpoint and sample volume)
     assert ran == 15
+
+
+# ---- "Use the model elsewhere": the Python blocks and `medlvr serve` as printed -------------------------------
+
+
+def elsewhere_python_blocks() -> list[str]:
+    section = README.read_text().split("## Use the model elsewhere", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A MedLVR model folder (K = 2) and a PNG, for the placeholders CKPT and scan.png."""
+    import numpy as np
+    from PIL import Image
+
+    from medlvr.training.model import save_checkpoint
+    from medlvr.training.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("elsewhere")
+    b = build_tiny(seed=1)
+    folder = save_checkpoint(b.model, b.processor, root / "model", k_latent=2)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(root / "scan.png")
+    return folder, root
+
+
+def test_readme_plain_transformers_block_runs_without_medlvr(tiny_folder):
+    """The first block, as printed but for the placeholder path, in a Python where medlvr is not importable."""
+    from tests.training.test_portable_generate import plain_python_env
+
+    folder, root = tiny_folder
+    block = elsewhere_python_blocks()[0]
+    assert 'CKPT = "path/to/checkpoint/model"' in block and "trust_remote_code=True" in block
+    code = "try:\n    import medlvr\nexcept ModuleNotFoundError:\n    pass\nelse:\n    raise SystemExit(1)\n" + \
+        block.replace("path/to/checkpoint/model", str(folder))
+    cmd, env = plain_python_env(root)
+    p = subprocess.run([cmd[0], "-S", "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    gen, shape = p.stdout.strip().splitlines()[-2:]
+    assert gen.startswith("<Medlvr_Start><Medlvr_Latent><Medlvr_Latent><Medlvr_End>")
+    assert shape.startswith("(1, 2, ")  # K = 2 latent states
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_readme_serve_as_printed(tiny_folder):
+    """Each printed `medlvr serve` form (every optional part left out, then every one given, `--port 0`), called
+    with the README's client block, then stopped with SIGINT as a user would (Ctrl-C)."""
+    import signal
+
+    folder, root = tiny_folder
+    client_block = elsewhere_python_blocks()[1]
+    lines = [c for c in printed_commands() if c.startswith("medlvr serve")]
+    assert len(lines) == 2
+    fill = {"--model": str(folder), "--port": "0", "--max-batch": "4", "--max-queue": "8",
+            "--request-timeout": "120", "--max-prompt-tokens": "4096", "--allowed-local-media-path": str(root)}
+    ran = 0
+    for printed in lines:
+        for form in forms(printed):
+            words = [w for w in shlex.split(form) if w != "..."]
+            argv = [str(MEDLVR)] + [fill.get(words[i - 1], w) if i else w for i, w in enumerate(words)][1:]
+            if "--port" not in argv and not _free(8000):
+                continue  # the default port is taken on this shared machine: the forms with --port cover it
+            proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = proc.stdout.readline()
+            try:
+                assert line.startswith("serving "), (argv, line, proc.stderr.read() if proc.poll() is not None else "")
+                port = line.split("http://127.0.0.1:")[1].split("/")[0]
+                code = client_block.replace("8000", port)
+                c = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                                   timeout=300)
+                assert c.returncode == 0, c.stderr[-2000:]
+                assert "'k_latent': 2" in c.stdout and "reads_as" in c.stdout
+            finally:
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            assert "shut down: 1 requests served" in out and "Traceback" not in err
+            ran += 1
+    assert ran >= 2

@@ -67,6 +67,7 @@ import torch
 from medlvr.training.checkpoints import write_manifest
 from medlvr.training.lora import LoraConfig, apply_lora, load_adapter_weights, merged_model
 from medlvr.training.model import save_checkpoint
+from medlvr.training.portable_generate import write_custom_generate
 
 BACKENDS = ("single", "deepspeed")
 PRECISIONS = ("fp32", "bf16")
@@ -353,6 +354,7 @@ class Engine:
                 save_checkpoint(unwrapped, processor, tmp / "model", k_latent=k_latent)
             else:
                 unwrapped.save_pretrained(str(tmp / "model"), safe_serialization=True)
+                write_custom_generate(tmp / "model")
         (tmp / "optim").mkdir(exist_ok=True)
         (tmp / "rng").mkdir(exist_ok=True)
         if self._ds is not None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from medlvr.training.bottleneck import attn_implementation_of, check_attn_implementation, closed_attention_mask
-from medlvr.training.model import LatentTokenIds, eos_token_ids
+from medlvr.training.latent_tokens import LatentTokenIds, eos_token_ids
 from medlvr.training.sampling import sample_tokens, token_logprobs
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +25,12 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from medlvr.corpus.qwen.processor import load_processor
-from medlvr.training.checkpoints import write_latent_info
+from medlvr.training.checkpoints import read_latent_info, write_latent_info
+from medlvr.training.portable_generate import write_custom_generate
+# the tokens and stop ids live in an import-free module (bundled into checkpoints); re-exported here
+from medlvr.training.latent_tokens import (END_TOKEN, LATENT_TOKEN, LATENT_TOKENS, START_TOKEN,  # noqa: F401
+                                          LatentTokenIds, eos_token_ids)
 
-START_TOKEN = "<Medlvr_Start>"
-LATENT_TOKEN = "<Medlvr_Latent>"
-END_TOKEN = "<Medlvr_End>"
-LATENT_TOKENS = (START_TOKEN, LATENT_TOKEN, END_TOKEN)
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # config name -> dtype
@@ -52,29 +54,6 @@ def set_pixel_budget(processor, min_pixels: int | None, max_pixels: int | None) 
     if max_pixels is not None:
         size["longest_edge"] = int(max_pixels)
     ip.size = type(ip.size)(**size)
-
-
-def eos_token_ids(model) -> tuple[int, ...]:
-    """The stop ids of `model.generation_config` (an int, a list, or None)."""
-    eos = model.generation_config.eos_token_id
-    return () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
-
-
-@dataclass(frozen=True)
-class LatentTokenIds:
-    """Token ids of the control tokens; format checks work on these ids, never on decoded text."""
-
-    start: int
-    latent: int
-    end: int
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer) -> "LatentTokenIds":
-        ids = [tokenizer.convert_tokens_to_ids(t) for t in LATENT_TOKENS]
-        # an unknown token maps to unk (or None without unk): both would silently corrupt decoding
-        if any(i is None or i == tokenizer.unk_token_id for i in ids) or len(set(ids)) != 3:
-            raise ValueError(f"tokenizer lacks the MedLVR tokens {LATENT_TOKENS}: got ids {ids}")
-        return cls(*ids)
 
 
 def resolve_attn_implementation(requested: str = "sdpa") -> str:
@@ -127,7 +106,28 @@ def load_model(
         attn_implementation=resolve_attn_implementation(attn_implementation),
         local_files_only=True,
     )
+    info = read_latent_info(path)
+    if info and info["latent"]:
+        model.generate = types.MethodType(_generate_with_warning, model)
     return model.to(device).eval()
+
+
+STOCK_GENERATE_WARNING = (
+    "this is a MedLVR model (K = {k} latent steps) called through transformers' stock `generate`: the latent loop "
+    "is not running, so it answers as a different model; decode with medlvr.training.latent_decode.latent_generate (what `medlvr ask` "
+    "and `medlvr evaluate` use) or call generate(..., custom_generate=<the checkpoint folder>, trust_remote_code=True)"
+)
+
+
+def _generate_with_warning(self, *args, **kwargs):
+    """A MedLVR model's `generate` as loaded by MedLVR: the stock one, with a warning the first time it is called
+    without `custom_generate` (plain transformers cannot warn by itself without remote code: README, "Use the
+    model elsewhere"). A bound method, so `copy.deepcopy(model)` binds it to the copy."""
+    if kwargs.get("custom_generate") is None and not getattr(self, "_medlvr_warned_stock_generate", False):
+        self._medlvr_warned_stock_generate = True
+        info = read_latent_info(self.name_or_path) or {"k_latent": "?"}
+        warnings.warn(STOCK_GENERATE_WARNING.format(k=info["k_latent"]), UserWarning, stacklevel=2)
+    return type(self).generate(self, *args, **kwargs)
 
 
 def load_checkpoint(
@@ -153,7 +153,9 @@ def save_checkpoint(model: Qwen2_5_VLForConditionalGeneration, processor, path: 
 
     The folder has the file set of a Qwen2.5-VL checkpoint saved by transformers (the processor saves the standard
     layout, `medlvr.corpus.qwen.processor`), so `AutoModelForImageTextToText`, `AutoTokenizer`,
-    `AutoImageProcessor` and (with torchvision) `AutoProcessor` load it; every file gets the same mode.
+    `AutoImageProcessor` and (with torchvision) `AutoProcessor` load it; every file gets the same mode. It also
+    carries `custom_generate/generate.py` (`medlvr.training.portable_generate`): with `trust_remote_code=True`,
+    transformers' `generate` runs MedLVR's latent decoding with the recorded K.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -161,6 +163,7 @@ def save_checkpoint(model: Qwen2_5_VLForConditionalGeneration, processor, path: 
     processor.save_pretrained(str(path))
     if k_latent is not None:
         write_latent_info(path, k_latent)
+    write_custom_generate(path)  # the latent loop for plain transformers (trust_remote_code)
     apply_umask(path)
     return path
 
@@ -173,6 +176,6 @@ def apply_umask(folder: str | Path) -> None:
     """
     mask = os.umask(0)  # the only way to read the umask is to set it; restored at once
     os.umask(mask)
-    for f in Path(folder).iterdir():
+    for f in Path(folder).rglob("*"):
         if f.is_file():
             f.chmod(0o666 & ~mask)

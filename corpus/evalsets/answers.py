@@ -64,6 +64,12 @@ _NEG_AFTER = re.compile(r"^[\s.):\]]*[^.;,!?\n]{0,40}?\b(?:incorrect|wrong|unlik
                         r"not\s+(?:correct|right|likely|(?:the\s+)?(?:correct\s+|right\s+|best\s+)?answer))\b", re.I)
 
 
+def clean_latent(output: str | None) -> str:
+    """The output without its latent segment (and stray control tokens), nothing else removed: what a served
+    MedLVR model returns as its answer."""
+    return _LATENT_STRAY.sub("", _LATENT.sub("", output or ""))
+
+
 def clean(output: str | None) -> str:
     """The output without latent segment, think blocks and chat special tokens."""
     text = output or ""

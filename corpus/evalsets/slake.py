@@ -95,6 +95,7 @@ def _detection_reader(root: Path):
 
 
 def load_slake(root: Path, split: str = "test", lang: str = "en") -> Iterator[Sample]:
+    """SLAKE samples of `split` in language `lang` ("en", "zh", or "all": both, as MedEvalKit scores it)."""
     root = require_dir(root, "SLAKE")
     if split not in SPLITS:
         raise BenchmarkError(f"SLAKE: unknown split {split!r} (expected one of {sorted(SPLITS)})")
@@ -106,7 +107,7 @@ def load_slake(root: Path, split: str = "test", lang: str = "en") -> Iterator[Sa
     detections = _detection_reader(root)
     out, seen = [], set()
     for rec in data:
-        if rec["q_lang"] != lang:
+        if lang != "all" and rec["q_lang"] != lang:
             continue
         sid = f"{split}-{rec['qid']}"
         if sid in seen:
@@ -121,6 +122,7 @@ def load_slake(root: Path, split: str = "test", lang: str = "en") -> Iterator[Sa
             "split": split,
             "qid": rec["qid"],
             "answer_type": str(rec["answer_type"]).strip().lower(),
+            "answer_raw": str(rec["answer"]),  # as released (case kept): MedEvalKit's protocol judges it as is
             "closed": yesno,
             "subset": "closed" if yesno else "other",
         }

@@ -113,7 +113,7 @@ def parse_fail_rates(cfg) -> dict[str, tuple[int, int]]:
     for j in plan_jobs(cfg):
         if j.variant != "main" or j.k_latent != cfg.model(j.model).k_latent:
             continue
-        rows = T.score_records(job_records(cfg, j), by_bench[j.benchmark])
+        rows = T.score_records(job_records(cfg, j), by_bench[j.benchmark], cfg.protocol)
         fails, n = out.get(j.model, (0, 0))
         out[j.model] = (fails + sum(bool(r["parse_fail"]) for r in rows), n + len(rows))
     return out

@@ -132,7 +132,7 @@ def test_endpoint_model_is_scored_like_a_local_one_and_resumes(tmp_path, capsys)
     [ident] = results["models"]
     assert ident == {"name": "served", "variant": "served", "k_latent": 0, "prompt_style": "direct",
                      "kind": "endpoint", "base_url": srv.base_url, "model": "qwen2.5-vl-7b"}
-    acc = next(t for t in results["tables"] if t["caption"] == "Accuracy per benchmark")
+    acc = next(t for t in results["tables"] if t["caption"] == "Accuracy per benchmark [protocol: medlvr]")
     assert {r[1] for r in acc["rows"]} == {"slake", "mmmu_hm"} and all(r[2] == 4 for r in acc["rows"])
     assert "qwen2.5-vl-7b @ " + srv.base_url in (tmp_path / "out/report.md").read_text()
 
@@ -159,7 +159,7 @@ def test_results_json_csv_and_samples_agree_with_the_html_report(tmp_path, capsy
         assert f"href='{link}'" in (root / "report.html").read_text()
 
     # per-sample records: one per scored sample, and they add up to the accuracy table
-    acc = next(t for t in results["tables"] if t["caption"] == "Accuracy per benchmark")
+    acc = next(t for t in results["tables"] if t["caption"] == "Accuracy per benchmark [protocol: medlvr]")
     for _, bench, n, accuracy, parse_fail, *_ in acc["rows"]:
         path = root / "samples/served/k0/main" / f"{bench}.jsonl"
         assert f"samples/served/k0/main/{bench}.jsonl" in results["samples"]

@@ -34,11 +34,12 @@ def ckpt(tiny, tmp_path_factory):
 
 
 def test_file_set_and_modes_are_those_of_a_qwen25_checkpoint(ckpt):
-    names = {p.name for p in ckpt.iterdir()}
-    assert names == QWEN25_FILES | {"medlvr_latent.json"}
+    names = {p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()}
+    # plus our K record and the latent loop for plain transformers (trust_remote_code; test_portable_generate.py)
+    assert names == QWEN25_FILES | {"medlvr_latent.json", "custom_generate/generate.py"}
     mask = os.umask(0)
     os.umask(mask)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in ckpt.iterdir()}
+    modes = {p.name: p.stat().st_mode & 0o777 for p in ckpt.rglob("*") if p.is_file()}
     assert set(modes.values()) == {0o666 & ~mask}, modes  # model.safetensors was 0600 (mkstemp)
 
 
@@ -49,7 +50,7 @@ def test_processor_config_names_the_standard_classes(ckpt):
     assert cfg["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
     tok_cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
     assert tok_cfg["processor_class"] == "Qwen2_5_VLProcessor"
-    assert not [p.name for p in ckpt.iterdir() if b"ImageOnly" in p.read_bytes()]  # our class is internal
+    assert not [p.name for p in ckpt.rglob("*") if p.is_file() and b"ImageOnly" in p.read_bytes()]  # our class is internal
 
 
 def test_auto_image_processor_turns_an_image_into_patches(tiny, ckpt):
