@@ -19,6 +19,7 @@ API (what a recipe calls; everything else is private)::
     eng.device, eng.rank, eng.world_size, eng.is_main
     with eng.autocast(): loss = ...   # bf16 autocast on the single back end, no-op otherwise
     n = eng.all_reduce_sum(x)      # float sum over ranks (global loss normalisers)
+    d = eng.all_reduce_sums({k: x})  # the same for several values, one collective
     eng.backward(loss)             # loss = this micro-batch's share of the GLOBAL-batch loss (see below)
     res = eng.step()               # call after EVERY micro-batch; res.stepped at accumulation boundaries,
                                    # then res.grad_norm (pre-clip), res.lr; clipping and scheduler included
@@ -290,6 +291,15 @@ class Engine:
                          device=self.device if self.device.type == "cuda" else "cpu")
         torch.distributed.all_reduce(t)
         return float(t.item())
+
+    def all_reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over ranks, in one collective."""
+        if self.world_size == 1:
+            return {k: float(v) for k, v in values.items()}
+        t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64,
+                         device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return dict(zip(values, t.tolist()))
 
     def barrier(self) -> None:
         if self.world_size > 1:

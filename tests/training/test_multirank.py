@@ -194,3 +194,40 @@ def test_a_killed_rank_ends_the_job_naming_that_rank(corpus, tmp_path):
             p.kill()
     assert p.returncode != 0
     assert "rank      : 1 (local_rank: 1)" in err and "Signal 9 (SIGKILL)" in err
+
+
+def test_vlpo_two_ranks_keep_whole_groups_and_log_the_whole_batch(tmp_path):
+    """VLPO on 2 ranks, 1 prompt x G = 4 trajectories each: rank r takes prompt r of the common permutation (so a
+    group never spans ranks and its advantages need no communication), and the logged step metrics are those of
+    both ranks' trajectories (old code logged rank 0's share)."""
+    import random
+
+    out = tmp_path / "vlpo"
+    sets = ["engine.backend=deepspeed", f"run.out_dir={out}", "run.max_steps=2", "run.save_every=0",
+            "run.prompts_per_step=1", "run.log_samples=true", "run.progress=false"]
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "medlvr.training.vlpo.trainer",
+           "--config", str(REPO / "configs" / "vlpo_tiny.yaml"), *[a for s in sets for a in ("--set", s)]]
+    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    logs = [{(d := json.loads(x))["step"]: d for x in (out / "samples" / f"rank-{r}.jsonl").read_text().splitlines()}
+            for r in range(2)]
+    perm = list(range(12))  # vlpo_tiny.yaml: synthetic_size 12, engine.seed 0, data.split_seed 0
+    random.Random(0).shuffle(perm)
+    for step, m in zip((1, 2), metrics):
+        ranks = [logs[r][step] for r in range(2)]
+        assert [d["sample_ids"] for d in ranks] == [[f"syn-0-{perm[2 * (step - 1) + r]}"] for r in range(2)]
+        assert [len(d["reward"]) for d in ranks] == [4, 4]  # the prompt's whole group on its rank
+        rewards = np.array(ranks[0]["reward"] + ranks[1]["reward"], dtype=np.float64)
+        lengths = np.array(ranks[0]["response_length"] + ranks[1]["response_length"], dtype=np.float64)
+        assert m["reward_mean"] == pytest.approx(rewards.mean(), abs=1e-9)
+        assert m["reward_std"] == pytest.approx(rewards.std(ddof=1), abs=1e-9)
+        assert m["response_length"] == pytest.approx(lengths.mean(), abs=1e-9)
+        neg_logp = np.array(ranks[0]["neg_logp"] + ranks[1]["neg_logp"], dtype=np.float64)
+        answer = np.array(ranks[0]["answer_tokens"] + ranks[1]["answer_tokens"], dtype=np.float64)
+        assert m["entropy"] == pytest.approx(neg_logp.sum() / answer.sum(), rel=1e-6)
+        assert m["answer_tokens"] == pytest.approx(answer.mean(), abs=1e-9)
+    files = json.loads((out / "checkpoints" / "step-0000002" / "manifest.json").read_text())["files"]
+    assert [f for f in files if f.endswith(".safetensors")] == ["model/model.safetensors"]
+    assert (out / "final" / "model" / "model.safetensors").is_file()

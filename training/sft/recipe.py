@@ -29,7 +29,7 @@ from medlvr.corpus.config import add_config_arguments, exit_on_config_error
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.metrics import MetricsLogger, cut_metrics, decoder_params, peak_flops, train_flops
+from medlvr.training.metrics import MetricsLogger, decoder_params, open_sample_log, peak_flops, train_flops
 from medlvr.training.model import set_pixel_budget
 from medlvr.training.pipes import format_step, open_pipes, report_failure, scalar_metrics
 from medlvr.training.sft.collate import collate
@@ -148,15 +148,6 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
             sample_log.close()
     return {"metrics": metrics, "checkpoint": str(last_ckpt) if last_ckpt else None, "steps": eng.global_step,
             "out_dir": str(out_dir)}
-
-
-def open_sample_log(out_dir: Path, rank: int, start_step: int):
-    """`out_dir/samples/rank-R.jsonl` for appending, cut at the resumed step like metrics.jsonl (`cut_metrics`):
-    one line per optimizer step, `{"step", "rank", "qa_ids": [[ids of micro-batch 1], ...]}`."""
-    path = out_dir / "samples" / f"rank-{rank}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cut_metrics(path, start_step)
-    return open(path, "a")
 
 
 def save(eng: Engine, out_dir: Path, step: int, stream: ShardStream, processor, cfg: SFTConfig, metrics) -> Path:
