@@ -336,3 +336,17 @@ def test_two_rank_split_of_the_same_rollouts_gives_the_one_rank_gradient(tmp_pat
     averaged = [(a + b) / W for a, b in zip(*per_rank)]
     assert max(float((x - y).abs().max()) for x, y in zip(one, averaged)) <= 1e-6
     assert max(float(x.abs().max()) for x in one) > 1e-3  # the update is not trivially zero
+
+
+def test_checkpoint_from_another_world_size_is_one_error(tmp_path, sft_ckpt):
+    """Each rank's rollout generator is part of a Stage-2 checkpoint: one written by 2 ranks does not resume on 1
+    (a CheckpointError, one line at the CLI), instead of a missing-file traceback or a silent other stream."""
+    from medlvr.training.checkpoints import CheckpointError, write_manifest
+
+    train_vlpo(_cfg(tmp_path, sft_ckpt, run__max_steps=1, run__save_every=0))
+    ck = tmp_path / "checkpoints" / "step-0000001"
+    state = json.loads((ck / "trainer_state.json").read_text())
+    (ck / "trainer_state.json").write_text(json.dumps({**state, "world_size": 2}))
+    write_manifest(ck)
+    with pytest.raises(CheckpointError, match="written by 2 ranks, this run has 1"):
+        train_vlpo(_cfg(tmp_path, sft_ckpt, run__max_steps=2, run__save_every=0))

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from medlvr.corpus.config import add_config_arguments, exit_on_config_error, load_config
-from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, resolve_resume
+from medlvr.training.checkpoints import CheckpointError, checkpoint_dir, prune_checkpoints, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
 from medlvr.training.metrics import MetricsLogger, open_sample_log
@@ -115,8 +115,8 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
     if ck is not None:
         saved_world = json.loads((ck / "trainer_state.json").read_text())["world_size"]
         if saved_world != eng.world_size:  # each rank's rollout generator is part of the exact resume
-            raise ValueError(f"checkpoint {ck} was written by {saved_world} ranks, this run has {eng.world_size}: "
-                             f"Stage 2 resumes on the world size that wrote it")
+            raise CheckpointError(f"checkpoint {ck} was written by {saved_world} ranks, this run has "
+                                  f"{eng.world_size}: Stage 2 resumes on the world size that wrote it")
         extra = eng.resume(ck)
         sampler.load_state_dict(extra["sampler"])
         gen.set_state(torch.load(ck / "rollout_rng" / f"rank-{eng.rank}.pt", weights_only=False))
