@@ -9,7 +9,8 @@ the assertions allow 1e-6 absolute (lr 1e-3, 4 AdamW steps: a reordered fp32 sum
 relative, and AdamW's update m / (sqrt(v) + eps) carries that relative error into at most ~1e-7 x lr per step).
 
 One set of runs is shared by every assertion (module-scoped fixtures); each launch costs DeepSpeed's import and
-the tiny model's build (10-40 s on a loaded 2-core machine), with OMP / torch threads at 1 per rank.
+the tiny model's build, with OMP / torch threads at 1 per rank: 30-50 s a launch, about 7 minutes for the module
+on the shared 2-core build machine at a load average of 11.
 """
 
 from __future__ import annotations
@@ -231,3 +232,31 @@ def test_vlpo_two_ranks_keep_whole_groups_and_log_the_whole_batch(tmp_path):
     files = json.loads((out / "checkpoints" / "step-0000002" / "manifest.json").read_text())["files"]
     assert [f for f in files if f.endswith(".safetensors")] == ["model/model.safetensors"]
     assert (out / "final" / "model" / "model.safetensors").is_file()
+
+
+def test_a_rank_that_raises_ends_the_job_with_its_error_in_one_line(corpus, one, tmp_path):
+    """The rows rank 1 reads at step 1 have a broken image: rank 1 prints its error in one line and the job ends
+    (rank 0, waiting in the step's all-reduce, is stopped by torchrun) with a non-zero status."""
+    import pyarrow as pa
+
+    broken = set(_samples(one, 0)[1][1])  # micro-batch 2 of the 1-rank step 1 = rank 1's rows on 2 ranks
+    src = next((corpus / "shards" / "train").glob("part-*.parquet"))
+    dst = tmp_path / "corpus" / "shards" / "train" / src.name
+    dst.parent.mkdir(parents=True)
+    f = pq.ParquetFile(src)
+    with pq.ParquetWriter(dst, f.schema_arrow) as w:
+        for g in range(f.metadata.num_row_groups):  # the same row groups: the same data order
+            t = f.read_row_group(g)
+            png = [b"not a png" if q in broken else x for q, x in
+                   zip(t.column("qa_id").to_pylist(), t.column("image_png").to_pylist())]
+            field = t.schema.field("image_png")
+            t = t.set_column(t.schema.get_field_index("image_png"), field, pa.array(png, field.type))
+            w.write_table(t, row_group_size=t.num_rows)
+    p = subprocess.run(_cmd(2, tmp_path / "corpus", tmp_path / "out", "run.max_steps=1"), cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0
+    lines = [x for x in p.stderr.splitlines() if x.startswith("medlvr trainer: error: ")]
+    own = [x for x in lines if x.startswith("medlvr trainer: error: rank 1: ")]
+    assert len(own) == 1 and own[0].startswith("medlvr trainer: error: rank 1: UnidentifiedImageError: "), lines
+    # rank 0 may report its side first: the connection its peer closed, never an error of its own
+    assert all(x in own or (x.startswith("medlvr trainer: error: rank 0: ") and "peer" in x) for x in lines), lines
