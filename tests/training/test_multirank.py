@@ -9,8 +9,8 @@ the assertions allow 1e-6 absolute (lr 1e-3, 4 AdamW steps: a reordered fp32 sum
 relative, and AdamW's update m / (sqrt(v) + eps) carries that relative error into at most ~1e-7 x lr per step).
 
 One set of runs is shared by every assertion (module-scoped fixtures); each launch costs DeepSpeed's import and
-the tiny model's build, with OMP / torch threads at 1 per rank: 30-50 s a launch, about 7 minutes for the module
-on the shared 2-core build machine at a load average of 11.
+the tiny model's build, with OMP / torch threads at 1 per rank: 25-50 s a launch, 5.5-8 minutes for the module
+on the shared 2-core build machine at a load average of 9-11 (10 launches).
 """
 
 from __future__ import annotations
