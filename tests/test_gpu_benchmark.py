@@ -1,11 +1,14 @@
 """The prepared GPU benchmark (benchmarks/gpu/run.sh + driver.py, issue 18 §3) in --dry-run: the same code on the
 tiny shape on CPU, one JSON file with the device and every figure of (a)-(d)."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +38,21 @@ def test_run_sh_dry_run_writes_every_figure(tmp_path):
         assert v[key] > 0, key
     assert v["trajectories"] == 16 and v["generated_positions"] == run["settings"]["vlpo_new_tokens"]
     assert "replay_chunked_over_unchunked" in v and run["total_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+def test_run_sh_multirank_dry_run_passes_every_check(tmp_path):
+    """The multi-GPU checks of run.sh (benchmarks/gpu/multirank.py) on 2 CPU ranks: every check present and
+    passed, figures within their bounds."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "benchmarks/gpu/run.sh", "--multirank-dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "multirank_dry_run.json").read_text())
+    assert res["device"] == "cpu" and res["ranks"] == 2 and res["passed"] is True
+    assert sorted(res["checks"]) == ["metrics_once_by_rank0", "resume_n_to_1_weight_abs_diff",
+                                     "rows_disjoint_and_equal_to_one_rank", "sft_loss_rel_diff",
+                                     "sft_weight_abs_diff"]
+    for name in ("sft_loss_rel_diff", "sft_weight_abs_diff", "resume_n_to_1_weight_abs_diff"):
+        assert 0 <= res["checks"][name]["value"] <= res["checks"][name]["bound"] == 1e-6

@@ -19,6 +19,7 @@ API (what a recipe calls; everything else is private)::
     eng.device, eng.rank, eng.world_size, eng.is_main
     with eng.autocast(): loss = ...   # bf16 autocast on the single back end, no-op otherwise
     n = eng.all_reduce_sum(x)      # float sum over ranks (global loss normalisers)
+    d = eng.all_reduce_sums({k: x})  # the same for several values, one collective
     eng.backward(loss)             # loss = this micro-batch's share of the GLOBAL-batch loss (see below)
     res = eng.step()               # call after EVERY micro-batch; res.stepped at accumulation boundaries,
                                    # then res.grad_norm (pre-clip), res.lr; clipping and scheduler included
@@ -46,6 +47,8 @@ Checkpoint layout (`save`)::
     dir/manifest.json        every other file with size and sha256, written last (`training/checkpoints.py`)
 The directory is written as ``dir.tmp`` and renamed when complete, so a killed save never looks complete; resume
 verifies the manifest and falls back to an older checkpoint when it does not (`resolve_resume`).
+Under ZeRO-1/2 a checkpoint resumes on any world size (`_load_zero_resharded`); the single back end needs the
+world size that wrote it.
 """
 
 from __future__ import annotations
@@ -293,6 +296,15 @@ class Engine:
         torch.distributed.all_reduce(t)
         return float(t.item())
 
+    def all_reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over ranks, in one collective."""
+        if self.world_size == 1:
+            return {k: float(v) for k, v in values.items()}
+        t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64,
+                         device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return dict(zip(values, t.tolist()))
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
@@ -385,7 +397,9 @@ class Engine:
         state = json.loads((directory / "trainer_state.json").read_text())
         if state["world_size"] != self.world_size and self._ds is None:
             raise ValueError(f"checkpoint from world size {state['world_size']}, running {self.world_size}")
-        if self._ds is not None:
+        if self._ds is not None and state["world_size"] != self.world_size:
+            self._load_zero_resharded(directory / "optim" / "ds", state["world_size"])
+        elif self._ds is not None:
             self._ds.load_checkpoint(str(directory / "optim"), tag="ds", load_optimizer_states=True,
                                      load_lr_scheduler_states=True)
         else:
@@ -400,6 +414,46 @@ class Engine:
             set_rng_state(torch.load(rng_file, weights_only=False))
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         return state["extra_state"]
+
+
+    def _load_zero_resharded(self, ds_dir: Path, saved_world: int) -> None:
+        """Resume a ZeRO-1/2 checkpoint written by `saved_world` ranks on this world size.
+
+        DeepSpeed's `load_checkpoint` refuses a different data-parallel size; its ZeRO-1/2 optimizer can still
+        merge the partitions of every saved rank and cut this rank's partition (the "elastic" restore), which is
+        what this does: module weights, scheduler and counters from the (world-size independent) model-states
+        file, the fp32 master weights and the AdamW moments of all saved ranks merged and re-partitioned.
+        Every rank reads every saved shard (memory-mapped)."""
+        from deepspeed.checkpoint.constants import (BASE_OPTIMIZER_STATE, BASE_OPTIMIZER_STATE_STEP,
+                                                    OPTIMIZER_STATE_DICT)
+
+        if self.cfg.zero_stage not in (1, 2):
+            raise ValueError(f"a checkpoint from world size {saved_world} resumes on {self.world_size} ranks only "
+                             f"under ZeRO stage 1 or 2 (engine.zero_stage is {self.cfg.zero_stage})")
+        states = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False,
+                            mmap=True)
+        self._ds.load_module_state_dict(checkpoint=states, strict=True)
+        self.scheduler.load_state_dict(states["lr_scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # the scheduler's state alone sets the rate only at its next step
+        self._ds.global_steps, self._ds.global_samples = states["global_steps"], states["global_samples"]
+        self._ds.skipped_steps = states["skipped_steps"]
+        shards = []
+        for r in range(saved_world):
+            found = sorted(ds_dir.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))
+            if len(found) != 1:
+                raise FileNotFoundError(f"{ds_dir}: no ZeRO shard of rank {r} (the checkpoint has {saved_world})")
+            sd = torch.load(found[0], map_location="cpu", weights_only=False, mmap=True)[OPTIMIZER_STATE_DICT]
+            base = sd[BASE_OPTIMIZER_STATE]
+            if isinstance(base, dict):  # the default ("rigid") layout: a torch optimizer state_dict per rank
+                groups = [base["state"][i] for i in range(len(base["param_groups"]))]
+                sd = {**sd, BASE_OPTIMIZER_STATE: groups, BASE_OPTIMIZER_STATE_STEP: groups[0]["step"]}
+            shards.append(sd)
+        opt = self._ds.optimizer
+        opt._load_global_state(shards[0])
+        opt._restore_elastic_base_optimizer_state(shards)
+        opt._restore_from_elastic_fp32_weights(shards)
+        opt._link_all_hp_params()
 
 
 @torch.no_grad()

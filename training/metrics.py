@@ -80,6 +80,15 @@ def quiet_loading_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
+def open_sample_log(out_dir: str | Path, rank: int, start_step: int):
+    """`out_dir/samples/rank-R.jsonl` opened for appending (`run.log_samples`, both stages): THIS rank's rows of
+    every optimizer step, one JSON line per step with its `step`, cut at the resumed step like metrics.jsonl."""
+    path = Path(out_dir) / "samples" / f"rank-{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cut_metrics(path, start_step)
+    return open(path, "a")
+
+
 class MetricsLogger:
     def __init__(self, out_dir: str | Path, enabled: bool = True, total_steps: int = 0, tensorboard: bool = True,
                  progress: bool = True, start_step: int = 0):

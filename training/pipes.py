@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -30,7 +31,13 @@ def open_pipes():
 
 
 def report_failure(pipes, exc: BaseException, out_dir: str | Path | None) -> None:
-    """Rank 0: the traceback to Dagster (an error log line) and to `<out_dir>/trainer_error.txt`."""
+    """Every rank of a multi-rank run: one line `medlvr trainer: error: rank R: Type: message` on stderr (the
+    launcher's summary names only the first rank to exit, often a peer that lost its connection). Rank 0: the
+    traceback to Dagster (an error log line) and to `<out_dir>/trainer_error.txt`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"medlvr trainer: error: rank {os.environ.get('RANK', '0')}: {type(exc).__name__}: {first}",
+              file=sys.stderr, flush=True)
     if not is_rank0():
         return
     text = "".join(traceback.format_exception(exc))

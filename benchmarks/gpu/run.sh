@@ -6,6 +6,9 @@
 #
 #   bash benchmarks/gpu/run.sh              # GPU: writes benchmarks/gpu/results/gpu.json (OUT=dir to change)
 #   bash benchmarks/gpu/run.sh --dry-run    # CPU, tiny shape, the same code paths (tests/test_gpu_benchmark.py)
+# With 2+ GPUs it then runs the multi-rank checks of issue 28 on all of them (benchmarks/gpu/multirank.py: ZeRO-2 on
+# N ranks = 1 rank, the N-rank checkpoint resumed on 1 rank) into multirank.json.
+#   bash benchmarks/gpu/run.sh --multirank-dry-run   # the same checks on 2 CPU ranks (tests/test_gpu_benchmark.py)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
@@ -16,9 +19,16 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [[ "${1:-}" == "--dry-run" ]]; then
   exec "$PY" benchmarks/gpu/driver.py --dry-run --out "$OUT/dry_run.json"
 fi
+if [[ "${1:-}" == "--multirank-dry-run" ]]; then
+  exec "$PY" benchmarks/gpu/multirank.py --dry-run --out "$OUT/multirank_dry_run.json"
+fi
 
 # setup: the package from this checkout (dependencies are the machine's), the device on record
 "$PY" -c "import medlvr.training" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import flash_attn" 2>/dev/null || echo "flash_attn does not import: sdpa only"
-exec "$PY" benchmarks/gpu/driver.py --attn sdpa,flash_attention_2 --out "$OUT/gpu.json"
+"$PY" benchmarks/gpu/driver.py --attn sdpa,flash_attention_2 --out "$OUT/gpu.json"
+NGPU=$( (nvidia-smi -L 2>/dev/null || true) | wc -l)
+if (( NGPU >= 2 )); then
+  "$PY" benchmarks/gpu/multirank.py --ranks "$NGPU" --device cuda --out "$OUT/multirank.json"
+fi

@@ -55,3 +55,37 @@ def test_sampler_epochs_and_state():
     b = PromptSampler(5, 3, seed=1)
     b.load_state_dict(st)
     assert a.next_indices() == b.next_indices()
+
+
+def test_synthetic_images_are_written_under_a_temporary_name_then_renamed(tmp_path, monkeypatch):
+    """Every rank of a multi-rank VLPO run writes the synthetic set into the same folder: a rank that finds a
+    peer's file must never read it half-written (old code: saved straight to the final name)."""
+    from PIL import Image
+
+    real, targets = Image.Image.save, []
+
+    def spy(self, fp, *args, **kwargs):
+        targets.append(Path(fp))
+        return real(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", spy)
+    synthetic_samples(3, tmp_path)
+    finals = {tmp_path / f"syn_0_{i:04d}.png" for i in range(3)}
+    assert len(targets) == 3 and not finals & set(targets)
+    assert all(Image.open(p).size == (56, 56) for p in finals) and not list(tmp_path.glob(".*"))
+
+
+def test_synthetic_images_do_not_depend_on_which_files_a_peer_already_wrote(tmp_path):
+    """Two ranks write the set at once, so one may find some images already there. Old code drew an image's
+    pixels only when it wrote the file: the images after a found one got other pixels than the peer's."""
+    import numpy as np
+    from PIL import Image
+
+    synthetic_samples(3, tmp_path / "fresh")
+    (tmp_path / "peer").mkdir()
+    synthetic_samples(1, tmp_path / "peer")  # a peer rank wrote image 0 first
+    synthetic_samples(3, tmp_path / "peer")
+    for i in range(3):
+        name = f"syn_0_{i:04d}.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "fresh" / name)),
+                              np.asarray(Image.open(tmp_path / "peer" / name))), name

@@ -296,3 +296,57 @@ def test_lora_vlpo_changes_adapters_and_control_rows_only_and_resumes_exactly(tm
             assert set(rows) <= {ids.start, ids.latent, ids.end}, (n, rows)
         else:
             assert n.endswith(targets) and "visual" not in n, n
+
+
+def test_two_rank_split_of_the_same_rollouts_gives_the_one_rank_gradient(tmp_path, sft_ckpt):
+    """Issue 28, the VLPO update on W ranks (whole groups per rank) against one rank on the SAME rollouts. Each rank
+    divides its loss by the all-reduced counts over W, as the trainer does, and the engine averages gradients over
+    ranks (tests/training/test_multirank.py shows DeepSpeed's average equals accumulation); here two ranks are
+    simulated in one process on one Experience, prompt 0's group as rank 0 and prompt 1's as rank 1."""
+    from types import SimpleNamespace
+
+    from medlvr.training.vlpo.trainer import load_policy, load_reference
+
+    cfg = _cfg(tmp_path, sft_ckpt)
+    policy, proc, ids = load_policy(cfg)
+    batch = build_prompt_batch(proc, synthetic_samples(2, tmp_path / "img"))
+    ref = load_reference(cfg, torch.device("cpu"))
+    exp = collect(policy, ref, LocalLatentRollout(policy, ids), batch, ids,
+                  decode_config(cfg.rollout, K, banned_ids=vision_token_ids(policy)), cfg.algo, proc.tokenizer,
+                  micro_batch=16, generator=torch.Generator().manual_seed(0))
+    exp.advantages = torch.linspace(-1, 1, exp.advantages.numel())  # a nonzero signal in every group
+    N, G, W = exp.out.sequences.shape[0], cfg.rollout.num_generations, 2
+    assert N == 2 * G
+    lcfg, agg = loss_config(cfg), cfg.algo.aggregation
+    params = [p for p in policy.parameters() if p.requires_grad]
+    policy.train()
+
+    def grads(rows: torch.Tensor, denoms: dict) -> list[torch.Tensor]:
+        policy.zero_grad(set_to_none=True)
+        for mb in rows.split(4):  # micro-batches of 4 trajectories
+            microbatch_loss(policy, exp, mb, ids, lcfg, denoms).loss.backward()
+        return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+
+    one = grads(torch.arange(N), global_denominators(exp, agg))
+    rank_rows = [torch.arange(r * G, (r + 1) * G) for r in range(W)]
+    local = [global_denominators(SimpleNamespace(out=SimpleNamespace(sampled_mask=exp.out.sampled_mask[rows]),
+                                                 latent_mask=exp.latent_mask[rows]), agg) for rows in rank_rows]
+    denoms = {k: sum(d[k] for d in local) / W for k in local[0]}  # the trainer: all_reduce_sum / world_size
+    per_rank = [grads(rows, denoms) for rows in rank_rows]
+    averaged = [(a + b) / W for a, b in zip(*per_rank)]
+    assert max(float((x - y).abs().max()) for x, y in zip(one, averaged)) <= 1e-6
+    assert max(float(x.abs().max()) for x in one) > 1e-3  # the update is not trivially zero
+
+
+def test_checkpoint_from_another_world_size_is_one_error(tmp_path, sft_ckpt):
+    """Each rank's rollout generator is part of a Stage-2 checkpoint: one written by 2 ranks does not resume on 1
+    (a CheckpointError, one line at the CLI), instead of a missing-file traceback or a silent other stream."""
+    from medlvr.training.checkpoints import CheckpointError, write_manifest
+
+    train_vlpo(_cfg(tmp_path, sft_ckpt, run__max_steps=1, run__save_every=0))
+    ck = tmp_path / "checkpoints" / "step-0000001"
+    state = json.loads((ck / "trainer_state.json").read_text())
+    (ck / "trainer_state.json").write_text(json.dumps({**state, "world_size": 2}))
+    write_manifest(ck)
+    with pytest.raises(CheckpointError, match="written by 2 ranks, this run has 1"):
+        train_vlpo(_cfg(tmp_path, sft_ckpt, run__max_steps=2, run__save_every=0))

@@ -85,6 +85,7 @@ class RunConfig:
     progress: bool = True
     peak_flops: float = 0.0  # override the device's peak bf16 FLOP/s for MFU
     threads: int = 0  # torch intra-op threads on CPU; 0: leave as is
+    log_samples: bool = False  # each rank writes the qa_ids of its rows per step to out_dir/samples/rank-R.jsonl
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from medlvr.corpus.config import add_config_arguments, exit_on_config_error
 from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, refuse_silent_overwrite, resolve_resume
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.metrics import MetricsLogger, decoder_params, peak_flops, quiet_loading_bars, train_flops
+from medlvr.training.metrics import (MetricsLogger, decoder_params, open_sample_log, peak_flops,
+                                     quiet_loading_bars, train_flops)
 from medlvr.training.model import set_pixel_budget
 from medlvr.training.pipes import format_step, open_pipes, report_failure, scalar_metrics
 from medlvr.training.sft.collate import collate
@@ -81,15 +82,21 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     W = eng.world_size
+    sample_log = open_sample_log(out_dir, eng.rank, eng.global_step) if run.log_samples else None
     metrics: dict = {}
     last_ckpt = None
     try:
         while eng.global_step < steps:
             t0 = time.perf_counter()
-            batches = [collate(stream.next_rows(run.micro_batch_size), processor, ids, lt.k_latent,
+            rows = [stream.next_rows(run.micro_batch_size) for _ in range(ec.grad_accum)]
+            if sample_log is not None:
+                sample_log.write(json.dumps({"step": eng.global_step + 1, "rank": eng.rank,
+                                             "qa_ids": [[r["qa_id"] for r in mb] for mb in rows]}) + "\n")
+                sample_log.flush()
+            batches = [collate(mb, processor, ids, lt.k_latent,
                                min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
                                roi_target=lt.roi_target, no_box=lt.no_box, max_answer_tokens=cfg.data.max_answer_tokens)
-                       for _ in range(ec.grad_accum)]
+                       for mb in rows]
             n_label = eng.all_reduce_sum(sum(b.n_label for b in batches))
             n_roi = eng.all_reduce_sum(sum(b.n_roi for b in batches)) if lt.roi_weight > 0 else 0.0
             # one bottleneck draw per optimizer step, a pure function of (seed, step): resume-proof
@@ -139,6 +146,8 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
                 on_step(step, metrics)
     finally:
         logger.close()
+        if sample_log is not None:
+            sample_log.close()
     return {"metrics": metrics, "checkpoint": str(last_ckpt) if last_ckpt else None, "steps": eng.global_step,
             "out_dir": str(out_dir)}
 

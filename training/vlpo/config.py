@@ -124,6 +124,7 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0: leave as is
     tensorboard: bool = True
     progress: bool = True
+    log_samples: bool = False  # each rank writes its prompts' sample ids and rewards per step to out_dir/samples/
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Shapes: B prompts, G samples each, N = B*G trajectories (row b*G + g), T generat
 from __future__ import annotations
 
 import dataclasses
-
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -152,22 +152,42 @@ def global_denominators(exp: Experience, aggregation: str) -> dict[str, float]:
     return {"text": float((text.sum(-1) > 0).sum().clamp(min=1)), "latent": float((lat.sum(-1) > 0).sum().clamp(min=1))}
 
 
-def rollout_metrics(exp: Experience) -> dict[str, float]:
+def rollout_metric_sums(exp: Experience) -> dict[str, float]:
+    """The sums and counts behind `rollout_metrics`, so that ranks can add theirs before dividing (a multi-rank
+    run logs the metrics of the whole step batch, not rank 0's share)."""
     out, rew = exp.out, exp.rewards
     sampled = out.sampled_mask
-    n_sampled = sampled.sum().clamp(min=1)
+    reward = rew["reward"].double()
+    noise = out.noise.float().norm(dim=-1)[exp.latent_mask.to(out.noise.device)] if exp.latent_mask.any() else None
     return {
-        "closed": float(out.closed),
-        "reward_mean": float(rew["reward"].mean()),
-        "reward_std": float(rew["reward"].std()) if rew["reward"].numel() > 1 else 0.0,
-        "accuracy": float(rew["accuracy"].mean()),
-        "format_rate": float(rew["format"].mean()),
-        "parse_rate": float(rew["parsed"].mean()),
-        "zero_std_groups": float(exp.zero_std.float().mean()),
+        "closed": float(out.closed), "ranks": 1.0, "n": float(reward.numel()),
+        "reward": float(reward.sum()), "reward_sq": float((reward ** 2).sum()),
+        "accuracy": float(rew["accuracy"].double().sum()), "format": float(rew["format"].double().sum()),
+        "parsed": float(rew["parsed"].double().sum()),
+        "zero_std_groups": float(exp.zero_std.double().sum()), "groups": float(exp.zero_std.numel()),
+        "neg_logp": float(-(out.logprobs * sampled).double().sum()), "sampled": float(sampled.sum()),
+        "gen": float(out.gen_mask.sum()),
+        "noise_norm": float(noise.double().sum()) if noise is not None else 0.0,
+        "noise_count": float(noise.numel()) if noise is not None else 0.0,
+    }
+
+
+def rollout_metrics(exp: Experience | None = None, sums: dict[str, float] | None = None) -> dict[str, float]:
+    """Step metrics of the rollouts, from `exp` or from `rollout_metric_sums` added over ranks."""
+    s = rollout_metric_sums(exp) if sums is None else sums
+    n = s["n"]
+    var = (s["reward_sq"] - s["reward"] ** 2 / n) / (n - 1) if n > 1 else 0.0
+    return {
+        "closed": s["closed"] / s["ranks"],
+        "reward_mean": s["reward"] / n,
+        "reward_std": math.sqrt(max(var, 0.0)),
+        "accuracy": s["accuracy"] / n,
+        "format_rate": s["format"] / n,
+        "parse_rate": s["parsed"] / n,
+        "zero_std_groups": s["zero_std_groups"] / max(1.0, s["groups"]),
         # Monte-Carlo estimate of the policy entropy at the sampling temperature: E_y~p[-log p(y)]
-        "entropy": float(-(out.logprobs * sampled).sum() / n_sampled),
-        "response_length": float(out.gen_mask.sum(-1).float().mean()),
-        "answer_tokens": float(sampled.sum(-1).float().mean()),
-        "latent_noise_norm": float(out.noise.float().norm(dim=-1)[exp.latent_mask.to(out.noise.device)].mean())
-        if exp.latent_mask.any() else 0.0,
+        "entropy": s["neg_logp"] / max(1.0, s["sampled"]),
+        "response_length": s["gen"] / n,
+        "answer_tokens": s["sampled"] / n,
+        "latent_noise_norm": s["noise_norm"] / s["noise_count"] if s["noise_count"] else 0.0,
     }

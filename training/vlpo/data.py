@@ -15,6 +15,7 @@ letter, options in a fixed order, tiny random images): the tiny-model RL test an
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,8 +56,11 @@ def synthetic_samples(n: int, image_dir: str | Path, seed: int = 0, size: int = 
     for i in range(n):
         q, opts, gold = pool[i % len(pool)]
         path = image_dir / f"syn_{seed}_{i:04d}.png"
-        if not path.is_file():
-            Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)).save(path)
+        pixels = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+        if not path.is_file():  # every rank writes the set: a temporary name + rename, so no rank reads a half PNG
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            Image.fromarray(pixels).save(tmp, format="PNG")
+            os.replace(tmp, path)
         out.append(Sample(benchmark="synthetic_mc", sample_id=f"syn-{seed}-{i}", question=q, kind="mc",
                           answer=gold, options=tuple(zip("ABCD", opts)), images=(file_uri(path),),
                           tags={"modality": "synthetic", "split": "train"}))

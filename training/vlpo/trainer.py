@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 
 from medlvr.corpus.config import add_config_arguments, exit_on_config_error, load_config
-from medlvr.training.checkpoints import checkpoint_dir, prune_checkpoints, refuse_silent_overwrite, resolve_resume
+from medlvr.training.checkpoints import (CheckpointError, checkpoint_dir, prune_checkpoints, refuse_silent_overwrite,
+                                         resolve_resume)
 from medlvr.training.engine import Engine, seed_everything
 from medlvr.training.loading import load_model_or_tiny
-from medlvr.training.metrics import MetricsLogger, quiet_loading_bars
+from medlvr.training.metrics import MetricsLogger, open_sample_log, quiet_loading_bars
 from medlvr.training.model import set_pixel_budget
 from medlvr.training.pipes import is_rank0, open_pipes, report_failure
 from medlvr.training.vlpo.config import VLPORunConfig, resolve_k_latent
@@ -50,6 +51,7 @@ from medlvr.training.vlpo.core import (
     loss_config,
     micro_batches,
     microbatch_loss,
+    rollout_metric_sums,
     rollout_metrics,
     timed,
     vision_token_ids,
@@ -113,6 +115,10 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
 
     ck = resolve_resume(out_dir, run.resume)
     if ck is not None:
+        saved_world = json.loads((ck / "trainer_state.json").read_text())["world_size"]
+        if saved_world != eng.world_size:  # each rank's rollout generator is part of the exact resume
+            raise CheckpointError(f"checkpoint {ck} was written by {saved_world} ranks, this run has "
+                                  f"{eng.world_size}: Stage 2 resumes on the world size that wrote it")
         extra = eng.resume(ck)
         sampler.load_state_dict(extra["sampler"])
         gen.set_state(torch.load(ck / "rollout_rng" / f"rank-{eng.rank}.pt", weights_only=False))
@@ -123,6 +129,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     history, done_here = [], 0
+    sample_log = open_sample_log(out_dir, eng.rank, eng.global_step // mu) if run.log_samples else None
     step = lambda: eng.global_step // mu  # noqa: E731  training steps (rollout batches) done
     while step() < run.max_steps:
         if run.stop_after is not None and done_here >= run.stop_after:
@@ -136,6 +143,15 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
                       processor.tokenizer,
                       micro_batch=run.micro_batch_size, generator=gen, ref_offload=cfg.model.ref_offload,
                       need_ref=cfg.algo.beta != 0)
+        if sample_log is not None:  # whole groups per rank: trajectory b*G + g is sample b's g-th
+            sample_log.write(json.dumps({"step": step() + 1, "rank": eng.rank,
+                                         "sample_ids": [samples[i].sample_id for i in idx],
+                                         "reward": exp.rewards["reward"].tolist(),
+                                         "response_length": exp.out.gen_mask.sum(-1).tolist(),
+                                         "answer_tokens": exp.out.sampled_mask.sum(-1).tolist(),
+                                         "neg_logp": (-(exp.out.logprobs * exp.out.sampled_mask).sum(-1)).tolist()})
+                             + "\n")
+            sample_log.flush()
         local = global_denominators(exp, cfg.algo.aggregation)
         denoms = {k: eng.all_reduce_sum(v) / eng.world_size for k, v in local.items()}
         times = dict(exp.times)
@@ -157,7 +173,10 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
             if not res.stepped:
                 raise RuntimeError("the engine did not step at the end of the rollout batch (grad_accum mismatch)")
         done_here += 1
-        m = rollout_metrics(exp)
+        m = rollout_metrics(sums=eng.all_reduce_sums(rollout_metric_sums(exp)))  # the whole step batch
+        sums = eng.all_reduce_sums(sums)
+        for k in ("loss", "text_loss", "latent_loss", "kl"):  # rank r's share is W x its part of the global mean
+            sums[k] /= eng.world_size
         m.update(loss=sums["loss"], text_loss=sums["text_loss"], latent_loss=sums["latent_loss"], kl=sums["kl"],
                  clip_frac_text=sums["clip_text_count"] / max(1.0, sums["text_count"]),
                  clip_frac_latent=sums["clip_latent_count"] / max(1.0, sums["latent_count"]),
@@ -175,6 +194,8 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
             if eng.is_main:
                 prune_checkpoints(out_dir, run.keep_last, upto=step())
     logger.close()
+    if sample_log is not None:
+        sample_log.close()
     result = {"steps": step(), "metrics": history, "final_dir": None, "checkpoint": None}
     if step() > 0:
         ck_dir = _save(eng, cfg, step(), sampler, gen, processor)
