@@ -182,3 +182,18 @@ def test_cli_config_error_is_one_line_and_exit_2(capsys):
         config = TINY_CONFIG if cmd == "train-sft" else TINY_CONFIG.parent / "vlpo_tiny.yaml"
         assert main([cmd, "--config", str(config), "--set", "engine.lrr=1"]) == 2
         assert capsys.readouterr().err == "medlvr: error: unknown config key engine.lrr (did you mean engine.lr?)\n"
+
+
+def test_old_val_split_is_a_one_line_renamed_error():
+    """The corpus' validation split is `validation` (Hugging Face's name): an old `data.split: val` says so, through
+    the console script as the README prints it, in one line with exit status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    medlvr = str(Path(sys.executable).with_name("medlvr"))
+    r = subprocess.run([medlvr, "train-sft", "--config", str(TINY_CONFIG), "--set", "data.corpus=/x",
+                        "--set", "data.split=val"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "renamed to 'validation'" in r.stderr and "data.split=validation" in r.stderr
+    assert load_config(TINY_CONFIG, ["data.corpus=/x", "data.split=validation"]).data.split == "validation"
