@@ -48,13 +48,13 @@ _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?")
 
 
 def numeric_columns(t: Table) -> list[bool]:
-    """Per column: True when every cell is a number (or the missing-number dash, with at least one number), so the
-    column is right-aligned; text columns (model names, benchmarks, paths) are left-aligned."""
+    """Per column: True when every cell is a number or the missing-number dash (a column of dashes only is a number
+    column without values), so the column is right-aligned; text columns (model names, benchmarks, paths) are
+    left-aligned."""
     out = []
     for i in range(len(t.headers)):
         cells = [str(r[i]).strip() for r in t.rows if i < len(r)]
-        numbers = [c for c in cells if c != NO_VALUE]
-        out.append(bool(numbers) and all(_NUMBER.fullmatch(c) for c in numbers))
+        out.append(bool(cells) and all(c == NO_VALUE or _NUMBER.fullmatch(c) for c in cells))
     return out
 
 

@@ -159,13 +159,14 @@ def test_report_tables_align_text_left_and_numbers_right(tmp_path):
 
     from markdown_it import MarkdownIt
 
-    secs = [Section("Main", "", [Table("Accuracy", ["model", "benchmark", "N", "accuracy %", "delta"],
-                                       [["base", "slake", "4", "35.9", "–"], ["roi_sft", "vqa_rad", "12", "–", "-2.5"]])])]
+    secs = [Section("Main", "", [Table("Accuracy", ["model", "benchmark", "N", "accuracy %", "delta", "vqa_rad"],
+                                       [["base", "slake", "4", "35.9", "–", "–"],
+                                        ["roi_sft", "vqa_rad", "12", "–", "-2.5", "–"]])])]
     md, page = write_report(tmp_path, "R", secs)
     rendered = MarkdownIt("commonmark").enable("table").render(md.read_text())
     heads = re.findall(r"<th style=\"text-align:(\w+)\">([^<]*)</th>", rendered)
     assert heads == [("left", "model"), ("left", "benchmark"), ("right", "N"), ("right", "accuracy %"),
-                     ("right", "delta")]
+                     ("right", "delta"), ("right", "vqa_rad")]  # no value at all: still a column of numbers
 
     class Cells(HTMLParser):
         def __init__(self):
@@ -183,8 +184,8 @@ def test_report_tables_align_text_left_and_numbers_right(tmp_path):
     p = Cells()
     p.feed(page.read_text())
     align = {cls: a for cls, a in re.findall(r"\.([\w-]+)\{text-align:(left|right)\}", p.css)}
-    assert [align.get(c) for c in p.cells[:5]] == ["left", "left", "right", "right", "right"]
-    assert [align.get(c) for c in p.cells[5:10]] == ["left", "left", "right", "right", "right"]
+    assert [align.get(c) for c in p.cells[:6]] == ["left", "left", "right", "right", "right", "right"]
+    assert [align.get(c) for c in p.cells[6:12]] == ["left", "left", "right", "right", "right", "right"]
     assert not re.search(r"td,th\{[^}]*text-align", p.css)  # no blanket right alignment left over
 
 
