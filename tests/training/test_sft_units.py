@@ -197,3 +197,16 @@ def test_old_val_split_is_a_one_line_renamed_error():
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "renamed to 'validation'" in r.stderr and "data.split=validation" in r.stderr
     assert load_config(TINY_CONFIG, ["data.corpus=/x", "data.split=validation"]).data.split == "validation"
+
+
+def test_old_schema_shards_are_refused_in_one_line(tmp_path):
+    """Shards written before the Hugging Face renames (`image_png`, `val`) say to rebuild instead of a KeyError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "shards" / "train"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"qa_id": ["a"], "image_png": [b"png"], "split": ["train"]}), d / "part-00000.parquet")
+    with pytest.raises(ValueError, match=r"older schema .* rebuild the corpus with `medlvr build-corpus`") as e:
+        shard_files(tmp_path, "train")
+    assert "\n" not in str(e.value)
