@@ -111,7 +111,7 @@ def run_baseline(out: Path, dst: Path) -> dict:
                                            "scale_x": img.scale_x, "scale_y": img.scale_y}), concepts)
             for p in build_pairs(facts, kg, QAConfig()):
                 rows.append({"qa_id": p.qa_id, "image_id": p.image_id, "question": p.question, "answer": p.answer,
-                             "options": p.options, "boxes": p.boxes, "image_png": img.png})
+                             "options": p.options, "boxes": p.boxes, "image": img.png})
     t1 = time.perf_counter()
     dst.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(dst, compression="zstd")

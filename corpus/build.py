@@ -232,6 +232,12 @@ def compute_splits(out: Path, cfg: BuildConfig, datasets: list[str]) -> dict[str
     return report
 
 
+def synthetic_sample_datasets(out: Path, datasets: list[str]) -> list[str]:
+    """Those of `datasets` whose ingest read the bundled synthetic sample (their summary says so)."""
+    return sorted(d for d in datasets
+                  if json.loads((out / layout.ingest_summary(d)).read_text()).get("synthetic_sample", False))
+
+
 def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
     """Join QA pairs with image bytes, split and duplicate group; drop contaminated images; publish atomically."""
     splits = dict(zip(*[pq.read_table(out / layout.SPLITS).column(c).to_pylist()
@@ -242,6 +248,8 @@ def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
              "dedup": json.loads((out / layout.DEDUP_REPORT).read_text()),
              "splits": json.loads((out / layout.SPLITS_REPORT).read_text()),
              "decontamination": json.loads((out / layout.DECONTAM_REPORT).read_text()),
+             # the datasets whose raw folder was the bundled synthetic sample (the card says so; corpus/provenance.py)
+             "synthetic_sample_datasets": synthetic_sample_datasets(out, datasets),
              "generation": {}}
     writer = ShardWriter(out, cfg.row_group_mb * 2**20, cfg.shard_rows)
     try:
@@ -257,7 +265,7 @@ def write_shards(out: Path, cfg: BuildConfig, datasets: list[str]) -> Path:
                 for r in pairs:
                     writer.add({**r, "split": splits[img["image_id"]], "patient_key": img["patient_key"],
                                 "dup_group": groups.get(img["image_id"], img["image_id"]),
-                                "width": img["width"], "height": img["height"], "image_png": img["png"]})
+                                "width": img["width"], "height": img["height"], "image": img["png"]})
         return writer.commit(extra)
     except BaseException:
         writer.abort()
@@ -323,7 +331,7 @@ def dedup_step(ctx: BuildContext, dataset: None = None) -> dict[str, Any]:
     for d in ids:
         s = json.loads((out / layout.ingest_summary(d)).read_text())
         ingest[d] = {"records": s["records_in"], "rejected": s["records_rejected"], "images": s["images_out"],
-                     "rois": s["rois_out"]}
+                     "rois": s["rois_out"], "synthetic_sample": bool(s.get("synthetic_sample", False))}
     qa = {d: json.loads((out / layout.qa_stats(d)).read_text())["pairs"] for d in ids}
     not_built = sorted(set(ctx.datasets + ctx.skipped) - set(ids))
     write_json({"datasets": ids, "not_built": not_built, "ingest": ingest, "qa": qa}, out / layout.DATASETS)

@@ -3,11 +3,14 @@
     <out>/card/README.md, counts.png, box_sizes.png, samples.png      the corpus card
     <out>/shards/README.md + the same plots                            the same card in the shard folder
 
-The header (`license`, `task_categories`, `configs` with one `data_files` entry per split, `dataset_info.features`
-from the shard schema with `image_png` as an `image`) makes `datasets.load_dataset("<out>/shards")` return the
-splits with decoded images, no casting by the user, and lets the shard folder be uploaded to the Hub as it is.
-The body: what the corpus is, counts as Markdown tables, the licence and citation of every source dataset (from
-the catalog), the build's dedup / split / decontamination figures, and the plots.
+The header (`license`, `task_categories`, `configs` with one `data_files` entry per split folder, named as the Hub
+names splits: train / validation / test; `dataset_info.features` from the shard schema with the `image` column as
+an `image`) makes `datasets.load_dataset("<out>/shards")` return the splits with decoded images, no casting by the
+user, and lets the shard folder be uploaded to the Hub as it is.
+The body: what the corpus is built from (real datasets, or the bundled synthetic sample: the manifest's
+`synthetic_sample_datasets`, corpus/provenance.py), counts as Markdown tables, the format (the `{boxN}` placeholder
+convention and the function that renders it), the licence and citation of every dataset really read (from the
+catalog), the build's dedup / split / decontamination figures, and the plots.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import pyarrow.parquet as pq
 import yaml
 
 from medlvr.corpus.catalog import load_catalog
-from medlvr.corpus.shards import MANIFEST_NAME, QA_SCHEMA
+from medlvr.corpus.shards import IMAGE_COLUMN, MANIFEST_NAME, QA_SCHEMA
+from medlvr.corpus.splits import SPLITS
 
 PLOTS = ("counts.png", "box_sizes.png", "samples.png")
-HF_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # folder -> the Hub's split name
 # Hub task categories of the pairs: grounded VQA (answers and boxes) with images in, text out
 TASK_CATEGORIES = ["visual-question-answering", "image-text-to-text"]
 _ARROW_DTYPES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.bool_(): "bool",
                  pa.float64(): "float64", pa.binary(): "binary"}
-IMAGE_COLUMN = "image_png"
+SYNTHETIC_LICENCE_NAME = "medlvr-synthetic-sample"  # the header's licence id of a corpus of synthetic samples only
+RENDER_FUNCTION = "medlvr.corpus.qa.export.render_qwen"  # renders {boxN} placeholders (the card names it)
 
 
 def _plt():
@@ -102,11 +106,11 @@ def collect_from_shards(shard_dir: Path, max_samples: int = 12) -> tuple[np.ndar
                     for b in r["boxes"]:
                         areas.append((b[2] - b[0]) * (b[3] - b[1]) / (r["width"] * r["height"]))
         if len(samples) < max_samples:
-            for batch in pf.iter_batches(columns=["dataset", "boxes", "image_png", "question_type", "modality"],
+            for batch in pf.iter_batches(columns=["dataset", "boxes", IMAGE_COLUMN, "question_type", "modality"],
                                          batch_size=256):
                 for r in batch.to_pylist():
                     if r["question_type"] == "grounding" and r["dataset"] not in samples and len(samples) < max_samples:
-                        samples[r["dataset"]] = {"png": r["image_png"], "boxes": r["boxes"],
+                        samples[r["dataset"]] = {"png": r[IMAGE_COLUMN], "boxes": r["boxes"],
                                                  "title": f"{r['dataset']} ({r['modality']})"}
     return np.asarray(areas), [samples[k] for k in sorted(samples)]
 
@@ -133,20 +137,23 @@ def size_category(rows: int) -> str:
 
 
 def card_header(manifest: dict) -> dict:
-    """The YAML header: licences, task categories, and one config whose splits are the shard folders."""
+    """The YAML header: licences, task categories, and one config whose splits are the shard folders (named as the
+    Hub names splits)."""
     split_dirs = sorted({Path(s["path"]).parts[0] for s in manifest["shards"]},
-                        key=lambda d: list(HF_SPLIT_NAMES).index(d) if d in HF_SPLIT_NAMES else len(HF_SPLIT_NAMES))
+                        key=lambda d: SPLITS.index(d) if d in SPLITS else len(SPLITS))
+    real, synthetic = source_datasets(manifest)
     return {
-        "pretty_name": "MedLVR grounding corpus",
-        "license": "other",  # the union of the source datasets' licences (table below); no single licence applies
-        "license_name": "source-dataset-licences",
+        "pretty_name": "MedLVR grounding corpus" + ("" if real else " (synthetic sample)"),
+        # real data: the union of the source datasets' licences (table below), no single licence applies; synthetic
+        # samples only: no third-party data, the card's body says what they are
+        "license": "other",
+        "license_name": "source-dataset-licences" if real else SYNTHETIC_LICENCE_NAME,
         "language": ["en"],
         "task_categories": TASK_CATEGORIES,
-        "tags": ["medical", "visual-grounding", "bounding-boxes"],
+        "tags": ["medical", "visual-grounding", "bounding-boxes"] + (["synthetic"] if synthetic else []),
         "size_categories": [size_category(manifest["rows"])],
         "configs": [{"config_name": "default", "default": True,
-                     "data_files": [{"split": HF_SPLIT_NAMES.get(d, d), "path": f"{d}/*.parquet"}
-                                    for d in split_dirs]}],
+                     "data_files": [{"split": d, "path": f"{d}/*.parquet"} for d in split_dirs]}],
         "dataset_info": {"features": hf_features(), "config_name": "default"},
     }
 
@@ -163,16 +170,39 @@ def _counts_table(title: str, key: str, counts: dict) -> list[str]:
     return [f"### {title}", ""] + _table([key, "pairs", "%"], rows, "---|---:|---:|")
 
 
+def source_datasets(manifest: dict) -> tuple[list[str], list[str]]:
+    """(datasets really read, datasets that were the bundled synthetic sample), each sorted, over the datasets with
+    pairs in this build (the manifest's `synthetic_sample_datasets`, written by the shards step)."""
+    built = set(manifest["counts"]["dataset"])
+    synthetic = built & set(manifest.get("synthetic_sample_datasets", []))
+    return sorted(built - synthetic), sorted(synthetic)
+
+
 def _sources(manifest: dict) -> list[str]:
-    """Licence and citation of every catalog dataset, marking those with pairs in this build."""
+    """Licence and citation of every dataset really read (with pairs in this build); the synthetic stand-ins apart,
+    without licences (none of their data comes from the dataset they imitate)."""
     catalog = load_catalog()
     per_dataset = manifest["counts"]["dataset"]
-    rows = [[f"[{spec.name}]({spec.homepage})" if spec.homepage else spec.name, f"`{ds}`", spec.modality,
-             per_dataset.get(ds, 0), spec.licence, spec.citation] for ds, spec in sorted(catalog.items())]
-    return ["## Source datasets, licences and citations", "",
-            "Every pair comes from one of these datasets and stays under its licence: check each before you "
-            "redistribute or use the corpus commercially. Cite the datasets you use.", ""] + \
-        _table(["dataset", "id", "modality", "pairs", "licence", "citation"], rows)
+    real, synthetic = source_datasets(manifest)
+    out = []
+    if real:
+        rows = [[f"[{catalog[ds].name}]({catalog[ds].homepage})" if catalog[ds].homepage else catalog[ds].name,
+                 f"`{ds}`", catalog[ds].modality, per_dataset[ds], catalog[ds].licence, catalog[ds].citation]
+                for ds in real]
+        out += ["## Source datasets, licences and citations", "",
+                "Every pair of these datasets stays under its licence: check each before you redistribute or use the "
+                "corpus commercially. Cite the datasets you use.", ""]
+        out += _table(["dataset", "id", "modality", "pairs", "licence", "citation"], rows)
+    if synthetic:
+        rows = [[f"`{ds}`", catalog[ds].name, catalog[ds].modality, per_dataset[ds]] for ds in synthetic]
+        out += ["## Synthetic sample datasets", "",
+                "Generated by MedLVR's sample writers (`medlvr sample-data`, `medlvr.corpus.sample_data`): miniature "
+                "stand-ins in each dataset's native layout and file format, with generated images and annotations. "
+                "No image, annotation or text of the public dataset they imitate was read, so none of its licence or "
+                "citation applies; they show the corpus format and exercise the pipeline, and say nothing about "
+                "medicine.", ""]
+        out += _table(["id", "layout of", "modality", "pairs"], rows)
+    return out
 
 
 def _inline(value) -> str:
@@ -207,13 +237,33 @@ def _build_figures(manifest: dict, report: dict | None) -> list[str]:
 
 def card_markdown(manifest: dict, report: dict | None = None) -> str:
     c = manifest["counts"]
+    real, synthetic = source_datasets(manifest)
+    if not real:
+        origin = (f"built by `medlvr build-corpus` from the **bundled synthetic sample data**: stand-ins for "
+                  f"{len(synthetic)} catalog datasets, generated in each dataset's native layout (listed below). "
+                  "No data of a public medical imaging dataset is in it.")
+    elif synthetic:
+        origin = (f"built by `medlvr build-corpus` from {len(real)} public medical imaging datasets and the bundled "
+                  f"**synthetic sample** stand-ins for {len(synthetic)} more (both listed below).")
+    else:
+        origin = f"built by `medlvr build-corpus` from {len(real)} public medical imaging datasets (listed below)."
     lines = ["---", yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True).strip(), "---", "",
-             "# MedLVR grounding corpus", "",
+             "# MedLVR grounding corpus" + ("" if real else " (synthetic sample)"), "",
              f"{manifest['rows']} question–answer pairs with boxes in {len(manifest['shards'])} Parquet shards "
-             f"(schema version {manifest['schema_version']}), built from {len(c['dataset'])} public medical imaging "
-             "datasets by `medlvr build-corpus`.", "",
+             f"(schema version {manifest['schema_version']}), {origin}", "",
              "```python", "import datasets", "", 'corpus = datasets.load_dataset("path/to/shards")  # this folder',
-             'corpus["train"][0]["image_png"]  # a PIL image; boxes are xyxy pixels in it', "```", "",
+             f'corpus["train"][0]["{IMAGE_COLUMN}"]  # a PIL image; boxes are xyxy pixels in it',
+             '# splits: ' + ", ".join(f'corpus["{d}"]' for d in SPLITS), "```", "",
+             "## Format", "",
+             f"Columns: {', '.join(f'`{n}`' for n in QA_SCHEMA.names)}. Boxes (`boxes`) are absolute xyxy pixels in "
+             f"the normalised image (`{IMAGE_COLUMN}`, `width` x `height`). Questions and options refer to boxes by "
+             "placeholder: `{box0}` is `boxes[0]`, `{box1}` is `boxes[1]`, and so on (e.g. \"What is shown in the "
+             "region {box0}?\"). The placeholders are stored, not rendered: a model sees a box in the coordinates of "
+             "the image its processor resized, so the text depends on the model and its pixel budget, and training "
+             "needs the box indices (the correct option's boxes are the ROI target). "
+             f"`{RENDER_FUNCTION}(row, min_pixels, max_pixels)` renders a row into Qwen2.5-VL text (question with "
+             "options, and answer), with the same pixel budget as the processor. Grounding answers (`answer_is_box`) "
+             "are the boxes themselves. Knowledge-only questions are tagged `knowledge_only`.", "",
              "## Counts", ""]
     lines += _counts_table("Pairs per split", "split", c["split"])
     for key, title in (("modality", "Pairs per modality"), ("question_type", "Pairs per question type"),
@@ -222,11 +272,7 @@ def card_markdown(manifest: dict, report: dict | None = None) -> str:
     lines += _sources(manifest)
     lines += _build_figures(manifest, report)
     lines += ["## Plots", "", "![counts](counts.png)", "", "![box sizes](box_sizes.png)", "",
-              "![samples](samples.png)", "",
-              "## Format", "",
-              "Boxes are absolute xyxy in the normalised image; questions refer to them as `{boxN}` and are rendered "
-              "in the target model's syntax at export (`medlvr.corpus.qa.export`). Knowledge-only questions are tagged "
-              "`knowledge_only`.", ""]
+              "![samples](samples.png)", ""]
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ from medlvr.corpus.adapters.sidecar import whitelist
 from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, select
 from medlvr.corpus.normalize import NormaliseConfig, check_box, normalise_image
 from medlvr.corpus.png import encode_png
+from medlvr.corpus.provenance import is_synthetic_sample
 from medlvr.corpus.records import (RecordError, RecordRef, Reject, SourceImage, object_id, reason_kind,
                                    relative_reason)
 from medlvr.corpus.tables import DatasetWriter, escape_undecodable
@@ -100,6 +101,7 @@ class DatasetSummary:
     objects_lost: int = 0
     object_outcomes: dict[str, int] = field(default_factory=dict)  # "written" | "lost" | reason kind -> objects
     objects_lost_examples: list[str] = field(default_factory=list)
+    synthetic_sample: bool = False  # the raw folder is the bundled synthetic sample (corpus/provenance.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -515,7 +517,8 @@ def ingest_dataset(spec: DatasetSpec, root: Path, out_dir: Path, cfg: IngestConf
     t0 = time.perf_counter()
     spec = with_slice_options(spec, cfg)
     salt = resolve_salt(out_dir, cfg.patient_salt)
-    summary = DatasetSummary(spec.id, spec.modality, layout_missing=check_layout(spec, root))
+    summary = DatasetSummary(spec.id, spec.modality, layout_missing=check_layout(spec, root),
+                             synthetic_sample=is_synthetic_sample(root))
     reasons: Counter = Counter()
     discover_rejects: list[Reject] = []
     found = [0]

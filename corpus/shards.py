@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 
 from medlvr.corpus.tables import leftover_name, publish_dir, recover_published
 
-SHARD_SCHEMA_VERSION = 1
+# 2: Hugging Face names: the image column is `image` (was `image_png`), the validation split `validation` (was `val`)
+SHARD_SCHEMA_VERSION = 2
+IMAGE_COLUMN = "image"  # PNG bytes; the card declares it an `image` feature, so `datasets` decodes it
 MANIFEST_NAME = "_manifest.json"  # leading "_": pyarrow.dataset and HF datasets skip it when reading the folder
 QA_SCHEMA = pa.schema([
     pa.field("qa_id", pa.string(), nullable=False),
@@ -30,7 +32,9 @@ QA_SCHEMA = pa.schema([
     pa.field("modality", pa.string(), nullable=False),
     pa.field("split", pa.string(), nullable=False),
     pa.field("question_type", pa.string(), nullable=False),
-    pa.field("question", pa.string(), nullable=False),  # may contain {box0}.. placeholders (rendered at export)
+    # may contain {box0}.. placeholders: indices into `boxes`, rendered in a model's syntax at training / export
+    # (medlvr.corpus.qa.export.render_qwen), as the coordinates depend on the model processor's pixel budget
+    pa.field("question", pa.string(), nullable=False),
     pa.field("answer", pa.string(), nullable=False),
     pa.field("options", pa.list_(pa.string())),
     pa.field("answer_index", pa.int32()),
@@ -44,7 +48,7 @@ QA_SCHEMA = pa.schema([
     pa.field("dup_group", pa.string(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
-    pa.field("image_png", pa.binary(), nullable=False),
+    pa.field(IMAGE_COLUMN, pa.binary(), nullable=False),
 ], metadata={"medlvr_schema_version": str(SHARD_SCHEMA_VERSION), "table": "qa_shards"})
 
 
@@ -81,7 +85,7 @@ class ShardWriter:
                 self._close(split)
             st = self._new_file(split)
         st["buf"].append(row)
-        st["buf_bytes"] += len(row["image_png"])
+        st["buf_bytes"] += len(row[IMAGE_COLUMN])
         st["rows"] += 1
         self.rows += 1
         for k in self.counts:
@@ -97,7 +101,7 @@ class ShardWriter:
         # of the difference at little cost once each image is stored once per row group.
         return {"compression": "zstd", "use_dictionary": True,
                 "dictionary_pagesize_limit": self.row_group_bytes + (8 << 20),
-                "write_statistics": [n for n in QA_SCHEMA.names if n != "image_png"]}
+                "write_statistics": [n for n in QA_SCHEMA.names if n != IMAGE_COLUMN]}
 
     def _new_file(self, split: str) -> dict[str, Any]:
         n = sum(1 for f in self.files if f["split"] == split)

@@ -1,4 +1,5 @@
-"""Patient- and duplicate-disjoint train/val/test splits (docs/datasets.md §6.8).
+"""Patient- and duplicate-disjoint train/validation/test splits (docs/datasets.md §6.8), named as the Hugging Face
+Hub names them (`validation`, not `val`).
 
 Split units are connected components of a union-find whose nodes are images and whose edges join
   * images with the same (dataset, patient_key) — patient keys are salted per dataset at ingestion, and the
@@ -6,7 +7,7 @@ Split units are connected components of a union-find whose nodes are images and 
   * images with the same dup_group (corpus/dedup.py: exact and near duplicates, across datasets);
   * rows with the same image_id (one image listed by two datasets or two records).
 A component's id is its smallest image_id. Its split:
-  * if any member has an official split, the STRICTEST official split among its members (test > val > train);
+  * if any member has an official split, the STRICTEST official split among its members (test > validation > train);
     members whose own official split differs are "moved" and counted in the report, members without one follow;
   * otherwise a deterministic hash of (seed, component id) compared with the cumulative fractions — the
     semantics of sklearn's GroupShuffleSplit (groups never split, fractions met in expectation over groups, so
@@ -25,27 +26,27 @@ import pyarrow.parquet as pq
 
 from medlvr.corpus.dedup import UnionFind
 
-SPLITS = ("train", "val", "test")
-STRICTNESS = {"train": 0, "val": 1, "test": 2}  # on conflict the highest wins
+SPLITS = ("train", "validation", "test")
+STRICTNESS = {"train": 0, "validation": 1, "test": 2}  # on conflict the highest wins
 
 # Official split values as the ingested tables may carry them (catalog `official_split` maps + adapter values),
 # after lower-casing, stripping and turning spaces / hyphens into underscores.
 OFFICIAL_SPLIT_NAMES: dict[str, str] = {
     "train": "train", "training": "train", "tr": "train", "trainval": "train", "train_val": "train",
     "trainingset": "train", "training_set": "train", "a._training_set": "train",
-    "val": "val", "valid": "val", "validation": "val", "validate": "val", "dev": "val", "va": "val",
-    "validation_set": "val",
+    "val": "validation", "valid": "validation", "validation": "validation", "validate": "validation",
+    "dev": "validation", "va": "validation", "validation_set": "validation",
     "test": "test", "testing": "test", "te": "test", "testset": "test", "test_set": "test",
     "b._testing_set": "test", "testing_set": "test",
 }
 # Numeric codes only mean something per dataset: DeepLesion's Train_Val_Test column is 1/2/3 = train/val/test.
 DATASET_SPLIT_CODES: dict[str, dict[str, str]] = {
-    "deeplesion": {"1": "train", "2": "val", "3": "test"},
+    "deeplesion": {"1": "train", "2": "validation", "3": "test"},
 }
 
 
 def normalise_split(value: str | None, dataset: str) -> str | None:
-    """Official split value of `dataset` -> "train" | "val" | "test" | None (None, "" and "nan" are no split).
+    """Official split value of `dataset` -> "train" | "validation" | "test" | None (None, "" and "nan" are no split).
     An unrecognised value raises ValueError: silently treating it as "no official split" could move an official
     test image into train."""
     if value is None:
@@ -106,7 +107,7 @@ def _get(row: Any, key: str) -> Any:
 def assign_splits(rows: Iterable[Any], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
                   seed: int = 0) -> tuple[dict[str, str], SplitReport]:
     """rows: mappings (or objects) with image_id, dataset, patient_key, official_split, dup_group (None allowed for
-    patient_key / official_split / dup_group) -> ({image_id: "train"|"val"|"test"}, SplitReport).
+    patient_key / official_split / dup_group) -> ({image_id: "train"|"validation"|"test"}, SplitReport).
 
     Guarantees: every image of a component gets one split, so no patient (per dataset) and no duplicate group is
     in two splits; the result depends only on the rows (not their order), the fractions and the seed."""

@@ -66,9 +66,12 @@ def make_transform_factory(kind: str, noise_scale: float = 1.0, seed: int = 0):
     return lambda batch: t
 
 
+UNABLATED = "unablated"  # the column of the model's normal accuracy (not "base": that is a model's name)
+
+
 def ablation_table(base: Sequence[dict], ablated: dict[str, Sequence[dict]]) -> list[dict]:
     """Scored rows (dicts with benchmark, correct) of the unablated run and of each ablation ->
-    one row per benchmark (plus "all"): {benchmark, n, base, <kind>, <kind>_drop, ...} (accuracy in %)."""
+    one row per benchmark (plus "all"): {benchmark, n, unablated, <kind>, <kind>_drop, ...} (accuracy in %)."""
 
     def acc_by_bench(rows):
         out: dict[str, list[int]] = {}
@@ -81,7 +84,7 @@ def ablation_table(base: Sequence[dict], ablated: dict[str, Sequence[dict]]) -> 
     ab = {k: acc_by_bench(v) for k, v in ablated.items()}
     table = []
     for bench in sorted(b, key=lambda x: (x == "all", x)):
-        row = {"benchmark": bench, "n": b[bench][1], "base": b[bench][0]}
+        row = {"benchmark": bench, "n": b[bench][1], UNABLATED: b[bench][0]}
         for k in ablated:
             if bench in ab[k]:
                 row[k] = ab[k][bench][0]

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medlvr.evaluation.attention import AttentionResult  # noqa: E402
 from medlvr.corpus.evalsets.base import open_image  # noqa: E402
@@ -67,6 +68,7 @@ def plot_visual_share(curves: Mapping[str, np.ndarray], path: Path) -> Path:
     for name, y in curves.items():
         ax.plot(np.arange(len(y)), 100 * np.asarray(y), marker="o", label=name)
     ax.set_xlabel("decoder layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers: no 0.5 ticks
     ax.set_ylabel("attention on visual tokens (%)")
     ax.set_title("Share of attention on visual tokens per layer")
     ax.grid(alpha=0.3)

@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import base64
-import json
 import html
+import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlvr.evaluation import scoring
 from medlvr.evaluation import tables as T
-from medlvr.evaluation.ablations import ablation_table
+from medlvr.evaluation.ablations import UNABLATED, ablation_table
 from medlvr.evaluation.attention import attention_profiles, mean_visual_share, sample_rois
 from medlvr.evaluation.figures import plot_accuracy_vs_k, plot_heatmaps, plot_visual_share
 from medlvr.evaluation.inference import load_for_eval
@@ -43,6 +44,30 @@ def _md_cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
+NO_VALUE = "–"  # what a table cell shows for a missing number (tables.fmt)
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?")
+
+
+def numeric_columns(t: Table) -> list[bool]:
+    """Per column: True when every cell is a number or the missing-number dash (a column of dashes only is a number
+    column without values), so the column is right-aligned; text columns (model names, benchmarks, paths) are
+    left-aligned."""
+    out = []
+    for i in range(len(t.headers)):
+        cells = [str(r[i]).strip() for r in t.rows if i < len(r)]
+        out.append(bool(cells) and all(c == NO_VALUE or _NUMBER.fullmatch(c) for c in cells))
+    return out
+
+
+def table_markdown(t: Table, csv_link: bool = True) -> list[str]:
+    """A table as Markdown lines: its bold caption (with its CSV link unless `csv_link` is false), the header, an
+    alignment row (text columns left, number columns right: `numeric_columns`), the rows and a blank line."""
+    link = f" ([CSV]({t.csv}))" if t.csv and csv_link else ""
+    out = [f"**{t.caption}**{link}", "", "| " + " | ".join(map(_md_cell, t.headers)) + " |",
+           "|" + "".join("---:|" if num else ":---|" for num in numeric_columns(t))]
+    return out + ["| " + " | ".join(map(_md_cell, r)) + " |" for r in t.rows] + [""]
+
+
 def render_markdown(title: str, sections: Sequence[Section], rel_to: Path) -> str:
     out = [f"# {title}", ""]
     for sec in sections:
@@ -51,11 +76,7 @@ def render_markdown(title: str, sections: Sequence[Section], rel_to: Path) -> st
             out += [sec.text.strip(), ""]
         out += [f"- [{label}]({href})" for label, href in sec.links] + ([""] if sec.links else [])
         for t in sec.tables:
-            csv_link = f" ([CSV]({t.csv}))" if t.csv else ""
-            out += [f"**{t.caption}**{csv_link}", "", "| " + " | ".join(map(_md_cell, t.headers)) + " |",
-                    "|" + "---|" * len(t.headers)]
-            out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in t.rows]
-            out.append("")
+            out += table_markdown(t, csv_link=True)
         for f in sec.figures:
             rel = os.path.relpath(Path(f), Path(rel_to))
             out += [f"![{Path(f).stem}]({Path(rel).as_posix()})", ""]
@@ -63,8 +84,8 @@ def render_markdown(title: str, sections: Sequence[Section], rel_to: Path) -> st
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}
-th{background:#eee}td:first-child,th:first-child{text-align:left}caption{font-weight:600;text-align:left;
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px}
+th{background:#eee}.num{text-align:right}.text{text-align:left}caption{font-weight:600;text-align:left;
 padding-bottom:4px}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}p{line-height:1.4}"""
 
 
@@ -81,9 +102,12 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
                        + "</ul>")
         for t in sec.tables:
             csv_link = f" <a class='csv' href='{e(t.csv)}'>CSV</a>" if t.csv else ""
+            align = ["num" if num else "text" for num in numeric_columns(t)]
             out.append(f"<table><caption>{e(t.caption)}{csv_link}</caption><thead><tr>"
-                       + "".join(f"<th>{e(str(h))}</th>" for h in t.headers) + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in t.rows]
+                       + "".join(f"<th class='{a}'>{e(str(h))}</th>" for a, h in zip(align, t.headers))
+                       + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td class='{a}'>{e(str(c))}</td>" for a, c in zip(align, r)) + "</tr>"
+                    for r in t.rows]
             out.append("</tbody></table>")
         for f in sec.figures:
             data = base64.b64encode(Path(f).read_bytes()).decode("ascii")
@@ -130,6 +154,15 @@ def _fig3_section(cfg, samples, fig_dir: Path) -> Section:
                rows)],
         [share_png, heat_png],
     )
+
+
+def table4_caption(benchmarks: Sequence[str]) -> str:
+    """Table 4's caption: it scores each benchmark on its Table 2 subset (`scoring.TABLE2_SUBSETS`), so say which."""
+    subsets = [f"{b} {scoring.TABLE2_SUBSETS[b]}" for b in benchmarks
+               if scoring.TABLE2_SUBSETS.get(b, "all") != "all"]
+    scored = f"; scored on the Table 2 subsets: {', '.join(subsets)}; other benchmarks on all items" if subsets else \
+        "; every benchmark on all items (the Table 2 subsets change none of these)"
+    return f"Table 4 (accuracy %{scored})"
 
 
 def _pct(v) -> str:
@@ -214,7 +247,7 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored
         benches = list(cfg.table4.get("benchmarks", cfg.main_benchmarks))
         by_var = {cfg.model(n).label: [r for j in main if j.model == n for r in scored[j]] for n in names}
         h, cells = T.as_grid(T.table4(by_var, benches, scoring.TABLE2_SUBSETS), ["variant", *benches, "avg"])
-        sections.append(Section("Table 4: training variants", "", [Table("Table 4 (accuracy %)", h, cells)]))
+        sections.append(Section("Table 4: training variants", "", [Table(table4_caption(benches), h, cells)]))
 
     if cfg.fig5:
         bench = cfg.fig5.get("benchmark", "omnimedvqa")
@@ -241,13 +274,10 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored
                 abl.setdefault(j.ablation, []).extend(scored[j])
         benches = {r["benchmark"] for rs in abl.values() for r in rs}
         table = ablation_table([r for r in base if r["benchmark"] in benches], abl)
-        cols = ["benchmark", "n", "base"] + [c for k in abl for c in (k, f"{k}_drop")]
+        cols = ["benchmark", "n", UNABLATED] + [c for k in abl for c in (k, f"{k}_drop")]
         h, cells = T.as_grid(table, cols)
-        sections.append(Section("Latent ablation", (
-            f"{name} with its latent inputs zeroed, shuffled across samples, or noised "
-            f"(relative, alpha={cfg.ablation.get('noise_scale', 1.0)}) at inference; drop = base - ablated "
-            "accuracy in points. A large drop means the answers depend on the latent evidence. " + ZERO_SHUFFLE_NOTE),
-            [Table("Accuracy % and drop per benchmark", h, cells)]))
+        sections.append(Section("Latent ablation", ablation_text(name, list(abl), cfg.ablation.get("noise_scale", 1.0)),
+                                [Table("Accuracy % and drop per benchmark", h, cells)]))
 
     if cfg.latent_diagnostics is not None and diagnostics_path(cfg.out_dir).is_file():
         sections.append(_latent_section(json.loads(diagnostics_path(cfg.out_dir).read_text())))
@@ -260,6 +290,22 @@ def name_protocol(sections: Sequence[Section], protocol: str) -> None:
     for sec in sections:
         for t in sec.tables:
             t.caption = f"{t.caption} [protocol: {protocol}]"
+
+
+ABLATION_WORDS = {"zero": "zeroed", "shuffle": "shuffled across samples", "noise": "noised (relative, alpha={alpha})"}
+
+
+def ablation_text(model: str, kinds: Sequence[str], noise_scale: float) -> str:
+    """The latent-ablation paragraph, naming exactly the ablations whose columns the table shows (`kinds`, in
+    column order), so it never promises a column the predictions do not have."""
+    words = [ABLATION_WORDS.get(k, k).format(alpha=noise_scale) for k in kinds]
+    if not words:
+        return f"No latent ablation of {model} has predictions yet."
+    listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" or {words[-1]}"
+    cols = ", ".join(f"`{k}`" for k in kinds)
+    return (f"{model} with its latent inputs {listed} at inference (columns {cols}); `{UNABLATED}` is "
+            f"{model}'s own accuracy with its latents as computed, and `<ablation>_drop` = {UNABLATED} - ablated "
+            "accuracy in points. A large drop means the answers depend on the latent evidence. " + ZERO_SHUFFLE_NOTE)
 
 
 def _latent_section(diag: dict) -> Section:

@@ -27,13 +27,12 @@ from medlvr.corpus.evalsets.base import Sample
 from medlvr.evaluation.config import EvalConfig, ModelSpec
 from medlvr.evaluation.predictions import Job, pred_path
 from medlvr.evaluation.protocols import get_protocol
-from medlvr.evaluation.report import Section, Table
+from medlvr.evaluation.report import NO_VALUE, Section, Table, table_markdown
 from medlvr.training.checkpoints import STEP_PREFIX, TINY
 
 RESULTS_JSON = "results.json"
 TABLES_DIR = "tables"
 SAMPLES_DIR = "samples"
-NO_VALUE = "–"  # what the report prints for a missing number (tables.fmt)
 
 
 # ------------------------------------------------------------------------------------------------ per sample
@@ -144,6 +143,21 @@ def links_section(n_tables: int) -> Section:
         f"(question, options, gold answer, raw output, parsed answer, correctness, parse-failure reason) under "
         f"{SAMPLES_DIR}/."), links=[(RESULTS_JSON, RESULTS_JSON), (f"{TABLES_DIR}/", f"{TABLES_DIR}/"),
                                     (f"{SAMPLES_DIR}/", f"{SAMPLES_DIR}/")])
+
+
+def tables_markdown(doc: Mapping, skip_sections: Sequence[str] = ("Setup",)) -> str:
+    """The tables of a results.json document as Markdown (a `## ` heading per report section, each table with its
+    caption), without the CSV links: what a viewer that cannot open files next to the report can show."""
+    out, section = [], None
+    for t in doc.get("tables", []):
+        if t["section"] in skip_sections:
+            continue
+        if t["section"] != section:
+            section = t["section"]
+            out += [f"## {section}", ""]
+        rows = [[NO_VALUE if c is None else str(c) for c in r] for r in t["rows"]]
+        out += table_markdown(Table(t["caption"], list(t["columns"]), rows), csv_link=False)
+    return "\n".join(out)
 
 
 def write_results(cfg: EvalConfig, sections: Sequence[Section], sample_files: Sequence[Path]) -> Path:

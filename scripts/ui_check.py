@@ -3,13 +3,18 @@
 
 Starts `dagster dev` (workspace.yaml) on 127.0.0.1 with a free port, a temporary DAGSTER_HOME (holding a copy of
 pipelines/dagster_home/dagster.yaml) and a temporary MedLVR home (bundled sample data); waits for /server_info;
-materialises one dataset partition of `corpus_dataset_job` through the webserver's GraphQL API (launchRun with
-the partition tag) and polls until it succeeds; checks through GraphQL what the asset pages show (the qa_pairs
-checks passed, thumbnails linked as a PNG file on the corpus storage, no metadata entry embedding an image); saves
-headless-Chromium screenshots of the asset graph and of the partition's `normalized_images` materialisation; then
-stops the process group it started, and only that.
+through the webserver's GraphQL API (launchRun) materialises one dataset partition of `corpus_dataset_job`, then
+`corpus_publish_job` (the corpus card of that dataset), then a small evaluation of the tiny models on SLAKE
+(`evaluation_predictions_job`, then `evaluation_report`; `EVAL_OVERRIDES`), polling each run until it succeeds;
+checks through GraphQL what the asset pages hold (the qa_pairs checks passed, thumbnail grids linked as PNG files
+on the corpus storage, contact sheets as JPEG data: URLs within their cap, the card and report Markdown within
+theirs and without relative links); then in headless Chromium opens each Markdown entry the UI shows behind
+"[Show Markdown]" (the contact sheets, the card, its sample images, the report's tables) and checks that it renders:
+the images load (decoded, non-zero size), the card shows its headings and tables, the report its tables, no link
+points at a file next to the document. Saves a screenshot of the asset graph and, with `--shots DIR`, of each
+dialog; then stops the process group it started, and only that.
 
-    python scripts/ui_check.py [--out docs/dagster-asset-graph.png] [--partition busi]
+    python scripts/ui_check.py [--out docs/dagster-asset-graph.png] [--partition busi] [--shots DIR]
 Exit status 0 when everything worked.
 """
 
@@ -40,7 +45,11 @@ METADATA = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { __typ
   assetMaterializations(limit: 1) { metadataEntries { __typename label
     ... on PathMetadataEntry { path } ... on MarkdownMetadataEntry { mdStr } } } } } }"""
 QA_CHECKS = ("qa_pairs_schema", "qa_answer_among_options", "qa_boxes_inside_images")
-MAX_MARKDOWN_CHARS = 16_000  # a metadata entry the UI renders: tables of a few rows, never embedded images
+MAX_MARKDOWN_CHARS = 16_000  # any other Markdown entry: tables of a few rows, never an embedded image
+IMAGE_ENTRIES = {"normalized_images": "contact_sheet", "qa_pairs": "contact_sheet", "corpus_card": "sample_images"}
+# a small evaluation: the sample config's three tiny models on 2 SLAKE samples, main runs and latent ablations
+EVAL_OVERRIDES = ["limit=2", "fig3=null", "fig5=null", "efficiency=null", "benchmarks={slake: {}}"]
+EVAL_RUN_CONFIG = {"resources": {"evaluation": {"config": {"overrides": EVAL_OVERRIDES}}}}
 
 
 def find_chromium() -> str | None:
@@ -66,25 +75,14 @@ def graphql(base: str, query: str, variables: dict) -> dict:
     return body["data"]
 
 
-def screenshot(chromium: str, url: str, out: Path, profile: Path, size: str = "1600,1000", wait_ms: int = 20000) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
-           f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    if not out.exists() or out.stat().st_size < 10_000:
-        raise RuntimeError(f"screenshot of {url} missing or blank: {out}")
-
-
 def cdp_screenshot(chromium: str, url: str, out: Path, profile: Path, size=(1600, 1000), js: str = "",
                    settle: float = 8.0, reload: bool = False) -> None:
     """Screenshot through the DevTools protocol, after running `js` on the loaded page (to expand the collapsed
-    asset groups or open a metadata dialog). Needs the `websockets` package (installed with dagster-webserver's
-    uvicorn[standard]); without it, falls back to the plain `--screenshot` flag."""
-    try:
-        from websockets.sync.client import connect
-    except ImportError:
-        return screenshot(chromium, url, out, profile, f"{size[0]},{size[1]}")
+    asset groups or open a metadata dialog); returns what `js` returned (JSON values). Needs the `websockets`
+    package (installed with dagster-webserver's uvicorn[standard])."""
     import base64
+
+    from websockets.sync.client import connect
 
     port = free_port()
     cmd = [chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
@@ -116,8 +114,10 @@ def cdp_screenshot(chromium: str, url: str, out: Path, profile: Path, size=(1600
             call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
             call("Page.navigate", url=url)
             time.sleep(settle)
+            value = None
             if js:
-                call("Runtime.evaluate", expression=js, awaitPromise=True)
+                res = call("Runtime.evaluate", expression=js, awaitPromise=True, returnByValue=True)
+                value = res.get("result", {}).get("value")
                 time.sleep(settle / 2)
             if reload:  # e.g. the expanded groups are remembered in localStorage; a reload fits the graph to view
                 call("Page.reload")
@@ -130,6 +130,7 @@ def cdp_screenshot(chromium: str, url: str, out: Path, profile: Path, size=(1600
         browser.wait()
     if out.stat().st_size < 10_000:
         raise RuntimeError(f"screenshot of {url} looks blank: {out}")
+    return value
 
 
 # Expand all asset groups of the lineage graph (the UI collapses them when there are several): its Alt+E shortcut.
@@ -140,24 +141,110 @@ EXPAND_GROUPS = """(async () => { for (const t of [document, window]) {
 
 
 def check_asset_pages(base: str) -> str:
-    """The qa_pairs checks passed; thumbnails are a linked PNG file, no entry embeds an image. Returns a summary."""
+    """The qa_pairs checks passed; thumbnail grids are linked PNG files; the entries the UI renders inline are within
+    their caps: contact sheets (JPEG data: URLs), the card and the report tables (Markdown, no relative link); no
+    other entry embeds an image. Returns a summary."""
+    import base64
+    import re
+
+    from medlvr.pipelines.corpus.metadata import CONTACT_SHEET_MAX_BYTES, MARKDOWN_MAX_CHARS
+
     nodes = graphql(base, CHECKS, {"key": {"path": ["qa_pairs"]}})["assetNodes"]
     checks = {c["name"]: (c["executionForLatestMaterialization"] or {}).get("status")
               for c in nodes[0]["assetChecksOrError"]["checks"]}
     if any(checks.get(name) != "SUCCEEDED" for name in QA_CHECKS):
         raise RuntimeError(f"qa_pairs checks did not all succeed: {checks}")
-    for key in ("normalized_images", "qa_pairs"):
+    sizes = {}
+    for key in ("normalized_images", "qa_pairs", "corpus_card", "evaluation_report"):
         asset = graphql(base, METADATA, {"key": {"path": [key]}})["assetOrError"]
         entries = {e["label"]: e for e in asset["assetMaterializations"][0]["metadataEntries"]}
-        thumbs = entries.get("thumbnails", {})
-        if thumbs.get("__typename") != "PathMetadataEntry" or not Path(thumbs["path"]).read_bytes().startswith(
-                b"\x89PNG"):
-            raise RuntimeError(f"{key}: thumbnails is not a linked PNG file: {thumbs}")
-        for e in entries.values():
+        if key in ("normalized_images", "qa_pairs"):
+            thumbs = entries.get("thumbnails", {})
+            if thumbs.get("__typename") != "PathMetadataEntry" or not Path(thumbs["path"]).read_bytes().startswith(
+                    b"\x89PNG"):
+                raise RuntimeError(f"{key}: thumbnails is not a linked PNG file: {thumbs}")
+        for label, e in entries.items():
             md = e.get("mdStr") or ""
-            if "data:image" in md or len(md) > MAX_MARKDOWN_CHARS:
-                raise RuntimeError(f"{key}: metadata entry {e['label']} embeds an image or is {len(md)} chars")
-    return f"qa_pairs checks {sorted(checks)} succeeded; thumbnails linked ({thumbs['path']})"
+            if label == IMAGE_ENTRIES.get(key):
+                m = re.fullmatch(r"!\[[^\]]*\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", md)
+                if not m or len(base64.b64decode(m.group(1))) > CONTACT_SHEET_MAX_BYTES:
+                    raise RuntimeError(f"{key}: {label} is not a JPEG data: URL of at most {CONTACT_SHEET_MAX_BYTES} "
+                                       f"bytes: {md[:80]!r} ({len(md)} chars)")
+                sizes[f"{key}.{label}"] = len(base64.b64decode(m.group(1)))
+            elif (key, label) in (("corpus_card", "card"), ("evaluation_report", "tables")):
+                if len(md) > MARKDOWN_MAX_CHARS or re.search(r"\]\((?!https?:|mailto:|data:|#)[^)]*\)", md):
+                    raise RuntimeError(f"{key}: {label} is {len(md)} chars or has a relative link")
+                sizes[f"{key}.{label}"] = len(md)
+            elif "data:image" in md or len(md) > MAX_MARKDOWN_CHARS:
+                raise RuntimeError(f"{key}: metadata entry {label} embeds an image or is {len(md)} chars")
+        for label in [IMAGE_ENTRIES.get(key), {"corpus_card": "card", "evaluation_report": "tables"}.get(key)]:
+            if label and label not in entries:
+                raise RuntimeError(f"{key}: no metadata entry {label!r} (has {sorted(entries)})")
+    return (f"qa_pairs checks {sorted(checks)} succeeded; thumbnails linked ({thumbs['path']}); inline entries "
+            f"within their caps: {sizes}")
+
+
+# Open a metadata entry's "[Show Markdown]" dialog on an asset page and report what it rendered.
+SHOW_MARKDOWN = """(async (label) => {
+  const wait = ms => new Promise(r => setTimeout(r, ms));
+  let td;
+  for (let i = 0; i < 60 && !td; i++) {
+    td = Array.from(document.querySelectorAll("td")).find(e => e.textContent.trim() === label);
+    if (!td) await wait(500);
+  }
+  if (!td) return {error: "no metadata row " + label};
+  const a = Array.from(td.closest("tr").querySelectorAll("a")).find(e => e.textContent.trim() === "[Show Markdown]");
+  if (!a) return {error: "no [Show Markdown] in the row " + label};
+  a.click();
+  let d;
+  for (let i = 0; i < 40 && !d; i++) { d = document.querySelector("[role=dialog]"); if (!d) await wait(500); }
+  if (!d) return {error: "no dialog for " + label};
+  await wait(2500);
+  const imgs = Array.from(d.querySelectorAll("img"));
+  await Promise.all(imgs.map(i => i.decode().catch(() => null)));
+  return {images: imgs.map(i => ({src: i.src.slice(0, 23), width: i.naturalWidth, height: i.naturalHeight})),
+          headings: Array.from(d.querySelectorAll("h1,h2,h3")).map(h => h.textContent.trim()),
+          tables: d.querySelectorAll("table").length,
+          header_cells: Array.from(d.querySelectorAll("th")).map(t => t.textContent.trim()),
+          hrefs: Array.from(d.querySelectorAll("a[href]")).map(x => x.getAttribute("href"))};
+})(LABEL)"""
+
+
+def _rendered_ok(asset: str, label: str, got: dict) -> str | None:
+    """What is wrong with a rendered dialog (None: nothing)."""
+    if got.get("error"):
+        return got["error"]
+    relative = [h for h in got["hrefs"] if not h.startswith(("http:", "https:", "mailto:", "#"))]
+    if relative:
+        return f"links that lead nowhere: {relative}"
+    if label in ("contact_sheet", "sample_images"):
+        ok = [i for i in got["images"] if i["src"].startswith("data:image/jpeg") and i["width"] > 0 and i["height"] > 0]
+        return None if ok else f"the image did not load: {got['images']}"
+    if label == "card":
+        if not any(h.startswith("MedLVR grounding corpus") for h in got["headings"]) or "Format" not in got["headings"] \
+                or got["tables"] < 1:
+            return f"the card did not render its headings and tables: {got}"
+    if label == "tables" and (got["tables"] < 2 or "accuracy %" not in got["header_cells"]
+                              or "Latent ablation" not in got["headings"]):
+        return f"the report tables did not render: {got}"
+    return None
+
+
+def check_rendered(chromium: str, base: str, partition: str, profile: Path, shots: Path | None) -> str:
+    """Every entry the UI shows behind "[Show Markdown]" renders in the browser (`SHOW_MARKDOWN`, `_rendered_ok`)."""
+    done = []
+    for asset, label, query in (("normalized_images", "contact_sheet", f"?partition={partition}"),
+                                ("qa_pairs", "contact_sheet", f"?partition={partition}"),
+                                ("corpus_card", "card", ""), ("corpus_card", "sample_images", ""),
+                                ("evaluation_report", "tables", "")):
+        out = (shots or profile.parent) / f"{asset}-{label}.png"
+        got = cdp_screenshot(chromium, f"{base}/assets/{asset}{query}", out, profile, size=(1600, 1000),
+                             js=SHOW_MARKDOWN.replace("LABEL", json.dumps(label)), settle=6.0)
+        problem = _rendered_ok(asset, label, got or {})
+        if problem:
+            raise RuntimeError(f"{asset}: {label} does not render in the UI: {problem}")
+        done.append(f"{asset}.{label}")
+    return f"rendered in the UI: {', '.join(done)}"
 
 
 def start_dagster(port: int, home: Path, log) -> subprocess.Popen:
@@ -209,10 +296,14 @@ def wait_server(base: str, proc: subprocess.Popen, timeout: float) -> dict:
     raise TimeoutError("dagster webserver did not answer /server_info")
 
 
-def run_partition(base: str, partition: str, timeout: float) -> str:
-    params = {"selector": {"repositoryLocationName": "medlvr", "repositoryName": "__repository__",
-                           "jobName": "corpus_dataset_job"},
-              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}
+def run_job(base: str, job: str, timeout: float, partition: str | None = None, run_config: dict | None = None,
+            assets: list[str] | None = None) -> str:
+    """Launch `job` (one partition; only `assets`, without their checks, when given) and wait for its success."""
+    selector = {"repositoryLocationName": "medlvr", "repositoryName": "__repository__", "jobName": job}
+    if assets:
+        selector |= {"assetSelection": [{"path": [a]} for a in assets], "assetCheckSelection": []}
+    params = {"selector": selector, "runConfigData": run_config or {},
+              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}] if partition else []}}
     deadline = time.time() + timeout
     while True:  # the code location may still be loading right after /server_info answers
         res = graphql(base, LAUNCH, {"p": params})["launchRun"]
@@ -220,16 +311,20 @@ def run_partition(base: str, partition: str, timeout: float) -> str:
             break
         time.sleep(2)
     if res["__typename"] != "LaunchRunSuccess":
-        raise RuntimeError(f"launchRun failed: {res}")
+        raise RuntimeError(f"launchRun {job} failed: {res}")
     run_id = res["run"]["runId"]
     while time.time() < deadline:
         status = graphql(base, STATUS, {"id": run_id})["runOrError"].get("status")
         if status == "SUCCESS":
             return run_id
         if status in ("FAILURE", "CANCELED"):
-            raise RuntimeError(f"run {run_id} ended {status}")
+            raise RuntimeError(f"run {run_id} of {job} ended {status}")
         time.sleep(2)
-    raise TimeoutError(f"run {run_id} did not finish in {timeout}s")
+    raise TimeoutError(f"run {run_id} of {job} did not finish in {timeout}s")
+
+
+def run_partition(base: str, partition: str, timeout: float) -> str:
+    return run_job(base, "corpus_dataset_job", timeout, partition)
 
 
 def main(argv=None) -> int:
@@ -239,7 +334,8 @@ def main(argv=None) -> int:
                     help="also screenshot the partition's normalized_images page (metadata with thumbnails)")
     ap.add_argument("--partition", default="busi")
     ap.add_argument("--chromium", default=None)
-    ap.add_argument("--timeout", type=float, default=240)
+    ap.add_argument("--shots", type=Path, default=None, help="save a screenshot of each rendered dialog here")
+    ap.add_argument("--timeout", type=float, default=240, help="seconds for the server, and for each run")
     args = ap.parse_args(argv)
     chromium = args.chromium or find_chromium()
     if not chromium:
@@ -260,11 +356,18 @@ def main(argv=None) -> int:
             print(f"webserver {info.get('dagster_webserver_version')} on {base} after {time.time() - t0:.1f}s")
             run_id = run_partition(base, args.partition, args.timeout)
             print(f"run {run_id} ({args.partition}) succeeded after {time.time() - t0:.1f}s")
+            for job, part, conf, assets in (("corpus_publish_job", None, None, None),
+                                            ("evaluation_predictions_job", "slake", EVAL_RUN_CONFIG, None),
+                                            ("evaluation_report_job", None, EVAL_RUN_CONFIG, ["evaluation_report"])):
+                # (the report's parse-failure check judges trained models only: none in this tiny evaluation)
+                run_id = run_job(base, job, args.timeout, part, conf, assets)
+                print(f"run {run_id} ({job}) succeeded after {time.time() - t0:.1f}s")
             print(check_asset_pages(base))
             graphql(base, "mutation { setNuxSeen }", {})  # no first-visit "join the community" dialog
             cdp_screenshot(chromium, f"{base}/asset-groups", args.out, tmp / "chrome-profile", size=(1800, 1000),
                            js=EXPAND_GROUPS, reload=True)
             print(f"asset graph screenshot: {args.out}")
+            print(check_rendered(chromium, base, args.partition, tmp / "chrome-profile", args.shots))
             if args.asset_out:
                 cdp_screenshot(chromium, f"{base}/assets/normalized_images?partition={args.partition}",
                                args.asset_out, tmp / "chrome-profile", size=(1600, 1000))

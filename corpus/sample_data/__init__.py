@@ -1,6 +1,7 @@
 """Miniature copies of every catalog dataset in its native layout and format, with known true boxes.
 
-`write_samples(out_dir)` writes `out_dir/<dataset_id>/...` exactly as the real dataset is laid out, and
+`write_samples(out_dir)` writes `out_dir/<dataset_id>/...` exactly as the real dataset is laid out (plus the
+marker file `medlvr.corpus.provenance.SAMPLE_MARKER` in each dataset folder: the build says the data is synthetic), and
 `out_dir/_truth/<dataset_id>.json`: the true boxes in original pixel coordinates, outside the dataset roots,
 so that tests can assert exact box recovery per adapter.
 
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from medlvr.corpus.catalog import CatalogError, load_catalog, select
+from medlvr.corpus.provenance import write_sample_marker
 
 SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
 SAMPLE_WRITERS: dict[str, SampleWriter] = {}
@@ -74,6 +76,7 @@ def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 
         root = out_dir / ds_id
         root.mkdir(parents=True, exist_ok=True)
         truth = ws[ds_id](root, rng)
+        write_sample_marker(root, ds_id, seed)  # the build then knows this folder is synthetic (corpus/provenance.py)
         (out_dir / "_truth" / f"{ds_id}.json").write_text(json.dumps(truth, indent=1))
         counts[ds_id] = len(truth)
     return counts

@@ -124,7 +124,7 @@ def shard_row(it: dict) -> dict:
                 question_type="grounding_pattern", question=prompt_text(it["question"], it["options"]),
                 answer=it["answer"], options=None, answer_index=None, boxes=[it["box"]], answer_is_box=False,
                 concept_ids=[], knowledge_only=False, caption=None, text_source="template", patient_key=it["id"],
-                dup_group=it["id"], width=w, height=h, image_png=_png(it["image"]))
+                dup_group=it["id"], width=w, height=h, image=_png(it["image"]))
 
 
 def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
@@ -147,7 +147,7 @@ def write_grounding_task(out_dir: str | Path, n_train: int = 2000, n_test: int =
         recs = []
         for it, row in zip(items, rows):
             rel = f"images/{split}/{it['id']}.png"
-            (out / rel).write_bytes(row["image_png"])
+            (out / rel).write_bytes(row["image"])
             recs.append(dict(id=it["id"], image=rel, question=it["question"], options=it["options"],
                              answer=it["answer"], box=it["box"]))
         (out / f"prompts_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))

@@ -40,6 +40,10 @@ def _where(storage: CorpusStorage, rel: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(loc) if storage.remote else dg.MetadataValue.path(loc)
 
 
+def _grid_png(items: list) -> bytes | None:
+    return md.thumbnail_grid(items) if items else None
+
+
 def _preview(storage: CorpusStorage, rel: str, png: bytes | None) -> dg.MetadataValue:
     """Write a thumbnail PNG to the storage at `rel` and link it (metadata.py: never embedded in the event)."""
     if png is None:
@@ -122,7 +126,7 @@ def ingest_dataset_assets(context: dg.AssetExecutionContext, dataset_roots: Data
             "preview": md.md_table(md.head(out / layout.images(ds), ["image_id", "source_path", "suffix", "width",
                                                                      "height", "intensity", "official_split"])),
             "path": _where(storage, layout.images(ds)), "seconds": s["seconds"]}
-        thumbnails = md.ingest_thumbnails(out / layout.ingest(ds))
+        items = md.ingest_items(out / layout.ingest(ds))
         rois_meta = {
             "dagster/row_count": s["rois_out"], "rois_rejected": s["rois_rejected"],
             # object accounting (docs/datasets.md): the objects_reconcile check verifies these against the tables
@@ -131,7 +135,8 @@ def ingest_dataset_assets(context: dg.AssetExecutionContext, dataset_roots: Data
             "preview": md.md_table(md.head(out / layout.rois(ds), ["image_id", "label", "concept_id", "box",
                                                                    "origin", "source_object"])),
             "path": _where(storage, layout.rois(ds))}
-    images_meta["thumbnails"] = _preview(storage, layout.preview(ds, "images"), thumbnails)
+    images_meta["thumbnails"] = _preview(storage, layout.preview(ds, "images"), _grid_png(items))
+    images_meta["contact_sheet"] = md.md_image(md.contact_sheet(items), f"{ds}: images with their ROI boxes")
     yield dg.MaterializeResult(asset_key="normalized_images", metadata=images_meta)
     yield dg.MaterializeResult(asset_key="roi_annotations", metadata=rois_meta)
 
@@ -164,8 +169,9 @@ def qa_pairs(context: dg.AssetExecutionContext, storage: CorpusStorage, kg: Know
                 "backend": corpus_settings.build_config().generator.backend,
                 "preview": md.md_table(md.head(p, ["question_type", "question", "answer", "boxes"])),
                 "path": _where(storage, layout.pairs(ds))}
-        thumbnails = md.qa_thumbnails(p, out / layout.images(ds))
-    meta["thumbnails"] = _preview(storage, layout.preview(ds, "qa_pairs"), thumbnails)
+        items = md.qa_items(p, out / layout.images(ds))
+    meta["thumbnails"] = _preview(storage, layout.preview(ds, "qa_pairs"), _grid_png(items))
+    meta["contact_sheet"] = md.md_image(md.contact_sheet(items), f"{ds}: grounding questions' boxes")
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -203,7 +209,8 @@ def decontamination(storage: CorpusStorage, corpus_settings: CorpusSettings) -> 
 
 @dg.asset(group_name=PUBLISH, kinds={"parquet"}, deps=[dedup_groups], retry_policy=IO_RETRY,
           code_version=CODE_VERSION,
-          description="Patient- and duplicate-group-disjoint train/val/test splits: work/splits.parquet + splits.json.")
+          description="Patient- and duplicate-group-disjoint train/validation/test splits: work/splits.parquet + "
+                      "splits.json.")
 def splits(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
     with run_step("splits", storage, corpus_settings) as (rep, _):
         pass
@@ -232,13 +239,17 @@ def corpus_shards(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg
 @dg.asset(group_name=PUBLISH, kinds={"markdown"}, deps=[corpus_shards], retry_policy=IO_RETRY,
           code_version=CODE_VERSION,
           description="The corpus card: card/README.md with counts, box sizes and sample images (corpus.card), "
-                      "and build_report.json (every step's report, as `medlvr build-corpus` writes it).")
+                      "and build_report.json (every step's report, as `medlvr build-corpus` writes it). The "
+                      "metadata shows the card's first sections and its sample images.")
 def corpus_card(storage: CorpusStorage, corpus_settings: CorpusSettings) -> dg.MaterializeResult:
     with run_step("card", storage, corpus_settings) as (rep, out):
-        readme = Path(rep["card"])
-        lines = len(readme.read_text().splitlines())
+        text = Path(rep["card"]).read_text()
+        samples = md.sample_sheet(out / layout.CARD / "samples.png")
+    where = storage.location().rstrip("/") + "/" + layout.CARD_README
     return dg.MaterializeResult(metadata={
-        "card": _where(storage, layout.CARD_README), "lines": lines,
+        "card": dg.MetadataValue.md(md.markdown_excerpt(text, md.MARKDOWN_MAX_CHARS, where=where)),
+        "card_path": _where(storage, layout.CARD_README), "lines": len(text.splitlines()),
+        "sample_images": md.md_image(samples, "one sample image per dataset, with its boxes"),
         "samples": _where(storage, f"{layout.CARD}/samples.png"),
         "counts": _where(storage, f"{layout.CARD}/counts.png"),
         "build_report": _where(storage, layout.BUILD_REPORT)})

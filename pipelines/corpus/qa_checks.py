@@ -13,7 +13,7 @@ from medlvr.pipelines.corpus.partitions import DATASET_PARTITIONS
 from medlvr.pipelines.corpus.resources import CorpusStorage
 
 # columns the shard writer adds when it publishes a pair (split, patient, duplicate group, the image itself)
-SHARD_ONLY_COLUMNS = ("split", "patient_key", "dup_group", "width", "height", "image_png")
+SHARD_ONLY_COLUMNS = ("split", "patient_key", "dup_group", "width", "height", "image")
 PAIRS_SCHEMA = pa.schema([f for f in QA_SCHEMA if f.name not in SHARD_ONLY_COLUMNS])
 
 

@@ -12,13 +12,14 @@ unless the config sets it.
 """
 
 
+import json
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from medlvr.evaluation.config import BENCHMARKS, load_eval_config
-from medlvr.pipelines.corpus.metadata import md_table
+from medlvr.pipelines.corpus.metadata import MARKDOWN_MAX_CHARS, markdown_excerpt, md_table
 from medlvr.pipelines.corpus.resources import medlvr_home
 from medlvr.training.checkpoints import TINY
 
@@ -98,7 +99,16 @@ def evaluation_report(context: dg.AssetExecutionContext, evaluation: EvaluationS
     return dg.MaterializeResult(metadata={"report_md": dg.MetadataValue.path(str(md)),
                                           "report_html": dg.MetadataValue.path(str(page)),
                                           "results_json": dg.MetadataValue.path(str(results)),
-                                          "preview": dg.MetadataValue.md(md.read_text()[:4000])})
+                                          "tables": report_tables_metadata(results, page)})
+
+
+def report_tables_metadata(results_json: Path, report_html: Path) -> dg.MetadataValue:
+    """The report's result tables as Markdown the UI renders (every section after Setup, whole tables only, at most
+    `MARKDOWN_MAX_CHARS`; no CSV links, which lead nowhere in the UI), read from results.json."""
+    from medlvr.evaluation.results import tables_markdown
+
+    text = tables_markdown(json.loads(Path(results_json).read_text()))
+    return dg.MetadataValue.md(markdown_excerpt(text, MARKDOWN_MAX_CHARS, where=str(report_html)))
 
 
 def parse_fail_rates(cfg) -> dict[str, tuple[int, int]]:

@@ -11,7 +11,7 @@ import yaml
 
 from medlvr.corpus import build as build_mod
 from medlvr.corpus.build import BuildConfig, build_corpus
-from medlvr.corpus.card import HF_SPLIT_NAMES
+from medlvr.corpus.card import RENDER_FUNCTION, card_markdown
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.config import ConfigError, build_config, config_to_dict, load_config
 from medlvr.corpus.qa.questions import QUESTION_TYPES
@@ -70,11 +70,14 @@ def test_shard_folder_loads_with_huggingface_datasets(built, tmp_path):
     shards = root / "out" / "shards"
     manifest = json.loads((shards / "_manifest.json").read_text())
     ds = load_dataset(str(shards), cache_dir=str(tmp_path / "hf_cache"))
-    assert {split: len(d) for split, d in ds.items()} == {HF_SPLIT_NAMES[k]: v for k, v in
-                                                           manifest["counts"]["split"].items()}
-    assert isinstance(ds["train"].features["image_png"], Image)
+    # Hugging Face names: the split folders and the shards' split column say `validation`, the image column `image`
+    assert {split: len(d) for split, d in ds.items()} == manifest["counts"]["split"]
+    assert set(manifest["counts"]["split"]) == {"train", "validation", "test"}
+    assert sorted(p.name for p in shards.iterdir() if p.is_dir()) == ["test", "train", "validation"]
+    assert set(ds["validation"]["split"]) == {"validation"}
+    assert isinstance(ds["train"].features["image"], Image) and "image_png" not in ds["train"].column_names
     row = ds["train"][0]
-    assert row["image_png"].size == (row["width"], row["height"])  # a decoded PIL image, the normalised size
+    assert row["image"].size == (row["width"], row["height"])  # a decoded PIL image, the normalised size
     assert {"question", "answer", "boxes", "options", "answer_index"} <= set(ds["train"].column_names)
 
 
@@ -89,27 +92,79 @@ def test_rebuild_is_byte_identical_and_reuses_generation_cache(built, tmp_path):
     assert m1 == m2
 
 
-def test_card_is_a_dataset_card_with_sources_tables_and_plots(built):
+def test_card_is_a_dataset_card_with_counts_format_and_plots(built):
     root, report = built
     card = Path(report["card"])
     text = card.read_text()
     assert text.startswith("---\n")
     header = yaml.safe_load(text.split("---\n")[1])
     assert header["license"] == "other" and "visual-question-answering" in header["task_categories"]
-    assert [f["split"] for f in header["configs"][0]["data_files"]] == ["train", "validation", "test"]
-    assert {"name": "image_png", "dtype": "image"} in header["dataset_info"]["features"]
-    catalog = load_catalog()
-    for ds_id, spec in catalog.items():  # every source dataset of the catalog, with its licence and citation
-        assert f"`{ds_id}`" in text and spec.licence in text and spec.citation.replace("|", "\\|") in text
+    assert header["configs"][0]["data_files"] == [{"split": d, "path": f"{d}/*.parquet"}
+                                                  for d in ("train", "validation", "test")]
+    assert {"name": "image", "dtype": "image"} in header["dataset_info"]["features"]
     assert "```json" not in text  # counts as tables, not raw dumps
-    assert "| split | pairs | % |" in text and "| dataset | id | modality | pairs | licence | citation |" in text
+    assert "| split | pairs | % |" in text
     assert len(text.splitlines()) < 300
     assert "question–answer pairs" in text and "![samples](samples.png)" in text
+    # the {boxN} placeholders stay in the shards; the card says what they mean and names the function rendering them
+    assert "`{box0}` is `boxes[0]`" in text and f"`{RENDER_FUNCTION}(row, min_pixels, max_pixels)`" in text
+    module, name = RENDER_FUNCTION.rsplit(".", 1)
+    render = getattr(__import__(module, fromlist=[name]), name)
+    row = next(r for r in pq.read_table(root / "out" / "shards" / "train").to_pylist() if "{box0}" in r["question"])
+    question, _ = render(row, 56 * 56, 28 * 28 * 1280)
+    assert "{box" not in question and "[" in question  # rendered as coordinates
     shards = root / "out" / "shards"
     assert (shards / "README.md").read_text() == text  # the shard folder carries the same card, with its plots
     for png in ("counts.png", "box_sizes.png", "samples.png"):
         assert (card.parent / png).stat().st_size > 1000
         assert (shards / png).read_bytes() == (card.parent / png).read_bytes()
+
+
+def test_card_from_the_sample_data_says_it_is_synthetic_and_lists_no_licence(built):
+    """Built from `write_samples` folders (each carries the sample marker): the card says it is the synthetic
+    sample and lists no source licence or citation, since no data of those datasets was read."""
+    root, report = built
+    text = Path(report["card"]).read_text()
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert header["license_name"] == "medlvr-synthetic-sample" and "synthetic" in header["tags"]
+    intro = text.split("## ", 1)[0]
+    assert "synthetic sample" in intro and "No data of a public medical imaging dataset is in it" in intro
+    assert "public medical imaging datasets" not in intro.replace("No data of a public medical imaging dataset", "")
+    assert "## Source datasets, licences and citations" not in text
+    catalog = load_catalog()
+    for ds_id in IDS:
+        assert f"| `{ds_id}` | {catalog[ds_id].name} |" in text  # listed as a synthetic stand-in
+        assert catalog[ds_id].citation.replace("|", "\\|") not in text
+    for ds_id in set(catalog) - set(IDS):  # datasets not built are not listed at all
+        assert f"`{ds_id}`" not in text
+    manifest = json.loads((root / "out" / "shards" / "_manifest.json").read_text())
+    assert manifest["synthetic_sample_datasets"] == sorted(IDS)
+    # a build that read real busi data (no marker) next to the samples: busi's licence and citation, the rest not
+    mixed = card_markdown({**manifest, "synthetic_sample_datasets": sorted(set(IDS) - {"busi"})})
+    busi = catalog["busi"]
+    assert "from 1 public medical imaging datasets and the bundled **synthetic sample** stand-ins for 5 more" in mixed
+    assert busi.licence in mixed and busi.citation.replace("|", "\\|") in mixed
+    assert catalog["kits23"].citation.replace("|", "\\|") not in mixed
+    assert yaml.safe_load(mixed.split("---\n")[1])["license_name"] == "source-dataset-licences"
+
+
+def test_sample_writer_marks_its_folders_and_ingest_records_it(built, tmp_path):
+    from medlvr.corpus.provenance import SAMPLE_MARKER
+
+    root, _ = built
+    for ds_id in IDS:
+        marker = json.loads((root / "data" / ds_id / SAMPLE_MARKER).read_text())
+        assert marker["dataset"] == ds_id and marker["synthetic"] is True
+        summary = json.loads((root / "out" / "ingest" / ds_id / "summary.json").read_text())
+        assert summary["synthetic_sample"] is True
+    # the same files without the marker: real data as far as the build can tell
+    real = tmp_path / "real"
+    shutil.copytree(root / "data" / "busi", real / "busi")
+    (real / "busi" / SAMPLE_MARKER).unlink()
+    from medlvr.corpus.ingest import IngestConfig, ingest_dataset
+
+    s = ingest_dataset(load_catalog()["busi"], real / "busi", tmp_path / "ing", IngestConfig(workers=1))
+    assert s.synthetic_sample is False and s.records_out > 0
 
 
 def test_decontamination_removes_benchmark_images(built, tmp_path):

@@ -212,8 +212,8 @@ def test_iter_image_hashes_streams_parquet_and_groups_real_copies(tmp_path):
 def test_normalise_split_values():
     assert [normalise_split(v, "x") for v in ("training", "Training", "tr", "TRAIN", "Validation", "dev",
                                                 "Testing", "test", None, "", "nan")] == \
-        ["train"] * 4 + ["val"] * 2 + ["test"] * 2 + [None] * 3
-    assert [normalise_split(v, "deeplesion") for v in ("1", "2", "3", "train")] == ["train", "val", "test", "train"]
+        ["train"] * 4 + ["validation"] * 2 + ["test"] * 2 + [None] * 3
+    assert [normalise_split(v, "deeplesion") for v in ("1", "2", "3", "train")] == ["train", "validation", "test", "train"]
     with pytest.raises(ValueError):
         normalise_split("1", "busi")  # numeric codes only mean something per dataset
     with pytest.raises(ValueError):
@@ -263,15 +263,15 @@ def test_splits_large_synthetic_invariants():
     for ds in ("busi", "hc18"):
         per = report.per_dataset[ds]
         n = sum(per.values())
-        assert abs(per["train"] / n - 0.8) < 0.03 and abs(per["val"] / n - 0.1) < 0.02
+        assert abs(per["train"] / n - 0.8) < 0.03 and abs(per["validation"] / n - 0.1) < 0.02
     # official splits respected unless a duplicate group ties the image to a stricter split
-    code = {"1": "train", "2": "val", "3": "test"}
+    code = {"1": "train", "2": "validation", "3": "test"}
     official = [r for r in rows if r["official_split"]]
     kept = sum(assignment[r["image_id"]] == code[r["official_split"]] for r in official)
     assert report.official_images == len(official) and kept + report.moved == len(official)
     assert report.moved < 0.05 * len(official)
     for r in official:  # a move is always towards a stricter split
-        order = ["train", "val", "test"]
+        order = ["train", "validation", "test"]
         assert order.index(assignment[r["image_id"]]) >= order.index(code[r["official_split"]])
     assert report.largest_component < 50
 
@@ -292,7 +292,7 @@ def test_splits_official_conflict_strictest_wins():
     assert {assignment[i] for i in ("i1", "i2", "i3", "i4")} == {"test"}
     assert report.moved == 2 and report.moved_by_dataset == {"nih_bbox": 2}
     assert report.conflict_components == 1 and report.official_components == 2
-    assert assignment["j1"] == assignment["j2"] == "val"
+    assert assignment["j1"] == assignment["j2"] == "validation"
     assert report.components == 3 and report.largest_component == 4
     assert report.to_dict()["fractions"]["test"] == pytest.approx(4 / 7)
 
@@ -310,7 +310,9 @@ def test_splits_property(specs, seed):
     # an image whose component has only consistent official splits keeps its own
     if report.conflict_components == 0:
         assert report.moved == 0
-        assert all(assignment[r["image_id"]] == r["official_split"] for r in rows if r["official_split"])
+        # (the official value `val` is the split `validation`: the Hugging Face name)
+        assert all(assignment[r["image_id"]] == {"val": "validation"}.get(r["official_split"], r["official_split"])
+                   for r in rows if r["official_split"])
 
 
 def test_iter_split_rows_reads_tables(tmp_path):

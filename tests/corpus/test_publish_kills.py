@@ -157,7 +157,7 @@ def _shard_row(i: int) -> dict:
             "question_type": "t", "question": "q?", "answer": "a", "options": None, "answer_index": None,
             "boxes": None, "answer_is_box": False, "concept_ids": None, "knowledge_only": False, "caption": None,
             "text_source": "template", "patient_key": "p", "dup_group": "g", "width": 1, "height": 1,
-            "image_png": b"png"}
+            "image": b"png"}
 
 
 def test_shards_killed_after_the_swap_stay_valid_and_are_cleaned(tmp_path, monkeypatch):

@@ -50,6 +50,6 @@ def test_ablation_table_hand_computed():
     table = ablation_table(base, {"zero": zero})
     assert [r["benchmark"] for r in table] == ["a", "b", "all"]
     a, b, tot = table
-    assert (a["n"], a["base"], a["zero"], a["zero_drop"]) == (4, 75.0, 25.0, 50.0)
-    assert (b["base"], b["zero_drop"]) == (100.0, 100.0)
-    assert (tot["base"], tot["zero"], tot["zero_drop"]) == (80.0, 20.0, 60.0)
+    assert (a["n"], a["unablated"], a["zero"], a["zero_drop"]) == (4, 75.0, 25.0, 50.0)
+    assert (b["unablated"], b["zero_drop"]) == (100.0, 100.0)
+    assert (tot["unablated"], tot["zero"], tot["zero_drop"]) == (80.0, 20.0, 60.0)

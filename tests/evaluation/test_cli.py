@@ -126,8 +126,25 @@ def test_dagster_assets(tmp_path, monkeypatch):
     meta = r.asset_materializations_for_node("evaluation_predictions")[0].metadata
     assert meta["records"].value == 2 * 2 + 3 * 2  # 2 models on slake + 3 ablations
     assert dg.materialize([evaluation_predictions], partition_key="pmc_vqa", resources=res).success  # not configured
-    assert dg.materialize([evaluation_report], resources=res).success
+    rep = dg.materialize([evaluation_report], resources=res)
+    assert rep.success
     assert "Latent ablation" in (tmp_path / "dg" / "report.md").read_text()
+    # the UI shows the report's result tables as Markdown: whole tables with every row of results.json, within the
+    # stated size, and no link to a file next to the report (the UI cannot open those); no cut Markdown preview
+    from medlvr.pipelines.corpus.metadata import MARKDOWN_MAX_CHARS
+
+    meta = rep.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert "preview" not in meta
+    tables_md = meta["tables"].value
+    assert isinstance(meta["tables"], dg.MarkdownMetadataValue) and len(tables_md) <= MARKDOWN_MAX_CHARS
+    assert not re.search(r"\]\((?!https?:|data:)[^)]*\)", tables_md), "a relative link in the UI's Markdown"
+    doc = json.loads((tmp_path / "dg" / "results.json").read_text())
+    shown = [t for t in doc["tables"] if f"**{t['caption']}**" in tables_md]
+    assert {t["section"] for t in shown} >= {"Main results (Tables 1 and 2)", "Latent ablation"}
+    for t in shown:  # a table is shown whole: its header and every row
+        assert "| " + " | ".join(t["columns"]) + " |" in tables_md
+        for row in t["rows"]:
+            assert "| " + " | ".join("–" if c is None else str(c) for c in row) + " |" in tables_md, (t["caption"], row)
 
 
 def test_evaluate_merge_as_printed(tmp_path):

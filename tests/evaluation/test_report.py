@@ -148,3 +148,115 @@ def test_eager_attention_switches_and_restores_even_on_error():
     with eager_attention(model):
         assert model.config._attn_implementation == "eager"
     assert model.config._attn_implementation == "eager"
+
+
+# --------------------------------------------------------------------------- what the report's words and layout say
+
+
+def test_report_tables_align_text_left_and_numbers_right(tmp_path):
+    """Markdown (rendered by markdown-it, as a viewer would) and HTML: text columns left, number columns right."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    secs = [Section("Main", "", [Table("Accuracy", ["model", "benchmark", "N", "accuracy %", "delta", "vqa_rad"],
+                                       [["base", "slake", "4", "35.9", "–", "–"],
+                                        ["roi_sft", "vqa_rad", "12", "–", "-2.5", "–"]])])]
+    md, page = write_report(tmp_path, "R", secs)
+    rendered = MarkdownIt("commonmark").enable("table").render(md.read_text())
+    heads = re.findall(r"<th style=\"text-align:(\w+)\">([^<]*)</th>", rendered)
+    assert heads == [("left", "model"), ("left", "benchmark"), ("right", "N"), ("right", "accuracy %"),
+                     ("right", "delta"), ("right", "vqa_rad")]  # no value at all: still a column of numbers
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.cells, self.css = [], ""
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("td", "th"):
+                self.cells.append(dict(attrs).get("class"))
+
+        def handle_data(self, data):
+            if self.lasttag == "style":
+                self.css += data
+
+    p = Cells()
+    p.feed(page.read_text())
+    align = {cls: a for cls, a in re.findall(r"\.([\w-]+)\{text-align:(left|right)\}", p.css)}
+    assert [align.get(c) for c in p.cells[:6]] == ["left", "left", "right", "right", "right", "right"]
+    assert [align.get(c) for c in p.cells[6:12]] == ["left", "left", "right", "right", "right", "right"]
+    assert not re.search(r"td,th\{[^}]*text-align", p.css)  # no blanket right alignment left over
+
+
+def _sections_for(tmp_path, ablation_kinds):
+    """build_sections on fixed scored rows: base / medlvr on slake (closed yes/no + open) and vqa_rad, medlvr's
+    ablations `ablation_kinds` on slake."""
+    import yaml
+
+    from medlvr.evaluation.config import load_eval_config
+    from medlvr.evaluation.report import build_sections
+    from medlvr.evaluation.runs import plan_jobs
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg_path = tmp_path / "eval.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "out_dir": str(tmp_path / "out"), "data_root": str(tmp_path / "bench"),
+        "benchmarks": {"slake": {}, "vqa_rad": {}},
+        "models": [{"name": "base", "path": "tiny", "k_latent": 0}, {"name": "medlvr", "path": "tiny", "k_latent": 4}],
+        "table4": {"models": ["base", "medlvr"]},
+        "ablation": {"model": "medlvr", "kinds": ablation_kinds, "noise_scale": 0.5, "benchmarks": ["slake"]}}))
+    cfg = load_eval_config(cfg_path)
+    samples = {"slake": list(_samples().values()),
+               "vqa_rad": [Sample("vqa_rad", "v1", "Is it?", "yesno", "no", tags={"closed": True})]}
+    jobs = plan_jobs(cfg)
+    scored = {}
+    for j in jobs:
+        by_id = {s.sample_id: s for s in samples[j.benchmark]}
+        recs = [{**_rec(s.sample_id, s.answer if j.variant == "main" else "zzz", 2, 0.1, j.model, j.k_latent),
+                 "benchmark": j.benchmark, "variant": j.variant} for s in samples[j.benchmark]]
+        scored[j] = T.score_records(recs, by_id)
+    return {s.title: s for s in build_sections(cfg, samples, jobs, None, scored)}
+
+
+def test_ablation_section_says_what_its_table_shows(tmp_path):
+    secs = _sections_for(tmp_path, ["zero", "shuffle"])
+    abl = secs["Latent ablation"]
+    (table,) = abl.tables
+    # the model named `base` is not the ablation's reference column
+    assert table.headers == ["benchmark", "n", "unablated", "zero", "zero_drop", "shuffle", "shuffle_drop"]
+    assert "noise" not in abl.text and "alpha" not in abl.text  # no noise column, so no promise of one
+    assert "zeroed" in abl.text and "shuffled across samples" in abl.text and "`unablated`" in abl.text
+    all_row = next(r for r in table.rows if r[0] == "all")
+    assert all_row[2:] == ["100.0", "0.0", "100.0", "0.0", "100.0"]  # right answers in main, none ablated
+    noised = _sections_for(tmp_path / "n", ["zero", "noise"])["Latent ablation"]
+    assert "noised (relative, alpha=0.5)" in noised.text and noised.tables[0].headers[-2:] == ["noise", "noise_drop"]
+
+
+def test_table4_caption_names_the_table2_subsets(tmp_path):
+    from medlvr.evaluation.scoring import TABLE2_SUBSETS
+
+    (table,) = _sections_for(tmp_path, ["zero"])["Table 4: training variants"].tables
+    assert "Table 2 subsets" in table.caption
+    assert f"slake {TABLE2_SUBSETS['slake']}" in table.caption and f"vqa_rad {TABLE2_SUBSETS['vqa_rad']}" in table.caption
+    # and it is true: slake's open question m1/m2 (not closed) does not count, so base (all right) has 100 on both
+    row = dict(zip(table.headers, next(r for r in table.rows if r[0] == "base")))
+    assert row["slake"] == "100.0" and row["vqa_rad"] == "100.0"
+
+
+def test_fig3_layer_axis_has_integer_ticks(tmp_path, monkeypatch):
+    from medlvr.evaluation import figures
+
+    ticks = {}
+    save = figures._save
+
+    def keep_ticks(fig, path):
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        ticks["x"] = [t for t in ax.get_xticks() if lo <= t <= hi]
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep_ticks)
+    figures.plot_visual_share({"base": np.array([0.2, 0.1, 0.3]), "medlvr": np.array([0.4, 0.3, 0.2])},
+                              tmp_path / "f3.png")
+    assert ticks["x"] and all(float(t).is_integer() for t in ticks["x"]), ticks

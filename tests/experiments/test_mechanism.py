@@ -55,7 +55,7 @@ def test_written_formats(tmp_path):
         q, a = render_qwen(r, 3136, 12544)
         assert a in "ABCD"
         by_q.setdefault(q, []).append(a)
-        assert Image.open(__import__("io").BytesIO(r["image_png"])).size == (r["width"], r["height"])
+        assert Image.open(__import__("io").BytesIO(r["image"])).size == (r["width"], r["height"])
     # SFT prompt == VLPO prompt (the same text in both stages and at evaluation)
     s: Sample = samples[0]
     assert prompt_text(s, summary["instruction"]) in by_q

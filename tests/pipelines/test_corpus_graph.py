@@ -1,17 +1,21 @@
 """The whole corpus graph materialised on the bundled sample data in an ephemeral instance."""
 
+import base64
+import io
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from dagster._serdes import serialize_value
 
 from medlvr.corpus.catalog import load_catalog
 from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
 from medlvr.pipelines.corpus.checks import CORPUS_CHECKS, objects_reconcile, shard_checksums_match_manifest
-from medlvr.pipelines.corpus.metadata import read_manifest
+from medlvr.pipelines.corpus.metadata import CONTACT_SHEET_MAX_BYTES, MARKDOWN_MAX_CHARS, read_manifest
 from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, default_resources
 from tests.pipelines.helpers import check_evaluations, materialize_corpus
 
@@ -81,9 +85,22 @@ def test_materialisation_metadata(handful_run):
     assert Path(qa["thumbnails"].value).read_bytes().startswith(b"\x89PNG")
     card = instance.get_latest_materialization_event(dg.AssetKey("corpus_card")).asset_materialization.metadata
     assert Path(card["samples"].value).read_bytes().startswith(b"\x89PNG")
+    # what the UI renders inline: contact sheets (JPEG data: URLs within their cap) and the card's first sections
+    for meta_, label in ((meta, "contact_sheet"), (qa, "contact_sheet"), (card, "sample_images")):
+        m = re.fullmatch(r"!\[[^\]]*\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", meta_[label].value)
+        jpeg = base64.b64decode(m.group(1))
+        assert len(jpeg) <= CONTACT_SHEET_MAX_BYTES and Image.open(io.BytesIO(jpeg)).format == "JPEG"
+    card_md = card["card"].value
+    readme = (home / "corpus" / "card" / "README.md").read_text()
+    assert isinstance(card["card"], dg.MarkdownMetadataValue) and len(card_md) <= MARKDOWN_MAX_CHARS
+    assert card_md.startswith("# MedLVR grounding corpus") and "## Format" in card_md and "## Counts" in card_md
+    assert not re.search(r"\]\((?!https?:|data:)[^)]*\)", card_md)  # no relative link (it would lead nowhere)
+    assert all(line in readme for line in card_md.splitlines() if line.startswith("| "))  # whole rows only
     for key in ("normalized_images", "qa_pairs", "corpus_card"):  # small and bounded, whatever the images
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
-        assert len(serialize_value(event.asset_materialization)) < 16_000, key
+        # the stated caps (one contact sheet, one Markdown excerpt) plus the small tables and paths
+        assert len(serialize_value(event.asset_materialization)) < 16_000 + CONTACT_SHEET_MAX_BYTES * 4 // 3 + \
+            (MARKDOWN_MAX_CHARS if key == "corpus_card" else 0), key
     shards = instance.get_latest_materialization_event(dg.AssetKey("corpus_shards")).asset_materialization.metadata
     assert shards["dagster/row_count"].value > 0
     partitions = instance.get_materialized_partitions(dg.AssetKey("roi_annotations"))

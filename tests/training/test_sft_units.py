@@ -182,3 +182,31 @@ def test_cli_config_error_is_one_line_and_exit_2(capsys):
         config = TINY_CONFIG if cmd == "train-sft" else TINY_CONFIG.parent / "vlpo_tiny.yaml"
         assert main([cmd, "--config", str(config), "--set", "engine.lrr=1"]) == 2
         assert capsys.readouterr().err == "medlvr: error: unknown config key engine.lrr (did you mean engine.lr?)\n"
+
+
+def test_old_val_split_is_a_one_line_renamed_error():
+    """The corpus' validation split is `validation` (Hugging Face's name): an old `data.split: val` says so, through
+    the console script as the README prints it, in one line with exit status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    medlvr = str(Path(sys.executable).with_name("medlvr"))
+    r = subprocess.run([medlvr, "train-sft", "--config", str(TINY_CONFIG), "--set", "data.corpus=/x",
+                        "--set", "data.split=val"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "renamed to 'validation'" in r.stderr and "data.split=validation" in r.stderr
+    assert load_config(TINY_CONFIG, ["data.corpus=/x", "data.split=validation"]).data.split == "validation"
+
+
+def test_old_schema_shards_are_refused_in_one_line(tmp_path):
+    """Shards written before the Hugging Face renames (`image_png`, `val`) say to rebuild instead of a KeyError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "shards" / "train"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"qa_id": ["a"], "image_png": [b"png"], "split": ["train"]}), d / "part-00000.parquet")
+    with pytest.raises(ValueError, match=r"older schema .* rebuild the corpus with `medlvr build-corpus`") as e:
+        shard_files(tmp_path, "train")
+    assert "\n" not in str(e.value)

@@ -97,7 +97,7 @@ def collate(rows: Sequence[dict], processor, ids: LatentTokenIds, k: int, *, min
     pad = tok.pad_token_id
     texts, images, completions, labels, sizes, boxes = [], [], [], [], [], []
     for row in rows:
-        image = Image.open(io.BytesIO(row["image_png"])).convert("RGB")
+        image = Image.open(io.BytesIO(row["image"])).convert("RGB")
         if image.size != (row["width"], row["height"]):
             raise ValueError(f"{row['qa_id']}: PNG is {image.size}, row says {(row['width'], row['height'])}")
         question, answer = render_qwen(row, min_pixels, max_pixels)

@@ -55,6 +55,11 @@ class DataConfig:
     question_types: tuple[str, ...] = ()  # empty: all
     max_answer_tokens: int = 256  # the answer is truncated, the prompt never is
 
+    def __post_init__(self):
+        if self.split == "val":  # shard folders are named as the Hugging Face Hub names splits (corpus/splits.py)
+            raise ValueError("split 'val' was renamed to 'validation' (the corpus' shard folders follow the Hugging "
+                             "Face split names: train, validation, test): set data.split=validation")
+
 
 @dataclass(frozen=True)
 class LatentConfig:

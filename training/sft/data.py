@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from medlvr.corpus.shards import IMAGE_COLUMN
+
 
 @dataclass
 class DataPosition:
@@ -33,6 +35,9 @@ def shard_files(corpus: str | Path, split: str) -> list[Path]:
     for d in (corpus / "shards" / split, corpus / split):
         files = sorted(d.glob("part-*.parquet"))
         if files:
+            if IMAGE_COLUMN not in pq.read_schema(files[0]).names:  # shard schema 1 named it image_png (and `val`)
+                raise ValueError(f"{files[0]}: shards of an older schema (no `{IMAGE_COLUMN}` column; schema 1 had "
+                                 "`image_png` and a `val` split): rebuild the corpus with `medlvr build-corpus`")
             return files
     raise FileNotFoundError(f"no shards for split {split!r} under {corpus} (expected shards/{split}/part-*.parquet)")
 
