@@ -51,6 +51,7 @@ from medlvr.corpus.paths import confined, rel_path, require_file, safe_path, wal
 from medlvr.corpus.adapters.sidecar import read_json, read_kv, whitelist
 from medlvr.corpus.masks import LabelRule
 from medlvr.corpus.mhd import check_mhd, read_mhd
+from medlvr.corpus.orientation import display_axes
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 from medlvr.corpus.volumes import SliceConfig, volume_images
 
@@ -134,7 +135,6 @@ def display_orientation(root: Path, rel: str, order: str, canonical: bool = Fals
     laterality rule (§6.4) assumes. Returns the axis order that names the array's axes and the axes to flip.
     A non-spatial `order` (2-D, "XY") is returned as it is."""
     import nibabel as nib
-    from nibabel.orientations import io_orientation
 
     spatial = [c for c in order if c in "XYZ"]
     if sorted(spatial) != sorted("XYZ") or ("C" in order and order.index("C") < 3):
@@ -142,13 +142,8 @@ def display_orientation(root: Path, rel: str, order: str, canonical: bool = Fals
     img = _load_confined(root, rel)
     if canonical:
         img = nib.as_closest_canonical(img)
-    ornt = io_orientation(img.affine)  # per array axis: (world axis 0=R-L 1=A-P 2=S-I, +1 towards R/A/S)
-    letters, flips = [], []
-    for axis, (world, sign) in enumerate(ornt[:3]):
-        letters.append("XYZ"[int(world)])
-        if int(world) in (0, 1) and sign > 0:  # towards the right or anterior: reversed, to the left / posterior
-            flips.append(axis)
-    return "".join(letters) + order[3:], tuple(flips)
+    letters, flips = display_axes(img.affine[:3, :3])  # the affine's columns: the array axes in RAS
+    return letters + order[3:], flips
 
 
 def read_any(root: Path, rel: str, reader: str, canonical: bool) -> tuple[np.ndarray, tuple[float, ...]]:

@@ -236,7 +236,7 @@ def test_volume_path_reads_a_multi_frame_file_as_its_slices(tmp_path):
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "dose.dcm").write_bytes((TEST_FILES / "rtdose.dcm").read_bytes())
     ds = pydicom.dcmread(TEST_FILES / "rtdose.dcm")
-    vol, zs, sops, spacing = read_series(tmp_path, ["series/dose.dcm"])
+    vol, zs, sops, spacing, _ = read_series(tmp_path, ["series/dose.dcm"])
     offsets = [float(v) for v in ds.GridFrameOffsetVector]
     assert vol.shape == (15, 10, 10) and zs == sorted(offsets) and set(sops) == {str(ds.SOPInstanceUID)}
     np.testing.assert_allclose(vol, apply_modality_lut(ds.pixel_array, ds)[np.argsort(offsets, kind="stable")])
