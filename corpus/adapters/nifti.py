@@ -25,7 +25,8 @@ when a dataset ships in several releases whose file names differ; the first vari
   axis_order: "XYZ" | "ZYX" | "XYZC" | "XY" ...  the on-disk array axes; never guessed from the shape. For a
                                3-D NIfTI the affine names the spatial axes (display_orientation); axis_order
                                then only places the channels and marks 2-D files
-  orientation: display | as_stored   (default display) the one display convention, docs/datasets.md
+  orientation: display | as_stored   (default display) the one display convention, docs/datasets.md; for
+                               MetaImage from TransformMatrix / AnatomicalOrientation (none: as read)
   canonical: bool              reorient to RAS with nib.as_closest_canonical first (then axis_order XYZ)
   intensity: ct_hu | percentile | uint8 | auto (uint8 arrays -> uint8, else percentile)
   reader: nifti | metaimage    the file format of the images and labels
@@ -50,7 +51,7 @@ from medlvr.corpus.limits import charge
 from medlvr.corpus.paths import confined, rel_path, require_file, safe_path, walk
 from medlvr.corpus.adapters.sidecar import read_json, read_kv, whitelist
 from medlvr.corpus.masks import LabelRule
-from medlvr.corpus.mhd import check_mhd, read_mhd
+from medlvr.corpus.mhd import check_mhd, directions_ras, read_mhd
 from medlvr.corpus.orientation import display_axes
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 from medlvr.corpus.volumes import SliceConfig, volume_images
@@ -436,11 +437,21 @@ def nan_to_background(arr: np.ndarray, rel: str) -> tuple[np.ndarray, int]:
 
 def _displayed(root: Path, rel: str, arr: np.ndarray, order: str, reader: str, canon: bool, var: dict
                ) -> tuple[np.ndarray, str]:
-    """A NIfTI array in the display convention (display_orientation) with the axis order that names it; other
-    readers (MetaImage: OCT B-scans and echo images have no patient axes) and `orientation: as_stored` as read."""
-    if reader != "nifti" or var.get("orientation", "display") == "as_stored":
+    """A volume in the display convention (corpus.orientation) with the axis order that names it: NIfTI from its
+    affine (display_orientation), MetaImage from its TransformMatrix / AnatomicalOrientation (a header with
+    neither, or a 2-D image, as read). `orientation: as_stored` (OCT B-scans and echo images have no patient
+    axes) as read."""
+    if var.get("orientation", "display") == "as_stored":
         return arr, order
-    shown, flips = display_orientation(root, rel, order, canon)
+    if reader == "nifti":
+        shown, flips = display_orientation(root, rel, order, canon)
+    else:
+        spatial = [c for c in order if c in "XYZ"]
+        dirs = directions_ras(root, rel) if sorted(spatial) == sorted("XYZ") and order.find("C") in (-1, 3) else None
+        if dirs is None:
+            return arr, order
+        letters, flips = display_axes(dirs)
+        shown = letters + order[3:]
     return (np.flip(arr, flips) if flips else arr), shown
 
 
@@ -522,6 +533,7 @@ class VolumeOptions:
     label: Any = None
     label_rules: Any = None
     name: Any = None
+    orientation: Any = None
     patient_group: Any = None
     phase_from_sidecar: Any = None
     reader: Any = None
