@@ -455,10 +455,21 @@ def _displayed(root: Path, rel: str, arr: np.ndarray, order: str, reader: str, c
     return (np.flip(arr, flips) if flips else arr), shown
 
 
+def read_displayed(root: Path, rel: str, order: str, var: dict, reader: str = "nifti", canonical: bool = False
+                   ) -> tuple[np.ndarray, tuple[float, ...], str]:
+    """One volume file as the corpus shows it: read, the variant's volume picked (`volume_index`), in the display
+    convention; returns the array, its zooms and the axis order naming its axes (to_zyx makes it (Z, Y, X)).
+    Every image and label map of load_volume and `medlvr ask`'s NIfTI volumes go through it."""
+    arr, zooms = read_any(root, rel, reader, canonical)
+    arr, zooms = pick_volume(arr, zooms, order, var, rel)
+    arr, order = _displayed(root, rel, arr, order, reader, canonical, var)
+    return arr, zooms, order
+
+
 def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     var = _variant_by_name(spec, ref.annotations["variant"])
     reader, canon = _reader(spec, var), bool(var.get("canonical", False))
-    order = var.get("axis_order", "XYZ" if reader == "nifti" else "ZYX")
+    stored_order = var.get("axis_order", "XYZ" if reader == "nifti" else "ZYX")
     rules = [LabelRule(r["label"], tuple(r["values"]), r["instances"], r.get("parent")) for r in ref.annotations["rules"]]
     channels: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
@@ -467,12 +478,10 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     for role, rel in ref.paths.items():
         if not role.startswith("image"):
             continue
-        arr, zooms = read_any(root, rel, reader, canon)
-        arr, zooms = pick_volume(arr, zooms, order, var, rel)
-        arr, order = _displayed(root, rel, arr, order, reader, canon, var)
+        arr, zooms, shown = read_displayed(root, rel, stored_order, var, reader, canon)
         arr, n_nan = nan_to_background(arr, rel)
         nan_voxels += n_nan
-        arr, sp = to_zyx(arr, zooms, order)
+        arr, sp = to_zyx(arr, zooms, shown)
         spacing = spacing or sp
         if role.startswith("image:"):
             channels[role[6:]] = arr
@@ -496,10 +505,9 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         raise RecordError("record has no image file")
     labels = None
     if "label" in ref.paths:
-        lab, lab_zooms = read_any(root, ref.paths["label"], reader, canon)
-        lab, lab_zooms = pick_volume(lab, lab_zooms, order.replace("C", ""), var, ref.paths["label"])
-        lab, _ = _displayed(root, ref.paths["label"], lab, order.replace("C", ""), reader, canon, var)
-        lab, _ = to_zyx(lab, lab_zooms, order.replace("C", ""))  # a label map has no channel axis
+        lab, lab_zooms, lab_order = read_displayed(root, ref.paths["label"], stored_order.replace("C", ""), var,
+                                                   reader, canon)
+        lab, _ = to_zyx(lab, lab_zooms, lab_order)  # a label map has no channel axis
         known = {v for r in rules for v in r.values}
         labels = _labels_int(lab, ref.paths["label"], known, bool(var.get("strict_labels", True)))
     first = next(iter(channels.values()))
