@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.images import charge_dicom, one_line_cause, read_dicom_volume
+from medlvr.corpus.adapters.images import charge_dicom, one_line_cause, plane_orientation, read_dicom_volume
 from medlvr.corpus.paths import is_within, open_confined, rel_path, safe_path, walk
 from medlvr.corpus.masks import LabelRule, polygon_mask
 from medlvr.corpus.orientation import dicom_directions_ras, display_axes, zyx_index_to_display, zyx_to_display
@@ -187,7 +187,9 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
             if str(getattr(ds, "NumberOfFrames", "1")).strip() not in ("", "1"):
                 # an enhanced CT (one file holding the series): its frames are the slices, in their positions
                 vol = read_dicom_volume(p, root)
-                items.extend((z, vol.sop_uid, hu, vol.spacing_mm or (1.0, 1.0), (0.0, 0.0, z))
+                iop = iop or plane_orientation(ds)
+                # frame positions: along the unsigned normal (row x column cosines), signed below
+                items.extend((z, vol.sop_uid, hu, vol.spacing_mm or (1.0, 1.0), z)
                              for z, hu in zip(vol.positions, vol.values))
                 continue
             charge_dicom(ds, Path(rel).name)
@@ -205,8 +207,7 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
             raise RecordError(f"slice {Path(rel).name} has no ImagePositionPatient")
         if raw.ndim != 2:
             raise RecordError(f"slice {Path(rel).name} is not a single 2-D frame: shape {raw.shape}")
-        if iop is None and len(getattr(ds, "ImageOrientationPatient", None) or ()) == 6:
-            iop = [float(v) for v in ds.ImageOrientationPatient]
+        iop = iop or plane_orientation(ds)
         hu = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
         ps = getattr(ds, "PixelSpacing", None)
         items.append((float(ipp[2]), str(getattr(ds, "SOPInstanceUID", "")), hu,
@@ -216,7 +217,9 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
     if not np.isfinite(iop).all() or np.linalg.norm(np.cross(iop[:3], iop[3:])) < 0.5:
         raise RecordError(f"ImageOrientationPatient {iop} is not two orthogonal directions; cannot orient the series")
     directions, normal = dicom_directions_ras(iop[:3], iop[3:])
-    along = [float(np.dot(t[4], normal)) for t in items]  # each slice's position along the slice normal (mm)
+    sign = 1.0 if np.dot(np.cross(iop[:3], iop[3:]), normal) > 0 else -1.0
+    # each slice's position along the slice normal (mm): an ImagePositionPatient, or a frame's unsigned position
+    along = [float(np.dot(t[4], normal)) if isinstance(t[4], tuple) else sign * t[4] for t in items]
     order = sorted(range(len(items)), key=lambda i: along[i])
     items = [items[i] for i in order]
     if len({round(along[i], 6) for i in order}) != len(items):
