@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from medlvr.corpus.limits import charge, inflate_bounded
+from medlvr.corpus.orientation import LPS_TO_RAS
 from medlvr.corpus.paths import confined, open_confined
 from medlvr.corpus.records import RecordError
 
@@ -34,6 +35,7 @@ class MhdHeader:
     data_rel: str  # path of the data file relative to the dataset root (the header itself for LOCAL)
     offset: int  # bytes to skip in the data file (LOCAL header length or HeaderSize); -1: data at the end
     compressed: bool
+    directions_lps: tuple[tuple[float, ...], ...] | None = None  # per DimSize axis (X first), its LPS direction
 
     @property
     def nbytes(self) -> int:
@@ -105,7 +107,43 @@ def parse_header(root: Path, rel: str) -> MhdHeader:
             raise RecordError(f"{rel}: ElementDataFile escapes the header's folder: {data_file!r}")
         data_rel = (PurePosixPath(rel).parent / df).as_posix()
         offset = int(fields.get("HeaderSize", "0"))
-    return MhdHeader(dims, dtype, spacing, data_rel, offset, compressed)
+    return MhdHeader(dims, dtype, spacing, data_rel, offset, compressed, _directions(fields, ndims, rel))
+
+
+# AnatomicalOrientation letters name the side each axis runs FROM (ITK's codes: "RAI" is the identity matrix)
+_FROM_SIDE_LPS = {"R": (1.0, 0.0, 0.0), "L": (-1.0, 0.0, 0.0), "A": (0.0, 1.0, 0.0), "P": (0.0, -1.0, 0.0),
+                  "I": (0.0, 0.0, 1.0), "S": (0.0, 0.0, -1.0)}
+
+
+def _directions(fields: dict[str, str], ndims: int, rel: str) -> tuple[tuple[float, ...], ...] | None:
+    """Each axis' direction in LPS patient coordinates, as ITK reads a MetaImage: TransformMatrix (aliases
+    Rotation, Orientation), row i the direction of axis i; without one, AnatomicalOrientation; else None."""
+    if ndims != 3:
+        return None
+    text = next((fields[k] for k in ("TransformMatrix", "Rotation", "Orientation") if k in fields), None)
+    if text is not None:
+        try:
+            m = np.array([float(v) for v in text.split()], dtype=float)
+        except ValueError:
+            raise RecordError(f"{rel}: TransformMatrix {text!r} is not numeric")
+        if m.size != 9 or not np.isfinite(m).all() or abs(np.linalg.det(m.reshape(3, 3))) < 1e-6:
+            raise RecordError(f"{rel}: TransformMatrix {text!r} is not an invertible 3x3 matrix")
+        return tuple(tuple(r) for r in m.reshape(3, 3).tolist())
+    code = fields.get("AnatomicalOrientation", "").strip().upper()
+    if not code or code == "?" * len(code):
+        return None
+    if len(code) != 3 or set(code) - set(_FROM_SIDE_LPS) or len({"RLAPIS".index(c) // 2 for c in code}) != 3:
+        raise RecordError(f"{rel}: AnatomicalOrientation {code!r} is not three letters of R/L, A/P, I/S")
+    return tuple(_FROM_SIDE_LPS[c] for c in code)
+
+
+def directions_ras(root: Path, rel: str) -> np.ndarray | None:
+    """(3, 3) RAS directions of read_mhd's array axes (DimSize order reversed: Z, Y, X) as columns, for
+    corpus.orientation.display_axes; None for a header without orientation or not 3-D."""
+    h = check_mhd(root, rel)
+    if h.directions_lps is None:
+        return None
+    return LPS_TO_RAS @ np.array(h.directions_lps[::-1], dtype=float).T
 
 
 def _data_size_ok(h: MhdHeader, rel: str, available: int) -> None:

@@ -2,7 +2,9 @@
 
 * The image: PNG/JPEG (and anything PIL reads), a DICOM file, or a NIfTI volume with a slice index, read by the
   corpus readers (`medlvr.corpus.adapters`) and normalised like a corpus image (`normalise_image`: 8-bit, longest
-  side 512). Windowing is the training one: the DICOM header's VOI window (or the full range), the
+  side 512). A NIfTI volume is shown in the corpus's display convention, through ingest's own reader
+  (`corpus.adapters.nifti.read_displayed`: x towards the patient's left, y towards posterior, from the affine).
+  Windowing is the training one: the DICOM header's VOI window (or the full range), the
   percentiles of the volume's non-zero voxels for a NIfTI volume (`volume_window`), 8-bit images as they are;
   `window` names a CT preset (`CT_WINDOWS`) to read CT values in HU instead.
 * The model: a checkpoint folder (`model/` of a training checkpoint, the checkpoint folder itself, or a run's
@@ -141,11 +143,17 @@ def check_image(path: str | Path, slice_index: int | None = None, window: str | 
 
 
 def _nifti_slices(path: Path, axis_order: str) -> int:
-    """Slices along Z, from the header alone."""
+    """Slices along Z, from the header alone: Z is the axis the display convention (corpus.orientation, as
+    ingest applies it) makes the slice axis, named by the affine."""
     import nibabel as nib
 
+    from medlvr.corpus.orientation import display_axes
+
     try:
-        shape = list(nib.load(str(path)).shape)
+        img = nib.load(str(path))
+        shape = list(img.shape)
+        if len(shape) >= 3:
+            axis_order = display_axes(img.affine[:3, :3])[0]
     except Exception as e:  # nibabel raises several types for a damaged header
         raise AskError(f"cannot read {path.name}: not a readable NIfTI file ({type(e).__name__})") from None
     while len(shape) > 3 and shape[-1] == 1:  # NIfTI pads dims with 1
@@ -156,11 +164,12 @@ def _nifti_slices(path: Path, axis_order: str) -> int:
 
 
 def _read_volume_slice(path: Path, z: int, window: str | None, axis_order: str) -> SourceImage:
-    from medlvr.corpus.adapters.nifti import read_nifti, to_zyx
+    from medlvr.corpus.adapters.nifti import read_displayed, to_zyx
     from medlvr.corpus.volumes import volume_window
 
-    arr, zooms = read_nifti(path.parent, path.name)
-    vol, _ = to_zyx(arr, zooms, axis_order)  # slices along Z, as the corpus takes them
+    # the corpus's own reader: the same display convention (from the affine) as the slices the model trained on
+    arr, zooms, order = read_displayed(path.parent, path.name, axis_order, {})
+    vol, _ = to_zyx(arr, zooms, order)
     if not np.isfinite(vol).all():
         vol = np.nan_to_num(vol.astype(np.float32), nan=float(np.nanmin(vol)), posinf=0.0, neginf=0.0)
     if window:

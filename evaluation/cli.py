@@ -214,7 +214,8 @@ def _register_ask(subparsers) -> None:
     a.add_argument("--slice", type=int, default=None, metavar="N",
                    help="NIfTI slice along Z (default: the middle one) or multi-frame DICOM frame")
     a.add_argument("--axis-order", default="XYZ", metavar="ORDER",
-                   help="a NIfTI array's axes on disk (default XYZ, the NIfTI convention; KiTS stores ZYX)")
+                   help="a NIfTI array's axes on disk, as the catalog's axis_order (default XYZ); a 3-D file's affine "
+                        "names its axes, as ingest reads it")
     a.add_argument("--window", default=None, metavar="NAME",
                    help="read CT values in HU with this preset window (abdomen, lung, bone, brain, ...)")
     a.add_argument("--out", default=".", metavar="DIR",

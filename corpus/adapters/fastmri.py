@@ -3,6 +3,9 @@
 One record per reviewed volume (a file named in a `*_file_list.csv` or in an annotation table).
   * Pixels: `reconstruction_rss` (multi-coil) or `reconstruction_esc` (single-coil knee), (slices, H, W),
     flipped up-down (`[:, ::-1, :]`) because the boxes were drawn on the flipped view (official notebook).
+    Otherwise as stored: the files carry no patient axes (the `ismrmrd_header` XML describes the encoding, not the
+    image directions, and the per-readout acquisition headers that hold them are not released), so the display
+    convention of the other volumes (corpus.orientation) cannot be derived (docs/datasets.md, "Orientation").
   * Table header `file,slice,study_level,x,y,width,height,label`; boxes are xywh pixels on that flipped view;
     `slice` is 0-based. Labels are stripped of whitespace (`Joint Effusion ` has a trailing space).
   * `study_level=Yes` rows carry no box: their labels become the study attribute `study_labels`.

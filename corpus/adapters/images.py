@@ -121,17 +121,27 @@ def _check_native_length(ds, name: str) -> None:
         raise RecordError(f"truncated DICOM pixel data: {actual} of {expected} bytes in {name}")
 
 
+def plane_orientation(ds) -> list[float] | None:
+    """ImageOrientationPatient (six direction cosines, LPS) of a single-frame image, or of a multi-frame one's
+    frames (shared functional groups, else the first frame's); None when the file has none."""
+    orient = None
+    if getattr(ds, "ImageOrientationPatient", None) is not None:
+        orient = [float(v) for v in ds.ImageOrientationPatient]
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+    shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+    for groups in ([shared[0]] if shared else []) + ([per_frame[0]] if per_frame else []):
+        po = getattr(groups, "PlaneOrientationSequence", None)
+        if po and getattr(po[0], "ImageOrientationPatient", None) is not None:
+            orient = [float(v) for v in po[0].ImageOrientationPatient]
+    return orient if orient and len(orient) == 6 else None
+
+
 def _frame_positions(ds, n_frames: int) -> list[float] | None:
     """Where each frame lies along the stack axis, if the frames are slices of a volume: the per-frame
     ImagePositionPatient projected on the slice normal (enhanced CT/MR/PET), or RT Dose's GridFrameOffsetVector."""
     per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
     if per_frame is not None and len(per_frame) == n_frames:
-        shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
-        orient = None
-        for groups in ([shared[0]] if shared else []) + [per_frame[0]]:
-            po = getattr(groups, "PlaneOrientationSequence", None)
-            if po and getattr(po[0], "ImageOrientationPatient", None) is not None:
-                orient = [float(v) for v in po[0].ImageOrientationPatient]
+        orient = plane_orientation(ds)
         normal = np.cross(orient[:3], orient[3:]) if orient and len(orient) == 6 else np.array([0.0, 0.0, 1.0])
         out = []
         for item in per_frame:

@@ -1,7 +1,12 @@
 """A4 `dicom_series_lidc_xml`: LIDC-IDRI CT series with their reader XML (docs/datasets.md §2.1 no. 2).
 
 One record per CT series: the `NNN.xml` file and the DICOM slices beside it.
-  * Slices are sorted by ImagePositionPatient[2] (ascending); file names and InstanceNumber are not trusted.
+  * Slices are sorted by their ImagePositionPatient along the slice normal (ImageOrientationPatient's row x
+    column cosines, signed to point mostly along +x/+y/+z: an axial series runs foot to head, as by
+    ImagePositionPatient[2] ascending); file names and InstanceNumber are not trusted.
+  * Pixels and outlines are shown in the one display convention (corpus.orientation, docs/datasets.md
+    "Orientation"), derived from ImageOrientationPatient (LPS): x towards the patient's left, y towards posterior.
+    Outlines are drawn in the stored pixel grid and flipped with the pixels, so boxes stay exact.
   * HU = stored * RescaleSlope + RescaleIntercept.
   * XML is read namespace-aware (default namespace http://www.nih.gov; tags matched by local name so older
     files without the namespace also parse). `IdriReadMessage` files (CR/DX radiograph reads) are skipped.
@@ -17,7 +22,7 @@ One record per CT series: the `NNN.xml` file and the DICOM slices beside it.
     pylidc's clevel=0.5), or their union when the readers do not overlap at all. The masks go through the
     volume slice selector: the largest slice per nodule plus spaced extra slices.
   * Nodules < 3 mm (a single edgeMap point) and non-nodules (a locus) are points, never boxes: they are kept
-    as the image attribute `point_annotations` (slice index, x, y in original pixels).
+    as the image attribute `point_annotations` (slice index, x, y in displayed pixels).
   * Accounting: every nodule read is an object `<xml>#reader=R/nodule=N` (N: its position in the session).
     A nodule (a group of reads) is one structure: one box per kept slice, named by its first read; the other
     reads are rejects "fused with ... by the reader-agreement rule"; points are rejects that say where they went.
@@ -39,9 +44,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from medlvr.corpus.adapters import register
-from medlvr.corpus.adapters.images import charge_dicom, one_line_cause, read_dicom_volume
+from medlvr.corpus.adapters.images import charge_dicom, one_line_cause, plane_orientation, read_dicom_volume
 from medlvr.corpus.paths import is_within, open_confined, rel_path, safe_path, walk
 from medlvr.corpus.masks import LabelRule, polygon_mask
+from medlvr.corpus.orientation import dicom_directions_ras, display_axes, zyx_index_to_display, zyx_to_display
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage, object_id
 from medlvr.corpus.volumes import SliceConfig, volume_images
 
@@ -162,12 +168,17 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 
 
 # ---------------------------------------------------------------------------------------------- the series
-def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float], list[str], tuple[float, float]]:
-    """HU volume (Z, Y, X) sorted by ImagePositionPatient[2], the z positions, SOP UIDs and pixel spacing."""
+def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float], list[str], tuple[float, float],
+                                                       np.ndarray]:
+    """HU volume (Z, Y, X) as stored (slice, row, column), its slices sorted along the slice normal; their
+    ImagePositionPatient[2] (the XML's imageZposition), SOP UIDs, pixel spacing and the RAS directions of the
+    (column, row, slice) axes (corpus.orientation.dicom_directions_ras; ImageOrientationPatient of the first
+    slice, standard axial when no slice has one)."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
     items = []
+    iop = None
     for rel in slices:
         p = safe_path(root, rel)
         try:
@@ -176,7 +187,9 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
             if str(getattr(ds, "NumberOfFrames", "1")).strip() not in ("", "1"):
                 # an enhanced CT (one file holding the series): its frames are the slices, in their positions
                 vol = read_dicom_volume(p, root)
-                items.extend((z, vol.sop_uid, hu, vol.spacing_mm or (1.0, 1.0))
+                iop = iop or plane_orientation(ds)
+                # frame positions: along the unsigned normal (row x column cosines), signed below
+                items.extend((z, vol.sop_uid, hu, vol.spacing_mm or (1.0, 1.0), z)
                              for z, hu in zip(vol.positions, vol.values))
                 continue
             charge_dicom(ds, Path(rel).name)
@@ -194,21 +207,32 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
             raise RecordError(f"slice {Path(rel).name} has no ImagePositionPatient")
         if raw.ndim != 2:
             raise RecordError(f"slice {Path(rel).name} is not a single 2-D frame: shape {raw.shape}")
+        iop = iop or plane_orientation(ds)
         hu = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
         ps = getattr(ds, "PixelSpacing", None)
         items.append((float(ipp[2]), str(getattr(ds, "SOPInstanceUID", "")), hu,
-                      (float(ps[0]), float(ps[1])) if ps is not None and len(ps) == 2 else (1.0, 1.0)))
-    items.sort(key=lambda t: t[0])
+                      (float(ps[0]), float(ps[1])) if ps is not None and len(ps) == 2 else (1.0, 1.0),
+                      tuple(float(v) for v in ipp)))
+    iop = iop or [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    if not np.isfinite(iop).all() or np.linalg.norm(np.cross(iop[:3], iop[3:])) < 0.5:
+        raise RecordError(f"ImageOrientationPatient {iop} is not two orthogonal directions; cannot orient the series")
+    directions, normal = dicom_directions_ras(iop[:3], iop[3:])
+    sign = 1.0 if np.dot(np.cross(iop[:3], iop[3:]), normal) > 0 else -1.0
+    # each slice's position along the slice normal (mm): an ImagePositionPatient, or a frame's unsigned position
+    along = [float(np.dot(t[4], normal)) if isinstance(t[4], tuple) else sign * t[4] for t in items]
+    order = sorted(range(len(items)), key=lambda i: along[i])
+    items = [items[i] for i in order]
+    if len({round(along[i], 6) for i in order}) != len(items):
+        raise RecordError("two slices share one position along the slice normal (ImagePositionPatient); "
+                          "cannot order the series")
     zs = [t[0] for t in items]
-    if len(set(zs)) != len(zs):
-        raise RecordError("two slices share one z position (ImagePositionPatient[2]); cannot order the series")
     shapes = {t[2].shape for t in items}
     if len(shapes) != 1:
         raise RecordError(f"slices of different sizes in one series: {sorted(shapes)}")
     vol = np.stack([t[2] for t in items])
     if not np.isfinite(vol).all():
         raise RecordError("series contains non-finite HU values")
-    return vol, zs, [t[1] for t in items], items[0][3]
+    return vol, zs, [t[1] for t in items], items[0][3], directions
 
 
 def _slice_of(roi: dict, by_sop: dict[str, int], zs: list[float]) -> int | None:
@@ -275,7 +299,7 @@ def cluster_annotations(anns: list[dict], tol_mm: float, factor: float = 0.9, mi
 def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     o = spec.options
     label = o.get("label", "nodule")
-    vol, zs, sops, spacing = read_series(root, ref.annotations["slices"])
+    vol, zs, sops, spacing, directions = read_series(root, ref.annotations["slices"])
     shape = vol.shape[1:]
     by_sop = {s: k for k, s in enumerate(sops) if s}
     anns, problems, points, objects = [], [], [], []
@@ -301,8 +325,9 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                          "centroid": (cx * spacing[1], cy * spacing[0], cz)})
         for p in reader["points"]:
             k = _slice_of(p, by_sop, zs)
-            if k is not None and p["xy"] is not None:
-                points.append({"kind": p["kind"], "reader": r + 1, "slice": k, "x": p["xy"][0], "y": p["xy"][1]})
+            if k is not None and p["xy"] is not None:  # its place on the displayed volume
+                z, y, x = zyx_index_to_display((k, p["xy"][1], p["xy"][0]), vol.shape, directions)
+                points.append({"kind": p["kind"], "reader": r + 1, "slice": int(z), "x": x, "y": y})
             if p["kind"] == "small nodule":  # an object of the XML too: accounted as a point, never a box
                 oid = object_id(xml, reader=r + 1, nodule=p.get("index", 0))
                 objects.append(oid)
@@ -334,12 +359,18 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         ratings = {k: float(np.median([anns[i]["ratings"][k] for i in g if k in anns[i]["ratings"]]))
                    for k in RATINGS if any(k in anns[i]["ratings"] for i in g)}
         nodule_attrs[gi] = {"n_readers": len(g), "consensus": how, **{f"{k}_median": v for k, v in ratings.items()}}
-    gap = float(np.median(np.diff(zs))) if len(zs) > 1 else 1.0
+    gap = float(np.median(np.abs(np.diff(zs)))) if len(zs) > 1 else 1.0
+    # outlines are in the stored pixel grid: the masks are drawn there, then pixels and labels are shown in the
+    # display convention together (corpus.orientation), so every box follows its pixels through the flips
+    letters, _ = display_axes(directions)
+    stored_mm = (spacing[1], spacing[0], gap)  # (column, row, slice)
+    spacing_zyx = tuple(stored_mm[letters.index(c)] for c in "ZYX")
+    vol, labels = zyx_to_display(vol, directions), zyx_to_display(labels, directions)
     # readers outline nodules >= 3 mm (the dataset's own rule): every outlined voxel counts, no speck size
     cfg = dataclasses.replace(SliceConfig.from_dict(o.get("slices")), min_voxels=1)
     try:
         images = volume_images({"": vol}, labels, rules, source_path=ref.paths["series"], intensity="ct_hu",
-                               spacing_zyx=(gap, spacing[0], spacing[1]), cfg=cfg,
+                               spacing_zyx=spacing_zyx, cfg=cfg,
                                min_area=float(o.get("min_area_px", 1)),
                                attributes={"point_annotations": points} if points else None)
     except RecordError as e:

@@ -25,7 +25,8 @@ when a dataset ships in several releases whose file names differ; the first vari
   axis_order: "XYZ" | "ZYX" | "XYZC" | "XY" ...  the on-disk array axes; never guessed from the shape. For a
                                3-D NIfTI the affine names the spatial axes (display_orientation); axis_order
                                then only places the channels and marks 2-D files
-  orientation: display | as_stored   (default display) the one display convention, docs/datasets.md
+  orientation: display | as_stored   (default display) the one display convention, docs/datasets.md; for
+                               MetaImage from TransformMatrix / AnatomicalOrientation (none: as read)
   canonical: bool              reorient to RAS with nib.as_closest_canonical first (then axis_order XYZ)
   intensity: ct_hu | percentile | uint8 | auto (uint8 arrays -> uint8, else percentile)
   reader: nifti | metaimage    the file format of the images and labels
@@ -50,7 +51,8 @@ from medlvr.corpus.limits import charge
 from medlvr.corpus.paths import confined, rel_path, require_file, safe_path, walk
 from medlvr.corpus.adapters.sidecar import read_json, read_kv, whitelist
 from medlvr.corpus.masks import LabelRule
-from medlvr.corpus.mhd import check_mhd, read_mhd
+from medlvr.corpus.mhd import check_mhd, directions_ras, read_mhd
+from medlvr.corpus.orientation import display_axes
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
 from medlvr.corpus.volumes import SliceConfig, volume_images
 
@@ -134,7 +136,6 @@ def display_orientation(root: Path, rel: str, order: str, canonical: bool = Fals
     laterality rule (§6.4) assumes. Returns the axis order that names the array's axes and the axes to flip.
     A non-spatial `order` (2-D, "XY") is returned as it is."""
     import nibabel as nib
-    from nibabel.orientations import io_orientation
 
     spatial = [c for c in order if c in "XYZ"]
     if sorted(spatial) != sorted("XYZ") or ("C" in order and order.index("C") < 3):
@@ -142,13 +143,8 @@ def display_orientation(root: Path, rel: str, order: str, canonical: bool = Fals
     img = _load_confined(root, rel)
     if canonical:
         img = nib.as_closest_canonical(img)
-    ornt = io_orientation(img.affine)  # per array axis: (world axis 0=R-L 1=A-P 2=S-I, +1 towards R/A/S)
-    letters, flips = [], []
-    for axis, (world, sign) in enumerate(ornt[:3]):
-        letters.append("XYZ"[int(world)])
-        if int(world) in (0, 1) and sign > 0:  # towards the right or anterior: reversed, to the left / posterior
-            flips.append(axis)
-    return "".join(letters) + order[3:], tuple(flips)
+    letters, flips = display_axes(img.affine[:3, :3])  # the affine's columns: the array axes in RAS
+    return letters + order[3:], flips
 
 
 def read_any(root: Path, rel: str, reader: str, canonical: bool) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -441,18 +437,39 @@ def nan_to_background(arr: np.ndarray, rel: str) -> tuple[np.ndarray, int]:
 
 def _displayed(root: Path, rel: str, arr: np.ndarray, order: str, reader: str, canon: bool, var: dict
                ) -> tuple[np.ndarray, str]:
-    """A NIfTI array in the display convention (display_orientation) with the axis order that names it; other
-    readers (MetaImage: OCT B-scans and echo images have no patient axes) and `orientation: as_stored` as read."""
-    if reader != "nifti" or var.get("orientation", "display") == "as_stored":
+    """A volume in the display convention (corpus.orientation) with the axis order that names it: NIfTI from its
+    affine (display_orientation), MetaImage from its TransformMatrix / AnatomicalOrientation (a header with
+    neither, or a 2-D image, as read). `orientation: as_stored` (OCT B-scans and echo images have no patient
+    axes) as read."""
+    if var.get("orientation", "display") == "as_stored":
         return arr, order
-    shown, flips = display_orientation(root, rel, order, canon)
+    if reader == "nifti":
+        shown, flips = display_orientation(root, rel, order, canon)
+    else:
+        spatial = [c for c in order if c in "XYZ"]
+        dirs = directions_ras(root, rel) if sorted(spatial) == sorted("XYZ") and order.find("C") in (-1, 3) else None
+        if dirs is None:
+            return arr, order
+        letters, flips = display_axes(dirs)
+        shown = letters + order[3:]
     return (np.flip(arr, flips) if flips else arr), shown
+
+
+def read_displayed(root: Path, rel: str, order: str, var: dict, reader: str = "nifti", canonical: bool = False
+                   ) -> tuple[np.ndarray, tuple[float, ...], str]:
+    """One volume file as the corpus shows it: read, the variant's volume picked (`volume_index`), in the display
+    convention; returns the array, its zooms and the axis order naming its axes (to_zyx makes it (Z, Y, X)).
+    Every image and label map of load_volume and `medlvr ask`'s NIfTI volumes go through it."""
+    arr, zooms = read_any(root, rel, reader, canonical)
+    arr, zooms = pick_volume(arr, zooms, order, var, rel)
+    arr, order = _displayed(root, rel, arr, order, reader, canonical, var)
+    return arr, zooms, order
 
 
 def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     var = _variant_by_name(spec, ref.annotations["variant"])
     reader, canon = _reader(spec, var), bool(var.get("canonical", False))
-    order = var.get("axis_order", "XYZ" if reader == "nifti" else "ZYX")
+    stored_order = var.get("axis_order", "XYZ" if reader == "nifti" else "ZYX")
     rules = [LabelRule(r["label"], tuple(r["values"]), r["instances"], r.get("parent")) for r in ref.annotations["rules"]]
     channels: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
@@ -461,12 +478,10 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     for role, rel in ref.paths.items():
         if not role.startswith("image"):
             continue
-        arr, zooms = read_any(root, rel, reader, canon)
-        arr, zooms = pick_volume(arr, zooms, order, var, rel)
-        arr, order = _displayed(root, rel, arr, order, reader, canon, var)
+        arr, zooms, shown = read_displayed(root, rel, stored_order, var, reader, canon)
         arr, n_nan = nan_to_background(arr, rel)
         nan_voxels += n_nan
-        arr, sp = to_zyx(arr, zooms, order)
+        arr, sp = to_zyx(arr, zooms, shown)
         spacing = spacing or sp
         if role.startswith("image:"):
             channels[role[6:]] = arr
@@ -490,10 +505,9 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
         raise RecordError("record has no image file")
     labels = None
     if "label" in ref.paths:
-        lab, lab_zooms = read_any(root, ref.paths["label"], reader, canon)
-        lab, lab_zooms = pick_volume(lab, lab_zooms, order.replace("C", ""), var, ref.paths["label"])
-        lab, _ = _displayed(root, ref.paths["label"], lab, order.replace("C", ""), reader, canon, var)
-        lab, _ = to_zyx(lab, lab_zooms, order.replace("C", ""))  # a label map has no channel axis
+        lab, lab_zooms, lab_order = read_displayed(root, ref.paths["label"], stored_order.replace("C", ""), var,
+                                                   reader, canon)
+        lab, _ = to_zyx(lab, lab_zooms, lab_order)  # a label map has no channel axis
         known = {v for r in rules for v in r.values}
         labels = _labels_int(lab, ref.paths["label"], known, bool(var.get("strict_labels", True)))
     first = next(iter(channels.values()))
@@ -527,6 +541,7 @@ class VolumeOptions:
     label: Any = None
     label_rules: Any = None
     name: Any = None
+    orientation: Any = None
     patient_group: Any = None
     phase_from_sidecar: Any = None
     reader: Any = None

@@ -187,3 +187,53 @@ def test_outline_on_unknown_slice_is_an_roi_reject(sample):
     rejects = [r for im in images for r in im.roi_rejects if "unknown slice" in r[1]]
     assert len(rejects) == 1 and rejects[0][2].endswith("069.xml#reader=4/nodule=1")
     assert {im.suffix for im in images} >= {"z0003", "z0005"}
+
+
+def _displayed_truth(stored, row, col):
+    """(Z, rows, columns) -> the display convention, straight from the cosines (LPS): the stored axis whose
+    cosine points most along x is shown as x, increasing towards the patient's left (+x); the other as y,
+    increasing towards posterior (+y)."""
+    a = stored
+    if abs(row[0]) < abs(col[0]):  # rows run along A-P: columns are the left-right axis
+        a, row, col = np.swapaxes(a, 1, 2), col, row
+    if row[0] < 0:
+        a = a[:, :, ::-1]
+    if col[1] < 0:
+        a = a[:, ::-1, :]
+    return a
+
+
+@pytest.mark.parametrize("iop", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 1, 0), (1, 0, 0, 0, -1, 0),
+                                 (-1, 0, 0, 0, -1, 0), (0, 1, 0, 1, 0, 0)],
+                         ids=["axial", "row-flipped", "column-flipped", "both-flipped", "transposed"])
+def test_series_shown_in_display_convention_boxes_follow(sample, iop):
+    """ImageOrientationPatient -> x towards the patient's left, y towards posterior; outlines (stored pixel grid)
+    flip with the pixels, so the boxes stay exact. Truths: the files read with pydicom, flipped by the cosines."""
+    root, truth = sample
+    files = sorted(root.rglob("LIDC-IDRI-0001/**/*.dcm"))
+    stored = {}
+    for p in files:
+        ds = pydicom.dcmread(p)
+        ds.ImageOrientationPatient = list(iop)
+        ds.save_as(p)
+        stored[float(ds.ImagePositionPatient[2])] = ds.pixel_array.astype(np.float32) - 1024.0
+    hu = np.stack([stored[z] for z in sorted(stored)])  # an axial series runs foot to head either way
+    row, col = iop[:3], iop[3:]
+    want = _displayed_truth(hu, row, col)
+    refs, _ = refs_and_rejects(root)
+    images = {im.suffix: im for im in AD.load(SPEC, root, refs[0])}
+    for t in truth:
+        im = images[t["suffix"]]
+        z = int(t["suffix"][1:])
+        np.testing.assert_array_equal(im.pixels, want[z])
+        x0, y0, x1, y1 = (int(v) for v in t["boxes"][0][1])
+        mask = np.zeros((1,) + hu.shape[1:], dtype=bool)
+        mask[0, y0:y1, x0:x1] = True
+        ys, xs = np.nonzero(_displayed_truth(mask, row, col)[0])
+        assert [list(r.box) for r in im.rois] == [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]
+    # the non-nodule locus (x 50, y 12 on slice 7) lands where its pixel went
+    spot = np.zeros((1,) + hu.shape[1:], dtype=bool)
+    spot[0, 12, 50] = True
+    ys, xs = np.nonzero(_displayed_truth(spot, row, col)[0])
+    pts = [p for im in images.values() for p in im.attributes.get("point_annotations", []) if p["kind"] == "non-nodule"]
+    assert {(p["slice"], p["x"], p["y"]) for p in pts} == {(7, xs[0], ys[0])}

@@ -15,7 +15,7 @@ from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.records import RecordError
 from medlvr.corpus.sample_data import volumes as sv
 from tests.corpus.helpers import assert_truth_recovered, ingest_sample
-from tests.corpus.test_adapter_nifti import assert_direct_truth, ingest, run
+from tests.corpus.test_adapter_nifti import assert_direct_truth, ingest, run, spec_with
 
 
 @pytest.mark.parametrize("ds", ["retouch"])
@@ -137,3 +137,45 @@ def test_camus_legacy_mhd_release(tmp_path):
     assert_direct_truth(images, truth)
     assert all(i.pixels.shape == (64, 48) for i in images)
     assert {i.source_path for i in images} == {t["source_path"] for t in truth}
+
+
+def test_display_convention_from_transform_matrix_and_anatomical_orientation(tmp_path):
+    """The same anatomy stored LPS (identity), RAS-like (x, y reversed: by TransformMatrix, or by the ITK code
+    'LPI'), and with its axes permuted reads back as the same displayed slices: x towards the patient's left, y
+    towards posterior (truth: the LPS array itself, the others built from it with numpy)."""
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 1000, (9, 10, 12)).astype(np.int16)  # (Z, Y, X) in the display convention: LPS
+    files = {"lps": (vol, "TransformMatrix = 1 0 0 0 1 0 0 0 1"),
+             "ras": (vol[:, ::-1, ::-1], "TransformMatrix = -1 0 0 0 -1 0 0 0 1"),
+             "code": (vol[:, ::-1, ::-1], "AnatomicalOrientation = LPI"),
+             # DimSize axis 0 runs foot to head, axis 2 right to left: numpy (X, Y, Z)
+             "perm": (vol.transpose(2, 1, 0), "TransformMatrix = 0 0 1 0 1 0 1 0 0")}
+    root = tmp_path / "o"
+    for name, (arr, line) in files.items():
+        hdr = root / "files" / f"{name}.mhd"
+        sv.write_mhd(hdr, arr, etype="MET_SHORT")
+        text = hdr.read_text().replace("ElementDataFile", f"{line}\nElementDataFile")
+        hdr.write_text(text)
+    spec = spec_with("kits23", anchor_glob="files/*.mhd", anchor_regex=None, label=None, label_rules=[],
+                     reader="metaimage", axis_order="ZYX", intensity="percentile", slices={"negatives_per_volume": 9})
+    images, rejects = run(spec, root)
+    assert not rejects
+    for name in files:
+        got = {i.slice_index: i.pixels for i in images if i.source_path == f"files/{name}.mhd"}
+        assert got and all(np.array_equal(p, vol[z]) for z, p in got.items()), name
+    # as_stored opts out: the RAS-like file reads as stored
+    images, _ = run(spec_with("kits23", anchor_glob="files/ras.mhd", anchor_regex=None, label=None, label_rules=[],
+                              reader="metaimage", axis_order="ZYX", intensity="percentile", orientation="as_stored",
+                              slices={"negatives_per_volume": 9}), root)
+    assert images and all(np.array_equal(i.pixels, vol[i.slice_index][::-1, ::-1]) for i in images)
+
+
+@pytest.mark.parametrize("line,match", [("TransformMatrix = 1 0 0 0 1 0", "invertible 3x3"),
+                                        ("TransformMatrix = 1 0 0 0 x 0 0 0 1", "not numeric"),
+                                        ("AnatomicalOrientation = RRI", "three letters")])
+def test_bad_orientation_headers(tmp_path, line, match):
+    sv.write_mhd(tmp_path / "v.mhd", np.zeros((2, 3, 4), np.uint8))
+    hdr = tmp_path / "v.mhd"
+    hdr.write_text(hdr.read_text().replace("ElementDataFile", f"{line}\nElementDataFile"))
+    with pytest.raises(RecordError, match=match):
+        check_mhd(tmp_path, "v.mhd")

@@ -236,8 +236,26 @@ def test_volume_path_reads_a_multi_frame_file_as_its_slices(tmp_path):
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "dose.dcm").write_bytes((TEST_FILES / "rtdose.dcm").read_bytes())
     ds = pydicom.dcmread(TEST_FILES / "rtdose.dcm")
-    vol, zs, sops, spacing = read_series(tmp_path, ["series/dose.dcm"])
+    vol, zs, sops, spacing, _ = read_series(tmp_path, ["series/dose.dcm"])
     offsets = [float(v) for v in ds.GridFrameOffsetVector]
     assert vol.shape == (15, 10, 10) and zs == sorted(offsets) and set(sops) == {str(ds.SOPInstanceUID)}
     np.testing.assert_allclose(vol, apply_modality_lut(ds.pixel_array, ds)[np.argsort(offsets, kind="stable")])
     assert spacing == (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+
+
+def test_volume_path_takes_a_multi_frame_file_orientation_from_its_header(tmp_path):
+    """The one-file volume's ImageOrientationPatient orients it too: rows written towards the patient's right
+    give RAS directions whose x axis points right (display_axes then flips it)."""
+    from medlvr.corpus.adapters.lidc import read_series
+    from medlvr.corpus.orientation import display_axes
+
+    ds = pydicom.dcmread(TEST_FILES / "rtdose.dcm")
+    ds.ImageOrientationPatient = [-1, 0, 0, 0, 1, 0]
+    (tmp_path / "series").mkdir()
+    ds.save_as(tmp_path / "series" / "dose.dcm")
+    vol, zs, _, _, directions = read_series(tmp_path, ["series/dose.dcm"])
+    assert directions[0, 0] > 0 and display_axes(directions) == ("XYZ", (0,))
+    # frame offsets run along row x column = (0, 0, -1), towards the feet: the series runs foot to head, so the
+    # frames come in descending offset order
+    assert zs == sorted(zs, reverse=True) and vol.shape == (15, 10, 10)
+    np.testing.assert_allclose(vol, apply_modality_lut(ds.pixel_array, ds)[::-1])

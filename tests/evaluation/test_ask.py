@@ -104,7 +104,11 @@ def test_console_script_error_is_one_line(tmp_path):
 
 def test_nifti_slice_is_windowed_over_the_whole_volume():
     """The training windowing: percentiles of the volume's non-zero voxels, the same for every slice."""
-    vol = np.transpose(np.asanyarray(nib.load(str(NIFTI)).dataobj).astype(np.float32), (2, 1, 0))  # XYZ -> ZYX
+    # shown in the corpus's display convention: the file is LAS, so y (stored towards anterior) is reversed
+    from nibabel.orientations import aff2axcodes
+
+    assert aff2axcodes(nib.load(str(NIFTI)).affine) == ("L", "A", "S")
+    vol = np.transpose(np.asanyarray(nib.load(str(NIFTI)).dataobj).astype(np.float32), (2, 1, 0))[:, ::-1, :]
     lo, hi = np.percentile(vol[vol != 0], (0.5, 99.5))
     for z in (0, 12):
         got = read_image(NIFTI, z)
@@ -146,12 +150,41 @@ def test_resolve_checkpoint_accepts_model_step_and_run_folders(ckpt):
     assert resolve_checkpoint(ckpt) == model
 
 
-def test_axis_order_names_the_slice_axis():
-    shape = nib.load(str(NIFTI)).shape  # (X, Y, Z) on disk
-    zyx = read_image(NIFTI, 0, axis_order="ZYX")  # read as if the first axis were Z (KiTS stores ZYX)
-    assert zyx.n_slices == shape[0] and zyx.pixels.shape == (shape[1], shape[2])
+def test_axis_order_cannot_override_the_affine():
+    """As in the corpus: a 3-D NIfTI's affine names its axes, so --axis-order ZYX reads the same slices as XYZ."""
+    shape = nib.load(str(NIFTI)).shape  # (X, Y, Z) on disk, the affine says so
+    zyx = read_image(NIFTI, 0, axis_order="ZYX")
+    assert zyx.n_slices == shape[2] and np.array_equal(zyx.pixels, read_image(NIFTI, 0).pixels)
     with pytest.raises(AskError, match="--axis-order XY:"):
         read_image(NIFTI, axis_order="XY")
+
+
+@pytest.mark.parametrize("affine", [np.diag([0.9, 0.9, 2.0, 1.0]), np.diag([-0.9, -0.9, 2.0, 1.0]),
+                                    np.array([[0, 0, -2.0, 0], [0, 0.9, 0, 0], [0.9, 0, 0, 0], [0, 0, 0, 1]])],
+                         ids=["RAS", "LPS", "permuted"])
+def test_ask_shows_a_slice_as_ingest_does(tmp_path, affine):
+    """One source of truth: the slice ask shows and the one ingest stores (same file, same slice) are equal
+    pixel for pixel after the same normalisation."""
+    from medlvr.corpus.adapters import ADAPTERS
+    from medlvr.corpus.normalize import NormaliseConfig, normalise_image
+    from tests.corpus.test_adapter_nifti import spec_with
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "d"
+    (root / "files").mkdir(parents=True)
+    arr = rng.integers(1, 1000, (20, 16, 10)).astype(np.int16)
+    arr[2:6, 1:4, :] = 3000  # an asymmetric bright block: a flip of x or y changes the slice
+    nib.save(nib.Nifti1Image(arr, affine), str(root / "files" / "v.nii.gz"))
+    spec = spec_with("kits23", anchor_glob="files/*.nii.gz", anchor_regex=None, label=None, label_rules=[],
+                     axis_order="XYZ", intensity="percentile", slices={"negatives_per_volume": 30})
+    adapter = ADAPTERS[spec.adapter]
+    ref = next(adapter.discover(spec, root))
+    stored = adapter.load(spec, root, ref)
+    assert stored
+    for im in stored:
+        want, _, _ = normalise_image(im, {}, NormaliseConfig())
+        got = read_image(root / "files" / "v.nii.gz", im.slice_index)
+        assert np.array_equal(got.pixels, want), im.slice_index
 
 
 ERROR_PATHS = {  # a bad input of each kind, as typed on the command line, and its one line
