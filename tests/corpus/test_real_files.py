@@ -511,6 +511,49 @@ def test_msd_prostate_real_dataset_json_vocabulary():
     assert all(t["image"].startswith("./imagesTr/prostate_") and t["image"].endswith(".nii.gz") for t in d["training"])
 
 
+# --------------------------------------------------------------------------------------------- MoNuSeg
+# Real (CC BY-NC-SA 4.0): MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.xml, the Aperio ImageScope XML as the test set
+# ships it (next to its .tif), cropped to whole Regions: the first 6 (integer vertices) and the last 4 (the
+# fractional vertices of a second annotation pass) of its 575. The 1000 x 1000 H&E tile is a placeholder.
+
+def monuseg_objects(xml_path: Path, image_rel: str) -> list[Obj]:
+    """One object per Region, in file order; its box is the pixels its outline passes through: floor of the
+    vertex extremes, exclusive end (an independent reading of 'boundary pixels included')."""
+    import math
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for k, region in enumerate(ET.parse(xml_path).getroot().iter("Region"), start=1):
+        xs = [float(v.get("X")) for v in region.iter("Vertex")]
+        ys = [float(v.get("Y")) for v in region.iter("Vertex")]
+        out.append(Obj(image_rel, f"region={k}", "nucleus",
+                       (math.floor(min(xs)), math.floor(min(ys)), math.floor(max(xs)) + 1,
+                        math.floor(max(ys)) + 1)))
+    return out
+
+
+def test_monuseg_real_aperio_xml_every_region_exact(tmp_path):
+    import shutil
+
+    root = tmp_path / "monuseg"
+    shutil.copytree(REAL / "monuseg", root)
+    image_rel = "MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.tif"
+    write_placeholder_png(root / image_rel, 1000, 1000, 0, mode="RGB")
+    xml_rel = "MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.xml"
+    objs = monuseg_objects(root / xml_rel, image_rel)
+    assert len(objs) == 10
+    assert_vocabulary_complete("monuseg", Counter(o.label for o in objs))
+    summary, tables = ingest("monuseg", root, tmp_path / "out")
+    assert_objects_accounted("monuseg", objs, summary, tables)
+    assert summary.rois_out == 10 and summary.rois_rejected == 0
+    # each ROI names its Region (k-th in file order) of the XML, and all ten are named once
+    named = sorted(r["source_object"] for r in tables["rois"])
+    assert named == sorted(f"{xml_rel}#{o.ident}" for o in objs)
+    by_object = {r["source_object"]: tuple(r["box_orig"]) for r in tables["rois"]}
+    assert all(by_object[f"{xml_rel}#{o.ident}"] == tuple(float(v) for v in o.box) for o in objs)
+    assert {im["official_split"] for im in tables["images"]} == {"test"}
+
+
 # --------------------------------------------------------------------------------------------- not copyable
 # Releases whose terms forbid redistribution: the test reads the user's own copy from MEDLVR_REAL_<DATASET> and
 # is skipped without it. It crops the table to its first rows (whole images) and writes placeholder pixels where
