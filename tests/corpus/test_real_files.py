@@ -554,6 +554,54 @@ def test_monuseg_real_aperio_xml_every_region_exact(tmp_path):
     assert {im["official_split"] for im in tables["images"]} == {"test"}
 
 
+# --------------------------------------------------------------------------------------------- BUSI
+# Real (CC0 on the Kaggle mirror; the article CC BY 4.0): Dataset_BUSI_with_GT as released, three records: benign (195)
+# with three lesion masks (`_mask.png`, `_mask_1.png`, `_mask_2.png`), malignant (136) with its image, normal (1)
+# with its empty mask. The benign and normal ultrasound images are placeholders of the masks' size (RGB, as the
+# release's images are).
+
+def busi_objects(root: Path) -> list[Obj]:
+    """Per mask file (the release draws one lesion per `*_mask*.png`): its 8-connected components."""
+    from PIL import Image
+
+    out = []
+    for folder in ("benign", "malignant", "normal"):
+        for m in sorted((root / "Dataset_BUSI_with_GT" / folder).glob("*_mask*.png")):
+            a = np.asarray(Image.open(m))
+            on = a.any(axis=-1) if a.ndim == 3 else a > 0
+            for k, box in enumerate(slice_component_boxes(on.astype(np.uint8), [1])):
+                out.append(Obj(f"Dataset_BUSI_with_GT/{folder}/{m.name.split('_mask')[0]}.png", f"{m.name} {k}",
+                               f"{folder} lesion", box))
+    return out
+
+
+def test_busi_real_masks_every_lesion_exact(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "busi"
+    shutil.copytree(REAL / "busi", root)
+    for i, stem in enumerate(("benign/benign (195)", "normal/normal (1)")):
+        w, h = Image.open(root / "Dataset_BUSI_with_GT" / f"{stem}_mask.png").size
+        write_placeholder_png(root / "Dataset_BUSI_with_GT" / f"{stem}.png", w, h, i, mode="RGB")
+    objs = busi_objects(root)
+    # benign (195): three lesion masks (two of them touch: 19 shared pixels); malignant (136): one; normal (1): none
+    assert Counter(o.file for o in objs) == {"Dataset_BUSI_with_GT/benign/benign (195).png": 3,
+                                             "Dataset_BUSI_with_GT/malignant/malignant (136).png": 1}
+    assert_vocabulary_complete("busi", Counter(o.label for o in objs))
+    summary, tables = ingest("busi", root, tmp_path / "out")
+    assert_objects_accounted("busi", objs, summary, tables)
+    assert summary.rois_out == 4 and summary.rois_rejected == 0
+    # the normal image is a valid negative (an image without ROIs), not a reject
+    assert summary.records_out == 3
+    assert "Dataset_BUSI_with_GT/normal/normal (1).png" in {im["source_path"] for im in tables["images"]}
+    # each ROI is named after its own mask file: the two touching lesions are two objects, not one fused blob
+    assert sorted(r["source_object"].split("#")[0] for r in tables["rois"]) == sorted(
+        f"Dataset_BUSI_with_GT/{d}" for d in ("benign/benign (195)_mask.png", "benign/benign (195)_mask_1.png",
+                                              "benign/benign (195)_mask_2.png", "malignant/malignant (136)_mask.png"))
+
+
 # --------------------------------------------------------------------------------------------- not copyable
 # Releases whose terms forbid redistribution: the test reads the user's own copy from MEDLVR_REAL_<DATASET> and
 # is skipped without it. It crops the table to its first rows (whole images) and writes placeholder pixels where
