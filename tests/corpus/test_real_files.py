@@ -602,6 +602,56 @@ def test_busi_real_masks_every_lesion_exact(tmp_path):
                                               "benign/benign (195)_mask_2.png", "malignant/malignant (136)_mask.png"))
 
 
+# --------------------------------------------------------------------------------------------- HAM10000
+# Real (CC BY-NC-SA 4.0 per the catalog entry; attribution Tschandl et al. 2018): HAM10000_metadata.csv, header and
+# 23 of its 10,015 rows (every image of 15 lesions: one lesion with several images and one with a single image per
+# diagnosis, and one with unknown sex and age). The lesion masks (HAM10000_segmentations_lesion_tschandl) were found
+# in no public copy: images (600 x 450, as released) and masks are placeholders, so this checks the real table's
+# join (attributes, lesion grouping, the unmapped `dataset` column) and the accounting of one lesion per image.
+
+def test_ham10000_real_metadata_join_and_lesion_groups(tmp_path):
+    import json
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "ham10000"
+    shutil.copytree(REAL / "ham10000", root)
+    with open(root / "HAM10000_metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
+    objs = []
+    for i, r in enumerate(rows):
+        part = 1 if r["image_id"] < "ISIC_0029306" else 2  # the release's split of the images into two folders
+        rel = f"HAM10000_images_part_{part}/{r['image_id']}.jpg"
+        write_placeholder_png(root / rel, 600, 450, i, mode="RGB")
+        mask = np.zeros((450, 600), np.uint8)
+        x0, y0 = 40 + 7 * i, 30 + 5 * i
+        mask[y0:y0 + 120, x0:x0 + 200] = 255
+        (root / "HAM10000_segmentations_lesion_tschandl").mkdir(exist_ok=True)
+        Image.fromarray(mask).save(root / "HAM10000_segmentations_lesion_tschandl" / f"{r['image_id']}_segmentation.png")
+        objs.append(Obj(rel, f"{r['image_id']}_segmentation.png", "skin lesion",
+                        (float(x0), float(y0), float(x0 + 200), float(y0 + 120))))
+    assert_vocabulary_complete("ham10000", Counter(o.label for o in objs))
+    summary, tables = ingest("ham10000", root, tmp_path / "out")
+    assert_objects_accounted("ham10000", objs, summary, tables)
+    assert summary.records_out == len(rows) == 23
+    by_image = {Path(im["source_path"]).stem: im for im in tables["images"]}
+    for r in rows:  # every image carries its own row's columns, as the table spells them
+        attrs = json.loads(by_image[r["image_id"]]["attributes"])
+        for col in ("dx", "dx_type", "sex", "localization"):
+            assert attrs[col] == r[col], (r["image_id"], col)
+        assert "dataset" not in attrs
+        # a number where the table has one; the unknown age (empty field) is absent, not 0
+        assert attrs.get("age") == (float(r["age"]) if r["age"] else None)
+    # lesion_id is the split unit: images of one lesion share a patient key, different lesions do not
+    groups: dict[str, set] = {}
+    for r in rows:
+        groups.setdefault(r["lesion_id"], set()).add(by_image[r["image_id"]]["patient_key"])
+    assert all(len(keys) == 1 for keys in groups.values())
+    assert len({next(iter(k)) for k in groups.values()}) == len(groups) == 15
+
+
 # --------------------------------------------------------------------------------------------- not copyable
 # Releases whose terms forbid redistribution: the test reads the user's own copy from MEDLVR_REAL_<DATASET> and
 # is skipped without it. It crops the table to its first rows (whole images) and writes placeholder pixels where
