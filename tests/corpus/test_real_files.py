@@ -822,3 +822,61 @@ def test_siim_acr_real_rle_every_component_exact(tmp_path):
     summary, tables = ingest("siim_acr", root, tmp_path / "out")
     assert_objects_accounted("siim_acr", objs, summary, tables)
     assert summary.records_out == len({r[0] for r in rows})
+
+
+def test_vindr_cxr_real_table_reader_fusion_accounted(tmp_path):
+    """train.csv (image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max; three readers per image, `No finding`
+    rows without a box): the first 30 images. Placeholder DICOMs just larger than the image's boxes (the Kaggle
+    DICOMs are 2-3k pixels a side). Truths: every finding row is an object; each ROI is named by one row, and its
+    box is the mean of that row's box and the boxes of the rows rejected as fused with it (all parsed here)."""
+    import math
+    import re
+
+    from medlvr.corpus.sample_data.dicom_sets import write_dicom
+
+    src = real_copy("vindr_cxr")
+    header, first = first_rows(src / "train.csv", "image_id", 30)
+    keep = {r["image_id"] for r in first}
+    with open(src / "train.csv", newline="") as f:  # the table is not grouped by image: every row of the 30
+        rows = [r for r in csv.DictReader(f) if r["image_id"] in keep]
+    assert header[:8] == ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    root = tmp_path / "vindr_cxr"
+    (root / "train").mkdir(parents=True)
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+    box_cols = ("x_min", "y_min", "x_max", "y_max")
+    for i, image_id in enumerate(dict.fromkeys(r["image_id"] for r in rows)):
+        boxes = [[float(r[c]) for c in box_cols] for r in rows if r["image_id"] == image_id and r["x_max"]]
+        wd = max([64] + [math.ceil(b[2]) + 16 for b in boxes])
+        ht = max([64] + [math.ceil(b[3]) + 16 for b in boxes])
+        yy, xx = np.mgrid[0:ht, 0:wd]
+        write_dicom(root / "train" / f"{image_id}.dicom", ((xx // 8 + 3 * (yy // 8) + 17 * i) % 251).astype(np.uint8))
+    findings = {n: r for n, r in enumerate(rows, start=1) if r["class_name"] != "No finding"}
+    assert all(r["x_max"] == "" for r in rows if r["class_name"] == "No finding")
+    assert_vocabulary_complete("vindr_cxr", Counter(r["class_name"] for r in findings.values()))
+    summary, tables = ingest("vindr_cxr", root, tmp_path / "out")
+    # every finding row is accounted for, image by image: ROIs written + ROI rejects == its finding rows
+    per_file = Counter(f"train/{r['image_id']}.dicom" for r in findings.values())
+    images = {im["image_id"]: im for im in tables["images"]}
+    written = Counter(images[r["image_id"]]["source_path"] for r in tables["rois"])
+    roi_rejects = [r for r in tables["rejects"] if r["level"] == "roi"]
+    rejected = Counter(r["source_path"] for r in roi_rejects)
+    assert {f: written[f] + rejected[f] for f in per_file} == dict(per_file)
+    assert summary.rois_out + summary.rois_rejected == len(findings)
+    # each ROI: its naming row and the rows fused into it, by row number; the box is their mean, 2+ readers
+    fused_into: dict[int, list[int]] = {}
+    for r in roi_rejects:
+        m = re.search(r"fused with row=(\d+)", r["reason"])
+        if m:
+            fused_into.setdefault(int(m.group(1)), []).append(int(r["source_object"].rsplit("=", 1)[1]))
+        else:
+            assert re.search(r"marked by 1 reader\(s\), fewer than 2", r["reason"]), r["reason"]
+    for roi in tables["rois"]:
+        n = int(roi["source_object"].rsplit("=", 1)[1])
+        members = [n] + fused_into.get(n, [])
+        assert all(findings[k]["class_name"] == roi["label"] for k in members)
+        assert len({findings[k]["rad_id"] for k in members}) >= 2
+        mean = [sum(float(findings[k][c]) for k in members) / len(members) for c in box_cols]
+        assert roi["box_orig"] == pytest.approx(mean, abs=1e-6)
