@@ -680,6 +680,15 @@ def first_rows(path: Path, key: str, n_keys: int, delimiter: str = ",") -> tuple
         return list(reader.fieldnames or []), rows
 
 
+def write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    """The cropped table as the release lays it out (its header, whole rows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def test_rsna_pneumonia_real_table_every_box_exact(tmp_path):
     """stage_2_train_labels.csv (patientId,x,y,width,height,Target; Target 0 rows have no box): the first 40
     patients; placeholder 1024 x 1024 DICOMs where the user's copy has no image."""
@@ -691,10 +700,7 @@ def test_rsna_pneumonia_real_table_every_box_exact(tmp_path):
     assert {r["Target"] for r in rows} <= {"0", "1"}
     root = tmp_path / "rsna_pneumonia"
     (root / "stage_2_train_images").mkdir(parents=True)
-    with open(root / "stage_2_train_labels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, header)
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(root / "stage_2_train_labels.csv", header, rows)
     for i, pid in enumerate(dict.fromkeys(r["patientId"] for r in rows)):
         real = src / "stage_2_train_images" / f"{pid}.dcm"
         if real.is_file():
@@ -842,10 +848,7 @@ def test_vindr_cxr_real_table_reader_fusion_accounted(tmp_path):
     assert header[:8] == ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
     root = tmp_path / "vindr_cxr"
     (root / "train").mkdir(parents=True)
-    with open(root / "train.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, header)
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(root / "train.csv", header, rows)
     box_cols = ("x_min", "y_min", "x_max", "y_max")
     for i, image_id in enumerate(dict.fromkeys(r["image_id"] for r in rows)):
         boxes = [[float(r[c]) for c in box_cols] for r in rows if r["image_id"] == image_id and r["x_max"]]
