@@ -9,7 +9,10 @@ Catalog options (all paths relative to the dataset root, posix):
       masks:         {entry id: path template}; '*' in a template is a wildcard that must match exactly one file
       also:          {entry id: glob template}; further files OR-ed into the entry (BUSI `_mask_1`, `_mask_2`)
   masks: {entry id: {decoder, label | classes | label_rules, missing: error|absent, empty: reject|ok,
-                     instances, parent, min_area, threshold}}   (see corpus.adapters.mask_decoders)
+                     instances, parent, min_area, threshold, per_file}}   (see corpus.adapters.mask_decoders)
+         per_file: true when each file of the entry is its own annotation (BUSI: one lesion per `_mask*.png`):
+                   its components are taken file by file, so lesions in separate files stay separate even where
+                   they touch (OR-ing them first would fuse two touching lesions into one object)
   negative_regex: images whose empty mask is a valid negative (BUSI normal): zero ROIs, not a reject
   key:            record-key template (default "{path}"); a second image with the same key is a duplicate
   image_mode:     optional PIL mode forced on the image ("L" for greyscale stored as RGB JPEG)
@@ -275,8 +278,9 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     if img.ndim not in (2, 3) or min(img.shape[:2]) < 2:
         raise RecordError(f"image has unusable shape {img.shape}")
     h, w = img.shape[:2]
-    # label -> [mask, instances, parent, min_area]; entries OR their files label by label
-    merged: dict[str, list] = {}
+    # (label, file or None) -> [mask, instances, parent, min_area, files]; entries OR their files label by label,
+    # except a `per_file` entry, whose files stay apart
+    merged: dict[tuple[str, str | None], list] = {}
     entry_any: dict[str, bool] = {}
     for role, rel in ref.paths.items():
         if not role.startswith("mask:"):
@@ -292,7 +296,8 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                               f"but the image is {w}x{h}")
         for d in decode(entry, arr):
             label = d.label.format(**fields) if "{" in d.label else d.label
-            slot = merged.setdefault(label, [np.zeros((h, w), bool), d.instances, d.parent, entry.get("min_area"), []])
+            slot = merged.setdefault((label, rel if entry.get("per_file") else None),
+                                     [np.zeros((h, w), bool), d.instances, d.parent, entry.get("min_area"), []])
             slot[0] |= d.mask
             if d.mask.any() and rel not in slot[4]:
                 slot[4].append(rel)  # the files that hold the label: its objects are named after them
@@ -306,7 +311,7 @@ def load(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
                       window_name=px.window_name, spacing_mm=ref.annotations.get("spacing") or px.spacing_mm,
                       attributes=whitelist(ref.attributes, spec.attributes), patient=ref.patient)
     src.objects = []
-    for label, (mask, instances, parent, min_area, rels) in merged.items():
+    for (label, _), (mask, instances, parent, min_area, rels) in merged.items():
         rois, rejects, objects = mask_objects(mask, label, source="+".join(rels), instances=instances,
                                               parent=parent, min_area=min_area)
         src.rois.extend(rois)

@@ -511,6 +511,147 @@ def test_msd_prostate_real_dataset_json_vocabulary():
     assert all(t["image"].startswith("./imagesTr/prostate_") and t["image"].endswith(".nii.gz") for t in d["training"])
 
 
+# --------------------------------------------------------------------------------------------- MoNuSeg
+# Real (CC BY-NC-SA 4.0): MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.xml, the Aperio ImageScope XML as the test set
+# ships it (next to its .tif), cropped to whole Regions: the first 6 (integer vertices) and the last 4 (the
+# fractional vertices of a second annotation pass) of its 575. The 1000 x 1000 H&E tile is a placeholder.
+
+def monuseg_objects(xml_path: Path, image_rel: str) -> list[Obj]:
+    """One object per Region, in file order; its box is the pixels its outline passes through: floor of the
+    vertex extremes, exclusive end (an independent reading of 'boundary pixels included')."""
+    import math
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for k, region in enumerate(ET.parse(xml_path).getroot().iter("Region"), start=1):
+        xs = [float(v.get("X")) for v in region.iter("Vertex")]
+        ys = [float(v.get("Y")) for v in region.iter("Vertex")]
+        out.append(Obj(image_rel, f"region={k}", "nucleus",
+                       (math.floor(min(xs)), math.floor(min(ys)), math.floor(max(xs)) + 1,
+                        math.floor(max(ys)) + 1)))
+    return out
+
+
+def test_monuseg_real_aperio_xml_every_region_exact(tmp_path):
+    import shutil
+
+    root = tmp_path / "monuseg"
+    shutil.copytree(REAL / "monuseg", root)
+    image_rel = "MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.tif"
+    write_placeholder_png(root / image_rel, 1000, 1000, 0, mode="RGB")
+    xml_rel = "MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.xml"
+    objs = monuseg_objects(root / xml_rel, image_rel)
+    assert len(objs) == 10
+    assert_vocabulary_complete("monuseg", Counter(o.label for o in objs))
+    summary, tables = ingest("monuseg", root, tmp_path / "out")
+    assert_objects_accounted("monuseg", objs, summary, tables)
+    assert summary.rois_out == 10 and summary.rois_rejected == 0
+    # each ROI names its Region (k-th in file order) of the XML, and all ten are named once
+    named = sorted(r["source_object"] for r in tables["rois"])
+    assert named == sorted(f"{xml_rel}#{o.ident}" for o in objs)
+    by_object = {r["source_object"]: tuple(r["box_orig"]) for r in tables["rois"]}
+    assert all(by_object[f"{xml_rel}#{o.ident}"] == tuple(float(v) for v in o.box) for o in objs)
+    assert {im["official_split"] for im in tables["images"]} == {"test"}
+
+
+# --------------------------------------------------------------------------------------------- BUSI
+# Real (CC0 on the Kaggle mirror; the article CC BY 4.0): Dataset_BUSI_with_GT as released, three records: benign (195)
+# with three lesion masks (`_mask.png`, `_mask_1.png`, `_mask_2.png`), malignant (136) with its image, normal (1)
+# with its empty mask. The benign and normal ultrasound images are placeholders of the masks' size (RGB, as the
+# release's images are).
+
+def busi_objects(root: Path) -> list[Obj]:
+    """Per mask file (the release draws one lesion per `*_mask*.png`): its 8-connected components."""
+    from PIL import Image
+
+    out = []
+    for folder in ("benign", "malignant", "normal"):
+        for m in sorted((root / "Dataset_BUSI_with_GT" / folder).glob("*_mask*.png")):
+            a = np.asarray(Image.open(m))
+            on = a.any(axis=-1) if a.ndim == 3 else a > 0
+            for k, box in enumerate(slice_component_boxes(on.astype(np.uint8), [1])):
+                out.append(Obj(f"Dataset_BUSI_with_GT/{folder}/{m.name.split('_mask')[0]}.png", f"{m.name} {k}",
+                               f"{folder} lesion", box))
+    return out
+
+
+def test_busi_real_masks_every_lesion_exact(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "busi"
+    shutil.copytree(REAL / "busi", root)
+    for i, stem in enumerate(("benign/benign (195)", "normal/normal (1)")):
+        w, h = Image.open(root / "Dataset_BUSI_with_GT" / f"{stem}_mask.png").size
+        write_placeholder_png(root / "Dataset_BUSI_with_GT" / f"{stem}.png", w, h, i, mode="RGB")
+    objs = busi_objects(root)
+    # benign (195): three lesion masks (two of them touch: 19 shared pixels); malignant (136): one; normal (1): none
+    assert Counter(o.file for o in objs) == {"Dataset_BUSI_with_GT/benign/benign (195).png": 3,
+                                             "Dataset_BUSI_with_GT/malignant/malignant (136).png": 1}
+    assert_vocabulary_complete("busi", Counter(o.label for o in objs))
+    summary, tables = ingest("busi", root, tmp_path / "out")
+    assert_objects_accounted("busi", objs, summary, tables)
+    assert summary.rois_out == 4 and summary.rois_rejected == 0
+    # the normal image is a valid negative (an image without ROIs), not a reject
+    assert summary.records_out == 3
+    assert "Dataset_BUSI_with_GT/normal/normal (1).png" in {im["source_path"] for im in tables["images"]}
+    # each ROI is named after its own mask file: the two touching lesions are two objects, not one fused blob
+    assert sorted(r["source_object"].split("#")[0] for r in tables["rois"]) == sorted(
+        f"Dataset_BUSI_with_GT/{d}" for d in ("benign/benign (195)_mask.png", "benign/benign (195)_mask_1.png",
+                                              "benign/benign (195)_mask_2.png", "malignant/malignant (136)_mask.png"))
+
+
+# --------------------------------------------------------------------------------------------- HAM10000
+# Real (CC BY-NC-SA 4.0 per the catalog entry; attribution Tschandl et al. 2018): HAM10000_metadata.csv, header and
+# 23 of its 10,015 rows (every image of 15 lesions: one lesion with several images and one with a single image per
+# diagnosis, and one with unknown sex and age). The lesion masks (HAM10000_segmentations_lesion_tschandl) were found
+# in no public copy: images (600 x 450, as released) and masks are placeholders, so this checks the real table's
+# join (attributes, lesion grouping, the unmapped `dataset` column) and the accounting of one lesion per image.
+
+def test_ham10000_real_metadata_join_and_lesion_groups(tmp_path):
+    import json
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "ham10000"
+    shutil.copytree(REAL / "ham10000", root)
+    with open(root / "HAM10000_metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
+    objs = []
+    for i, r in enumerate(rows):
+        part = 1 if r["image_id"] < "ISIC_0029306" else 2  # the release's split of the images into two folders
+        rel = f"HAM10000_images_part_{part}/{r['image_id']}.jpg"
+        write_placeholder_png(root / rel, 600, 450, i, mode="RGB")
+        mask = np.zeros((450, 600), np.uint8)
+        x0, y0 = 40 + 7 * i, 30 + 5 * i
+        mask[y0:y0 + 120, x0:x0 + 200] = 255
+        (root / "HAM10000_segmentations_lesion_tschandl").mkdir(exist_ok=True)
+        Image.fromarray(mask).save(root / "HAM10000_segmentations_lesion_tschandl" / f"{r['image_id']}_segmentation.png")
+        objs.append(Obj(rel, f"{r['image_id']}_segmentation.png", "skin lesion",
+                        (float(x0), float(y0), float(x0 + 200), float(y0 + 120))))
+    assert_vocabulary_complete("ham10000", Counter(o.label for o in objs))
+    summary, tables = ingest("ham10000", root, tmp_path / "out")
+    assert_objects_accounted("ham10000", objs, summary, tables)
+    assert summary.records_out == len(rows) == 23
+    by_image = {Path(im["source_path"]).stem: im for im in tables["images"]}
+    for r in rows:  # every image carries its own row's columns, as the table spells them
+        attrs = json.loads(by_image[r["image_id"]]["attributes"])
+        for col in ("dx", "dx_type", "sex", "localization"):
+            assert attrs[col] == r[col], (r["image_id"], col)
+        assert "dataset" not in attrs
+        # a number where the table has one; the unknown age (empty field) is absent, not 0
+        assert attrs.get("age") == (float(r["age"]) if r["age"] else None)
+    # lesion_id is the split unit: images of one lesion share a patient key, different lesions do not
+    groups: dict[str, set] = {}
+    for r in rows:
+        groups.setdefault(r["lesion_id"], set()).add(by_image[r["image_id"]]["patient_key"])
+    assert all(len(keys) == 1 for keys in groups.values())
+    assert len({next(iter(k)) for k in groups.values()}) == len(groups) == 15
+
+
 # --------------------------------------------------------------------------------------------- not copyable
 # Releases whose terms forbid redistribution: the test reads the user's own copy from MEDLVR_REAL_<DATASET> and
 # is skipped without it. It crops the table to its first rows (whole images) and writes placeholder pixels where
@@ -539,6 +680,15 @@ def first_rows(path: Path, key: str, n_keys: int, delimiter: str = ",") -> tuple
         return list(reader.fieldnames or []), rows
 
 
+def write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    """The cropped table as the release lays it out (its header, whole rows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def test_rsna_pneumonia_real_table_every_box_exact(tmp_path):
     """stage_2_train_labels.csv (patientId,x,y,width,height,Target; Target 0 rows have no box): the first 40
     patients; placeholder 1024 x 1024 DICOMs where the user's copy has no image."""
@@ -550,10 +700,7 @@ def test_rsna_pneumonia_real_table_every_box_exact(tmp_path):
     assert {r["Target"] for r in rows} <= {"0", "1"}
     root = tmp_path / "rsna_pneumonia"
     (root / "stage_2_train_images").mkdir(parents=True)
-    with open(root / "stage_2_train_labels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, header)
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(root / "stage_2_train_labels.csv", header, rows)
     for i, pid in enumerate(dict.fromkeys(r["patientId"] for r in rows)):
         real = src / "stage_2_train_images" / f"{pid}.dcm"
         if real.is_file():
@@ -681,3 +828,58 @@ def test_siim_acr_real_rle_every_component_exact(tmp_path):
     summary, tables = ingest("siim_acr", root, tmp_path / "out")
     assert_objects_accounted("siim_acr", objs, summary, tables)
     assert summary.records_out == len({r[0] for r in rows})
+
+
+def test_vindr_cxr_real_table_reader_fusion_accounted(tmp_path):
+    """train.csv (image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max; three readers per image, `No finding`
+    rows without a box): the first 30 images. Placeholder DICOMs just larger than the image's boxes (the Kaggle
+    DICOMs are 2-3k pixels a side). Truths: every finding row is an object; each ROI is named by one row, and its
+    box is the mean of that row's box and the boxes of the rows rejected as fused with it (all parsed here)."""
+    import math
+    import re
+
+    from medlvr.corpus.sample_data.dicom_sets import write_dicom
+
+    src = real_copy("vindr_cxr")
+    header, first = first_rows(src / "train.csv", "image_id", 30)
+    keep = {r["image_id"] for r in first}
+    with open(src / "train.csv", newline="") as f:  # the table is not grouped by image: every row of the 30
+        rows = [r for r in csv.DictReader(f) if r["image_id"] in keep]
+    assert header[:8] == ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    root = tmp_path / "vindr_cxr"
+    (root / "train").mkdir(parents=True)
+    write_rows(root / "train.csv", header, rows)
+    box_cols = ("x_min", "y_min", "x_max", "y_max")
+    for i, image_id in enumerate(dict.fromkeys(r["image_id"] for r in rows)):
+        boxes = [[float(r[c]) for c in box_cols] for r in rows if r["image_id"] == image_id and r["x_max"]]
+        wd = max([64] + [math.ceil(b[2]) + 16 for b in boxes])
+        ht = max([64] + [math.ceil(b[3]) + 16 for b in boxes])
+        yy, xx = np.mgrid[0:ht, 0:wd]
+        write_dicom(root / "train" / f"{image_id}.dicom", ((xx // 8 + 3 * (yy // 8) + 17 * i) % 251).astype(np.uint8))
+    findings = {n: r for n, r in enumerate(rows, start=1) if r["class_name"] != "No finding"}
+    assert all(r["x_max"] == "" for r in rows if r["class_name"] == "No finding")
+    assert_vocabulary_complete("vindr_cxr", Counter(r["class_name"] for r in findings.values()))
+    summary, tables = ingest("vindr_cxr", root, tmp_path / "out")
+    # every finding row is accounted for, image by image: ROIs written + ROI rejects == its finding rows
+    per_file = Counter(f"train/{r['image_id']}.dicom" for r in findings.values())
+    images = {im["image_id"]: im for im in tables["images"]}
+    written = Counter(images[r["image_id"]]["source_path"] for r in tables["rois"])
+    roi_rejects = [r for r in tables["rejects"] if r["level"] == "roi"]
+    rejected = Counter(r["source_path"] for r in roi_rejects)
+    assert {f: written[f] + rejected[f] for f in per_file} == dict(per_file)
+    assert summary.rois_out + summary.rois_rejected == len(findings)
+    # each ROI: its naming row and the rows fused into it, by row number; the box is their mean, 2+ readers
+    fused_into: dict[int, list[int]] = {}
+    for r in roi_rejects:
+        m = re.search(r"fused with row=(\d+)", r["reason"])
+        if m:
+            fused_into.setdefault(int(m.group(1)), []).append(int(r["source_object"].rsplit("=", 1)[1]))
+        else:
+            assert re.search(r"marked by 1 reader\(s\), fewer than 2", r["reason"]), r["reason"]
+    for roi in tables["rois"]:
+        n = int(roi["source_object"].rsplit("=", 1)[1])
+        members = [n] + fused_into.get(n, [])
+        assert all(findings[k]["class_name"] == roi["label"] for k in members)
+        assert len({findings[k]["rad_id"] for k in members}) >= 2
+        mean = [sum(float(findings[k][c]) for k in members) / len(members) for c in box_cols]
+        assert roi["box_orig"] == pytest.approx(mean, abs=1e-6)
