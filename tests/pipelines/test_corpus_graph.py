@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
-from dagster._serdes import serialize_value
+from dagster import serialize_value
 
 from medlvr.corpus.catalog import load_catalog
 from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
