@@ -78,6 +78,8 @@ def test_complete_lines_reader_hands_over_every_torn_message(tmp_path):
     metadata = result.asset_materializations_for_node("trainer")[0].metadata
     assert metadata["checkpoint"].value == str(checkpoint) and metadata["steps"].value == 3
     assert _logged(instance, result.run_id) == ["step 0: loss 1.000", "step 1: loss 0.500", "step 2: loss 0.333"]
+    # the last message ("closed", written without its newline) arrived too: nothing lost at the end of the session
+    assert not any("did not receive closed message" in ev.user_message for ev in instance.all_logs(result.run_id))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its reader thread's death
