@@ -21,9 +21,9 @@ is tagged `medlvr/launched_by: demo` and carries the repository label of workspa
 one after the other (the in-process executor: about 40 runs of a few seconds each fit the 3-minute budget only
 without a process per step); the training steps launch their trainer as a Dagster Pipes subprocess.
 
-A failed stage is run once more only when the failure is the orchestration's (no step failed, or the step says so:
-a trainer that exited 0 but whose Pipes report never arrived), with one line saying so; a step's own failure (a
-trainer's error, bad data) is reported, never retried.
+A failed stage is run once more only when the failure is the orchestration's (the failed step says so: a trainer
+that exited 0 but whose Pipes report never arrived), with one line saying so; a step's own failure (a trainer's
+error, bad data) and an interrupted run are reported, never retried.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class MainJob:
         run_id, ok = self.execute(job_name, partition, run_config)
         reason = None if ok else self.orchestration_failure(run_id)
         if reason is not None:  # once only: a second failure is reported like any other
-            self.console.line(f"  retry  {label}: run {run_id[:8]} failed in the orchestration, not in a step "
+            self.console.line(f"  retry  {label}: run {run_id[:8]} failed in the orchestration, not in its code "
                               f"({reason}); running it once more")
             run_id, ok = self.execute(job_name, partition, run_config)
         self.summary["ran" if ok else "failed"].append(label)
@@ -143,14 +143,13 @@ class MainJob:
     def orchestration_failure(self, run_id: str) -> str | None:
         """Why the failed run `run_id` is the orchestration's failure (worth one more try), or None when a step
         failed on its own (a trainer's error, bad data, a bug: running it again would fail the same way). The
-        orchestration's: the run failed without a failed step, or every failed step says so in its Failure's
-        metadata (a trainer that exited 0 but whose Pipes report never arrived, pipelines/training/logs.py)."""
+        orchestration's: every failed step says so in its Failure's metadata (a trainer that exited 0 but whose
+        Pipes report never arrived, pipelines/training/logs.py). A run that failed with no failed step (interrupted,
+        e.g. Ctrl-C) is not retried either."""
         failures = self.step_failures(run_id)
-        if not failures:
-            return "no step failed"
         kinds = [_metadata_text((f.user_failure_data.metadata if f.user_failure_data else {}).get(FAILURE_KIND))
                  for f in failures]
-        if all(kind == ORCHESTRATION for kind in kinds):
+        if failures and all(kind == ORCHESTRATION for kind in kinds):
             return failures[0].error.message.strip().split(": ", 1)[-1].splitlines()[0]
         return None
 

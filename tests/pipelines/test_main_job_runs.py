@@ -64,7 +64,7 @@ def test_an_orchestration_failure_is_retried_once_and_says_so(main_job, monkeypa
     assert calls == ["orchestration", "ok"] and job.summary["ran"] == ["training_job"]
     retries = [ln for ln in lines if "retry" in ln]
     assert len(retries) == 1 and retries[0].startswith("  retry  training_job: run ")
-    assert retries[0].endswith(f"failed in the orchestration, not in a step ({LOST_REPORT}); running it once more")
+    assert retries[0].endswith(f"failed in the orchestration, not in its code ({LOST_REPORT}); running it once more")
 
 
 def test_an_orchestration_failure_is_retried_only_once(main_job, monkeypatch):
