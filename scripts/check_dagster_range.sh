@@ -48,6 +48,6 @@ for end in "${ends[@]}"; do
   echo "check_dagster_range.sh: $end: dagster $version installed in $((SECONDS - start)) s"
   start=$SECONDS
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/pipelines/test_main_job.py \
-    tests/pipelines/test_main_job_runs.py tests/pipelines/test_pipes_reader.py
+    tests/pipelines/test_main_job_runs.py tests/pipelines/test_pipes_reader.py tests/pipelines/test_staleness.py
   echo "check_dagster_range.sh: $end: the main job's tests passed on dagster $version in $((SECONDS - start)) s"
 done
