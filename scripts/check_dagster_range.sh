@@ -9,8 +9,9 @@
 # low pins the three packages to the floor of pyproject's `dagster>=X,<Y`; high lets pip choose within the range,
 # which gives the newest release that every package of the family has. The extras' dagster-postgres, dagster-k8s
 # and dagster-dg-cli pin dagster to their own release and lag behind it, so they are left out here (their versions
-# are the ones `make install` resolves, which `make test` covers). Each end: ~3 min to install (CPU torch first,
-# as in the Makefile) and the main job's tests (~3 min quiet). Environments: .venv-dagster-low, .venv-dagster-high.
+# are the ones `make install` resolves, which `make test` covers). Each end: an install (CPU torch first, as in the
+# Makefile; 10-16 min measured on a loaded 2-core machine) and the main job's tests (~3 min quiet, ~40 min under
+# that load). Environments: .venv-dagster-low, .venv-dagster-high.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
