@@ -30,9 +30,10 @@ bench: install
 	$(PY) benchmarks/bench_vlpo.py
 	$(PY) benchmarks/bench_eval.py
 
-# The Dagster UI on the project's persistent instance (the one the main job writes to).
+# The Dagster UI on the project's persistent instance (the one the main job writes to): `dg dev` (dagster-dg-cli, in
+# the dev extra), the command that supersedes `dagster dev`, serving the code location of workspace.yaml.
 dagster-dev: install
-	DAGSTER_HOME=$(CURDIR)/pipelines/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR)/pipelines/dagster_home $(VENV)/bin/dg dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ui-check: install
 	$(PY) scripts/ui_check.py

@@ -27,6 +27,7 @@ with warnings.catch_warnings():
 from medlvr.pipelines.evaluation import evaluation_defs  # noqa: E402
 from medlvr.pipelines.training.assets import TRAINING_ASSETS  # noqa: E402
 from medlvr.pipelines.training.checks import TRAINING_CHECKS  # noqa: E402
+from medlvr.pipelines.training.logs import trainer_pipes_client  # noqa: E402
 from medlvr.pipelines.training.vlpo_assets import VLPO_ASSETS  # noqa: E402
 
 # Jobs the main job (pipelines/main_job.py) launches; in the UI the same assets can be materialised from the graph.
@@ -41,7 +42,7 @@ evaluation_report_job = dg.define_asset_job(
 
 training_defs = dg.Definitions(assets=[*TRAINING_ASSETS, *VLPO_ASSETS], asset_checks=TRAINING_CHECKS,
                                jobs=[training_job, evaluation_predictions_job, evaluation_report_job],
-                               resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
+                               resources={"pipes_subprocess_client": trainer_pipes_client()})
 # asset group -> the packages its assets run (an asset that declares its own code version keeps it)
 # Each group's code: its own packages and every package below it in the layers, plus the shipped default configs
 # its steps read (the main job runs them), so that a change to any of these marks the group's assets stale.

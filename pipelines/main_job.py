@@ -9,16 +9,21 @@ materialisation, check result and the report.
                            on the sample corpus mixed with the synthetic grounding task's train split
     evaluation             evaluation_predictions per benchmark (6 runs) -> evaluation_report
 
-Up-to-date runs are skipped by Dagster's own staleness: a job runs when one of its assets (its partition) is
+Up-to-date runs are skipped by Dagster's staleness rules: a job runs when one of its assets (its partition) is
 missing or stale, that is its code version changed (`medlvr.pipelines.code_version`) or an upstream asset has a
 new data version; `raw_dataset`'s data version is its raw folder's fingerprint, so a touched raw file reruns that
 dataset and what depends on it. `--force` runs every job.
 
-Every run belongs to the code location of workspace.yaml (location `medlvr`, module `medlvr.pipelines.definitions`):
-it is created with that location's job origin, so the webserver lists it on the job's page and the timeline. The
-run's steps execute in this process, one after the other (the in-process executor: about 40 runs of a few seconds
-each fit the 3-minute budget only without a process per step); the training steps launch their trainer as a
-Dagster Pipes subprocess.
+Every run goes through Dagster's public API (`dg.execute_job` of a `dg.build_reconstructable_job`, staleness read
+from the recorded versions by pipelines/staleness.py), so the project runs on a range of Dagster versions. Each run
+is tagged `medlvr/launched_by: demo` and carries the repository label of workspace.yaml's code location (location
+`medlvr`), so the webserver lists it on the job's page and the timeline. The run's steps execute in this process,
+one after the other (the in-process executor: about 40 runs of a few seconds each fit the 3-minute budget only
+without a process per step); the training steps launch their trainer as a Dagster Pipes subprocess.
+
+A failed stage is run once more only when the failure is the orchestration's (the failed step says so: a trainer
+that exited 0 but whose Pipes report never arrived), with one line saying so; a step's own failure (a trainer's
+error, bad data) and an interrupted run are reported, never retried.
 """
 
 from __future__ import annotations
@@ -39,12 +44,18 @@ from medlvr.pipelines.code_version import folder_fingerprint
 from medlvr.pipelines.console import Console, StageProgress
 from medlvr.pipelines.corpus.resources import medlvr_home
 from medlvr.pipelines.definitions import defs
+from medlvr.pipelines.staleness import Staleness
 from medlvr.pipelines.training.checks import checkpoint_model_dir, latest_metadata
+from medlvr.pipelines.training.logs import FAILURE_KIND, ORCHESTRATION
 
 REPO = Path(__file__).resolve().parents[1]
 LOCATION_NAME = "medlvr"  # workspace.yaml's location_name
-DEFINITIONS_MODULE = "medlvr.pipelines.definitions"  # workspace.yaml's module_name
-DEFINITIONS_ATTRIBUTE = "defs"
+PARTITION_TAG = "dagster/partition"  # the run tag that selects a partitioned job's partition
+# Every run the main job launches says so in the UI (filter runs by this tag); the repository label is the tag by
+# which the webserver lists a run on its job's page (`__repository__` is the repository name Dagster gives one
+# `Definitions` object; `@` then the code location's name)
+LAUNCHED_BY_TAG = "medlvr/launched_by"
+RUN_TAGS = {LAUNCHED_BY_TAG: "demo", ".dagster/repository": f"__repository__@{LOCATION_NAME}"}
 # The main job's ROI-SFT budget: 200 steps x 16 rows ~ 1.5 passes over the mix of the sample corpus (587 train
 # rows) and the grounding task's train split. Measured on 100 held-out items: 150 steps gave 80 %, 200 and 250 steps
 # 100 % (42 s of CPU for 200 steps); the report's synthetic_grounding row shows it.
@@ -53,21 +64,10 @@ GROUNDING_TEST_ITEMS = 48  # held-out questions in the report (6 batches of 8): 
 SFT_STEPS, SFT_MICRO_BATCH = 200, 16
 
 
-def code_location_job_origin(job_name: str):
-    """The origin a run of `job_name` gets when the webserver of workspace.yaml launches it: runs created with it
-    carry the repository label `__repository__@medlvr` that the job's page filters on."""
-    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
-    from dagster._core.remote_origin import (
-        ManagedGrpcPythonEnvCodeLocationOrigin,
-        RemoteJobOrigin,
-        RemoteRepositoryOrigin,
-    )
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-
-    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE,
-                                  attribute=DEFINITIONS_ATTRIBUTE, working_directory=os.getcwd())
-    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, location_name=LOCATION_NAME)
-    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
+def resolve_job(job_name: str):
+    """The job `job_name` of the code location's definitions: what `dg.build_reconstructable_job` calls to rebuild a
+    run's job (in this process, or in another one that re-executes the run)."""
+    return defs.resolve_job_def(job_name)
 
 
 class MainJob:
@@ -83,47 +83,30 @@ class MainJob:
         import warnings
 
         import dagster as dg
-        from dagster._core.definitions.reconstruct import ReconstructableRepository
 
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # Pipes internals; noise on the console
         self.dg, self.defs, self.force = dg, defs, force
         self.console = Console(log, stream)
         self.progress: StageProgress | None = None  # the stage being run
         self.instance = dg.DagsterInstance.get()
-        self.asset_graph = defs.resolve_asset_graph()
-        self.repository = ReconstructableRepository.for_module(DEFINITIONS_MODULE, DEFINITIONS_ATTRIBUTE,
-                                                               working_directory=os.getcwd())
         self.home = medlvr_home()
         self.summary: dict[str, list[str]] = {"ran": [], "reused": [], "failed": []}
-        self._resolver = None
+        self._staleness: Staleness | None = None
 
-    def _stale_status(self):
-        """Dagster's stale-status resolver. It caches what it read from the instance, so it is made again after
-        every run this job executes (`execute` drops it)."""
-        from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-        from dagster._core.definitions.data_version import CachingStaleStatusResolver
-        from dagster._time import get_current_datetime
-
-        if self._resolver is not None:
-            return self._resolver
-        view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                              instance=self.instance, asset_graph=self.asset_graph)
-        self._resolver = CachingStaleStatusResolver(instance=self.instance, asset_graph=self.asset_graph,
-                                                    loading_context=view)
-        return self._resolver
+    def staleness(self) -> Staleness:
+        """What the instance recorded, read once per run of this job (`execute` drops it: the instance changed)."""
+        if self._staleness is None:
+            self._staleness = Staleness(self.defs, self.instance)
+        return self._staleness
 
     def up_to_date(self, job_name: str, partition: str | None = None) -> bool:
-        """Every asset of the job (its partition) is FRESH in Dagster's stale status."""
-        from dagster._core.definitions.data_version import StaleStatus
-
-        resolver = self._stale_status()
+        """Every asset of the job (its partition) is up to date (pipelines/staleness.py)."""
         keys = self.defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
-        return all(resolver.get_status(k, partition) == StaleStatus.FRESH for k in keys)
+        return all(self.staleness().up_to_date(k, partition) for k in keys)
 
     def raw_unchanged(self, dataset: str, root: Path) -> bool:
         """raw_dataset[dataset]'s recorded data version is the raw folder's fingerprint now."""
-        current = self._stale_status().get_current_data_version(self.dg.AssetKey("raw_dataset"), dataset)
-        return current == self.dg.DataVersion(folder_fingerprint(root))
+        return self.staleness().data_version(self.dg.AssetKey("raw_dataset"), dataset) == folder_fingerprint(root)
 
     def stage(self, name: str, total: int, heading: str) -> StageProgress:
         self.console.line(f"[{name}] {heading}")
@@ -140,30 +123,48 @@ class MainJob:
             return True
         t0 = time.perf_counter()
         run_id, ok = self.execute(job_name, partition, run_config)
+        reason = None if ok else self.orchestration_failure(run_id)
+        if reason is not None:  # once only: a second failure is reported like any other
+            self.console.line(f"  retry  {label}: run {run_id[:8]} failed in the orchestration, not in its code "
+                              f"({reason}); running it once more")
+            run_id, ok = self.execute(job_name, partition, run_config)
         self.summary["ran" if ok else "failed"].append(label)
         if self.progress:
             self.progress.step(label, "ok" if ok else "FAILED", time.perf_counter() - t0, f"run {run_id[:8]}")
         if not ok:
-            for ev in self.instance.all_logs(run_id, of_type=self.dg.DagsterEventType.STEP_FAILURE):
-                self.console.line(failure_text(ev.dagster_event.step_failure_data.error))
+            for failure in self.step_failures(run_id):
+                self.console.line(failure_text(failure.error))
         return ok
 
-    def execute(self, job_name: str, partition: str | None, run_config: dict | None) -> tuple[str, bool]:
-        """One run of `job_name`, created with the code location's origin and executed in this process."""
-        from dagster._core.definitions.reconstruct import ReconstructableJob
-        from dagster._core.execution.api import execute_run
+    def step_failures(self, run_id: str) -> list:
+        return [ev.dagster_event.step_failure_data
+                for ev in self.instance.all_logs(run_id, of_type=self.dg.DagsterEventType.STEP_FAILURE)]
 
-        self._resolver = None  # the instance changes: statuses read before this run are out of date
-        job = ReconstructableJob(self.repository, job_name)
+    def orchestration_failure(self, run_id: str) -> str | None:
+        """Why the failed run `run_id` is the orchestration's failure (worth one more try), or None when a step
+        failed on its own (a trainer's error, bad data, a bug: running it again would fail the same way). The
+        orchestration's: every failed step says so in its Failure's metadata (a trainer that exited 0 but whose
+        Pipes report never arrived, pipelines/training/logs.py). A run that failed with no failed step (interrupted,
+        e.g. Ctrl-C) is not retried either."""
+        failures = self.step_failures(run_id)
+        kinds = [_metadata_text((f.user_failure_data.metadata if f.user_failure_data else {}).get(FAILURE_KIND))
+                 for f in failures]
+        if failures and all(kind == ORCHESTRATION for kind in kinds):
+            return failures[0].error.message.strip().split(": ", 1)[-1].splitlines()[0]
+        return None
+
+    def execute(self, job_name: str, partition: str | None, run_config: dict | None) -> tuple[str, bool]:
+        """One run of `job_name`, executed in this process, tagged as the main job's and with the code location's
+        repository label (the webserver of workspace.yaml lists it on the job's page)."""
+        self._staleness = None  # the instance changes: what was read before this run is out of date
+        job = self.dg.build_reconstructable_job(__name__, resolve_job.__name__, (job_name,),
+                                                reconstructor_working_directory=os.getcwd())
         # the full event log is in the instance (dagster dev); the console gets warnings and errors only
         cfg = {**(run_config or {}), "execution": {"config": {"in_process": {}}},
                "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        dagster_run = self.instance.create_run_for_job(
-            job_def=self.defs.resolve_job_def(job_name), run_config=cfg,
-            tags={"dagster/partition": partition} if partition else {},
-            remote_job_origin=code_location_job_origin(job_name), job_code_origin=job.get_python_origin())
-        result = execute_run(job, dagster_run, self.instance)
-        return dagster_run.run_id, result.success
+        tags = {**RUN_TAGS, **({PARTITION_TAG: partition} if partition else {})}
+        with self.dg.execute_job(job, self.instance, run_config=cfg, tags=tags) as result:
+            return result.run_id, result.success
 
     # ------------------------------------------------------------------------------------------------- stages
     def corpus(self, datasets: list[str]) -> None:
@@ -256,6 +257,10 @@ class MainJob:
             raise RuntimeError("the evaluation report failed")
         progress.close()
         return out_dir / "report.html"
+
+
+def _metadata_text(value) -> str | None:
+    return getattr(value, "value", value)
 
 
 def failure_text(error, max_lines: int = 25) -> str:

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from medlvr.pipelines.corpus.resources import CorpusStorage, medlvr_home
 from medlvr.pipelines.training.launch import LaunchConfig, launch_command
-from medlvr.pipelines.training.logs import run_trainer, trainer_log_path
+from medlvr.pipelines.training.logs import reported_materialization, run_trainer, trainer_log_path
 from medlvr.training.pipes import ERROR_FILE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,12 +70,10 @@ def roi_sft_checkpoint(context: dg.AssetExecutionContext, config: RoiSftConfig, 
         cmd = trainer_command(config, overrides)
         err_file = Path(trainer_cfg.run.out_dir) / ERROR_FILE
         err_file.unlink(missing_ok=True)
+        log_path = trainer_log_path(trainer_cfg.run.out_dir, context)
         invocation = run_trainer(pipes_subprocess_client, context, cmd, REPO, {"TOKENIZERS_PARALLELISM": "false"},
-                                 trainer_log_path(trainer_cfg.run.out_dir, context), "ROI-SFT", err_file)
-        results = invocation.get_results()
-    if not results:
-        raise dg.Failure("the trainer exited without reporting a materialisation (was RANK 0 launched?)")
-    return results[0]
+                                 log_path, "ROI-SFT", err_file)
+        return reported_materialization(invocation, "ROI-SFT", log_path)
 
 
 TRAINING_ASSETS = [roi_sft_checkpoint]

@@ -19,9 +19,10 @@ def checkpoint_model_dir(metadata: dict) -> Path | None:
     """The loadable model folder of a training materialisation: `<checkpoint>/model` when the checkpoint has one
     (a `step-%07d` folder), else the path itself; None when the metadata names none."""
     value = next((metadata[k] for k in CHECKPOINT_KEYS if k in metadata), None)
-    if value is None:
+    value = value.value if hasattr(value, "value") else value
+    if not value:  # absent, or reported empty (a run that saved nothing)
         return None
-    path = Path(value.value if hasattr(value, "value") else value)
+    path = Path(value)
     return path / "model" if (path / "model").is_dir() else path
 
 

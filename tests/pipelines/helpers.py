@@ -2,7 +2,15 @@
 then one publish run, all in one (ephemeral) instance."""
 
 import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -39,3 +47,42 @@ def load_script(name: str):
     sys.modules[name] = module  # a dataclass in it looks its module up while the module executes
     spec.loader.exec_module(module)
     return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(base: str, query: str, variables: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{base}/graphql", json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+@contextmanager
+def dagster_server(cmd: list[str], port: int, env: dict, output=subprocess.DEVNULL, cwd: Path | None = None):
+    """Start a Dagster webserver command (`dagster-webserver`, `dg dev`) listening on `port` in its own process
+    group, yield its base URL once /server_info answers, and stop the whole group afterwards."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, f"{Path(cmd[0]).name} exited with {proc.returncode}"
+            try:
+                urllib.request.urlopen(f"{base}/server_info", timeout=5).close()
+                break
+            except OSError:
+                assert time.time() < deadline, f"{Path(cmd[0]).name} did not answer"
+                time.sleep(1)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

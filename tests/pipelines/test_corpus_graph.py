@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from dagster._serdes import serialize_value
+from dagster import serialize_value
 
 from medlvr.corpus.catalog import load_catalog
 from medlvr.pipelines.corpus.assets import CORPUS_ASSETS

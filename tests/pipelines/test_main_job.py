@@ -1,23 +1,18 @@
 """The main job on two datasets: the whole graph through Dagster, then reuse, then a partial rerun, then --force;
 its runs belong to the code location (the webserver of workspace.yaml lists them on the job pages)."""
 
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from dagster._serdes import serialize_value
+from dagster import serialize_value
 
 from medlvr.pipelines.console import CLEAR_LINE
 from medlvr.pipelines.main_job import run_main
+from tests.pipelines.helpers import dagster_server, free_port, graphql
 from tests.pipelines.test_console import _read_pty
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,6 +75,8 @@ def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home, cap
             "roi_sft_checkpoint_metrics_finite", "vlpo_checkpoint_loads", "vlpo_checkpoint_metrics_finite",
             "parse_fail_rate_below_threshold"} <= set(checks)
     assert all(all(v) for v in checks.values()), checks
+    # every run it launched says it came from the main job
+    assert {run.tags.get("medlvr/launched_by") for run in instance.get_runs()} == {"demo"}
     # small, bounded event history: no image bytes in metadata, each event's metadata capped
     sizes = [len(serialize_value(ev)) for run in instance.get_runs() for ev in instance.all_logs(run.run_id)]
     assert max(sizes) < 64_000 and sum(sizes) < 4_000_000, (max(sizes), sum(sizes))
@@ -120,55 +117,23 @@ JOB_RUNS = """query JobRuns($job: String!) {
     __typename ... on Pipeline { runs { runId status tags { key value } } } } }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(base: str, query: str, variables: dict) -> dict:
-    req = urllib.request.Request(f"{base}/graphql", json.dumps({"query": query, "variables": variables}).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
-
-
 @pytest.mark.slow
 def test_main_job_runs_are_listed_on_the_job_pages(home):
     """The runs of the test above, seen through the webserver of workspace.yaml on the same instance: the job page's
     query (runs of the job in repository __repository__@medlvr) lists them."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "1"}
     cmd = [str(Path(sys.executable).with_name("dagster-webserver")), "-w", str(REPO / "workspace.yaml"),
            "-h", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert proc.poll() is None, "dagster-webserver exited"
-            try:
-                urllib.request.urlopen(f"{base}/server_info", timeout=5).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "dagster-webserver did not answer"
-                time.sleep(1)
+    with dagster_server(cmd, port, env, cwd=REPO) as base:
         for job in ("corpus_dataset_job", "corpus_publish_job", "training_job", "evaluation_report_job"):
-            res = _graphql(base, JOB_RUNS, {"job": job})
+            res = graphql(base, JOB_RUNS, {"job": job})
             page = res["data"]["pipelineOrError"]
             assert page["__typename"] == "Pipeline", res
             assert page["runs"] and all(r["status"] == "SUCCESS" for r in page["runs"]), (job, page)
-        runs = _graphql(base, JOB_RUNS, {"job": "corpus_dataset_job"})["data"]["pipelineOrError"]["runs"]
+        runs = graphql(base, JOB_RUNS, {"job": "corpus_dataset_job"})["data"]["pipelineOrError"]["runs"]
         partitions = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
         assert partitions == {"busi", "refuge"}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_no_loading_bars_even_when_transformers_was_imported_first(tmp_path, monkeypatch):

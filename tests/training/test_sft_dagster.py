@@ -9,6 +9,7 @@ import dagster as dg  # noqa: E402
 import pytest  # noqa: E402
 
 from medlvr.pipelines.corpus.resources import CorpusStorage  # noqa: E402
+from medlvr.pipelines.training.logs import trainer_pipes_client  # noqa: E402
 from medlvr.corpus.sample_corpus import build_sample_corpus  # noqa: E402
 from medlvr.pipelines.training.assets import (RoiSftConfig, roi_sft_checkpoint, trainer_command,  # noqa: E402
                                                trainer_overrides)
@@ -24,7 +25,7 @@ def _materialize(corpus, out_dir, overrides):
     instance = dg.DagsterInstance.ephemeral()
     res = dg.materialize([roi_sft_checkpoint], run_config=cfg, raise_on_error=False, instance=instance,
                          resources={"storage": CorpusStorage(url=str(corpus)),
-                                    "pipes_subprocess_client": dg.PipesSubprocessClient()})
+                                    "pipes_subprocess_client": trainer_pipes_client()})
     return res, [e.user_message for e in instance.all_logs(res.run_id)]
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from medlvr.pipelines.training.logs import trainer_pipes_client
 from medlvr.pipelines.training.vlpo_assets import (ROI_SFT_CHECKPOINT, VlpoConfig, trainer_command,
                                                    trainer_overrides, vlpo_checkpoint)
 
@@ -34,7 +35,7 @@ def tiny_ckpt(tmp_path_factory):
 def test_materialize_through_pipes(tmp_path, tiny_ckpt):
     cfg = VlpoConfig(overrides=[f"model.path={tiny_ckpt}", f"run.out_dir={tmp_path / 'run'}", "run.max_steps=1",
                                 "algo.beta=0.0", "rollout.k_latent=null"])  # K from the checkpoint
-    res = dg.materialize([vlpo_checkpoint], resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
+    res = dg.materialize([vlpo_checkpoint], resources={"pipes_subprocess_client": trainer_pipes_client()},
                          run_config=dg.RunConfig(ops={"vlpo_checkpoint": cfg}),
                          instance=dg.DagsterInstance.ephemeral())
     assert res.success
@@ -46,7 +47,7 @@ def test_materialize_through_pipes(tmp_path, tiny_ckpt):
 
 def test_asset_fails_without_upstream(tmp_path):
     with pytest.raises(dg.Failure, match="ROI-SFT"):
-        dg.materialize([vlpo_checkpoint], resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
+        dg.materialize([vlpo_checkpoint], resources={"pipes_subprocess_client": trainer_pipes_client()},
                        run_config=dg.RunConfig(ops={"vlpo_checkpoint": VlpoConfig(
                            overrides=[f"run.out_dir={tmp_path}"])}),
                        instance=dg.DagsterInstance.ephemeral())
