@@ -75,7 +75,7 @@ BASE = {"id": "x", "name": "X", "modality": "CT", "body_region": "r", "adapter":
     ({"options": {"variants": [{"name": "v", "volume_index": 1.5}]}}, "volume_index must be an integer"),
     ({"options": {"volume_index": 0, "axis_order": "XYZC"}}, "already reads the last axis as channels"),
     ({"options": {"channel": 2}}, "channel must be a channel name"),
-    ({"ignored_label": {"x": "why"}}, "unknown key 'ignored_label'; did you mean 'ignored_labels'"),
+    ({"ignored_label": {"x": "why"}}, r"unknown config key ignored_label \(did you mean ignored_labels\?\)"),
     ({"ignored_labels": ["x"]}, "ignored_labels must be a mapping"),
     ({"ignored_labels": {"x": ""}}, "ignored label 'x' needs a reason"),
     ({"ignored_labels": {"l": "why"}}, "label 'l' is both mapped and ignored"),

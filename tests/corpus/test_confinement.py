@@ -111,7 +111,7 @@ ANNOTATIONS = [
     ("livecell", "livecell_coco_train.json"),  # COCO
     ("chestx_det", "ChestX_Det_train.json"),
     ("vindr_cxr", "train.csv"),
-    ("oct5k", "Detection/boxes.csv"),
+    ("oct5k", "Detection/all_bounding_boxes.csv"),
     ("deeplesion", "DL_info.csv"),
     ("siim_acr", "train-rle.csv"),  # RLE table
     ("fastmri_plus", "Annotations/knee.csv"),

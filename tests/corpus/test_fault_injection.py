@@ -194,7 +194,7 @@ ANNOTATION_CASES = [
     ("vindr_cxr", "train.csv", "csv"),
     ("rsna_pneumonia", "stage_2_train_labels.csv", "csv"),
     ("nih_bbox", "BBox_List_2017.csv", "csv"),
-    ("oct5k", "Detection/boxes.csv", "csv"),
+    ("oct5k", "Detection/all_bounding_boxes.csv", "csv"),
     ("deeplesion", "DL_info.csv", "csv"),
     ("siim_acr", "train-rle.csv", "csv"),  # RLE
     ("dsb2018", None, "csv"),  # RLE (the table named by the catalog)

@@ -248,9 +248,9 @@ def test_a_rank_that_raises_ends_the_job_with_its_error_in_one_line(corpus, one,
         for g in range(f.metadata.num_row_groups):  # the same row groups: the same data order
             t = f.read_row_group(g)
             png = [b"not a png" if q in broken else x for q, x in
-                   zip(t.column("qa_id").to_pylist(), t.column("image_png").to_pylist())]
-            field = t.schema.field("image_png")
-            t = t.set_column(t.schema.get_field_index("image_png"), field, pa.array(png, field.type))
+                   zip(t.column("qa_id").to_pylist(), t.column("image").to_pylist())]
+            field = t.schema.field("image")
+            t = t.set_column(t.schema.get_field_index("image"), field, pa.array(png, field.type))
             w.write_table(t, row_group_size=t.num_rows)
     p = subprocess.run(_cmd(2, tmp_path / "corpus", tmp_path / "out", "run.max_steps=1"), cwd=REPO, env=_env(),
                        capture_output=True, text=True, timeout=600)
