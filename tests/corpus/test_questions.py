@@ -110,12 +110,14 @@ def test_position_and_distractor_boxes_helpers():
 # formula; issue 23: the samples' quirks -- a 9-px LIDC nodule that now has a box and its own key slice, a KiTS
 # sub-speck cyst with its own key slice, MSD prostate's split PZ as one box a slice -- and structures without
 # instances giving one union box a slice; then the display convention for NIfTI volumes, which reverses x and y of
-# the RAS-written MSD, LiTS, BraTS and ACDC samples). A change here means the pairs changed: say why in the commit.
+# the RAS-written MSD, LiTS, BraTS and ACDC samples; then the complete fastMRI+ vocabulary's 12 new knowledge-graph
+# concepts and the catalog's label aliases, which left every count as it was and changed only the hashes of the two types
+# that draw distractor concepts, presence and region_identification). A change here means the pairs changed: say why in the commit.
 PRE_REGISTRY_FINGERPRINT = {
     "counting": [78, "634066901fc2"], "grounding": [126, "05a55538b519"], "grounding_choice": [86, "b13e29310d77"],
     "laterality": [26, "e9127e5b988f"], "modality": [20, "166da4eef000"], "organ_location": [50, "0e687363cc7b"],
-    "organ_system": [102, "8bbd75c0586d"], "position": [103, "0c1ac7b057ef"], "presence": [292, "17a5670dcb8e"],
-    "region_description": [22, "dfce95d2e882"], "region_identification": [84, "e1716f50ab53"],
+    "organ_system": [102, "8bbd75c0586d"], "position": [103, "0c1ac7b057ef"], "presence": [292, "37755fe90856"],
+    "region_description": [22, "dfce95d2e882"], "region_identification": [84, "2e7fc8069318"],
     "size": [52, "9cc73efd18e7"],
 }
 
