@@ -88,7 +88,8 @@ def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home, cap
     assert any(ln.startswith("[training] 1/1 done: 1 ran") for ln in lines), lines
     logs = list((Path(first["home"]) / "runs").glob("*/logs/*.log"))
     assert {p.parent.parent.name for p in logs} == {"roi_sft", "vlpo"}
-    assert any(re.search(r"^train: step \d+/\d+ .*loss", p.read_text(), re.M) for p in logs)  # the trainer's lines
+    summary = {"roi_sft": r"^ROI-SFT: \d+ steps: loss ", "vlpo": r"^VLPO: \d+ steps: "}  # each trainer's last line
+    assert all(re.search(summary[p.parent.parent.name], p.read_text(), re.M) for p in logs)
 
     # on a terminal (a real pty): each stage is one status line rewritten in place, then its summary line
     master, slave = os.openpty()
