@@ -57,6 +57,8 @@ class DatasetSpec:
     # bytes one record of this dataset may make a reader decode (corpus.limits); None: the run's
     # IngestConfig.max_record_bytes. An entry sets it when its records are legitimately larger than that default
     max_record_bytes: int | None = None
+    # pixels one 2-D image of this dataset may declare (corpus.limits.check_pixels); None: the run's
+    max_image_pixels: int | None = None
     # raw labels of the real release deliberately not used -> why (an ROI with one becomes a reject that says
     # so); together with `labels` this is the release's complete vocabulary, so any other label is a finding
     ignored_labels: dict[str, str] = field(default_factory=dict)
@@ -123,6 +125,10 @@ def parse_spec(raw: dict[str, Any], source: str = "<dict>") -> DatasetSpec:
     if max_record_bytes is not None and (isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int)
                                          or max_record_bytes < 1):
         raise CatalogError(f"{source}: max_record_bytes must be a positive number of bytes, got {max_record_bytes!r}")
+    max_image_pixels = raw.get("max_image_pixels")
+    if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int)
+                                         or max_image_pixels < 1):
+        raise CatalogError(f"{source}: max_image_pixels must be a positive number of pixels, got {max_image_pixels!r}")
     # every key through the one config loader, typed by DatasetSpec's fields: an unknown key (`atributes:`) is an
     # error with a did-you-mean, never a silently empty default (a new catalog key is one field of DatasetSpec)
     empty = {"options": {}, "normalise": {}, "attributes": (), "sample": {}, "official_split": None}

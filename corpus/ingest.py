@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from medlvr.corpus.adapters import ADAPTERS
-from medlvr.corpus.limits import DEFAULT_MAX_RECORD_BYTES, record_limit
+from medlvr.corpus.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES, record_limit
 from medlvr.corpus.paths import clear_path_cache, take_escapes
 from medlvr.corpus.adapters.sidecar import whitelist
 from medlvr.corpus.catalog import DatasetSpec, official_split_of, patient_of, select
@@ -70,10 +70,14 @@ class IngestConfig:
     # bytes one record may make the readers decode, and the largest file they open (corpus.limits); a catalog
     # entry's own max_record_bytes wins for its dataset
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # pixels one 2-D image may declare in its header (corpus.limits.check_pixels); a catalog entry's own wins
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         if self.max_record_bytes < 1:
             raise ValueError(f"max_record_bytes must be a positive number of bytes, got {self.max_record_bytes}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be a positive number of pixels, got {self.max_image_pixels}")
 
 
 @dataclass
@@ -180,14 +184,20 @@ def image_hash(img: np.ndarray) -> str:
 
 def with_slice_options(spec: DatasetSpec, cfg: IngestConfig) -> DatasetSpec:
     """Volume adapters read SliceConfig.from_dict(spec.options['slices']): the run's caps, dataset overrides win.
-    The record limit is settled here too: the catalog entry's max_record_bytes, else the run's."""
+    The record limits are settled here too: the catalog entry's max_record_bytes / max_image_pixels, else the run's."""
     slices = {**dataclasses.asdict(cfg.slices), **(spec.options.get("slices") or {})}
     return dataclasses.replace(spec, options={**spec.options, "slices": slices},
-                               max_record_bytes=spec.max_record_bytes or cfg.max_record_bytes)
+                               max_record_bytes=spec.max_record_bytes or cfg.max_record_bytes,
+                               max_image_pixels=spec.max_image_pixels or cfg.max_image_pixels)
 
 
 def _limit_of(spec: DatasetSpec) -> int:
     return spec.max_record_bytes or DEFAULT_MAX_RECORD_BYTES
+
+
+def _limits_of(spec: DatasetSpec):
+    """The record limits of one dataset (bytes, pixels of one image) as a context for its readers."""
+    return record_limit(_limit_of(spec), spec.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
 
 
 @dataclass
@@ -295,7 +305,7 @@ def process_record(spec: DatasetSpec, root: Path, ref: RecordRef, cfg: IngestCon
     result = RecordResult(ref.key, first_path)
     limit = _limit_of(spec)
     try:
-        with record_limit(limit):  # every declared size the readers meet is charged against it
+        with _limits_of(spec):  # every declared size the readers meet is charged against it
             images = ADAPTERS[spec.adapter].load(spec, root, ref)
     except RecordError as e:
         result.record_reject = (e.stage, e.reason)
@@ -472,7 +482,7 @@ def iter_discover(spec: DatasetSpec, root: Path, rejects: list[Reject]) -> Itera
         while True:
             # annotation tables are files too: none larger than the record limit is opened. The limit is set
             # around each step of the adapter only: this generator must not hold it while suspended in `yield`
-            with record_limit(_limit_of(spec)):
+            with _limits_of(spec):
                 item = next(items, None)
             if item is None:
                 break

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medlvr.corpus.limits import charge
+from medlvr.corpus.limits import charge, check_pixels
 from medlvr.corpus.paths import open_confined
 from medlvr.corpus.records import RecordError
 
@@ -49,16 +49,43 @@ _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "
                "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
-def read_pil(path: Path, *, mode: str | None = None, root: Path | None = None) -> np.ndarray:
+def _open_image(f) -> Image.Image:
+    """Image.open (the header only), without Pillow's bomb warning: check_pixels decides, with a reason."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(f)
+
+
+def _largest_page(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of the largest page of a multi-page file (TIFF pages and pyramid levels, GIF/APNG
+    frames), read from each page's header (Pillow's seek parses the IFD, decodes nothing); the file is left at
+    its first page, the one read_pil decodes."""
+    w, h = im.size
+    for i in range(1, getattr(im, "n_frames", 1)):
+        im.seek(i)
+        if im.size[0] * im.size[1] > w * h:
+            w, h = im.size
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    return w, h
+
+
+def read_pil(path: Path, *, mode: str | None = None, root: Path | None = None, rel: str | None = None
+             ) -> np.ndarray:
     """Pixels of a PIL-readable file. 8-bit stays uint8; 16-bit stays uint16; palette/alpha images are
     converted (RGBA -> RGB, LA -> L, P -> RGB), `mode` forces a conversion ("L", "RGB"). The file is opened
-    confined to `root` (default: its own folder); its declared size (width x height x bytes per pixel, read
-    from the header) is charged against the record limit before any pixel is decoded."""
+    confined to `root` (default: its own folder). From the header, before any pixel is decoded: the largest
+    page's width x height against the pixel limit, the first page's declared bytes against the record limit.
+    Pillow's own refusal (twice its Image.MAX_IMAGE_PIXELS) still applies above a raised max_image_pixels."""
+    name = rel or _rel_name(path, root)
     try:
-        with open_confined(root or path.parent, path) as f, Image.open(f) as im:
+        with open_confined(root or path.parent, path) as f, _open_image(f) as im:
             w, h = im.size
             charge(w * h * _MODE_BYTES.get(im.mode, 4 * len(im.getbands())),
                    f"{path.name}: {w}x{h} {im.mode} image")
+            pw, ph = _largest_page(im)
+            check_pixels(pw * ph, f"{name}: {pw}x{ph} {im.mode} image"
+                         + (f" (largest of {im.n_frames} pages)" if getattr(im, "n_frames", 1) > 1 else ""))
             im.load()
             if mode:
                 im = im.convert(mode)
@@ -82,6 +109,14 @@ def read_pil(path: Path, *, mode: str | None = None, root: Path | None = None) -
     if arr.dtype == np.int32 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)
     return arr
+
+
+def _rel_name(path: Path, root: Path | None) -> str:
+    """The file as a reject reason names it: relative to the dataset root, else its name."""
+    try:
+        return path.relative_to(root).as_posix() if root is not None else path.name
+    except ValueError:
+        return path.name
 
 
 # ------------------------------------------------------------------------------------------------- DICOM
@@ -175,16 +210,13 @@ def charge_dicom(ds, name: str) -> None:
     charge(nbytes, f"{name}: {rows}x{cols}, {frames} frame(s) of {samples} sample(s) at {bits} bits")
 
 
-def _decode(path: Path, root: Path | None = None):
-    """(dataset, decoded array) or a RecordError whose reason says why: not DICOM, no pixel data, no transfer
-    syntax, truncated (N of M bytes), too large for the record limit, or the decoder's own cause (missing
-    plugin, broken stream, ...). The file is opened confined to `root` (default: its own folder)."""
+def _read_dataset(path: Path, root: Path | None, header_only: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         with open_confined(root or path.parent, path) as f:
-            ds = pydicom.dcmread(f)
+            return pydicom.dcmread(f, stop_before_pixels=header_only)
     except RecordError:
         raise
     except FileNotFoundError:
@@ -194,13 +226,37 @@ def _decode(path: Path, root: Path | None = None):
     except Exception as e:  # a truncated header makes pydicom raise struct/EOF/value errors of several kinds
         raise RecordError(f"not a valid DICOM file {path.name} (corrupt or truncated header): "
                           f"{type(e).__name__}: {one_line_cause(e)}")
+
+
+def check_dicom_pixels(ds, name: str, volume: bool) -> None:
+    """The pixel limit from the header: Rows x Columns x NumberOfFrames of a 2-D image (pixel_array decodes
+    every frame), Rows x Columns of one slice of a multi-frame volume (its total is the record limit's)."""
+    rows, cols = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
+    frames = 1 if volume else _int_tag(ds, "NumberOfFrames", 1)
+    check_pixels(rows * cols * frames, f"{name}: {rows}x{cols}" + (f" x {frames} frames" if frames > 1 else "")
+                 + (" per slice" if volume else ""))
+
+
+def _decode(path: Path, root: Path | None = None, volume: bool = False):
+    """(dataset, decoded array) or a RecordError whose reason says why: not DICOM, no pixel data, no transfer
+    syntax, truncated (N of M bytes), too large for the pixel or record limit, or the decoder's own cause
+    (missing plugin, broken stream, ...). The header is read first without the pixel data (stop_before_pixels):
+    the pixel limit and the record limit are checked before the pixel data is read or decoded. The file is
+    opened confined to `root` (default: its own folder)."""
+    name = _rel_name(path, root)
+    header = _read_dataset(path, root, header_only=True)
+    if "Rows" in header:
+        charge_dicom(header, path.name)
+    check_dicom_pixels(header, name, volume)
+    ds = _read_dataset(path, root, header_only=False)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         # pydicom stops quietly at a file cut inside the header: say that it may be truncated
         raise RecordError(f"DICOM without pixel data (not an image, or truncated): {path.name}")
     ts = _transfer_syntax(ds)
     if ts is None:
         raise RecordError(f"DICOM without a transfer syntax (file meta has no (0002,0010)): {path.name}")
-    charge_dicom(ds, path.name)
+    if "Rows" not in header:  # pydicom stopped early in a broken header: charge what the full read found
+        charge_dicom(ds, path.name)
     if str(ts) in NATIVE_SYNTAXES and "PixelData" in ds:
         _check_native_length(ds, path.name)
     try:
@@ -339,7 +395,7 @@ def read_dicom_volume(path: Path, root: Path | None = None) -> DicomVolume:
     the volume path's reader for one file holding a whole series."""
     from pydicom.pixels import apply_modality_lut
 
-    ds, raw = _decode(path, root)
+    ds, raw = _decode(path, root, volume=True)
     n = _int_tag(ds, "NumberOfFrames", 1)
     if n <= 1 or raw.ndim != 3 or str(getattr(ds, "PhotometricInterpretation", "")).startswith(("RGB", "YBR", "PAL")):
         raise RecordError(f"not a grey multi-frame volume (shape {raw.shape}): {path.name}")
