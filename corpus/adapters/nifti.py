@@ -54,6 +54,7 @@ from medlvr.corpus.masks import LabelRule
 from medlvr.corpus.mhd import check_mhd, directions_ras, read_mhd
 from medlvr.corpus.orientation import display_axes
 from medlvr.corpus.records import RecordError, RecordRef, Reject, SourceImage
+from medlvr.corpus.scaled_volume import ScaledVolume
 from medlvr.corpus.volumes import SliceConfig, volume_images
 
 _EXT = re.compile(r"(\.nii\.gz|\.nii|\.mhd|\.mha)$", re.IGNORECASE)
@@ -98,11 +99,16 @@ def _load_confined(root: Path, rel: str):
     return klass.from_file_map(file_map)
 
 
-def read_nifti(root: Path, rel: str, canonical: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_nifti(root: Path, rel: str, canonical: bool = False, lazy_scaling: bool = False
+               ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Array in on-disk axis order and the header zooms in the same order. Reads whatever nibabel reads as a
     voxel image (NIfTI-1/2, Analyze and NIfTI pairs, MGH/MGZ); anything else is a one-line RecordError. The
-    header's shape x element size is charged against the record limit before the data is read."""
+    header's shape x element size is charged against the record limit before the data is read. An uncompressed
+    file stays memory-mapped (nibabel's array proxy); with `lazy_scaling` a scaled integer file (scl_slope /
+    scl_inter) comes back as its stored integers in a ScaledVolume, scaled slice by slice when used, instead of
+    a whole float64 volume."""
     import nibabel as nib
+    from nibabel.arrayproxy import ArrayProxy
 
     try:
         img = _load_confined(root, rel)
@@ -115,7 +121,11 @@ def read_nifti(root: Path, rel: str, canonical: bool = False) -> tuple[np.ndarra
                f"{rel}: header shape {'x'.join(map(str, shape))} of {dtype}{' (scaled)' if scaled else ''}")
         if canonical:
             img = nib.as_closest_canonical(img)
-        arr = np.asanyarray(img.dataobj)  # keeps int16/uint8 when there is no scaling
+        proxy = img.dataobj
+        if lazy_scaling and scaled and dtype.kind in "iu" and isinstance(proxy, ArrayProxy):
+            arr = ScaledVolume(proxy.get_unscaled(), proxy.slope, proxy.inter)
+        else:
+            arr = np.asanyarray(proxy)  # keeps int16/uint8 when there is no scaling
         zooms = tuple(float(z) for z in img.header.get_zooms())
     except RecordError:
         raise
@@ -147,9 +157,10 @@ def display_orientation(root: Path, rel: str, order: str, canonical: bool = Fals
     return letters + order[3:], flips
 
 
-def read_any(root: Path, rel: str, reader: str, canonical: bool) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_any(root: Path, rel: str, reader: str, canonical: bool, lazy_scaling: bool = False
+             ) -> tuple[np.ndarray, tuple[float, ...]]:
     if reader == "nifti":
-        return read_nifti(root, rel, canonical)
+        return read_nifti(root, rel, canonical, lazy_scaling)
     if reader == "metaimage":
         return read_mhd(root, rel)
     raise RecordError(f"unknown volume reader {reader!r}")
@@ -423,7 +434,7 @@ def nan_to_background(arr: np.ndarray, rel: str) -> tuple[np.ndarray, int]:
     """The NaN rule: NaN voxels (outside a resampled field of view, masked-out voxels) become background, the
     volume's lowest finite value (air in CT, the zero of a skull-stripped MR), and are counted. Infinite
     values are not a convention of any writer and still reject the volume (in volume_images)."""
-    if arr.dtype.kind != "f":
+    if arr.dtype.kind != "f" or isinstance(arr, ScaledVolume):  # stored integers have no NaN
         return arr, 0
     nan = np.isnan(arr)
     n = int(nan.sum())
@@ -455,12 +466,13 @@ def _displayed(root: Path, rel: str, arr: np.ndarray, order: str, reader: str, c
     return (np.flip(arr, flips) if flips else arr), shown
 
 
-def read_displayed(root: Path, rel: str, order: str, var: dict, reader: str = "nifti", canonical: bool = False
-                   ) -> tuple[np.ndarray, tuple[float, ...], str]:
+def read_displayed(root: Path, rel: str, order: str, var: dict, reader: str = "nifti", canonical: bool = False,
+                   lazy_scaling: bool = False) -> tuple[np.ndarray, tuple[float, ...], str]:
     """One volume file as the corpus shows it: read, the variant's volume picked (`volume_index`), in the display
     convention; returns the array, its zooms and the axis order naming its axes (to_zyx makes it (Z, Y, X)).
-    Every image and label map of load_volume and `medlvr ask`'s NIfTI volumes go through it."""
-    arr, zooms = read_any(root, rel, reader, canonical)
+    Every image and label map of load_volume and `medlvr ask`'s NIfTI volumes go through it; load_volume reads
+    its images with `lazy_scaling` (read_nifti)."""
+    arr, zooms = read_any(root, rel, reader, canonical, lazy_scaling)
     arr, zooms = pick_volume(arr, zooms, order, var, rel)
     arr, order = _displayed(root, rel, arr, order, reader, canonical, var)
     return arr, zooms, order
@@ -478,7 +490,7 @@ def load_volume(spec, root: Path, ref: RecordRef) -> list[SourceImage]:
     for role, rel in ref.paths.items():
         if not role.startswith("image"):
             continue
-        arr, zooms, shown = read_displayed(root, rel, stored_order, var, reader, canon)
+        arr, zooms, shown = read_displayed(root, rel, stored_order, var, reader, canon, lazy_scaling=True)
         arr, n_nan = nan_to_background(arr, rel)
         nan_voxels += n_nan
         arr, sp = to_zyx(arr, zooms, shown)

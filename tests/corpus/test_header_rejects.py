@@ -3,7 +3,7 @@ is decoded: PNG (IHDR), JPEG (SOF), TIFF (every page's IFD), BMP (info header), 
 read with stop_before_pixels). Each file below is header-legal and declares 12000 x 12000 pixels (144 M, over the
 default limit of 89.5 M, under Pillow's own refusal at twice that) while costing kilobytes on disk. The declared
 size is taken from the bytes with struct (pydicom for DICOM), never from the reader under test, and peak memory
-is measured in a fresh subprocess (resource.getrusage ru_maxrss)."""
+is measured in a fresh subprocess (VmHWM of /proc/self/status)."""
 
 import dataclasses
 import json
@@ -140,14 +140,17 @@ def test_the_files_declare_what_an_independent_parse_says(bombs):
 
 
 _MEASURE = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     from pathlib import Path
     import numpy, pydicom, PIL.Image  # heavy imports before the baseline
     from medlvr.corpus.adapters.images import read_2d
     from medlvr.corpus.records import RecordError
 
+    def hwm_kib():  # VmHWM: this process's own peak (ru_maxrss keeps the parent's over fork + exec)
+        return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")).split()[1])
+
     root = Path(sys.argv[1])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = hwm_kib()
     reasons = {}
     for name in sys.argv[2:]:
         try:
@@ -157,7 +160,7 @@ _MEASURE = textwrap.dedent("""
             reasons[name] = e.reason
         except Exception as e:
             reasons[name] = f"unexpected {type(e).__name__}: {e}"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = hwm_kib()
     print(json.dumps({"reasons": reasons, "delta_kib": peak - base}))
 """)
 
