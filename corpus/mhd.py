@@ -171,18 +171,28 @@ def check_mhd(root: Path, rel: str) -> MhdHeader:
 
 def read_mhd(root: Path, rel: str) -> tuple[np.ndarray, tuple[float, ...]]:
     """(array with axes reversed from DimSize, spacing in the same axis order). DimSize x element size is
-    charged against the record limit before any data is read; compressed data never inflates past it."""
+    charged against the record limit before any data is read; compressed data never inflates past it;
+    uncompressed data in the machine's byte order is memory-mapped (copy-on-write), not read whole."""
     h = check_mhd(root, rel)
     charge(h.nbytes, f"{rel}: DimSize {'x'.join(map(str, h.dims))} of {h.dtype.name}")
+    shape = tuple(h.dims[::-1])
+    native = h.dtype.newbyteorder("=")
     try:
         with open_confined(root, h.data_rel) as f:
             if h.compressed:
                 f.seek(max(h.offset, 0))
                 raw = inflate_bounded(f.read(), h.nbytes, f"{rel}: data {h.data_rel}")
-            else:  # exactly nbytes (checked by check_mhd), at the end of the file for HeaderSize -1
+            elif h.nbytes and h.dtype == native:
+                # exactly nbytes (checked by check_mhd), at the end of the file for HeaderSize -1: mapped, not
+                # read (copy-on-write, so the file is never written); the volume path touches only what it uses
+                size = f.seek(0, 2)
+                arr = np.memmap(f, dtype=native, mode="c", shape=shape,
+                                offset=size - h.nbytes if h.offset < 0 else h.offset)
+                return arr, tuple(h.spacing[::-1])
+            else:  # a byte order other than the machine's: read and swapped below
                 f.seek(-h.nbytes if h.offset < 0 else h.offset, 2 if h.offset < 0 else 0)
                 raw = f.read(h.nbytes)
     except OSError as e:
         raise RecordError(f"cannot read {h.data_rel}: {e}")
-    arr = np.frombuffer(raw, dtype=h.dtype, count=int(np.prod(h.dims))).reshape(h.dims[::-1])
-    return arr.astype(h.dtype.newbyteorder("="), copy=True), tuple(h.spacing[::-1])
+    arr = np.frombuffer(raw, dtype=h.dtype, count=int(np.prod(h.dims))).reshape(shape)
+    return arr.astype(native, copy=True), tuple(h.spacing[::-1])

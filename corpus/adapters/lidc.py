@@ -229,9 +229,13 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
     shapes = {t[2].shape for t in items}
     if len(shapes) != 1:
         raise RecordError(f"slices of different sizes in one series: {sorted(shapes)}")
-    vol = np.stack([t[2] for t in items])
-    if not np.isfinite(vol).all():
-        raise RecordError("series contains non-finite HU values")
+    # one float32 volume filled slice by slice, each decoded slice let go once copied (np.stack held two volumes)
+    vol = np.empty((len(items),) + next(iter(shapes)), dtype=np.float32)
+    for i, t in enumerate(items):
+        if not np.isfinite(t[2]).all():
+            raise RecordError("series contains non-finite HU values")
+        vol[i] = t[2]
+        items[i] = (t[0], t[1], None, t[3], t[4])
     return vol, zs, [t[1] for t in items], items[0][3], directions
 
 
