@@ -10,12 +10,16 @@ subprocess runs once with the baseline's `corpus/` first on sys.path (a `git arc
 with this checkout's; the ratio is printed per family.
 
   family        file(s) written                                           real dataset it stands for
-  lits          volume-0.nii 512x512x987 int16 + segmentation uint8 .nii   LiTS, the longest CT (987 slices)
-  kits23        imaging.nii.gz 611x512x512 int16 (scaled) + seg .nii.gz    KiTS23, ~611 slices
+  lits          volume-0.nii 512x512x987 int16 scaled + segmentation .nii  LiTS, the longest CT (987 slices)
+  kits23        imaging.nii.gz 611x512x512 int16 scaled + seg .nii.gz      KiTS23, ~611 slices
+
+(scaled: stored as HU + 1024 with scl_inter -1024, as CT converters often write; an unscaled int16 .nii is
+memory-mapped by nibabel on both sides and costs the same: 408 MiB for the LiTS shape, see RESULTS.md)
   brats2021     4 x 240x240x155 int16 .nii.gz + seg                        BraTS 2021 (4 sequences)
   fastmri_plus  multi-coil .h5: kspace 16x16x640x368 complex64 + rss 16x320x320 float32   fastMRI brain
   vindr_cxr     3000x3000 16-bit (12 stored) DICOM                          VinDr-CXR / 3000x3000 X-rays
   retouch       Cirrus oct.raw 128x1024x512 uint8 MetaImage + reference    RETOUCH Cirrus OCT
+  lidc_idri     a DICOM series of 500 slices of 512x512 int16                LIDC-IDRI CT series
 
   python benchmarks/bench_memory.py [--baseline REV] [--families lits kits23 ...] [--keep DIR]
 
@@ -85,13 +89,14 @@ def make_lits(root: Path) -> None:
     lab = np.zeros((nz, ny, nx), np.uint8)
     lab[300:700, 150:350, 140:360][_ellipsoid((400, 200, 220), (200, 100, 110), (190, 95, 105))] = 1
     lab[480:520, 250:280, 250:285] = 2
-    for name, arr in (("volume-0.nii", vol), ("segmentation-0.nii", lab)):
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), np.diag([-0.7, -0.7, 1.0, 1])),
-                 d / name)  # on disk X, Y, Z as LiTS
+    # stored as HU + 1024 with scl_inter -1024: nibabel hands out the scaled volume as float64 (2 GB here)
+    write_scaled_nifti(d / "volume-0.nii", (vol + 1024).transpose(2, 1, 0), 1.0, -1024.0)  # on disk X, Y, Z
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(lab.transpose(2, 1, 0)), np.eye(4)), d / "segmentation-0.nii")
 
 
 def write_scaled_nifti(path: Path, raw: np.ndarray, slope: float, inter: float) -> None:
-    """A gzipped NIfTI-1 of `raw` with scl_slope/scl_inter set (nibabel's writer would choose its own scaling)."""
+    """A NIfTI-1 (gzipped for .nii.gz) of `raw`, in its on-disk axis order, with scl_slope/scl_inter set
+    (nibabel's writer would choose its own scaling)."""
     import gzip
 
     import nibabel as nib
@@ -101,7 +106,7 @@ def write_scaled_nifti(path: Path, raw: np.ndarray, slope: float, inter: float) 
     hdr.set_data_dtype(raw.dtype)
     hdr.set_sform(np.eye(4), code=1)
     hdr["scl_slope"], hdr["scl_inter"], hdr["vox_offset"] = slope, inter, 352
-    with gzip.open(path, "wb", compresslevel=1) as f:
+    with (gzip.open(path, "wb", compresslevel=1) if path.name.endswith(".gz") else open(path, "wb")) as f:
         f.write(hdr.binaryblock + b"\0" * (352 - len(hdr.binaryblock)))
         for z in range(raw.shape[2]):  # Fortran order, one plane at a time
             f.write(np.ascontiguousarray(raw[:, :, z].T).tobytes())
@@ -187,8 +192,32 @@ def make_retouch(root: Path) -> None:
         (case / f"{name}.raw").write_bytes(arr.tobytes())
 
 
+def make_lidc_idri(root: Path, n_slices: int = 500) -> None:
+    """The sample's CT series grown to n_slices of 512 x 512 int16 (LIDC-IDRI series run to several hundred
+    slices); the XML's nodules stay on the sample's slices, the new slices continue the stack."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    series = next(p.parent for p in root.glob("LIDC-IDRI/*/*CT*/*/*.xml"))
+    files = sorted(series.glob("*.dcm"))
+    first = pydicom.dcmread(files[0])
+    zs = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files)
+    step = zs[1] - zs[0]
+    img = _ct_slices(1, 512, 512, 5)[0] + 1024  # stored values; RescaleIntercept -1024
+    for i in range(n_slices):
+        ds = pydicom.dcmread(files[i]) if i < len(files) else first.copy()
+        if i >= len(files):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.ImagePositionPatient = [float(v) for v in first.ImagePositionPatient[:2]] + [zs[-1] + step * (i - len(files) + 1)]
+            ds.InstanceNumber = i + 1
+        ds.Rows = ds.Columns = 512
+        ds.PixelData = img.astype(np.int16).tobytes()
+        ds.save_as(files[i] if i < len(files) else series / f"1-{i + 1:03d}.dcm")
+
+
 FAMILIES = {"lits": make_lits, "kits23": make_kits23, "brats2021": make_brats2021,
-            "fastmri_plus": make_fastmri_plus, "vindr_cxr": make_vindr_cxr, "retouch": make_retouch}
+            "fastmri_plus": make_fastmri_plus, "vindr_cxr": make_vindr_cxr, "retouch": make_retouch,
+            "lidc_idri": make_lidc_idri}
 
 
 def baseline_tree(rev: str, dest: Path) -> Path:

@@ -168,6 +168,33 @@ def discover(spec, root: Path) -> Iterator[RecordRef | Reject]:
 
 
 # ---------------------------------------------------------------------------------------------- the series
+def _unreadable(rel: str, ds, e: BaseException) -> RecordError:
+    ts = getattr(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None), "name", "unknown")
+    return RecordError(f"unreadable DICOM slice {Path(rel).name} (transfer syntax {ts}): {one_line_cause(e)}")
+
+
+def _decode_slice(root: Path, rel: str, shape: tuple[int, ...]) -> np.ndarray:
+    """One slice of a series as float32 HU (modality LUT applied), or a RecordError naming it."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        with open_confined(root, rel) as f:
+            ds = pydicom.dcmread(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = ds.pixel_array
+    except (RecordError, MemoryError):
+        raise
+    except Exception as e:  # pydicom raises many types for broken or unsupported files
+        raise _unreadable(rel, locals().get("ds"), e)
+    if raw.ndim != 2:
+        raise RecordError(f"slice {Path(rel).name} is not a single 2-D frame: shape {raw.shape}")
+    if raw.shape != tuple(shape):
+        raise RecordError(f"slices of different sizes in one series: {sorted({raw.shape, tuple(shape)})}")
+    return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+
+
 def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float], list[str], tuple[float, float],
                                                        np.ndarray]:
     """HU volume (Z, Y, X) as stored (slice, row, column), its slices sorted along the slice normal; their
@@ -175,7 +202,6 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
     (column, row, slice) axes (corpus.orientation.dicom_directions_ras; ImageOrientationPatient of the first
     slice, standard axial when no slice has one)."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
 
     items = []
     iop = None
@@ -183,7 +209,7 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
         p = safe_path(root, rel)
         try:
             with open_confined(root, rel) as f:
-                ds = pydicom.dcmread(f)
+                ds = pydicom.dcmread(f, stop_before_pixels=True)  # pass 1: headers only; pixels go to their place
             if str(getattr(ds, "NumberOfFrames", "1")).strip() not in ("", "1"):
                 # an enhanced CT (one file holding the series): its frames are the slices, in their positions
                 vol = read_dicom_volume(p, root)
@@ -193,24 +219,17 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
                              for z, hu in zip(vol.positions, vol.values))
                 continue
             charge_dicom(ds, Path(rel).name)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                raw = ds.pixel_array
+            shape = (int(ds.Rows), int(ds.Columns))
         except (RecordError, MemoryError):
             raise
         except Exception as e:  # pydicom raises many types for broken or unsupported files
-            ts = getattr(getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None),
-                         "name", "unknown")
-            raise RecordError(f"unreadable DICOM slice {Path(rel).name} (transfer syntax {ts}): {one_line_cause(e)}")
+            raise _unreadable(rel, locals().get("ds"), e)
         ipp = getattr(ds, "ImagePositionPatient", None)
         if ipp is None or len(ipp) != 3:
             raise RecordError(f"slice {Path(rel).name} has no ImagePositionPatient")
-        if raw.ndim != 2:
-            raise RecordError(f"slice {Path(rel).name} is not a single 2-D frame: shape {raw.shape}")
         iop = iop or plane_orientation(ds)
-        hu = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
         ps = getattr(ds, "PixelSpacing", None)
-        items.append((float(ipp[2]), str(getattr(ds, "SOPInstanceUID", "")), hu,
+        items.append((float(ipp[2]), str(getattr(ds, "SOPInstanceUID", "")), (rel, shape),
                       (float(ps[0]), float(ps[1])) if ps is not None and len(ps) == 2 else (1.0, 1.0),
                       tuple(float(v) for v in ipp)))
     iop = iop or [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -226,15 +245,17 @@ def read_series(root: Path, slices: list[str]) -> tuple[np.ndarray, list[float],
         raise RecordError("two slices share one position along the slice normal (ImagePositionPatient); "
                           "cannot order the series")
     zs = [t[0] for t in items]
-    shapes = {t[2].shape for t in items}
+    shapes = {t[2].shape if isinstance(t[2], np.ndarray) else t[2][1] for t in items}
     if len(shapes) != 1:
         raise RecordError(f"slices of different sizes in one series: {sorted(shapes)}")
-    # one float32 volume filled slice by slice, each decoded slice let go once copied (np.stack held two volumes)
+    # pass 2: one float32 volume, each slice decoded straight into its place (np.stack of the decoded slices
+    # held the volume twice; now the peak is the volume and one slice)
     vol = np.empty((len(items),) + next(iter(shapes)), dtype=np.float32)
     for i, t in enumerate(items):
-        if not np.isfinite(t[2]).all():
+        hu = t[2] if isinstance(t[2], np.ndarray) else _decode_slice(root, t[2][0], vol.shape[1:])
+        if not np.isfinite(hu).all():
             raise RecordError("series contains non-finite HU values")
-        vol[i] = t[2]
+        vol[i] = hu
         items[i] = (t[0], t[1], None, t[3], t[4])
     return vol, zs, [t[1] for t in items], items[0][3], directions
 
