@@ -170,3 +170,45 @@ def test_a_sparse_volume_the_grid_misses_still_has_a_window():
     vol = np.zeros((257, 256, 256), np.int16)  # 16.8 M voxels: sampled with stride 2
     vol[1, 1, 1:200:2] = np.arange(1, 101)  # odd indices only: the regular grid sees none of them
     assert volume_window(vol) == tuple(float(v) for v in np.percentile(np.arange(1, 101), (0.5, 99.5)))
+
+
+def test_a_scaled_4d_ras_volume_gives_the_images_of_the_whole_float_read(tmp_path, monkeypatch):
+    """Display flips (a RAS affine), a channel axis and a fractional slope on the lazily scaled volume: the same
+    images, windows and boxes as nibabel's whole scaled array (the old read) gives."""
+    import dataclasses
+
+    from nibabel.volumeutils import apply_read_scaling
+
+    import medlvr.corpus.adapters.nifti as nifti
+    from medlvr.corpus.records import RecordRef
+
+    raw = np.random.default_rng(0).integers(0, 3000, (40, 36, 12, 2)).astype(np.int16)  # X Y Z C
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(raw.shape)
+    hdr.set_data_dtype(np.int16)
+    hdr.set_sform(np.eye(4), code=1)
+    hdr["scl_slope"], hdr["scl_inter"], hdr["vox_offset"] = 0.5, -100.0, 352
+    (tmp_path / "img.nii").write_bytes(hdr.binaryblock + bytes(352 - len(hdr.binaryblock)) + raw.tobytes("F"))
+    lab = np.zeros(raw.shape[:3], np.uint8)
+    lab[10:20, 8:18, 3:8] = 1
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "lab.nii")
+    spec = dataclasses.replace(load_catalog()["msd_prostate"], options={
+        "name": "default", "anchor_glob": "img.nii", "label": "lab.nii", "axis_order": "XYZC",
+        "channel_names": ["T2", "ADC"], "intensity": "percentile"})
+    ref = RecordRef(key="img.nii", paths={"image": "img.nii", "label": "lab.nii"}, patient=None, attributes={},
+                    annotations={"variant": "default", "channels": None,
+                                 "rules": [{"label": "p", "values": [1], "instances": True}]})
+    lazy = nifti.load_volume(spec, tmp_path, ref)
+    stored, _ = nifti.read_nifti(tmp_path, "img.nii", lazy_scaling=True)
+    assert isinstance(stored, nifti.ScaledVolume) and stored.raw.dtype == np.int16  # the lazy path was taken
+
+    class WholeFloat:  # the old read: nibabel's scaling applied to the whole stored array at once
+        def __new__(cls, stored, slope, inter):
+            return apply_read_scaling(np.asarray(stored), np.asanyarray(slope), np.asanyarray(inter))
+
+    monkeypatch.setattr(nifti, "ScaledVolume", WholeFloat)
+    whole = nifti.load_volume(spec, tmp_path, ref)
+    assert len(lazy) == len(whole) > 0
+    for a, b in zip(lazy, whole):
+        assert (a.suffix, a.window, [r.box for r in a.rois]) == (b.suffix, b.window, [r.box for r in b.rois])
+        assert a.pixels.dtype == b.pixels.dtype and np.array_equal(a.pixels, b.pixels), a.suffix
