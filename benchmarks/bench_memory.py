@@ -21,7 +21,11 @@ memory-mapped by nibabel on both sides and costs the same: 408 MiB for the LiTS 
   retouch       Cirrus oct.raw 128x1024x512 uint8 MetaImage + reference    RETOUCH Cirrus OCT
   lidc_idri     a DICOM series of 500 slices of 512x512 int16                LIDC-IDRI CT series
 
-  python benchmarks/bench_memory.py [--baseline REV] [--families lits kits23 ...] [--keep DIR]
+Then (unless --families leaves out "headers") the header rejects: a header-legal 12000 x 12000 PNG, JPEG, BMP,
+a TIFF whose second page declares it, and a DICOM (the files of tests/corpus/test_header_rejects.py, KB on disk),
+each read by `read_2d` in a fresh subprocess on both sides: peak RSS growth and whether it was rejected.
+
+  python benchmarks/bench_memory.py [--baseline REV] [--families lits kits23 ... headers] [--keep DIR]
 
 Prints one row per family: peak RSS (MiB) baseline / this code, their ratio, and records out. Never asserts.
 """
@@ -220,6 +224,54 @@ FAMILIES = {"lits": make_lits, "kits23": make_kits23, "brats2021": make_brats202
             "lidc_idri": make_lidc_idri}
 
 
+_HEADER_RUN = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import numpy, pydicom, PIL.Image
+    from medlvr.corpus.adapters.images import read_2d
+    from medlvr.corpus.records import RecordError
+
+    def hwm_kib():
+        return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")).split()[1])
+
+    path = Path(sys.argv[1])
+    base = hwm_kib()
+    try:
+        read_2d(path, root=path.parent)
+        reason = None
+    except RecordError as e:
+        reason = e.reason
+    print(json.dumps({"delta_kib": hwm_kib() - base, "reason": reason}))
+""")
+
+
+def bench_headers(work: Path, old: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from tests.corpus.test_header_rejects import WRITERS  # the test's header-legal 12000 x 12000 files
+
+    d = work / "headers"
+    d.mkdir(exist_ok=True)
+    print(f"\n{'header reject':<14}{'old growth MiB':>16}{'new growth MiB':>16}  old outcome -> new outcome")
+    for name, write in WRITERS.items():
+        write(d / name)
+        got = {}
+        for side, path in (("old", old), ("new", None)):
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            if path is not None:
+                env["PYTHONPATH"] = str(path)
+            r = subprocess.run([sys.executable, "-c", _HEADER_RUN, str(d / name)], capture_output=True, text=True,
+                               env=env, timeout=600)
+            got[side] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {
+                "delta_kib": float("nan"), "reason": f"exit {r.returncode}"}
+
+        def outcome(g):
+            reason = g["reason"]
+            return "decoded" if reason is None else ("pixel limit" if "max_image_pixels" in reason else reason[:60])
+
+        print(f"{name:<14}{got['old']['delta_kib'] / 1024:>16.1f}{got['new']['delta_kib'] / 1024:>16.1f}  "
+              f"{outcome(got['old'])} -> {outcome(got['new'])}", flush=True)
+
+
 def baseline_tree(rev: str, dest: Path) -> Path:
     """`corpus/` of commit `rev` as an importable medlvr.corpus under dest (PYTHONPATH wins over the editable
     install's finder)."""
@@ -247,7 +299,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default="main", help="commit whose corpus/ is the old path (default: main)")
-    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--families", nargs="+", default=[*FAMILIES, "headers"], choices=[*FAMILIES, "headers"])
     ap.add_argument("--keep", type=Path, help="write the files here and keep them (default: a temp dir)")
     a = ap.parse_args(argv)
     work = Path(a.keep or tempfile.mkdtemp(prefix="bench_memory_"))
@@ -256,7 +308,7 @@ def main(argv=None) -> int:
         print(f"baseline {a.baseline}: {subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', a.baseline], capture_output=True, text=True).stdout.strip()}; "
               f"this code: {REPO}")
         print(f"{'family':<14}{'old peak MiB':>14}{'new peak MiB':>14}{'new/old':>9}{'records out':>13}  (import baseline MiB)")
-        for fam in a.families:
+        for fam in (f for f in a.families if f != "headers"):
             data = work / "data"
             shutil.rmtree(data, ignore_errors=True)
             write_samples(data, [fam], seed=0)
@@ -270,6 +322,8 @@ def main(argv=None) -> int:
                   f"{n['peak_kib'] / o['peak_kib']:>9.2f}{o['records_out']:>6} /{n['records_out']:>5}"
                   f"  ({o['base_kib'] / 1024:.0f} / {n['base_kib'] / 1024:.0f})", flush=True)
             assert "baseline" in o["code"] and "baseline" not in n["code"], (o["code"], n["code"])
+        if "headers" in a.families:
+            bench_headers(work, old)
     finally:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)
