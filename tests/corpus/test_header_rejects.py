@@ -213,3 +213,25 @@ def test_a_dicom_volume_is_limited_per_slice_not_by_its_frame_count(tmp_path):
     check_dicom_pixels(ds, "ct.dcm", volume=True)
     with pytest.raises(RecordError, match=r"ct.dcm: 512x512 x 1000 frames declares 262144000 pixels"):
         check_dicom_pixels(ds, "ct.dcm", volume=False)
+
+
+def test_an_oversized_image_in_a_dataset_is_one_reject_row_and_nothing_is_lost(bombs, tmp_path):
+    """The user path: `ingest_dataset` on the BUSI sample with one image replaced by the 12000 x 12000 PNG. That
+    record becomes a record-level reject naming its relative path, the size, the limit and the key; its mask's
+    objects are accounted (issue 23); the other records are written."""
+    import pyarrow.parquet as pq
+
+    from medlvr.corpus.ingest import ingest_dataset
+    from medlvr.corpus.sample_data import write_samples
+
+    write_samples(tmp_path / "data", ["busi"], seed=0)
+    root = tmp_path / "data" / "busi"
+    rel = "Dataset_BUSI_with_GT/benign/benign (1).png"
+    (root / rel).write_bytes((bombs / "big.png").read_bytes())
+    s = ingest_dataset(load_catalog()["busi"], root, tmp_path / "out", IngestConfig(patient_salt="t", workers=1))
+    rows = pq.read_table(tmp_path / "out" / "busi" / "rejects.parquet").to_pylist()
+    (bad,) = [r for r in rows if r["level"] == "record" and r["source_path"] == rel]
+    assert bad["stage"] == "load"
+    assert bad["reason"].startswith(f"{rel}: {SIDE}x{SIDE} L image declares {SIDE * SIDE} pixels"), bad["reason"]
+    assert "max_image_pixels" in bad["reason"] and str(tmp_path) not in bad["reason"]
+    assert s.records_out > 0 and s.objects_lost == 0
