@@ -57,27 +57,29 @@ def _open_image(f) -> Image.Image:
 
 
 def _largest_page(im: Image.Image) -> tuple[int, int]:
-    """(width, height) of the largest page of a multi-page file (TIFF pages and pyramid levels, GIF/APNG
-    frames), read from each page's header (Pillow's seek parses the IFD, decodes nothing); the file is left at
-    its first page, the one read_pil decodes."""
+    """(width, height) of the largest page of a TIFF (pages and pyramid levels), read from each page's IFD
+    (Pillow's TIFF seek parses the IFD, decodes nothing); the file is left at its first page, the one read_pil
+    decodes. Other multi-frame formats (GIF, APNG) draw every frame on one canvas of the header's size, and
+    seeking them may decode: their canvas size is the one that counts."""
     w, h = im.size
+    if im.format != "TIFF":
+        return w, h
     for i in range(1, getattr(im, "n_frames", 1)):
         im.seek(i)
         if im.size[0] * im.size[1] > w * h:
             w, h = im.size
-    if getattr(im, "n_frames", 1) > 1:
+    if im.n_frames > 1:
         im.seek(0)
     return w, h
 
 
-def read_pil(path: Path, *, mode: str | None = None, root: Path | None = None, rel: str | None = None
-             ) -> np.ndarray:
+def read_pil(path: Path, *, mode: str | None = None, root: Path | None = None) -> np.ndarray:
     """Pixels of a PIL-readable file. 8-bit stays uint8; 16-bit stays uint16; palette/alpha images are
     converted (RGBA -> RGB, LA -> L, P -> RGB), `mode` forces a conversion ("L", "RGB"). The file is opened
     confined to `root` (default: its own folder). From the header, before any pixel is decoded: the largest
     page's width x height against the pixel limit, the first page's declared bytes against the record limit.
     Pillow's own refusal (twice its Image.MAX_IMAGE_PIXELS) still applies above a raised max_image_pixels."""
-    name = rel or _rel_name(path, root)
+    name = _rel_name(path, root)
     try:
         with open_confined(root or path.parent, path) as f, _open_image(f) as im:
             w, h = im.size
@@ -85,7 +87,7 @@ def read_pil(path: Path, *, mode: str | None = None, root: Path | None = None, r
                    f"{path.name}: {w}x{h} {im.mode} image")
             pw, ph = _largest_page(im)
             check_pixels(pw * ph, f"{name}: {pw}x{ph} {im.mode} image"
-                         + (f" (largest of {im.n_frames} pages)" if getattr(im, "n_frames", 1) > 1 else ""))
+                         + (f" (largest of {im.n_frames} pages)" if im.format == "TIFF" and im.n_frames > 1 else ""))
             im.load()
             if mode:
                 im = im.convert(mode)
