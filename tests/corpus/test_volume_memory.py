@@ -212,3 +212,23 @@ def test_a_scaled_4d_ras_volume_gives_the_images_of_the_whole_float_read(tmp_pat
     for a, b in zip(lazy, whole):
         assert (a.suffix, a.window, [r.box for r in a.rois]) == (b.suffix, b.window, [r.box for r in b.rois])
         assert a.pixels.dtype == b.pixels.dtype and np.array_equal(a.pixels, b.pixels), a.suffix
+
+
+@pytest.mark.parametrize("msb", [False, True])
+def test_an_uncompressed_metaimage_is_mapped_not_read(tmp_path, msb):
+    """Machine byte order: a copy-on-write memory map of the data file (nothing read until used, never written);
+    the other byte order: read and swapped. Values from np.fromfile either way."""
+    from medlvr.corpus.mhd import read_mhd
+
+    vol = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) - 50
+    order = ">" if msb else "<"
+    (tmp_path / "v.raw").write_bytes(vol.astype(order + "i2").tobytes())
+    (tmp_path / "v.mhd").write_text(f"NDims = 3\nDimSize = 4 5 6\nElementType = MET_SHORT\nElementSpacing = 1 1 2\n"
+                                    f"BinaryDataByteOrderMSB = {msb}\nElementDataFile = v.raw\n")
+    arr, spacing = read_mhd(tmp_path, "v.mhd")
+    truth = np.fromfile(tmp_path / "v.raw", dtype=order + "i2").reshape(6, 5, 4)
+    assert np.array_equal(arr, truth) and spacing == (2.0, 1.0, 1.0)
+    assert isinstance(arr, np.memmap) == (not msb)
+    if not msb:
+        arr[0, 0, 0] = 999  # copy-on-write: the file keeps its bytes
+        assert np.array_equal(np.fromfile(tmp_path / "v.raw", dtype="<i2").reshape(6, 5, 4), truth)
