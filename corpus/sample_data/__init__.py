@@ -90,9 +90,9 @@ def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 
         truth = ws[ds_id](root, rng)
         write_sample_marker(root, ds_id, seed)  # the build then knows this folder is synthetic (corpus/provenance.py)
         if scale == "real":
-            from medlvr.corpus.sample_data.real_scale import grow_dataset
+            from medlvr.corpus.sample_data.real_scale import grow_dataset, zoom_truth
 
-            grow_dataset(root, cat[ds_id])
+            truth = zoom_truth(truth, grow_dataset(root, cat[ds_id]))
             shutil.rmtree(out_dir / ds_id, ignore_errors=True)
             os.replace(root, out_dir / ds_id)
         (out_dir / "_truth" / f"{ds_id}.json").write_text(json.dumps(truth, indent=1))

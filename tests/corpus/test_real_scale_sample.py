@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # a 12-bit DICOM X-ray, a NIfTI CT volume, a 16-bit PNG, a fundus JPEG, BraTS 4 sequences, fastMRI HDF5
-DATASETS = ["vindr_cxr", "msd_ct", "deeplesion", "refuge", "brats2021", "fastmri_plus"]
+DATASETS = ["vindr_cxr", "msd_ct", "deeplesion", "refuge", "brats2021", "fastmri_plus", "ham10000"]
 
 
 def real_size(ds: str) -> dict:
@@ -68,7 +68,8 @@ def test_nifti_ct_volumes_have_the_real_shape_and_their_labels_no_new_objects(re
         lab = np.asarray(nib.load(str(f).replace("imagesTr", "labelsTr")).dataobj)
         assert lab.shape == tuple(r["volume"])
         nz = np.argwhere(lab > 0)
-        assert len(nz) and (nz.max(axis=0) < 40).all()  # the padding added no label voxel (miniature is 40x40x8)
+        # the miniature is 40x40x8: its image plane zoomed 12 times (512 // 40), then padded with background only
+        assert len(nz) and (nz.max(axis=0) < (480, 480, 8)).all() and nz.max(axis=0)[:2].max() >= 40
 
 
 def test_sixteen_bit_png_and_fundus_jpeg(real_root):
@@ -107,12 +108,12 @@ def test_brats_four_sequences_and_fastmri_hdf5(real_root):
 def test_real_scale_data_goes_through_ingest_with_the_true_boxes(real_root, tmp_path):
     medlvr = Path(sys.executable).with_name("medlvr")
     proc = subprocess.run([str(medlvr), "ingest", "--data-root", str(real_root), "--out", str(tmp_path),
-                           "--datasets", "vindr_cxr", "deeplesion", "--quiet"], capture_output=True, text=True,
+                           "--datasets", "vindr_cxr", "deeplesion", "ham10000", "--quiet"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     import pyarrow.parquet as pq
 
-    for ds in ("vindr_cxr", "deeplesion"):  # boxes from the annotation tables: recovered exactly
+    for ds in ("vindr_cxr", "deeplesion", "ham10000"):  # table boxes as drawn; mask boxes times the zoom
         truth = json.loads((real_root / "_truth" / f"{ds}.json").read_text())
         images = pq.read_table(tmp_path / ds / "images.parquet").to_pylist()
         rois = pq.read_table(tmp_path / ds / "rois.parquet").to_pylist()
@@ -122,3 +123,12 @@ def test_real_scale_data_goes_through_ingest_with_the_true_boxes(real_root, tmp_
         want = sorted((t["source_path"], lb, tuple(round(v, 1) for v in b)) for t in truth for lb, b in t["boxes"])
         got = sorted((source[x["image_id"]], x["label"], tuple(round(v, 1) for v in x["box_orig"])) for x in rois)
         assert got == want
+    # ham10000's masks were zoomed with their images: its truth is the miniature's truth times the zoom, which is
+    # the largest integer that fits 80x60 into the real 600x450 (7)
+    mini = json.loads(subprocess.run([sys.executable, "-c", "import json,tempfile,pathlib;"
+                                      "from medlvr.corpus.sample_data import write_samples, load_truth;"
+                                      "d=tempfile.mkdtemp(); write_samples(pathlib.Path(d), ['ham10000']);"
+                                      "print(json.dumps(load_truth(d, 'ham10000')))"],
+                                     capture_output=True, text=True, check=True).stdout)
+    real = json.loads((real_root / "_truth" / "ham10000.json").read_text())
+    assert [[[lb, [v * 7 for v in b]] for lb, b in t["boxes"]] for t in mini] == [t["boxes"] for t in real]
