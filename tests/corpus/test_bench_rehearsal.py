@@ -25,7 +25,7 @@ def test_quick_rehearsal_report_and_projection(tmp_path):
     for r in rep["records"]:
         assert r["records"] >= 1 and r["images"] >= 1 and r["peak_rss_mb"] > 0 and r["qa_pairs"] >= 1
         for key in ("images_per_s_per_core", "bytes_read_per_s", "parquet_bytes_per_image", "qa_pairs_per_s",
-                    "shard_rows_per_s", "seconds_per_record"):
+                    "shard_rows_per_s", "ingest_seconds_per_record"):
             assert r[key] is not None and r[key] > 0, key
     # the real record counts are the catalog's (read from the YAML), and the projection follows from the records
     real = {d: yaml.safe_load((REPO / "corpus" / "catalog" / f"{d}.yaml").read_text())["real_size"]["records"]
@@ -35,9 +35,14 @@ def test_quick_rehearsal_report_and_projection(tmp_path):
     two = {r["dataset"]: r for r in rep["records"] if r["workers"] == 2}
     ratio = sum(one[d]["ingest_s"] for d in ids) / sum(two[d]["ingest_s"] for d in ids)
     eff = min(1.0, ratio / 2)
-    cost = {d: (one[d]["ingest_s"] + one[d]["steps"]["qa_pairs"]) / one[d]["records"] * real[d] for d in ids}
+    whole = rep["whole"]
+    assert whole["qa_pairs"] >= 1 and whole["shard_rows"] >= 1
+    qa_rate = whole["qa_pairs"] / whole["steps"]["qa_pairs"]
+    shard_rate = whole["shard_rows"] / whole["steps"]["shards"]
+    cost = {d: (one[d]["ingest_s"] / one[d]["records"] + one[d]["qa_pairs"] / one[d]["records"] / qa_rate) * real[d]
+            for d in ids}
     pairs = sum(one[d]["qa_pairs"] / one[d]["records"] * real[d] for d in ids)
-    shard_s = pairs / (sum(one[d]["shard_rows"] / one[d]["steps"]["shards"] for d in ids) / len(ids))
+    shard_s = pairs / shard_rate
     proj = rep["projection"]
     assert abs(proj["two_over_one_worker"] - ratio) < 1e-3
     assert proj["slowest_dataset"] == max(cost, key=cost.get)
