@@ -33,6 +33,33 @@ class CatalogError(ValueError):
     pass
 
 
+REAL_FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom", "nifti", "nifti_gz", "hdf5", "mhd")
+
+
+@dataclass(frozen=True)
+class RealSize:
+    """The real release's figures, as data (`real_size:` of an entry; `medlvr sample-data --scale real` writes the
+    synthetic sample at this size, and benchmarks/bench_rehearsal.py projects the full build from `records`)."""
+
+    records: int  # ingest records in the real release (what `ingest` counts as records_in: image, volume, frame)
+    format: str  # how the release stores its images: one of REAL_FORMATS
+    dtype: str  # numpy name of the stored sample type (uint8, uint16, int16, float32)
+    bits_stored: int  # significant bits per sample (DICOM BitsStored; the dtype's width elsewhere)
+    source: str  # where the figures come from (paper, official page); "taken as typical" where sizes vary
+    height: int = 0  # 2-D images: rows (0 for volume formats)
+    width: int = 0  # 2-D images: columns
+    volume: tuple[int, ...] = ()  # volume formats: the stored array's shape, in the file's own axis order
+    jpeg_quality: int = 0  # JPEG quality the sample is written at (0: not JPEG)
+
+    def __post_init__(self):
+        if self.format not in REAL_FORMATS:
+            raise ValueError(f"real_size.format {self.format!r} is not one of {REAL_FORMATS}")
+        if self.records < 1 or not self.source.strip():
+            raise ValueError("real_size needs records >= 1 and a source")
+        if bool(self.volume) == bool(self.height and self.width):
+            raise ValueError("real_size gives either height and width (2-D images) or volume (volume formats)")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     id: str
@@ -62,6 +89,8 @@ class DatasetSpec:
     # raw labels of the real release deliberately not used -> why (an ROI with one becomes a reject that says
     # so); together with `labels` this is the release's complete vocabulary, so any other label is a finding
     ignored_labels: dict[str, str] = field(default_factory=dict)
+    # the real release's per-image size, dtype, bit depth, format and record count, with their source (RealSize)
+    real_size: RealSize | None = None
 
     def concept(self, raw_label: str) -> str | None:
         return self.labels.get(raw_label)

@@ -3,7 +3,7 @@ Subcommands stay thin: they parse arguments and call the library.
 
     medlvr catalog [--json]
     medlvr catalog check --data-root DIR [--datasets ID ...] [--max-records N] [--config FILE] [--set KEY=VALUE]
-    medlvr sample-data OUT_DIR [--datasets ID ...]
+    medlvr sample-data OUT_DIR [--datasets ID ...] [--scale miniature|real]
     medlvr ingest --data-root DIR --out DIR [--datasets ID ...] [--workers N] [--config FILE] [--set KEY=VALUE]
     medlvr build-corpus --data-root DIR --out DIR [--qa-backend template|transformers|openai] [--workers N]
                         [--config FILE] [--set KEY=VALUE]
@@ -83,8 +83,8 @@ def _cmd_sample_data(args) -> int:
     from medlvr.corpus.sample_data import write_samples
 
     t0 = time.perf_counter()
-    counts = write_samples(Path(args.out_dir), args.datasets, seed=args.seed)
-    print(f"wrote {len(counts)} sample datasets ({sum(counts.values())} truth records) to {args.out_dir} "
+    counts = write_samples(Path(args.out_dir), args.datasets, seed=args.seed, scale=args.scale)
+    print(f"wrote {len(counts)} {args.scale}-scale sample datasets ({sum(counts.values())} truth records) to {args.out_dir} "
           f"in {time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -239,6 +239,9 @@ def register(sub) -> None:
     s.add_argument("out_dir", help="folder to write <out_dir>/<dataset id>/ into (created if missing)")
     s.add_argument("--datasets", nargs="+", metavar="ID", help="only these catalog ids (default: every dataset)")
     s.add_argument("--seed", type=int, default=0, help="random seed of the synthetic images and boxes (default 0)")
+    s.add_argument("--scale", choices=["miniature", "real"], default="miniature",
+                   help="miniature (default: small images, seconds) or real: every image and volume at the real "
+                        "release's size, dtype, bit depth and format (the catalog's real_size; GBs, minutes)")
     s.set_defaults(fn=_cmd_sample_data)
     i = sub.add_parser("ingest", help="normalise images and ROI boxes into Parquet tables")
     i.add_argument("--data-root", required=True, help="folder with one sub-folder per dataset id")

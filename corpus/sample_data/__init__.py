@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import pkgutil
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from medlvr.corpus.catalog import CatalogError, load_catalog, select
+from medlvr.corpus.config import did_you_mean
 from medlvr.corpus.provenance import write_sample_marker
 
 SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
@@ -59,8 +62,15 @@ def writers() -> dict[str, SampleWriter]:
     return dict(SAMPLE_WRITERS)
 
 
-def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 0) -> dict[str, int]:
-    """Write the sample datasets; returns {dataset_id: number of truth records}."""
+SCALES = ("miniature", "real")
+
+
+def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 0,
+                  scale: str = "miniature") -> dict[str, int]:
+    """Write the sample datasets; returns {dataset_id: number of truth records}. `scale="real"`: every image and
+    volume file at the catalog's `real_size` (sample_data.real_scale), each dataset renamed into place once whole."""
+    if scale not in SCALES:
+        raise CatalogError(f"unknown scale {scale!r}{did_you_mean(scale, SCALES)}")
     out_dir = Path(out_dir)
     cat = load_catalog()
     ws = writers()
@@ -73,10 +83,18 @@ def write_samples(out_dir: Path, datasets: list[str] | None = None, seed: int = 
     for ds_id in ids:
         # seeded by the dataset id, so a dataset's sample is the same whether written alone or with the others
         rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(ds_id.encode()).digest()[:8], "big")])
-        root = out_dir / ds_id
+        root = out_dir / ds_id if scale == "miniature" else out_dir / f".{ds_id}.partial"
+        if scale == "real":
+            shutil.rmtree(root, ignore_errors=True)  # a partial folder of an interrupted run
         root.mkdir(parents=True, exist_ok=True)
         truth = ws[ds_id](root, rng)
         write_sample_marker(root, ds_id, seed)  # the build then knows this folder is synthetic (corpus/provenance.py)
+        if scale == "real":
+            from medlvr.corpus.sample_data.real_scale import grow_dataset, zoom_truth
+
+            truth = zoom_truth(truth, grow_dataset(root, cat[ds_id]))
+            shutil.rmtree(out_dir / ds_id, ignore_errors=True)
+            os.replace(root, out_dir / ds_id)
         (out_dir / "_truth" / f"{ds_id}.json").write_text(json.dumps(truth, indent=1))
         counts[ds_id] = len(truth)
     return counts
