@@ -13,13 +13,12 @@ no list to be added to.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medlvr.corpus.discovery import import_package_modules
 from medlvr.corpus.evalsets.base import KINDS, BenchmarkError, Sample
 
 Loader = Callable[..., Iterator[Sample]]  # loader(root: Path, **config kwargs) -> Samples
@@ -60,16 +59,9 @@ def register_benchmark(name: str, loader: Loader, *, data_dir: str | None = None
     return bench
 
 
-def _import_package_modules() -> None:
-    import medlvr.corpus.evalsets as pkg  # this package itself, to list its modules
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"medlvr.corpus.evalsets.{mod.name}")
-
-
 def all_benchmarks() -> dict[str, Benchmark]:
     """Every registered benchmark (the package's modules imported first), in table order (rank, then name)."""
-    _import_package_modules()
+    import_package_modules("medlvr.corpus.evalsets")
     return dict(sorted(BENCHMARK_REGISTRY.items(), key=lambda kv: (kv[1].rank, kv[0])))
 
 

@@ -17,15 +17,14 @@ A truth dict: {"source_path": str, "suffix": str | None (None = any image of tha
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import pkgutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from medlvr.corpus.catalog import CatalogError, load_catalog, select
+from medlvr.corpus.discovery import import_package_modules
 from medlvr.corpus.provenance import write_sample_marker
 
 SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
@@ -52,10 +51,7 @@ def register_sample_writer(dataset_id: str):
 
 def writers() -> dict[str, SampleWriter]:
     """{dataset_id: writer} over every module of this package (imported first) and any registered elsewhere."""
-    import medlvr.corpus.sample_data as pkg  # this package itself, to list its modules
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"medlvr.corpus.sample_data.{mod.name}")
+    import_package_modules(__name__)
     return dict(SAMPLE_WRITERS)
 
 
