@@ -3,7 +3,7 @@ the project's persistent instance (`pipelines/dagster_home`), so `dagster dev` a
 materialisation, check result and the report.
 
     knowledge graph (1 run) knowledge_graph (what every dataset's QA pairs read)
-    per dataset (31 runs)  raw_dataset -> normalized_images + roi_annotations -> qa_pairs   (+ blocking checks)
+    per dataset (one run)  raw_dataset -> normalized_images + roi_annotations -> qa_pairs   (+ blocking checks)
     publish (1 run)        dedup_groups -> decontamination, splits -> corpus_shards -> corpus_card
     training (1 run)       roi_sft_checkpoint (tiny) -> vlpo_checkpoint (tiny)               (Dagster Pipes)
                            on the sample corpus mixed with the synthetic grounding task's train split
