@@ -117,3 +117,12 @@ def test_importing_a_folder_from_the_repository_root_is_refused(folder):
                          f"if m.split('.')[0] in {CODE_FOLDERS!r}))"], cwd=ROOT, capture_output=True, text=True,
                         timeout=60)
     assert ok.returncode == 0 and ok.stdout.strip() == "[]", ok.stderr[-2000:]
+
+
+def test_no_module_finds_files_through_its_own_location():
+    """Data files are found through importlib.resources (medlvr.corpus.package_data), never through `__file__`
+    (`Path(__file__).parents[N] / "configs"` pointed into the checkout and broke a wheel install). The one use left
+    names the package's folder to shorten traceback paths in an ingest failure line, and reads nothing."""
+    uses = sorted(path.relative_to(ROOT).as_posix() for folder in CODE_FOLDERS for path in (ROOT / folder).rglob("*.py")
+                  for line in path.read_text().splitlines() if "__file__" in line)
+    assert uses == ["corpus/ingest.py"]
