@@ -9,7 +9,7 @@
 # Python runs the .pth files of its own site-packages only, so .venv's editable finder (which maps medlvr.* to the
 # checkout) stays out; the script checks that medlvr resolves to the fresh environment. Everything lives in a
 # temporary folder, removed at the end. Measured on the project's 2-core machine shared with other jobs (load ~13):
-# wheel build and install 26 s, `medlvr demo` 1705 s (29 min 16 s in all); the demo takes a few minutes when quiet.
+# wheel build and install 24-26 s, `medlvr demo` 994-1705 s (17-29 min in all, two runs); a few minutes when quiet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
