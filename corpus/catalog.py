@@ -21,10 +21,11 @@ from typing import Any
 import yaml
 
 from medlvr.corpus.config import ConfigError, build_config, did_you_mean
+from medlvr.corpus.package_data import package_path
 from medlvr.corpus.records import unmapped_label_reason
 
 MODALITIES = ("CT", "MRI", "X-ray", "ultrasound", "dermoscopy", "fundus", "OCT", "microscopy")
-CATALOG_DIR = Path(__file__).with_name("catalog")
+CATALOG_DIR = package_path("medlvr.corpus", "catalog")
 CATALOG_PATH_ENV = "MEDLVR_CATALOG_PATH"  # extra catalog folders (module docstring)
 _ID_RE = re.compile(r"^[a-z0-9_]+$")
 

@@ -6,7 +6,8 @@ Rules, the same for the corpus build, ROI-SFT, VLPO and evaluation:
 
 * The YAML file is a mapping; `--set a.b.c=VALUE` overrides one key after the file is read (VALUE parsed as YAML,
   so `--set engine.lr=1e-5`, `--set data.modalities=[CT,MRI]` and `--set model.path=null` work).
-* Unknown keys are errors, everywhere and at any depth, with the nearest known key suggested.
+* Unknown keys are errors, everywhere and at any depth, with the nearest known key suggested. A key that a config
+  class lists in its `RENAMED_KEYS` ClassVar ({old: (new, how old values map)}) names its new spelling instead.
 * Values are checked against the field types (`int`, `float`, `bool`, `str`, `Path`, `X | None`, `tuple[X, ...]`,
   `list[X]`, `dict[str, X]`, `Literal[...]`, nested dataclasses). A float field takes an int or a numeric string
   (YAML 1.1 reads `1e-5` as a string); nothing else is coerced.
@@ -144,7 +145,12 @@ def _build(cls, data, where: str):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {_show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
+    renamed = getattr(cls, "RENAMED_KEYS", {})  # ClassVar {old key: (new key, how old values map)}
     for key in data:
+        if key not in fields and key in renamed:
+            new, how = renamed[key]
+            raise ConfigError(f"config key {_join(where, key)} is renamed to {_join(where, new)}"
+                              + (f" ({how})" if how else ""))
         if key not in fields:
             raise ConfigError(f"unknown config key {_join(where, key)}{did_you_mean(key, fields, where)}")
     kwargs = {k: _value(hints[k], v, _join(where, k)) for k, v in data.items()}

@@ -157,9 +157,10 @@ def _fig3_section(cfg, samples, fig_dir: Path) -> Section:
 
 
 def table4_caption(benchmarks: Sequence[str]) -> str:
-    """Table 4's caption: it scores each benchmark on its Table 2 subset (`scoring.TABLE2_SUBSETS`), so say which."""
-    subsets = [f"{b} {scoring.TABLE2_SUBSETS[b]}" for b in benchmarks
-               if scoring.TABLE2_SUBSETS.get(b, "all") != "all"]
+    """Table 4's caption: it scores each benchmark on its Table 2 subset (`scoring.table2_subsets()`), so say
+    which."""
+    table2 = scoring.table2_subsets()
+    subsets = [f"{b} {table2[b]}" for b in benchmarks if table2.get(b, "all") != "all"]
     scored = f"; scored on the Table 2 subsets: {', '.join(subsets)}; other benchmarks on all items" if subsets else \
         "; every benchmark on all items (the Table 2 subsets change none of these)"
     return f"Table 4 (accuracy %{scored})"
@@ -219,13 +220,14 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored
               + [_pct(t["pooled"]), _pct(t["mean"])] for name, t in t1s.items() if t["n"]]
         tabs.append(Table("Table 1: OmniMedVQA accuracy % per modality (micro = pooled over items, macro = mean of "
                           "the modalities)", ["model", *mods, "micro", "macro"], t1))
-    ext = [b for b in scoring.TABLE2_SUBSETS if b in cfg.main_benchmarks]
+    table2 = scoring.table2_subsets()  # the registry's external benchmarks
+    ext = [b for b in table2 if b in cfg.main_benchmarks]
     if ext:
         t2 = []
         for m in cfg.models:
-            t = scoring.table2([r for j in main if j.model == m.name and j.benchmark in ext for r in scored[j]])
+            t = scoring.table2([r for j in main if j.model == m.name and j.benchmark in ext for r in scored[j]], table2)
             t2.append([m.name] + [_pct(t["benchmarks"].get(b, {}).get("accuracy")) for b in ext] + [_pct(t["average"])])
-        heads = [f"{b} ({scoring.TABLE2_SUBSETS[b]})" for b in ext]
+        heads = [f"{b} ({table2[b]})" for b in ext]
         tabs.append(Table("Table 2: external benchmarks, accuracy % (subset scored in brackets)",
                           ["model", *heads, "avg"], t2))
     sections.append(Section("Main results (Tables 1 and 2)", "", tabs))
@@ -246,7 +248,7 @@ def build_sections(cfg, samples: dict, jobs: list, manifest: dict | None, scored
         names = cfg.table4.get("models", [m.name for m in cfg.models])
         benches = list(cfg.table4.get("benchmarks", cfg.main_benchmarks))
         by_var = {cfg.model(n).label: [r for j in main if j.model == n for r in scored[j]] for n in names}
-        h, cells = T.as_grid(T.table4(by_var, benches, scoring.TABLE2_SUBSETS), ["variant", *benches, "avg"])
+        h, cells = T.as_grid(T.table4(by_var, benches, scoring.table2_subsets()), ["variant", *benches, "avg"])
         sections.append(Section("Table 4: training variants", "", [Table(table4_caption(benches), h, cells)]))
 
     if cfg.fig5:

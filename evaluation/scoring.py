@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping
 
 from medlvr.corpus.evalsets.answers import is_correct, parse_answer
 from medlvr.corpus.evalsets.base import BenchmarkError
+from medlvr.corpus.evalsets.registry import all_benchmarks
 
 REQUIRED = ("benchmark", "sample_id", "output")
 GOLD = ("kind", "answer")
@@ -50,8 +51,12 @@ MODALITY_ALIASES = {
     "microscopy": "Microscopy", "microscopy images": "Microscopy",
 }
 
-# Table 2: benchmark -> subset scored (MedLVR reads SLAKE and VQA-RAD as closed yes/no, MMMU as its MC items)
-TABLE2_SUBSETS = {"slake": "closed", "vqa_rad": "closed", "pmc_vqa": "all", "mmmu_hm": "mc", "medxpertqa_mm": "all"}
+
+
+def table2_subsets() -> dict[str, str]:
+    """Table 2's columns, from the benchmark registry: every external benchmark (in table order) -> the subset of its
+    items scored (its `table2_subset`: MedLVR reads SLAKE and VQA-RAD as closed yes/no, MMMU as its MC items)."""
+    return {name: b.table2_subset for name, b in all_benchmarks().items() if b.external}
 
 
 def canonical_modality(name: str | None) -> str | None:
@@ -221,12 +226,12 @@ def table1(scored: Iterable[Mapping], benchmark: str = "omnimedvqa") -> dict:
                                                                         if m not in modalities]}
 
 
-def table2(scored: Iterable[Mapping], subsets: Mapping[str, str] = TABLE2_SUBSETS) -> dict:
+def table2(scored: Iterable[Mapping], subsets: Mapping[str, str] | None = None) -> dict:
     """Table 2: {"benchmarks": {name: stats of its subset}, "average": mean accuracy over the benchmarks present
     (the paper's five-benchmark average when none is missing), "missing": [names without records]}."""
     recs = list(scored)
     rows, missing = {}, []
-    for bench, subset in subsets.items():
+    for bench, subset in (table2_subsets() if subsets is None else subsets).items():
         items = [r for r in recs if r["benchmark"] == bench and in_subset(r, subset)]
         if items:
             rows[bench] = {**stats(items), "subset": subset}

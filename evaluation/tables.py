@@ -98,7 +98,7 @@ def table4(rows_by_variant: Mapping[str, Sequence[dict]], benchmarks: Sequence[s
     """Variants side by side: {variant, <benchmark>: accuracy, ..., "avg": mean over the benchmarks present}.
 
     subsets: benchmark -> subset scored ("all", "closed", "mc", ...; `medlvr.evaluation.scoring.in_subset`), e.g.
-    `scoring.TABLE2_SUBSETS` for the paper's closed yes/no SLAKE / VQA-RAD; default "all".
+    `scoring.table2_subsets()` for the paper's closed yes/no SLAKE / VQA-RAD; default "all".
     """
     subsets = subsets or {}
     out = []

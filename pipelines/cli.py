@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         groups.append((label, [name for name in sub.choices if name not in before]))
     d = sub.add_parser("demo", help="the main job: the whole asset graph through Dagster, on the bundled sample data")
     d.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME, else ./pipelines/dagster_home)")
-    d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: all 31)")
+    d.add_argument("--datasets", nargs="+", help="a subset of the catalog (default: every dataset)")
     d.add_argument("--force", action="store_true", help="rerun every step even if it is up to date")
     d.set_defaults(fn=_cmd_demo)
     groups.append(("main job", ["demo"]))

@@ -13,10 +13,10 @@ pipelines/README.md), e.g. `@dg.asset(pool="gpu", ...)` on the training assets.
 """
 
 import warnings
-from pathlib import Path
 
 import dagster as dg
 
+from medlvr.corpus.package_data import shipped_config
 from medlvr.pipelines.code_version import files_version, package_code_version
 
 # Partitioned asset checks are a preview feature in 1.13 (they work; the warning at definition time is noise).
@@ -46,12 +46,11 @@ training_defs = dg.Definitions(assets=[*TRAINING_ASSETS, *VLPO_ASSETS], asset_ch
 # asset group -> the packages its assets run (an asset that declares its own code version keeps it)
 # Each group's code: its own packages and every package below it in the layers, plus the shipped default configs
 # its steps read (the main job runs them), so that a change to any of these marks the group's assets stale.
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CODE_VERSIONS = {
     "training": (("medlvr.corpus", "medlvr.training", "medlvr.pipelines.training"),
-                 (CONFIGS / "sft_tiny.yaml", CONFIGS / "vlpo_tiny.yaml")),
+                 (shipped_config("sft_tiny.yaml"), shipped_config("vlpo_tiny.yaml"))),
     "evaluation": (("medlvr.corpus", "medlvr.training", "medlvr.evaluation", "medlvr.pipelines.evaluation"),
-                   (CONFIGS / "eval_demo.yaml", CONFIGS / "eval_sample.yaml")),
+                   (shipped_config("eval_demo.yaml"), shipped_config("eval_sample.yaml"))),
 }
 
 

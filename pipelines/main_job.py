@@ -3,7 +3,7 @@ the project's persistent instance (`pipelines/dagster_home`), so `dagster dev` a
 materialisation, check result and the report.
 
     knowledge graph (1 run) knowledge_graph (what every dataset's QA pairs read)
-    per dataset (31 runs)  raw_dataset -> normalized_images + roi_annotations -> qa_pairs   (+ blocking checks)
+    per dataset (one run)  raw_dataset -> normalized_images + roi_annotations -> qa_pairs   (+ blocking checks)
     publish (1 run)        dedup_groups -> decontamination, splits -> corpus_shards -> corpus_card
     training (1 run)       roi_sft_checkpoint (tiny) -> vlpo_checkpoint (tiny)               (Dagster Pipes)
                            on the sample corpus mixed with the synthetic grounding task's train split
@@ -36,6 +36,7 @@ from typing import Callable, TextIO
 
 from medlvr.corpus.catalog import load_catalog
 from medlvr.corpus.evalsets.registry import sample_writers, write_benchmark_samples
+from medlvr.corpus.package_data import shipped_config
 from medlvr.corpus.sample_data import write_samples
 from medlvr.corpus.sample_data.synthetic_grounding import DATASET as GROUNDING
 from medlvr.corpus.sample_data.synthetic_grounding import write_grounding_task
@@ -48,7 +49,6 @@ from medlvr.pipelines.staleness import Staleness
 from medlvr.pipelines.training.checks import checkpoint_model_dir, latest_metadata
 from medlvr.pipelines.training.logs import FAILURE_KIND, ORCHESTRATION
 
-REPO = Path(__file__).resolve().parents[1]
 LOCATION_NAME = "medlvr"  # workspace.yaml's location_name
 PARTITION_TAG = "dagster/partition"  # the run tag that selects a partitioned job's partition
 # Every run the main job launches says so in the UI (filter runs by this tag); the repository label is the tag by
@@ -246,7 +246,7 @@ class MainJob:
     def evaluation(self) -> Path:
         models = self.checkpoints()
         out_dir = self.home / "evaluation" / "report"
-        settings = {"config_path": str(REPO / "configs" / "eval_demo.yaml"), "model_paths": models,
+        settings = {"config_path": str(shipped_config("eval_demo.yaml")), "model_paths": models,
                     "overrides": [f"out_dir={out_dir}", f"data_root={self._bench_root()}"]}
         cfg = {"resources": {"evaluation": {"config": settings}}}
         progress = self.stage("evaluation", len(BENCHMARKS) + 1, "predictions per benchmark, then the report")

@@ -221,3 +221,18 @@ def test_named_files_and_modules_exist(markdown):
             if not resolves(dotted.rstrip(".")):
                 problems.append(f"{where(source, number)}: {dotted} does not import")
     assert not problems, "\n".join(problems)
+
+
+def test_every_dataset_count_in_the_docs_is_the_catalogs():
+    """The docs state the number of catalog datasets as "<N> datasets" ("<N> public datasets", "<N>-dataset"), and
+    every such statement equals the shipped catalog's size (its YAML files, parsed independently): a 32nd catalog
+    entry makes this test name each line to update, instead of leaving "31" behind unnoticed."""
+    from tests.catalog_count import N_DATASETS
+
+    files = [ROOT / "README.md", ROOT / "pipelines" / "README.md", *sorted(DOCS.glob("*.md")),
+             ROOT / "deploy" / "dagster.yaml", ROOT / "pipelines" / "dagster_home" / "dagster.yaml"]
+    stated = [(f"{path.relative_to(ROOT)}:{i}", int(m.group(1))) for path in files
+              for i, line in enumerate(path.read_text().splitlines(), 1)
+              for m in re.finditer(r"\b(\d+)(?: public)?[ -]datasets?\b", line)]
+    assert len(stated) >= 10
+    assert [where for where, n in stated if n != N_DATASETS] == []

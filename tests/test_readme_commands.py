@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from medlvr.corpus.sample_data import write_samples
+from tests.catalog_count import N_DATASETS, N_MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -36,7 +37,7 @@ DATASETS = ["busi", "bccd"]
 
 # subcommand -> what its output must contain (besides exit code 0 and no traceback)
 EXPECT = {
-    "catalog": ["acdc", "kits23"],  # the table (+ "31 datasets") or the JSON list (31 rows), checked below
+    "catalog": ["acdc", "kits23"],  # the table (+ "N datasets") or the JSON list (N rows), checked below
     "sample-data": ["sample datasets", "truth records"],
     "ingest": ["busi", "total"],
     "build-corpus": ["QA pairs:", "shards:", "card:"],
@@ -238,9 +239,11 @@ def test_readme_commands_as_printed(tmp_path, mode):
                     sub.startswith("train") or sub in ("evaluate", "demo"), shown  # a partial data root: one
                 # line; training, evaluation and the main job report their progress on stderr
                 if sub == "catalog":
-                    assert len(json.loads(out)) == 31 if "--json" in argv else "31 datasets, 8 modalities" in out
+                    assert len(json.loads(out)) == N_DATASETS if "--json" in argv else \
+                        f"{N_DATASETS} datasets, {N_MODALITIES} modalities" in out
                 if sub in ("ingest", "build-corpus") and "--datasets" not in argv:
-                    assert err.startswith(f"skipped 29 datasets not under {ws.data}:"), shown
+                    skipped = N_DATASETS - len(DATASETS)
+                    assert err.startswith(f"skipped {skipped} datasets not under {ws.data}:"), shown
             ran += 1
     # catalog, sample-data, ingest, build-corpus, demo: 2 forms each; train-sft, train-vlpo: their examples;
     # evaluate: its 2 examples; ask: its example (on the first demo's checkpoint and sample volume)

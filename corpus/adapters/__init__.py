@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from medlvr.corpus.discovery import import_package_modules
 from medlvr.corpus.records import RecordRef, Reject, SourceImage
 
 
@@ -41,16 +42,6 @@ def register(name: str, discover, load, summary: str, *, options: type) -> None:
     ADAPTERS[name] = Adapter(name, discover, load, summary, options)
 
 
-# Importing the modules registers their adapters. Keep this list in sync with the files in this folder.
-_MODULES = ("nifti", "metaimage", "lidc", "deeplesion", "fastmri", "csv_boxes", "json_boxes", "coco",
-            "rle", "paired_masks", "voc", "aperio")
-
-
-def _load_all() -> None:
-    import importlib
-
-    for mod in _MODULES:
-        importlib.import_module(f"medlvr.corpus.adapters.{mod}")
-
-
-_load_all()
+# Importing every module of this folder registers its adapters (a new adapter is one new file); the helper modules
+# (images, mask_decoders, sidecar) register nothing.
+import_package_modules(__name__)

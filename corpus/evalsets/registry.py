@@ -13,15 +13,15 @@ no list to be added to.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medlvr.corpus.discovery import import_package_modules
 from medlvr.corpus.evalsets.base import KINDS, BenchmarkError, Sample
 
+TABLE2_SUBSETS = ("all", "closed", *KINDS)  # what a benchmark's table2_subset may name
 Loader = Callable[..., Iterator[Sample]]  # loader(root: Path, **config kwargs) -> Samples
 SampleWriter = Callable[..., "int | None"]  # writer(root: Path[, rng]) -> number of test samples the loader yields
 
@@ -33,6 +33,7 @@ class Benchmark:
     data_dir: str  # folder under an evaluation's data_root (= the folder the main sample writer fills)
     sample_writers: Mapping[str, SampleWriter] = field(default_factory=dict)  # folder name -> writer
     external: bool = True  # an external benchmark (Table 2); the in-domain one (OmniMedVQA) is not
+    table2_subset: str = "all"  # the items Tables 2 and 4 score: "all", "closed" (tags.closed) or a kind (KINDS)
     efficiency_quota: int | None = None  # items in the efficiency subset (Table 3); None: not part of it
     efficiency_kind: str | None = None  # only samples of this kind enter the efficiency subset
     rank: int = 100  # column position in tables and partition order (lower first; ties by name)
@@ -44,15 +45,17 @@ BENCHMARK_REGISTRY: dict[str, Benchmark] = {}
 def register_benchmark(name: str, loader: Loader, *, data_dir: str | None = None,
                        sample_writers: Mapping[str, SampleWriter] | None = None, external: bool = True,
                        efficiency_quota: int | None = None, efficiency_kind: str | None = None,
-                       rank: int = 100) -> Benchmark:
+                       rank: int = 100, table2_subset: str = "all") -> Benchmark:
     """Register a benchmark (module docstring). `data_dir` defaults to the name; when sample writers are given,
     one of them must write `data_dir` (the others write variants, e.g. VQA-RAD's OSF release)."""
     if name in BENCHMARK_REGISTRY:
         raise ValueError(f"benchmark {name!r} registered twice")
     if efficiency_kind is not None and efficiency_kind not in KINDS:
         raise ValueError(f"{name}: efficiency_kind must be one of {KINDS}, got {efficiency_kind!r}")
-    bench = Benchmark(name, loader, data_dir or name, dict(sample_writers or {}), external, efficiency_quota,
-                      efficiency_kind, rank)
+    if table2_subset not in TABLE2_SUBSETS:
+        raise ValueError(f"{name}: table2_subset must be one of {TABLE2_SUBSETS}, got {table2_subset!r}")
+    bench = Benchmark(name, loader, data_dir or name, dict(sample_writers or {}), external, table2_subset,
+                      efficiency_quota, efficiency_kind, rank)
     if bench.sample_writers and bench.data_dir not in bench.sample_writers:
         raise ValueError(f"{name}: no sample writer for its data_dir {bench.data_dir!r} "
                          f"(writers: {sorted(bench.sample_writers)})")
@@ -60,16 +63,9 @@ def register_benchmark(name: str, loader: Loader, *, data_dir: str | None = None
     return bench
 
 
-def _import_package_modules() -> None:
-    import medlvr.corpus.evalsets as pkg  # this package itself, to list its modules
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"medlvr.corpus.evalsets.{mod.name}")
-
-
 def all_benchmarks() -> dict[str, Benchmark]:
     """Every registered benchmark (the package's modules imported first), in table order (rank, then name)."""
-    _import_package_modules()
+    import_package_modules("medlvr.corpus.evalsets")
     return dict(sorted(BENCHMARK_REGISTRY.items(), key=lambda kv: (kv[1].rank, kv[0])))
 
 

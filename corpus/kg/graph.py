@@ -25,8 +25,9 @@ import yaml
 
 from medlvr.corpus.catalog import CATALOG_DIR
 from medlvr.corpus.kg import slake
+from medlvr.corpus.package_data import package_path
 
-CONCEPTS_PATH = Path(__file__).with_name("concepts.yaml")
+CONCEPTS_PATH = package_path("medlvr.corpus", "kg", "concepts.yaml")
 TYPES = ("finding", "anatomy", "organ", "organ_system", "modality", "mri_sequence", "xray_view", "landmark", "cell")
 RELATIONS = ("subclass_of", "located_in", "part_of", "belongs_to_system", "visible_on", "differential_with",
              "component_of")  # plus appearance_on, given as a mapping {modality: text}

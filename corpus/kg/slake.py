@@ -20,7 +20,9 @@ from pathlib import Path
 
 import networkx as nx
 
-SLAKE_DIR = Path(__file__).with_name("slake")
+from medlvr.corpus.package_data import package_path
+
+SLAKE_DIR = package_path("medlvr.corpus", "kg", "slake")
 
 # SLAKE spellings that neither the concept names/synonyms nor SLAKE's own aliases catch.
 ALIASES: dict[str, str] = {

@@ -17,10 +17,8 @@ A truth dict: {"source_path": str, "suffix": str | None (None = any image of tha
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-import pkgutil
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -29,6 +27,7 @@ import numpy as np
 
 from medlvr.corpus.catalog import CatalogError, load_catalog, select
 from medlvr.corpus.config import did_you_mean
+from medlvr.corpus.discovery import import_package_modules
 from medlvr.corpus.provenance import write_sample_marker
 
 SampleWriter = Callable[..., list]  # writer(root: Path, rng: numpy Generator) -> list of truth dicts
@@ -55,10 +54,7 @@ def register_sample_writer(dataset_id: str):
 
 def writers() -> dict[str, SampleWriter]:
     """{dataset_id: writer} over every module of this package (imported first) and any registered elsewhere."""
-    import medlvr.corpus.sample_data as pkg  # this package itself, to list its modules
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"medlvr.corpus.sample_data.{mod.name}")
+    import_package_modules(__name__)
     return dict(SAMPLE_WRITERS)
 
 

@@ -1,6 +1,6 @@
 """Synthetic grounding task for the mechanism experiment (docs/mechanism.md): the answer lives in one small region.
 
-NOT a catalog dataset (the corpus catalog stays at its 31 datasets): `write_grounding_task(out_dir, ...)` writes
+NOT a catalog dataset (the corpus catalog does not grow): `write_grounding_task(out_dir, ...)` writes
 the task directly in the formats the trainers read.
 
 Image (`size` x `size`, default 112 = a 4 x 4 grid of 28-pixel cells = exactly the 4 x 4 merged visual tokens the

@@ -1,4 +1,4 @@
-"""One partition per catalog dataset (31 today); adding a catalog YAML adds a partition."""
+"""One partition per catalog dataset; adding a catalog YAML adds a partition."""
 
 import dagster as dg
 

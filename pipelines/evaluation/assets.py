@@ -18,15 +18,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from medlvr.corpus.package_data import shipped_config
 from medlvr.evaluation.config import BENCHMARKS, load_eval_config
 from medlvr.pipelines.corpus.metadata import MARKDOWN_MAX_CHARS, markdown_excerpt, md_table
 from medlvr.pipelines.corpus.resources import medlvr_home
 from medlvr.training.checkpoints import TINY
 
-REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_PARTITIONS = dg.StaticPartitionsDefinition(list(BENCHMARKS))
 CHECKPOINTS = [dg.AssetKey("roi_sft_checkpoint"), dg.AssetKey("vlpo_checkpoint")]
-SAMPLE_CONFIG = REPO / "configs" / "eval_sample.yaml"
+SAMPLE_CONFIG = shipped_config("eval_sample.yaml")
 
 
 class EvaluationSettings(dg.ConfigurableResource):

@@ -22,17 +22,17 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from medlvr.corpus.package_data import shipped_config
 from medlvr.pipelines.corpus.resources import CorpusStorage, medlvr_home
 from medlvr.pipelines.training.launch import LaunchConfig, launch_command
 from medlvr.pipelines.training.logs import reported_materialization, run_trainer, trainer_log_path
 from medlvr.training.pipes import ERROR_FILE
 
-REPO = Path(__file__).resolve().parents[2]
 TRAINING = "training"
 
 
 class RoiSftConfig(LaunchConfig):
-    config_path: str = Field(default=str(REPO / "configs" / "sft_tiny.yaml"),
+    config_path: str = Field(default=str(shipped_config("sft_tiny.yaml")),
                              description="trainer YAML (configs/sft_tiny.yaml or configs/sft_qwen25vl_7b.yaml)")
     overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. engine.lr=1e-5 or "
                                                                    "run.out_dir=/runs/x (after the asset's defaults)")
@@ -71,7 +71,7 @@ def roi_sft_checkpoint(context: dg.AssetExecutionContext, config: RoiSftConfig, 
         err_file = Path(trainer_cfg.run.out_dir) / ERROR_FILE
         err_file.unlink(missing_ok=True)
         log_path = trainer_log_path(trainer_cfg.run.out_dir, context)
-        invocation = run_trainer(pipes_subprocess_client, context, cmd, REPO, {"TOKENIZERS_PARALLELISM": "false"},
+        invocation = run_trainer(pipes_subprocess_client, context, cmd, Path.cwd(), {"TOKENIZERS_PARALLELISM": "false"},
                                  log_path, "ROI-SFT", err_file)
         return reported_materialization(invocation, "ROI-SFT", log_path)
 

@@ -19,18 +19,18 @@ import dagster as dg
 from pydantic import Field
 
 from medlvr.corpus.config import load_config
+from medlvr.corpus.package_data import shipped_config
 from medlvr.pipelines.corpus.resources import medlvr_home
 from medlvr.pipelines.training.launch import LaunchConfig, launch_command
 from medlvr.pipelines.training.logs import reported_materialization, run_trainer, trainer_log_path
 from medlvr.training.pipes import ERROR_FILE
 
-REPO = Path(__file__).resolve().parents[2]
 ROI_SFT_CHECKPOINT = dg.AssetKey("roi_sft_checkpoint")
 TRAINER_MODULE = "medlvr.training.vlpo.trainer"
 
 
 class VlpoConfig(LaunchConfig):
-    config_path: str = Field(default=str(REPO / "configs" / "vlpo_tiny.yaml"),
+    config_path: str = Field(default=str(shipped_config("vlpo_tiny.yaml")),
                              description="trainer YAML (configs/vlpo_tiny.yaml or configs/vlpo_qwen25vl_7b.yaml)")
     overrides: list[str] = Field(default_factory=list, description="trainer overrides, e.g. algo.variant=grpo, "
                                  "model.path=DIR (default: the ROI-SFT asset's model), run.out_dir=DIR")
@@ -85,7 +85,7 @@ def vlpo_checkpoint(context: dg.AssetExecutionContext, config: VlpoConfig,
     err_file = Path(trainer_cfg.run.out_dir) / ERROR_FILE
     err_file.unlink(missing_ok=True)
     log_path = trainer_log_path(trainer_cfg.run.out_dir, context)
-    invocation = run_trainer(pipes_subprocess_client, context, cmd, REPO,
+    invocation = run_trainer(pipes_subprocess_client, context, cmd, Path.cwd(),
                              {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}, log_path, "VLPO", err_file)
     return reported_materialization(invocation, "VLPO", log_path)
 

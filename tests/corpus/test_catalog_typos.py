@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from medlvr.corpus.catalog import CATALOG_DIR, CatalogError, load_catalog
+from tests.catalog_count import N_DATASETS
 
 MEDLVR = Path(sys.executable).parent / "medlvr"
 
@@ -58,7 +59,7 @@ def test_a_mistyped_catalog_key_is_one_line(tmp_path, case):
 
 
 def test_every_shipped_entry_declares_only_known_options():
-    assert len(load_catalog()) == 31
+    assert len(load_catalog()) == N_DATASETS
 
 
 def test_through_the_console_script(tmp_path):

@@ -95,3 +95,22 @@ def test_a_new_benchmark_is_one_registration(scratch_registry, tmp_path):
                                                      k_latent=0) for s in samples])
     scored = score_file(tmp_path / "p.jsonl")
     assert [r["correct"] for r in scored] == [True, True]
+
+
+def test_table2_follows_the_registrys_external_flag(scratch_registry):
+    """Table 2's columns are the registered external benchmarks with their subsets: a new external benchmark is a new
+    column scored on its subset, an in-domain one (external=False) is none, and an unknown subset is refused."""
+    from medlvr.evaluation.scoring import score_records, table2, table2_subsets
+
+    assert table2_subsets() == {"slake": "closed", "vqa_rad": "closed", "pmc_vqa": "all", "mmmu_hm": "mc",
+                                "medxpertqa_mm": "all"}  # the paper's Table 2
+    register_benchmark("toy_ext", lambda root: iter(()), rank=50, table2_subset="yesno")
+    register_benchmark("toy_in", lambda root: iter(()), rank=51, external=False)
+    assert list(table2_subsets())[-1] == "toy_ext" and "toy_in" not in table2_subsets()
+    recs = [{"benchmark": "toy_ext", "sample_id": str(i), "output": f"<answer>{a}</answer>", "kind": kind,
+             "answer": "yes", "options": [], "tags": {}} for i, (kind, a) in enumerate(
+                 [("yesno", "yes"), ("yesno", "no"), ("open", "yes")])]
+    row = table2(score_records(recs))["benchmarks"]["toy_ext"]
+    assert row["n"] == 2 and row["accuracy"] == 0.5 and row["subset"] == "yesno"  # the open item is not scored
+    with pytest.raises(ValueError, match="table2_subset must be one of"):
+        register_benchmark("toy_bad", lambda root: iter(()), table2_subset="closd")

@@ -10,6 +10,7 @@ import pytest
 from medlvr.pipelines.corpus.resources import DatasetRoots
 from medlvr.pipelines.corpus.schedules import weekly_corpus_rebuild
 from medlvr.pipelines.corpus.sensors import corpus_publish_sensor, raw_dataset_sensor
+from tests.catalog_count import N_DATASETS
 
 
 def _repo():
@@ -26,7 +27,7 @@ def test_weekly_schedule_one_run_per_dataset(tmp_path, monkeypatch):
     with dg.build_schedule_context(scheduled_execution_time=when, repository_def=_repo(),
                                    resources={"dataset_roots": DatasetRoots()}) as ctx:
         reqs = weekly_corpus_rebuild.evaluate_tick(ctx).run_requests
-    assert len(reqs) == 31 and len({r.partition_key for r in reqs}) == 31
+    assert len(reqs) == N_DATASETS and len({r.partition_key for r in reqs}) == N_DATASETS
     assert all(r.run_key.endswith("2026-11-22T0200") for r in reqs)
     # with a real data root only the datasets present there are requested
     (tmp_path / "data" / "busi").mkdir(parents=True)

@@ -17,6 +17,7 @@ from medlvr.pipelines.corpus.assets import CORPUS_ASSETS
 from medlvr.pipelines.corpus.checks import CORPUS_CHECKS, objects_reconcile, shard_checksums_match_manifest
 from medlvr.pipelines.corpus.metadata import CONTACT_SHEET_MAX_BYTES, MARKDOWN_MAX_CHARS, read_manifest
 from medlvr.pipelines.corpus.resources import CorpusSettings, CorpusStorage, DatasetRoots, default_resources
+from tests.catalog_count import N_DATASETS
 from tests.pipelines.helpers import check_evaluations, materialize_corpus
 
 HANDFUL = ["busi", "kits23", "lidc_idri", "vindr_cxr", "isic2018"]  # ultrasound, CT volume, DICOM+XML, X-ray, derm
@@ -186,7 +187,7 @@ def test_fsspec_storage_memory_url(tmp_path, home):
 @pytest.mark.slow
 def test_full_catalog(tmp_path):
     ids = list(load_catalog())
-    assert len(ids) == 31
+    assert len(ids) == N_DATASETS
     resources = {**default_resources(), "dataset_roots": DatasetRoots(data_root=str(tmp_path / "data")),
                  "storage": CorpusStorage(url=str(tmp_path / "corpus"))}
     from medlvr.corpus.sample_data import write_samples

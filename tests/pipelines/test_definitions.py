@@ -8,6 +8,7 @@ import dagster as dg
 import yaml
 
 from medlvr.corpus.catalog import load_catalog
+from tests.catalog_count import N_DATASETS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +28,7 @@ def test_definitions_load():
         by_group.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
     assert by_group == GROUPS
     parts = graph.get(dg.AssetKey("qa_pairs")).partitions_def
-    assert parts.get_partition_keys() == list(load_catalog()) and len(parts.get_partition_keys()) == 31
+    assert parts.get_partition_keys() == list(load_catalog()) and len(parts.get_partition_keys()) == N_DATASETS
     assert graph.get(dg.AssetKey("corpus_shards")).partitions_def is None
     for job in ("knowledge_graph_job", "corpus_dataset_job", "corpus_publish_job", "training_job",
                 "evaluation_predictions_job", "evaluation_report_job"):
@@ -49,8 +50,8 @@ def test_definitions_load():
 
 
 def test_no_ml_imports_at_module_level():
-    code = ("import sys, pipelines.definitions; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = ("import sys, medlvr.pipelines.definitions; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 

@@ -25,26 +25,38 @@ def test_dr_grpo_estimator_by_hand():
     assert adv.tolist() == [1.0, -1.0, 0.0, -1.0, -1.0, 2.0] and zero.tolist() == [False, False]
 
 
-def test_the_config_selects_the_estimator():
-    grpo = config_from_dict({"model": {"path": "tiny"}})
-    dr = config_from_dict({"model": {"path": "tiny"}, "algo": {"scale_rewards": False}})
-    assert algos.adv_estimator_name(grpo.algo) == "grpo" and algos.adv_estimator_name(dr.algo) == "dr_grpo"
+def test_the_config_selects_the_estimator_by_name():
+    """`algo.adv_estimator` names a registered estimator; the old boolean `scale_rewards` says what replaced it."""
+    from medlvr.corpus.config import ConfigError
+
+    assert config_from_dict({"model": {"path": "tiny"}}).algo.adv_estimator == "grpo"
+    assert config_from_dict({"model": {"path": "tiny"}, "algo": {"adv_estimator": "dr_grpo"}}).algo.adv_estimator \
+        == "dr_grpo"
+    with pytest.raises(ConfigError, match="algo.adv_estimator must be a registered advantage estimator"):
+        config_from_dict({"model": {"path": "tiny"}, "algo": {"adv_estimator": "rloo"}})
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": {"path": "tiny"}, "algo": {"scale_rewards": False}})
+    assert str(e.value) == ("config key algo.scale_rewards is renamed to algo.adv_estimator (scale_rewards: true is "
+                            "adv_estimator: grpo, false is dr_grpo)")
 
 
 def test_ppo_clip_policy_loss_by_hand():
-    # rho = e^{log_ratio}: 1.5 with A = 1 -> clipped at 1.2 -> loss -1.2 (clip active); 0.5 with A = 1 -> -0.5
-    lr = torch.log(torch.tensor([[1.5, 0.5]]))
-    loss, clipped = POLICY_LOSSES["ppo_clip"](lr, torch.ones(1, 1), LossConfig(clip_eps=0.2))
-    assert torch.allclose(loss, torch.tensor([[-1.2, -0.5]])) and clipped.tolist() == [[True, False]]
+    # rho = e^{log_ratio}: 1.5 with A = 1 -> clipped at 1.2 -> -1.2 (clip active); 0.5 with A = 1 -> -0.5; the third
+    # position is masked out: token mean (-1.2 - 0.5) / 2
+    lr = torch.log(torch.tensor([[1.5, 0.5, 9.0]]))
+    x = algos.PolicyLossInputs(lr, torch.ones(1, 1), torch.tensor([[True, True, False]]), "text", "token_mean", None,
+                               LossConfig(clip_eps=0.2))
+    loss, clipped = POLICY_LOSSES["ppo_clip"](x)
+    assert loss.item() == pytest.approx(-0.85) and clipped.tolist() == [[True, False, True]]
 
 
 def test_vlpo_loss_uses_the_configured_policy_loss(monkeypatch):
     monkeypatch.setattr(algos, "POLICY_LOSSES", dict(POLICY_LOSSES))
 
     @algos.register_policy_loss("unclipped")
-    def unclipped(log_ratio, advantages, cfg):  # plain importance-weighted policy gradient: -rho * A
-        rho = torch.exp(log_ratio)
-        return -rho * advantages.expand_as(rho), torch.zeros_like(rho, dtype=torch.bool)
+    def unclipped(x):  # plain importance-weighted policy gradient: -rho * A
+        rho = torch.exp(x.log_ratio)
+        return x.aggregate(-rho * x.advantages.expand_as(rho)), torch.zeros_like(rho, dtype=torch.bool)
 
     logp = torch.log(torch.tensor([[1.5, 0.5]]))
     args = (logp, torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1))

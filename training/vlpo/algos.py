@@ -6,17 +6,21 @@ hand-computed unit test (tests/training/test_vlpo_algos.py).
 
 Conventions (documented choices):
 * advantages: `(r - mean_G r) / (std_G r + eps)`, std UNBIASED (torch.std, as TRL and verl);
-* aggregation: "token_mean" (default, verl / DAPO: one mean over all masked positions of the batch) or
-  "seq_mean_token_mean" (TRL "grpo": per-trajectory mean, then mean over trajectories with >= 1 position);
+* aggregation (verl's `loss_agg_mode`, spelt with underscores): "token_mean" (default, verl / DAPO: one mean over all
+  masked positions of the batch), "seq_mean_token_mean" (TRL "grpo": per-trajectory mean, then mean over
+  trajectories with >= 1 position) or "seq_mean_token_sum" (per-trajectory sum, then that mean);
 * k3 KL: `exp(ref - logp) - (ref - logp) - 1 >= 0` (Schulman's estimator of KL(pi_theta || pi_ref));
 * clip fraction: share of positions whose clipped branch is active, i.e. the gradient is cut
   (`rho > 1+eps` with A > 0, or `rho < 1-eps` with A < 0).
 
 Extension points (registries, as in verl / EasyR1), each entry a pure function with its own test:
 * `ADV_ESTIMATORS` (`@register_adv_estimator("name")`): rewards (N,), G, eps -> (advantages (N,), zero_std (N//G,));
-  "grpo" (std-scaled) and "dr_grpo" (mean-centred only). `adv_estimator_name(algo)` picks one from the config.
-* `POLICY_LOSSES` (`@register_policy_loss("name")`): log_ratio (N, T), advantages (N, 1), LossConfig ->
-  (loss (N, T), clipped (N, T) bool); `LossConfig.policy_loss` picks one ("ppo_clip").
+  "grpo" (std-scaled) and "dr_grpo" (mean-centred only). The run config's `algo.adv_estimator` names one.
+* `POLICY_LOSSES` (`@register_policy_loss("name")`): `PolicyLossInputs` (log_ratio (N, T), advantages (N, 1),
+  the mask (N, T) of the positions that count, which part of the trajectory it scores, "text" or "latent", the
+  aggregation mode and its global divisor, the LossConfig) -> (loss scalar, clipped (N, T) bool), as verl's policy
+  losses get the response mask and `loss_agg_mode`; `LossConfig.policy_loss` picks one ("ppo_clip"). A sequence-level
+  loss (GSPO) or one that treats the latent slots differently is one registration.
 * `RL_VARIANTS` (`register_rl_variant`): the paper's variants as table rows (does the rollout have a latent
   segment, does the loss carry the latent term), read by the run config instead of branching on names.
 """
@@ -28,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+PARTS = ("text", "latent")  # the two parts of a trajectory a policy loss scores
 
 AdvEstimator = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 PolicyLoss = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
@@ -54,8 +59,9 @@ def register_adv_estimator(name: str):
 
 
 def register_policy_loss(name: str):
-    """Decorator: `fn(log_ratio (N, T), advantages (N, 1) or (N, T), cfg: LossConfig) -> (loss (N, T),
-    clipped (N, T) bool)`; the same function scores the text tokens and the latent slots."""
+    """Decorator: `fn(x: PolicyLossInputs) -> (loss: scalar float32, clipped (N, T) bool)`, called once for the text
+    tokens and once for the latent slots (`x.part`); `x.aggregate(values (N, T))` reduces per-position values with
+    the configured aggregation, as the default "ppo_clip" does."""
     return register_into(POLICY_LOSSES, "policy loss", name)
 
 
@@ -93,11 +99,6 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -
 def dr_grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Dr.GRPO: `r - mean_G r` (no std scaling). rewards (N,) -> (advantages (N,), zero_std (N // G,))."""
     return group_advantages(rewards, group_size, eps, scale=False)
-
-
-def adv_estimator_name(algo) -> str:
-    """The estimator an `AlgoConfig` asks for: `scale_rewards` true -> "grpo", false -> "dr_grpo"."""
-    return "grpo" if algo.scale_rewards else "dr_grpo"
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -138,20 +139,12 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_ep
     return loss, active
 
 
-@register_policy_loss("ppo_clip")
-def ppo_clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor,
-                  cfg: "LossConfig") -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO-clip (`clipped_surrogate`) with the config's clip range (`clip_eps`, `clip_eps_high`).
-    log_ratio (N, T), advantages broadcastable to it -> (loss (N, T), clipped (N, T) bool)."""
-    return clipped_surrogate(log_ratio, advantages, cfg.clip_eps, cfg.clip_eps_high)
-
-
 def masked_aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
                      denom: float | None = None) -> torch.Tensor:
     """Aggregate (N, T) values over mask (N, T) to a scalar; 0 (keeping the graph) when the mask is empty.
 
     denom: the divisor to use instead of this batch's count (masked positions for "token_mean", trajectories
-    with >= 1 position for "seq_mean_token_mean"): with the GLOBAL count of a step, micro-batch losses sum to
+    with >= 1 position for the "seq_mean_*" modes): with the GLOBAL count of a step, micro-batch losses sum to
     exactly the whole-batch loss (gradient accumulation invariance).
     """
     if mode not in AGGREGATIONS:
@@ -160,7 +153,9 @@ def masked_aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "toke
     if mode == "token_mean":
         return (values * m).sum() / (m.sum().clamp(min=1) if denom is None else denom)
     per_seq_n = m.sum(-1)
-    per_seq = (values * m).sum(-1) / per_seq_n.clamp(min=1)
+    per_seq = (values * m).sum(-1)
+    if mode == "seq_mean_token_mean":
+        per_seq = per_seq / per_seq_n.clamp(min=1)
     has = (per_seq_n > 0).to(values.dtype)
     return (per_seq * has).sum() / (has.sum().clamp(min=1) if denom is None else denom)
 
@@ -173,8 +168,33 @@ class LossConfig:
     lambda_lat: float = 1.0  # latent surrogate weight; 0 = text-only loss (MedLVR + GRPO)
     latent_sigma: float = 1.0  # Gaussian surrogate scale
     latent_sigma_relative: bool = False  # sigma_k = latent_sigma * ||mu_old,k|| (calibrated to the hidden norm)
-    aggregation: str = "token_mean"
+    aggregation: str = "token_mean"  # AGGREGATIONS
     policy_loss: str = "ppo_clip"  # a POLICY_LOSSES name
+
+
+@dataclass(frozen=True)
+class PolicyLossInputs:
+    """What a registered policy loss gets for one part of the trajectories (N trajectories, T positions)."""
+
+    log_ratio: torch.Tensor  # (N, T) float32: log pi_theta - log pi_old per position (gradient through pi_theta)
+    advantages: torch.Tensor  # (N, 1) per trajectory (or (N, T) per position)
+    mask: torch.Tensor  # (N, T) bool: the positions that count (sampled text tokens, or latent slots that exist)
+    part: str  # "text" (answer tokens) or "latent" (latent slots; log_ratio is the Gaussian surrogate's, Eq. 7-8)
+    aggregation: str  # one of AGGREGATIONS (LossConfig.aggregation)
+    denom: float | None  # the step's global divisor for the aggregation (`masked_aggregate`), or None: this batch's
+    cfg: LossConfig
+
+    def aggregate(self, values: torch.Tensor) -> torch.Tensor:
+        """values (N, T) -> scalar, over `mask` with the configured aggregation and divisor."""
+        return masked_aggregate(values, self.mask, self.aggregation, self.denom)
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip_loss(x: PolicyLossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO-clip per position (`clipped_surrogate`, clip range `clip_eps`, `clip_eps_high`), aggregated:
+    x.log_ratio (N, T), x.advantages (N, 1) -> (loss scalar, clipped (N, T) bool)."""
+    loss, clipped = clipped_surrogate(x.log_ratio, x.advantages, x.cfg.clip_eps, x.cfg.clip_eps_high)
+    return x.aggregate(loss), clipped
 
 
 @dataclass(frozen=True)
@@ -232,17 +252,20 @@ def vlpo_loss(
     advantages (N,) broadcast to every text and latent position of a trajectory;
     z, mu_old, mu_new: (N, K, D); latent_mask (N, K): latent slots that exist.
 
-    Both surrogates use the registered policy loss `cfg.policy_loss`. The latent term is skipped when
+    Both surrogates use the registered policy loss `cfg.policy_loss` (given the part's mask, its name and the
+    aggregation, `PolicyLossInputs`). The latent term is skipped when
     `lambda_lat == 0` or no latents are given (GRPO / MedLVR+GRPO); the KL term when `beta == 0` or ref_logp is None. With both off the loss is exactly token-level GRPO (PPO-clip).
     denoms: optional {"text": ..., "latent": ...} global divisors (see `masked_aggregate`); KL uses "text".
     Metrics hold fractions for this batch and the raw counts (`*_count`, `*_sum`) for summing micro-batches.
     """
     denoms = denoms or {}
     policy_loss = lookup(POLICY_LOSSES, "policy loss", cfg.policy_loss)
+    if cfg.aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {cfg.aggregation!r}")
     adv = advantages.float()[:, None]
     text_lr = logp - old_logp
-    text_l, text_clip = policy_loss(text_lr, adv, cfg)
-    text_loss = masked_aggregate(text_l, text_mask, cfg.aggregation, denoms.get("text"))
+    text_loss, text_clip = policy_loss(PolicyLossInputs(text_lr, adv, text_mask, "text", cfg.aggregation,
+                                                        denoms.get("text"), cfg))
     loss = text_loss
     n_text = text_mask.sum().clamp(min=1)
     metrics = {
@@ -264,8 +287,8 @@ def vlpo_loss(
         metrics.update(latent_abs_log_ratio=abs_sum / float(n_lat), latent_abs_log_ratio_sum=abs_sum,
                        latent_count=float(latent_mask.sum()))
         if use_lat:
-            lat_l, lat_clip = policy_loss(lat_lr, adv, cfg)
-            latent_loss = masked_aggregate(lat_l, latent_mask, cfg.aggregation, denoms.get("latent"))
+            latent_loss, lat_clip = policy_loss(PolicyLossInputs(lat_lr, adv, latent_mask, "latent", cfg.aggregation,
+                                                                 denoms.get("latent"), cfg))
             loss = loss + cfg.lambda_lat * latent_loss
             metrics["clip_frac_latent"] = float((lat_clip & latent_mask).sum() / n_lat)
             metrics["clip_latent_count"] = float((lat_clip & latent_mask).sum())

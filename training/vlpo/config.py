@@ -24,14 +24,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from medlvr.corpus.config import ConfigError, config_to_dict
 from medlvr.corpus.prompts import MC_INSTRUCTION
 from medlvr.training.bottleneck import BottleneckConfig, check_attn_implementation
 from medlvr.training.checkpoints import TINY, read_latent_info, resolve_model_path
 from medlvr.training.engine import EngineConfig
-from medlvr.training.vlpo.algos import POLICY_LOSSES, RL_VARIANTS, LossConfig
+from medlvr.training.vlpo.algos import ADV_ESTIMATORS, AGGREGATIONS, POLICY_LOSSES, RL_VARIANTS, LossConfig
 from medlvr.training.vlpo.data import sample_sources
 
 VARIANTS = tuple(RL_VARIANTS)  # the variant table lives in algos.py
@@ -94,9 +94,13 @@ class AlgoConfig(LossConfig):
 
     latent_sigma: float = 0.1  # with latent_sigma_relative: sigma_k = 0.1 * ||mu_old,k||
     latent_sigma_relative: bool = True
+    # keys of earlier releases: the loader names the new key in one line (medlvr.corpus.config)
+    RENAMED_KEYS: ClassVar[dict[str, tuple[str, str]]] = {
+        "scale_rewards": ("adv_estimator", "scale_rewards: true is adv_estimator: grpo, false is dr_grpo")}
+
     variant: str = "vlpo"  # a row of algos.RL_VARIANTS
+    adv_estimator: str = "grpo"  # an algos.ADV_ESTIMATORS name: grpo (std-scaled) | dr_grpo (no std scaling)
     adv_eps: float = 1e-6
-    scale_rewards: bool = True  # False: Dr.GRPO advantages
     format_weight: float = 1.0
     updates_per_rollout: int = 1  # mu: optimizer steps on each rollout batch (> 1: ratios leave 1, clipping acts)
 
@@ -141,6 +145,11 @@ class VLPORunConfig:
     def __post_init__(self):
         if self.algo.variant not in VARIANTS:
             raise ValueError(f"algo.variant must be one of {VARIANTS}, got {self.algo.variant!r}")
+        if self.algo.adv_estimator not in ADV_ESTIMATORS:
+            raise ValueError(f"algo.adv_estimator must be a registered advantage estimator "
+                             f"{sorted(ADV_ESTIMATORS)}, got {self.algo.adv_estimator!r}")
+        if self.algo.aggregation not in AGGREGATIONS:
+            raise ValueError(f"algo.aggregation must be one of {AGGREGATIONS}, got {self.algo.aggregation!r}")
         if self.algo.policy_loss not in POLICY_LOSSES:
             raise ValueError(f"algo.policy_loss must be a registered policy loss {sorted(POLICY_LOSSES)}, "
                              f"got {self.algo.policy_loss!r}")

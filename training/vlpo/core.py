@@ -18,7 +18,7 @@ import torch
 from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput
 from medlvr.training.model import LatentTokenIds, eos_token_ids
 from medlvr.training.replay import replay
-from medlvr.training.vlpo.algos import ADV_ESTIMATORS, LossConfig, LossOutput, adv_estimator_name, lookup, vlpo_loss
+from medlvr.training.vlpo.algos import ADV_ESTIMATORS, LossConfig, LossOutput, lookup, vlpo_loss
 from medlvr.training.vlpo.data import PromptBatch
 from medlvr.training.vlpo.rewards import compute_rewards
 
@@ -102,7 +102,7 @@ def collect(policy, ref_model, engine, batch: PromptBatch, ids: LatentTokenIds, 
         gold = [g for g in batch.gold for _ in range(G)]
         rew = compute_rewards(out.sequences, out.gen_mask, ids, tokenizer, opts, gold, eos_ids=eos_token_ids(policy),
                               format_weight=algo.format_weight)
-        estimator = lookup(ADV_ESTIMATORS, "advantage estimator", adv_estimator_name(algo))
+        estimator = lookup(ADV_ESTIMATORS, "advantage estimator", algo.adv_estimator)
         adv, zero_std = estimator(rew["reward"], G, eps=algo.adv_eps)
     ref_logp = None
     if need_ref and ref_model is not None:
