@@ -37,7 +37,7 @@ The lm_head runs only on rows that sample a token this step (not on latent or fo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -139,6 +139,31 @@ def _latent_noise(mu: torch.Tensor, cfg: DecodeConfig, generator: torch.Generato
     return (scale * eps).to(mu.dtype)
 
 
+class RowGenerators:
+    """One `torch.Generator` per trajectory row (row b*G + g), for `latent_generate(generator=...)`: every row's
+    token sampling and latent noise come from its own stream, so a row's draws depend on its seed alone, not on
+    which other rows share its batch (the VLPO trainer seeds each row by sample id: the same sample gets the same
+    draws on any world size). Costs one small draw per row and step instead of one per step."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self._gens = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self._gens)
+
+    def __getitem__(self, row: int) -> torch.Generator:
+        return self._gens[row]
+
+
+def _draw(draw: Callable, x: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
+    """draw(x, generator) for the rows `rows` of x: in one call with one generator, or row by row from each row's
+    own generator (`RowGenerators`)."""
+    if not isinstance(generator, RowGenerators):
+        return draw(x, generator)
+    return torch.cat([draw(x[i:i + 1], generator[r]) for i, r in enumerate(rows.tolist())])
+
+
 def _eos_ids(model, cfg: DecodeConfig) -> list[int]:
     return list(eos_token_ids(model) if cfg.eos_token_ids is None else cfg.eos_token_ids)
 
@@ -151,14 +176,14 @@ def latent_generate(
     cfg: DecodeConfig = DecodeConfig(),
     *,
     force_start: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowGenerators | None = None,
     latent_transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> LatentDecodeOutput:
     """Generate for a left-padded prompt batch (processor output: input_ids (B, L), attention_mask (B, L),
     mm_token_type_ids (B, L), optional pixel_values (P, C*2*14*14) and image_grid_thw (n_images, 3)).
 
     force_start: optional (B,) bool per prompt, overriding `cfg.force_start` (rows of one batch may differ).
-    generator: RNG for sampling and latent noise (None = torch's global RNG).
+    generator: RNG for sampling and latent noise (None = torch's global RNG), or `RowGenerators` (one per row).
     latent_transform: optional `f(z, rows, slots) -> z'` applied to every latent input before it is fed
         (evaluation ablations: zero / shuffle across samples / noise). z (n, D) = mu + noise of the n rows fed a
         latent this step, rows (n,) their row ids in [0, N), slots (n,) their latent index k. The recorded `z` is
@@ -240,13 +265,14 @@ def latent_generate(
         live = kind != DONE
         if need.any():
             logits = model.lm_head(h[need])  # (n_need, V)
-            new = sample_tokens(logits, cfg.temperature, cfg.top_p, banned, generator)
+            new = _draw(lambda x, g: sample_tokens(x, cfg.temperature, cfg.top_p, banned, g), logits, act[need],
+                        generator)
             tok[need] = new
             logp[act[need], t] = token_logprobs(logits, new, lp_temp, banned)
             sampled[act[need], t] = True
         if lat.any():
             mu = h[lat]  # hidden state of the previous position: z_k at p comes from H[p-1]
-            eps = _latent_noise(mu, cfg, generator)
+            eps = _draw(lambda x, g: _latent_noise(x, cfg, g), mu, act[lat], generator)
             z = mu + eps
             rows, slot = act[lat], k_done[lat]
             if latent_transform is not None:
