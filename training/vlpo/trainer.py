@@ -156,8 +156,11 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
     history, done_here = [], 0
     sample_log = open_sample_log(out_dir, eng.rank, eng.global_step // mu) if run.log_samples else None
     if run.log_samples:  # the reference every rank scores against: the 2-rank tests check the hashes agree
-        (out_dir / "samples" / f"reference.rank-{eng.rank}.json").write_text(json.dumps(
-            {"rank": eng.rank, "reference_sha256": None if ref is None else parameter_sha256(ref)}))
+        ref_record = out_dir / "samples" / f"reference.rank-{eng.rank}.json"
+        tmp = ref_record.with_name(ref_record.name + ".tmp")
+        tmp.write_text(json.dumps({"rank": eng.rank,
+                                   "reference_sha256": None if ref is None else parameter_sha256(ref)}))
+        tmp.replace(ref_record)
     step = lambda: eng.global_step // mu  # noqa: E731  training steps (rollout batches) done
     while step() < run.max_steps:
         if run.stop_after is not None and done_here >= run.stop_after:
