@@ -127,11 +127,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _latent_noise(mu: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """(n, D) noise for latent means mu (n, D)."""
+def _latent_noise(mu: torch.Tensor, cfg: DecodeConfig,
+                  generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """(n, D) noise for latent means mu (n, D); `generator`: one for all rows, or one per row."""
     if cfg.noise == "none" or cfg.noise_scale == 0:
         return torch.zeros_like(mu)
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
+    if isinstance(generator, Sequence):
+        eps = torch.cat([torch.randn((1, mu.shape[-1]), generator=g, device=mu.device, dtype=torch.float32)
+                         for g in generator])
+    else:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
     if cfg.noise == "absolute":
         return (cfg.noise_scale * eps).to(mu.dtype)
     # relative: ||noise|| = alpha * ||mu|| exactly, direction uniform on the sphere
@@ -156,12 +161,9 @@ class RowGenerators:
         return self._gens[row]
 
 
-def _draw(draw: Callable, x: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
-    """draw(x, generator) for the rows `rows` of x: in one call with one generator, or row by row from each row's
-    own generator (`RowGenerators`)."""
-    if not isinstance(generator, RowGenerators):
-        return draw(x, generator)
-    return torch.cat([draw(x[i:i + 1], generator[r]) for i, r in enumerate(rows.tolist())])
+def _for_rows(generator, rows: torch.Tensor):
+    """What the draws for rows `rows` take: the one generator, or the list of those rows' own (`RowGenerators`)."""
+    return [generator[r] for r in rows.tolist()] if isinstance(generator, RowGenerators) else generator
 
 
 def _eos_ids(model, cfg: DecodeConfig) -> list[int]:
@@ -265,14 +267,13 @@ def latent_generate(
         live = kind != DONE
         if need.any():
             logits = model.lm_head(h[need])  # (n_need, V)
-            new = _draw(lambda x, g: sample_tokens(x, cfg.temperature, cfg.top_p, banned, g), logits, act[need],
-                        generator)
+            new = sample_tokens(logits, cfg.temperature, cfg.top_p, banned, _for_rows(generator, act[need]))
             tok[need] = new
             logp[act[need], t] = token_logprobs(logits, new, lp_temp, banned)
             sampled[act[need], t] = True
         if lat.any():
             mu = h[lat]  # hidden state of the previous position: z_k at p comes from H[p-1]
-            eps = _draw(lambda x, g: _latent_noise(x, cfg, g), mu, act[lat], generator)
+            eps = _latent_noise(mu, cfg, _for_rows(generator, act[lat]))
             z = mu + eps
             rows, slot = act[lat], k_done[lat]
             if latent_transform is not None:
