@@ -42,7 +42,8 @@ def test_run_sh_dry_run_writes_every_figure(tmp_path):
 @pytest.mark.slow
 def test_run_sh_multirank_dry_run_passes_every_check(multirank_dry_run):
     """The multi-GPU checks of run.sh (benchmarks/gpu/multirank.py) on 2 CPU ranks: every check present and
-    passed, figures within their bounds. The runs are shared with tests/training/test_multirank.py (tests/conftest.py)."""
+    passed, figures within their bounds. The runs are shared with tests/training/test_multirank.py
+    (tests/conftest.py)."""
     proc, res = multirank_dry_run.proc, multirank_dry_run.result
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert res["device"] == "cpu" and res["ranks"] == 2 and res["passed"] is True

@@ -12,9 +12,9 @@ VLPO: 2 ranks x 1 prompt (its whole group of G = 4) against 1 rank x 2 prompts, 
 format (rewards differ within a group, so the update is not zero), prompts of one question template (one token
 length: the 1-rank batch of two prompts has no padding a rank's one-prompt batch lacks). Each trajectory row draws
 from its own generator seeded by (seed, step, sample id, g), so both runs draw the same rollouts: token ids equal,
-latent noise equal within 1e-6, and the weights after 2 steps within the same 1e-6 (measured: 7e-9). With padding
-the rollouts' log-probs differ by ~7e-7 and AdamW's first step, lr x sign(g), turns that into up to 5e-5 on entries
-whose gradient is near zero; that is why the prompts share a length.
+latent noise equal within 1e-6, and the weights after 2 steps within the same 1e-6 (measured: 0 to 7e-9). With
+padding the rollouts' log-probs differ by ~7e-7 and AdamW's first step, lr x sign(g), turns that into up to 5e-5 on
+entries whose gradient is near zero; that is why the prompts share a length.
 
 The launches are shared: the runs of `bash benchmarks/gpu/run.sh --multirank-dry-run` (the session fixture
 `multirank_dry_run`, tests/conftest.py: ROI-SFT on 1 and 2 ranks and the 2-rank checkpoint resumed on 1, VLPO on 1
