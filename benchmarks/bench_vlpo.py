@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from medlvr.training.engine import Engine, EngineConfig  # noqa: E402
+from medlvr.training.latent_decode import RowGenerators  # noqa: E402
 from medlvr.training.tiny import build_tiny  # noqa: E402
 from medlvr.training.vlpo.algos import LossConfig  # noqa: E402
 from medlvr.training.vlpo.config import AlgoConfig, RolloutConfig  # noqa: E402
@@ -103,6 +104,8 @@ def main(argv=None):
             shared.generate(batch.inputs, dcfg, torch.Generator(device=a.device).manual_seed(r))
         with timed(t, "per_sample"):
             per_sample.generate(batch.inputs, dcfg, torch.Generator(device=a.device).manual_seed(r))
+        with timed(t, "row_generators"):  # the trainer's draws: one generator per trajectory row (issue 28)
+            shared.generate(batch.inputs, dcfg, RowGenerators(range(r * 1000, r * 1000 + a.prompts * a.G), a.device))
         if r == 0:
             continue
         for k in ("rollout", "reward", "ref"):
@@ -119,6 +122,7 @@ def main(argv=None):
         add("rollout_shared", t["shared"])
         add("rollout_per_sample", t["per_sample"])
         add("per_sample_over_shared", t["per_sample"] / t["shared"])
+        add("row_generators_over_one", t["row_generators"] / t["shared"])
     med = {k: statistics.median(v) for k, v in rec.items()}
     N, T = a.prompts * a.G, a.K + 2 + a.answer
     print(f"tiny Qwen2.5-VL on {a.device}, {a.threads} thread(s); B={a.prompts} prompts x G={a.G} = {N} "
@@ -133,6 +137,7 @@ def main(argv=None):
     print(f"VLPO / GRPO whole step (rollout+reward+ref+update): {med['vlpo_over_grpo_step']:.3f}")
     print(f"rollouts: shared prefill {1000 * med['rollout_shared']:.1f} ms, per-sample prefill "
           f"{1000 * med['rollout_per_sample']:.1f} ms, x{med['per_sample_over_shared']:.2f}")
+    print(f"rollouts, one generator per row / one generator: {med['row_generators_over_one']:.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps(med, indent=1))
 

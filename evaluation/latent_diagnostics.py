@@ -225,27 +225,150 @@ def diagnosed_models(cfg) -> list:
     return [m for m in cfg.models if (m.name in names if names else True) and (m.k_latent or 0) > 0]
 
 
-def run_for_config(cfg, samples: dict[str, list[Sample]], progress: Callable[[str], None] | None = None) -> dict:
+def run_for_config(cfg, samples: dict[str, list[Sample]], progress: Callable[[str], None] | None = None,
+                   rank: int = 0, world_size: int = 1) -> dict:
     """Diagnose every covered model on the section's benchmarks (default: the main ones, `limit` samples each,
-    sorted by id); writes `<out_dir>/latent_diagnostics.json` and returns {model: {benchmark: result}}."""
+    sorted by id); writes `<out_dir>/latent_diagnostics.json` and returns {model: {benchmark: result}}.
+
+    Sharded (`world_size > 1`, every rank calls it): rank r decodes the whole batches r::world_size of every pass
+    and writes them to `rank_diagnostics_path`; returns {}. `merge_rank_diagnostics` (rank 0, after a barrier)
+    then computes the results from all ranks' passes, equal to one process's: every row keeps its batch (its
+    padding and its swap donor)."""
     sec = cfg.latent_diagnostics or {}
     out: dict = {}
     for spec in diagnosed_models(cfg):
         lm = load_for_eval(spec, cfg.decode)
         out[spec.name] = {}
-        for bench in sec.get("benchmarks") or cfg.main_benchmarks:
-            chosen = sorted(samples[bench], key=lambda s: s.sample_id)[:sec.get("limit")]
+        for bench in _diagnosed_benchmarks(cfg):
+            chosen = _chosen_samples(cfg, samples, bench)
+            if world_size > 1:
+                chosen = [s for b in _global_batches(chosen, cfg.decode.batch_size)[rank::world_size] for s in b]
             dec = SampleDecoder(lm.model, lm.processor, lm.ids, chosen,
                                 lambda proc, b: encode_batch(proc, b, spec.prompt_style)[0],
                                 batch_size=cfg.decode.batch_size, max_new_tokens=lambda k: cfg.decode.max_new_tokens,
                                 eos_ids=eos_token_ids(lm.model))
-            out[spec.name][bench] = diagnose(dec, spec.k_latent, sec.get("k_values", ()),
-                                             probe_fraction=float(sec.get("probe_fraction", 0.5)),
-                                             seed=int(sec.get("seed", 0)))
+            if world_size > 1:
+                rec = RecordingDecoder(dec)
+                if chosen:
+                    _diagnose_with(cfg, rec, spec.k_latent)
+                _save_passes(rank_diagnostics_path(cfg.out_dir, rank, world_size, spec.name, bench), rec.passes)
+            else:
+                out[spec.name][bench] = _diagnose_with(cfg, dec, spec.k_latent)
             if progress:
                 progress(f"latent diagnostics {spec.name} {bench}: done")
+    if world_size > 1:
+        return {}
     write_json(diagnostics_path(cfg.out_dir), out)
     return out
+
+
+# ------------------------------------------------------------------ sharded diagnostics: record, then merge
+
+
+def _diagnosed_benchmarks(cfg) -> list[str]:
+    return list((cfg.latent_diagnostics or {}).get("benchmarks") or cfg.main_benchmarks)
+
+
+def _chosen_samples(cfg, samples: dict[str, list[Sample]], bench: str) -> list[Sample]:
+    return sorted(samples[bench], key=lambda s: s.sample_id)[:(cfg.latent_diagnostics or {}).get("limit")]
+
+
+def _global_batches(chosen: Sequence[Sample], batch_size: int) -> list[list[Sample]]:
+    """The batches one process decodes (`SampleDecoder`); rank r of W takes batches r::W. Only the last batch can
+    be short and it is the last of its rank's, so a rank's concatenated batches re-batch into the same batches."""
+    return [list(chosen[i:i + batch_size]) for i in range(0, len(chosen), batch_size)]
+
+
+def _diagnose_with(cfg, decoder, k: int) -> dict:
+    sec = cfg.latent_diagnostics or {}
+    return diagnose(decoder, k, sec.get("k_values", ()), probe_fraction=float(sec.get("probe_fraction", 0.5)),
+                    seed=int(sec.get("seed", 0)))
+
+
+class RecordingDecoder:
+    """A `SampleDecoder` that keeps every pass `diagnose` asks of it, in order (a rank's share of the passes)."""
+
+    def __init__(self, decoder: SampleDecoder):
+        self.decoder, self.passes = decoder, []
+        self.samples, self.batches = decoder.samples, decoder.batches
+
+    def run(self, k: int, **kw) -> Decoded:
+        d = self.decoder.run(k, **kw)
+        self.passes.append(d)
+        return d
+
+
+class ReplayDecoder:
+    """Answers `diagnose`'s passes, in the same order, from the merged passes of all ranks (no model)."""
+
+    def __init__(self, samples: Sequence[Sample], batches: Sequence[Sequence[Sample]], passes: Sequence[Decoded]):
+        self.samples, self.batches, self._passes = list(samples), [list(b) for b in batches], list(passes)
+
+    def run(self, k: int, **kw) -> Decoded:
+        if not self._passes:
+            raise RuntimeError("the rank files hold fewer passes than the diagnostics ask for (another config?)")
+        return self._passes.pop(0)
+
+
+def rank_diagnostics_path(out_dir: Path, rank: int, world_size: int, model: str, bench: str) -> Path:
+    return Path(out_dir) / f"latent_diagnostics.rank{rank}-of-{world_size}" / model / f"{bench}.pt"
+
+
+def _save_passes(path: Path, passes: Sequence[Decoded]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save([{"parsed": d.parsed, "correct": d.correct, "mu": d.mu, "z": d.z} for d in passes], tmp)
+    tmp.replace(path)
+
+
+def merge_rank_diagnostics(cfg, samples: dict[str, list[Sample]], world_size: int) -> dict:
+    """Rank 0 after every rank's `run_for_config(..., rank, world_size)`: every pass of every rank merged back into
+    one process's order (`merged_passes`), the results computed from them (`diagnose` on a `ReplayDecoder`),
+    `<out_dir>/latent_diagnostics.json` written and the rank files removed."""
+    import shutil
+
+    out: dict = {}
+    for spec in diagnosed_models(cfg):
+        out[spec.name] = {}
+        for bench in _diagnosed_benchmarks(cfg):
+            chosen = _chosen_samples(cfg, samples, bench)
+            batches = _global_batches(chosen, cfg.decode.batch_size)
+            passes = merged_passes(cfg.out_dir, world_size, spec.name, bench, [len(b) for b in batches])
+            out[spec.name][bench] = _diagnose_with(cfg, ReplayDecoder(chosen, batches, passes), spec.k_latent)
+    write_json(diagnostics_path(cfg.out_dir), out)
+    for r in range(world_size):
+        shutil.rmtree(Path(cfg.out_dir) / f"latent_diagnostics.rank{r}-of-{world_size}", ignore_errors=True)
+    return out
+
+
+def merged_passes(out_dir: Path, world_size: int, model: str, bench: str, batch_sizes: Sequence[int]
+                  ) -> list[Decoded]:
+    """The ranks' recorded passes with their batches interleaved back into one process's order (global batch i
+    is local batch i // W of rank i % W)."""
+    ranks = []
+    for r in range(world_size):
+        path = rank_diagnostics_path(out_dir, r, world_size, model, bench)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path.relative_to(out_dir)}: rank {r} of {world_size} wrote no latent "
+                                    "diagnostics (did every rank finish?)")
+        ranks.append(torch.load(path, weights_only=True))
+    n_passes = {len(p) for r, p in enumerate(ranks) if batch_sizes[r::world_size]}
+    if len(n_passes) > 1:
+        raise ValueError(f"latent diagnostics {model} {bench}: the ranks recorded {sorted(n_passes)} passes")
+    merged = []
+    for i in range(n_passes.pop() if n_passes else 0):
+        parts = []  # (global batch index, that rank's pass, the batch's rows in it)
+        for r, passes in enumerate(ranks):
+            start = 0
+            for j, n in enumerate(batch_sizes[r::world_size]):
+                parts.append((r + j * world_size, passes[i], slice(start, start + n)))
+                start += n
+        parts.sort(key=lambda x: x[0])
+        merged.append(Decoded([p for _, d, sl in parts for p in d["parsed"][sl]],
+                              [c for _, d, sl in parts for c in d["correct"][sl]],
+                              torch.cat([d["mu"][sl] for _, d, sl in parts]),
+                              torch.cat([d["z"][sl] for _, d, sl in parts])))
+    return merged
 
 
 def report_tables(diag: dict) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:

@@ -23,7 +23,7 @@ from medlvr.corpus.evalsets.base import Sample
 from medlvr.corpus.evalsets.registry import get_benchmark, write_benchmark_samples
 from medlvr.evaluation.ablations import make_transform_factory
 from medlvr.evaluation.config import ABLATIONS, EvalConfig
-from medlvr.evaluation.latent_diagnostics import run_for_config
+from medlvr.evaluation.latent_diagnostics import merge_rank_diagnostics, run_for_config
 from medlvr.evaluation.endpoint_inference import run_endpoint_predictions
 from medlvr.evaluation.inference import dist_info, load_for_eval, merge_predictions, run_predictions
 from medlvr.evaluation.predictions import Job, pred_path
@@ -200,7 +200,8 @@ def run_latent_diagnostics(cfg: EvalConfig, samples: dict[str, list[Sample]],
 
 def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = None,
              progress: Callable[[str], None] | None = print, bars: bool = False) -> dict:
-    """The whole evaluation. Under torchrun every rank generates its shard; rank 0 merges and writes the report.
+    """The whole evaluation. Under torchrun every rank generates its shard (and its batches of the latent
+    diagnostics); rank 0 merges and writes the report.
 
     Returns {"jobs", "timings", "failed", "report_md", "report_html", "results_json"} (paths only on rank 0); "failed":
     job -> {"failed": n, "last_error"} for endpoint requests that failed for good (a rerun asks only those again).
@@ -216,13 +217,19 @@ def evaluate(cfg: EvalConfig, rank: int | None = None, world_size: int | None = 
         _barrier(world_size)
     jobs = plan_jobs(cfg, manifest)
     timings = run_jobs(cfg, jobs, samples, rank, world_size, progress, bars)
+    if cfg.latent_diagnostics is not None and world_size > 1:  # every rank its batches; rank 0 merges below
+        t_diag = time.perf_counter()
+        run_for_config(cfg, samples, progress, rank=rank, world_size=world_size)
+        timings["latent_diagnostics_s"] = time.perf_counter() - t_diag
     _barrier(world_size)
     failed = {k: v for k, v in timings.items() if isinstance(v, dict) and v.get("failed")}
     result = {"jobs": jobs, "timings": timings, "failed": failed}
     if rank != 0:
         return result
     merge_all(cfg, jobs, world_size)
-    if cfg.latent_diagnostics is not None:
+    if cfg.latent_diagnostics is not None and world_size > 1:
+        merge_rank_diagnostics(cfg, samples, world_size)
+    elif cfg.latent_diagnostics is not None:
         timings["latent_diagnostics_s"] = run_latent_diagnostics(cfg, samples, progress)
     md, page, results = write_outputs(cfg, samples, jobs, manifest)
     meta = {"config": config_to_dict(cfg), "world_size": world_size,

@@ -1,7 +1,6 @@
 """The prepared GPU benchmark (benchmarks/gpu/run.sh + driver.py, issue 18 §3) in --dry-run: the same code on the
 tiny shape on CPU, one JSON file with the device and every figure of (a)-(d)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -41,18 +40,19 @@ def test_run_sh_dry_run_writes_every_figure(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
-def test_run_sh_multirank_dry_run_passes_every_check(tmp_path):
+def test_run_sh_multirank_dry_run_passes_every_check(multirank_dry_run):
     """The multi-GPU checks of run.sh (benchmarks/gpu/multirank.py) on 2 CPU ranks: every check present and
-    passed, figures within their bounds."""
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", "benchmarks/gpu/run.sh", "--multirank-dry-run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    passed, figures within their bounds. The runs are shared with tests/training/test_multirank.py
+    (tests/conftest.py)."""
+    proc, res = multirank_dry_run.proc, multirank_dry_run.result
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "multirank_dry_run.json").read_text())
     assert res["device"] == "cpu" and res["ranks"] == 2 and res["passed"] is True
-    assert sorted(res["checks"]) == ["metrics_once_by_rank0", "resume_n_to_1_weight_abs_diff",
-                                     "rows_disjoint_and_equal_to_one_rank", "sft_loss_rel_diff",
-                                     "sft_weight_abs_diff"]
-    for name in ("sft_loss_rel_diff", "sft_weight_abs_diff", "resume_n_to_1_weight_abs_diff"):
+    assert sorted(res["checks"]) == ["diagnostics_sharded_equal_one_process", "metrics_once_by_rank0",
+                                     "resume_n_to_1_weight_abs_diff", "rows_disjoint_and_equal_to_one_rank",
+                                     "sft_loss_rel_diff", "sft_weight_abs_diff", "vlpo_metrics_once_by_rank0",
+                                     "vlpo_reference_identical_on_every_rank", "vlpo_same_rollouts",
+                                     "vlpo_weight_abs_diff", "vlpo_whole_groups_per_rank"]
+    for name in ("sft_loss_rel_diff", "sft_weight_abs_diff", "resume_n_to_1_weight_abs_diff", "vlpo_weight_abs_diff"):
         assert 0 <= res["checks"][name]["value"] <= res["checks"][name]["bound"] == 1e-6
+    assert 0 <= res["checks"]["vlpo_same_rollouts"]["noise_abs_diff"] <= 1e-6
+    assert res["checks"]["diagnostics_sharded_equal_one_process"]["rank_files_left"] == 0

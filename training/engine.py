@@ -347,7 +347,7 @@ class Engine:
         """Write a complete, resumable checkpoint (all ranks must call it). Returns the final directory.
 
         `k_latent`: K recorded next to the weights (`model/medlvr_latent.json`, needs `processor`).
-        `write_extra(tmp_dir)`: every rank adds its own files (VLPO: the rollout generator) before the manifest.
+        `write_extra(tmp_dir)`: every rank adds its own files (per-rank state of a recipe) before the manifest.
         The manifest (`medlvr.training.checkpoints.write_manifest`) is written last, then the folder renamed."""
         final = Path(directory)
         tmp = final.with_name(final.name + ".tmp")

@@ -37,7 +37,7 @@ The lm_head runs only on rows that sample a token this step (not on latent or fo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -127,16 +127,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _latent_noise(mu: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """(n, D) noise for latent means mu (n, D)."""
+def _latent_noise(mu: torch.Tensor, cfg: DecodeConfig,
+                  generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """(n, D) noise for latent means mu (n, D); `generator`: one for all rows, or one per row."""
     if cfg.noise == "none" or cfg.noise_scale == 0:
         return torch.zeros_like(mu)
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
+    if isinstance(generator, Sequence):
+        eps = torch.cat([torch.randn((1, mu.shape[-1]), generator=g, device=mu.device, dtype=torch.float32)
+                         for g in generator])
+    else:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
     if cfg.noise == "absolute":
         return (cfg.noise_scale * eps).to(mu.dtype)
     # relative: ||noise|| = alpha * ||mu|| exactly, direction uniform on the sphere
     scale = cfg.noise_scale * mu.float().norm(dim=-1, keepdim=True) / eps.norm(dim=-1, keepdim=True)
     return (scale * eps).to(mu.dtype)
+
+
+class RowGenerators:
+    """One `torch.Generator` per trajectory row (row b*G + g), for `latent_generate(generator=...)`: every row's
+    token sampling and latent noise come from its own stream, so a row's draws depend on its seed alone, not on
+    which other rows share its batch (the VLPO trainer seeds each row by sample id: the same sample gets the same
+    draws on any world size). Costs one small draw per row and step instead of one per step."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self._gens = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self._gens)
+
+    def __getitem__(self, row: int) -> torch.Generator:
+        return self._gens[row]
+
+
+def _for_rows(generator, rows: torch.Tensor):
+    """What the draws for rows `rows` take: the one generator, or the list of those rows' own (`RowGenerators`)."""
+    return [generator[r] for r in rows.tolist()] if isinstance(generator, RowGenerators) else generator
 
 
 def _eos_ids(model, cfg: DecodeConfig) -> list[int]:
@@ -151,14 +178,14 @@ def latent_generate(
     cfg: DecodeConfig = DecodeConfig(),
     *,
     force_start: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowGenerators | None = None,
     latent_transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> LatentDecodeOutput:
     """Generate for a left-padded prompt batch (processor output: input_ids (B, L), attention_mask (B, L),
     mm_token_type_ids (B, L), optional pixel_values (P, C*2*14*14) and image_grid_thw (n_images, 3)).
 
     force_start: optional (B,) bool per prompt, overriding `cfg.force_start` (rows of one batch may differ).
-    generator: RNG for sampling and latent noise (None = torch's global RNG).
+    generator: RNG for sampling and latent noise (None = torch's global RNG), or `RowGenerators` (one per row).
     latent_transform: optional `f(z, rows, slots) -> z'` applied to every latent input before it is fed
         (evaluation ablations: zero / shuffle across samples / noise). z (n, D) = mu + noise of the n rows fed a
         latent this step, rows (n,) their row ids in [0, N), slots (n,) their latent index k. The recorded `z` is
@@ -240,13 +267,13 @@ def latent_generate(
         live = kind != DONE
         if need.any():
             logits = model.lm_head(h[need])  # (n_need, V)
-            new = sample_tokens(logits, cfg.temperature, cfg.top_p, banned, generator)
+            new = sample_tokens(logits, cfg.temperature, cfg.top_p, banned, _for_rows(generator, act[need]))
             tok[need] = new
             logp[act[need], t] = token_logprobs(logits, new, lp_temp, banned)
             sampled[act[need], t] = True
         if lat.any():
             mu = h[lat]  # hidden state of the previous position: z_k at p comes from H[p-1]
-            eps = _latent_noise(mu, cfg, generator)
+            eps = _latent_noise(mu, cfg, _for_rows(generator, act[lat]))
             z = mu + eps
             rows, slot = act[lat], k_done[lat]
             if latent_transform is not None:

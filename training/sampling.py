@@ -37,9 +37,10 @@ def sample_tokens(
     temperature: float,
     top_p: float = 1.0,
     banned_ids: Sequence[int] = (),
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """(N, V) logits -> (N,) token ids. temperature == 0 means greedy (argmax over non-banned ids)."""
+    """(N, V) logits -> (N,) token ids. temperature == 0 means greedy (argmax over non-banned ids).
+    `generator`: one for all rows, or one per row (row i draws from generator[i] only)."""
     if temperature == 0:
         scaled = logits.float()
         if len(banned_ids):
@@ -52,6 +53,9 @@ def sample_tokens(
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    if isinstance(generator, Sequence):
+        return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g) for i, g in enumerate(generator)]
+                         ).squeeze(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -7,8 +7,9 @@
 #   bash benchmarks/gpu/run.sh              # GPU: writes benchmarks/gpu/results/gpu.json (OUT=dir to change)
 #   bash benchmarks/gpu/run.sh --dry-run    # CPU, tiny shape, the same code paths (tests/test_gpu_benchmark.py)
 # With 2+ GPUs it then runs the multi-rank checks of issue 28 on all of them (benchmarks/gpu/multirank.py: ZeRO-2 on
-# N ranks = 1 rank, the N-rank checkpoint resumed on 1 rank) into multirank.json.
-#   bash benchmarks/gpu/run.sh --multirank-dry-run   # the same checks on 2 CPU ranks (tests/test_gpu_benchmark.py)
+# N ranks = 1 rank, the N-rank checkpoint resumed on 1 rank, VLPO on N ranks = 1 rank on the same rollouts with one
+# reference everywhere, the latent diagnostics sharded over N ranks = one process) into multirank.json.
+#   bash benchmarks/gpu/run.sh --multirank-dry-run [--keep DIR]   # the same checks on 2 CPU ranks (the tests)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
@@ -20,7 +21,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   exec "$PY" benchmarks/gpu/driver.py --dry-run --out "$OUT/dry_run.json"
 fi
 if [[ "${1:-}" == "--multirank-dry-run" ]]; then
-  exec "$PY" benchmarks/gpu/multirank.py --dry-run --out "$OUT/multirank_dry_run.json"
+  exec "$PY" benchmarks/gpu/multirank.py --dry-run --out "$OUT/multirank_dry_run.json" "${@:2}"
 fi
 
 # setup: the package from this checkout (dependencies are the machine's), the device on record

@@ -105,3 +105,41 @@ def test_config_errors(tmp_path):
                      ({"latent_diagnostics": {"benchmarks": ["vqa_rad"]}}, "not configured")]:
         with pytest.raises(ConfigError, match=msg):
             load_eval_config(_write(tmp_path, {**CONFIG, **bad}))
+
+
+def test_diagnostics_sharded_over_two_ranks_then_merged_equal_one_process(tmp_path):
+    """Issue 28: what each torchrun rank of `medlvr evaluate` does (its whole batches r::2 of every pass, a rank
+    file each), then rank 0's merge: the same latent_diagnostics.json as one process (read back as plain JSON) and,
+    row by row, the same decoded passes (the tiny model answers nothing parseable, so the JSON's figures alone
+    could not tell rows apart). 5 samples in batches of 2: rank 0 decodes batches 0 and 2 (the short one), rank 1
+    batch 1."""
+    from medlvr.evaluation.latent_diagnostics import (RecordingDecoder, merge_rank_diagnostics, merged_passes,
+                                                      rank_diagnostics_path, run_for_config)
+
+    path = _write(tmp_path, {**CONFIG, "limit": 5})
+    one = load_eval_config(path, ["out_dir=one"])
+    samples = load_all(one)
+    chosen = sorted(samples["slake"], key=lambda s: s.sample_id)
+    assert len(chosen) == 5
+    run_for_config(one, samples)
+    two = load_eval_config(path, ["out_dir=two"])
+    for rank in (0, 1):
+        assert run_for_config(two, samples, rank=rank, world_size=2) == {}
+    files = [rank_diagnostics_path(two.out_dir, r, 2, "medlvr", "slake") for r in (0, 1)]
+    assert [torch.load(f, weights_only=True)[0]["mu"].shape[0] for f in files] == [3, 2]
+    assert not (two.out_dir / "latent_diagnostics.json").exists()
+    merged = merged_passes(two.out_dir, 2, "medlvr", "slake", [2, 2, 1])
+    lm = load_for_eval(one.model("medlvr"), one.decode)
+    rec = RecordingDecoder(SampleDecoder(lm.model, lm.processor, lm.ids, chosen,
+                                         lambda p, b: encode_batch(p, b, "tags")[0], batch_size=2,
+                                         max_new_tokens=lambda k: 6, eos_ids=eos_token_ids(lm.model)))
+    diagnose(rec, 2, [1, 2, 3])
+    assert len(merged) == len(rec.passes) >= 6
+    for m, s in zip(merged, rec.passes):
+        assert torch.equal(m.mu, s.mu) and torch.equal(m.z, s.z) and m.parsed == s.parsed
+    assert not torch.equal(merged[0].mu[:2], merged[0].mu[2:4])  # rows differ: a wrong interleave would show
+    merge_rank_diagnostics(two, samples, 2)
+    single = json.loads((one.out_dir / "latent_diagnostics.json").read_text())
+    assert json.loads((two.out_dir / "latent_diagnostics.json").read_text()) == single
+    assert single["medlvr"]["slake"]["n"] == 5 and set(single["medlvr"]["slake"]["k_sweep"]) == {"1", "2", "3"}
+    assert not list(two.out_dir.glob("latent_diagnostics.rank*"))

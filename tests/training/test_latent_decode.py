@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.latent_decode import DecodeConfig, RowGenerators, latent_generate
 from medlvr.training.sampling import sample_tokens
 
 SIZES = [(224, 224), (280, 168), (112, 336)]  # different grids -> different image-token counts and rope deltas
@@ -229,6 +229,31 @@ def test_latent_noise_is_recorded(tiny, make_batch, kind, scale):
         assert abs(out.noise.std().item() - scale) < 0.2 * scale
     # the noisy latent changes the continuation's hidden states: later latent means differ between the G samples
     assert not torch.allclose(out.mu[0, 1:], out.mu[1, 1:])
+
+
+def test_row_generators_make_a_rows_draws_independent_of_its_batch(tiny, make_batch):
+    """Issue 28: with one generator per row (the VLPO trainer seeds them by sample id), a prompt's G rows sample the
+    same tokens and latent noise whether it is decoded in a batch of 3 or alone (as on another rank); with one
+    shared generator the alone-run of prompt 1 starts where the batch's prompt 0 started and differs."""
+    cfg = DecodeConfig(k_latent=2, max_new_tokens=10, num_samples=2, temperature=1.0, noise="relative",
+                       noise_scale=0.1)
+    seeds = [101, 102, 201, 202, 301, 302]
+    out = latent_generate(tiny.model, make_batch(SIZES), tiny.ids, cfg, generator=RowGenerators(seeds))
+    shared = latent_generate(tiny.model, make_batch(SIZES), tiny.ids, cfg, generator=torch.Generator().manual_seed(0))
+    differs = False
+    for i, size in enumerate(SIZES):
+        alone = latent_generate(tiny.model, make_batch([size], first=i), tiny.ids, cfg,
+                                generator=RowGenerators(seeds[2 * i:2 * i + 2]))
+        T = alone.n_steps
+        assert torch.equal(out.sequences[2 * i:2 * i + 2, :T], alone.sequences)
+        eps = out.noise[2 * i:2 * i + 2] / out.noise[2 * i:2 * i + 2].norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(eps, alone.noise / alone.noise.norm(dim=-1, keepdim=True), atol=1e-5, rtol=0)
+        old = latent_generate(tiny.model, make_batch([size], first=i), tiny.ids, cfg,
+                              generator=torch.Generator().manual_seed(0))
+        differs |= not torch.allclose(shared.noise[2 * i:2 * i + 2], old.noise, atol=1e-3)
+    assert differs  # the shared stream really depends on the batch
+    again = latent_generate(tiny.model, make_batch(SIZES), tiny.ids, cfg, generator=RowGenerators(seeds[::-1]))
+    assert not torch.allclose(again.noise, out.noise)  # the seeds, not the rows, decide the draws
 
 
 def test_sampling_rules():

@@ -1,6 +1,6 @@
 """Two ranks on CPU (gloo), launched with torchrun as docs/training.md §5.1 prints it, against one rank with the
-same global batch (issue 28): ROI-SFT under DeepSpeed ZeRO-2, checkpoints moved between world sizes, LoRA, and a
-rank killed mid-run.
+same global batch (issue 28): ROI-SFT under DeepSpeed ZeRO-2, checkpoints moved between world sizes, LoRA, VLPO on
+the same rollouts, and a rank killed mid-run.
 
 Same global batch: 2 ranks x micro-batch 2 against 1 rank x micro-batch 2 x grad_accum 2, so every forward sees
 the same rows with the same padding and only the gradient sum differs (an all-reduce average against an
@@ -8,9 +8,19 @@ accumulation; the loss is already normalised by the global counts). On this CPU 
 the assertions allow 1e-6 absolute (lr 1e-3, 4 AdamW steps: a reordered fp32 sum moves a gradient by ~1e-7
 relative, and AdamW's update m / (sqrt(v) + eps) carries that relative error into at most ~1e-7 x lr per step).
 
-One set of runs is shared by every assertion (module-scoped fixtures); each launch costs DeepSpeed's import and
-the tiny model's build, with OMP / torch threads at 1 per rank: 25-50 s a launch, 5.5-8 minutes for the module
-on the shared 2-core build machine at a load average of 9-11 (10 launches).
+VLPO: 2 ranks x 1 prompt (its whole group of G = 4) against 1 rank x 2 prompts, from a policy taught the answer
+format (rewards differ within a group, so the update is not zero), prompts of one question template (one token
+length: the 1-rank batch of two prompts has no padding a rank's one-prompt batch lacks). Each trajectory row draws
+from its own generator seeded by (seed, step, sample id, g), so both runs draw the same rollouts: token ids equal,
+latent noise equal within 1e-6, and the weights after 2 steps within the same 1e-6 (measured: 0 to 7e-9). With
+padding the rollouts' log-probs differ by ~7e-7 and AdamW's first step, lr x sign(g), turns that into up to 5e-5 on
+entries whose gradient is near zero; that is why the prompts share a length.
+
+The launches are shared: the runs of `bash benchmarks/gpu/run.sh --multirank-dry-run` (the session fixture
+`multirank_dry_run`, tests/conftest.py: ROI-SFT on 1 and 2 ranks and the 2-rank checkpoint resumed on 1, VLPO on 1
+and 2 ranks, the sharded diagnostics) serve these tests too; the rest launch their own. Each launch costs
+DeepSpeed's import and the tiny model's build, with OMP / torch threads at 1 per rank: 25-50 s a launch on the
+shared 2-core build machine.
 """
 
 from __future__ import annotations
@@ -32,7 +42,6 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load_file
 
-from medlvr.corpus.sample_corpus import build_sample_corpus
 from tests.training.helpers import REPO, TINY_CONFIG
 
 pytestmark = [pytest.mark.slow,
@@ -99,19 +108,26 @@ def _samples(out: Path, rank: int) -> dict[int, list[list[str]]]:
             for x in (out / "samples" / f"rank-{rank}.jsonl").read_text().splitlines()}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return build_sample_corpus(tmp_path_factory.getbasetemp() / "multirank_corpus")
+def _kept(multirank_dry_run, name: str) -> Path:
+    """A run folder the shared dry run kept (it failed before that run: its error)."""
+    d = multirank_dry_run.runs / name
+    assert d.is_dir(), multirank_dry_run.proc.stderr[-4000:]
+    return d
 
 
 @pytest.fixture(scope="module")
-def one(corpus, tmp_path_factory) -> Path:
-    return _launch(1, corpus, tmp_path_factory.mktemp("one"))
+def corpus(multirank_dry_run) -> Path:
+    return _kept(multirank_dry_run, "corpus/corpus")  # build_sample_corpus(DIR) returns DIR/corpus
 
 
 @pytest.fixture(scope="module")
-def two(corpus, tmp_path_factory) -> Path:
-    return _launch(2, corpus, tmp_path_factory.mktemp("two"), "run.tensorboard=true")
+def one(multirank_dry_run) -> Path:
+    return _kept(multirank_dry_run, "one")  # _cmd(1, ...) with run.tensorboard=false
+
+
+@pytest.fixture(scope="module")
+def two(multirank_dry_run) -> Path:
+    return _kept(multirank_dry_run, "many")  # _cmd(2, ...) with run.tensorboard=true
 
 
 def test_two_ranks_equal_one_rank_losses_and_weights(one, two):
@@ -150,12 +166,16 @@ def test_metrics_and_tensorboard_written_once_by_rank_zero(two):
 
 
 @pytest.mark.parametrize("source,ranks", [("two", 1), ("two", 2), ("one", 2)], ids=["2to1", "2to2", "1to2"])
-def test_checkpoint_resumes_on_another_world_size(source, ranks, one, two, corpus, tmp_path):
+def test_checkpoint_resumes_on_another_world_size(source, ranks, one, two, corpus, tmp_path, multirank_dry_run):
     """Killed after step 2, resumed with `run.resume: auto` (the manifest is verified) on 1 or 2 ranks: the same
-    weights as the uninterrupted run. Old code: DeepSpeed refused a checkpoint from another data-parallel size."""
+    weights as the uninterrupted run. Old code: DeepSpeed refused a checkpoint from another data-parallel size.
+    2to1 is the dry run's `resumed` run (the same command and folder as `_resume_from` + `_launch` make)."""
     src = {"one": one, "two": two}[source]
-    out = _launch(ranks, corpus, _resume_from(src / "checkpoints" / f"step-{KILL_STEP:07d}", tmp_path),
-                  "run.resume=auto")
+    if (source, ranks) == ("two", 1):
+        out = _kept(multirank_dry_run, "resumed")
+    else:
+        out = _launch(ranks, corpus, _resume_from(src / "checkpoints" / f"step-{KILL_STEP:07d}", tmp_path),
+                      "run.resume=auto")
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(
         range(1, STEPS + 1))
     assert _losses(out) == pytest.approx(_losses(one), rel=1e-6, abs=1e-9)
@@ -197,23 +217,35 @@ def test_a_killed_rank_ends_the_job_naming_that_rank(corpus, tmp_path):
     assert "rank      : 1 (local_rank: 1)" in err and "Signal 9 (SIGKILL)" in err
 
 
-def test_vlpo_two_ranks_keep_whole_groups_and_log_the_whole_batch(tmp_path):
+@pytest.fixture(scope="module")
+def vlpo_one(multirank_dry_run) -> Path:
+    return _kept(multirank_dry_run, "vlpo_one")  # 1 rank, run.prompts_per_step=2
+
+
+@pytest.fixture(scope="module")
+def vlpo_two(multirank_dry_run) -> Path:
+    return _kept(multirank_dry_run, "vlpo_many")  # 2 ranks, run.prompts_per_step=1, run.tensorboard=true
+
+
+def _vlpo_logs(out: Path, ranks: int) -> list[dict[int, dict]]:
+    return [{(d := json.loads(x))["step"]: d for x in (out / "samples" / f"rank-{r}.jsonl").read_text().splitlines()}
+            for r in range(ranks)]
+
+
+def _rollouts(out: Path, step: int, rank: int) -> dict[str, np.ndarray]:
+    return load_file(out / "samples" / "rollouts" / f"step-{step:07d}.rank-{rank}.safetensors")
+
+
+def test_vlpo_two_ranks_keep_whole_groups_and_log_the_whole_batch(vlpo_two):
     """VLPO on 2 ranks, 1 prompt x G = 4 trajectories each: rank r takes prompt r of the common permutation (so a
     group never spans ranks and its advantages need no communication), and the logged step metrics are those of
     both ranks' trajectories (old code logged rank 0's share)."""
     import random
 
-    out = tmp_path / "vlpo"
-    sets = ["engine.backend=deepspeed", f"run.out_dir={out}", "run.max_steps=2", "run.save_every=0",
-            "run.prompts_per_step=1", "run.log_samples=true", "run.progress=false"]
-    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "medlvr.training.vlpo.trainer",
-           "--config", str(REPO / "configs" / "vlpo_tiny.yaml"), *[a for s in sets for a in ("--set", s)]]
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-4000:]
+    out = vlpo_two
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
-    logs = [{(d := json.loads(x))["step"]: d for x in (out / "samples" / f"rank-{r}.jsonl").read_text().splitlines()}
-            for r in range(2)]
+    logs = _vlpo_logs(out, 2)
     perm = list(range(12))  # vlpo_tiny.yaml: synthetic_size 12, engine.seed 0, data.split_seed 0
     random.Random(0).shuffle(perm)
     for step, m in zip((1, 2), metrics):
@@ -232,6 +264,53 @@ def test_vlpo_two_ranks_keep_whole_groups_and_log_the_whole_batch(tmp_path):
     files = json.loads((out / "checkpoints" / "step-0000002" / "manifest.json").read_text())["files"]
     assert [f for f in files if f.endswith(".safetensors")] == ["model/model.safetensors"]
     assert (out / "final" / "model" / "model.safetensors").is_file()
+    assert len(list((out / "tb").rglob("events.out.tfevents.*"))) == 1  # TensorBoard once, by rank 0
+
+
+def test_vlpo_two_ranks_equal_one_rank_on_the_same_rollouts(vlpo_one, vlpo_two, multirank_dry_run):
+    """The module docstring's VLPO comparison. Same rollouts: every trajectory row has the seed of its (step, sample
+    id, g) on both world sizes, the recorded token ids are equal and the latent noise equal within 1e-6 (old code:
+    a generator per rank position, seed * 1000 + rank, so rank 1 drew other noise than the 1-rank run's prompt 1).
+    Group advantages (recomputed here from the logged rewards) are those of each prompt's whole group; the losses
+    and the weights after the 2 updates equal the 1-rank run's."""
+    one, two = _vlpo_logs(vlpo_one, 1)[0], _vlpo_logs(vlpo_two, 2)
+    G, nonzero_groups = 4, 0
+    for step in (1, 2):
+        ranks = [two[r][step] for r in range(2)]
+        assert one[step]["sample_ids"] == ranks[0]["sample_ids"] + ranks[1]["sample_ids"]
+        assert one[step]["row_seeds"] == ranks[0]["row_seeds"] + ranks[1]["row_seeds"]
+        assert len(set(one[step]["row_seeds"])) == 2 * G
+        ref = _rollouts(vlpo_one, step, 0)
+        got = [_rollouts(vlpo_two, step, r) for r in range(2)]
+        for key in ("sequences", "gen_mask", "sampled_mask"):
+            assert np.array_equal(ref[key], np.concatenate([g[key] for g in got])), key
+        noise = np.concatenate([g["noise"] for g in got])
+        assert np.abs(noise.astype(np.float64) - ref["noise"]).max() <= ATOL
+        assert (np.linalg.norm(ref["noise"], axis=-1) > 0).any()  # the latent slots really carry noise
+        for r, g in enumerate(got):  # eq. 5 over the rank's one whole group
+            rew = np.array(ranks[r]["reward"], dtype=np.float64)
+            std = rew.std(ddof=1)
+            adv = np.zeros(G) if std == 0 else (rew - rew.mean()) / (std + 1e-6)
+            assert np.allclose(g["advantages"], adv, atol=1e-6)
+            nonzero_groups += std > 0
+        assert np.allclose(ref["advantages"], np.concatenate([g["advantages"] for g in got]), atol=1e-6)
+    assert nonzero_groups >= 2  # the update has a policy-gradient signal
+    assert _losses(vlpo_two) == pytest.approx(_losses(vlpo_one), rel=1e-6, abs=1e-8)
+    final = "final/model/model.safetensors"
+    a, b = load_file(vlpo_one / final), load_file(vlpo_two / final)
+    _assert_same_weights(a, b)
+    start = load_file(_kept(multirank_dry_run, "vlpo_policy") / "model" / "model.safetensors")
+    assert max(float(np.abs(a[k].astype(np.float64) - start[k]).max()) for k in a) > 1e-4  # the update moved
+
+
+def test_vlpo_reference_model_is_the_same_on_every_rank(vlpo_one, vlpo_two):
+    """Each rank records the sha256 of its reference model's parameters (`run.log_samples`): both ranks of the
+    2-rank run and the 1-rank run hold the same reference."""
+    hashes = [json.loads((d / "samples" / f"reference.rank-{r}.json").read_text())
+              for d, n in ((vlpo_one, 1), (vlpo_two, 2)) for r in range(n)]
+    assert [h["rank"] for h in hashes] == [0, 0, 1]
+    digests = {h["reference_sha256"] for h in hashes}
+    assert len(digests) == 1 and len(digests.pop()) == 64
 
 
 def test_a_rank_that_raises_ends_the_job_with_its_error_in_one_line(corpus, one, tmp_path):

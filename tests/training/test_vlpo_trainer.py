@@ -217,7 +217,9 @@ def test_resume_is_exact(tmp_path, sft_ckpt):
     part = train_vlpo(_cfg(tmp_path / "part", sft_ckpt, run__stop_after=2))
     assert part["steps"] == 2 and part["final_dir"] is None
     manifest = json.loads((tmp_path / "part" / "checkpoints" / "step-0000002" / "manifest.json").read_text())
-    assert "rollout_rng/rank-0.pt" in manifest["files"]  # written inside the folder before its manifest
+    # no rollout generator state: the rows' draws are seeded by (seed, step, sample id, g)
+    assert "trainer_state.json" in manifest["files"]
+    assert not any(f.startswith("rollout_rng/") for f in manifest["files"])
 
     class Killed(BaseException):
         pass
@@ -339,8 +341,8 @@ def test_two_rank_split_of_the_same_rollouts_gives_the_one_rank_gradient(tmp_pat
 
 
 def test_checkpoint_from_another_world_size_is_one_error(tmp_path, sft_ckpt):
-    """Each rank's rollout generator is part of a Stage-2 checkpoint: one written by 2 ranks does not resume on 1
-    (a CheckpointError, one line at the CLI), instead of a missing-file traceback or a silent other stream."""
+    """A Stage-2 checkpoint's prompt sampler counts global batches of prompts_per_step x ranks: one written by 2
+    ranks does not resume on 1 (a CheckpointError, one line at the CLI) instead of silently drawing other prompts."""
     from medlvr.training.checkpoints import CheckpointError, write_manifest
 
     train_vlpo(_cfg(tmp_path, sft_ckpt, run__max_steps=1, run__save_every=0))

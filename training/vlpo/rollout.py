@@ -8,19 +8,20 @@ project's batched KV-cached latent decoding (`medlvr.training.latent_decode.late
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import torch
 
-from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput, latent_generate
+from medlvr.training.latent_decode import DecodeConfig, LatentDecodeOutput, RowGenerators, latent_generate
 from medlvr.training.model import LatentTokenIds
 from medlvr.training.vlm_inputs import images_per_row
 
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: Mapping[str, torch.Tensor], cfg: DecodeConfig,
-                 generator: torch.Generator | None = None) -> LatentDecodeOutput: ...
+                 generator: torch.Generator | RowGenerators | None = None) -> LatentDecodeOutput: ...
 
 
 def repeat_prompts(prompts: Mapping[str, torch.Tensor], g: int, image_token_id: int) -> dict[str, torch.Tensor]:
@@ -62,3 +63,19 @@ def _replace(cfg: DecodeConfig, **kw) -> DecodeConfig:
     import dataclasses
 
     return dataclasses.replace(cfg, **kw)
+
+
+def rollout_row_seeds(seed: int, step: int, sample_ids: Sequence[str], num_generations: int) -> list[int]:
+    """Seeds of the B*G trajectory rows (row b*G + g) of training step `step` (1-based) for `RowGenerators`: a pure
+    function of (run seed, step, sample id, its occurrence in `sample_ids`, g), never of the rank or the row's
+    position, so a sample gets the same token and latent-noise draws on any world size. `sample_ids`: the whole
+    step batch of every rank (its occurrence count keeps a sample drawn twice in one step from repeating its
+    draws); a rank seeds its own rows with its slice of the result."""
+    seen: dict[str, int] = {}
+    out = []
+    for sid in sample_ids:
+        n = seen[sid] = seen.get(sid, -1) + 1
+        for g in range(num_generations):
+            digest = hashlib.sha256(f"{seed}/{step}/{sid}/{n}/{g}".encode()).digest()
+            out.append(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+    return out

@@ -13,19 +13,23 @@ One optimizer step (docs/method.md §4):
 One update per rollout batch (on-policy): the behaviour log-probs and means are those recorded by the rollout.
 
 Multi-GPU: launch every rank with `torchrun ... -m medlvr.training.vlpo.trainer --config C` and `engine.backend:
-deepspeed`; each rank draws its own B prompts of a common permutation, loss normalisers are all-reduced. Only
-rank 0 logs, and only rank 0 opens Dagster Pipes (when launched by Dagster).
+deepspeed`; each rank draws its own B prompts of a common permutation (whole groups per rank), loss normalisers
+are all-reduced. Every trajectory row samples its tokens and latent noise from its own generator seeded by (seed,
+step, sample id, g) (`rollout_row_seeds`), so a sample's rollout does not depend on the rank or world size. Only
+rank 0 logs, and only rank 0 opens Dagster Pipes (when launched by Dagster). `run.log_samples` also records each
+rank's rollouts (`samples/rollouts/`) and the sha256 of its reference model (`samples/reference.rank-R.json`).
 
-Checkpoints: `run.out_dir/checkpoints/step-XXXXXXX/` (`medlvr.training.checkpoints`; engine layout +
-`rollout_rng/rank-R.pt`; K saved next to the weights), the newest `run.keep_last` kept; `run.out_dir/final/model`
-is the trained policy (a `load_checkpoint`-able directory). Exact resume (`run.resume: auto`): weights,
-optimizer, scheduler, global RNGs (engine), the prompt sampler position and the rollout generator.
+Checkpoints: `run.out_dir/checkpoints/step-XXXXXXX/` (`medlvr.training.checkpoints`; the engine layout; K saved
+next to the weights), the newest `run.keep_last` kept; `run.out_dir/final/model` is the trained policy (a
+`load_checkpoint`-able directory). Exact resume (`run.resume: auto`): weights, optimizer, scheduler, global RNGs
+(engine) and the prompt sampler position (the rollout draws are a function of the step).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -57,7 +61,8 @@ from medlvr.training.vlpo.core import (
     vision_token_ids,
 )
 from medlvr.training.vlpo.data import PromptSampler, build_prompt_batch, load_samples
-from medlvr.training.vlpo.rollout import LocalLatentRollout
+from medlvr.training.latent_decode import RowGenerators
+from medlvr.training.vlpo.rollout import LocalLatentRollout, rollout_row_seeds
 
 def load_policy(cfg: VLPORunConfig):
     """(model, processor, ids) from the ROI-SFT checkpoint, or the tiny offline model; pixel budget set."""
@@ -76,14 +81,36 @@ def load_reference(cfg: VLPORunConfig, device: torch.device):
     return ref.to("cpu" if m.ref_offload else device)
 
 
-def _save(eng: Engine, cfg: VLPORunConfig, step: int, sampler: PromptSampler, gen: torch.Generator,
-          processor) -> Path:
-    def rollout_state(tmp: Path) -> None:  # inside the folder before its manifest is written
-        (tmp / "rollout_rng").mkdir(exist_ok=True)
-        torch.save(gen.get_state(), tmp / "rollout_rng" / f"rank-{eng.rank}.pt")
-
+def _save(eng: Engine, cfg: VLPORunConfig, step: int, sampler: PromptSampler, processor) -> Path:
+    # no rollout generator state: every row's draws are seeded from (seed, step, sample id) (`rollout_row_seeds`)
     return eng.save(checkpoint_dir(cfg.run.out_dir, step), {"sampler": sampler.state_dict()}, processor=processor,
-                    config=cfg.to_dict(), k_latent=cfg.k_latent, write_extra=rollout_state)
+                    config=cfg.to_dict(), k_latent=cfg.k_latent)
+
+
+def parameter_sha256(model) -> str:
+    """sha256 over the model's parameters (name, dtype, shape, bytes) in name order: equal on two ranks iff they
+    hold the same weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _record_rollout(out_dir: Path, rank: int, step: int, exp) -> None:
+    """`run.log_samples`: this rank's rollouts of `step` as tensors (token ids, masks, latent noise, inputs and
+    means), `samples/rollouts/step-S.rank-R.safetensors`, written atomically."""
+    from safetensors.torch import save_file
+
+    o = exp.out
+    path = out_dir / "samples" / "rollouts" / f"step-{step:07d}.rank-{rank}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"sequences": o.sequences, "gen_mask": o.gen_mask, "sampled_mask": o.sampled_mask, "noise": o.noise,
+               "z": o.z, "mu": o.mu, "logprobs": o.logprobs, "advantages": exp.advantages}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
 
 
 def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
@@ -109,19 +136,17 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
     ref = load_reference(cfg, eng.device) if cfg.algo.beta != 0 else None
     samples = load_samples(cfg.data, out_dir)
     sampler = PromptSampler(len(samples), B * eng.world_size, seed=seed)
-    gen = torch.Generator(device=eng.device).manual_seed(seed * 1000 + eng.rank)
     engine_rollout = LocalLatentRollout(policy, ids)
     dcfg = decode_config(cfg.rollout, cfg.k_latent, banned_ids=vision_token_ids(policy))
 
     ck = resolve_resume(out_dir, run.resume)
     if ck is not None:
         saved_world = json.loads((ck / "trainer_state.json").read_text())["world_size"]
-        if saved_world != eng.world_size:  # each rank's rollout generator is part of the exact resume
+        if saved_world != eng.world_size:  # the prompt sampler's position counts global batches of B x ranks
             raise CheckpointError(f"checkpoint {ck} was written by {saved_world} ranks, this run has "
                                   f"{eng.world_size}: Stage 2 resumes on the world size that wrote it")
         extra = eng.resume(ck)
         sampler.load_state_dict(extra["sampler"])
-        gen.set_state(torch.load(ck / "rollout_rng" / f"rank-{eng.rank}.pt", weights_only=False))
     logger = MetricsLogger(out_dir, enabled=eng.is_main, total_steps=run.max_steps,
                            tensorboard=run.tensorboard, progress=run.progress,
                            start_step=eng.global_step // mu)
@@ -130,12 +155,21 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     history, done_here = [], 0
     sample_log = open_sample_log(out_dir, eng.rank, eng.global_step // mu) if run.log_samples else None
+    if run.log_samples:  # the reference every rank scores against: the 2-rank tests check the hashes agree
+        ref_record = out_dir / "samples" / f"reference.rank-{eng.rank}.json"
+        tmp = ref_record.with_name(ref_record.name + ".tmp")
+        tmp.write_text(json.dumps({"rank": eng.rank,
+                                   "reference_sha256": None if ref is None else parameter_sha256(ref)}))
+        tmp.replace(ref_record)
     step = lambda: eng.global_step // mu  # noqa: E731  training steps (rollout batches) done
     while step() < run.max_steps:
         if run.stop_after is not None and done_here >= run.stop_after:
             break
         t_step = time.perf_counter()
-        idx = sampler.next_indices()[eng.rank * B:(eng.rank + 1) * B]
+        step_idx = sampler.next_indices()  # the whole step batch, every rank's B prompts
+        idx = step_idx[eng.rank * B:(eng.rank + 1) * B]
+        row_seeds = rollout_row_seeds(seed, step() + 1, [samples[i].sample_id for i in step_idx], G)
+        gen = RowGenerators(row_seeds[eng.rank * B * G:(eng.rank + 1) * B * G], eng.device)
         batch = build_prompt_batch(processor, [samples[i] for i in idx], cfg.data.instruction)
         # one bottleneck draw per rollout batch, a pure function of (seed, step): rollout and replay share it
         closed = cfg.rollout.bottleneck.closed(seed, step(), run.max_steps)
@@ -149,9 +183,11 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
                                          "reward": exp.rewards["reward"].tolist(),
                                          "response_length": exp.out.gen_mask.sum(-1).tolist(),
                                          "answer_tokens": exp.out.sampled_mask.sum(-1).tolist(),
-                                         "neg_logp": (-(exp.out.logprobs * exp.out.sampled_mask).sum(-1)).tolist()})
+                                         "neg_logp": (-(exp.out.logprobs * exp.out.sampled_mask).sum(-1)).tolist(),
+                                         "row_seeds": gen.seeds})
                              + "\n")
             sample_log.flush()
+            _record_rollout(out_dir, eng.rank, step() + 1, exp)
         local = global_denominators(exp, cfg.algo.aggregation)
         denoms = {k: eng.all_reduce_sum(v) / eng.world_size for k, v in local.items()}
         times = dict(exp.times)
@@ -190,7 +226,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         if log_fn is not None and eng.is_main:
             log_fn(step(), m)
         if run.save_every and step() % run.save_every == 0 and step() < run.max_steps:
-            _save(eng, cfg, step(), sampler, gen, processor)
+            _save(eng, cfg, step(), sampler, processor)
             if eng.is_main:
                 prune_checkpoints(out_dir, run.keep_last, upto=step())
     logger.close()
@@ -198,7 +234,7 @@ def train_vlpo(cfg: VLPORunConfig, *, log_fn=None) -> dict:
         sample_log.close()
     result = {"steps": step(), "metrics": history, "final_dir": None, "checkpoint": None}
     if step() > 0:
-        ck_dir = _save(eng, cfg, step(), sampler, gen, processor)
+        ck_dir = _save(eng, cfg, step(), sampler, processor)
         result["checkpoint"] = str(ck_dir)
         if step() >= run.max_steps:
             final = out_dir / "final"
