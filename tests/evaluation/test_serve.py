@@ -109,7 +109,8 @@ def test_models_and_a_completion_with_the_latent_summary(server, ckpt):
     assert raw["medlvr"]["k_latent"] == K and raw["medlvr"]["n_latent"] == K
     assert len(raw["medlvr"]["states"]) == K and all(s["norm"] > 0 for s in raw["medlvr"]["states"])
     assert r.usage.completion_tokens >= K + 2  # the latent segment is generated too
-    assert "medlvr" not in ask(server.client(), 0).model_dump()  # only on request
+    plain = ask(server.client(), 0).model_dump()["medlvr"]  # K always; the states' summary only on request
+    assert plain == {"k_latent": K, "n_latent": K}
 
 
 def test_eight_concurrent_clients_batch_together_and_get_their_own_answers(server):
@@ -248,11 +249,14 @@ def test_endpoint_evaluation_of_the_served_model_matches_local_evaluate(server, 
         for p in (tmp_path / folder / "predictions").rglob("*.jsonl"):
             for line in p.read_text().splitlines():
                 r = json.loads(line)
-                recs[(r["benchmark"], r["sample_id"])] = clean(r["output"])  # the latent segment stripped
+                # the latent segment stripped; the served K is what the server reported, the local one the model's
+                recs[(r["benchmark"], r["sample_id"])] = (clean(r["output"]), r["k_latent"], r["n_latent"],
+                                                          r["n_text_tokens"])
         return recs
 
     got_local, got_served = answers("local"), answers("served")
     assert len(got_local) == 8 and got_local == got_served
+    assert {v[1:3] for v in got_served.values()} == {(K, K)}
 
 
 @pytest.mark.parametrize("args, message", [
