@@ -141,6 +141,8 @@ def parse_request(body: Any, model_id: str, max_tokens_limit: int, allowed_root:
                            "invalid_request_error", "model_not_found", "model")
     for key, default in UNSUPPORTED.items():
         value = body.get(key)
+        if key == "response_format" and value == {"type": "text"}:
+            continue  # plain text is what the server answers (harnesses send it for reasoning models' names)
         if value not in (None, default, [], ""):
             raise RequestError(400, f"`{key}` = {value!r} is not supported by medlvr serve", param=key)
     messages = body.get("messages")

@@ -10,12 +10,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import httpx2
 import numpy as np
 import openai
 import pytest
@@ -24,59 +21,9 @@ from PIL import Image
 
 from medlvr.corpus.evalsets.answers import clean
 from medlvr.evaluation import cli as evaluation_cli
+from tests.evaluation.serving import MEDLVR, SERVED_K, start_server
 
-MEDLVR = Path(sys.executable).parent / "medlvr"
-K = 3
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from medlvr.training.model import save_checkpoint
-    from medlvr.training.tiny import build_tiny
-
-    b = build_tiny(seed=2)
-    return save_checkpoint(b.model, b.processor, tmp_path_factory.mktemp("serve") / "model", k_latent=K)
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, port: int):
-        self.proc, self.port = proc, port
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-
-    def client(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key="none", max_retries=0, **kw)
-
-    def health(self) -> dict:
-        return httpx2.get(f"http://127.0.0.1:{self.port}/health", timeout=10).json()
-
-    def stop(self) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=120)
-        return self.proc.returncode, out, err
-
-
-def start_server(ckpt: Path, *args: str, cwd: Path) -> Server:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(MEDLVR), "serve", "--model", str(ckpt), "--port", "0", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()  # printed once the model is loaded and the port is bound
-    if "serving" not in line:
-        proc.kill()
-        raise AssertionError(f"medlvr serve did not start: {line}{proc.stderr.read()}")
-    return Server(proc, int(line.split("http://127.0.0.1:")[1].split("/")[0]))
-
-
-@pytest.fixture(scope="module")
-def server(ckpt, tmp_path_factory):
-    media = tmp_path_factory.mktemp("media")
-    srv = start_server(ckpt, "--max-batch", "8", "--max-prompt-tokens", "300", "--request-timeout", "120",
-                       "--allowed-local-media-path", str(media), cwd=media)
-    srv.media = media
-    yield srv
-    rc, out, err = srv.stop()
-    assert rc == 0, err
-    assert "shut down:" in out
+K = SERVED_K
 
 
 def png_url(seed: int, size=(64, 80)) -> str:
@@ -287,3 +234,14 @@ def test_a_request_past_its_deadline_is_a_504_and_the_server_carries_on(ckpt, tm
     finally:
         rc, out, _ = srv.stop()
     assert rc == 0 and "1 timed out" in out
+
+
+def test_response_format_text_is_accepted_and_json_refused(server):
+    """Harnesses send `response_format: {"type": "text"}` with `max_completion_tokens` when the model's name looks
+    like a reasoning model's (lmms-eval: o1, o3, gpt-5...); text is what the server answers anyway."""
+    _model_id(server)
+    r = ask(server.client(), 0, response_format={"type": "text"})
+    assert r.choices[0].message.content == ask(server.client(), 0).choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(server.client(), 0, response_format={"type": "json_object"})
+    assert e.value.response.json()["error"]["param"] == "response_format"
