@@ -70,8 +70,14 @@ def png_data_url(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def test_lmms_eval_evaluates_the_served_model_on_slake(server, tmp_path):
-    python = harness_python(LMMS_EVAL_VENV, "lmms-eval")
+@pytest.fixture(scope="session")
+def lmms_eval_python() -> Path:
+    """Session-scoped and named before `server`: without the harness the test skips before a server starts."""
+    return harness_python(LMMS_EVAL_VENV, "lmms-eval")
+
+
+def test_lmms_eval_evaluates_the_served_model_on_slake(lmms_eval_python, server, tmp_path):
+    python = lmms_eval_python
     images, rows = slake_imagefolder(tmp_path)
     slake_en = next(LMMS_EVAL_VENV.glob("lib/python*/site-packages/lmms_eval/tasks/slake/slake_en.yaml"))
     tasks = tmp_path / "tasks"
