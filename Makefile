@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medlvr-installed
 
-.PHONY: install demo test bench clean-demo dagster-dev ui-check
+.PHONY: install demo test bench clean-demo dagster-dev ui-check harness-venvs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: install
 # the dev extra), the command that supersedes `dagster dev`, serving the code location of workspace.yaml.
 dagster-dev: install
 	DAGSTER_HOME=$(CURDIR)/pipelines/dagster_home $(VENV)/bin/dg dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# lmms-eval in its own environment (.venv-harness-lmms-eval), for tests/evaluation/test_harnesses.py
+harness-venvs:
+	scripts/harness_venv.sh lmms-eval
 
 ui-check: install
 	$(PY) scripts/ui_check.py

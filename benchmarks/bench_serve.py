@@ -2,10 +2,13 @@
 server decoding one request at a time (`--max-batch 1`), measured in the same run.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_serve.py [--clients 8] [--requests 4] [--k 8] [--max-tokens 24]
-                                                      [--repeats 3]
+                                                      [--repeats 3] [--json FILE]
+    python benchmarks/bench_serve.py --shape 7b --device cuda --dtype bfloat16 --json serve.json   # one GPU
+                                                                                  # (benchmarks/gpu/run.sh)
 
-Both servers are the installed console script (`medlvr serve --port 0`) on a tiny random checkpoint saved to a
-temporary folder (CPU, float32, OMP_NUM_THREADS=1), called through the `openai` SDK by `--clients` threads, each
+Both servers are the installed console script (`medlvr serve --port 0`) on a random checkpoint of `--shape` (tiny;
+3b / 7b: Qwen2.5-VL's shapes) saved to a temporary folder (default CPU, float32, OMP_NUM_THREADS=1; on a GPU both
+servers hold the weights at once, 2 x 16.6 GB for 7b in bf16), called through the `openai` SDK by `--clients` threads, each
 sending `--requests` requests one after another (a 64x80 PNG as a data URL and a question). The random model rarely
 emits EOS, so each answer runs to --max-tokens (plus the K + 2 latent-segment positions). Rounds alternate between
 the two servers; the figures are medians over --repeats rounds. Prints the load average before and after: the
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -42,10 +46,10 @@ def png_url(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def start(ckpt: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start(ckpt: Path, max_batch: int, device: str, dtype: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(MEDLVR), "serve", "--model", str(ckpt), "--port", "0", "--max-batch", str(max_batch)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([str(MEDLVR), "serve", "--model", str(ckpt), "--port", "0", "--max-batch", str(max_batch),
+                             "--device", device, "--dtype", dtype], stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     if "serving" not in line:
         proc.kill()
@@ -88,16 +92,27 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shape", default="tiny", choices=("tiny", "3b", "7b"), help="the random model's shape")
+    ap.add_argument("--device", default="cpu", help="the servers' --device (cpu, cuda)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE")
     args = ap.parse_args()
 
-    from medlvr.training.model import save_checkpoint
-    from medlvr.training.tiny import build_tiny
+    import torch
 
-    print(f"load average before: {os.getloadavg()}")
+    from medlvr.training.model import save_checkpoint
+    from medlvr.training.tiny import SHAPES, build_tiny
+
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before}")
     with tempfile.TemporaryDirectory() as tmp:
-        b = build_tiny(seed=0)
+        b = build_tiny(seed=0, cfg=SHAPES[args.shape], dtype=getattr(torch, args.dtype), device=args.device)
         ckpt = save_checkpoint(b.model, b.processor, Path(tmp) / "model", k_latent=args.k)
-        servers = {"batched": start(ckpt, args.clients), "sequential": start(ckpt, 1)}
+        del b  # the servers load their own copies
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        servers = {"batched": start(ckpt, args.clients, args.device, args.dtype),
+                   "sequential": start(ckpt, 1, args.device, args.dtype)}
         try:
             for _, url in servers.values():  # warm-up: first requests pay for lazy imports
                 one_round(url, str(ckpt), 2, 1, args.max_tokens)
@@ -119,6 +134,15 @@ def main() -> None:
     print(f"batched server: {len(sizes)} batches, mean size {statistics.mean(sizes):.2f}, max {max(sizes)}")
     print(f"batched / sequential: x{med['batched'] / med['sequential']:.2f}  (goal >= 3)")
     print(f"load average after: {os.getloadavg()}")
+    if args.json:
+        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+        figures = {"command": " ".join(sys.argv), "device": device, "shape": args.shape, "dtype": args.dtype,
+                   "clients": args.clients, "requests": args.requests, "k_latent": args.k,
+                   "max_tokens": args.max_tokens, "repeats": args.repeats,
+                   "requests_per_s": {name: {"median": med[name], "rounds": v} for name, v in rates.items()},
+                   "batch_sizes": sizes, "batched_over_sequential": med["batched"] / med["sequential"],
+                   "load_average": {"before": load_before, "after": os.getloadavg()}}
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx2
@@ -73,6 +73,7 @@ class ChatReply:
     completion_tokens: int | None  # the server's usage count, when it reports one
     attempts: int
     latency_s: float = 0.0  # wall time of the request, retries and their waits included
+    medlvr: dict | None = None  # the reply's `medlvr` field (`medlvr serve`: K, latent count), None from others
 
 
 class EndpointError(Exception):
@@ -276,8 +277,7 @@ class ChatEndpoint:
                 self._sleep(self._wait(n, e.retry_after))
                 continue
             self._count("successes")
-            return ChatReply(reply.text, reply.finish_reason, reply.completion_tokens, n + 1,
-                             time.perf_counter() - t0)
+            return replace(reply, attempts=n + 1, latency_s=time.perf_counter() - t0)
         raise AssertionError("unreachable: the loop returns or raises")
 
     def complete_each(self, items: Sequence[T], build: Callable[[T], tuple[list[dict], int]]
@@ -318,8 +318,10 @@ def _reply(completion: Any) -> ChatReply:
         raise _Retryable(f"malformed reply: message content is not text ({_one_line(repr(content), 80)})")
     usage = getattr(completion, "usage", None)
     tokens = getattr(usage, "completion_tokens", None)
+    medlvr = (getattr(completion, "model_extra", None) or {}).get("medlvr")
     return ChatReply(content.strip(), str(getattr(choices[0], "finish_reason", "") or ""),
-                     tokens if isinstance(tokens, int) else None, 0)
+                     tokens if isinstance(tokens, int) else None, 0,
+                     medlvr=medlvr if isinstance(medlvr, dict) else None)
 
 
 def _preview(completion: Any) -> str:

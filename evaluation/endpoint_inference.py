@@ -7,6 +7,8 @@ parser scores it and it lands in the same tables.
   budget every local model gets; the server may resize further (Qwen2.5-VL servers do).
 * `max_tokens` = `decode.max_new_tokens`, temperature from the endpoint settings (0 = greedy).
 * Records: the local fields; `n_tokens` is the server's completion token count (None when it reports none),
+  `k_latent` / `n_latent` what the server reports in its reply's `medlvr` field (`medlvr serve` does: the served
+  model's K), else 0 (a plain server decodes without a latent segment),
   `latency_s` the request's wall time (retries included), `finish_reason` the server's ("length": truncated), plus `attempts`.
 * Resume: written as each reply arrives; ids already in the file are not asked again. A request that fails for
   good (after the client's retries) writes nothing, so the next run asks it again; `EndpointRunStats.failed`
@@ -59,6 +61,21 @@ def chat_messages(sample: Sample, style: str, max_pixels: int, root: Path | None
     return [{"role": "user", "content": content}]
 
 
+def served_latents(medlvr: dict | None) -> tuple[int, int]:
+    """(K, latent states fed back) from a reply's `medlvr` field; (0, 0) when the server sent none."""
+    medlvr = medlvr or {}
+    k, n = medlvr.get("k_latent"), medlvr.get("n_latent")
+    return (k if isinstance(k, int) and k >= 0 else 0), (n if isinstance(n, int) and n >= 0 else 0)
+
+
+def text_tokens(completion_tokens: int | None, n_latent: int) -> int | None:
+    """The sampled tokens of a reply: the completion count less the latent segment (start, states, end), which a
+    latent server counts as generated positions, as local decoding does in `n_tokens`."""
+    if completion_tokens is None or not n_latent:
+        return completion_tokens
+    return max(0, completion_tokens - n_latent - 2)
+
+
 def run_endpoint_predictions(
     client: ChatEndpoint,
     spec: ModelSpec,
@@ -93,11 +110,12 @@ def run_endpoint_predictions(
                 stats.failed += 1
                 stats.last_error = str(reply)
             else:
+                k, n_latent = served_latents(reply.medlvr)
                 rec = {
                     "benchmark": s.benchmark, "sample_id": s.sample_id, "output": reply.text,
                     "n_tokens": reply.completion_tokens, "latency_s": reply.latency_s,
-                    "model": spec.name, "k_latent": 0, "variant": variant, "rank": rank, "world_size": world_size,
-                    "n_text_tokens": reply.completion_tokens, "n_latent": 0,
+                    "model": spec.name, "k_latent": k, "variant": variant, "rank": rank, "world_size": world_size,
+                    "n_text_tokens": text_tokens(reply.completion_tokens, n_latent), "n_latent": n_latent,
                     "finish_reason": "length" if reply.finish_reason == "length" else "stop",
                     "batch_size": 1, "batch_latency_s": reply.latency_s, "attempts": reply.attempts,
                     "prompt_hash": hashlib.sha1(texts[s.sample_id].encode()).hexdigest()[:12],

@@ -63,7 +63,7 @@ class Completion:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int  # every generated position, the latent segment included
-    latent: dict | None = None  # the latent states' summary, when the request asked for it
+    latent: dict | None = None  # {"k_latent", "n_latent"} (the `medlvr` reply field), + "states" on request
 
 
 @dataclass
@@ -141,6 +141,8 @@ def parse_request(body: Any, model_id: str, max_tokens_limit: int, allowed_root:
                            "invalid_request_error", "model_not_found", "model")
     for key, default in UNSUPPORTED.items():
         value = body.get(key)
+        if key == "response_format" and value == {"type": "text"}:
+            continue  # plain text is what the server answers (harnesses send it for reasoning models' names)
         if value not in (None, default, [], ""):
             raise RequestError(400, f"`{key}` = {value!r} is not supported by medlvr serve", param=key)
     messages = body.get("messages")
@@ -248,7 +250,11 @@ class LatentTransformersBackend:
             stop = next((i for i, t in enumerate(answer) if t in self.eos), None)
             answer = answer if stop is None else answer[: stop + 1]
             text = tok.decode([t for t in answer if t not in self.drop], skip_special_tokens=False)
-            summary = self._summary(out.z[r, : int(out.n_latent[r])]) if p.request.latent_summary else None
+            n_latent = int(out.n_latent[r])
+            # K always (an evaluation records which model answered: `k_latent` in its predictions); the states'
+            # summary, which costs an lm_head pass per state, only on request
+            summary = (self._summary(out.z[r, :n_latent]) if p.request.latent_summary
+                       else {"k_latent": self.k, "n_latent": n_latent})
             results.append(Completion(text, "length" if stop is None else "stop", p.prompt_tokens,
                                       head + len(answer), summary))
         return results

@@ -1,5 +1,6 @@
 """The prepared GPU benchmark (benchmarks/gpu/run.sh + driver.py, issue 18 §3) in --dry-run: the same code on the
-tiny shape on CPU, one JSON file with the device and every figure of (a)-(d)."""
+tiny shape on CPU, one JSON file with the device and every figure of (a)-(d), and the `medlvr serve` throughput
+check (benchmarks/bench_serve.py, issue 26) in its own JSON file."""
 
 import json
 import os
@@ -37,6 +38,15 @@ def test_run_sh_dry_run_writes_every_figure(tmp_path):
         assert v[key] > 0, key
     assert v["trajectories"] == 16 and v["generated_positions"] == run["settings"]["vlpo_new_tokens"]
     assert "replay_chunked_over_unchunked" in v and run["total_s"] > 0
+    # the `medlvr serve` throughput check (bench_serve.py): both servers answered every request, the ratio is theirs
+    serve = json.loads((tmp_path / "serve_dry_run.json").read_text())
+    assert (serve["device"], serve["shape"], serve["dtype"], serve["clients"]) == ("cpu", "tiny", "float32", 2)
+    rates = serve["requests_per_s"]
+    assert sorted(rates) == ["batched", "sequential"] and all(len(r["rounds"]) == 1 for r in rates.values())
+    assert rates["batched"]["median"] > 0 and rates["sequential"]["median"] > 0
+    assert serve["batched_over_sequential"] == pytest.approx(rates["batched"]["median"] / rates["sequential"]["median"])
+    # 2 warm-up requests + 2 clients x 1 request reached the batched server
+    assert sum(serve["batch_sizes"]) == 4 and max(serve["batch_sizes"]) <= 2
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import termios
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -66,14 +67,19 @@ def printed_commands() -> list[str]:
     """The `medlvr ...` lines of the README's bash blocks; indented lines continue the line above; comments cut."""
     commands: list[str] = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        block = textwrap.dedent(block)  # a block inside a list item is indented as a whole
+        continues = False  # the line before, in this block, is a `medlvr` command
         for raw in block.splitlines():
             line = re.sub(r"(^|\s+)#.*$", "", raw).rstrip().removesuffix("\\").rstrip()  # `\` continues
             if not line:
                 continue
-            if raw[:1].isspace() and commands and commands[-1].startswith("medlvr "):
+            if raw[:1].isspace() and continues:
                 commands[-1] += " " + line.strip()
             elif line.startswith("medlvr "):
                 commands.append(line)
+                continues = True
+            else:
+                continues = False
     return commands
 
 

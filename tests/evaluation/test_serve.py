@@ -10,12 +10,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import httpx2
 import numpy as np
 import openai
 import pytest
@@ -24,59 +21,9 @@ from PIL import Image
 
 from medlvr.corpus.evalsets.answers import clean
 from medlvr.evaluation import cli as evaluation_cli
+from tests.evaluation.serving import MEDLVR, SERVED_K, start_server
 
-MEDLVR = Path(sys.executable).parent / "medlvr"
-K = 3
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from medlvr.training.model import save_checkpoint
-    from medlvr.training.tiny import build_tiny
-
-    b = build_tiny(seed=2)
-    return save_checkpoint(b.model, b.processor, tmp_path_factory.mktemp("serve") / "model", k_latent=K)
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, port: int):
-        self.proc, self.port = proc, port
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-
-    def client(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key="none", max_retries=0, **kw)
-
-    def health(self) -> dict:
-        return httpx2.get(f"http://127.0.0.1:{self.port}/health", timeout=10).json()
-
-    def stop(self) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=120)
-        return self.proc.returncode, out, err
-
-
-def start_server(ckpt: Path, *args: str, cwd: Path) -> Server:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(MEDLVR), "serve", "--model", str(ckpt), "--port", "0", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()  # printed once the model is loaded and the port is bound
-    if "serving" not in line:
-        proc.kill()
-        raise AssertionError(f"medlvr serve did not start: {line}{proc.stderr.read()}")
-    return Server(proc, int(line.split("http://127.0.0.1:")[1].split("/")[0]))
-
-
-@pytest.fixture(scope="module")
-def server(ckpt, tmp_path_factory):
-    media = tmp_path_factory.mktemp("media")
-    srv = start_server(ckpt, "--max-batch", "8", "--max-prompt-tokens", "300", "--request-timeout", "120",
-                       "--allowed-local-media-path", str(media), cwd=media)
-    srv.media = media
-    yield srv
-    rc, out, err = srv.stop()
-    assert rc == 0, err
-    assert "shut down:" in out
+K = SERVED_K
 
 
 def png_url(seed: int, size=(64, 80)) -> str:
@@ -109,7 +56,8 @@ def test_models_and_a_completion_with_the_latent_summary(server, ckpt):
     assert raw["medlvr"]["k_latent"] == K and raw["medlvr"]["n_latent"] == K
     assert len(raw["medlvr"]["states"]) == K and all(s["norm"] > 0 for s in raw["medlvr"]["states"])
     assert r.usage.completion_tokens >= K + 2  # the latent segment is generated too
-    assert "medlvr" not in ask(server.client(), 0).model_dump()  # only on request
+    plain = ask(server.client(), 0).model_dump()["medlvr"]  # K always; the states' summary only on request
+    assert plain == {"k_latent": K, "n_latent": K}
 
 
 def test_eight_concurrent_clients_batch_together_and_get_their_own_answers(server):
@@ -248,11 +196,14 @@ def test_endpoint_evaluation_of_the_served_model_matches_local_evaluate(server, 
         for p in (tmp_path / folder / "predictions").rglob("*.jsonl"):
             for line in p.read_text().splitlines():
                 r = json.loads(line)
-                recs[(r["benchmark"], r["sample_id"])] = clean(r["output"])  # the latent segment stripped
+                # the latent segment stripped; the served K is what the server reported, the local one the model's
+                recs[(r["benchmark"], r["sample_id"])] = (clean(r["output"]), r["k_latent"], r["n_latent"],
+                                                          r["n_text_tokens"])
         return recs
 
     got_local, got_served = answers("local"), answers("served")
     assert len(got_local) == 8 and got_local == got_served
+    assert {v[1:3] for v in got_served.values()} == {(K, K)}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -283,3 +234,14 @@ def test_a_request_past_its_deadline_is_a_504_and_the_server_carries_on(ckpt, tm
     finally:
         rc, out, _ = srv.stop()
     assert rc == 0 and "1 timed out" in out
+
+
+def test_response_format_text_is_accepted_and_json_refused(server):
+    """Harnesses send `response_format: {"type": "text"}` with `max_completion_tokens` when the model's name looks
+    like a reasoning model's (lmms-eval: o1, o3, gpt-5...); text is what the server answers anyway."""
+    _model_id(server)
+    r = ask(server.client(), 0, response_format={"type": "text"})
+    assert r.choices[0].message.content == ask(server.client(), 0).choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(server.client(), 0, response_format={"type": "json_object"})
+    assert e.value.response.json()["error"]["param"] == "response_format"
