@@ -14,7 +14,12 @@ the images load (decoded, non-zero size), the card shows its headings and tables
 points at a file next to the document. Saves a screenshot of the asset graph and, with `--shots DIR`, of each
 dialog; then stops the process group it started, and only that.
 
+With `--dagster-home DIR` it checks an instance the main job made (after `make demo`: pipelines/dagster_home)
+instead: the MedLVR home is DIR/medlvr, it launches only the run of the partition (one the main job ingested), and
+checks the corpus card and evaluation report the main job materialised. The runs it launches are written to DIR.
+
     python scripts/ui_check.py [--out docs/dagster-asset-graph.png] [--partition busi] [--shots DIR]
+                               [--dagster-home DIR]
 Exit status 0 when everything worked.
 """
 
@@ -336,15 +341,26 @@ def main(argv=None) -> int:
     ap.add_argument("--chromium", default=None)
     ap.add_argument("--shots", type=Path, default=None, help="save a screenshot of each rendered dialog here")
     ap.add_argument("--timeout", type=float, default=240, help="seconds for the server, and for each run")
+    ap.add_argument("--dagster-home", type=Path, default=None,
+                    help="an instance the main job made (pipelines/dagster_home after `make demo`): launch only the "
+                         "partition's run and check the main job's card and report (default: a temporary instance "
+                         "where the card and a small evaluation are materialised too)")
     args = ap.parse_args(argv)
     chromium = args.chromium or find_chromium()
     if not chromium:
         print("chromium not found (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
+    if args.dagster_home and not (args.dagster_home / "medlvr" / "corpus").is_dir():
+        print(f"{args.dagster_home} holds no main job's outputs (no medlvr/corpus/): run `medlvr demo` into it first",
+              file=sys.stderr)
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="medlvr-ui-"))
-    home = tmp / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "pipelines" / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    if args.dagster_home:
+        home = args.dagster_home.resolve()
+    else:
+        home = tmp / "dagster_home"
+        home.mkdir()
+        shutil.copy(ROOT / "pipelines" / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp / "dagster-dev.log"
@@ -356,9 +372,11 @@ def main(argv=None) -> int:
             print(f"webserver {info.get('dagster_webserver_version')} on {base} after {time.time() - t0:.1f}s")
             run_id = run_partition(base, args.partition, args.timeout)
             print(f"run {run_id} ({args.partition}) succeeded after {time.time() - t0:.1f}s")
-            for job, part, conf, assets in (("corpus_publish_job", None, None, None),
-                                            ("evaluation_predictions_job", "slake", EVAL_RUN_CONFIG, None),
-                                            ("evaluation_report_job", None, EVAL_RUN_CONFIG, ["evaluation_report"])):
+            more_runs = [] if args.dagster_home else [  # a main job's home holds the card and report already
+                ("corpus_publish_job", None, None, None),
+                ("evaluation_predictions_job", "slake", EVAL_RUN_CONFIG, None),
+                ("evaluation_report_job", None, EVAL_RUN_CONFIG, ["evaluation_report"])]
+            for job, part, conf, assets in more_runs:
                 # (the report's parse-failure check judges trained models only: none in this tiny evaluation)
                 run_id = run_job(base, job, args.timeout, part, conf, assets)
                 print(f"run {run_id} ({job}) succeeded after {time.time() - t0:.1f}s")

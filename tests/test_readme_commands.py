@@ -7,6 +7,12 @@ every optional part left out, and with every optional part given (the first of `
 are in NOT_RUN with the reason). The data root holds two datasets (busi, bccd), so the commands without
 `--datasets` also show how a partial data root is reported: one "skipped N datasets ..." line on stderr.
 A `medlvr` line in the README that this test does not know fails it (add its expected output to EXPECT).
+
+The two passes share one main-job home: `medlvr demo` (default home `./pipelines/dagster_home`) and `medlvr ask`
+(which reads the main job's VLPO model from there) run in one working directory for both passes. The pass that
+comes first runs the whole main job into it; the other finds every job up to date and reruns none, as a user's
+second `medlvr demo` does, so on the terminal it checks the rendering (each stage one status line rewritten in
+place) without a second whole main job. Every other command runs in its pass's own folder, as before.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from medlvr.corpus.sample_data import write_samples
+from medlvr.pipelines.console import CLEAR_LINE
 from tests.catalog_count import N_DATASETS, N_MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +55,8 @@ EXPECT = {
     "demo": ["QA pairs:", "steps run:", "evaluation report:"],
     "ask": ["latent segment:", "latent 1: points at", "answer:", "overlay: ask_out/imaging_latents.png"],
 }
+# subcommands run in the working directory shared by both passes: the main job's default home is under it
+MAIN_JOB_HOME_COMMANDS = ("demo", "ask")
 # printed commands (or alternatives) that this test does not run, and why
 NOT_RUN = {
     "evaluate-merge": "merges the rank files of a torchrun-sharded evaluation, which must exist first: "
@@ -216,8 +225,15 @@ def test_every_printed_command_is_known():
     assert len(printed_commands()) >= 7
 
 
+@pytest.fixture(scope="module")
+def main_job_cwd(tmp_path_factory) -> Path:
+    """The working directory of `medlvr demo` and `medlvr ask` in both passes (MAIN_JOB_HOME_COMMANDS): the main
+    job's default home, ./pipelines/dagster_home, is built once, by the first pass."""
+    return tmp_path_factory.mktemp("main_job_cwd")
+
+
 @pytest.mark.parametrize("mode", ["pipe", "pty"])
-def test_readme_commands_as_printed(tmp_path, mode):
+def test_readme_commands_as_printed(tmp_path, mode, main_job_cwd):
     assert MEDLVR.is_file(), f"no console script at {MEDLVR}: install the package (make install)"
     ws = Workspace(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TERM": "xterm"}
@@ -234,12 +250,21 @@ def test_readme_commands_as_printed(tmp_path, mode):
             continue
         for form in forms(printed):
             argv = ws.fill(rejoin(shlex.split(form)))  # a quoted question is one argument
-            rc, out, err = run(argv, tmp_path, env)
+            cwd = main_job_cwd if sub in MAIN_JOB_HOME_COMMANDS else tmp_path
+            home_built = (cwd / "pipelines" / "dagster_home" / "medlvr" / "runs" / "vlpo").is_dir()
+            rc, out, err = run(argv, cwd, env)
             shown = f"$ {' '.join(argv)}\n{out}\n{err}"
             assert rc == 0, shown
             assert "Traceback" not in out + err, shown
             for expected in EXPECT[sub]:
                 assert expected in out, (expected, shown)
+            if sub == "demo" and "--dagster-home" not in argv and home_built:
+                # the other pass built the shared home: nothing reruns, as on a user's second `medlvr demo`
+                assert "steps run: 0, reused (up to date): " in out and ", failed: 0" in out, shown
+            if sub == "demo" and mode == "pty":  # on a terminal: each stage a status line rewritten in place
+                assert CLEAR_LINE + "[corpus] " in out and CLEAR_LINE + "[evaluation] " in out, shown
+            if sub == "demo" and mode == "pipe":  # in a pipe: plain lines, no carriage return
+                assert "\r" not in out + err and "[corpus] " in out + err, shown
             if mode == "pipe":
                 assert len(err.splitlines()) <= (1 if sub in ("ingest", "build-corpus") else 0) or \
                     sub.startswith("train") or sub in ("evaluate", "demo"), shown  # a partial data root: one

@@ -1,5 +1,9 @@
+import os
+import shutil
 import uuid
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -8,9 +12,42 @@ with warnings.catch_warnings():  # partitioned asset checks are a 1.13 preview f
     warnings.simplefilter("ignore", dg.PreviewWarning)
     import medlvr.pipelines.definitions  # noqa: F401
 
-from tests.pipelines.helpers import load_script  # noqa: E402
+from tests.pipelines.helpers import MAIN_JOB_DATASETS, captured_output, load_script  # noqa: E402
 
 postgres_dev = load_script("postgres_dev")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class MainJobHome:
+    home: Path  # the DAGSTER_HOME (a copy of the project's dagster.yaml); the MedLVR home is its medlvr/
+    first: dict  # what run_main returned for the first run
+    lines: list[str]  # the console lines that run logged
+    output: str  # everything else it wrote to stdout and stderr
+
+
+@pytest.fixture(scope="session")
+def main_job_home(tmp_path_factory) -> MainJobHome:
+    """The main job run once on MAIN_JOB_DATASETS into a fresh Dagster home: the one whole main job of the session
+    in this folder. tests/pipelines/test_main_job.py checks this run and runs the job again in the home;
+    test_ui.py shows a copy of the home in the Dagster UI. DAGSTER_HOME and MEDLVR_HOME are as before on return."""
+    from medlvr.pipelines.main_job import run_main
+
+    home = tmp_path_factory.mktemp("main_job_home")
+    shutil.copy(REPO / "pipelines" / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    old = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "MEDLVR_HOME")}
+    os.environ.pop("MEDLVR_HOME", None)
+    lines: list[str] = []
+    try:
+        with captured_output() as output:
+            first = run_main(home, MAIN_JOB_DATASETS, log=lines.append)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return MainJobHome(home, first, lines, output[0])
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from medlvr.pipelines.corpus.qa_checks import QA_CHECKS
 
 DATASET_ASSETS = dg.AssetSelection.assets("raw_dataset", "normalized_images", "roi_annotations", "qa_pairs")
 PUBLISH = dg.AssetSelection.groups("corpus_publish")
+MAIN_JOB_DATASETS = ["busi", "refuge"]  # the session's main job (conftest.py: main_job_home)
 
 
 def materialize_corpus(resources: dict, datasets: list[str], instance: dg.DagsterInstance) -> list:
@@ -86,3 +88,31 @@ def dagster_server(cmd: list[str], port: int, env: dict, output=subprocess.DEVNU
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextmanager
+def captured_output():
+    """Everything written to file descriptors 1 and 2 (sys.stdout and sys.stderr included) inside the block, what
+    `capfd` collects in a test: the yielded list holds it as one string once the block ends. For a fixture wider
+    than one test, where `capfd` (function scope) cannot be used."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, streams, text = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr), []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        # streams on descriptors 1 and 2 themselves, left open: a logging handler made in the block keeps one and
+        # writes through it afterwards, to whatever the descriptor is then
+        sys.stdout, sys.stderr = (open(fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+                                  for fd in (1, 2))
+        try:
+            yield text
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = streams
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            sink.seek(0)
+            text.append(sink.read().decode("utf-8", "replace"))

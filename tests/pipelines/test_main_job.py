@@ -3,7 +3,6 @@ its runs belong to the code location (the webserver of workspace.yaml lists them
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,12 +20,13 @@ LEARNED = 90.0  # accuracy % on the synthetic grounding task that counts as lear
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    h = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "pipelines" / "dagster_home" / "dagster.yaml", h / "dagster.yaml")
+def home(main_job_home):
+    """The session's main-job home (tests/pipelines/conftest.py: its first run is checked here), as DAGSTER_HOME
+    for this module."""
     old = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "MEDLVR_HOME")}
+    os.environ["DAGSTER_HOME"] = str(main_job_home.home)
     os.environ.pop("MEDLVR_HOME", None)
-    yield h
+    yield main_job_home.home
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -45,11 +45,11 @@ def report_accuracy(report_md: Path, benchmark: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home, capfd):
+def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home, main_job_home):
     import dagster as dg
 
-    lines = []
-    first = run_main(home, ["busi", "refuge"], log=lines.append)
+    # the first run (the session's main-job home): run_main(home, ["busi", "refuge"], log=lines.append)
+    first, lines = main_job_home.first, main_job_home.lines
     assert not first["failed"] and not first["reused"]
     assert {"knowledge_graph_job", "corpus_dataset_job[busi]", "corpus_dataset_job[refuge]", "corpus_publish_job",
             "training_job", "evaluation_report_job"} <= set(first["ran"])
@@ -82,8 +82,7 @@ def test_main_job_runs_everything_then_reuses_then_reruns_what_changed(home, cap
     sizes = [len(serialize_value(ev)) for run in instance.get_runs() for ev in instance.all_logs(run.run_id)]
     assert max(sizes) < 64_000 and sum(sizes) < 4_000_000, (max(sizes), sum(sizes))
     # the console: stage lines, no child output (the trainers' JSON lines, library progress bars)
-    captured = capfd.readouterr()
-    console = "\n".join(lines) + captured.out + captured.err
+    console = "\n".join(lines) + main_job_home.output  # its log lines and all else on stdout and stderr
     assert '"loss"' not in console and "Loading weights" not in console and "\r" not in console
     assert any(ln.startswith("[training] 1/1 done: 1 ran") for ln in lines), lines
     logs = list((Path(first["home"]) / "runs").glob("*/logs/*.log"))
