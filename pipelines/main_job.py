@@ -28,6 +28,7 @@ error, bad data) and an interrupted run are reported, never retried.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import sys
 import time
@@ -70,10 +71,26 @@ def resolve_job(job_name: str):
     return defs.resolve_job_def(job_name)
 
 
+def write_default_instance_settings(dagster_home: Path) -> bool:
+    """Give a home without a dagster.yaml the project's instance settings (the gpu pool's limit, the run queue, run
+    retries and monitoring, telemetry off), as the checkout's pipelines/dagster_home has them: without it a demo run
+    from any other folder (a wheel install, `--dagster-home DIR`) would get Dagster's defaults, telemetry on among
+    them. A home that has one keeps it. Written atomically; True if written."""
+    target = dagster_home / "dagster.yaml"
+    if target.exists():
+        return False
+    text = importlib.resources.files("medlvr.pipelines").joinpath("dagster_home", "dagster.yaml").read_text()
+    tmp = target.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+    return True
+
+
 class MainJob:
     def __init__(self, dagster_home: Path, log: Callable[[str], None] = print, force: bool = False,
                  stream: TextIO | None = None):
         Path(dagster_home).mkdir(parents=True, exist_ok=True)  # a fresh home: Dagster needs the folder to exist
+        write_default_instance_settings(Path(dagster_home))
         os.environ["DAGSTER_HOME"] = str(Path(dagster_home).resolve())
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         # the evaluation steps load models in this process: no "Loading weights" bar per load on the console
