@@ -16,6 +16,19 @@ For a latent model (K > 0) on a set of samples, greedy decoding (`latent_generat
 Zero and swap replace only the fed-back vectors z_k: the latent positions still attend to the image (in open and
 closed inference alike), so a small drop does not prove the answer ignores the latent POSITIONS.
 
+Route swaps (closed inference, issue 27: which route carries the answer?). Right before `<Medlvr_End>` is fed,
+the KV-cache entries (every layer) of some columns of each row are replaced by its donor row's:
+
+* segment swap: `<Medlvr_Start>` and the K latent slots (the whole latent segment, not only z_k);
+* text swap: the prompt positions after the image (the question text and the template tokens, which read the
+  image unless the model is text-blind);
+* both.
+
+Under the bottleneck the answer reads the image only through these two sets of positions, so the share of rows
+following the donor under each swap attributes the answers to a route (`route_swaps`). The columns are the same
+for row and donor when their prompts have the same length after the image (the synthetic task's; otherwise the
+text swap takes the donor's entries at the row's columns).
+
 `diagnose(decoder, ...)` works on any `SampleDecoder`; `medlvr evaluate` runs it for every latent model when the
 config has a `latent_diagnostics:` section (`run_for_config`), and the report's latent section shows it.
 """
@@ -35,6 +48,7 @@ from medlvr.corpus.evalsets.answers import is_correct, parse_answer
 from medlvr.corpus.evalsets.base import Sample
 from medlvr.evaluation.inference import encode_batch, load_for_eval
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
+from medlvr.training.bottleneck import text_blind_queries
 from medlvr.training.model import eos_token_ids
 
 ZERO_SHUFFLE_NOTE = ("Zero and swap/shuffle replace only the fed-back latent vectors z_k; the latent positions still "
@@ -69,15 +83,19 @@ class SampleDecoder:
         self.max_new_tokens = max_new_tokens
 
     @torch.no_grad()
-    def run(self, k: int, *, closed: bool = False, transform: Callable | None = None) -> Decoded:
-        """transform(batch_index, decode_out_of_open_pass_or_None) -> latent_transform, or None."""
+    def run(self, k: int, *, closed: bool = False, transform: Callable | None = None,
+            kv_transform: Callable | None = None) -> Decoded:
+        """transform(batch_index) -> latent_transform, or None; kv_transform(batch_index) -> the decoder's
+        kv_transform (route swaps; control tokens then get their own forwards), or None."""
         cfg = DecodeConfig(k_latent=k, max_new_tokens=self.max_new_tokens(k), force_start=k > 0, temperature=0.0,
-                           eos_token_ids=self.eos_ids, banned_ids=self.banned_ids, closed=closed and k > 0)
+                           eos_token_ids=self.eos_ids, banned_ids=self.banned_ids, closed=closed and k > 0,
+                           fuse_control=kv_transform is None)
         tok = self.processor.tokenizer
         drop = set(self.eos_ids) | {tok.pad_token_id}
         parsed, correct, mus, zs = [], [], [], []
         for bi, (samples, enc) in enumerate(zip(self.batches, self.encoded)):
-            out = latent_generate(self.model, enc, self.ids, cfg, latent_transform=transform(bi) if transform else None)
+            out = latent_generate(self.model, enc, self.ids, cfg, latent_transform=transform(bi) if transform else None,
+                                  kv_transform=kv_transform(bi) if kv_transform else None)
             for r, s in enumerate(samples):
                 toks = [int(t) for t, m in zip(out.sequences[r].tolist(), out.gen_mask[r].tolist())
                         if m and int(t) not in drop]
@@ -98,6 +116,50 @@ class SwapLatents:
 
     def __call__(self, z: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         return self.donor_z[self.donor[rows.cpu()], slots.cpu()].to(z)
+
+
+class SwapKV:
+    """kv_transform giving every row its donor row's (next row of the batch) KV entries at the columns `cols`
+    (N, S) bool, every layer; columns past S are left alone."""
+
+    def __init__(self, cols: torch.Tensor):
+        self.cols = cols
+
+    def __call__(self, cache, rows: torch.Tensor) -> None:
+        donor = torch.roll(torch.arange(rows.numel(), device=rows.device), -1)
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name)  # (N, H, S, d)
+                m = self.cols.to(t.device)[rows][:, :t.shape[2]]
+                m = torch.nn.functional.pad(m, (0, t.shape[2] - m.shape[1]))[:, None, :, None]
+                setattr(layer, name, torch.where(m, t[donor], t))
+
+
+def route_columns(input_ids: torch.Tensor, image_token_id: int, start_id: int, k: int) -> dict[str, torch.Tensor]:
+    """(N, L + 1 + K) bool columns of the cache before `<Medlvr_End>` (prompt L, Start, K latents, unfused):
+    `segment` (Start + latent slots), `text` (prompt positions after the image, not visual) and `both`."""
+    n, L = input_ids.shape
+    text = torch.cat([text_blind_queries(input_ids, image_token_id, start_id),
+                      torch.zeros(n, 1 + k, dtype=torch.bool, device=input_ids.device)], dim=1)
+    seg = torch.zeros_like(text)
+    seg[:, L:] = True
+    return {"segment": seg, "text": text, "both": seg | text}
+
+
+def route_swaps(decoder: SampleDecoder, k: int, closed: Decoded) -> dict:
+    """Closed-mode segment / text / both swaps (module docstring): for each, the donor-following rate over the
+    rows whose own (closed) and donor answers differ, `donor_following_<route>`, and the accuracy after it."""
+    sizes = [len(b) for b in decoder.batches]
+    image_id, start_id = decoder.model.config.image_token_id, decoder.ids.start
+    cols = [route_columns(enc["input_ids"], image_id, start_id, k) for enc in decoder.encoded]
+    res: dict = {}
+    for route in ("segment", "text", "both"):
+        swapped = decoder.run(k, closed=True, kv_transform=lambda bi: SwapKV(cols[bi][route]))
+        f = donor_following(closed.parsed, swapped.parsed, sizes)
+        res[f"donor_following_{route}"] = f["donor_following"]
+        res[f"accuracy_swap_{route}"] = swapped.accuracy
+    res["n_eligible_closed"] = f["n_eligible"]
+    return res
 
 
 def donor_following(own: Sequence, swapped: Sequence, batch_sizes: Sequence[int]) -> dict:
@@ -158,9 +220,10 @@ def linear_probe(features: torch.Tensor, labels: Sequence[str], test: Sequence[b
 
 
 def diagnose(decoder: SampleDecoder, k: int, k_values: Sequence[int] = (), *, probe_fraction: float = 0.5,
-             seed: int = 0, closed_swap: bool = True, opened: Decoded | None = None) -> dict:
+             seed: int = 0, closed_swap: bool = True, opened: Decoded | None = None, routes: bool = True) -> dict:
     """All diagnostics of one latent model at its trained K (module docstring). Accuracies in %.
-    `opened`: the open pass at K if the caller already ran it (`decoder.run(k)`)."""
+    `opened`: the open pass at K if the caller already ran it (`decoder.run(k)`); `routes`: also the closed
+    segment / text / both swaps (`route_swaps`)."""
     if k < 1:
         raise ValueError("latent diagnostics need a latent model (K >= 1)")
     sizes = [len(b) for b in decoder.batches]
@@ -181,6 +244,8 @@ def diagnose(decoder: SampleDecoder, k: int, k_values: Sequence[int] = (), *, pr
         f = donor_following(closed.parsed, cs.parsed, sizes)
         res["donor_following_closed"] = f["donor_following"]
         res["accuracy_swap_closed"] = cs.accuracy
+    if routes:  # which route carries the closed answer: segment / text / both swaps (route_swaps)
+        res.update(route_swaps(decoder, k, closed))
     zero = decoder.run(k, transform=lambda bi: (lambda z, rows, slots: torch.zeros_like(z)))
     res["accuracy_zero"] = zero.accuracy
     res["drop_zero"] = opened.accuracy - zero.accuracy

@@ -10,6 +10,13 @@ The mask is a 4-D attention mask handed to the decoder; transformers uses a give
 `flash_attention_2` cannot take an arbitrary mask, so a bottleneck with it is a config error
 (`check_attn_implementation`), not a silent fallback.
 
+Text-blind prompt (`text_blind`, issue 27): the bottleneck alone leaves the prompt text after the image as a
+route (the question tokens read the image, the answer reads them). A model trained with `latent.text_blind: true`
+bars every prompt position after the image (except `<Medlvr_Start>`) from the visual keys, in every pass (open
+and closed, SFT, VLPO rollouts / replay / reference, inference), so only `<Medlvr_Start>` and the latent slots
+read the image. The flag rides on the model object (`set_text_blind` / `text_blind_of`) and is saved in the
+checkpoint's `medlvr_latent.json`, so every loader (VLPO, evaluation, `medlvr ask`) applies the same mask.
+
 Per-batch schedule (`BottleneckConfig`): probability p of closing a batch, constant or linear p -> p_end over
 training; the draw is a pure function of (seed, step), so a resumed run makes the same draws.
 """
@@ -84,6 +91,27 @@ def closed_attention_mask(key_valid: torch.Tensor, key_image: torch.Tensor, quer
         return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
     check_attn_implementation(attn_implementation)
     raise AssertionError("unreachable")
+
+
+TEXT_BLIND_ATTR = "medlvr_text_blind"
+
+
+def set_text_blind(model, on: bool) -> None:
+    """Mark the model as text-blind (module docstring); `save_checkpoint` records it, `load_model` restores it."""
+    setattr(getattr(model, "module", model), TEXT_BLIND_ATTR, bool(on))
+
+
+def text_blind_of(model) -> bool:
+    """Whether the prompt text after the image is barred from the visual keys for this model (default False)."""
+    return bool(getattr(getattr(model, "module", model), TEXT_BLIND_ATTR, False))
+
+
+def text_blind_queries(input_ids: torch.Tensor, image_token_id: int, start_id: int) -> torch.Tensor:
+    """(N, S) bool: the positions of prompt ids (N, S) that may not attend to visual keys under `text_blind`:
+    after the row's first visual token, neither a visual token nor `<Medlvr_Start>`. Give only prompt columns
+    (generated positions follow their own rule)."""
+    img = input_ids == image_token_id
+    return (img.long().cumsum(-1) > 0) & ~img & (input_ids != start_id)
 
 
 def attn_implementation_of(model) -> str:

@@ -202,18 +202,23 @@ def resolve_resume(out_dir: str | Path, resume: str, log=None) -> Path | None:
     return path
 
 
-def write_latent_info(model_dir: str | Path, k_latent: int) -> Path:
-    """Record K next to the weights (`k_latent == 0`: a plain model without the latent segment)."""
+def write_latent_info(model_dir: str | Path, k_latent: int, text_blind: bool = False) -> Path:
+    """Record K next to the weights (`k_latent == 0`: a plain model without the latent segment), and whether the
+    model was trained with the prompt text after the image blind to it (`text_blind`, training/bottleneck.py)."""
     path = Path(model_dir) / LATENT_INFO
-    path.write_text(json.dumps({"k_latent": int(k_latent), "latent": k_latent > 0}) + "\n")
+    info = {"k_latent": int(k_latent), "latent": k_latent > 0}
+    if text_blind:
+        info["text_blind"] = True
+    path.write_text(json.dumps(info) + "\n")
     return path
 
 
 def read_latent_info(model_dir: str | Path) -> dict | None:
-    """{"k_latent": K, "latent": bool} saved with a checkpoint's weights; None for a folder without it (a base
+    """{"k_latent": K, "latent": bool, "text_blind": bool} saved with a checkpoint's weights; None for a folder without it (a base
     Qwen2.5-VL download, or a checkpoint written before K was recorded)."""
     path = Path(model_dir) / LATENT_INFO
     if not path.is_file():
         return None
     info = json.loads(path.read_text())
-    return {"k_latent": int(info["k_latent"]), "latent": bool(info["latent"])}
+    return {"k_latent": int(info["k_latent"]), "latent": bool(info["latent"]),
+            "text_blind": bool(info.get("text_blind", False))}

@@ -32,6 +32,11 @@ The lm_head runs only on rows that sample a token this step (not on latent or fo
 7. `closed=True` (the visual bottleneck, `medlvr.training.bottleneck`): from a row's first `<Medlvr_End>` on, its
    queries attend through a 4-D mask that hides the prompt's visual tokens, so the answer sees the image only
    through the latent slots (and the prompt text). The same rule as `replay(..., closed=...)`.
+
+8. A text-blind model (`medlvr.training.bottleneck.text_blind_of`, recorded in its checkpoint) prefills with a
+   4-D mask that bars the prompt positions after the image (except `<Medlvr_Start>`) from the visual keys, in open
+   and closed decoding alike; with `closed=True` the answer then reads the image only through Start and the
+   latent slots. The same rule as `replay` and `sft_forward`.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medlvr.training.bottleneck import attn_implementation_of, check_attn_implementation, closed_attention_mask
+from medlvr.training.bottleneck import (attn_implementation_of, check_attn_implementation, closed_attention_mask,
+                                        text_blind_of, text_blind_queries)
 from medlvr.training.latent_tokens import LatentTokenIds, eos_token_ids
 from medlvr.training.sampling import sample_tokens, token_logprobs
 from medlvr.training.vlm_inputs import embed_with_images, image_embeddings, rope_positions, step_positions
@@ -180,6 +186,7 @@ def latent_generate(
     force_start: torch.Tensor | None = None,
     generator: torch.Generator | RowGenerators | None = None,
     latent_transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    kv_transform: Callable[[object, torch.Tensor], None] | None = None,
 ) -> LatentDecodeOutput:
     """Generate for a left-padded prompt batch (processor output: input_ids (B, L), attention_mask (B, L),
     mm_token_type_ids (B, L), optional pixel_values (P, C*2*14*14) and image_grid_thw (n_images, 3)).
@@ -190,7 +197,13 @@ def latent_generate(
         (evaluation ablations: zero / shuffle across samples / noise). z (n, D) = mu + noise of the n rows fed a
         latent this step, rows (n,) their row ids in [0, N), slots (n,) their latent index k. The recorded `z` is
         the transformed input; `mu` and `noise` stay as computed. None (default) leaves decoding unchanged.
+    kv_transform: optional `f(cache, rows)` called once, right before the first forward that feeds a
+        `<Medlvr_End>`, when the KV cache holds the prompt, Start and the latent slots of the rows `rows` (N',) in
+        cache order; it may edit the cache's per-layer `keys` / `values` (N', H, S, d) in place (evaluation's
+        segment / text swaps). Needs `fuse_control=False` (else z_K and End share one forward).
     """
+    if kv_transform is not None and cfg.fuse_control:
+        raise ValueError("kv_transform needs DecodeConfig(fuse_control=False): the cache must hold z_K before End")
     dev = model.device
     lm = model.model.language_model
     input_ids = prompts["input_ids"].to(dev)
@@ -228,7 +241,13 @@ def latent_generate(
         grid = grid.to(dev)
     pos, deltas = rope_positions(model, input_ids, mm_types.to(dev), attn, grid)
     x = embed_with_images(model, input_ids, img)
-    out = lm(inputs_embeds=x, attention_mask=attn, position_ids=pos, use_cache=True)
+    prefill_mask = attn
+    if img is not None and text_blind_of(model):  # the prompt text after the image may not read it (item 8)
+        check_attn_implementation(attn_implementation_of(model))
+        prefill_mask = closed_attention_mask(attn, input_ids == model.config.image_token_id,
+                                             text_blind_queries(input_ids, model.config.image_token_id, ids.start),
+                                             attn_implementation_of(model), x.dtype)
+    out = lm(inputs_embeds=x, attention_mask=prefill_mask, position_ids=pos, use_cache=True)
     cache, h = out.cache, out.last_hidden_state[:, -1]  # h: (B, D), post final norm
     if G > 1:  # G samples share the prefill: repeat cache and per-row state, row b*G + g
         cache.batch_repeat_interleave(G)
@@ -337,6 +356,9 @@ def latent_generate(
             key_img = torch.cat([key_img, key_img.new_zeros(key_img.shape[0], x.shape[1])], dim=1)
             if bool(q_closed.any()):
                 step_mask = closed_attention_mask(attn, key_img, q_closed, attn_implementation_of(model), x.dtype)
+        if kv_transform is not None and bool((fed == ids.end).any()):
+            kv_transform(cache, act)
+            kv_transform = None  # once: the segment is closed
         out = lm(
             inputs_embeds=x,
             attention_mask=step_mask,

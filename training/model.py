@@ -25,6 +25,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from medlvr.corpus.qwen.processor import load_processor
+from medlvr.training.bottleneck import set_text_blind, text_blind_of
 from medlvr.training.checkpoints import read_latent_info, write_latent_info
 from medlvr.training.portable_generate import write_custom_generate
 # the tokens and stop ids live in an import-free module (bundled into checkpoints); re-exported here
@@ -107,6 +108,7 @@ def load_model(
         local_files_only=True,
     )
     info = read_latent_info(path)
+    set_text_blind(model, bool(info and info["text_blind"]))  # the mask it was trained with (bottleneck.py)
     if info and info["latent"]:
         model.generate = types.MethodType(_generate_with_warning, model)
     return model.to(device).eval()
@@ -162,7 +164,7 @@ def save_checkpoint(model: Qwen2_5_VLForConditionalGeneration, processor, path: 
     model.save_pretrained(str(path), safe_serialization=True)
     processor.save_pretrained(str(path))
     if k_latent is not None:
-        write_latent_info(path, k_latent)
+        write_latent_info(path, k_latent, text_blind=text_blind_of(model))
     write_custom_generate(path)  # the latent loop for plain transformers (trust_remote_code)
     apply_umask(path)
     return path

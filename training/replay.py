@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask
+from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask, text_blind_of, text_blind_queries
 from medlvr.training.latent_decode import LatentDecodeOutput
 from medlvr.training.model import LatentTokenIds
 from medlvr.training.sampling import LOGPROB_CHUNK, chunked_token_logprobs
@@ -94,9 +94,12 @@ def replay(
     embeds = embeds.index_put((rows, cols), z.to(dev)[rows, slot].to(embeds.dtype))
 
     mask = full_attn
-    if closed:  # queries from the first generated <Medlvr_End> on may not see the visual keys
+    blind = img is not None and text_blind_of(model)  # the prompt text after the image may not read it
+    if closed or blind:  # queries from the first generated <Medlvr_End> on may not see the visual keys
         after_end = ((sequences.to(dev) == ids.end) & gen_mask.to(dev)).long().cumsum(-1) > 0
-        q_closed = torch.cat([torch.zeros_like(p_attn[idx], dtype=torch.bool), after_end], dim=1)
+        q_prompt = text_blind_queries(p_ids[idx], model.config.image_token_id, ids.start) if blind \
+            else torch.zeros_like(p_attn[idx], dtype=torch.bool)
+        q_closed = torch.cat([q_prompt, after_end & closed], dim=1)
         mask = closed_attention_mask(full_attn, full_ids == model.config.image_token_id, q_closed,
                                      attn_implementation_of(model), embeds.dtype)
     hidden = model.model.language_model(

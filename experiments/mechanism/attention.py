@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from mechanism import heldout_samples, load_heldout, summary_stats  # the experiment script beside this one
+from mechanism_jobs import heldout_samples, load_heldout  # the experiment modules beside this one
+from mechanism_report import summary_stats
 from medlvr.corpus.sample_data.synthetic_grounding import INSTRUCTION
 from medlvr.evaluation.attention import eager_attention, rollout_attentions
 from medlvr.training.latent_decode import DecodeConfig, latent_generate

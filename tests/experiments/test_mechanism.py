@@ -1,5 +1,6 @@
-"""Mechanism experiment (experiments/mechanism/mechanism.py): the synthetic grounding task is well-formed and the
-`--quick` run produces well-formed results and plots (not that ROI helps)."""
+"""Mechanism experiment (experiments/mechanism/: mechanism.py entry, mechanism_config / _jobs / _report): the
+synthetic grounding task is well-formed, every cached job is keyed by what determines it, and the `--quick` run
+produces well-formed results, plots and doc sections (not that ROI helps)."""
 
 import json
 import os
@@ -65,15 +66,15 @@ def test_written_formats(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def _mechanism_module():
-    import importlib.util
+def _mechanism_module(name="mechanism"):
+    """The experiment's entry module (or `mechanism_jobs` / `mechanism_config`), imported as the script does."""
+    import importlib
     import sys
 
-    spec = importlib.util.spec_from_file_location("mechanism", ROOT / "experiments" / "mechanism" / "mechanism.py")
-    mechanism = importlib.util.module_from_spec(spec)
-    sys.modules["mechanism"] = mechanism  # as an imported module is: its config dataclasses resolve their types
-    spec.loader.exec_module(mechanism)
-    return mechanism
+    here = str(ROOT / "experiments" / "mechanism")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
 
 
 @pytest.mark.parametrize("override, line", [
@@ -87,7 +88,7 @@ def _mechanism_module():
 ])
 def test_a_typo_below_the_top_level_is_one_line(override, line):
     mechanism = _mechanism_module()
-    with pytest.raises(mechanism.ConfigError) as e:
+    with pytest.raises(_mechanism_module("mechanism_config").ConfigError) as e:
         mechanism.load_config(ROOT / "configs" / "mechanism.yaml", overrides=[override])
     assert str(e.value) == line
     assert mechanism.load_config(ROOT / "configs" / "mechanism.yaml", quick=True)["sft"]["steps"] == 4
@@ -96,9 +97,11 @@ def test_a_typo_below_the_top_level_is_one_line(override, line):
 def test_quick_experiment(tmp_path):
     mechanism = _mechanism_module()
     out = tmp_path / "results.json"
+    doc = tmp_path / "mechanism.md"
+    doc.write_text((ROOT / "docs" / "mechanism.md").read_text())
     rc = mechanism.main(["--config", str(ROOT / "configs" / "mechanism.yaml"), "--quick",
-               "--set", f"work_dir={tmp_path / 'work'}", "--set", f"results={out}",
-               "--set", f"docs_dir={tmp_path / 'docs'}"])
+                         "--set", f"work_dir={tmp_path / 'work'}", "--set", f"results={out}",
+                         "--set", f"docs_dir={tmp_path / 'docs'}", "--set", f"doc={doc}"])
     assert rc == 0
     res = json.loads(out.read_text())
     tasks = res["config"]["tasks"]
@@ -112,6 +115,8 @@ def test_quick_experiment(tmp_path):
             assert 0 <= a["accuracy"]["mean"] <= 100 and 0 <= a["stage1_accuracy"]["mean"] <= 100
             rec = next(iter(runs[v].values()))
             assert Path(rec["model_dir"]).is_dir() and rec["sft"]["curve"]
+            latent_info = json.loads((Path(rec["model_dir"]) / "medlvr_latent.json").read_text())
+            assert latent_info.get("text_blind", False) == v.startswith("tb_")  # the recipe reached the checkpoint
             if v == "vanilla_grpo":
                 assert "cos_roi" not in a and "accuracy_closed" not in a
                 continue
@@ -121,15 +126,58 @@ def test_quick_experiment(tmp_path):
             assert 0 <= a["accuracy_closed"]["mean"] <= 100 and "probe_accuracy" in a
             assert sorted(a["k_sweep"], key=int) == ["2", "4"]
             assert set(a["k_sweep"]["2"]) == {"accuracy", "accuracy_zero"}
+            e = rec["eval"]
+            for route in ("segment", "text", "both"):  # the closed route swaps ran
+                assert 0 <= e[f"accuracy_swap_{route}"] <= 100 and f"donor_following_{route}" in e
     # the bottleneck schedules reached the trainers: annealed 1 -> 0, constant 1
-    curves = {v: next(iter(res["runs"][v].values()))["sft"]["curve"] for v in ("roi_anneal_vlpo", "noroi_bn1_grpo")}
+    curves = {v: next(iter(res["runs"][v].values()))["sft"]["curve"] for v in ("roi_anneal_vlpo", "tb_roi_bn1_vlpo")}
     assert curves["roi_anneal_vlpo"][0]["closed"] == 1.0 and curves["roi_anneal_vlpo"][-1]["closed"] == 0.0
-    assert {c["closed"] for c in curves["noroi_bn1_grpo"]} == {1.0}
-    assert {c["closed"] for c in next(iter(res["runs"]["roi_vlpo"].values()))["sft"]["curve"]} == {0.0}
-    assert "| roi_anneal_vlpo |" in res["table_md"] and "Task `multi`" in res["table_md"]
+    assert {c["closed"] for c in curves["tb_roi_bn1_vlpo"]} == {1.0}
+    goals = res["tasks"]["single"]["goals"]
+    assert set(goals["variants"]) == {"roi_anneal_vlpo", "tb_roi_bn1_vlpo", "tb_noroi_bn1_grpo"}
+    for g in goals["variants"].values():
+        assert set(g["per_seed"]) == {"0"} and g["all_seeds"] == all(x["all"] for x in g["per_seed"].values())
+    assert any(k.startswith("tb_roi_bn1_vlpo - tb_noroi_bn1_grpo") for k in goals["pairs"])
+    assert "| tb_roi_bn1_vlpo |" in res["table_md"] and "Task `multi`" in res["table_md"]
+    assert res["cost"]["jobs_run"] == 5 and res["cost"]["jobs_reused"] == 0 and res["cost"]["cpu_seconds"] > 0
+    text = doc.read_text()  # the doc's generated sections now hold this run's tables
+    assert res["table_md"] in text and "<!-- /generated:results -->" in text
     assert len(res["plots"]) >= 3
     for p in res["plots"]:
         assert Path(p).is_file() and Path(p).stat().st_size > 1000
+
+
+def test_cached_jobs_rerun_exactly_when_their_key_changes(tmp_path, monkeypatch):
+    """A job (and its init checkpoint) is reused while its key holds; one changed field of the model shape
+    (rms_norm_eps) gives new keys, a new init with that eps, and reruns the job."""
+    jobs = _mechanism_module("mechanism_jobs")
+    config = _mechanism_module("mechanism_config")
+    ran = []
+    monkeypatch.setattr(jobs, "run_job", lambda cfg, task, seed, stage1, extra=None: ran.append(stage1) or
+                        {"v": {"seed": seed}})
+
+    def load(*sets):
+        return config.load_config(ROOT / "configs" / "mechanism.yaml", quick=True,
+                                  overrides=[f"work_dir={tmp_path}", "seeds=[0]", *sets])
+
+    cfg = load()
+    job = (cfg, "single", 0, "vanilla", None)
+    assert jobs.job_entry(job)[6] is False and ran == ["vanilla"]
+    assert jobs.job_entry(job)[6] is True and ran == ["vanilla"]  # unchanged: reused
+    assert jobs.job_entry((load(), "single", 0, "vanilla", None))[6] is True  # a fresh load, same key
+    eps = load("model.rms_norm_eps=1.0e-5")
+    assert jobs.job_file(eps, "single", 0, "vanilla", None) != jobs.job_file(cfg, "single", 0, "vanilla", None)
+    assert jobs.job_entry((eps, "single", 0, "vanilla", None))[6] is False and ran == ["vanilla", "vanilla"]
+    a, b = jobs.init_checkpoint(cfg, 0), jobs.init_checkpoint(eps, 0)
+    assert a != b and jobs.init_checkpoint(cfg, 0) == a
+    assert json.loads((a / "config.json").read_text())["text_config"]["rms_norm_eps"] == 1e-6
+    assert json.loads((b / "config.json").read_text())["text_config"]["rms_norm_eps"] == 1e-5
+    stored = json.loads(jobs.job_file(eps, "single", 0, "vanilla", None).read_text())
+    assert stored["key"]["model"]["rms_norm_eps"] == 1e-5
+    # another budget or another stage-1 recipe is another key; the code version is part of every key
+    assert jobs.job_file(load("sft.steps=5"), "single", 0, "vanilla", None) != jobs.job_file(cfg, "single", 0,
+                                                                                              "vanilla", None)
+    assert stored["key"]["code"] == jobs.code_version()
 
 
 def test_multi_cell_lesion_spans_a_block():

@@ -88,9 +88,9 @@ def test_no_good_checkpoint_starts_fresh(tmp_path):
 def test_latent_info_round_trip_and_model_paths(tmp_path):
     assert read_latent_info(tmp_path) is None
     write_latent_info(tmp_path, 6)
-    assert read_latent_info(tmp_path) == {"k_latent": 6, "latent": True}
+    assert read_latent_info(tmp_path) == {"k_latent": 6, "latent": True, "text_blind": False}
     write_latent_info(tmp_path, 0)
-    assert read_latent_info(tmp_path) == {"k_latent": 0, "latent": False}
+    assert read_latent_info(tmp_path) == {"k_latent": 0, "latent": False, "text_blind": False}
     assert resolve_model_path(TINY) == "tiny"
     assert resolve_model_path("ck/model") == str(Path.cwd() / "ck" / "model")
     with pytest.raises(ValueError, match="empty"):
@@ -103,6 +103,6 @@ def test_save_checkpoint_records_k(tmp_path):
 
     model, processor, _ = load_model_or_tiny(TINY, tiny_seed=0)
     save_checkpoint(model, processor, tmp_path / "model", k_latent=4)
-    assert read_latent_info(tmp_path / "model") == {"k_latent": 4, "latent": True}
+    assert read_latent_info(tmp_path / "model") == {"k_latent": 4, "latent": True, "text_blind": False}
     again, _, ids = load_model_or_tiny(str(tmp_path / "model"))
     assert ids.latent == processor.tokenizer.convert_tokens_to_ids("<Medlvr_Latent>")

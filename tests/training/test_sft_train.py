@@ -186,7 +186,7 @@ def test_cli_writes_a_complete_checkpoint(corpus, tmp_path, capsys):
     state = json.loads((ck / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["extra_state"]["data_position"]["index"] == 8
     assert (out / "metrics.jsonl").is_file() and any((out / "tb").iterdir())
-    assert read_latent_info(ck / "model") == {"k_latent": 4, "latent": True}  # K saved with the weights
+    assert read_latent_info(ck / "model") == {"k_latent": 4, "latent": True, "text_blind": False}  # K saved with the weights
     model, proc, ids = load_checkpoint(ck / "model")
     assert ids.start == proc.tokenizer.convert_tokens_to_ids("<Medlvr_Start>")
     last = capsys.readouterr().out.strip().splitlines()[-1]

@@ -241,7 +241,7 @@ def test_resume_is_exact(tmp_path, sft_ckpt):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
-    assert read_latent_info(rest["final_dir"]) == {"k_latent": K, "latent": True}  # K travels with the policy
+    assert read_latent_info(rest["final_dir"]) == {"k_latent": K, "latent": True, "text_blind": False}  # K travels with the policy
 
 
 def test_k_latent_comes_from_the_starting_checkpoint(tmp_path):

@@ -73,6 +73,10 @@ class LatentConfig:
     # visual bottleneck: per batch with probability p (or p -> p_end linearly), <Medlvr_End> and the answer may
     # not attend to the visual tokens (training/bottleneck.py); p = 0 (default) is the paper's recipe
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
+    # text-blind prompt (issue 27): the prompt text after the image may not attend to the visual tokens (only
+    # <Medlvr_Start> and the latent slots read the image), in every pass; recorded in the checkpoint so that VLPO
+    # and inference use the same mask. false (default): the paper's attention
+    text_blind: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class SFTConfig:
             # HF drops the KV cache inside checkpointed layers (modeling_layers.py), which breaks the K+2 passes
             raise ValueError("latent.grad=bptt needs the KV cache with gradients: use engine.gradient_checkpointing="
                              "false, or latent.grad=detach (identical forward, GC-compatible)")
+        if lt.text_blind:
+            check_attn_implementation(self.model.attn_implementation)
         if lt.bottleneck.enabled:
             if lt.k_latent == 0:
                 raise ValueError("latent.bottleneck needs a latent segment: set latent.k_latent > 0 or bottleneck.p=0")

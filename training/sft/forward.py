@@ -18,7 +18,8 @@ Latent modes (column L holds `<Medlvr_Start>`, latent k sits at L + k, z_k is fe
 
 With `closed=True` (the visual bottleneck, `medlvr.training.bottleneck`) `<Medlvr_End>` and the answer (columns
 from L + K + 1 on) attend through a 4-D mask that hides the visual tokens; the prefix, Start and the latent
-steps are unchanged.
+steps are unchanged. A text-blind model (`medlvr.training.bottleneck.text_blind_of`) bars the prompt columns after
+the image (not `<Medlvr_Start>`) from the visual keys in every pass, as decoding and replay do.
 
 In every mode h_k = H[L + k - 1] (the indexing rule) and token t of the completion is predicted from H[L + t - 1];
 the policy distribution bans `<Medlvr_Latent>` as in decoding (`medlvr.training.sampling.token_logprobs`).
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask
+from medlvr.training.bottleneck import attn_implementation_of, closed_attention_mask, text_blind_of, text_blind_queries
 from medlvr.training.model import LatentTokenIds
 from medlvr.training.roi_targets import batch_roi_targets
 from medlvr.training.sampling import LOGPROB_CHUNK, chunked_token_logprobs
@@ -56,10 +57,11 @@ def _patch_latents(embeds: torch.Tensor, L: int, z: torch.Tensor) -> torch.Tenso
     return torch.cat([embeds[:, :L + 1], z.to(embeds.dtype), embeds[:, L + 1 + K:]], dim=1)
 
 
-def _cached_prefix_and_latents(lm, embeds, attn, pos, L: int, K: int, detach: bool):
+def _cached_prefix_and_latents(lm, embeds, attn, pos, L: int, K: int, detach: bool, prefix_mask=None):
     """Prefix pass through column L + K single steps feeding the previous hidden state.
+    prefix_mask: the prefix pass's mask (default the 2-D padding mask; a text-blind model's 4-D one).
     Returns (hidden over columns 0..L+K (N, L+K+1, D), cache)."""
-    out = lm(inputs_embeds=embeds[:, :L + 1], attention_mask=attn[:, :L + 1], position_ids=pos[:, :, :L + 1],
+    out = lm(inputs_embeds=embeds[:, :L + 1], attention_mask=attn[:, :L + 1] if prefix_mask is None else prefix_mask, position_ids=pos[:, :, :L + 1],
              use_cache=True)
     cache, hs = out.cache, [out.last_hidden_state]
     h = out.last_hidden_state[:, -1:]
@@ -104,19 +106,29 @@ def sft_forward(model, batch: SFTBatch, ids: LatentTokenIds, image_processor, *,
     if closed and K == 0:
         raise ValueError("the visual bottleneck needs a latent segment (k_latent > 0)")
 
-    def answer_mask(q: int):
-        """Attention mask for the last q columns: 2-D padding mask, or the bottleneck's 4-D mask."""
-        if not closed:
-            return attn
-        col = torch.arange(full_ids.shape[1], device=dev)[-q:]
-        query_closed = (col >= L + K + 1)[None].expand(N, -1)  # <Medlvr_End> and the answer
-        return closed_attention_mask(attn, full_ids == model.config.image_token_id, query_closed,
-                                     attn_implementation_of(model), embeds.dtype)
+    blind = text_blind_of(model)
+    col_all = torch.arange(full_ids.shape[1], device=dev)
+    q_blind = text_blind_queries(full_ids, model.config.image_token_id, ids.start) & (col_all < L)[None]
+
+    def answer_mask(q: int, upto: int | None = None):
+        """Attention mask for the last q columns of the first `upto` (default all): 2-D padding mask, or the
+        bottleneck's / text-blind 4-D mask."""
+        upto = full_ids.shape[1] if upto is None else upto
+        if not closed and not blind:
+            return attn[:, :upto]
+        col = col_all[:upto][-q:]
+        query_closed = ((col >= L + K + 1) & closed)[None].expand(N, -1)  # <Medlvr_End> and the answer
+        if blind:
+            query_closed = query_closed | q_blind[:, :upto][:, -q:]
+        return closed_attention_mask(attn[:, :upto], (full_ids == model.config.image_token_id)[:, :upto],
+                                     query_closed, attn_implementation_of(model), embeds.dtype)
 
     if K == 0:
-        hidden = lm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        hidden = lm(inputs_embeds=embeds, attention_mask=answer_mask(embeds.shape[1]), position_ids=pos,
+                    use_cache=False).last_hidden_state
     elif mode == "self_fed" and grad == "bptt":
-        head, cache = _cached_prefix_and_latents(lm, embeds, attn, pos, L, K, detach=False)
+        head, cache = _cached_prefix_and_latents(lm, embeds, attn, pos, L, K, detach=False,
+                                                 prefix_mask=answer_mask(L + 1, L + 1) if blind else None)
         c = L + K + 1
         tail = lm(inputs_embeds=embeds[:, c:], attention_mask=answer_mask(embeds.shape[1] - c),
                   position_ids=pos[:, :, c:], cache=cache,
@@ -125,7 +137,8 @@ def sft_forward(model, batch: SFTBatch, ids: LatentTokenIds, image_processor, *,
     else:
         if mode == "self_fed":  # detach: latents without gradient, then one pass with them as constants
             with torch.no_grad():
-                head, _ = _cached_prefix_and_latents(lm, embeds.detach(), attn, pos, L, K, detach=True)
+                head, _ = _cached_prefix_and_latents(lm, embeds.detach(), attn, pos, L, K, detach=True,
+                                                     prefix_mask=answer_mask(L + 1, L + 1) if blind else None)
             z = head[:, L:L + K]
         elif mode == "teacher_forced":
             z = targets

@@ -37,6 +37,7 @@ from medlvr.training.sft.collate import collate
 from medlvr.training.sft.config import ModelConfig, SFTConfig, load_sft_config
 from medlvr.training.sft.data import DataPosition, ShardStream, shard_files
 from medlvr.training.sft.forward import sft_forward
+from medlvr.training.bottleneck import set_text_blind
 from medlvr.training.sft.losses import answer_nll_sum, latent_cosine_sum, roi_loss_sum, sft_loss
 
 def build_model(mc: ModelConfig):
@@ -57,6 +58,7 @@ def train(cfg: SFTConfig, *, on_step=None, on_log=None) -> dict:
     seed_everything(ec.seed)
     out_dir = Path(run.out_dir)
     model, processor, ids = build_model(cfg.model)
+    set_text_blind(model, lt.text_blind)  # every pass below, and the saved checkpoint's medlvr_latent.json
     set_pixel_budget(processor, cfg.data.min_pixels, cfg.data.max_pixels)
 
     world = int(os.environ.get("WORLD_SIZE", 1))
