@@ -40,6 +40,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import ModelOutput
 
+from medlvr.training.bottleneck import set_text_blind
 from medlvr.training.latent_decode import DecodeConfig, latent_generate
 from medlvr.training.latent_tokens import LatentTokenIds, eos_token_ids
 
@@ -62,13 +63,20 @@ class MedLVRGenerateOutput(ModelOutput):
     n_latent: torch.Tensor | None = None
 
 
-def read_k_latent(model_dir) -> int | None:
-    """K recorded in the folder (`medlvr_latent.json`: 0 when the latent segment is off), None without the file."""
+def read_latent_info(model_dir) -> dict | None:
+    """The folder's `medlvr_latent.json` as written by MedLVR's save, None without the file."""
     path = os.path.join(str(model_dir), LATENT_INFO_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        info = json.load(f)
+        return json.load(f)
+
+
+def read_k_latent(model_dir) -> int | None:
+    """K recorded in the folder (`medlvr_latent.json`: 0 when the latent segment is off), None without the file."""
+    info = read_latent_info(model_dir)
+    if info is None:
+        return None
     return int(info["k_latent"]) if info.get("latent", True) else 0
 
 
@@ -96,6 +104,9 @@ def generate(model, inputs=None, generation_config=None, k_latent=None, model_di
         k_latent = read_k_latent(model_dir) if model_dir else None
         if k_latent is None:
             raise ValueError(f"no {LATENT_INFO_FILE} in {model_dir!r}: pass k_latent=K (or model_dir=<the folder>)")
+    # a model trained text-blind decodes with the prompt text after the image barred from it, as MedLVR's own load
+    # restores it (training/bottleneck.py); without this the portable loop would answer as a different model
+    set_text_blind(model, bool((read_latent_info(model_dir) or {}).get("text_blind", False)) if model_dir else False)
     if int(_setting("num_beams", kwargs, gcfg, 1)) != 1:
         raise ValueError("MedLVR latent decoding does not support beam search (num_beams > 1)")
     if inputs is not None:

@@ -96,6 +96,19 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def text_blind_folder(tmp_path_factory):
+    """A checkpoint trained with `latent.text_blind` (recorded in its medlvr_latent.json): the same weights as
+    `folder`, so only the mask can make its answers differ."""
+    from medlvr.training.bottleneck import set_text_blind
+
+    b = build_tiny(seed=3)
+    set_text_blind(b.model, True)
+    path = save_checkpoint(b.model, b.processor, tmp_path_factory.mktemp("portable_tb") / "model", k_latent=K)
+    assert json.loads((Path(path) / "medlvr_latent.json").read_text())["text_blind"] is True  # independent read
+    return path
+
+
+@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """PNGs as `medlvr ask` reads them (its normalisation leaves these unchanged: checked), so the plain script,
     `ask` and the in-process reference see the same pixels."""
@@ -197,3 +210,16 @@ def test_a_medlvr_loaded_model_warns_once_that_stock_generate_skips_the_latent_l
     mine = [w for w in caught if "latent loop is not running" in str(w.message)]
     assert len(mine) == 1, [str(w.message) for w in caught]
     assert "custom_generate" in str(mine[0].message) and "trust_remote_code=True" in str(mine[0].message)
+
+
+def test_plain_transformers_decodes_a_text_blind_model_with_its_mask(folder, text_blind_folder, images, tmp_path):
+    """The portable loop reads `text_blind` from the folder and bars the prompt text after the image from it, as
+    MedLVR's load does: its latent states equal MedLVR's decode of the text-blind checkpoint, and differ from the
+    same weights decoded without the mask (so the flag is not ignored on either side)."""
+    got = run_plain(text_blind_folder, images, tmp_path, "trust_remote_code")
+    ref = reference(text_blind_folder, images)
+    plain = reference(folder, images)
+    for name, (input_ids, out) in ref.items():
+        assert got[name]["generated"] == out.sequences.tolist(), name
+        assert torch.equal(torch.tensor(got[name]["latent_states"]), out.z.float()), name
+    assert not torch.equal(ref["batched"][1].z, plain["batched"][1].z)
