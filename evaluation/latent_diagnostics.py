@@ -150,11 +150,19 @@ def route_swaps(decoder: SampleDecoder, k: int, closed: Decoded) -> dict:
     """Closed-mode segment / text / both swaps (module docstring): for each, the donor-following rate over the
     rows whose own (closed) and donor answers differ, `donor_following_<route>`, and the accuracy after it."""
     sizes = [len(b) for b in decoder.batches]
-    image_id, start_id = decoder.model.config.image_token_id, decoder.ids.start
-    cols = [route_columns(enc["input_ids"], image_id, start_id, k) for enc in decoder.encoded]
+
+    def swap(route: str) -> Callable:
+        # the columns are read from the decoder that runs the batch, when it runs it: a rank's RecordingDecoder
+        # forwards to its own SampleDecoder, and a ReplayDecoder (rank 0's merge) never calls it (no model there)
+        def kv_transform(bi: int) -> SwapKV:
+            cols = route_columns(decoder.encoded[bi]["input_ids"], decoder.model.config.image_token_id,
+                                 decoder.ids.start, k)
+            return SwapKV(cols[route])
+        return kv_transform
+
     res: dict = {}
     for route in ("segment", "text", "both"):
-        swapped = decoder.run(k, closed=True, kv_transform=lambda bi: SwapKV(cols[bi][route]))
+        swapped = decoder.run(k, closed=True, kv_transform=swap(route))
         f = donor_following(closed.parsed, swapped.parsed, sizes)
         res[f"donor_following_{route}"] = f["donor_following"]
         res[f"accuracy_swap_{route}"] = swapped.accuracy
@@ -356,6 +364,9 @@ class RecordingDecoder:
     def __init__(self, decoder: SampleDecoder):
         self.decoder, self.passes = decoder, []
         self.samples, self.batches = decoder.samples, decoder.batches
+
+    def __getattr__(self, name: str):  # model, ids, encoded, ...: what `diagnose`'s passes read of the decoder
+        return getattr(self.__dict__["decoder"], name)
 
     def run(self, k: int, **kw) -> Decoded:
         d = self.decoder.run(k, **kw)

@@ -97,8 +97,8 @@ def test_a_typo_below_the_top_level_is_one_line(override, line):
 def test_quick_experiment(tmp_path):
     mechanism = _mechanism_module()
     out = tmp_path / "results.json"
-    doc = tmp_path / "mechanism.md"
-    doc.write_text((ROOT / "docs" / "mechanism.md").read_text())
+    doc = tmp_path / "page.md"  # a copy of docs/mechanism.md, whose generated sections the report fills
+    doc.write_text((ROOT / "docs/mechanism.md").read_text())
     rc = mechanism.main(["--config", str(ROOT / "configs" / "mechanism.yaml"), "--quick",
                          "--set", f"work_dir={tmp_path / 'work'}", "--set", f"results={out}",
                          "--set", f"docs_dir={tmp_path / 'docs'}", "--set", f"doc={doc}"])
